@@ -1,0 +1,50 @@
+# Two commands set everything up: `make demo` and `make test`. Both create .venv from the
+# hash-pinned requirements.lock on first use; only Python 3.11+ and make are needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint format typecheck pytest bench bench-full lock clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+demo: install
+	$(BIN)/oci-images demo --output demo-out
+
+test: lint typecheck pytest
+
+lint: install
+	$(BIN)/ruff check connector tests benchmarks
+	$(BIN)/ruff format --check connector tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/pytest -q
+
+format: install
+	$(BIN)/ruff check --fix connector tests benchmarks
+	$(BIN)/ruff format connector tests benchmarks
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+bench-full: install
+	$(BIN)/python -m benchmarks --full
+
+# Regenerate the lock after changing dependencies in pyproject.toml (needs uv).
+lock:
+	uv pip compile pyproject.toml --all-extras --group dev --generate-hashes \
+		--python-version 3.11 --no-header --quiet -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache demo-out

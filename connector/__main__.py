@@ -1,0 +1,5 @@
+"""``python -m connector``: the ``oci-images`` command."""
+
+from connector.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,543 @@
+"""The emulator's HTTP application: OCI's ListImages and Identity endpoints on aiohttp.web.
+
+Requests pass through one middleware that does what the real service does around every call,
+in this order: assign an ``opc-request-id``, wait the configured latency, verify the request
+signature, apply the tenancy's rate limit, inject faults. The handlers then validate parameters
+exactly as the API reference says and serve pre-encoded records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import itertools
+import random
+import secrets
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from connector import signing
+from connector.emulator.data import Compartment, Image, World
+
+API = "/20160918"
+STATS_PATH = "/_emulator/stats"
+RESET_PATH = "/_emulator/reset"
+
+IMAGE_LIFECYCLE_STATES = (
+    "PROVISIONING",
+    "IMPORTING",
+    "AVAILABLE",
+    "EXPORTING",
+    "DISABLED",
+    "DELETED",
+)
+COMPARTMENT_LIFECYCLE_STATES = ("CREATING", "ACTIVE", "INACTIVE", "DELETING", "DELETED")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(slots=True)
+class Behaviour:
+    """The realism knobs: latency, throttling and faults. Mutable while the emulator runs."""
+
+    latency_ms: float = 0.0
+    jitter: float = 0.5
+    rate: float = 0.0
+    burst: float = 10.0
+    retry_after: float | None = None
+    fault_rate: float = 0.0
+    truncate_rate: float = 0.0
+    reset_rate: float = 0.0
+    stall_rate: float = 0.0
+    stall_s: float = 30.0
+    trailing_empty_page: bool = False
+    max_clock_skew_s: float = 300.0
+    default_limit: int = 100
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters that tests and benchmarks read: what the service saw and did."""
+
+    requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    throttled: int = 0
+    status: Counter[int] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
+    listed: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready snapshot."""
+        return {
+            "requests": self.requests,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "throttled": self.throttled,
+            "status": {str(k): v for k, v in sorted(self.status.items())},
+            "faults": dict(self.faults),
+            "listed_compartments": dict(self.listed),
+        }
+
+
+class TokenBucket:
+    """A tenancy's request budget: ``rate`` tokens a second, at most ``burst`` saved up."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._stamp = clock()
+
+    def take(self) -> bool:
+        """Spend one token if there is one."""
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+class ApiError(Exception):
+    """An error response in OCI's shape; raised by handlers, rendered by the middleware."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Emulator:
+    """The service state: the world, the registered API keys, behaviour knobs and counters."""
+
+    def __init__(self, world: World, behaviour: Behaviour | None = None, *, seed: int = 0) -> None:
+        self.world = world
+        self.behaviour = behaviour or Behaviour()
+        self.stats = Stats()
+        self.keys: dict[str, rsa.RSAPublicKey] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._rng = random.Random(seed)
+        self._token_secret = secrets.token_bytes(32)
+        self._request_ids = itertools.count(1)
+        self._selections: dict[tuple[object, ...], list[Image]] = {}
+        self._children: dict[str, list[Compartment]] = {}
+        for comp in world.compartments[1:]:
+            self._children.setdefault(comp.parent_id, []).append(comp)
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def register_key(self, key_id: str, public_key: rsa.RSAPublicKey) -> None:
+        """Accept signatures made with the private half of ``public_key`` under ``key_id``."""
+        self.keys[key_id] = public_key
+
+    def reset_stats(self) -> None:
+        """Zero the counters and refill every rate-limit bucket."""
+        self.stats = Stats()
+        self._buckets.clear()
+
+    # -- the aiohttp application ------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        """The aiohttp application serving this emulator."""
+        app = web.Application(middlewares=[self._middleware])
+        routes = [
+            ("/images", self._list_images),
+            ("/compartments", self._list_compartments),
+            ("/tenancies/{tenancy_id}/regionSubscriptions", self._list_region_subscriptions),
+        ]
+        for suffix, handler in routes:
+            app.router.add_get(API + suffix, handler)
+            app.router.add_get("/{region}" + API + suffix, handler)
+        app.router.add_get(STATS_PATH, self._stats)
+        app.router.add_post(RESET_PATH, self._reset)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/_emulator/"):
+            return await handler(request)
+        stats = self.stats
+        stats.requests += 1
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        server_id = f"{next(self._request_ids):08X}{secrets.token_hex(12).upper()}"
+        client_id = request.headers.get("opc-request-id")
+        request_id = f"{client_id}/{server_id}" if client_id else server_id
+        try:
+            response = await self._serve(request, handler, request_id)
+        except ApiError as exc:
+            response = _error(exc.status, exc.code, exc.message)
+        finally:
+            stats.in_flight -= 1
+        if not response.prepared:
+            response.headers["opc-request-id"] = request_id
+        stats.status[response.status] += 1
+        return response
+
+    async def _serve(
+        self, request: web.Request, handler: Handler, request_id: str
+    ) -> web.StreamResponse:
+        knobs = self.behaviour
+        if knobs.latency_ms > 0:
+            spread = knobs.latency_ms * knobs.jitter
+            await asyncio.sleep(
+                max(0.0, self._rng.uniform(knobs.latency_ms - spread, knobs.latency_ms + spread))
+                / 1000
+            )
+        tenancy = self._authenticate(request)
+        if knobs.rate > 0:
+            bucket = self._buckets.get(tenancy)
+            if bucket is None:
+                bucket = self._buckets[tenancy] = TokenBucket(knobs.rate, knobs.burst)
+            if not bucket.take():
+                self.stats.throttled += 1
+                throttled = _error(429, "TooManyRequests", "Too many requests for the tenant.")
+                if knobs.retry_after is not None:
+                    throttled.headers["Retry-After"] = f"{knobs.retry_after:g}"
+                return throttled
+        fault = self._pick_fault()
+        if fault in ("500", "503"):
+            self.stats.faults[fault] += 1
+            if fault == "500":
+                return _error(500, "InternalServerError", "The service encountered an error.")
+            return _error(503, "ServiceUnavailable", "The service is unavailable; retry.")
+        if fault == "reset":
+            self.stats.faults["reset"] += 1
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)
+        if fault == "stall":
+            self.stats.faults["stall"] += 1
+            await asyncio.sleep(knobs.stall_s)
+        response = await handler(request)
+        if fault == "truncate" and isinstance(response, web.Response) and response.body:
+            self.stats.faults["truncate"] += 1
+            return await _truncated(request, response, request_id)
+        return response
+
+    def _pick_fault(self) -> str | None:
+        """At most one fault per request, each with its configured probability."""
+        knobs = self.behaviour
+        roll = self._rng.random()
+        for name, rate in (
+            ("500", knobs.fault_rate / 2),
+            ("503", knobs.fault_rate / 2),
+            ("reset", knobs.reset_rate),
+            ("stall", knobs.stall_rate),
+            ("truncate", knobs.truncate_rate),
+        ):
+            if roll < rate:
+                return name
+            roll -= rate
+        return None
+
+    def _authenticate(self, request: web.Request) -> str:
+        """Verify the OCI signature; return the tenancy that signed. Raises 401 otherwise."""
+        params = signing.parse_authorization(request.headers.get("authorization", ""))
+        key_id = params.get("keyId", "")
+        if (
+            not params
+            or params.get("algorithm") != signing.ALGORITHM
+            or params.get("version") != "1"
+        ):
+            raise _not_authenticated("The request is not signed with an OCI signature, version 1.")
+        signed = params.get("headers", "").split()
+        if not set(signing.signed_headers_for(request.method)) <= set(signed):
+            raise _not_authenticated(
+                "The signature does not cover date, (request-target) and host."
+            )
+        public_key = self.keys.get(key_id)
+        if public_key is None:
+            raise _not_authenticated(
+                "The required information to complete authentication was not provided "
+                "or was incorrect."
+            )
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        if any(name != "(request-target)" and name not in headers for name in signed):
+            raise _not_authenticated("A signed header is missing from the request.")
+        try:
+            signature = base64.b64decode(params.get("signature", ""), validate=True)
+            message = signing.signing_string(request.method, request.raw_path, headers, signed)
+        except (binascii.Error, UnicodeEncodeError):
+            raise _not_authenticated("The signature is malformed.") from None
+        if not signing.rsa_verify(public_key, signature, message):
+            raise _not_authenticated("The signature does not match the request.")
+        try:
+            sent = parsedate_to_datetime(headers["date"]).timestamp()
+        except (TypeError, ValueError):
+            raise _not_authenticated("The date header is not an RFC 7231 date.") from None
+        if abs(time.time() - sent) > self.behaviour.max_clock_skew_s:
+            raise _not_authenticated(
+                "The date header is more than 5 minutes from the service's clock."
+            )
+        return key_id.split("/", 1)[0]
+
+    # -- handlers ---------------------------------------------------------------------------
+
+    def _region(self, request: web.Request) -> str:
+        region = request.match_info.get("region", self.world.home_region)
+        if region not in self.world.regions:
+            raise ApiError(
+                404, "NotAuthorizedOrNotFound", f"The region {region!r} is not served here."
+            )
+        return region
+
+    async def _list_images(self, request: web.Request) -> web.StreamResponse:
+        region = self._region(request)
+        query = request.query
+        compartment_id = _string(query, "compartmentId", required=True)
+        display_name = _string(query, "displayName")
+        operating_system = _string(query, "operatingSystem")
+        os_version = _string(query, "operatingSystemVersion")
+        shape = _string(query, "shape")
+        lifecycle = _string(query, "lifecycleState")
+        if lifecycle is not None:
+            lifecycle = lifecycle.upper()
+            _enum("lifecycleState", lifecycle, IMAGE_LIFECYCLE_STATES)
+        sort_by = _string(query, "sortBy")
+        if sort_by is not None:
+            # The reference documents NAME; the official SDK sends DISPLAYNAME. Both mean the same.
+            _enum("sortBy", sort_by, ("TIMECREATED", "NAME", "DISPLAYNAME"))
+        sort_order = _string(query, "sortOrder") or "ASC"
+        _enum("sortOrder", sort_order, ("ASC", "DESC"))
+        limit = self._limit(query)
+        assert compartment_id is not None
+        comp = self.world.compartment(compartment_id)
+        if comp is None or comp.lifecycle_state != "ACTIVE" or not comp.accessible:
+            raise ApiError(
+                404,
+                "NotAuthorizedOrNotFound",
+                "Authorization failed or requested resource not found.",
+            )
+        self.stats.listed[f"{region}/{compartment_id}"] += 1
+        key = (
+            "images",
+            region,
+            compartment_id,
+            display_name,
+            operating_system,
+            os_version,
+            shape,
+            lifecycle,
+            sort_by,
+            sort_order,
+        )
+        selection = self._selections.get(key)
+        if selection is None:
+            selection = self._select_images(region, compartment_id, key[3:])
+            if len(self._selections) > 8192:
+                self._selections.clear()
+            self._selections[key] = selection
+        offset = self._offset(query, key)
+        page = selection[offset : offset + limit]
+        body = b"[" + b",".join(img.json for img in page) + b"]"
+        return self._page(body, key, offset, len(page), limit, len(selection))
+
+    def _select_images(
+        self, region: str, compartment_id: str, filters: Sequence[Any]
+    ) -> list[Image]:
+        display_name, operating_system, os_version, shape, lifecycle, sort_by, sort_order = filters
+        groups = [self.world.platform[region], self.world.custom.get((region, compartment_id), [])]
+        result: list[Image] = []
+        for group in groups:
+            chosen = [
+                img
+                for img in group
+                if (display_name is None or img.display_name == display_name)
+                and (operating_system is None or img.operating_system == operating_system)
+                and (os_version is None or img.operating_system_version == os_version)
+                and (shape is None or shape in img.shapes)
+                and (lifecycle is None or img.lifecycle_state == lifecycle)
+            ]
+            if sort_by in ("NAME", "DISPLAYNAME"):
+                chosen.sort(
+                    key=lambda i: (i.display_name is None, i.display_name or ""),
+                    reverse=sort_order == "DESC",
+                )
+            elif sort_by == "TIMECREATED":
+                chosen.sort(key=lambda i: i.time_created, reverse=sort_order == "DESC")
+            result.extend(chosen)
+        return result
+
+    async def _list_compartments(self, request: web.Request) -> web.StreamResponse:
+        self._region(request)
+        query = request.query
+        compartment_id = _string(query, "compartmentId", required=True)
+        assert compartment_id is not None
+        subtree = _boolean(query, "compartmentIdInSubtree")
+        access = _string(query, "accessLevel")
+        if access is not None:
+            _enum("accessLevel", access, ("ANY", "ACCESSIBLE"))
+        lifecycle = _string(query, "lifecycleState")
+        if lifecycle is not None:
+            _enum("lifecycleState", lifecycle, COMPARTMENT_LIFECYCLE_STATES)
+        limit = self._limit(query)
+        parent = self.world.compartment(compartment_id)
+        if parent is None or not parent.accessible or parent.lifecycle_state == "DELETED":
+            raise ApiError(
+                404,
+                "NotAuthorizedOrNotFound",
+                "Authorization failed or requested resource not found.",
+            )
+        if subtree and compartment_id != self.world.tenancy_id:
+            raise ApiError(
+                400,
+                "InvalidParameter",
+                "compartmentIdInSubtree can only be true when compartmentId is the tenancy.",
+            )
+        candidates = (
+            self.world.compartments[1:] if subtree else self._children.get(compartment_id, [])
+        )
+        selection = [
+            c
+            for c in candidates
+            if (access != "ACCESSIBLE" or c.accessible)
+            and (lifecycle is None or c.lifecycle_state == lifecycle)
+        ]
+        key = ("compartments", compartment_id, subtree, access, lifecycle)
+        offset = self._offset(query, key)
+        page = selection[offset : offset + limit]
+        body = orjson.dumps([c.to_api() for c in page])
+        return self._page(body, key, offset, len(page), limit, len(selection))
+
+    async def _list_region_subscriptions(self, request: web.Request) -> web.StreamResponse:
+        self._region(request)
+        if request.match_info["tenancy_id"] != self.world.tenancy_id:
+            raise ApiError(
+                404,
+                "NotAuthorizedOrNotFound",
+                "Authorization failed or requested resource not found.",
+            )
+        body = orjson.dumps([s.to_api() for s in self.world.subscriptions])
+        return web.Response(body=body, content_type="application/json")
+
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            body=orjson.dumps(self.stats.as_dict()), content_type="application/json"
+        )
+
+    async def _reset(self, request: web.Request) -> web.StreamResponse:
+        self.reset_stats()
+        return web.Response(status=204)
+
+    # -- pagination -------------------------------------------------------------------------
+
+    def _limit(self, query: Any) -> int:
+        raw = query.get("limit")
+        if raw is None:
+            return self.behaviour.default_limit
+        try:
+            limit = int(raw)
+        except ValueError:
+            raise ApiError(
+                400, "InvalidParameter", "limit must be an integer from 1 to 1000."
+            ) from None
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, "InvalidParameter", "limit must be an integer from 1 to 1000.")
+        return limit
+
+    def _mac(self, key: tuple[object, ...], offset: int) -> str:
+        message = repr((key, offset)).encode()
+        return hmac.new(self._token_secret, message, hashlib.sha256).hexdigest()[:24]
+
+    def _token(self, key: tuple[object, ...], offset: int) -> str:
+        raw = f"{offset}.{self._mac(key, offset)}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def _offset(self, query: Any, key: tuple[object, ...]) -> int:
+        token = _string(query, "page", max_length=512)
+        if token is None:
+            return 0
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+            offset_text, mac = raw.split(".", 1)
+            offset = int(offset_text)
+        except (ValueError, UnicodeDecodeError, binascii.Error):
+            raise ApiError(400, "InvalidParameter", "The page token is not valid.") from None
+        if offset < 0 or not hmac.compare_digest(mac, self._mac(key, offset)):
+            raise ApiError(400, "InvalidParameter", "The page token is not valid for this request.")
+        return offset
+
+    def _page(
+        self, body: bytes, key: tuple[object, ...], offset: int, count: int, limit: int, total: int
+    ) -> web.Response:
+        response = web.Response(body=body, content_type="application/json")
+        end = offset + count
+        more = end < total or (
+            self.behaviour.trailing_empty_page and count == limit and end == total
+        )
+        if more:
+            response.headers["opc-next-page"] = self._token(key, end)
+        return response
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"code": code, "message": message}),
+        content_type="application/json",
+    )
+
+
+def _not_authenticated(message: str) -> ApiError:
+    return ApiError(401, "NotAuthenticated", message)
+
+
+def _string(query: Any, name: str, *, required: bool = False, max_length: int = 255) -> str | None:
+    value: str | None = query.get(name)
+    if value is None:
+        if required:
+            raise ApiError(400, "MissingParameter", f"Missing required parameter {name}.")
+        return None
+    if not 1 <= len(value) <= max_length:
+        raise ApiError(
+            400, "InvalidParameter", f"{name} must be between 1 and {max_length} characters long."
+        )
+    return value
+
+
+def _enum(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ApiError(
+            400, "InvalidParameter", f"{name} must be one of {', '.join(allowed)}; got {value!r}."
+        )
+
+
+def _boolean(query: Any, name: str) -> bool:
+    raw = query.get(name)
+    if raw is None:
+        return False
+    if raw.lower() not in ("true", "false"):
+        raise ApiError(400, "InvalidParameter", f"{name} must be true or false.")
+    return bool(raw.lower() == "true")
+
+
+async def _truncated(
+    request: web.Request, full: web.Response, request_id: str
+) -> web.StreamResponse:
+    """Announce the whole body, send half of it, then drop the connection."""
+    body = full.body
+    assert isinstance(body, bytes)
+    response = web.StreamResponse(status=full.status, headers=full.headers)
+    response.headers["opc-request-id"] = request_id
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[: len(body) // 2])
+    if request.transport is not None:
+        request.transport.close()
+    return response

@@ -1,0 +1,123 @@
+"""The ``oci-images emulator`` command: serve the fake OCI API on loopback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+
+import orjson
+
+from connector.emulator.app import Behaviour, Emulator
+from connector.emulator.data import build_world
+from connector.emulator.server import issue_credentials, serve_forever, write_oci_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The emulator's options."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    parser.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one")
+    parser.add_argument("--seed", type=int, default=42, help="data generator seed")
+    parser.add_argument(
+        "--compartments",
+        type=int,
+        default=180,
+        help="ACTIVE accessible compartments besides the root",
+    )
+    parser.add_argument(
+        "--regions", default="us-ashburn-1", help="comma-separated; the first is the home region"
+    )
+    parser.add_argument(
+        "--platform-images", type=int, default=60, help="platform images per region"
+    )
+    parser.add_argument(
+        "--custom-scale", type=float, default=1.0, help="multiplies custom images per compartment"
+    )
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="mean response latency")
+    parser.add_argument(
+        "--jitter", type=float, default=0.5, help="latency spread, as a fraction of the mean"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="requests/s per tenancy before 429 (0 = unlimited)"
+    )
+    parser.add_argument("--burst", type=float, default=10.0, help="token-bucket burst for --rate")
+    parser.add_argument(
+        "--retry-after", type=float, default=None, help="send Retry-After with 429 (OCI sends none)"
+    )
+    parser.add_argument(
+        "--fault-rate", type=float, default=0.0, help="share of requests answered 500/503"
+    )
+    parser.add_argument(
+        "--truncate-rate", type=float, default=0.0, help="share of bodies cut short"
+    )
+    parser.add_argument("--reset-rate", type=float, default=0.0, help="share of connections reset")
+    parser.add_argument(
+        "--stall-rate", type=float, default=0.0, help="share of responses delayed by --stall-s"
+    )
+    parser.add_argument(
+        "--stall-s", type=float, default=30.0, help="how long a stalled response waits"
+    )
+    parser.add_argument(
+        "--default-limit", type=int, default=100, help="page size when the client sends no limit"
+    )
+    parser.add_argument(
+        "--trailing-empty-page",
+        action="store_true",
+        help="a last full page still carries opc-next-page, leading to an empty page",
+    )
+    parser.add_argument(
+        "--oci-config-dir", type=Path, default=None, help="write key.pem and an OCI config here"
+    )
+    parser.add_argument(
+        "--truth", type=Path, default=None, help="write the ground truth as NDJSON, then serve"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the world, write credentials, and serve until interrupted."""
+    regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
+    world = build_world(
+        seed=args.seed,
+        compartments=args.compartments,
+        regions=regions,
+        platform_images=args.platform_images,
+        custom_scale=args.custom_scale,
+    )
+    behaviour = Behaviour(
+        latency_ms=args.latency_ms,
+        jitter=args.jitter,
+        rate=args.rate,
+        burst=args.burst,
+        retry_after=args.retry_after,
+        fault_rate=args.fault_rate,
+        truncate_rate=args.truncate_rate,
+        reset_rate=args.reset_rate,
+        stall_rate=args.stall_rate,
+        stall_s=args.stall_s,
+        trailing_empty_page=args.trailing_empty_page,
+        default_limit=args.default_limit,
+    )
+    emulator = Emulator(world, behaviour, seed=args.seed)
+    credentials = issue_credentials(emulator)
+    if args.oci_config_dir is not None:
+        config = write_oci_config(args.oci_config_dir, credentials, world.home_region)
+        print(f"oci config: {config} (profiles DEFAULT, SESSION)", file=sys.stderr)
+    if args.truth is not None:
+        with args.truth.open("wb") as out:
+            for listing in world.truth():
+                out.write(orjson.dumps(listing) + b"\n")
+    counts = world.counts()
+    print(
+        f"tenancy {world.tenancy_id}: {counts['compartments']} listable compartments, "
+        f"{counts['listing_rows']} listing rows per region set, regions {','.join(world.regions)}",
+        file=sys.stderr,
+    )
+
+    def announce(line: str) -> None:
+        print(line, flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_forever(emulator, args.host, args.port, announce))
+    return 0

@@ -1,0 +1,244 @@
+"""Running the emulator: credentials, an OCI config file, and a server in a thread or in front.
+
+``EmulatorServer`` is what tests, the demo and benchmarks use in-process: it serves from its own
+thread and event loop, so synchronous clients (the official SDK) and the connector's own event
+loop can both talk to it. ``serve_forever`` is the ``oci-images emulator`` command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from connector import signing
+from connector.emulator.app import Behaviour, Emulator
+from connector.emulator.data import World, ocid
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """An API key the emulator accepts, and the session token issued for it."""
+
+    tenancy: str
+    user: str
+    private_key: rsa.RSAPrivateKey
+    security_token: str
+
+    @property
+    def fingerprint(self) -> str:
+        """The key's OCI fingerprint."""
+        return signing.fingerprint(self.private_key.public_key())
+
+    @property
+    def key_id(self) -> str:
+        """The keyId of API-key signatures: tenancy/user/fingerprint."""
+        return f"{self.tenancy}/{self.user}/{self.fingerprint}"
+
+    def private_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM."""
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def issue_credentials(emulator: Emulator) -> Credentials:
+    """Create an API key (and a session token) for the emulator's tenancy and register both."""
+    user = ocid("user", random.Random(f"user/{emulator.world.seed}"))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    claims = {"sub": user, "tenant": emulator.world.tenancy_id, "exp": int(time.time()) + 86400}
+    token = ".".join(
+        (
+            _b64url(orjson.dumps({"alg": "RS256", "typ": "JWT"})),
+            _b64url(orjson.dumps(claims)),
+            _b64url(os.urandom(32)),
+        )
+    )
+    creds = Credentials(emulator.world.tenancy_id, user, key, token)
+    emulator.register_key(creds.key_id, key.public_key())
+    emulator.register_key(f"ST${token}", key.public_key())
+    return creds
+
+
+def write_oci_config(directory: str | Path, creds: Credentials, region: str) -> Path:
+    """Write ``key.pem``, ``token`` and an OCI ``config`` (profiles DEFAULT and SESSION)."""
+    folder = Path(directory).expanduser().resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    key_file = folder / "key.pem"
+    key_file.write_bytes(creds.private_pem())
+    key_file.chmod(0o600)
+    token_file = folder / "token"
+    token_file.write_text(creds.security_token)
+    token_file.chmod(0o600)
+    config = folder / "config"
+    config.write_text(
+        "[DEFAULT]\n"
+        f"user={creds.user}\n"
+        f"fingerprint={creds.fingerprint}\n"
+        f"key_file={key_file}\n"
+        f"tenancy={creds.tenancy}\n"
+        f"region={region}\n"
+        "\n"
+        "[SESSION]\n"
+        f"fingerprint={creds.fingerprint}\n"
+        f"key_file={key_file}\n"
+        f"tenancy={creds.tenancy}\n"
+        f"region={region}\n"
+        f"security_token_file={token_file}\n"
+    )
+    config.chmod(0o600)
+    return config
+
+
+class EmulatorServer:
+    """The emulator served on loopback from a background thread; a context manager."""
+
+    def __init__(
+        self,
+        world: World,
+        behaviour: Behaviour | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        oci_config_dir: str | Path | None = None,
+    ) -> None:
+        self.emulator = Emulator(world, behaviour, seed=world.seed)
+        self.credentials = issue_credentials(self.emulator)
+        self.host = host
+        self.port = port
+        self.config_file: Path | None = None
+        if oci_config_dir is not None:
+            self.config_file = write_oci_config(oci_config_dir, self.credentials, world.home_region)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def world(self) -> World:
+        """The data being served."""
+        return self.emulator.world
+
+    @property
+    def url(self) -> str:
+        """Base URL of the home region (served at the root)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def endpoint_template(self) -> str:
+        """An endpoint template addressing any region: ``http://host:port/{region}``."""
+        return self.url + "/{region}"
+
+    def region_url(self, region: str) -> str:
+        """Base URL of one region."""
+        return f"{self.url}/{region}"
+
+    def stats(self) -> dict[str, Any]:
+        """The counters, as the stats endpoint serves them."""
+        snapshot: dict[str, Any] = self.call(lambda: self.emulator.stats.as_dict())
+        return snapshot
+
+    def call(self, function: Callable[[], Any]) -> Any:
+        """Run ``function`` on the server's loop thread, where its state lives."""
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(_call(function), self._loop)
+        return future.result(timeout=10)
+
+    def start(self) -> EmulatorServer:
+        """Start serving; returns once connections are accepted."""
+        self._thread = threading.Thread(target=self._run, name="oci-emulator", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=30)
+        if self._error is not None:
+            raise RuntimeError(f"emulator failed to start: {self._error}") from self._error
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and join the thread."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def __enter__(self) -> EmulatorServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced to start()
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        runner = await start_runner(self.emulator, self.host, self.port)
+        self.port = bound_port(runner)
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+
+async def _call(function: Callable[[], Any]) -> Any:
+    return function()
+
+
+async def start_runner(emulator: Emulator, host: str, port: int) -> web.AppRunner:
+    """Bind and start serving the emulator's application."""
+    runner = web.AppRunner(emulator.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port the runner's first site actually bound (meaningful with port 0)."""
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            return int(server.sockets[0].getsockname()[1])
+    raise RuntimeError("the emulator is not bound to any socket")
+
+
+async def serve_forever(
+    emulator: Emulator, host: str, port: int, announce: Callable[[str], None]
+) -> None:
+    """Serve until cancelled, announcing the bound URL once connections are accepted."""
+    runner = await start_runner(emulator, host, port)
+    try:
+        announce(f"listening on http://{host}:{bound_port(runner)}")
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,83 @@
+"""The connector's exception hierarchy.
+
+Every error the connector raises derives from :class:`ConnectorError`. Lower-level errors
+(aiohttp, OS, pyarrow) are translated at the boundary where they occur, so callers never
+have to know which library produced them. Each error says whether retrying can help.
+"""
+
+from __future__ import annotations
+
+
+class ConnectorError(Exception):
+    """Root of every error raised by the connector."""
+
+    retryable: bool = False
+    exit_code: int = 1
+
+
+class ConfigError(ConnectorError):
+    """The configuration or command line is invalid; raised before any request is sent."""
+
+    exit_code = 2
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key}: {reason}" if key else reason)
+
+
+class AuthError(ConnectorError):
+    """Credentials could not be loaded or used to sign a request."""
+
+
+class TransportError(ConnectorError):
+    """The request never produced a complete HTTP response (connect, reset, timeout, truncation)."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, opc_request_id: str | None = None) -> None:
+        self.opc_request_id = opc_request_id
+        super().__init__(message)
+
+
+class RequestTimeout(TransportError):
+    """A connect or read timeout expired."""
+
+
+class OciApiError(ConnectorError):
+    """The service answered with an error status."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        opc_request_id: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.opc_request_id = opc_request_id
+        self.retryable = retryable
+        self.retry_after = retry_after
+        super().__init__(f"{status} {code}: {message} (opc-request-id: {opc_request_id or 'none'})")
+
+    def as_dict(self) -> dict[str, object]:
+        """The error as the manifest records it."""
+        return {
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "opc_request_id": self.opc_request_id,
+        }
+
+
+class PaginationError(ConnectorError):
+    """The service returned a page token that would make the listing loop forever."""
+
+
+class PublishError(ConnectorError):
+    """Output could not be staged or published; what was published before is untouched."""
