@@ -216,7 +216,10 @@ async def _call(function: Callable[[], Any]) -> Any:
 
 async def start_runner(emulator: Emulator, host: str, port: int) -> web.AppRunner:
     """Bind and start serving the emulator's application."""
-    runner = web.AppRunner(emulator.app(), access_log=None, handle_signals=False)
+    # Stalled handlers are cut off quickly on shutdown rather than waited for.
+    runner = web.AppRunner(
+        emulator.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()

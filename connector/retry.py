@@ -1,0 +1,251 @@
+"""When to retry, how long to wait, and how fast to send.
+
+``RetryPolicy`` is the one object that decides retries: full-jitter exponential backoff with
+a cap, a number of attempts and a deadline, honouring ``Retry-After`` when a server sends one.
+
+``RateController`` is the pure core of the adaptive limiter. OCI answers 429 without
+Retry-After, so the client must find the service's rate itself. At 50 ms latency, 20 req/s is
+about one request in flight, so adapting the in-flight bound alone cannot converge; the
+controller adapts both:
+
+- a pacing rate (requests/s), which falls multiplicatively on a 429 and climbs on success;
+- an in-flight bound, which shrinks multiplicatively on a 429 and grows additively on success,
+  never above ``fetch.concurrency``.
+
+At most one decrease happens per window: a 429 for a request sent before the last decrease
+says nothing new (it was already in flight) and is ignored. Without that rule, one burst of
+in-flight 429s would collapse the rate. The first decrease also bases itself on the rate
+actually achieved over the last second, so a rate that has grown far past the service's
+(while nothing was throttled) does not take many windows to come down.
+
+``AdaptiveLimiter`` is the thin async shell: an anyio ``CapacityLimiter`` for the in-flight
+bound and paced slots for the rate.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+
+Clock = Callable[[], float]
+
+
+def is_retryable_status(status: int, code: str = "") -> bool:
+    """429, 409 IncorrectState and 5xx except 501 may succeed if tried again."""
+    if status == 429:
+        return True
+    if status == 409:
+        return code == "IncorrectState"
+    return 500 <= status <= 599 and status != 501
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Full-jitter exponential backoff, bounded by attempts and by a total deadline."""
+
+    max_attempts: int = 8
+    base_s: float = 0.1
+    cap_s: float = 20.0
+    deadline_s: float = 600.0
+
+    def backoff(self, attempt: int, uniform: Callable[[], float] = random.random) -> float:
+        """The wait after failed attempt ``attempt`` (1-based), in [0, min(cap, base·2^(n-1))]."""
+        ceiling = min(self.cap_s, self.base_s * 2.0 ** (attempt - 1))
+        return float(uniform() * ceiling)
+
+    def delay(
+        self,
+        attempt: int,
+        elapsed_s: float,
+        retry_after_s: float | None = None,
+        uniform: Callable[[], float] = random.random,
+    ) -> float | None:
+        """How long to wait before the next attempt, or None when retrying must stop."""
+        if attempt >= self.max_attempts:
+            return None
+        wait = retry_after_s if retry_after_s is not None else self.backoff(attempt, uniform)
+        if elapsed_s + wait > self.deadline_s:
+            return None
+        return wait
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One request's passage through the limiter: when it was sent."""
+
+    sent_at: float
+
+
+class RateController:
+    """Adaptive pacing rate and in-flight bound; pure, with the clock injected."""
+
+    decrease = 0.8
+    concurrency_decrease = 0.7
+    min_concurrency = 2.0
+    slow_start_gain = 1.0
+    additive_increase = 2.0
+    min_rate = 0.5
+    window_s = 1.0
+    min_span_s = 0.5
+
+    def __init__(
+        self, max_concurrency: int, max_rate: float | None = None, clock: Clock = time.monotonic
+    ) -> None:
+        self.max_concurrency = float(max_concurrency)
+        self.max_rate = max_rate or None
+        self.concurrency = float(max_concurrency)
+        self.rate: float | None = self.max_rate
+        self.decreases = 0
+        self._clock = clock
+        self._next_slot = -math.inf
+        self._last_decrease = -math.inf
+        self._slow_start = True
+        self._successes: deque[float] = deque()
+        self._started = clock()
+
+    @property
+    def in_flight_limit(self) -> int:
+        """The current bound on requests in flight."""
+        return max(1, math.floor(self.concurrency))
+
+    def reserve(self) -> float:
+        """Claim the next send slot; returns how long to wait for it (0 when unpaced)."""
+        now = self._clock()
+        if self.rate is None:
+            return 0.0
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1.0 / self.rate
+        return slot - now
+
+    def on_success(self, ticket: Ticket) -> None:
+        """A request succeeded: count it and grow the bounds."""
+        now = self._clock()
+        self._successes.append(now)
+        while self._successes and self._successes[0] < now - self.window_s:
+            self._successes.popleft()
+        self.concurrency = min(self.max_concurrency, self.concurrency + 1.0 / self.concurrency)
+        if self.rate is None:
+            return
+        if self._slow_start:
+            self.rate += self.slow_start_gain  # +gain·rate per second: doubles every ~0.7 s
+        else:
+            self.rate += self.additive_increase / self.rate  # about +3 req/s each second
+        if self.max_rate is not None:
+            self.rate = min(self.rate, self.max_rate)
+
+    def on_throttle(self, ticket: Ticket) -> bool:
+        """A request was throttled; decrease unless this window already did. Returns whether."""
+        now = self._clock()
+        if ticket.sent_at < self._last_decrease:
+            return False
+        while self._successes and self._successes[0] < now - self.window_s:
+            self._successes.popleft()
+        # Early in a run, the window is not full yet: divide by the time actually observed, but
+        # by no less than min_span_s, so that an initial burst is not mistaken for the rate.
+        span = min(self.window_s, max(self.min_span_s, now - self._started))
+        achieved = max(self.min_rate, len(self._successes) / span)
+        if self.rate is None:
+            # First signal: start from what actually got through, then probe upwards quickly.
+            self.rate = achieved
+        else:
+            self.rate = max(self.min_rate, self.decrease * min(self.rate, achieved))
+            self._slow_start = False
+        self.concurrency = max(self.min_concurrency, self.concurrency * self.concurrency_decrease)
+        self.concurrency = min(self.concurrency, self.max_concurrency)
+        self._last_decrease = now
+        self._next_slot = max(self._next_slot, now)
+        self.decreases += 1
+        return True
+
+
+class AdaptiveLimiter:
+    """Bounds requests in flight and paces them, adapting both to throttling.
+
+    Waiters are admitted by priority, then in arrival order: a listing's next page (priority
+    0) goes ahead of a new listing's first page (priority 1), so that large compartments finish
+    early instead of trickling out one page per round at the end of a run. anyio has no
+    priority semaphore, hence the small one here; pacing uses anyio's FIFO lock.
+    """
+
+    def __init__(
+        self, max_concurrency: int, max_rate: float | None = None, clock: Clock = time.monotonic
+    ) -> None:
+        self.controller = RateController(max_concurrency, max_rate, clock)
+        self._clock = clock
+        self._pace_lock = anyio.Lock()
+        self._waiters: list[_Waiter] = []
+        self._order = itertools.count()
+        self._held = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    @asynccontextmanager
+    async def slot(self, priority: int = 1) -> AsyncIterator[Ticket]:
+        """Hold an in-flight slot and a paced send time for one request."""
+        await self._acquire(priority)
+        try:
+            async with self._pace_lock:
+                wait = self.controller.reserve()
+                if wait > 0:
+                    await anyio.sleep(wait)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                yield Ticket(sent_at=self._clock())
+            finally:
+                self.in_flight -= 1
+        finally:
+            self._held -= 1
+            self._admit()
+
+    def success(self, ticket: Ticket) -> None:
+        """Report a successful response."""
+        self.controller.on_success(ticket)
+        self._admit()
+
+    def throttled(self, ticket: Ticket) -> None:
+        """Report a 429."""
+        self.controller.on_throttle(ticket)
+
+    async def _acquire(self, priority: int) -> None:
+        if not self._waiters and self._held < self.controller.in_flight_limit:
+            self._held += 1
+            return
+        waiter = _Waiter(priority, next(self._order))
+        heapq.heappush(self._waiters, waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.admitted:
+                self._held -= 1
+                self._admit()
+            else:
+                waiter.cancelled = True
+            raise
+
+    def _admit(self) -> None:
+        while self._waiters and self._held < self.controller.in_flight_limit:
+            waiter = heapq.heappop(self._waiters)
+            if waiter.cancelled:
+                continue
+            waiter.admitted = True
+            self._held += 1
+            waiter.event.set()
+
+
+@dataclass(order=True, slots=True)
+class _Waiter:
+    priority: int
+    order: int
+    event: anyio.Event = field(default_factory=anyio.Event, compare=False)
+    admitted: bool = field(default=False, compare=False)
+    cancelled: bool = field(default=False, compare=False)

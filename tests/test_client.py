@@ -1,0 +1,257 @@
+"""The HTTP client against the emulator: throttling, faults, timeouts, auth, and secrets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+import structlog
+
+from connector import auth, signing
+from connector.client import ClientOptions, OciClient, RequestCounters, is_loopback
+from connector.emulator import EmulatorServer
+from connector.errors import OciApiError, RequestTimeout
+from connector.retry import RetryPolicy
+
+FAST_RETRY = RetryPolicy(max_attempts=8, base_s=0.01, cap_s=0.1)
+
+
+def signer_for(server: EmulatorServer, profile: str = "DEFAULT") -> auth.RequestSigner:
+    assert server.config_file is not None
+    return auth.make_signer("api_key", auth.load_profile(server.config_file, profile))
+
+
+async def list_all(
+    server: EmulatorServer,
+    options: ClientOptions,
+    signer: auth.RequestSigner | None = None,
+    limit: int = 40,
+) -> tuple[dict[str, list[str]], RequestCounters]:
+    """Every listable compartment's image ids, fetched concurrently through one client."""
+    found: dict[str, list[str]] = {}
+    async with OciClient(signer or signer_for(server), options) as client:
+
+        async def walk(compartment_id: str) -> None:
+            ids: list[str] = []
+            page = None
+            while True:
+                response = await client.get(
+                    server.url + "/20160918/images",
+                    {"compartmentId": compartment_id, "limit": limit, "page": page},
+                    priority=0 if page else 1,
+                )
+                ids += [r["id"] for r in orjson.loads(response.body)]
+                page = response.next_page
+                if page is None:
+                    found[compartment_id] = ids
+                    return
+
+        async with anyio.create_task_group() as group:
+            for comp in server.world.listable_compartments():
+                group.start_soon(walk, comp.id)
+    return found, client.counters
+
+
+def truth_ids(server: EmulatorServer) -> dict[str, list[str]]:
+    world = server.world
+    return {
+        c.id: [i.id for i in world.listing(world.home_region, c.id)]
+        for c in world.listable_compartments()
+    }
+
+
+def test_429_storm_completes_exactly(make_emulator: Callable[..., EmulatorServer]) -> None:
+    """Throttled at 100 req/s with burst 5, every listing still arrives whole; 429s are counted."""
+    server = make_emulator(rate=100, burst=5, latency_ms=5)
+    found, counters = anyio.run(list_all, server, ClientOptions(concurrency=16, retry=FAST_RETRY))
+    assert truth_ids(server) == found
+    stats = server.stats()
+    assert stats["throttled"] > 0
+    assert stats["throttled"] == counters.throttled
+    assert stats["requests"] == counters.sent
+
+
+def test_faults_and_truncated_bodies_are_retried(
+    make_emulator: Callable[..., EmulatorServer],
+) -> None:
+    """10 % 5xx and 5 % truncated bodies: retried until every listing is exact."""
+    server = make_emulator(fault_rate=0.10, truncate_rate=0.05, reset_rate=0.02)
+    found, counters = anyio.run(list_all, server, ClientOptions(concurrency=8, retry=FAST_RETRY))
+    assert truth_ids(server) == found
+    faults = server.stats()["faults"]
+    assert faults.get("truncate", 0) > 0
+    assert faults.get("500", 0) + faults.get("503", 0) > 0
+    # aiohttp itself re-sends an idempotent request once when a kept-alive connection drops,
+    # so resets need not reach the retry policy.
+    assert counters.retried >= sum(faults.values()) - faults.get("reset", 0)
+
+
+def test_stalled_response_times_out_and_is_retried(
+    make_emulator: Callable[..., EmulatorServer],
+) -> None:
+    """A response stalled past the read timeout is abandoned and tried again."""
+    server = make_emulator(stall_rate=1.0, stall_s=1.0)
+    options = ClientOptions(
+        concurrency=2, request_timeout_s=0.3, retry=RetryPolicy(max_attempts=2, base_s=0.01)
+    )
+
+    async def one() -> None:
+        async with OciClient(signer_for(server), options) as client:
+            await client.get(
+                server.url + "/20160918/images", {"compartmentId": server.world.tenancy_id}
+            )
+
+    with pytest.raises(RequestTimeout):
+        anyio.run(one)
+    assert 2 == server.stats()["faults"]["stall"]
+
+
+def test_stall_then_success(make_emulator: Callable[..., EmulatorServer]) -> None:
+    """With some responses stalled, a short read timeout still completes the listing."""
+    server = make_emulator(stall_rate=0.1, stall_s=1.0)
+    options = ClientOptions(concurrency=8, request_timeout_s=0.5, retry=FAST_RETRY)
+    found, counters = anyio.run(list_all, server, options, None, 500)
+    assert truth_ids(server) == found
+    assert counters.retried >= 1
+
+
+def test_bad_signature_is_not_retried(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """A key the service does not know: one request, 401, and the error names the request id."""
+    server = make_emulator()
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    stranger = auth.ApiKeySigner(
+        "t/u/f", rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+
+    async def one() -> None:
+        async with OciClient(stranger, ClientOptions(retry=FAST_RETRY)) as client:
+            await client.get(
+                server.url + "/20160918/images", {"compartmentId": server.world.tenancy_id}
+            )
+
+    with pytest.raises(OciApiError) as info:
+        anyio.run(one)
+    assert (401, "NotAuthenticated", False) == (
+        info.value.status,
+        info.value.code,
+        info.value.retryable,
+    )
+    assert info.value.opc_request_id
+    assert info.value.opc_request_id in str(info.value)
+    assert 1 == server.stats()["requests"]
+
+
+def test_clock_skew_is_rejected(
+    make_emulator: Callable[..., EmulatorServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client clock ten minutes slow gets 401 NotAuthenticated, not a retry loop."""
+    import time
+
+    server = make_emulator()
+    monkeypatch.setattr(
+        signing,
+        "http_date",
+        lambda timestamp=None: signing.email.utils.formatdate(time.time() - 600, usegmt=True),
+    )
+
+    async def one() -> None:
+        async with OciClient(signer_for(server), ClientOptions(retry=FAST_RETRY)) as client:
+            await client.get(
+                server.url + "/20160918/images", {"compartmentId": server.world.tenancy_id}
+            )
+
+    with pytest.raises(OciApiError) as info:
+        anyio.run(one)
+    assert 401 == info.value.status
+    assert 1 == server.stats()["requests"]
+
+
+@pytest.mark.parametrize("concurrency", [1, 5])
+def test_in_flight_bound_holds(
+    make_emulator: Callable[..., EmulatorServer], concurrency: int
+) -> None:
+    """The emulator never sees more requests at once than fetch.concurrency."""
+    server = make_emulator(latency_ms=10)
+    found, _ = anyio.run(list_all, server, ClientOptions(concurrency=concurrency))
+    assert truth_ids(server) == found
+    assert server.stats()["max_in_flight"] == concurrency
+
+
+def test_identifies_itself(make_emulator: Callable[..., EmulatorServer]) -> None:
+    """Every request carries a User-Agent naming the project and a client opc-request-id."""
+    server = make_emulator()
+    seen: list[dict[str, str]] = []
+
+    async def one() -> Any:
+        async with OciClient(signer_for(server)) as client:
+            response = await client.get(
+                server.url + "/20160918/images",
+                {"compartmentId": server.world.tenancy_id, "limit": 1},
+            )
+            seen.append({"id": response.opc_request_id or ""})
+            return response
+
+    anyio.run(one)
+    client_part, _, server_part = seen[0]["id"].partition("/")
+    assert 32 == len(client_part)
+    assert server_part
+
+
+def test_secrets_never_reach_logs_or_errors(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """Logs and errors of a failing run hold no key, pass phrase, token or Authorization header."""
+    server = make_emulator(fault_rate=0.5)
+    assert server.config_file is not None
+    token = Path(
+        auth.load_profile(server.config_file, "SESSION").security_token_file or ""
+    ).read_text()
+    pem = server.credentials.private_pem().decode()
+    signer = signer_for(server, "SESSION")
+    captured_headers: dict[str, str] = {}
+    anyio.run(signer.sign, "GET", server.url + "/x", captured_headers)
+    errors: list[str] = []
+    with structlog.testing.capture_logs() as logs:
+
+        async def run() -> None:
+            async with OciClient(
+                signer, ClientOptions(retry=RetryPolicy(max_attempts=2, base_s=0.01))
+            ) as client:
+                for comp in server.world.listable_compartments():
+                    try:
+                        await client.get(
+                            server.url + "/20160918/images", {"compartmentId": comp.id}
+                        )
+                    except OciApiError as exc:
+                        errors.append(str(exc) + repr(exc))
+
+        anyio.run(run)
+    assert errors, "the run was meant to fail somewhere"
+    assert any(e["event"] == "request.retry" for e in logs)
+    text = repr(logs) + "".join(errors) + repr(signer)
+    signature = signing.parse_authorization(captured_headers["authorization"])["signature"]
+    for secret in (token, pem.splitlines()[1], signature, "Signature algorithm"):
+        assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("127.0.0.1", True),
+        ("127.9.9.9", True),
+        ("localhost", True),
+        ("[::1]", True),
+        ("10.0.0.1", False),
+        ("example.com", False),
+    ],
+)
+def test_loopback_detection(host: str, expected: bool) -> None:
+    """Plain http is allowed by default only to loopback addresses."""
+    assert expected == is_loopback(host)
