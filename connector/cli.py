@@ -1,32 +1,92 @@
 """The ``oci-images`` command line.
 
 Each command imports what it needs when it runs, so ``--help`` and ``schema`` start fast and
-``run`` pays only for its own imports.
+``run`` pays only for its own imports. Exit codes: 0 complete, 1 failure, 2 usage or
+configuration error (nothing fetched), 3 partial (some listings failed).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from connector import __version__
+
+if TYPE_CHECKING:
+    from connector.auth import RequestSigner
+    from connector.config import Settings
+    from connector.pipeline import Outcome, Progress
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with the message on stderr (its default), naming the command."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="oci-images",
-        description="Export OCI Compute images (ListImages) to Parquet or NDJSON.",
+        description="Export OCI Compute images (ListImages) to Parquet or NDJSON in a data lake.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--log-format",
+        default="auto",
+        choices=["auto", "json", "console"],
+        help="auto: JSON lines unless stderr is a terminal",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="export (or one shard of the export)")
+    _config_arguments(run)
+    run.add_argument("--shard", default=None, metavar="I/N", help="run shard I of N; stage only")
+    run.add_argument("--run-id", default=None, help="run id (required with --shard)")
+    run.add_argument(
+        "--no-progress", action="store_true", help="no progress bar, even on a terminal"
+    )
+
+    demo = commands.add_parser("demo", help="run configs/demo.toml against the embedded emulator")
+    demo.add_argument("--output", default="demo-out", help="output directory (default: demo-out)")
+    demo.add_argument("--compartments", type=int, default=180, help="emulated compartments")
+    demo.add_argument("--latency-ms", type=float, default=20.0, help="emulated latency")
 
     emulator = commands.add_parser("emulator", help="serve the fake OCI API on loopback")
     from connector.emulator import cli as emulator_cli
 
     emulator_cli.add_arguments(emulator)
+
+    schema = commands.add_parser("schema", help="print the output schema")
+    schema.add_argument("--format", default="markdown", choices=["markdown", "json"])
+
+    plan = commands.add_parser("plan", help="print N shard specs as JSON (Airflow task mapping)")
+    _config_arguments(plan)
+    plan.add_argument("--shards", type=int, required=True, help="number of shards")
+    plan.add_argument("--run-id", default=None, help="run id to put in the specs")
+
+    commit = commands.add_parser("commit", help="publish the staged shards of one run")
+    _config_arguments(commit)
+    commit.add_argument("--run-id", required=True, help="the run whose shards to publish")
     return parser
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="TOML configuration file")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a key (TOML value; repeatable)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,8 +97,277 @@ def main(argv: Sequence[str] | None = None) -> int:
         from connector.emulator import cli as emulator_cli
 
         return emulator_cli.run(args)
+    if args.command == "schema":
+        return _schema(args)
+
+    from connector import logs
+    from connector.errors import ConfigError, ConnectorError
+
+    logs.configure(args.log_level, args.log_format)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "plan":
+            return _plan(args)
+        if args.command == "commit":
+            return _commit(args)
+    except ConfigError as exc:
+        print(f"oci-images: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ConnectorError as exc:
+        print(f"oci-images: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("oci-images: interrupted; nothing published", file=sys.stderr)
+        return 130
     parser.error(f"unknown command {args.command!r}")
-    return 2
+    return EXIT_CONFIG
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from connector import schema
+
+    if args.format == "json":
+        import orjson
+
+        sys.stdout.write(
+            orjson.dumps(schema.describe(), option=orjson.OPT_INDENT_2).decode() + "\n"
+        )
+    else:
+        print(schema.markdown_table())
+    return EXIT_OK
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    from connector.errors import ConfigError
+
+    if text is None:
+        return (0, 1)
+    try:
+        index_text, count_text = text.split("/")
+        index, count = int(index_text), int(count_text)
+    except ValueError:
+        raise ConfigError("--shard", f"expected I/N such as 0/4, got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError("--shard", f"shard {text} is out of range: I must be from 0 to N-1")
+    return index, count
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Settings, RequestSigner, str | None, str | None]:
+    """Load and validate everything before any request: settings, credentials, region, tenancy."""
+    from connector import auth, config
+    from connector.errors import AuthError, ConfigError
+
+    settings = config.load(args.config, args.set)
+    mode = settings["oci.auth"]
+    profile = None
+    if mode in ("api_key", "security_token"):
+        path, name = auth.resolve_config_location(
+            settings["oci.config_file"], settings["oci.profile"]
+        )
+        profile = auth.load_profile(path, name)
+    try:
+        signer = auth.make_signer(mode, profile)
+    except AuthError as exc:
+        raise ConfigError("oci.profile", str(exc)) from None
+    home = profile.region if profile else getattr(getattr(signer, "_signer", None), "region", None)
+    tenancy = settings["scope.tenancy"] or (profile.tenancy if profile else None)
+    if tenancy is None and profile is None:
+        tenancy = getattr(getattr(signer, "_signer", None), "tenancy_id", None)
+    regions = settings["oci.regions"]
+    if (not regions or regions == ("subscribed",)) and not home:
+        raise ConfigError("oci.regions", "is empty and the OCI profile names no region")
+    needs_tenancy = regions == ("subscribed",) or not settings["scope.compartments"]
+    if needs_tenancy and not tenancy:
+        raise ConfigError("scope.tenancy", "is needed for discovery and the profile has none")
+    return settings, signer, home, tenancy
+
+
+def _run(args: argparse.Namespace) -> int:
+    from connector.errors import ConfigError
+
+    shard = _parse_shard(args.shard)
+    if args.shard is not None and not args.run_id:
+        raise ConfigError("--run-id", "is required with --shard, so that shards and commit agree")
+    settings, signer, home, tenancy = _prepare(args)
+    show_progress = not args.no_progress and sys.stderr.isatty()
+    outcome = _execute(settings, signer, home, tenancy, args.run_id, shard, show_progress)
+    return _report(outcome)
+
+
+def _execute(
+    settings: Settings,
+    signer: RequestSigner,
+    home: str | None,
+    tenancy: str | None,
+    run_id: str | None,
+    shard: tuple[int, int],
+    show_progress: bool,
+) -> Outcome:
+    import anyio
+
+    from connector.pipeline import Export
+
+    export = Export(
+        settings,
+        signer,
+        run_id=run_id,
+        shard=shard,
+        publish_now=shard == (0, 1),
+        home_region=home,
+        tenancy=tenancy,
+    )
+
+    async def go() -> Outcome:
+        if not show_progress:
+            return await export.run()
+        async with anyio.create_task_group() as group:
+            group.start_soon(_render_progress, export)
+            outcome = await export.run()
+            group.cancel_scope.cancel()
+        sys.stderr.write("\r\x1b[K")
+        return outcome
+
+    return anyio.run(go)
+
+
+async def _render_progress(export: Any) -> None:
+    import anyio
+
+    while True:
+        sys.stderr.write("\r\x1b[K" + _progress_line(export.progress, export.client.counters))
+        sys.stderr.flush()
+        await anyio.sleep(0.25)
+
+
+def _progress_line(progress: Progress, counters: Any) -> str:
+    total = max(1, progress.listings_total)
+    done = progress.listings_done
+    width = 24
+    filled = int(width * done / total)
+    return (
+        f"[{'#' * filled}{'.' * (width - filled)}] {done}/{progress.listings_total} listings"
+        f" · {progress.rows} rows · {counters.sent} requests · {counters.retried} retries"
+        f" · {counters.throttled} throttled"
+    )
+
+
+def summary_line(outcome: Outcome) -> str:
+    """The one line a run prints at the end."""
+    manifest = outcome.manifest
+    comps = manifest.get("compartments", [])
+    failed = sum(1 for c in comps if c["status"] == "failed")
+    requests = manifest.get("requests", {})
+    rows = manifest.get("rows", 0)
+    rate = rows / outcome.elapsed_s if outcome.elapsed_s else 0.0
+    status = {0: "complete", 1: "failed", 3: "partial"}.get(outcome.exit_code, "failed")
+    published = "published" if outcome.published else "not published"
+    return (
+        f"{status} ({published}): rows={rows} rejects={manifest.get('rejects', 0)} "
+        f"files={len(manifest.get('files', []))} compartments_ok={len(comps) - failed} "
+        f"compartments_failed={failed} requests={requests.get('sent', 0)} "
+        f"retries={requests.get('retried', 0)} throttled={requests.get('throttled', 0)} "
+        f"rows_per_s={rate:.0f} elapsed_s={outcome.elapsed_s:.2f} "
+        f"run_id={manifest.get('run_id', '-')}"
+    )
+
+
+def _report(outcome: Outcome) -> int:
+    print(summary_line(outcome))
+    if outcome.message:
+        print(f"oci-images: {outcome.message}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import anyio
+    import orjson
+
+    from connector.discovery import shard_items
+    from connector.errors import ConfigError
+    from connector.pipeline import Export, new_run_id
+
+    if args.shards < 1:
+        raise ConfigError("--shards", "must be at least 1")
+    settings, signer, home, tenancy = _prepare(args)
+    run_id = args.run_id or new_run_id()
+    export = Export(settings, signer, run_id=run_id, home_region=home, tenancy=tenancy)
+
+    async def discover() -> list[Any]:
+        async with export.client:
+            return await export.work_items()
+
+    items = anyio.run(discover)
+    specs = []
+    for index in range(args.shards):
+        mine = shard_items(items, index, args.shards)
+        specs.append(
+            {
+                "index": index,
+                "count": args.shards,
+                "shard": f"{index}/{args.shards}",
+                "run_id": run_id,
+                "listings": len(mine),
+                "regions": sorted({i.region for i in mine}),
+                "args": ["--shard", f"{index}/{args.shards}", "--run-id", run_id],
+            }
+        )
+    sys.stdout.write(orjson.dumps(specs, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return EXIT_OK
+
+
+def _commit(args: argparse.Namespace) -> int:
+    from connector import config
+    from connector.pipeline import commit
+
+    settings = config.load(args.config, args.set)
+    return _report(commit(settings, args.run_id))
+
+
+def demo_config() -> Path:
+    """configs/demo.toml: from the source tree, or as installed inside the package."""
+    source = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
+    if source.is_file():
+        return source
+    return Path(__file__).resolve().parent / "_data" / "demo.toml"
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from connector.emulator import Behaviour, EmulatorServer, build_world
+
+    world = build_world(compartments=args.compartments, regions=("us-ashburn-1", "eu-frankfurt-1"))
+    with tempfile.TemporaryDirectory(prefix="oci-images-demo-") as folder:
+        server = EmulatorServer(world, Behaviour(latency_ms=args.latency_ms), oci_config_dir=folder)
+        with server:
+            served = world.counts()["compartments"]
+            regions = ", ".join(world.regions)
+            print(
+                f"demo: emulator on {server.url}: {served} compartments in {regions}",
+                file=sys.stderr,
+            )
+            args.config = demo_config()
+            args.set = [
+                f'oci.config_file="{server.config_file}"',
+                f'oci.endpoint="{server.endpoint_template}"',
+                f'output.uri="{Path(args.output).resolve()}"',
+                *getattr(args, "set", []),
+            ]
+            settings, signer, home, tenancy = _prepare(args)
+            outcome = _execute(settings, signer, home, tenancy, None, (0, 1), sys.stderr.isatty())
+    code = _report(outcome)
+    if outcome.published:
+        images = Path(args.output).resolve() / "images"
+        query = (
+            "SELECT _region, count(*) AS images "
+            f"FROM read_parquet('{images}/*/*/*.parquet', hive_partitioning = true) GROUP BY 1"
+        )
+        print(f"demo: wrote {images}; query it with DuckDB:\n  {query}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

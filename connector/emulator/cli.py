@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--custom-scale", type=float, default=1.0, help="multiplies custom images per compartment"
     )
+    parser.add_argument(
+        "--bad-records", type=float, default=0.0, help="share of custom images sent malformed"
+    )
     parser.add_argument("--latency-ms", type=float, default=0.0, help="mean response latency")
     parser.add_argument(
         "--jitter", type=float, default=0.5, help="latency spread, as a fraction of the mean"
@@ -84,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         regions=regions,
         platform_images=args.platform_images,
         custom_scale=args.custom_scale,
+        bad_records=args.bad_records,
     )
     behaviour = Behaviour(
         latency_ms=args.latency_ms,

@@ -423,6 +423,22 @@ def _custom_count(rng: random.Random, scale: float) -> int:
     return int(base * scale)
 
 
+def _corrupt(image: Image, rng: random.Random) -> Image:
+    """A record as a buggy proxy or a future API version might send it."""
+    record = image.record()
+    kind = rng.choice(("no-id", "size-text", "bool-text", "bad-time"))
+    if kind == "no-id":
+        del record["id"]
+    elif kind == "size-text":
+        record["sizeInMBs"] = f"{record.get('sizeInMBs')} MB"
+    elif kind == "bool-text":
+        record["createImageAllowed"] = "yes"
+    else:
+        record["timeCreated"] = "yesterday at noon"
+    fields = {f: getattr(image, f) for f in Image.__slots__ if f != "json"}
+    return Image(json=orjson.dumps(record), **fields)
+
+
 def _custom_images(
     rng: random.Random, region: str, comp: Compartment, count: int, bases: list[Image]
 ) -> list[Image]:
@@ -497,8 +513,13 @@ def build_world(
     regions: tuple[str, ...] = DEFAULT_REGIONS,
     platform_images: int = 60,
     custom_scale: float = 1.0,
+    bad_records: float = 0.0,
 ) -> World:
-    """Generate the tenancy for ``seed``; the same arguments always give the same world."""
+    """Generate the tenancy for ``seed``; the same arguments always give the same world.
+
+    ``bad_records`` is the share of custom images sent malformed (no id, text where a number
+    or boolean belongs, an unparseable time), for testing rejects end to end.
+    """
     if not regions:
         raise ValueError("at least one region is needed")
     rng = random.Random(seed)
@@ -529,7 +550,11 @@ def build_world(
             comp_rng = random.Random(f"{seed}/{region}/{comp.id}")
             count = _custom_count(comp_rng, custom_scale)
             if count:
-                world.custom[(region, comp.id)] = _custom_images(
-                    comp_rng, region, comp, count, bases
-                )
+                images = _custom_images(comp_rng, region, comp, count, bases)
+                if bad_records:
+                    images = [
+                        _corrupt(i, comp_rng) if comp_rng.random() < bad_records else i
+                        for i in images
+                    ]
+                world.custom[(region, comp.id)] = images
     return world

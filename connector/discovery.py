@@ -1,0 +1,131 @@
+"""What to export: regions, compartments, and the endpoints that serve them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+
+from connector.client import OciClient
+from connector.errors import ConfigError, PaginationError
+
+API_VERSION = "/20160918"
+log = structlog.get_logger("connector.discovery")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Base URLs of Compute and Identity, per region."""
+
+    compute_template: str
+    identity_template: str
+
+    @classmethod
+    def from_settings(cls, endpoint: str, identity_endpoint: str) -> Endpoints:
+        """The configured overrides, or OCI's public endpoints (realm oc1)."""
+        compute = endpoint or "https://iaas.{region}.oraclecloud.com"
+        identity = identity_endpoint or endpoint or "https://identity.{region}.oci.oraclecloud.com"
+        return cls(compute, identity)
+
+    def compute(self, region: str) -> str:
+        """Compute's base URL in ``region``."""
+        return self.compute_template.replace("{region}", region) + API_VERSION
+
+    def identity(self, region: str) -> str:
+        """Identity's base URL in ``region``."""
+        return self.identity_template.replace("{region}", region) + API_VERSION
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class WorkItem:
+    """One listing to fetch: a compartment in a region."""
+
+    region: str
+    compartment_id: str
+
+
+async def paginate(
+    client: OciClient, url: str, params: dict[str, Any], **context: Any
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Pages of a list call, following ``opc-next-page``; a repeated token is an error."""
+    seen: set[str] = set()
+    page: str | None = None
+    while True:
+        response = await client.get(url, params | ({"page": page} if page else {}), **context)
+        items = orjson.loads(response.body)
+        if not isinstance(items, list):
+            raise PaginationError(f"{url} returned a JSON {type(items).__name__}, not a list")
+        yield items
+        page = response.next_page
+        if page is None:
+            return
+        if page in seen:
+            raise PaginationError(f"{url} returned the page token {page[:16]}… twice")
+        seen.add(page)
+
+
+async def subscribed_regions(
+    client: OciClient, endpoints: Endpoints, home: str, tenancy: str
+) -> list[str]:
+    """The tenancy's READY region subscriptions."""
+    url = f"{endpoints.identity(home)}/tenancies/{tenancy}/regionSubscriptions"
+    response = await client.get(url, None, region=home)
+    subscriptions = orjson.loads(response.body)
+    ready = sorted(s["regionName"] for s in subscriptions if s.get("status") == "READY")
+    log.info(
+        "discovery.regions",
+        regions=ready,
+        skipped=[s["regionName"] for s in subscriptions if s.get("status") != "READY"],
+    )
+    return ready
+
+
+async def discover_compartments(
+    client: OciClient, endpoints: Endpoints, region: str, tenancy: str, exclude: Sequence[str]
+) -> list[str]:
+    """The root plus every ACTIVE compartment the caller can access, minus excluded subtrees."""
+    parents: dict[str, str] = {}
+    params = {
+        "compartmentId": tenancy,
+        "compartmentIdInSubtree": True,
+        "accessLevel": "ACCESSIBLE",
+        "lifecycleState": "ACTIVE",
+        "limit": 1000,
+    }
+    async for items in paginate(
+        client, f"{endpoints.identity(region)}/compartments", params, region=region
+    ):
+        for item in items:
+            if (
+                item.get("lifecycleState") == "ACTIVE"
+                and item.get("isAccessible", True) is not False
+            ):
+                parents[item["id"]] = item.get("compartmentId") or tenancy
+    excluded = set(exclude)
+
+    def is_excluded(compartment: str) -> bool:
+        hops = 0
+        while compartment in parents and hops < 64:
+            if compartment in excluded:
+                return True
+            compartment, hops = parents[compartment], hops + 1
+        return compartment in excluded
+
+    found = [tenancy, *sorted(parents)]
+    kept = [c for c in found if not is_excluded(c)]
+    log.info("discovery.compartments", found=len(found), excluded=len(found) - len(kept))
+    return kept
+
+
+def shard_items(items: Sequence[WorkItem], index: int, count: int) -> list[WorkItem]:
+    """Shard ``index`` of ``count``: every count-th item of the sorted work list.
+
+    Round-robin over a sorted list balances counts and keeps each region spread over all
+    shards; it is deterministic, so ``plan`` and each ``run --shard`` agree.
+    """
+    if not 0 <= index < count:
+        raise ConfigError("--shard", f"shard {index}/{count} is out of range")
+    return sorted(items)[index::count]

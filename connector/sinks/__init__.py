@@ -1,0 +1,99 @@
+"""Sinks: write record batches as they arrive, one file series per region partition.
+
+Both formats write through ``pyarrow.fs`` into the run's staging directory; publishing (the
+swap into the lake) is ``connector.publish``'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+FORMATS = ("parquet", "ndjson")
+COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "ndjson": ("gzip", "none")}
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """A finished data file, relative to the partition directory."""
+
+    path: str
+    rows: int
+    bytes: int
+
+
+class FileSeries(Protocol):
+    """Writes one region's batches into rolling files."""
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Append rows (may buffer them)."""
+
+    def close(self) -> list[FileInfo]:
+        """Flush, close and describe every file written."""
+
+
+@dataclass(frozen=True, slots=True)
+class SinkOptions:
+    """How files are written."""
+
+    format: str = "parquet"
+    compression: str = "zstd"
+    row_group_rows: int = 128 * 1024
+    max_rows_per_file: int = 1024 * 1024
+
+
+def extension(options: SinkOptions) -> str:
+    """The data files' extension: .parquet, .ndjson or .ndjson.gz."""
+    if options.format == "parquet":
+        return ".parquet"
+    return ".ndjson.gz" if options.compression == "gzip" else ".ndjson"
+
+
+class PartitionedSink:
+    """Routes batches to per-region file series under ``partition_dir/region=REGION/``."""
+
+    def __init__(
+        self,
+        fs: pafs.FileSystem,
+        partition_dir: str,
+        options: SinkOptions,
+        file_prefix: str = "part-",
+    ) -> None:
+        self.fs = fs
+        self.partition_dir = partition_dir
+        self.options = options
+        self.file_prefix = file_prefix
+        self._series: dict[str, FileSeries] = {}
+
+    def write(self, region: str, batch: pa.RecordBatch) -> None:
+        """Write a batch whose rows all belong to ``region``."""
+        if batch.num_rows == 0:
+            return
+        series = self._series.get(region)
+        if series is None:
+            series = self._series[region] = self._open(region)
+        series.write(batch)
+
+    def close(self) -> list[FileInfo]:
+        """Close every series; the files, relative to the partition directory."""
+        files: list[FileInfo] = []
+        for series in self._series.values():
+            files.extend(series.close())
+        self._series.clear()
+        return files
+
+    def _open(self, region: str) -> FileSeries:
+        directory = f"{self.partition_dir}/region={region}"
+        self.fs.create_dir(directory, recursive=True)
+        if self.options.format == "parquet":
+            from connector.sinks.parquet import ParquetSeries
+
+            return ParquetSeries(
+                self.fs, directory, f"region={region}", self.file_prefix, self.options
+            )
+        from connector.sinks.ndjson import NdjsonSeries
+
+        return NdjsonSeries(self.fs, directory, f"region={region}", self.file_prefix, self.options)

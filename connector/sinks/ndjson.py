@@ -1,0 +1,79 @@
+"""NDJSON files: one JSON object per row, the same names and nesting as the Parquet columns.
+
+Timestamps are RFC 3339 with ``Z``, dates ``YYYY-MM-DD``, maps JSON objects; gzip optional.
+"""
+
+from __future__ import annotations
+
+import orjson
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from connector.sinks import FileInfo, SinkOptions, extension
+
+_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
+
+
+def encode_rows(batch: pa.RecordBatch) -> bytes:
+    """The batch as NDJSON bytes."""
+    rows = batch.to_pylist(maps_as_pydicts="strict")
+    return b"".join(orjson.dumps(row, option=_OPTIONS) for row in rows)
+
+
+class NdjsonSeries:
+    """One region's NDJSON files."""
+
+    def __init__(
+        self, fs: pafs.FileSystem, directory: str, relative: str, prefix: str, options: SinkOptions
+    ) -> None:
+        self.fs = fs
+        self.directory = directory
+        self.relative = relative
+        self.prefix = prefix
+        self.options = options
+        self._stream: pa.NativeFile | None = None
+        self._raw: pa.NativeFile | None = None
+        self._name = ""
+        self._rows = 0
+        self._files: list[FileInfo] = []
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Append the batch's rows, rolling to a new file at the row limit."""
+        start = 0
+        while start < batch.num_rows:
+            if self._stream is None:
+                self._start_file()
+            assert self._stream is not None
+            take = min(batch.num_rows - start, self.options.max_rows_per_file - self._rows)
+            self._stream.write(encode_rows(batch.slice(start, take)))
+            self._rows += take
+            start += take
+            if self._rows >= self.options.max_rows_per_file:
+                self._finish_file()
+
+    def close(self) -> list[FileInfo]:
+        """Close the current file."""
+        self._finish_file()
+        return self._files
+
+    def _start_file(self) -> None:
+        self._name = f"{self.prefix}{len(self._files):05d}{extension(self.options)}"
+        self._raw = self.fs.open_output_stream(f"{self.directory}/{self._name}")
+        if self.options.compression == "gzip":
+            self._stream = pa.CompressedOutputStream(self._raw, "gzip")
+        else:
+            self._stream = self._raw
+        self._rows = 0
+
+    def _finish_file(self) -> None:
+        if self._stream is None or self._raw is None:
+            return
+        if self._stream is not self._raw:
+            self._stream.close()  # flushes the gzip trailer and closes the raw stream
+            size = self.fs.get_file_info(f"{self.directory}/{self._name}").size or 0
+        else:
+            size = self._raw.tell()
+            self._raw.close()
+        self._files.append(FileInfo(f"{self.relative}/{self._name}", self._rows, size))
+        self._stream = None
+        self._raw = None

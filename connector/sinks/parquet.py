@@ -1,0 +1,90 @@
+"""Parquet files: zstd by default, ~128k-row row groups, statistics on, rolling at a row limit.
+
+``ParquetWriter.write_batch`` closes a row group on every call, so batches (one per page) are
+buffered until a row group is full and then written as one table. Encoding and compression run
+in C++ with the GIL released, so they overlap with parsing on the other core.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from connector import schema
+from connector.sinks import FileInfo, SinkOptions
+
+
+class ParquetSeries:
+    """One region's Parquet files."""
+
+    def __init__(
+        self, fs: pafs.FileSystem, directory: str, relative: str, prefix: str, options: SinkOptions
+    ) -> None:
+        self.fs = fs
+        self.directory = directory
+        self.relative = relative
+        self.prefix = prefix
+        self.options = options
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._stream: pa.NativeFile | None = None
+        self._name = ""
+        self._file_rows = 0
+        self._files: list[FileInfo] = []
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Buffer rows; write a row group whenever one is full."""
+        self._buffer.append(batch)
+        self._buffered += batch.num_rows
+        while self._buffered >= self._room():
+            self._flush(self._room())
+
+    def close(self) -> list[FileInfo]:
+        """Write what is buffered and close the current file."""
+        while self._buffered:
+            self._flush(min(self._buffered, self._room()))
+        self._finish_file()
+        return self._files
+
+    def _room(self) -> int:
+        """Rows the next row group may take: a full group, or what the file still holds."""
+        return min(self.options.row_group_rows, self.options.max_rows_per_file - self._file_rows)
+
+    def _flush(self, rows: int) -> None:
+        table = pa.Table.from_batches(self._buffer, schema=schema.SCHEMA)
+        head, tail = table.slice(0, rows), table.slice(rows)
+        writer = self._writer or self._start_file()
+        writer.write_table(head, row_group_size=rows)
+        self._file_rows += rows
+        self._buffer = tail.to_batches()
+        self._buffered = tail.num_rows
+        if self._file_rows >= self.options.max_rows_per_file:
+            self._finish_file()
+
+    def _start_file(self) -> pq.ParquetWriter:
+        self._name = f"{self.prefix}{len(self._files):05d}.parquet"
+        self._stream = self.fs.open_output_stream(f"{self.directory}/{self._name}")
+        self._writer = pq.ParquetWriter(
+            self._stream,
+            schema.SCHEMA,
+            compression=cast(Any, self.options.compression),
+            write_statistics=True,
+            use_dictionary=True,
+            version="2.6",
+        )
+        self._file_rows = 0
+        return self._writer
+
+    def _finish_file(self) -> None:
+        if self._writer is None or self._stream is None:
+            return
+        self._writer.close()
+        size = self._stream.tell()
+        self._stream.close()
+        self._files.append(FileInfo(f"{self.relative}/{self._name}", self._file_rows, size))
+        self._writer = None
+        self._stream = None
