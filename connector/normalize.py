@@ -10,6 +10,7 @@ on. Nothing is dropped silently and nothing crashes the run.
 from __future__ import annotations
 
 import gc
+import json
 import operator
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -101,7 +102,12 @@ def parse(body: bytes) -> list[Any]:
     try:
         records = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise PageError(f"the page is not valid JSON: {exc}") from None
+        # orjson stops at 64-bit integers; the standard library does not. Such a record is
+        # then rejected on its own rather than failing the whole listing.
+        try:
+            records = json.loads(body)
+        except ValueError:
+            raise PageError(f"the page is not valid JSON: {exc}") from None
     if not isinstance(records, list):
         raise PageError(f"the page is a JSON {type(records).__name__}, not an array")
     return records

@@ -254,7 +254,15 @@ class Export:
                 self.client, self.endpoints, home, self._tenancy(), tuple(excluded)
             )
         items = [WorkItem(r, c) for r in regions for c in compartments]
-        return shard_items(items, *self.shard)
+        mine = shard_items(items, *self.shard)
+        # Under `once`, each region's platform images come from one shard only: the one that
+        # holds the region's first listing. Within it, the first complete listing donates them.
+        firsts: dict[str, WorkItem] = {}
+        for item in sorted(items):
+            firsts.setdefault(item.region, item)
+        owned = set(mine)
+        self._donors = {region for region, item in firsts.items() if item not in owned}
+        return mine
 
     def _tenancy(self) -> str:
         if not self.tenancy:
@@ -377,7 +385,8 @@ class Export:
         error = end.error or state.error
         item = end.item
         if error is None and state.platform and item.region not in self._donors:
-            # The first complete listing of a region contributes the region's platform images.
+            # The first complete listing of a region contributes the region's platform images;
+            # regions another shard donates for are in _donors from the start.
             self._donors.add(item.region)
             for batch in state.platform:
                 state.rows += batch.num_rows
@@ -558,7 +567,7 @@ def commit(
         )
     manifest["finished_at"] = publish.utc_now()
     publish.write_json(filesystem, f"{layout.staged_partition}/_manifest.json", manifest)
-    with filesystem.open_output_stream(f"{layout.staged_partition}/_SUCCESS"):
+    with filesystem.open_output_stream(f"{layout.staged_partition}/_SUCCESS", compression=None):
         pass
     publish.swap_in(filesystem, layout)
     log.info(

@@ -108,7 +108,9 @@ class RejectWriter:
         for reject in rejects:
             if self._stream is None:
                 self.fs.create_dir(self.directory, recursive=True)
-                self._stream = self.fs.open_output_stream(f"{self.directory}/{self.name}")
+                self._stream = self.fs.open_output_stream(
+                    f"{self.directory}/{self.name}", compression=None
+                )
             self._stream.write(reject.to_json() + b"\n")
             self.count += 1
 
@@ -131,7 +133,7 @@ def write_json(fs: pafs.FileSystem, path: str, payload: Any) -> None:
     """Write a JSON document."""
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
-    with fs.open_output_stream(path) as out:
+    with fs.open_output_stream(path, compression=None) as out:
         out.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
 
 
@@ -184,7 +186,7 @@ def _filter_parquet(
         codec = str(compression).lower()
         codec = "none" if codec == "uncompressed" else codec
         with (
-            fs.open_output_stream(target) as out,
+            fs.open_output_stream(target, compression=None) as out,
             pq.ParquetWriter(out, reader.schema_arrow, compression=codec, version="2.6") as writer,  # type: ignore[arg-type]
         ):
             by_region: dict[str, list[str]] = {}
@@ -214,7 +216,7 @@ def _filter_lines(
 
     rows = 0
     with fs.open_input_stream(source, compression="gzip" if gzip else None) as src:
-        raw = fs.open_output_stream(target)
+        raw = fs.open_output_stream(target, compression=None)
         out = pa.CompressedOutputStream(raw, "gzip") if gzip else raw
         with out:
             for line in _lines(src):

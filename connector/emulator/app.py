@@ -62,6 +62,7 @@ class Behaviour:
     stall_rate: float = 0.0
     stall_s: float = 30.0
     trailing_empty_page: bool = False
+    shift_rate: float = 0.0
     max_clock_skew_s: float = 300.0
     default_limit: int = 100
 
@@ -344,6 +345,10 @@ class Emulator:
                 self._selections.clear()
             self._selections[key] = selection
         offset = self._offset(query, key)
+        if offset and self._rng.random() < self.behaviour.shift_rate:
+            # Items shifted while the client paged: this page repeats the previous page's last.
+            self.stats.faults["shift"] += 1
+            offset -= 1
         page = selection[offset : offset + limit]
         body = b"[" + b",".join(img.json for img in page) + b"]"
         return self._page(body, key, offset, len(page), limit, len(selection))

@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fault-rate", type=float, default=0.0, help="share of requests answered 500/503"
     )
     parser.add_argument(
+        "--shift-rate", type=float, default=0.0, help="share of pages that repeat the last item"
+    )
+    parser.add_argument(
         "--truncate-rate", type=float, default=0.0, help="share of bodies cut short"
     )
     parser.add_argument("--reset-rate", type=float, default=0.0, help="share of connections reset")
@@ -101,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         stall_rate=args.stall_rate,
         stall_s=args.stall_s,
         trailing_empty_page=args.trailing_empty_page,
+        shift_rate=args.shift_rate,
         default_limit=args.default_limit,
     )
     emulator = Emulator(world, behaviour, seed=args.seed)

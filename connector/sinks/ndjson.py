@@ -58,7 +58,7 @@ class NdjsonSeries:
 
     def _start_file(self) -> None:
         self._name = f"{self.prefix}{len(self._files):05d}{extension(self.options)}"
-        self._raw = self.fs.open_output_stream(f"{self.directory}/{self._name}")
+        self._raw = self.fs.open_output_stream(f"{self.directory}/{self._name}", compression=None)
         if self.options.compression == "gzip":
             self._stream = pa.CompressedOutputStream(self._raw, "gzip")
         else:

@@ -67,7 +67,9 @@ class ParquetSeries:
 
     def _start_file(self) -> pq.ParquetWriter:
         self._name = f"{self.prefix}{len(self._files):05d}.parquet"
-        self._stream = self.fs.open_output_stream(f"{self.directory}/{self._name}")
+        self._stream = self.fs.open_output_stream(
+            f"{self.directory}/{self._name}", compression=None
+        )
         self._writer = pq.ParquetWriter(
             self._stream,
             schema.SCHEMA,

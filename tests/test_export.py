@@ -1,0 +1,338 @@
+"""End to end, in process: the export against the emulator, output read back and compared.
+
+Each test runs ``oci-images run`` through ``connector.cli.main`` (the subprocess form is in
+test_cli.py) and reads what it published with DuckDB and pyarrow.dataset.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow.dataset as ds
+import pytest
+
+from connector import cli, publish
+from connector.emulator import EmulatorServer, build_world
+from tests.reference import expected_rows, multiset, normalise_actual
+
+DATE = "2026-11-27"
+WORLD = {
+    "seed": 21,
+    "compartments": 40,
+    "regions": ("us-ashburn-1", "eu-frankfurt-1"),
+    "platform_images": 20,
+    "custom_scale": 0.3,
+}
+
+
+def write_config(tmp_path: Path, server: EmulatorServer, **sections: dict[str, Any]) -> Path:
+    """A config pointing at the emulator; ``sections`` override or add keys."""
+    base: dict[str, dict[str, Any]] = {
+        "oci": {
+            "config_file": str(server.config_file),
+            "endpoint": server.endpoint_template,
+            "regions": ["subscribed"],
+        },
+        "fetch": {"concurrency": 8, "page_size": 1000},
+        "output": {"uri": str(tmp_path / "lake"), "snapshot_date": DATE},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    lines = []
+    for name, values in base.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return orjson.dumps(value).decode()
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+def run(config: Path, *extra: str) -> int:
+    return cli.main(["--log-level", "warning", "run", "--config", str(config), *extra])
+
+
+def partition(tmp_path: Path) -> Path:
+    return tmp_path / "lake" / "images" / f"snapshot_date={DATE}"
+
+
+def manifest_of(tmp_path: Path) -> dict[str, Any]:
+    result: dict[str, Any] = orjson.loads((partition(tmp_path) / "_manifest.json").read_bytes())
+    return result
+
+
+def arrow_rows(tmp_path: Path) -> list[dict[str, Any]]:
+    dataset = ds.dataset(tmp_path / "lake" / "images", format="parquet", partitioning="hive")
+    return dataset.to_table().to_pylist(maps_as_pydicts="strict")
+
+
+def duckdb_rows(tmp_path: Path) -> list[dict[str, Any]]:
+    glob = tmp_path / "lake" / "images" / "*" / "*" / "*.parquet"
+    relation = duckdb.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning = true)")
+    columns = relation.columns
+    return [dict(zip(columns, values, strict=True)) for values in relation.fetchall()]
+
+
+@pytest.fixture
+def lake_emulator(make_emulator: Callable[..., EmulatorServer]) -> EmulatorServer:
+    return make_emulator(build_world(**WORLD))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("platform", ["once", "every", "skip"])
+def test_published_rows_equal_ground_truth(
+    lake_emulator: EmulatorServer, tmp_path: Path, platform: str
+) -> None:
+    """2 regions × 40 compartments, discovered: every row equals the ground truth, field by field."""
+    config = write_config(tmp_path, lake_emulator, fetch={"platform_images": platform})
+    assert 0 == run(config)
+    expected = multiset(expected_rows(lake_emulator.world, platform))
+    assert expected == multiset([normalise_actual(r, platform) for r in arrow_rows(tmp_path)])
+    manifest = manifest_of(tmp_path)
+    assert ("succeeded", sum(expected.values()), 0) == (
+        manifest["status"],
+        manifest["rows"],
+        manifest["rejects"],
+    )
+    assert 82 == len(manifest["compartments"])
+    assert (partition(tmp_path) / "_SUCCESS").exists()
+
+
+def test_duckdb_reads_the_same_rows(lake_emulator: EmulatorServer, tmp_path: Path) -> None:
+    """DuckDB with hive partitioning reads exactly what pyarrow reads, maps, lists and times too."""
+    assert 0 == run(write_config(tmp_path, lake_emulator))
+    via_duckdb = duckdb_rows(tmp_path)
+    via_arrow = arrow_rows(tmp_path)
+    assert len(via_arrow) == len(via_duckdb)
+    assert {(DATE, r) for r in lake_emulator.world.regions} == {
+        (str(r["snapshot_date"]), r["region"]) for r in via_duckdb
+    }
+    by_id = {r["id"]: r for r in via_arrow}
+    for row in via_duckdb:
+        twin = by_id[row["id"]]
+        for key in (
+            "defined_tags",
+            "freeform_tags",
+            "image_volume_details__data_volumes",
+            "size_in_mbs",
+            "display_name",
+            "_extra",
+            "launch_options__firmware",
+        ):
+            assert twin[key] == row[key], key
+        assert twin["time_created"] == row["time_created"]
+
+
+def test_ndjson_gzip_equals_ground_truth(lake_emulator: EmulatorServer, tmp_path: Path) -> None:
+    """NDJSON(.gz) carries the same names and nesting; times are RFC 3339 with Z."""
+    config = write_config(
+        tmp_path, lake_emulator, output={"format": "ndjson", "compression": "gzip"}
+    )
+    assert 0 == run(config)
+    files = sorted(partition(tmp_path).glob("region=*/part-*.ndjson.gz"))
+    assert len(files) == 2
+    rows = [
+        orjson.loads(line) for f in files for line in gzip.decompress(f.read_bytes()).splitlines()
+    ]
+    assert all(r["time_created"].endswith("Z") and r["_fetched_at"].endswith("Z") for r in rows)
+    expected = multiset(expected_rows(lake_emulator.world, "once"))
+    from datetime import datetime
+
+    for row in rows:
+        row["time_created"] = datetime.fromisoformat(row["time_created"])
+    assert expected == multiset([normalise_actual(r, "once") for r in rows])
+    counted = duckdb.sql(
+        f"SELECT count(*) FROM read_ndjson('{partition(tmp_path)}/region=*/*.ndjson.gz')"
+    ).fetchall()
+    assert [(len(rows),)] == counted
+
+
+def test_unknown_compartment_is_partial(lake_emulator: EmulatorServer, tmp_path: Path) -> None:
+    """A 404 compartment: exit 3, nothing published; with allow_partial, published without it."""
+    world = lake_emulator.world
+    good = [c.id for c in world.listable_compartments()[:3]]
+    missing = "ocid1.compartment.oc1..aaaaaaaamissingmissingmissingmissingmissingmissingmissing"
+    scope = {"compartments": [*good, missing]}
+    config = write_config(tmp_path, lake_emulator, scope=scope, oci={"regions": ["us-ashburn-1"]})
+    assert 3 == run(config)
+    assert not partition(tmp_path).exists()
+    assert not list((tmp_path / "lake").glob("_staging/*"))
+    config = write_config(
+        tmp_path,
+        lake_emulator,
+        scope=scope,
+        oci={"regions": ["us-ashburn-1"]},
+        output={"allow_partial": True},
+    )
+    assert 3 == run(config)
+    manifest = manifest_of(tmp_path)
+    assert "partial" == manifest["status"]
+    [failed] = [c for c in manifest["compartments"] if c["status"] == "failed"]
+    assert (missing, 404, "NotAuthorizedOrNotFound") == (
+        failed["compartment_id"],
+        failed["error"]["status"],
+        failed["error"]["code"],
+    )
+    assert failed["error"]["opc_request_id"]
+    expected = multiset(
+        [r for r in expected_rows(world, "once", good) if r["_region"] == "us-ashburn-1"]
+    )
+    assert expected == multiset([normalise_actual(r, "once") for r in arrow_rows(tmp_path)])
+
+
+def test_failed_listings_leave_no_rows(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """Listings that fail part-way (after pages were written) publish none of their rows."""
+    server = make_emulator(build_world(**WORLD), fault_rate=0.15)  # type: ignore[arg-type]
+    config = write_config(
+        tmp_path,
+        server,
+        fetch={"max_attempts": 1, "page_size": 50, "platform_images": "every"},
+        output={"allow_partial": True},
+    )
+    assert 3 == run(config)
+    manifest = manifest_of(tmp_path)
+    ok = {
+        (c["region"], c["compartment_id"]) for c in manifest["compartments"] if c["status"] == "ok"
+    }
+    failed = [c for c in manifest["compartments"] if c["status"] == "failed"]
+    assert failed
+    assert any(c["pages"] > 0 for c in failed), "some listing failed after its first page"
+    expected = [
+        r
+        for r in expected_rows(server.world, "every")
+        if (r["_region"], r["_source_compartment_id"]) in ok
+    ]
+    actual = arrow_rows(tmp_path)
+    assert multiset(expected) == multiset([normalise_actual(r, "every") for r in actual])
+    assert manifest["rows"] == len(actual) == sum(f["rows"] for f in manifest["files"])
+
+
+def test_never_requests_deleted_or_inaccessible(
+    lake_emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Discovery lists ACTIVE accessible compartments only; the rest are never requested."""
+    assert 0 == run(write_config(tmp_path, lake_emulator))
+    world = lake_emulator.world
+    listed = {key.split("/", 1)[1] for key in lake_emulator.stats()["listed_compartments"]}
+    assert {c.id for c in world.listable_compartments()} == listed
+    assert not listed & {
+        c.id for c in world.compartments if c.lifecycle_state == "DELETED" or not c.accessible
+    }
+
+
+def test_in_flight_bound_holds(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """With latency, the emulator never sees more requests at once than fetch.concurrency."""
+    server = make_emulator(build_world(**WORLD), latency_ms=15)  # type: ignore[arg-type]
+    assert 0 == run(write_config(tmp_path, server, fetch={"concurrency": 4, "page_size": 200}))
+    assert 4 == server.stats()["max_in_flight"]
+
+
+def test_shifting_items_and_trailing_empty_pages(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """Items repeated across pages are dropped once; a token leading to an empty page is followed."""
+    world = build_world(**WORLD)  # type: ignore[arg-type]
+    server = make_emulator(world, shift_rate=0.3, trailing_empty_page=True)
+    assert 0 == run(write_config(tmp_path, server, fetch={"page_size": 40}))
+    assert multiset(expected_rows(world, "once")) == multiset(
+        [normalise_actual(r, "once") for r in arrow_rows(tmp_path)]
+    )
+    manifest = manifest_of(tmp_path)
+    assert (
+        sum(c["duplicates_dropped"] for c in manifest["compartments"])
+        == server.stats()["faults"]["shift"]
+        > 0
+    )
+
+
+def test_rejects_are_kept_and_counted(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """Malformed records go to _rejects/ with their reason; the rest are published."""
+    world = build_world(**WORLD, bad_records=0.03)  # type: ignore[arg-type]
+    server = make_emulator(world)
+    assert 0 == run(write_config(tmp_path, server))
+    manifest = manifest_of(tmp_path)
+    lines = [
+        orjson.loads(x)
+        for f in partition(tmp_path).glob("_rejects/*.jsonl")
+        for x in f.read_bytes().splitlines()
+    ]
+    assert manifest["rejects"] == len(lines) > 0
+    assert all(line["reason"] and line["record"] and line["compartment_id"] for line in lines)
+    published = {r["id"] for r in arrow_rows(tmp_path)}
+    rejected = {line["record"].get("id") for line in lines}
+    listed = [i for region in world.regions for i in world.platform[region]]
+    listed += [i for images in world.custom.values() for i in images]
+    assert len(published) + len(lines) == len(listed)
+    assert {i.record().get("id") for i in listed} == published | rejected
+    assert manifest["rows"] == len(published)
+
+
+def test_rerun_replaces_the_partition(lake_emulator: EmulatorServer, tmp_path: Path) -> None:
+    """Re-running a date replaces the partition wholesale: same rows, new run id."""
+    config = write_config(tmp_path, lake_emulator)
+    assert 0 == run(config)
+    first = manifest_of(tmp_path)
+    assert 0 == run(config)
+    second = manifest_of(tmp_path)
+    assert first["run_id"] != second["run_id"]
+    assert first["rows"] == second["rows"] == len(arrow_rows(tmp_path))
+    assert not (tmp_path / "lake" / "_staging").exists()
+    assert not (tmp_path / "lake" / "_trash").exists()
+
+
+def test_sharded_run_then_commit(
+    lake_emulator: EmulatorServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """plan → three shards staged → commit publishes one partition equal to the ground truth."""
+    config = write_config(tmp_path, lake_emulator)
+    assert 0 == cli.main(["plan", "--config", str(config), "--shards", "3", "--run-id", "r-shards"])
+    specs = orjson.loads(capsys.readouterr().out)
+    assert ["0/3", "1/3", "2/3"] == [s["shard"] for s in specs]
+    assert 82 == sum(s["listings"] for s in specs)
+    for spec in specs[:2]:
+        assert 0 == run(config, *spec["args"])
+    assert not partition(tmp_path).exists()
+    assert 1 == cli.main(["commit", "--config", str(config), "--run-id", "r-shards"]), (
+        "a shard is missing"
+    )
+    assert 0 == run(config, *specs[2]["args"])
+    assert 0 == cli.main(["commit", "--config", str(config), "--run-id", "r-shards"])
+    assert multiset(expected_rows(lake_emulator.world, "once")) == multiset(
+        [normalise_actual(r, "once") for r in arrow_rows(tmp_path)]
+    )
+    manifest = manifest_of(tmp_path)
+    assert (3, "r-shards") == (manifest["shards"], manifest["run_id"])
+
+
+def test_interrupted_swap_is_repaired(tmp_path: Path) -> None:
+    """A partition left in _trash by a swap cut between its renames is restored by the next run."""
+    lake = tmp_path / "lake"
+    old = lake / "images" / f"snapshot_date={DATE}"
+    old.mkdir(parents=True)
+    (old / "_SUCCESS").write_text("")
+    trash = lake / "_trash" / "r-1"
+    trash.mkdir(parents=True)
+    old.rename(trash / old.name)
+    fs, base = publish.resolve(str(lake))
+    assert [old.name] == publish.recover(fs, base)
+    assert (old / "_SUCCESS").exists()
+    assert not (lake / "_trash" / "r-1").exists()

@@ -1,0 +1,255 @@
+"""The normalizer: pure, bytes in, record batch and rejects out."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from connector import schema
+from connector.normalize import Page, PageError, RunInfo, normalize_page, normalize_records
+
+RUN = RunInfo("run-1", date(2026, 11, 27))
+FETCHED = datetime(2026, 11, 27, 1, 2, 3, 456789, tzinfo=UTC)
+
+
+def page_of(records: list[Any]) -> Page:
+    return Page(
+        orjson.dumps(records), "us-ashburn-1", "ocid1.compartment.oc1..aaaa", 3, FETCHED, "req-1"
+    )
+
+
+def image(**overrides: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": "ocid1.image.oc1.iad.aaaa1",
+        "compartmentId": "ocid1.compartment.oc1..aaaa",
+        "displayName": "web ñandú\t\u0007",
+        "operatingSystem": "Oracle Linux",
+        "operatingSystemVersion": "9",
+        "lifecycleState": "AVAILABLE",
+        "createImageAllowed": True,
+        "sizeInMBs": 2**40,
+        "billableSizeInGBs": 3,
+        "timeCreated": "2024-01-26T21:10:29.600Z",
+        "launchMode": "NATIVE",
+        "launchOptions": {"firmware": "UEFI_64", "isPvEncryptionInTransitEnabled": False},
+        "agentFeatures": {"isManagementSupported": True, "isMonitoringSupported": False},
+        "imageVolumeDetails": {
+            "dataVolumes": [{"displayName": "d1", "index": 1, "sizeInMBs": 2**33}]
+        },
+        "definedTags": {"Operations": {"CostCenter": "42"}},
+        "freeformTags": {"env": "prod"},
+    }
+    record.update(overrides)
+    return record
+
+
+def rows(records: list[Any]) -> list[dict[str, Any]]:
+    result = normalize_page(page_of(records), RUN)
+    assert schema.SCHEMA == result.batch.schema
+    return result.batch.to_pylist(maps_as_pydicts="strict")
+
+
+class TestConversion:
+    def test_every_column(self) -> None:
+        """A full record lands in every column, nested fields flattened, tags as maps."""
+        [row] = rows([image()])
+        assert "ocid1.image.oc1.iad.aaaa1" == row["id"]
+        assert "web ñandú\t\u0007" == row["display_name"]
+        assert 2**40 == row["size_in_mbs"]
+        assert datetime(2024, 1, 26, 21, 10, 29, 600000, tzinfo=UTC) == row["time_created"]
+        assert "UEFI_64" == row["launch_options__firmware"]
+        assert row["launch_options__is_pv_encryption_in_transit_enabled"] is False
+        assert row["launch_options__network_type"] is None
+        assert row["agent_features__is_monitoring_supported"] is False
+        assert [{"display_name": "d1", "index": 1, "size_in_mbs": 2**33}] == row[
+            "image_volume_details__data_volumes"
+        ]
+        assert {"Operations": {"CostCenter": "42"}} == row["defined_tags"]
+        assert {"env": "prod"} == row["freeform_tags"]
+        assert ("us-ashburn-1", "ocid1.compartment.oc1..aaaa", False) == (
+            row["_region"],
+            row["_source_compartment_id"],
+            row["_is_platform"],
+        )
+        assert (date(2026, 11, 27), FETCHED, "run-1", None) == (
+            row["_snapshot_date"],
+            row["_fetched_at"],
+            row["_run_id"],
+            row["_extra"],
+        )
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("2024-01-26T21:10:29Z", datetime(2024, 1, 26, 21, 10, 29, tzinfo=UTC)),
+            ("2024-01-26T21:10:29.123456Z", datetime(2024, 1, 26, 21, 10, 29, 123456, tzinfo=UTC)),
+            ("2024-01-26T23:10:29.5+02:00", datetime(2024, 1, 26, 21, 10, 29, 500000, tzinfo=UTC)),
+            ("2024-01-26T16:10:29-05:00", datetime(2024, 1, 26, 21, 10, 29, tzinfo=UTC)),
+        ],
+        ids=["no-fraction", "micros", "plus-offset", "minus-offset"],
+    )
+    def test_rfc3339_forms(self, text: str, expected: datetime) -> None:
+        """Any RFC 3339 form becomes the same instant in UTC."""
+        [row] = rows([image(timeCreated=text)])
+        assert expected == row["time_created"]
+
+    def test_platform_and_absent_keys(self) -> None:
+        """Platform images (compartmentId null) are flagged; absent optional keys are null."""
+        record = {
+            k: v
+            for k, v in image(compartmentId=None).items()
+            if k not in ("launchOptions", "agentFeatures", "imageVolumeDetails", "definedTags")
+        }
+        [row] = rows([record])
+        assert row["_is_platform"] is True
+        assert row["launch_options__firmware"] is None
+        assert row["image_volume_details__data_volumes"] is None
+        assert row["defined_tags"] is None
+
+    def test_unknown_enum_values_are_kept(self) -> None:
+        """Values outside a documented enum are kept as sent."""
+        [row] = rows(
+            [
+                image(
+                    launchMode="QUANTUM",
+                    lifecycleState="ARCHIVED",
+                    launchOptions={"firmware": "UEFI_128"},
+                )
+            ]
+        )
+        assert ("QUANTUM", "ARCHIVED", "UEFI_128") == (
+            row["launch_mode"],
+            row["lifecycle_state"],
+            row["launch_options__firmware"],
+        )
+
+    def test_unknown_fields_go_to_extra_verbatim(self) -> None:
+        """Unknown fields, top-level and nested, are kept in _extra as JSON, values untouched."""
+        record = image(systemTags={"orcl-cloud": {"free-tier-retained": "true"}}, futureFlag=1.50)
+        record["launchOptions"]["newOption"] = [1, "two", None]
+        plain = image(id="ocid1.image.oc1.iad.aaaa2")
+        extra, none = rows([record, plain])
+        assert {
+            "systemTags": {"orcl-cloud": {"free-tier-retained": "true"}},
+            "futureFlag": 1.5,
+            "launchOptions": {"newOption": [1, "two", None]},
+        } == orjson.loads(extra["_extra"])
+        assert none["_extra"] is None
+
+
+class TestRejects:
+    @pytest.mark.parametrize(
+        ("record", "reason"),
+        [
+            (image(id=None), "no id"),
+            ({k: v for k, v in image().items() if k != "id"}, "no id"),
+            (image(sizeInMBs="47694 MB"), "cannot convert"),
+            (image(createImageAllowed="yes"), "cannot convert"),
+            (image(id=42), "cannot convert"),
+            (image(launchOptions="fast"), "cannot convert"),
+            (image(timeCreated="yesterday"), "timeCreated"),
+            (image(timeCreated="2024-01-26T21:10:29"), "timeCreated"),
+            ("not an object", "not an object"),
+            (None, "not an object"),
+        ],
+        ids=[
+            "null-id",
+            "no-id",
+            "size-text",
+            "bool-text",
+            "id-number",
+            "nested-not-object",
+            "bad-time",
+            "naive-time",
+            "string",
+            "null",
+        ],
+    )
+    def test_bad_record_is_rejected_with_reason(self, record: Any, reason: str) -> None:
+        """One bad record is rejected with its reason and original; its neighbours convert."""
+        good = [image(id="ocid1.image.oc1.iad.good1"), image(id="ocid1.image.oc1.iad.good2")]
+        result = normalize_page(page_of([good[0], record, good[1]]), RUN)
+        assert ["ocid1.image.oc1.iad.good1", "ocid1.image.oc1.iad.good2"] == result.batch.column(
+            "id"
+        ).to_pylist()
+        [reject] = result.rejects
+        assert reason in reject.reason
+        assert record == reject.record
+        assert (3, "req-1") == (reject.page, reject.opc_request_id)
+        assert record == orjson.loads(reject.to_json())["record"]
+
+    def test_integer_beyond_64_bits(self) -> None:
+        """A number too large for int64 rejects its record, not the page (orjson cannot parse it)."""
+        good = orjson.dumps(image()).decode()
+        huge = (
+            orjson.dumps(image(id="ocid1.image.oc1.iad.big"))
+            .decode()
+            .replace('"sizeInMBs":1099511627776', '"sizeInMBs":18446744073709551616')
+        )
+        page = Page(f"[{good},{huge}]".encode(), "r", "c", 1, FETCHED, None)
+        result = normalize_page(page, RUN)
+        assert ["ocid1.image.oc1.iad.aaaa1"] == result.batch.column("id").to_pylist()
+        assert 1 == len(result.rejects)
+        assert 18446744073709551616 == result.rejects[0].record["sizeInMBs"]
+
+    @pytest.mark.parametrize(
+        "body", [b"{}", b'"x"', b"[1,", b"<html>"], ids=["object", "string", "truncated", "html"]
+    )
+    def test_page_that_is_not_an_array(self, body: bytes) -> None:
+        """A page whose body is not a JSON array is a PageError, not a crash."""
+        with pytest.raises(PageError):
+            normalize_page(Page(body, "r", "c", 1, FETCHED, None), RUN)
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+FIELDS = st.sampled_from(
+    ["id", "compartmentId", "displayName", "sizeInMBs", "createImageAllowed", "timeCreated", "launchOptions", "agentFeatures",
+     "imageVolumeDetails", "definedTags", "freeformTags", "lifecycleState", "mystery"]
+)  # fmt: skip
+
+
+class TestProperties:
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.lists(
+            st.one_of(
+                JSON,
+                st.dictionaries(FIELDS, JSON, max_size=6),
+                st.builds(lambda o: image(**o), st.dictionaries(FIELDS, JSON, max_size=2)),
+            ),
+            max_size=6,
+        )
+    )
+    def test_every_record_is_converted_or_rejected(self, records: list[Any]) -> None:
+        """On arbitrary JSON, each record becomes a row or a reject with a reason; none is lost."""
+        result = normalize_records(records, page_of([]), RUN)
+        assert len(records) == result.batch.num_rows + len(result.rejects)
+        assert all(r.reason for r in result.rejects)
+        assert result.batch.column("id").null_count == 0
+        assert schema.SCHEMA == result.batch.schema
+
+
+def test_schema_drives_the_wire_type() -> None:
+    """Every API column's path exists in the nested type that JSON converts into."""
+    for column in schema.API_COLUMNS:
+        field: Any = schema.IMAGE_WIRE_TYPE
+        for part in column.path:
+            field = field.field(part).type
+        assert column.input_type == field
+    assert isinstance(schema.IMAGE_WIRE_TYPE, pa.StructType)
