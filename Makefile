@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format typecheck pytest bench bench-full lock clean
+.PHONY: install demo test lint format typecheck pytest bench bench-full readme lock clean
 
 install: $(STAMP)
 
@@ -22,8 +22,8 @@ demo: install
 test: lint typecheck pytest
 
 lint: install
-	$(BIN)/ruff check connector tests benchmarks
-	$(BIN)/ruff format --check connector tests benchmarks
+	$(BIN)/ruff check connector tests benchmarks scripts
+	$(BIN)/ruff format --check connector tests benchmarks scripts
 
 typecheck: install
 	$(BIN)/mypy
@@ -32,14 +32,18 @@ pytest: install
 	$(BIN)/pytest -q
 
 format: install
-	$(BIN)/ruff check --fix connector tests benchmarks
-	$(BIN)/ruff format connector tests benchmarks
+	$(BIN)/ruff check --fix connector tests benchmarks scripts
+	$(BIN)/ruff format connector tests benchmarks scripts
 
 bench: install
 	$(BIN)/python -m benchmarks
 
 bench-full: install
 	$(BIN)/python -m benchmarks --full
+
+# Regenerate the README's column table from connector/schema.py.
+readme: install
+	$(BIN)/python scripts/update_readme.py
 
 # Regenerate the lock after changing dependencies in pyproject.toml (needs uv).
 lock:

@@ -1,0 +1,187 @@
+"""The command line as a user runs it: real subprocesses against the emulator."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+
+from connector import schema
+from connector.emulator import EmulatorServer, build_world
+from tests.test_export import DATE, WORLD, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def oci_images(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "connector", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def test_schema_command_matches_the_schema() -> None:
+    """`schema --format json` prints the one schema; markdown prints the README's table."""
+    as_json = oci_images("schema", "--format", "json")
+    assert 0 == as_json.returncode
+    assert schema.describe() == orjson.loads(as_json.stdout)
+    assert schema.markdown_table() + "\n" == oci_images("schema").stdout
+
+
+def test_readme_column_table_is_the_schema() -> None:
+    """The README's column table is generated from the schema and kept in step with it."""
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- columns:start -->\n(.*?)\n<!-- columns:end -->", readme, re.S)
+    assert match, "README.md lacks the generated column table"
+    assert schema.markdown_table() == match.group(1)
+
+
+def test_run_succeeds_with_summary_and_json_logs(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """Exit 0; stdout is one summary line; stderr (not a TTY) is JSON lines with stable keys."""
+    server = make_emulator(build_world(**WORLD))  # type: ignore[arg-type]
+    result = oci_images("run", "--config", str(write_config(tmp_path, server)))
+    assert 0 == result.returncode, result.stderr
+    [summary] = result.stdout.splitlines()
+    assert summary.startswith("complete (published): rows=")
+    for key in (
+        "rows=",
+        "files=2",
+        "compartments_ok=82",
+        "compartments_failed=0",
+        "requests=",
+        "retries=",
+        "throttled=",
+        "rows_per_s=",
+        "elapsed_s=",
+    ):
+        assert key in summary
+    events = [orjson.loads(line) for line in result.stderr.splitlines()]
+    assert {"run.start", "discovery.compartments", "run.published"} <= {e["event"] for e in events}
+    assert all({"event", "level", "timestamp"} <= e.keys() for e in events)
+    assert all(e["run_id"] for e in events if e["event"] in ("run.start", "run.published"))
+
+
+def test_exit_3_partial(make_emulator: Callable[..., EmulatorServer], tmp_path: Path) -> None:
+    """Exit 3 when a compartment fails; the summary says nothing was published."""
+    server = make_emulator(build_world(**WORLD))  # type: ignore[arg-type]
+    missing = "ocid1.compartment.oc1..aaaaaaaamissing"
+    config = write_config(
+        tmp_path, server, scope={"compartments": [server.world.tenancy_id, missing]}
+    )
+    result = oci_images("run", "--config", str(config))
+    assert 3 == result.returncode
+    assert result.stdout.startswith("partial (not published):")
+    assert "compartments_failed=2" in result.stdout
+    assert "nothing published" in result.stderr
+
+
+def test_exit_1_when_the_service_is_unreachable(
+    tmp_path: Path, make_emulator: Callable[..., EmulatorServer]
+) -> None:
+    """Exit 1, with the reason, when discovery cannot reach the service; nothing is published."""
+    server = make_emulator()
+    config = write_config(
+        tmp_path, server, oci={"endpoint": "http://127.0.0.1:9/{region}"}, fetch={"max_attempts": 2}
+    )
+    result = oci_images("run", "--config", str(config))
+    assert 1 == result.returncode
+    assert "TransportError" in result.stderr
+    assert not (tmp_path / "lake" / "images").exists()
+
+
+def test_exit_2_names_the_key(tmp_path: Path) -> None:
+    """Exit 2 for a bad value, naming it, before anything else happens."""
+    config = tmp_path / "bad.toml"
+    config.write_text("[fetch]\nconcurrency = -1\n")
+    result = oci_images("run", "--config", str(config))
+    assert 2 == result.returncode
+    assert "fetch.concurrency" in result.stderr
+    assert "" == result.stdout
+
+
+def test_exit_2_for_usage_errors() -> None:
+    """A malformed --shard or a missing --run-id is a usage error."""
+    assert 2 == oci_images("run", "--config", "x.toml", "--shard", "5/2").returncode
+    assert 2 == oci_images("bogus").returncode
+
+
+def test_secrets_never_reach_the_logs(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """A failing run at debug level logs no key, token, signature or Authorization header."""
+    server = make_emulator(build_world(**WORLD), fault_rate=0.3)  # type: ignore[arg-type]
+    config = write_config(
+        tmp_path,
+        server,
+        oci={"profile": "SESSION", "auth": "security_token"},
+        fetch={"max_attempts": 2, "page_size": 100},
+    )
+    result = oci_images("--log-level", "debug", "run", "--config", str(config))
+    assert result.returncode in (0, 3)
+    assert "request.retry" in result.stderr
+    assert server.config_file is not None
+    token = (server.config_file.parent / "token").read_text()
+    pem_body = server.credentials.private_pem().decode().splitlines()[1]
+    output = result.stdout + result.stderr
+    for secret in (token, token[:40], pem_body, "Signature algorithm", 'signature="'):
+        assert secret not in output
+
+
+def test_killed_run_leaves_published_partition_intact(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """SIGKILL in the middle of a run leaves the previous partition as it was, with no debris."""
+    server = make_emulator(build_world(**WORLD))  # type: ignore[arg-type]
+    config = write_config(tmp_path, server, fetch={"concurrency": 2, "page_size": 20})
+    assert 0 == oci_images("run", "--config", str(config)).returncode
+    partition = tmp_path / "lake" / "images" / f"snapshot_date={DATE}"
+    before = {p.relative_to(partition): p.read_bytes() for p in partition.rglob("*") if p.is_file()}
+    server.emulator.behaviour.latency_ms = 30
+    process = subprocess.Popen(
+        [sys.executable, "-m", "connector", "run", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    staging = tmp_path / "lake" / "_staging"
+    while (
+        not list(staging.rglob("*.parquet"))
+        and not list(staging.rglob("region=*"))
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+    after = {p.relative_to(partition): p.read_bytes() for p in partition.rglob("*") if p.is_file()}
+    assert before == after
+    assert sorted(p.name for p in (tmp_path / "lake" / "images").iterdir()) == [
+        f"snapshot_date={DATE}"
+    ]
+    assert not any(partition.rglob("*.filtering"))
+
+
+@pytest.mark.parametrize("module", [["-m", "connector"], ["-m", "connector.cli"]])
+def test_entry_points(module: list[str]) -> None:
+    """`python -m connector` and the module itself print help."""
+    result = subprocess.run(
+        [sys.executable, *module, "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert 0 == result.returncode
+    for command in ("run", "demo", "emulator", "schema", "plan", "commit"):
+        assert command in result.stdout
