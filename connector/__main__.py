@@ -1,5 +1,7 @@
 """``python -m connector``: the ``oci-images`` command."""
 
-from connector.cli import main
+# Guarded: worker processes re-import the main module (as multiprocessing does).
+if __name__ == "__main__":
+    from connector.cli import main
 
-raise SystemExit(main())
+    raise SystemExit(main())

@@ -10,6 +10,7 @@ on. Nothing is dropped silently and nothing crashes the run.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import operator
 from collections.abc import Iterator, Sequence
@@ -26,7 +27,6 @@ from connector.errors import ConnectorError
 from connector.schema import (
     API_COLUMNS,
     COLUMNS,
-    IMAGE_WIRE_TYPE,
     KNOWN_FIELDS,
     KNOWN_NESTED,
     SCHEMA,
@@ -131,66 +131,116 @@ def normalize_records(records: Sequence[Any], page: Page, run: RunInfo) -> Norma
 
     dicts: list[dict[str, Any]] = []
     for record in records:
-        if isinstance(record, dict):
+        if type(record) is dict:
             dicts.append(record)
         else:
             reject(record, f"the record is a JSON {type(record).__name__}, not an object")
-    wire, dicts = _to_wire(dicts, reject)
-    times = _times(wire, dicts, reject)
-    if times is None:  # some timeCreated did not parse: those records were rejected, redo
-        wire, dicts = _to_wire(dicts, reject)
-        times = _times(wire, dicts, reject)
-        assert times is not None
-    ids = pc.struct_field(wire, "id")
+    try:
+        columns = _columns(dicts)
+    except _CONVERSION_ERRORS:
+        columns, dicts = _columns_one_by_one(dicts, reject)
+    ids = columns["id"]
     if ids.null_count:
         keep = pc.is_valid(ids)
-        for record, ok in zip(dicts, keep.to_pylist(), strict=True):
+        flags = keep.to_pylist()
+        for record, ok in zip(dicts, flags, strict=True):
             if not ok:
                 reject(record, "the record has no id")
-        wire = wire.filter(keep)
-        times = times.filter(keep)
-        dicts = [r for r, ok in zip(dicts, keep.to_pylist(), strict=True) if ok]
-    batch = _flatten(wire, times, dicts, page, run)
-    return Normalized(batch, rejects)
+        columns = {name: array.filter(keep) for name, array in columns.items()}
+        dicts = [r for r, ok in zip(dicts, flags, strict=True) if ok]
+    return Normalized(_batch(columns, dicts, page, run), rejects)
 
 
-def _to_wire(
+def _columns_one_by_one(
     dicts: list[dict[str, Any]], reject: Any
-) -> tuple[pa.StructArray, list[dict[str, Any]]]:
-    """Convert to the nested wire type; on failure, find and reject the offending records."""
-    try:
-        return cast(pa.StructArray, pa.array(dicts, type=IMAGE_WIRE_TYPE)), dicts
-    except _CONVERSION_ERRORS:
-        pass
+) -> tuple[dict[str, pa.Array[Any]], list[dict[str, Any]]]:
+    """The slow path: find the records that cannot be converted, reject them, keep the rest."""
     good = []
+    parts = []
     for record in dicts:
         try:
-            pa.array([record], type=IMAGE_WIRE_TYPE)
+            parts.append(_columns([record]))
         except _CONVERSION_ERRORS as exc:
             reject(record, f"cannot convert: {exc}")
         else:
             good.append(record)
-    return cast(pa.StructArray, pa.array(good, type=IMAGE_WIRE_TYPE)), good
+    if not parts:
+        return _columns([]), good
+    names = parts[0].keys()
+    return {name: pa.concat_arrays([part[name] for part in parts]) for name in names}, good
 
 
-def _times(wire: pa.StructArray, dicts: list[dict[str, Any]], reject: Any) -> pa.Array[Any] | None:
-    """``timeCreated`` as timestamp(us, UTC); None after rejecting records it failed for."""
-    text = pc.struct_field(wire, "timeCreated")
-    try:
-        return cast("pa.Array[Any]", pc.cast(text, UTC_MICROS))
-    except _CONVERSION_ERRORS:
-        pass
-    bad = 0
-    for i, value in enumerate(text.to_pylist()):
+def _columns(dicts: list[dict[str, Any]]) -> dict[str, pa.Array[Any]]:
+    """Each API column, converted from its values; raises if any value does not fit.
+
+    Values are gathered column by column (one ``dict.get`` per record and field) and handed to
+    pyarrow's converters as flat lists: measured here about twice as fast as converting the
+    records as nested structs, and several times faster for the tag maps.
+    """
+    parents: dict[str, list[dict[str, Any]]] = {}
+    columns: dict[str, pa.Array[Any]] = {}
+    for column in API_COLUMNS:
+        head, *rest = column.path
+        if not rest:
+            values = list(map(dict.get, dicts, itertools.repeat(head)))
+        else:
+            children = parents.get(head)
+            if children is None:
+                found = list(map(dict.get, dicts, itertools.repeat(head)))
+                if not set(map(type, found)) <= _OBJECT_OR_NULL:
+                    raise TypeError(f"{head} is not a JSON object")
+                children = parents[head] = [_EMPTY if c is None else c for c in found]
+            values = list(map(dict.get, children, itertools.repeat(rest[0])))
+            if any(c is _EMPTY for c in children):  # a missing parent is null, not an empty struct
+                values = [None if c is _EMPTY else v for c, v in zip(children, values, strict=True)]
+        columns[column.name] = _array(values, column)
+    return columns
+
+
+_OBJECT_OR_NULL = {dict, type(None)}
+_EMPTY: dict[str, Any] = {}
+
+
+def _array(values: list[Any], column: Column) -> pa.Array[Any]:
+    if pa.types.is_map(column.type):
+        result: pa.Array[Any] = _map_array(values, column.type)
+        return result
+    if column.type == UTC_MICROS:
+        text = pa.array(values, pa.string())
         try:
-            pc.cast(pa.array([value], pa.string()), UTC_MICROS)
-        except _CONVERSION_ERRORS:
-            reject(dicts[i], f"timeCreated is not an RFC 3339 time with an offset: {value!r}")
-            dicts[i] = {}
-            bad += 1
-    if bad:
-        dicts[:] = [r for r in dicts if r]
-    return None
+            return cast("pa.Array[Any]", pc.cast(text, UTC_MICROS))
+        except pa.ArrowInvalid:
+            raise ValueError(
+                f"{column.source} is not an RFC 3339 time with an offset: "
+                f"{values[0] if len(values) == 1 else '(one of the page)'}"
+            ) from None
+    if column.wire_type is not None:
+        return pa.array(values, column.wire_type).view(column.type)
+    return pa.array(values, column.type)
+
+
+def _map_array(values: list[Any], map_type: Any) -> Any:
+    """A map<string, V> from dicts (None for null); V is a string or, recursively, such a map."""
+    present = [v for v in values if v is not None]
+    if not set(map(type, present)) <= {dict}:
+        raise TypeError("expected a JSON object for a map")
+    nulls = [v is None for v in values]
+    offsets = [0, *itertools.accumulate(len(v) if v is not None else 0 for v in values)]
+    keys = list(itertools.chain.from_iterable(present))
+    items = list(itertools.chain.from_iterable(map(dict.values, present)))
+    item_type = map_type.item_type
+    if pa.types.is_map(item_type):
+        item_array = _map_array(items, item_type)
+    else:
+        item_array = pa.array(items, item_type)
+    # The stubs want int64 offsets; a map's offsets are int32.
+    return pa.MapArray.from_arrays(  # type: ignore[call-overload]
+        pa.array(offsets, pa.int32()),
+        pa.array(keys, map_type.key_type),
+        item_array,
+        type=map_type,
+        mask=pa.array(nulls, pa.bool_()) if len(present) < len(values) else None,
+    )
 
 
 def _extras(dicts: list[dict[str, Any]]) -> pa.Array[Any]:
@@ -210,7 +260,24 @@ def _extras(dicts: list[dict[str, Any]]) -> pa.Array[Any]:
     }
     if not unknown and not any(nested.values()):
         return pa.nulls(len(dicts), pa.string())
-    return pa.array([_extra(record) for record in dicts], pa.string())
+    # Visit only the records that carry an unknown field (a few per page, typically).
+    carriers: set[int] = set()
+    for key in unknown:
+        carriers.update(i for i, record in enumerate(dicts) if key in record)
+    for parent, keys in nested.items():
+        for key in keys:
+            carriers.update(
+                i for i, record in enumerate(dicts) if key in (_child(record, parent) or ())
+            )
+    extras: list[str | None] = [None] * len(dicts)
+    for i in carriers:
+        extras[i] = _extra(dicts[i])
+    return pa.array(extras, pa.string())
+
+
+def _child(record: dict[str, Any], parent: str) -> dict[str, Any] | None:
+    child = record.get(parent)
+    return child if type(child) is dict else None
 
 
 def _extra(record: dict[str, Any]) -> str | None:
@@ -222,17 +289,11 @@ def _extra(record: dict[str, Any]) -> str | None:
     return orjson.dumps(extra, option=orjson.OPT_SORT_KEYS).decode() if extra else None
 
 
-def _flatten(
-    wire: pa.StructArray,
-    times: pa.Array[Any],
-    dicts: list[dict[str, Any]],
-    page: Page,
-    run: RunInfo,
+def _batch(
+    columns: dict[str, pa.Array[Any]], dicts: list[dict[str, Any]], page: Page, run: RunInfo
 ) -> pa.RecordBatch:
-    count = len(wire)
-    arrays: dict[str, pa.Array[Any]] = {}
-    for column in API_COLUMNS:
-        arrays[column.name] = _column(wire, times, column)
+    count = len(dicts)
+    arrays = dict(columns)
     arrays["_region"] = pa.repeat(page.region, count)
     arrays["_source_compartment_id"] = pa.repeat(page.compartment_id, count)
     arrays["_is_platform"] = pc.is_null(arrays["compartment_id"])
@@ -241,15 +302,6 @@ def _flatten(
     arrays["_run_id"] = pa.repeat(run.run_id, count)
     arrays["_extra"] = _extras(dicts)
     return pa.RecordBatch.from_arrays([arrays[c.name] for c in COLUMNS], schema=SCHEMA)
-
-
-def _column(wire: pa.StructArray, times: pa.Array[Any], column: Column) -> pa.Array[Any]:
-    if column.name == "time_created":
-        return times
-    values: pa.Array[Any] = pc.struct_field(wire, list(column.path))
-    if column.wire_type is not None and column.wire_type != column.type:
-        values = values.view(column.type)  # same layout, snake_case field names
-    return values
 
 
 def empty_batch() -> pa.RecordBatch:
@@ -273,3 +325,21 @@ def quiet_gc(threshold: int = 200_000) -> Iterator[None]:
     finally:
         gc.set_threshold(*previous)
         gc.unfreeze()
+
+
+_worker_ready = False
+
+
+def warm_up() -> None:
+    """Prepare a worker process: imports done, the GC's first threshold raised for good."""
+    global _worker_ready
+    if not _worker_ready:
+        gc.freeze()
+        gc.set_threshold(200_000, *gc.get_threshold()[1:])
+        _worker_ready = True
+
+
+def normalize_in_worker(page: Page, run: RunInfo) -> Normalized:
+    """``normalize_page`` as called in a worker process (see ``quiet_gc`` for the GC setting)."""
+    warm_up()
+    return normalize_page(page, run)

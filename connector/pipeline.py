@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any, cast
 
 import anyio
+import anyio.to_process
 import anyio.to_thread
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -50,8 +53,10 @@ from connector.normalize import (
     PageError,
     Reject,
     RunInfo,
+    normalize_in_worker,
     normalize_page,
     quiet_gc,
+    warm_up,
 )
 from connector.retry import RetryPolicy
 from connector.sinks import FileInfo, PartitionedSink, SinkOptions
@@ -73,6 +78,20 @@ class ListingEnd:
     item: WorkItem
     pages: int
     error: dict[str, Any] | None
+
+
+Producer = Callable[[MemoryObjectSendStream[Page | ListingEnd]], Coroutine[Any, Any, None]]
+"""A coroutine that feeds pages (and the end of each listing) into the pipeline."""
+
+
+@dataclass(slots=True)
+class _Slot:
+    """A message on its way through conversion, with the outcome once ``done`` is set."""
+
+    message: Page | ListingEnd
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Normalized | None = None
+    error: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -164,6 +183,8 @@ class Export:
             ),
         )
         self._cpu = anyio.CapacityLimiter(1)
+        self._workers: int = settings["fetch.normalize_workers"]
+        self._process_limiter = anyio.CapacityLimiter(max(1, self._workers))
         self._disk = anyio.CapacityLimiter(1)
 
     # -- the run ----------------------------------------------------------------------------
@@ -182,11 +203,13 @@ class Export:
             version=__version__,
         )
         try:
-            async with self.client:
+            async with self.client, anyio.create_task_group() as group:
+                # Worker processes start (and import pyarrow) while discovery runs.
+                group.start_soon(self.start_workers)
                 items = await self.work_items()
                 self.progress.listings_total = len(items)
                 with quiet_gc():
-                    await self._stream(items)
+                    await self._stream(partial(self._fetch_all, items))
             files = await anyio.to_thread.run_sync(self.sink.close)
             reject_files = self.rejects.close()
         except BaseException:
@@ -232,6 +255,15 @@ class Export:
             self.settings, self.run_id, fs=(self.fs, self.base), started=self.progress.started
         )
 
+    async def start_workers(self) -> None:
+        """Start the worker processes (they import pyarrow, which takes a moment)."""
+        async with anyio.create_task_group() as group:
+            for _ in range(self._workers):
+                group.start_soon(self._warm_worker)
+
+    async def _warm_worker(self) -> None:
+        await anyio.to_process.run_sync(warm_up, limiter=self._process_limiter)
+
     async def work_items(self) -> list[WorkItem]:
         """The (region, compartment) listings of this run, or of this shard."""
         settings = self.settings
@@ -269,14 +301,39 @@ class Export:
             raise ConnectorError("no tenancy: set scope.tenancy (the profile has none)")
         return str(self.tenancy)
 
-    async def _stream(self, items: list[WorkItem]) -> None:
+    async def _stream(self, produce: Producer) -> None:
         buffer = max(8, 2 * self.settings["fetch.concurrency"])
         page_send, page_receive = anyio.create_memory_object_stream[Page | ListingEnd](buffer)
         row_send, row_receive = anyio.create_memory_object_stream[tuple[str, Any]](8)
         async with anyio.create_task_group() as group:
-            group.start_soon(self._fetch_all, items, page_send)
+            group.start_soon(produce, page_send)
             group.start_soon(self._normalize_all, page_receive, row_send)
             group.start_soon(self._write_all, row_receive)
+
+    async def write_pages(self, pages: Iterable[Page]) -> list[FileInfo]:
+        """Normalize and write pages fetched earlier, through the same stages as a run.
+
+        Pages of one listing must be consecutive. Used to replay recorded pages, and by the
+        benchmarks to measure normalize + write on their own.
+        """
+
+        async def replay(send: MemoryObjectSendStream[Page | ListingEnd]) -> None:
+            async with send:
+                current: WorkItem | None = None
+                count = 0
+                for page in pages:
+                    item = WorkItem(page.region, page.compartment_id)
+                    if current is not None and item != current:
+                        await send.send(ListingEnd(current, count, None))
+                        count = 0
+                    current, count = item, count + 1
+                    await send.send(page)
+                if current is not None:
+                    await send.send(ListingEnd(current, count, None))
+
+        with quiet_gc():
+            await self._stream(replay)
+        return await anyio.to_thread.run_sync(self.sink.close)
 
     # -- fetching ---------------------------------------------------------------------------
 
@@ -341,9 +398,55 @@ class Export:
         receive: ObjectReceiveStream[Page | ListingEnd],
         send: ObjectSendStream[tuple[str, Any]],
     ) -> None:
+        """Convert pages in parallel, then handle the results strictly in arrival order.
+
+        Each page's conversion starts as soon as it arrives (in a worker process, or a worker
+        thread with ``normalize_workers = 0``); a bounded, ordered stream of slots hands the
+        results to ``_collect``, so per-listing logic sees pages and listing ends in order.
+        """
+        depth = 2 * max(1, self._workers)
+        slot_send, slot_receive = anyio.create_memory_object_stream[_Slot](depth)
+        async with anyio.create_task_group() as group:
+            group.start_soon(self._collect, slot_receive, send)
+            async with receive, slot_send:
+                async for message in receive:
+                    slot = _Slot(message)
+                    if isinstance(message, Page):
+                        group.start_soon(self._convert, slot)
+                    else:
+                        slot.done.set()
+                    await slot_send.send(slot)
+
+    async def _convert(self, slot: _Slot) -> None:
+        page = slot.message
+        assert isinstance(page, Page)
+        try:
+            if self._workers:
+                slot.result = await anyio.to_process.run_sync(
+                    normalize_in_worker, page, self._run_info, limiter=self._process_limiter
+                )
+            else:
+                slot.result = await anyio.to_thread.run_sync(
+                    normalize_page, page, self._run_info, limiter=self._cpu
+                )
+        except PageError as exc:
+            slot.error = {
+                "status": None,
+                "code": "InvalidResponse",
+                "message": str(exc),
+                "opc_request_id": page.opc_request_id,
+            }
+        finally:
+            slot.done.set()
+
+    async def _collect(
+        self, receive: ObjectReceiveStream[_Slot], send: ObjectSendStream[tuple[str, Any]]
+    ) -> None:
         states: dict[WorkItem, ListingState] = {}
         async with receive, send:
-            async for message in receive:
+            async for slot in receive:
+                await slot.done.wait()
+                message = slot.message
                 if isinstance(message, ListingEnd):
                     state = states.pop(message.item, None) or ListingState()
                     await self._end_listing(message, state, send)
@@ -352,18 +455,10 @@ class Export:
                 state = states.setdefault(item, ListingState())
                 if state.error is not None:
                     continue
-                try:
-                    result: Normalized = await anyio.to_thread.run_sync(
-                        normalize_page, message, self._run_info, limiter=self._cpu
-                    )
-                except PageError as exc:
-                    state.error = {
-                        "status": None,
-                        "code": "InvalidResponse",
-                        "message": str(exc),
-                        "opc_request_id": message.opc_request_id,
-                    }
+                if slot.error is not None or slot.result is None:
+                    state.error = slot.error
                     continue
+                result = slot.result
                 if result.rejects:
                     state.rejects += len(result.rejects)
                     await send.send(("rejects", result.rejects))

@@ -1,0 +1,429 @@
+"""The scenarios S1–S4; each returns result rows for the report."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+class EmulatorProcess:
+    """``oci-images emulator`` in its own process, on a free loopback port."""
+
+    def __init__(self, folder: Path, *args: str) -> None:
+        self.folder = folder
+        self.process = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "connector",
+                "emulator",
+                "--port",
+                "0",
+                "--oci-config-dir",
+                str(folder / "oci"),
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().strip()
+        if not line.startswith("listening on "):
+            self.process.kill()
+            raise RuntimeError(f"emulator did not start: {line!r}")
+        self.url = line.removeprefix("listening on ")
+        self.config = folder / "oci" / "config"
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/_emulator/stats", timeout=10) as response:
+            result: dict[str, Any] = orjson.loads(response.read())
+            return result
+
+    def reset(self) -> None:
+        request = urllib.request.Request(self.url + "/_emulator/reset", method="POST")
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def __enter__(self) -> EmulatorProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """One measured process."""
+
+    wall_s: float
+    peak_rss_mb: float
+    returncode: int
+    stdout: str
+
+
+def measure(command: Sequence[str]) -> Measured:
+    """Run a process; its wall time and its own peak RSS (from os.wait4, outside the process)."""
+    with tempfile.TemporaryFile("w+") as out:
+        started = time.perf_counter()
+        process = subprocess.Popen(list(command), stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        return Measured(wall, usage.ru_maxrss / 1024, process.returncode, out.read())
+
+
+def connector_config(folder: Path, emulator: EmulatorProcess, **fetch: Any) -> Path:
+    options = {"concurrency": 16, "page_size": 1000, "platform_images": "every"} | fetch
+    if "BENCH_WORKERS" in os.environ:
+        options["normalize_workers"] = int(os.environ["BENCH_WORKERS"])
+    lines = [
+        "[oci]",
+        f'config_file = "{emulator.config}"',
+        f'endpoint = "{emulator.url}/{{region}}"',
+        'regions = ["us-ashburn-1"]',
+        "[fetch]",
+        *(f"{k} = {orjson.dumps(v).decode()}" for k, v in options.items()),
+        "[output]",
+        f'uri = "{folder / "lake"}"',
+    ]
+    path = folder / "bench.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_connector(config: Path) -> Measured:
+    result = measure(
+        [
+            PYTHON,
+            "-m",
+            "connector",
+            "--log-level",
+            "error",
+            "run",
+            "--config",
+            str(config),
+            "--no-progress",
+        ]
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"connector run failed with exit {result.returncode}: {result.stdout}")
+    return result
+
+
+def run_sdk(emulator: EmulatorProcess, folder: Path, threads: int) -> Measured:
+    result = measure(
+        [PYTHON, "-m", "benchmarks.sdk_baseline", "--oci-config", str(emulator.config), "--endpoint",
+         f"{emulator.url}/us-ashburn-1", "--threads", str(threads), "--out", str(folder / f"sdk{threads}.parquet")]
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"SDK baseline failed with exit {result.returncode}")
+    return result
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+def row(
+    scenario: str,
+    name: str,
+    values: Sequence[float],
+    unit: str = " s",
+    fmt: str = ".2f",
+    goal: str = "",
+    met: bool | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": scenario,
+        "name": name,
+        "median": statistics.median(values),
+        "min": min(values) if len(values) > 1 else None,
+        "max": max(values) if len(values) > 1 else None,
+        "values": list(values),
+        "unit": unit,
+        "fmt": fmt,
+        "goal": goal,
+        "met": met,
+    }
+
+
+def pages_listed(stats: dict[str, Any]) -> int:
+    return int(sum(stats["listed_compartments"].values()))
+
+
+# -- S1: end to end, 181 compartments, 50 ms ± 50 % ---------------------------------------------
+
+S1_WORLD = ("--seed", "12", "--compartments", "180", "--latency-ms", "50", "--jitter", "0.5")
+
+
+def s1(full: bool, repeat: int) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as temp, EmulatorProcess(Path(temp), *S1_WORLD) as emulator:
+        folder = Path(temp)
+        config = connector_config(folder, emulator)
+        ours, sdk16, sdk1 = [], [], []
+        pages = 0
+        for _ in range(repeat):
+            emulator.reset()
+            ours.append(run_connector(config).wall_s)
+            pages = pages_listed(emulator.stats())
+        for _ in range(repeat if full else max(1, repeat - 1)):
+            sdk16.append(run_sdk(emulator, folder, 16).wall_s)
+        if full:
+            sdk1 = [run_sdk(emulator, folder, 1).wall_s for _ in range(2)]
+    bound = pages * 0.050 / 16
+    ratio = statistics.median(sdk16) / statistics.median(ours)
+    rows = [
+        row("S1", f"connector, end to end ({pages} pages, incl. start-up)", ours),
+        row("S1", "official SDK, 16 threads, then Parquet", sdk16),
+    ]
+    if sdk1:
+        rows.append(row("S1", "official SDK, sequential, then Parquet", sdk1))
+    rows += [
+        row("S1", "speed-up over SDK + 16 threads", [ratio], "×", ".1f", "≥ 15×", ratio >= 15),
+        row("S1", "network bound: pages × 50 ms ÷ 16", [bound]),
+        row("S1", "connector ÷ network bound", [statistics.median(ours) / bound], "×", ".2f"),
+    ]
+    return rows
+
+
+# -- S2: throttled at 20 req/s, burst 10, no Retry-After -----------------------------------------
+
+
+def s2(full: bool, repeat: int) -> list[dict[str, Any]]:
+    world = (*S1_WORLD, "--rate", "20", "--burst", "10")
+    walls, ratios, shares = [], [], []
+    sdk16: list[float] = []
+    with tempfile.TemporaryDirectory() as temp, EmulatorProcess(Path(temp), *world) as emulator:
+        folder = Path(temp)
+        config = connector_config(folder, emulator)
+        for _ in range(repeat):
+            emulator.reset()
+            wall = run_connector(config).wall_s
+            stats = emulator.stats()
+            ok = stats["status"].get("200", 0)
+            bound = (ok - 10) / 20
+            walls.append(wall)
+            ratios.append(wall / bound)
+            shares.append(100 * stats["throttled"] / stats["requests"])
+        if full:
+            for _ in range(2):
+                emulator.reset()
+                sdk16.append(run_sdk(emulator, folder, 16).wall_s / bound)
+    rows = [
+        row("S2", "connector wall, throttled", walls),
+        row(
+            "S2",
+            "connector ÷ bound (requests − burst) ÷ rate",
+            ratios,
+            "×",
+            ".3f",
+            "≤ 1.15×",
+            statistics.median(ratios) <= 1.15,
+        ),
+        row(
+            "S2",
+            "429s, share of requests",
+            shares,
+            " %",
+            ".1f",
+            "≤ 10 %",
+            statistics.median(shares) <= 10,
+        ),
+    ]
+    if sdk16:
+        rows.append(row("S2", "official SDK + 16 threads ÷ bound", sdk16, "×", ".2f"))
+    return rows
+
+
+# -- S3: normalize + write only ------------------------------------------------------------------
+
+
+def recorded_pages(count: int = 100) -> list[Any]:
+    from connector.emulator import build_world
+    from connector.normalize import Page
+
+    world = build_world(seed=12, compartments=180)
+    region = world.home_region
+    records = [
+        (c.id, i.json) for c in world.listable_compartments() for i in world.listing(region, c.id)
+    ]
+    records *= -(-count * 1000 // len(records))
+    pages = []
+    fetched = datetime.now(UTC)
+    for n in range(count):
+        chunk = records[n * 1000 : (n + 1) * 1000]
+        body = b"[" + b",".join(j for _, j in chunk) + b"]"
+        pages.append(Page(body, region, chunk[0][0], n + 1, fetched, None))
+    return pages
+
+
+def _ours(pages: list[Any], folder: Path, workers: int = 2) -> float:
+    """Seconds to normalize and write ``pages``, worker processes already started."""
+    import anyio
+
+    from connector import config
+    from connector.pipeline import Export
+
+    class NoSigner:
+        async def sign(self, method: str, url: str, headers: dict[str, str]) -> None:
+            raise AssertionError("no requests in this scenario")
+
+    overrides = [f'output.uri="{folder}"', f"fetch.normalize_workers={workers}"]
+    export = Export(config.load(None, overrides), NoSigner())
+
+    async def timed() -> float:
+        await export.start_workers()  # as a run does while discovery goes on
+        started = time.perf_counter()
+        await export.write_pages(pages)
+        return time.perf_counter() - started
+
+    return anyio.run(timed)
+
+
+def _pandas(pages: list[Any], folder: Path) -> None:
+    import pandas as pd
+
+    records = [r for page in pages for r in orjson.loads(page.body)]
+    pd.json_normalize(records).to_parquet(folder / "pandas.parquet", compression="zstd")
+
+
+def _sdk_models(pages: list[Any], folder: Path) -> None:
+    import oci
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    client = oci.core.ComputeClient(
+        {"region": "us-ashburn-1"}, signer=oci.auth.signers.SecurityTokenSigner("x", _key())
+    )
+    rows = []
+    for page in pages:
+        images = client.base_client.deserialize_response_data(page.body.decode(), "list[Image]")
+        rows += [oci.util.to_dict(i) for i in images]
+    pq.write_table(pa.Table.from_pylist(rows), folder / "sdk.parquet", compression="zstd")
+
+
+def _key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def s3(full: bool, repeat: int) -> list[dict[str, Any]]:
+    pages = recorded_pages()
+    rows_total = sum(len(orjson.loads(p.body)) for p in pages)
+    contenders: dict[str, Callable[[list[Any], Path], float | None]] = {
+        "ours": _ours,
+        "ours, one thread": partial(_ours, workers=0),
+        "pandas": _pandas,
+    }
+    if full:
+        contenders["sdk"] = _sdk_models
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeat):
+        for name, function in contenders.items():
+            with tempfile.TemporaryDirectory() as temp:
+                started = time.perf_counter()
+                seconds = function(pages, Path(temp))
+                rates[name].append(rows_total / (seconds or time.perf_counter() - started))
+    ratio = statistics.median(rates["ours"]) / statistics.median(rates["pandas"])
+    result = [
+        row(
+            "S3",
+            f"connector normalize + write Parquet ({rows_total} rows), 2 worker processes",
+            rates["ours"],
+            " rows/s",
+            ",.0f",
+        ),
+        row(
+            "S3",
+            "connector, normalize_workers = 0 (one thread)",
+            rates["ours, one thread"],
+            " rows/s",
+            ",.0f",
+        ),
+        row("S3", "pandas.json_normalize + to_parquet", rates["pandas"], " rows/s", ",.0f"),
+    ]
+    if "sdk" in rates:
+        result.append(
+            row(
+                "S3",
+                "SDK model deserialization + to_dict + Parquet",
+                rates["sdk"],
+                " rows/s",
+                ",.0f",
+            )
+        )
+    result.append(row("S3", "connector ÷ pandas", [ratio], "×", ".1f", "≥ 4×", ratio >= 4))
+    return result
+
+
+# -- S4: flat memory -----------------------------------------------------------------------------
+
+
+def s4(full: bool, repeat: int) -> list[dict[str, Any]]:
+    peaks: dict[int, list[float]] = {}
+    rows_seen: dict[int, int] = {}
+    for compartments in (99, 999):
+        world = (
+            "--seed",
+            "4",
+            "--compartments",
+            str(compartments),
+            "--platform-images",
+            "1000",
+            "--custom-scale",
+            "0",
+        )
+        with tempfile.TemporaryDirectory() as temp, EmulatorProcess(Path(temp), *world) as emulator:
+            config = connector_config(Path(temp), emulator)
+            peaks[compartments] = []
+            for _ in range(max(1, repeat - 1) if not full else repeat):
+                result = run_connector(config)
+                peaks[compartments].append(result.peak_rss_mb)
+                rows_seen[compartments] = int(result.stdout.split("rows=")[1].split()[0])
+    small, large = statistics.median(peaks[99]), statistics.median(peaks[999])
+    return [
+        row("S4", f"peak RSS, {rows_seen[99]:,} rows", peaks[99], " MB", ".0f"),
+        row(
+            "S4",
+            f"peak RSS, {rows_seen[999]:,} rows",
+            peaks[999],
+            " MB",
+            ".0f",
+            "≤ 300 MB",
+            large <= 300,
+        ),
+        row(
+            "S4",
+            "growth from 10× the rows",
+            [large - small],
+            " MB",
+            ".0f",
+            "≤ +60 MB",
+            large - small <= 60,
+        ),
+    ]
+
+
+RUNNERS: dict[str, Callable[..., list[dict[str, Any]]]] = {"S1": s1, "S2": s2, "S3": s3, "S4": s4}
