@@ -223,7 +223,7 @@ KEYS: dict[str, dict[str, Key]] = {
         "request_timeout_s": Key(60.0, _number(0.0, 3600.0, low_open=True), "per request"),
         "max_requests_per_second": Key(0.0, _number(0.0, 10000.0), "client-side cap; 0 = none (still adapts to 429)"),
         "platform_images": Key("once", _choice("once", "every", "skip"), "once per region, every listing, or skip"),
-        "normalize_workers": Key(2, _integer(0, 64), "processes converting pages to Arrow; 0 = a thread in this process"),
+        "normalize_workers": Key(0, _integer(0, 64), "processes converting pages to Arrow; 0 = a thread in this process"),
     },
     "output": {
         "uri": Key("out", _string(1), "local directory or fsspec URI"),

@@ -331,12 +331,30 @@ _worker_ready = False
 
 
 def warm_up() -> None:
-    """Prepare a worker process: imports done, the GC's first threshold raised for good."""
+    """Prepare a worker process: imports done, the GC's first threshold raised for good, and
+    its pipes widened so that a page or a result (about 1 MB) passes in one write instead of
+    sixteen 64 KiB round trips through the parent's event loop."""
     global _worker_ready
     if not _worker_ready:
         gc.freeze()
         gc.set_threshold(200_000, *gc.get_threshold()[1:])
+        _widen_pipes()
         _worker_ready = True
+
+
+def _widen_pipes() -> None:
+    try:
+        import fcntl
+    except ImportError:  # not on Linux: pipes keep their size
+        return
+    set_pipe_size = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+    for fd in (0, 1):
+        for size in (4 << 20, 1 << 20):
+            try:
+                fcntl.fcntl(fd, set_pipe_size, size)
+                break
+            except OSError:
+                continue
 
 
 def normalize_in_worker(page: Page, run: RunInfo) -> Normalized:

@@ -58,7 +58,7 @@ from connector.normalize import (
     quiet_gc,
     warm_up,
 )
-from connector.retry import RetryPolicy
+from connector.retry import PriorityGate, RetryPolicy
 from connector.sinks import FileInfo, PartitionedSink, SinkOptions
 
 log = structlog.get_logger("connector.pipeline")
@@ -183,6 +183,11 @@ class Export:
             ),
         )
         self._cpu = anyio.CapacityLimiter(1)
+        # Pages fetched but not yet queued: without this bound, tasks that finished a request
+        # would each hold a page while waiting for the queue, and memory would grow with the
+        # number of compartments. Continuation pages go first, as in the request limiter.
+        in_hand = max(1, settings["fetch.concurrency"])
+        self._in_hand = PriorityGate(lambda: in_hand)
         self._workers: int = settings["fetch.normalize_workers"]
         self._process_limiter = anyio.CapacityLimiter(max(1, self._workers))
         self._disk = anyio.CapacityLimiter(1)
@@ -359,17 +364,18 @@ class Export:
         async with send:
             try:
                 while True:
-                    response = await self.client.get(
-                        url,
-                        params | ({"page": token} if token else {}),
-                        priority=0 if token else 1,
-                        region=item.region,
-                        compartment_id=item.compartment_id,
-                        page=number + 1,
-                    )
-                    number += 1
-                    await send.send(
-                        Page(
+                    priority = 0 if token else 1
+                    async with self._in_hand.hold(priority):
+                        response = await self.client.get(
+                            url,
+                            params | ({"page": token} if token else {}),
+                            priority=priority,
+                            region=item.region,
+                            compartment_id=item.compartment_id,
+                            page=number + 1,
+                        )
+                        number += 1
+                        page = Page(
                             response.body,
                             item.region,
                             item.compartment_id,
@@ -377,7 +383,7 @@ class Export:
                             datetime.now(UTC),
                             response.opc_request_id,
                         )
-                    )
+                        await send.send(page)
                     token = response.next_page
                     if token is None:
                         break
@@ -404,7 +410,7 @@ class Export:
         thread with ``normalize_workers = 0``); a bounded, ordered stream of slots hands the
         results to ``_collect``, so per-listing logic sees pages and listing ends in order.
         """
-        depth = 2 * max(1, self._workers)
+        depth = 4 * max(1, self._workers)
         slot_send, slot_receive = anyio.create_memory_object_stream[_Slot](depth)
         async with anyio.create_task_group() as group:
             group.start_soon(self._collect, slot_receive, send)

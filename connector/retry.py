@@ -167,13 +167,62 @@ class RateController:
         return True
 
 
+class PriorityGate:
+    """A semaphore that admits waiters by priority, then in arrival order.
+
+    anyio's ``CapacityLimiter`` is FIFO; here a listing's next page (priority 0) must go ahead
+    of a new listing's first page (priority 1), so that large compartments finish early
+    instead of trickling out one page per round at the end of a run. The capacity is read
+    through a callable, so it may change while waiters wait.
+    """
+
+    def __init__(self, capacity: Callable[[], int]) -> None:
+        self._capacity = capacity
+        self._waiters: list[_Waiter] = []
+        self._order = itertools.count()
+        self.held = 0
+
+    @asynccontextmanager
+    async def hold(self, priority: int = 1) -> AsyncIterator[None]:
+        """Hold one unit of capacity for the duration of the block."""
+        await self._acquire(priority)
+        try:
+            yield
+        finally:
+            self.held -= 1
+            self.admit()
+
+    def admit(self) -> None:
+        """Wake waiters while there is capacity (call after the capacity grew)."""
+        while self._waiters and self.held < self._capacity():
+            waiter = heapq.heappop(self._waiters)
+            if waiter.cancelled:
+                continue
+            waiter.admitted = True
+            self.held += 1
+            waiter.event.set()
+
+    async def _acquire(self, priority: int) -> None:
+        if not self._waiters and self.held < self._capacity():
+            self.held += 1
+            return
+        waiter = _Waiter(priority, next(self._order))
+        heapq.heappush(self._waiters, waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.admitted:
+                self.held -= 1
+                self.admit()
+            else:
+                waiter.cancelled = True
+            raise
+
+
 class AdaptiveLimiter:
     """Bounds requests in flight and paces them, adapting both to throttling.
 
-    Waiters are admitted by priority, then in arrival order: a listing's next page (priority
-    0) goes ahead of a new listing's first page (priority 1), so that large compartments finish
-    early instead of trickling out one page per round at the end of a run. anyio has no
-    priority semaphore, hence the small one here; pacing uses anyio's FIFO lock.
+    Admission is by priority (``PriorityGate``); pacing uses anyio's FIFO lock.
     """
 
     def __init__(
@@ -182,17 +231,14 @@ class AdaptiveLimiter:
         self.controller = RateController(max_concurrency, max_rate, clock)
         self._clock = clock
         self._pace_lock = anyio.Lock()
-        self._waiters: list[_Waiter] = []
-        self._order = itertools.count()
-        self._held = 0
+        self._gate = PriorityGate(lambda: self.controller.in_flight_limit)
         self.in_flight = 0
         self.max_in_flight = 0
 
     @asynccontextmanager
     async def slot(self, priority: int = 1) -> AsyncIterator[Ticket]:
         """Hold an in-flight slot and a paced send time for one request."""
-        await self._acquire(priority)
-        try:
+        async with self._gate.hold(priority):
             async with self._pace_lock:
                 wait = self.controller.reserve()
                 if wait > 0:
@@ -203,43 +249,15 @@ class AdaptiveLimiter:
                 yield Ticket(sent_at=self._clock())
             finally:
                 self.in_flight -= 1
-        finally:
-            self._held -= 1
-            self._admit()
 
     def success(self, ticket: Ticket) -> None:
         """Report a successful response."""
         self.controller.on_success(ticket)
-        self._admit()
+        self._gate.admit()
 
     def throttled(self, ticket: Ticket) -> None:
         """Report a 429."""
         self.controller.on_throttle(ticket)
-
-    async def _acquire(self, priority: int) -> None:
-        if not self._waiters and self._held < self.controller.in_flight_limit:
-            self._held += 1
-            return
-        waiter = _Waiter(priority, next(self._order))
-        heapq.heappush(self._waiters, waiter)
-        try:
-            await waiter.event.wait()
-        except BaseException:
-            if waiter.admitted:
-                self._held -= 1
-                self._admit()
-            else:
-                waiter.cancelled = True
-            raise
-
-    def _admit(self) -> None:
-        while self._waiters and self._held < self.controller.in_flight_limit:
-            waiter = heapq.heappop(self._waiters)
-            if waiter.cancelled:
-                continue
-            waiter.admitted = True
-            self._held += 1
-            waiter.event.set()
 
 
 @dataclass(order=True, slots=True)

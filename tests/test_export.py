@@ -336,3 +336,12 @@ def test_interrupted_swap_is_repaired(tmp_path: Path) -> None:
     assert [old.name] == publish.recover(fs, base)
     assert (old / "_SUCCESS").exists()
     assert not (lake / "_trash" / "r-1").exists()
+
+
+def test_worker_processes_give_the_same_rows(lake_emulator: EmulatorServer, tmp_path: Path) -> None:
+    """With normalize_workers = 2, pages convert in worker processes; the output is unchanged."""
+    config = write_config(tmp_path, lake_emulator, fetch={"normalize_workers": 2, "page_size": 300})
+    assert 0 == run(config)
+    assert multiset(expected_rows(lake_emulator.world, "once")) == multiset(
+        [normalise_actual(r, "once") for r in arrow_rows(tmp_path)]
+    )

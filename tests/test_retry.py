@@ -169,3 +169,53 @@ class TestRateController:
             clock.advance(0.2)
             controller.on_success(Ticket(clock.now))
         assert 5 == controller.rate
+
+
+class TestPriorityGate:
+    def test_admits_by_priority_then_arrival(self) -> None:
+        """With the gate full, a later priority-0 waiter goes before earlier priority-1 ones."""
+        import anyio
+
+        from connector.retry import PriorityGate
+
+        order: list[str] = []
+
+        async def main() -> None:
+            gate = PriorityGate(lambda: 1)
+            release = anyio.Event()
+
+            async def holder() -> None:
+                async with gate.hold():
+                    await release.wait()
+
+            async def waiter(name: str, priority: int) -> None:
+                async with gate.hold(priority):
+                    order.append(name)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(holder)
+                await anyio.wait_all_tasks_blocked()
+                for name, priority in [("first-page-a", 1), ("first-page-b", 1), ("next-page", 0)]:
+                    group.start_soon(waiter, name, priority)
+                    await anyio.wait_all_tasks_blocked()
+                release.set()
+
+        anyio.run(main)
+        assert ["next-page", "first-page-a", "first-page-b"] == order
+
+    def test_cancelled_waiter_gives_its_turn_away(self) -> None:
+        """A waiter cancelled while queued does not take capacity from the next one."""
+        import anyio
+
+        from connector.retry import PriorityGate
+
+        async def main() -> int:
+            gate = PriorityGate(lambda: 1)
+            async with gate.hold():
+                with anyio.move_on_after(0.01):
+                    async with gate.hold():
+                        raise AssertionError("admitted while the gate was full")
+            async with gate.hold():
+                return gate.held
+
+        assert 1 == anyio.run(main)

@@ -8,12 +8,6 @@ import contextlib
 import sys
 from pathlib import Path
 
-import orjson
-
-from connector.emulator.app import Behaviour, Emulator
-from connector.emulator.data import build_world
-from connector.emulator.server import issue_credentials, serve_forever, write_oci_config
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The emulator's options."""
@@ -83,6 +77,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the world, write credentials, and serve until interrupted."""
+    import orjson
+
+    from connector.emulator.app import Behaviour, Emulator
+    from connector.emulator.data import build_world
+    from connector.emulator.server import issue_credentials, serve_forever, write_oci_config
+
     regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
     world = build_world(
         seed=args.seed,
