@@ -30,11 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--full", action="store_true", help="every baseline and more repeats")
     parser.add_argument("--repeat", type=int, default=None, help="runs per measurement")
-    parser.add_argument("--only", default="S1,S2,S3,S4", help="comma-separated scenario ids")
+    parser.add_argument("--only", default="S1,S2,S3,S4,E1", help="comma-separated scenario ids")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest.json"))
     args = parser.parse_args(argv)
     repeat = args.repeat or (5 if args.full else 3)
     chosen = [s.strip() for s in args.only.split(",")]
+    from connector import logs
+
+    logs.configure("warning", "json")  # in-process scenarios (S3, E1) log as a run would
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     for scenario in chosen:

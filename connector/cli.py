@@ -317,7 +317,8 @@ def _plan(args: argparse.Namespace) -> int:
                 "args": ["--shard", f"{index}/{args.shards}", "--run-id", run_id],
             }
         )
-    sys.stdout.write(orjson.dumps(specs, option=orjson.OPT_INDENT_2).decode() + "\n")
+    # One line: Airflow's BashOperator pushes the last line of stdout to XCom.
+    sys.stdout.write(orjson.dumps(specs).decode() + "\n")
     return EXIT_OK
 
 

@@ -160,3 +160,17 @@ def test_readme_documents_every_key() -> None:
     for section, keys in config.KEYS.items():
         for key in keys:
             assert f"| `{section}.{key}` |" in readme, f"{section}.{key}"
+
+
+def test_snapshot_date_accepts_a_toml_date() -> None:
+    """--set output.snapshot_date=2026-11-27 (a TOML date, as Airflow's {{ ds }} renders) works."""
+    assert (
+        "2026-11-27"
+        == config.load(None, ["output.snapshot_date=2026-11-27"])["output.snapshot_date"]
+    )
+
+
+def test_airflow_example_compiles() -> None:
+    """configs/airflow_dag.py is valid Python (Airflow itself is not installed here)."""
+    source = (Path(__file__).resolve().parent.parent / "configs" / "airflow_dag.py").read_text()
+    compile(source, "airflow_dag.py", "exec")
