@@ -182,9 +182,7 @@ class Export:
                 retry=RetryPolicy(max_attempts=settings["fetch.max_attempts"]),
             ),
         )
-        # Two conversions may be queued on threads so that the GIL never waits for the event
-        # loop to hand over the next page (they convert one at a time in practice).
-        self._cpu = anyio.CapacityLimiter(2)
+        self._cpu = anyio.CapacityLimiter(1)
         # Pages fetched but not yet queued: without this bound, tasks that finished a request
         # would each hold a page while waiting for the queue, and memory would grow with the
         # number of compartments. Continuation pages go first, as in the request limiter.
