@@ -45,6 +45,29 @@ class SinkOptions:
     max_rows_per_file: int = 1024 * 1024
 
 
+class RollingFiles:
+    """What both formats share: where one region's files go, their names, what was written."""
+
+    def __init__(
+        self, fs: pafs.FileSystem, directory: str, relative: str, prefix: str, options: SinkOptions
+    ) -> None:
+        self.fs = fs
+        self.directory = directory
+        self.relative = relative
+        self.prefix = prefix
+        self.options = options
+        self._files: list[FileInfo] = []
+        self._name = ""
+
+    def _open_next(self) -> pa.NativeFile:
+        """Open the next file of the series (part-NNNNN plus the format's extension)."""
+        self._name = f"{self.prefix}{len(self._files):05d}{extension(self.options)}"
+        return self.fs.open_output_stream(f"{self.directory}/{self._name}", compression=None)
+
+    def _finished(self, rows: int, size: int) -> None:
+        self._files.append(FileInfo(f"{self.relative}/{self._name}", rows, size))
+
+
 def extension(options: SinkOptions) -> str:
     """The data files' extension: .parquet, .ndjson or .ndjson.gz."""
     if options.format == "parquet":

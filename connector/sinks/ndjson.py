@@ -9,7 +9,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from connector.sinks import FileInfo, SinkOptions, extension
+from connector.sinks import FileInfo, RollingFiles, SinkOptions
 
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
 
@@ -20,22 +20,16 @@ def encode_rows(batch: pa.RecordBatch) -> bytes:
     return b"".join(orjson.dumps(row, option=_OPTIONS) for row in rows)
 
 
-class NdjsonSeries:
+class NdjsonSeries(RollingFiles):
     """One region's NDJSON files."""
 
     def __init__(
         self, fs: pafs.FileSystem, directory: str, relative: str, prefix: str, options: SinkOptions
     ) -> None:
-        self.fs = fs
-        self.directory = directory
-        self.relative = relative
-        self.prefix = prefix
-        self.options = options
+        super().__init__(fs, directory, relative, prefix, options)
         self._stream: pa.NativeFile | None = None
         self._raw: pa.NativeFile | None = None
-        self._name = ""
         self._rows = 0
-        self._files: list[FileInfo] = []
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Append the batch's rows, rolling to a new file at the row limit."""
@@ -57,8 +51,7 @@ class NdjsonSeries:
         return self._files
 
     def _start_file(self) -> None:
-        self._name = f"{self.prefix}{len(self._files):05d}{extension(self.options)}"
-        self._raw = self.fs.open_output_stream(f"{self.directory}/{self._name}", compression=None)
+        self._raw = self._open_next()
         if self.options.compression == "gzip":
             self._stream = pa.CompressedOutputStream(self._raw, "gzip")
         else:
@@ -74,6 +67,6 @@ class NdjsonSeries:
         else:
             size = self._raw.tell()
             self._raw.close()
-        self._files.append(FileInfo(f"{self.relative}/{self._name}", self._rows, size))
+        self._finished(self._rows, size)
         self._stream = None
         self._raw = None

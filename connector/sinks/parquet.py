@@ -14,27 +14,21 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from connector import schema
-from connector.sinks import FileInfo, SinkOptions
+from connector.sinks import FileInfo, RollingFiles, SinkOptions
 
 
-class ParquetSeries:
+class ParquetSeries(RollingFiles):
     """One region's Parquet files."""
 
     def __init__(
         self, fs: pafs.FileSystem, directory: str, relative: str, prefix: str, options: SinkOptions
     ) -> None:
-        self.fs = fs
-        self.directory = directory
-        self.relative = relative
-        self.prefix = prefix
-        self.options = options
+        super().__init__(fs, directory, relative, prefix, options)
         self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
         self._writer: pq.ParquetWriter | None = None
         self._stream: pa.NativeFile | None = None
-        self._name = ""
         self._file_rows = 0
-        self._files: list[FileInfo] = []
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Buffer rows; write a row group whenever one is full."""
@@ -66,10 +60,7 @@ class ParquetSeries:
             self._finish_file()
 
     def _start_file(self) -> pq.ParquetWriter:
-        self._name = f"{self.prefix}{len(self._files):05d}.parquet"
-        self._stream = self.fs.open_output_stream(
-            f"{self.directory}/{self._name}", compression=None
-        )
+        self._stream = self._open_next()
         self._writer = pq.ParquetWriter(
             self._stream,
             schema.SCHEMA,
@@ -87,6 +78,6 @@ class ParquetSeries:
         self._writer.close()
         size = self._stream.tell()
         self._stream.close()
-        self._files.append(FileInfo(f"{self.relative}/{self._name}", self._file_rows, size))
+        self._finished(self._file_rows, size)
         self._writer = None
         self._stream = None
