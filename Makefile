@@ -14,6 +14,9 @@ $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	# Byte-compile the package: with PYTHONDONTWRITEBYTECODE set (as on these machines) every
+	# start would otherwise recompile it, about 0.15 s per process.
+	$(BIN)/python -m compileall -q connector
 	touch $@
 
 demo: install
