@@ -304,11 +304,6 @@ def _batch(
     return pa.RecordBatch.from_arrays([arrays[c.name] for c in COLUMNS], schema=SCHEMA)
 
 
-def empty_batch() -> pa.RecordBatch:
-    """A batch with the output schema and no rows."""
-    return pa.RecordBatch.from_pylist([], schema=SCHEMA)
-
-
 @contextmanager
 def quiet_gc(threshold: int = 200_000) -> Iterator[None]:
     """Raise the GC's first threshold while millions of short-lived dicts come and go.

@@ -218,7 +218,8 @@ class Export:
             files = await anyio.to_thread.run_sync(self.sink.close)
             reject_files = self.rejects.close()
         except BaseException:
-            await anyio.to_thread.run_sync(self._discard)
+            with anyio.CancelScope(shield=True):  # clean up even when cancelled
+                await anyio.to_thread.run_sync(self._discard)
             raise
         manifest = self._shard_manifest(started_at, files, reject_files)
         failed = {
@@ -227,24 +228,20 @@ class Export:
             if r["status"] == "failed"
         }
         if failed and self.settings["output.allow_partial"]:
-            manifest["files"] = [
-                _file(f)
-                for f in await anyio.to_thread.run_sync(
-                    publish.drop_compartments, self.fs, self.layout.staged_partition, files, failed
-                )
-            ]
-            manifest["reject_files"] = [
-                _file(f)
-                for f in await anyio.to_thread.run_sync(
+            # Rows of failed listings were written as they streamed; take them out again.
+            for key, count_key, written in (
+                ("files", "rows", files),
+                ("reject_files", "rejects", reject_files),
+            ):
+                kept = await anyio.to_thread.run_sync(
                     publish.drop_compartments,
                     self.fs,
                     self.layout.staged_partition,
-                    reject_files,
+                    written,
                     failed,
                 )
-            ]
-            manifest["rows"] = sum(f["rows"] for f in manifest["files"])
-            manifest["rejects"] = sum(f["rows"] for f in manifest["reject_files"])
+                manifest[key] = [_file(f) for f in kept]
+                manifest[count_key] = sum(f.rows for f in kept)
         index, count = self.shard
         publish.write_json(self.fs, self.layout.shard_manifest(index, count), manifest)
         if not self.publish_now:

@@ -185,3 +185,28 @@ def test_entry_points(module: list[str]) -> None:
     assert 0 == result.returncode
     for command in ("run", "demo", "emulator", "schema", "plan", "commit"):
         assert command in result.stdout
+
+
+def test_interrupted_run_cleans_up(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """Ctrl-C mid-run: exit 130, the staging area is removed, nothing is published."""
+    server = make_emulator(build_world(**WORLD), latency_ms=30)  # type: ignore[arg-type]
+    config = write_config(tmp_path, server, fetch={"concurrency": 2, "page_size": 20})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "connector", "run", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    staging = tmp_path / "lake" / "_staging"
+    deadline = time.monotonic() + 60
+    while not list(staging.rglob("region=*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert 130 == process.returncode, err
+    assert "nothing published" in err
+    assert not (tmp_path / "lake" / "images").exists()
+    assert not list(staging.glob("*"))
