@@ -27,6 +27,11 @@ def _drop_secrets(_logger: Any, _name: str, event: EventDict) -> EventDict:
     return event
 
 
+def _over_progress_bar(_logger: Any, _name: str, line: str) -> str:
+    """On a terminal, erase the progress bar's line first; it is redrawn below the message."""
+    return "\r\x1b[K" + line
+
+
 def _orjson_dumps(event: Any, **_: Any) -> str:
     return orjson.dumps(event, default=str).decode()
 
@@ -40,14 +45,17 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         if use_json
         else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _drop_secrets,
+        renderer,
+    ]
+    if out.isatty():
+        processors.append(_over_progress_bar)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _drop_secrets,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
