@@ -345,3 +345,50 @@ def test_worker_processes_give_the_same_rows(lake_emulator: EmulatorServer, tmp_
     assert multiset(expected_rows(lake_emulator.world, "once")) == multiset(
         [normalise_actual(r, "once") for r in arrow_rows(tmp_path)]
     )
+
+
+def test_profile_region_and_filters_pass_through(
+    lake_emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """regions = [] lists the profile's region only; filters reach the API in camelCase."""
+    world = lake_emulator.world
+    config = write_config(
+        tmp_path,
+        lake_emulator,
+        oci={"regions": []},
+        filters={"operating_system": "Oracle Linux", "lifecycle_state": "available"},
+        fetch={"platform_images": "every"},
+    )
+    assert 0 == run(config)
+    expected = [
+        r
+        for r in expected_rows(world, "every")
+        if r["_region"] == world.home_region
+        and r["operating_system"] == "Oracle Linux"
+        and r["lifecycle_state"] == "AVAILABLE"
+    ]
+    assert expected
+    assert multiset(expected) == multiset(
+        [normalise_actual(r, "every") for r in arrow_rows(tmp_path)]
+    )
+    assert {"operatingSystem": "Oracle Linux", "lifecycleState": "AVAILABLE"} == manifest_of(
+        tmp_path
+    )["filters"]
+
+
+def test_explicit_compartments_and_exclude(lake_emulator: EmulatorServer, tmp_path: Path) -> None:
+    """scope.compartments skips discovery; scope.exclude leaves compartments out."""
+    world = lake_emulator.world
+    chosen = [c.id for c in world.listable_compartments()[1:5]]
+    config = write_config(
+        tmp_path,
+        lake_emulator,
+        scope={"compartments": chosen, "exclude": [chosen[0]]},
+        oci={"regions": ["eu-frankfurt-1"]},
+    )
+    assert 0 == run(config)
+    manifest = manifest_of(tmp_path)
+    listed = {(c["region"], c["compartment_id"]) for c in manifest["compartments"]}
+    assert {("eu-frankfurt-1", c) for c in chosen[1:]} == listed
+    # Every request was a ListImages page: no discovery call was made.
+    assert sum(c["pages"] for c in manifest["compartments"]) == lake_emulator.stats()["requests"]
