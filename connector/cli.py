@@ -15,22 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from connector import __version__
+from connector.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
     from connector.auth import RequestSigner
     from connector.config import Settings
     from connector.pipeline import Outcome, Progress
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that exits 2 with the message on stderr (its default), naming the command."""
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
-    parser = _Parser(
+    parser = argparse.ArgumentParser(
         prog="oci-images",
         description="Export OCI Compute images (ListImages) to Parquet or NDJSON in a data lake.",
     )

@@ -7,18 +7,21 @@ have to know which library produced them. Each error says whether retrying can h
 
 from __future__ import annotations
 
+# The process exit codes of DESIGN.md, in one place.
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
+
 
 class ConnectorError(Exception):
     """Root of every error raised by the connector."""
 
     retryable: bool = False
-    exit_code: int = 1
+    exit_code: int = EXIT_FAILED
 
 
 class ConfigError(ConnectorError):
     """The configuration or command line is invalid; raised before any request is sent."""
 
-    exit_code = 2
+    exit_code = EXIT_CONFIG
 
     def __init__(self, key: str, reason: str) -> None:
         self.key = key

@@ -46,7 +46,15 @@ from connector.discovery import (
     shard_items,
     subscribed_regions,
 )
-from connector.errors import ConnectorError, OciApiError, PaginationError, TransportError
+from connector.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    ConnectorError,
+    OciApiError,
+    PaginationError,
+    TransportError,
+)
 from connector.normalize import (
     Normalized,
     Page,
@@ -62,8 +70,6 @@ from connector.retry import PriorityGate, RetryPolicy
 from connector.sinks import FileInfo, PartitionedSink, SinkOptions
 
 log = structlog.get_logger("connector.pipeline")
-
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 def new_run_id() -> str:
