@@ -11,7 +11,7 @@ import orjson
 import pytest
 import structlog
 
-from connector import auth, signing
+from connector import __version__, auth, signing
 from connector.client import ClientOptions, OciClient, RequestCounters, is_loopback
 from connector.emulator import EmulatorServer
 from connector.errors import OciApiError, RequestTimeout
@@ -201,6 +201,8 @@ def test_identifies_itself(make_emulator: Callable[..., EmulatorServer]) -> None
     anyio.run(one)
     client_part, _, server_part = seen[0]["id"].partition("/")
     assert 32 == len(client_part)
+    [agent] = server.stats()["user_agents"]
+    assert agent.startswith(f"oci-images-connector/{__version__} (Python ")
     assert server_part
 
 

@@ -78,6 +78,7 @@ class Stats:
     status: Counter[int] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
     listed: Counter[str] = field(default_factory=Counter)
+    user_agents: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready snapshot."""
@@ -89,6 +90,7 @@ class Stats:
             "status": {str(k): v for k, v in sorted(self.status.items())},
             "faults": dict(self.faults),
             "listed_compartments": dict(self.listed),
+            "user_agents": dict(self.user_agents),
         }
 
 
@@ -174,6 +176,7 @@ class Emulator:
             return await handler(request)
         stats = self.stats
         stats.requests += 1
+        stats.user_agents[request.headers.get("user-agent", "")] += 1
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         server_id = f"{next(self._request_ids):08X}{secrets.token_hex(12).upper()}"
