@@ -76,7 +76,7 @@ class Reject:
 
     def to_json(self) -> bytes:
         """One line of ``_rejects/``."""
-        return orjson.dumps(
+        return dump_json(
             {
                 "reason": self.reason,
                 "region": self.region,
@@ -84,9 +84,21 @@ class Reject:
                 "page": self.page,
                 "opc_request_id": self.opc_request_id,
                 "record": self.record,
-            },
-            default=repr,
+            }
         )
+
+
+def dump_json(value: Any) -> bytes:
+    """Compact JSON with sorted keys, for any parsed value.
+
+    orjson writes no integer beyond 64 bits; records parsed by orjson never hold one (it reads
+    them as floats), but records handed to ``normalize_records`` from elsewhere may.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return text.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +114,7 @@ def parse(body: bytes) -> list[Any]:
     try:
         records = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        # orjson stops at 64-bit integers; the standard library does not. Such a record is
-        # then rejected on its own rather than failing the whole listing.
-        try:
-            records = json.loads(body)
-        except ValueError:
-            raise PageError(f"the page is not valid JSON: {exc}") from None
+        raise PageError(f"the page is not valid JSON: {exc}") from None
     if not isinstance(records, list):
         raise PageError(f"the page is a JSON {type(records).__name__}, not an array")
     return records
@@ -286,7 +293,7 @@ def _extra(record: dict[str, Any]) -> str | None:
         child = record.get(parent)
         if type(child) is dict and not child.keys() <= known:
             extra[parent] = {key: child[key] for key in child.keys() - known}
-    return orjson.dumps(extra, option=orjson.OPT_SORT_KEYS).decode() if extra else None
+    return dump_json(extra).decode() if extra else None
 
 
 def _batch(
