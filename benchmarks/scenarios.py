@@ -126,7 +126,7 @@ def measure(command: Sequence[str]) -> Measured:
 def connector_config(folder: Path, emulator: EmulatorProcess, **fetch: Any) -> Path:
     options = {"concurrency": 16, "page_size": 1000, "platform_images": "every"} | fetch
     if "BENCH_WORKERS" in os.environ:
-        options["normalize_workers"] = int(os.environ["BENCH_WORKERS"])
+        options["workers"] = int(os.environ["BENCH_WORKERS"])
     lines = [
         "[oci]",
         f'config_file = "{emulator.config}"',
@@ -318,7 +318,7 @@ def _ours(pages: list[Any], folder: Path, workers: int = 2) -> float:
         async def sign(self, method: str, url: str, headers: dict[str, str]) -> None:
             raise AssertionError("no requests in this scenario")
 
-    overrides = [f'output.uri="{folder}"', f"fetch.normalize_workers={workers}"]
+    overrides = [f'output.uri="{folder}"', f"fetch.workers={workers}"]
     export = Export(config.load(None, overrides), NoSigner())
 
     async def timed() -> float:

@@ -2,6 +2,6 @@
 
 # Guarded: worker processes re-import the main module (as multiprocessing does).
 if __name__ == "__main__":
-    from connector.cli import main
+    from connector.cli import entry
 
-    raise SystemExit(main())
+    raise SystemExit(entry())

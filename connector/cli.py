@@ -84,6 +84,15 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def entry() -> int:
+    """The ``oci-images`` executable. The process is this tool's alone, so it keeps out numpy
+    and pandas, which pyarrow would otherwise import behind its back (see ``connector.lean``)."""
+    from connector import lean
+
+    lean.keep_out("numpy", "pandas")
+    return main()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code."""
     parser = build_parser()

@@ -95,7 +95,11 @@ class OciClient:
 
     async def __aenter__(self) -> OciClient:
         options = self.options
-        context = ssl.create_default_context(cafile=options.ca_bundle or None)
+        # Without a CA bundle, aiohttp's own verifying context (built when it is imported)
+        # serves; building another would load the system's certificates a second time.
+        context: ssl.SSLContext | bool = True
+        if options.ca_bundle:
+            context = ssl.create_default_context(cafile=options.ca_bundle)
         connector = aiohttp.TCPConnector(limit=options.concurrency, ssl=context, ttl_dns_cache=300)
         timeout = aiohttp.ClientTimeout(
             total=options.request_timeout_s,
@@ -107,6 +111,7 @@ class OciClient:
             timeout=timeout,
             headers={"user-agent": USER_AGENT, "accept": "application/json"},
             auto_decompress=True,
+            read_bufsize=1 << 20,  # a page is about 1 MB
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
         return self

@@ -88,6 +88,15 @@ def _integer(low: int, high: int) -> Check:
     return check
 
 
+def _workers(key: str, value: Any) -> int | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str):
+        raise ConfigError(key, f"must be auto or an integer from 0 to 64, got {value!r}")
+    count: int = _integer(0, 64)(key, value)
+    return count
+
+
 def _number(low: float, high: float, *, low_open: bool = False) -> Check:
     def check(key: str, value: Any) -> float:
         number = _type((int, float), "a number")(key, value)
@@ -223,7 +232,7 @@ KEYS: dict[str, dict[str, Key]] = {
         "request_timeout_s": Key(60.0, _number(0.0, 3600.0, low_open=True), "per request"),
         "max_requests_per_second": Key(0.0, _number(0.0, 10000.0), "client-side cap; 0 = none (still adapts to 429)"),
         "platform_images": Key("once", _choice("once", "every", "skip"), "once per region, every listing, or skip"),
-        "normalize_workers": Key(0, _integer(0, 64), "processes converting pages to Arrow; 0 = a thread in this process"),
+        "workers": Key("auto", _workers, "processes converting and writing pages; 0 = a thread in this process; auto = one per core, at most 4"),
     },
     "output": {
         "uri": Key("out", _string(1), "local directory or fsspec URI"),

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
 
-from connector.client import OciClient
 from connector.errors import ConfigError, PaginationError
+
+if TYPE_CHECKING:  # worker processes import WorkItem from here and need no HTTP client
+    from connector.client import OciClient
 
 API_VERSION = "/20160918"
 log = structlog.get_logger("connector.discovery")

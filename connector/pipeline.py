@@ -6,10 +6,11 @@ before it and memory stays flat however large the tenancy::
     fetch tasks (one per region × compartment, paged sequentially, bounded by the limiter)
         │  Page / ListingEnd
         ▼
-    normalizer (one worker thread: JSON → Arrow; per-listing dedupe and platform handling)
-        │  rows / rejects
+    dispatcher (hands each listing's pages, in order, to the worker that owns the listing)
+        │
         ▼
-    sink (one worker thread: Parquet or NDJSON under the run's staging directory)
+    workers (processes, one per core, or a thread: JSON → Arrow, per-listing de-duplication
+             and platform handling, Parquet or NDJSON under the run's staging directory)
 
 A listing is either complete or absent: rows stream to disk as pages arrive, and if a listing
 later fails, its rows are removed before anything is published (or the run publishes nothing).
@@ -23,19 +24,16 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 import anyio
-import anyio.to_process
 import anyio.to_thread
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import structlog
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from connector import __version__, publish, schema
+from connector import __version__, publish, schema, workers
 from connector.auth import RequestSigner
 from connector.client import ClientOptions, OciClient
 from connector.config import Settings
@@ -55,19 +53,10 @@ from connector.errors import (
     PaginationError,
     TransportError,
 )
-from connector.normalize import (
-    Normalized,
-    Page,
-    PageError,
-    Reject,
-    RunInfo,
-    normalize_in_worker,
-    normalize_page,
-    quiet_gc,
-    warm_up,
-)
+from connector.normalize import Page, RunInfo, quiet_gc
 from connector.retry import PriorityGate, RetryPolicy
-from connector.sinks import FileInfo, PartitionedSink, SinkOptions
+from connector.sinks import FileInfo, SinkOptions
+from connector.workers import ListingResult, Workers, WorkerSetup
 
 log = structlog.get_logger("connector.pipeline")
 
@@ -88,28 +77,6 @@ class ListingEnd:
 
 Producer = Callable[[MemoryObjectSendStream[Page | ListingEnd]], Coroutine[Any, Any, None]]
 """A coroutine that feeds pages (and the end of each listing) into the pipeline."""
-
-
-@dataclass(slots=True)
-class _Slot:
-    """A message on its way through conversion, with the outcome once ``done`` is set."""
-
-    message: Page | ListingEnd
-    done: anyio.Event = field(default_factory=anyio.Event)
-    result: Normalized | None = None
-    error: dict[str, Any] | None = None
-
-
-@dataclass(slots=True)
-class ListingState:
-    """What the normalizer knows about a listing in progress."""
-
-    seen: set[str] = field(default_factory=set)
-    platform: list[pa.RecordBatch] = field(default_factory=list)
-    rows: int = 0
-    duplicates: int = 0
-    rejects: int = 0
-    error: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -163,20 +130,24 @@ class Export:
         self.layout = publish.Layout(self.base, self.run_id, settings.snapshot_date)
         self.progress = Progress()
         self.results: dict[WorkItem, dict[str, Any]] = {}
-        self._donors: set[str] = set()
         self._run_info = RunInfo(self.run_id, date.fromisoformat(settings.snapshot_date))
         self._filters = settings.filters()
         self._platform_mode: str = settings["fetch.platform_images"]
         index, count = shard
-        prefix = "part-" if count == 1 else f"part-{index:03d}-"
-        self.sink = PartitionedSink(
-            self.fs,
-            self.layout.staged_partition,
-            SinkOptions(settings["output.format"], settings.compression),
-            prefix,
+        self._setup = WorkerSetup(
+            run=self._run_info,
+            platform_mode=self._platform_mode,
+            fs=self.fs,
+            layout=self.layout,
+            options=SinkOptions(settings["output.format"], settings.compression),
+            file_prefix="part-" if count == 1 else f"part-{index:03d}-",
+            reject_prefix="" if count == 1 else f"{index:03d}-",
         )
-        self.rejects = publish.RejectWriter(
-            self.fs, self.layout, "" if count == 1 else f"{index:03d}-"
+        processes = settings["fetch.workers"]
+        self.workers: Workers = workers.create(
+            self._setup,
+            workers.default_processes() if processes == "auto" else processes,
+            self._listing_done,
         )
         self.client = OciClient(
             signer,
@@ -188,15 +159,11 @@ class Export:
                 retry=RetryPolicy(max_attempts=settings["fetch.max_attempts"]),
             ),
         )
-        self._cpu = anyio.CapacityLimiter(1)
         # Pages fetched but not yet queued: without this bound, tasks that finished a request
         # would each hold a page while waiting for the queue, and memory would grow with the
         # number of compartments. Continuation pages go first, as in the request limiter.
         in_hand = max(1, settings["fetch.concurrency"])
         self._in_hand = PriorityGate(lambda: in_hand)
-        self._workers: int = settings["fetch.normalize_workers"]
-        self._process_limiter = anyio.CapacityLimiter(max(1, self._workers))
-        self._disk = anyio.CapacityLimiter(1)
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -216,16 +183,15 @@ class Export:
         try:
             async with self.client, anyio.create_task_group() as group:
                 # Worker processes start (and import pyarrow) while discovery runs.
-                group.start_soon(self.start_workers)
+                group.start_soon(self.workers.serve)
                 items = await self.work_items()
                 self.progress.listings_total = len(items)
                 with quiet_gc():
                     await self._stream(partial(self._fetch_all, items))
-            files = await anyio.to_thread.run_sync(self.sink.close)
-            reject_files = self.rejects.close()
+                files, reject_files = await self._close()
         except BaseException:
             with anyio.CancelScope(shield=True):  # clean up even when cancelled
-                await anyio.to_thread.run_sync(self._discard)
+                await self._discard()
             raise
         manifest = self._shard_manifest(started_at, files, reject_files)
         failed = {
@@ -264,13 +230,8 @@ class Export:
         )
 
     async def start_workers(self) -> None:
-        """Start the worker processes (they import pyarrow, which takes a moment)."""
-        async with anyio.create_task_group() as group:
-            for _ in range(self._workers):
-                group.start_soon(self._warm_worker)
-
-    async def _warm_worker(self) -> None:
-        await anyio.to_process.run_sync(warm_up, limiter=self._process_limiter)
+        """Start the worker processes now rather than with the first page."""
+        await self.workers.start()
 
     async def work_items(self) -> list[WorkItem]:
         """The (region, compartment) listings of this run, or of this shard."""
@@ -301,7 +262,9 @@ class Export:
         for item in sorted(items):
             firsts.setdefault(item.region, item)
         owned = set(mine)
-        self._donors = {region for region, item in firsts.items() if item not in owned}
+        self.workers.donations.exclude(
+            {region for region, item in firsts.items() if item not in owned}
+        )
         return mine
 
     def _tenancy(self) -> str:
@@ -310,13 +273,25 @@ class Export:
         return str(self.tenancy)
 
     async def _stream(self, produce: Producer) -> None:
-        buffer = max(8, 2 * self.settings["fetch.concurrency"])
-        page_send, page_receive = anyio.create_memory_object_stream[Page | ListingEnd](buffer)
-        row_send, row_receive = anyio.create_memory_object_stream[tuple[str, Any]](8)
+        """Feed what ``produce`` sends to the workers, each listing to its own worker."""
+        buffer = 4
+        send, receive = anyio.create_memory_object_stream[Page | ListingEnd](buffer)
         async with anyio.create_task_group() as group:
-            group.start_soon(produce, page_send)
-            group.start_soon(self._normalize_all, page_receive, row_send)
-            group.start_soon(self._write_all, row_receive)
+            group.start_soon(produce, send)
+            async with receive:
+                async for message in receive:
+                    if isinstance(message, Page):
+                        await self.workers.page(message)
+                    else:
+                        await self.workers.end(message.item, message.pages, message.error)
+
+    async def _close(self) -> tuple[list[FileInfo], list[FileInfo]]:
+        """Close the workers; the donor listings of platform images get their rows counted."""
+        closed = await self.workers.close()
+        for item, rows in closed.donated.items():
+            self.results[item]["rows"] += rows
+            self.progress.rows += rows
+        return closed.files, closed.reject_files
 
     async def write_pages(self, pages: Iterable[Page]) -> list[FileInfo]:
         """Normalize and write pages fetched earlier, through the same stages as a run.
@@ -339,9 +314,17 @@ class Export:
                 if current is not None:
                     await send.send(ListingEnd(current, count, None))
 
-        with quiet_gc():
-            await self._stream(replay)
-        return await anyio.to_thread.run_sync(self.sink.close)
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self.workers.serve)
+                with quiet_gc():
+                    await self._stream(replay)
+                files, _ = await self._close()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._discard()
+            raise
+        return files
 
     # -- fetching ---------------------------------------------------------------------------
 
@@ -400,156 +383,54 @@ class Export:
             else:
                 await send.send(ListingEnd(item, number, None))
 
-    # -- normalizing ------------------------------------------------------------------------
+    # -- results ----------------------------------------------------------------------------
 
-    async def _normalize_all(
-        self,
-        receive: ObjectReceiveStream[Page | ListingEnd],
-        send: ObjectSendStream[tuple[str, Any]],
-    ) -> None:
-        """Convert pages in parallel, then handle the results strictly in arrival order.
-
-        Each page's conversion starts as soon as it arrives (in a worker process, or a worker
-        thread with ``normalize_workers = 0``); a bounded, ordered stream of slots hands the
-        results to ``_collect``, so per-listing logic sees pages and listing ends in order.
-        """
-        depth = 4 * max(1, self._workers)
-        slot_send, slot_receive = anyio.create_memory_object_stream[_Slot](depth)
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._collect, slot_receive, send)
-            async with receive, slot_send:
-                async for message in receive:
-                    slot = _Slot(message)
-                    if isinstance(message, Page):
-                        group.start_soon(self._convert, slot)
-                    else:
-                        slot.done.set()
-                    await slot_send.send(slot)
-
-    async def _convert(self, slot: _Slot) -> None:
-        page = slot.message
-        assert isinstance(page, Page)
-        try:
-            if self._workers:
-                slot.result = await anyio.to_process.run_sync(
-                    normalize_in_worker, page, self._run_info, limiter=self._process_limiter
-                )
-            else:
-                slot.result = await anyio.to_thread.run_sync(
-                    normalize_page, page, self._run_info, limiter=self._cpu
-                )
-        except PageError as exc:
-            slot.error = {
-                "status": None,
-                "code": "InvalidResponse",
-                "message": str(exc),
-                "opc_request_id": page.opc_request_id,
-            }
-        finally:
-            slot.done.set()
-
-    async def _collect(
-        self, receive: ObjectReceiveStream[_Slot], send: ObjectSendStream[tuple[str, Any]]
-    ) -> None:
-        states: dict[WorkItem, ListingState] = {}
-        async with receive, send:
-            async for slot in receive:
-                await slot.done.wait()
-                message = slot.message
-                if isinstance(message, ListingEnd):
-                    state = states.pop(message.item, None) or ListingState()
-                    await self._end_listing(message, state, send)
-                    continue
-                item = WorkItem(message.region, message.compartment_id)
-                state = states.setdefault(item, ListingState())
-                if state.error is not None:
-                    continue
-                if slot.error is not None or slot.result is None:
-                    state.error = slot.error
-                    continue
-                result = slot.result
-                if result.rejects:
-                    state.rejects += len(result.rejects)
-                    await send.send(("rejects", result.rejects))
-                batch = _dedupe(state, result.batch)
-                if self._platform_mode != "every":
-                    is_platform = cast(pa.BooleanArray, batch.column("_is_platform"))
-                    if is_platform.true_count:
-                        platform = batch.filter(is_platform)
-                        batch = batch.filter(pc.invert(is_platform))
-                        if self._platform_mode == "once":
-                            state.platform.append(platform)
-                if batch.num_rows:
-                    state.rows += batch.num_rows
-                    await send.send(("rows", (message.region, batch)))
-
-    async def _end_listing(
-        self, end: ListingEnd, state: ListingState, send: ObjectSendStream[tuple[str, Any]]
-    ) -> None:
-        error = end.error or state.error
-        item = end.item
-        if error is None and state.platform and item.region not in self._donors:
-            # The first complete listing of a region contributes the region's platform images;
-            # regions another shard donates for are in _donors from the start.
-            self._donors.add(item.region)
-            for batch in state.platform:
-                state.rows += batch.num_rows
-                await send.send(("rows", (item.region, batch)))
-        status = "failed" if error else "ok"
+    def _listing_done(self, result: ListingResult) -> None:
+        """A worker finished a listing: record it for the manifest, the progress and the log."""
+        item = result.item
+        error = result.error
         self.results[item] = {
             "region": item.region,
             "compartment_id": item.compartment_id,
-            "status": status,
-            "pages": end.pages,
-            "rows": state.rows if not error else 0,
-            "duplicates_dropped": state.duplicates,
-            "rejects": state.rejects,
+            "status": "failed" if error else "ok",
+            "pages": result.pages,
+            "rows": result.rows,
+            "duplicates_dropped": result.duplicates,
+            "rejects": result.rejects,
             "error": error,
         }
         self.progress.listings_done += 1
+        self.progress.rejects += result.rejects
         if error:
             self.progress.listings_failed += 1
             log.warning(
                 "listing.failed",
                 region=item.region,
                 compartment_id=item.compartment_id,
-                pages=end.pages,
+                pages=result.pages,
                 **{k: v for k, v in error.items() if k != "message"},
                 reason=error.get("message"),
             )
         else:
-            self.progress.rows += state.rows
+            self.progress.rows += result.rows
             log.debug(
                 "listing.done",
                 region=item.region,
                 compartment_id=item.compartment_id,
-                pages=end.pages,
-                rows=state.rows,
+                pages=result.pages,
+                rows=result.rows,
             )
 
-    # -- writing ----------------------------------------------------------------------------
-
-    async def _write_all(self, receive: ObjectReceiveStream[tuple[str, Any]]) -> None:
-        async with receive:
-            async for kind, payload in receive:
-                if kind == "rows":
-                    region, batch = payload
-                    await anyio.to_thread.run_sync(
-                        self.sink.write, region, batch, limiter=self._disk
-                    )
-                else:
-                    rejects: list[Reject] = payload
-                    self.progress.rejects += len(rejects)
-                    self.rejects.write(rejects)
-
-    def _discard(self) -> None:
-        """After a failure: close what is open and remove the run's staging."""
+    async def _discard(self) -> None:
+        """After a failure: stop the workers and remove the run's staging."""
         try:
-            self.sink.close()
-            self.rejects.close()
+            await self.workers.discard()
         finally:
-            if publish.exists(self.fs, self.layout.staging):
-                self.fs.delete_dir(self.layout.staging)
+            await anyio.to_thread.run_sync(self._remove_staging)
+
+    def _remove_staging(self) -> None:
+        if publish.exists(self.fs, self.layout.staging):
+            self.fs.delete_dir(self.layout.staging)
 
     # -- manifests --------------------------------------------------------------------------
 
@@ -601,21 +482,6 @@ def _error(exc: ConnectorError) -> dict[str, Any]:
         "message": str(exc),
         "opc_request_id": getattr(exc, "opc_request_id", None),
     }
-
-
-def _dedupe(state: ListingState, batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Drop ids this listing already returned (items shift between pages while paging)."""
-    ids = cast(list[str], batch.column("id").to_pylist())
-    seen = state.seen
-    if seen.isdisjoint(ids) and len(set(ids)) == len(ids):
-        seen.update(ids)
-        return batch
-    keep = []
-    for image_id in ids:
-        keep.append(image_id not in seen)
-        seen.add(image_id)
-    state.duplicates += keep.count(False)
-    return batch.filter(pa.array(keep))
 
 
 def commit(

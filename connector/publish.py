@@ -96,10 +96,10 @@ class Layout:
 class RejectWriter:
     """Appends rejects, as JSON lines, under the staged partition's ``_rejects/``."""
 
-    def __init__(self, fs: pafs.FileSystem, layout: Layout, prefix: str) -> None:
+    def __init__(self, fs: pafs.FileSystem, layout: Layout, prefix: str, number: int = 0) -> None:
         self.fs = fs
         self.directory = f"{layout.staged_partition}/_rejects"
-        self.name = f"rejects-{prefix}00000.jsonl"
+        self.name = f"rejects-{prefix}{number:05d}.jsonl"
         self.count = 0
         self._stream: Any = None
 

@@ -51,7 +51,8 @@ def expected_row(record: dict[str, Any], region: str, source: str | None) -> dic
     row: dict[str, Any] = {name: record.get(key) for name, key in SCALARS.items()}
     for name, (parent, child) in NESTED.items():
         row[name] = (record.get(parent) or {}).get(child)
-    row["time_created"] = datetime.fromisoformat(record["timeCreated"]).astimezone(UTC)
+    created = record.get("timeCreated")
+    row["time_created"] = created and datetime.fromisoformat(created).astimezone(UTC)
     volumes = (record.get("imageVolumeDetails") or {}).get("dataVolumes")
     row["image_volume_details__data_volumes"] = (
         None
@@ -59,7 +60,7 @@ def expected_row(record: dict[str, Any], region: str, source: str | None) -> dic
         else [
             {
                 "display_name": v.get("displayName"),
-                "index": v["index"],
+                "index": v.get("index"),
                 "size_in_mbs": v.get("sizeInMBs"),
             }
             for v in volumes

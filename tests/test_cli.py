@@ -56,9 +56,11 @@ def test_run_succeeds_with_summary_and_json_logs(
     assert 0 == result.returncode, result.stderr
     [summary] = result.stdout.splitlines()
     assert summary.startswith("complete (published): rows=")
+    files = sorted((tmp_path / "lake").rglob("*.parquet"))
+    assert 2 == len({f.parent.name for f in files})  # one directory per region
     for key in (
         "rows=",
-        "files=2",
+        f"files={len(files)} ",
         "compartments_ok=82",
         "compartments_failed=0",
         "requests=",

@@ -92,12 +92,20 @@ def lake_emulator(make_emulator: Callable[..., EmulatorServer]) -> EmulatorServe
     return make_emulator(build_world(**WORLD))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("platform", ["once", "every", "skip"])
+@pytest.mark.parametrize(
+    ("platform", "workers"),
+    [("once", 0), ("once", 2), ("once", 3), ("every", 2), ("skip", 2), ("every", 0)],
+)
 def test_published_rows_equal_ground_truth(
-    lake_emulator: EmulatorServer, tmp_path: Path, platform: str
+    lake_emulator: EmulatorServer, tmp_path: Path, platform: str, workers: int
 ) -> None:
-    """2 regions × 40 compartments, discovered: every row equals the ground truth, field by field."""
-    config = write_config(tmp_path, lake_emulator, fetch={"platform_images": platform})
+    """2 regions × 40 compartments, discovered: every row equals the ground truth, field by
+    field, whether pages are converted in this process or in worker processes."""
+    config = write_config(
+        tmp_path,
+        lake_emulator,
+        fetch={"platform_images": platform, "workers": workers, "page_size": 300},
+    )
     assert 0 == run(config)
     expected = multiset(expected_rows(lake_emulator.world, platform))
     assert expected == multiset([normalise_actual(r, platform) for r in arrow_rows(tmp_path)])
@@ -143,7 +151,7 @@ def test_ndjson_gzip_equals_ground_truth(lake_emulator: EmulatorServer, tmp_path
     )
     assert 0 == run(config)
     files = sorted(partition(tmp_path).glob("region=*/part-*.ndjson.gz"))
-    assert len(files) == 2
+    assert 2 == len({f.parent for f in files})  # both regions, a file per worker
     rows = [
         orjson.loads(line) for f in files for line in gzip.decompress(f.read_bytes()).splitlines()
     ]
@@ -338,13 +346,23 @@ def test_interrupted_swap_is_repaired(tmp_path: Path) -> None:
     assert not (lake / "_trash" / "r-1").exists()
 
 
-def test_worker_processes_give_the_same_rows(lake_emulator: EmulatorServer, tmp_path: Path) -> None:
-    """With normalize_workers = 2, pages convert in worker processes; the output is unchanged."""
-    config = write_config(tmp_path, lake_emulator, fetch={"normalize_workers": 2, "page_size": 300})
+def test_each_worker_writes_its_own_files(lake_emulator: EmulatorServer, tmp_path: Path) -> None:
+    """With three workers, each writes its own numbered files (part-00000 … part-00002 per
+    region), in row groups that share one writer's memory budget; the manifest lists them all."""
+    config = write_config(tmp_path, lake_emulator, fetch={"workers": 3, "page_size": 100})
     assert 0 == run(config)
-    assert multiset(expected_rows(lake_emulator.world, "once")) == multiset(
-        [normalise_actual(r, "once") for r in arrow_rows(tmp_path)]
+    manifest = manifest_of(tmp_path)
+    names = sorted(f["path"] for f in manifest["files"])
+    on_disk = sorted(
+        str(p.relative_to(partition(tmp_path))) for p in partition(tmp_path).rglob("*.parquet")
     )
+    assert names == on_disk
+    assert {p.rsplit("/", 1)[1] for p in names} == {
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    }
+    assert sum(f["rows"] for f in manifest["files"]) == manifest["rows"]
 
 
 def test_profile_region_and_filters_pass_through(

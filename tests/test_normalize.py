@@ -8,11 +8,12 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from connector import schema
 from connector.normalize import Page, PageError, RunInfo, normalize_page, normalize_records
+from tests import reference
 
 RUN = RunInfo("run-1", date(2026, 11, 27))
 FETCHED = datetime(2026, 11, 27, 1, 2, 3, 456789, tzinfo=UTC)
@@ -157,6 +158,14 @@ class TestRejects:
             (image(timeCreated="2024-01-26T21:10:29"), "timeCreated"),
             ("not an object", "not an object"),
             (None, "not an object"),
+            (image(sizeInMBs=1.5), "not an integer"),
+            (image(launchOptions=[["firmware", "BIOS"]]), "launchOptions is not an object"),
+            (image(agentFeatures=[]), "agentFeatures is not an object"),
+            (image(freeformTags=[]), "freeformTags is not an object"),
+            (image(definedTags={"Operations": []}), "namespace is not an object"),
+            (image(imageVolumeDetails={"dataVolumes": [[]]}), "data volume is not an object"),
+            (image(imageVolumeDetails={"dataVolumes": {}}), "dataVolumes is not an array"),
+            (image(imageVolumeDetails={"dataVolumes": [{"index": 0.5}]}), "not an integer"),
         ],
         ids=[
             "null-id",
@@ -169,6 +178,14 @@ class TestRejects:
             "naive-time",
             "string",
             "null",
+            "size-fraction",
+            "nested-pairs",
+            "nested-empty-array",
+            "tags-empty-array",
+            "namespace-array",
+            "volume-array",
+            "volumes-object",
+            "volume-index-fraction",
         ],
     )
     def test_bad_record_is_rejected_with_reason(self, record: Any, reason: str) -> None:
@@ -228,6 +245,31 @@ FIELDS = st.sampled_from(
 
 
 class TestProperties:
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.lists(st.dictionaries(FIELDS.filter(lambda f: f != "id"), JSON, max_size=3), max_size=5)
+    )
+    @example([{"sizeInMBs": 0.5}, {"launchOptions": [["firmware", "BIOS"]]}, {"definedTags": {}}])
+    def test_converted_rows_are_faithful(self, changes: list[dict[str, Any]]) -> None:
+        """A record that converts is converted exactly: its row equals the independent
+        reference's mapping of it. pyarrow alone would accept a list of pairs as an object or
+        truncate 1.5 to 1; such records must be rejected, not reinterpreted."""
+        records = [image(**c, id=f"ocid1.image.oc1.iad.h{i}") for i, c in enumerate(changes)]
+        try:  # records as a page can carry them (orjson reads integers beyond 64 bits as floats)
+            records = orjson.loads(orjson.dumps(records))
+        except orjson.JSONEncodeError:
+            assume(False)
+        result = normalize_records(records, page_of([]), RUN)
+        converted = {r["id"]: r for r in result.batch.to_pylist(maps_as_pydicts="strict")}
+        assert len(records) == len(converted) + len(result.rejects)
+        for record in records:
+            if record["id"] in converted:
+                expected = reference.expected_row(
+                    record, "us-ashburn-1", page_of([]).compartment_id
+                )
+                actual = reference.normalise_actual(converted[record["id"]], "every")
+                assert reference.multiset([expected]) == reference.multiset([actual])
+
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(
         st.lists(

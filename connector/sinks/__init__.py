@@ -49,19 +49,31 @@ class RollingFiles:
     """What both formats share: where one region's files go, their names, what was written."""
 
     def __init__(
-        self, fs: pafs.FileSystem, directory: str, relative: str, prefix: str, options: SinkOptions
+        self,
+        fs: pafs.FileSystem,
+        directory: str,
+        relative: str,
+        prefix: str,
+        options: SinkOptions,
+        numbering: tuple[int, int] = (0, 1),
     ) -> None:
         self.fs = fs
         self.directory = directory
         self.relative = relative
         self.prefix = prefix
         self.options = options
+        self.numbering = numbering
         self._files: list[FileInfo] = []
         self._name = ""
 
     def _open_next(self) -> pa.NativeFile:
-        """Open the next file of the series (part-NNNNN plus the format's extension)."""
-        self._name = f"{self.prefix}{len(self._files):05d}{extension(self.options)}"
+        """Open the next file of the series (part-NNNNN plus the format's extension).
+
+        Writers that share a directory number their files ``first, first + step, ...``.
+        """
+        first, step = self.numbering
+        number = first + step * len(self._files)
+        self._name = f"{self.prefix}{number:05d}{extension(self.options)}"
         return self.fs.open_output_stream(f"{self.directory}/{self._name}", compression=None)
 
     def _finished(self, rows: int, size: int) -> None:
@@ -84,11 +96,13 @@ class PartitionedSink:
         partition_dir: str,
         options: SinkOptions,
         file_prefix: str = "part-",
+        numbering: tuple[int, int] = (0, 1),
     ) -> None:
         self.fs = fs
         self.partition_dir = partition_dir
         self.options = options
         self.file_prefix = file_prefix
+        self.numbering = numbering
         self._series: dict[str, FileSeries] = {}
 
     def write(self, region: str, batch: pa.RecordBatch) -> None:
@@ -115,8 +129,15 @@ class PartitionedSink:
             from connector.sinks.parquet import ParquetSeries
 
             return ParquetSeries(
-                self.fs, directory, f"region={region}", self.file_prefix, self.options
+                self.fs,
+                directory,
+                f"region={region}",
+                self.file_prefix,
+                self.options,
+                self.numbering,
             )
         from connector.sinks.ndjson import NdjsonSeries
 
-        return NdjsonSeries(self.fs, directory, f"region={region}", self.file_prefix, self.options)
+        return NdjsonSeries(
+            self.fs, directory, f"region={region}", self.file_prefix, self.options, self.numbering
+        )

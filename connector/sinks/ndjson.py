@@ -24,9 +24,15 @@ class NdjsonSeries(RollingFiles):
     """One region's NDJSON files."""
 
     def __init__(
-        self, fs: pafs.FileSystem, directory: str, relative: str, prefix: str, options: SinkOptions
+        self,
+        fs: pafs.FileSystem,
+        directory: str,
+        relative: str,
+        prefix: str,
+        options: SinkOptions,
+        numbering: tuple[int, int] = (0, 1),
     ) -> None:
-        super().__init__(fs, directory, relative, prefix, options)
+        super().__init__(fs, directory, relative, prefix, options, numbering)
         self._stream: pa.NativeFile | None = None
         self._raw: pa.NativeFile | None = None
         self._rows = 0

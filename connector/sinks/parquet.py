@@ -21,9 +21,15 @@ class ParquetSeries(RollingFiles):
     """One region's Parquet files."""
 
     def __init__(
-        self, fs: pafs.FileSystem, directory: str, relative: str, prefix: str, options: SinkOptions
+        self,
+        fs: pafs.FileSystem,
+        directory: str,
+        relative: str,
+        prefix: str,
+        options: SinkOptions,
+        numbering: tuple[int, int] = (0, 1),
     ) -> None:
-        super().__init__(fs, directory, relative, prefix, options)
+        super().__init__(fs, directory, relative, prefix, options, numbering)
         self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
         self._writer: pq.ParquetWriter | None = None

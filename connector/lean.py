@@ -1,0 +1,36 @@
+"""Keep modules that a process never uses from being imported behind its back.
+
+pyarrow imports numpy at start-up when numpy is installed, and its first ``pa.array`` call
+imports pandas when that is installed, only to ask whether the argument is a pandas object.
+Neither is used here (pyarrow works without both), and in an environment that has them (an
+Airflow worker, say) they cost the CLI about 0.3 s and 50 MB, pandas in the middle of a run.
+Only processes that are entirely this tool's (the CLI and its worker processes) call
+``keep_out``; a library user's process is left alone.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+
+class _KeepOut:
+    """A meta path finder (importlib.abc is not imported for it: that alone takes 30 ms)."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> None:
+        if fullname.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"{fullname} is not used by oci-images", name=fullname)
+        return None
+
+
+def keep_out(*names: str) -> None:
+    """Make ``names`` unimportable in this process, unless one is already imported."""
+    absent = frozenset(n for n in names if n not in sys.modules)
+    if absent and not any(isinstance(f, _KeepOut) for f in sys.meta_path):
+        sys.meta_path.insert(0, _KeepOut(absent))

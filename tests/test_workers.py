@@ -1,0 +1,168 @@
+"""Worker processes: what they write, and what happens when one fails or disappears."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import anyio
+import orjson
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from connector import publish, workers
+from connector.discovery import WorkItem
+from connector.emulator import build_world
+from connector.normalize import Page, RunInfo
+from connector.sinks import SinkOptions
+from connector.workers import ListingResult, WorkerError
+
+RUN = RunInfo("r-workers", date(2026, 11, 27))
+
+
+def setup(base: Path, mode: str = "once") -> workers.WorkerSetup:
+    return workers.WorkerSetup(
+        run=RUN,
+        platform_mode=mode,
+        fs=pafs.LocalFileSystem(),
+        layout=publish.Layout(str(base), RUN.run_id, "2026-11-27"),
+        options=SinkOptions(),
+        file_prefix="part-",
+        reject_prefix="",
+    )
+
+
+def listings(count: int) -> list[list[Page]]:
+    """``count`` listings of the home region, as pages of 50 records."""
+    world = build_world(seed=3, compartments=count)
+    region = world.home_region
+    result = []
+    for compartment in world.listable_compartments()[:count]:
+        records = [i.json for i in world.listing(region, compartment.id)]
+        pages = [
+            Page(
+                b"[" + b",".join(records[k : k + 50]) + b"]",
+                region,
+                compartment.id,
+                n + 1,
+                datetime(2026, 11, 27, tzinfo=UTC),
+                f"req-{n}",
+            )
+            for n, k in enumerate(range(0, len(records), 50))
+        ]
+        result.append(pages)
+    return result
+
+
+def raised(main: Callable[[], Awaitable[None]]) -> list[BaseException]:
+    """The exceptions ``main`` ends with (task groups wrap them)."""
+    try:
+        anyio.run(main)
+    except BaseExceptionGroup as group:
+        return [e for e in _leaves(group)]
+    except BaseException as exc:
+        return [exc]
+    return []
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found
+
+
+async def feed(pool: workers.Workers, groups: list[list[Page]]) -> None:
+    for pages in groups:
+        for page in pages:
+            await pool.page(page)
+        first = pages[0]
+        await pool.end(WorkItem(first.region, first.compartment_id), len(pages), None)
+
+
+def test_processes_write_every_row_once(tmp_path: Path) -> None:
+    """Two processes: each listing's rows land once, platform images once per region, and the
+    results report every listing."""
+    groups = listings(12)
+    results: list[ListingResult] = []
+    pool = workers.create(setup(tmp_path), 2, results.append)
+
+    async def main() -> workers.Closed:
+        async with anyio.create_task_group() as group:
+            group.start_soon(pool.serve)
+            await feed(pool, groups)
+            closed = await pool.close()
+        return closed
+
+    closed = anyio.run(main)
+    ids = [
+        i
+        for f in closed.files
+        for i in pq.read_table(
+            f"{setup(tmp_path).layout.staged_partition}/{f.path}", columns=["id"]
+        )["id"].to_pylist()
+    ]
+    expected = {r["id"] for pages in groups for p in pages for r in orjson.loads(p.body)}
+    assert set(ids) == expected
+    assert len(ids) == len(set(ids))  # platform images once, nothing twice
+    assert len(results) == len(groups)
+    assert sum(closed.donated.values()) == sum(
+        r.platform_rows for r in results if r.item in closed.donated
+    )
+    assert len(ids) == sum(r.rows for r in results) + sum(closed.donated.values())
+    assert {f.path.rsplit("/", 1)[1] for f in closed.files} == {
+        "part-00000.parquet",
+        "part-00001.parquet",
+    }
+
+
+def test_a_killed_worker_fails_the_run(tmp_path: Path) -> None:
+    """A worker that dies (OOM killer, say) is a WorkerError, not a hang or a partial result."""
+    groups = listings(4)
+    pool = workers.create(setup(tmp_path), 2, lambda result: None)
+    assert isinstance(pool, workers.ProcessWorkers)
+
+    async def main() -> None:
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(pool.serve)
+                await pool.start()
+                for worker in pool._processes:
+                    os.kill(worker.process.pid, signal.SIGKILL)
+                await feed(pool, groups)
+                await pool.close()
+        finally:
+            await pool.discard()
+
+    assert any(isinstance(e, WorkerError) for e in raised(main))
+
+
+def test_a_worker_error_is_reported(tmp_path: Path) -> None:
+    """A worker that cannot write (here: its staging path is a file) reports why, and the
+    coordinator raises it."""
+    blocker = tmp_path / "_staging"
+    blocker.write_text("not a directory")
+    pool = workers.create(setup(tmp_path), 1, lambda result: None)
+
+    async def main() -> None:
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(pool.serve)
+                await feed(pool, listings(1))
+                await pool.close()
+        finally:
+            await pool.discard()
+
+    errors = raised(main)
+    assert any(isinstance(e, WorkerError) and "worker 0 failed" in str(e) for e in errors), errors
+
+
+def test_row_groups_share_one_writers_budget() -> None:
+    """Two workers write row groups of half the size; more workers do not go below 64k rows."""
+    options = SinkOptions()
+    assert 128 * 1024 == workers.shared_budget(options, 1).row_group_rows
+    assert 64 * 1024 == workers.shared_budget(options, 2).row_group_rows
+    assert 64 * 1024 == workers.shared_budget(options, 4).row_group_rows
