@@ -15,13 +15,18 @@ from benchmarks import scenarios
 
 def main() -> None:
     name, pages_file, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    if name.startswith("ours"):
+        # As the oci-images executable does (connector.cli.entry), before pyarrow is imported.
+        from connector import lean
+
+        lean.keep_out("numpy", "pandas")
     from connector import logs
 
     logs.configure("warning", "json")
     pages = pickle.loads(pages_file.read_bytes())
     contenders = {
-        "ours": lambda: scenarios._ours(pages, out, workers=0),
-        "ours, two workers": lambda: scenarios._ours(pages, out, workers=2),
+        "ours": lambda: scenarios._ours(pages, out, workers="auto"),
+        "ours, one thread": lambda: scenarios._ours(pages, out, workers=0),
         "pandas": lambda: scenarios._pandas(pages, out),
         "sdk": lambda: scenarios._sdk_models(pages, out),
     }

@@ -290,7 +290,7 @@ def s2(full: bool, repeat: int) -> list[dict[str, Any]]:
 
 def recorded_pages(count: int = 100) -> list[Any]:
     from connector.emulator import build_world
-    from connector.normalize import Page
+    from connector.pages import Page
 
     world = build_world(seed=12, compartments=180)
     region = world.home_region
@@ -307,8 +307,9 @@ def recorded_pages(count: int = 100) -> list[Any]:
     return pages
 
 
-def _ours(pages: list[Any], folder: Path, workers: int = 2) -> float:
-    """Seconds to normalize and write ``pages``, worker processes already started."""
+def _ours(pages: list[Any], folder: Path, workers: int | str = "auto") -> float:
+    """Seconds to normalize and write ``pages``, worker processes already started (in a run
+    they start while discovery goes on)."""
     import anyio
 
     from connector import config
@@ -318,7 +319,7 @@ def _ours(pages: list[Any], folder: Path, workers: int = 2) -> float:
         async def sign(self, method: str, url: str, headers: dict[str, str]) -> None:
             raise AssertionError("no requests in this scenario")
 
-    overrides = [f'output.uri="{folder}"', f"fetch.workers={workers}"]
+    overrides = [f'output.uri="{folder}"', f"fetch.workers={orjson.dumps(workers).decode()}"]
     export = Export(config.load(None, overrides), NoSigner())
 
     async def timed() -> float:
@@ -358,12 +359,19 @@ def _key() -> Any:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
+def _cores() -> str:
+    from connector import config
+
+    count = config.worker_processes(config.load(None, []))
+    return f"{count} processes" if count else "one thread"
+
+
 def s3(full: bool, repeat: int) -> list[dict[str, Any]]:
     import pickle
 
     pages = recorded_pages()
     rows_total = sum(len(orjson.loads(p.body)) for p in pages)
-    contenders = ["ours", "ours, two workers", "pandas"] + (["sdk"] if full else [])
+    contenders = ["ours", "ours, one thread", "pandas"] + (["sdk"] if full else [])
     rates: dict[str, list[float]] = {name: [] for name in contenders}
     with tempfile.TemporaryDirectory() as temp:
         recorded = Path(temp) / "pages.pickle"
@@ -381,15 +389,15 @@ def s3(full: bool, repeat: int) -> list[dict[str, Any]]:
     result = [
         row(
             "S3",
-            f"connector normalize + write Parquet ({rows_total} rows), one thread (default)",
+            f"connector normalize + write Parquet ({rows_total} rows), workers = auto ({_cores()})",
             rates["ours"],
             " rows/s",
             ",.0f",
         ),
         row(
             "S3",
-            "connector with normalize_workers = 2",
-            rates["ours, two workers"],
+            "connector with workers = 0 (one thread)",
+            rates["ours, one thread"],
             " rows/s",
             ",.0f",
         ),

@@ -8,6 +8,7 @@ and the reason, and the command exits 2.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from collections.abc import Callable, Sequence
@@ -86,6 +87,18 @@ def _integer(low: int, high: int) -> Check:
         return int(number)
 
     return check
+
+
+def worker_processes(settings: Settings) -> int:
+    """``fetch.workers`` as a number: ``auto`` is one per core, at most 4, none on one core."""
+    value = settings["fetch.workers"]
+    if value != "auto":
+        return int(value)
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:
+        cores = os.cpu_count() or 1
+    return min(4, cores) if cores > 1 else 0
 
 
 def _workers(key: str, value: Any) -> int | str:

@@ -1,4 +1,4 @@
-"""JSON pages to Arrow record batches: a pure function, run in a worker thread.
+"""JSON pages to Arrow record batches: a pure function, run by the workers.
 
 The fast path converts a whole page with pyarrow's C++ converters (``pa.array`` of dicts into
 the nested wire type, then flattening by column path); Python touches each record only to find
@@ -9,21 +9,17 @@ on. Nothing is dropped silently and nothing crashes the run.
 
 from __future__ import annotations
 
-import gc
 import itertools
-import json
 import operator
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
 from typing import Any, cast
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connector.errors import ConnectorError
+from connector.pages import Page, PageError, Reject, RunInfo, dump_json
 from connector.schema import (
     API_COLUMNS,
     COLUMNS,
@@ -36,70 +32,6 @@ from connector.schema import (
 )
 
 _CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
-
-
-class PageError(ConnectorError):
-    """A page's body is not a JSON array; the listing it belongs to cannot be trusted."""
-
-    retryable = True
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One ListImages response as fetched: the interface between fetcher and normalizer."""
-
-    body: bytes
-    region: str
-    compartment_id: str
-    number: int
-    fetched_at: datetime
-    opc_request_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    """What every row of a run carries."""
-
-    run_id: str
-    snapshot_date: date
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    """A record that could not be converted, with why and where it came from."""
-
-    reason: str
-    record: Any
-    region: str
-    compartment_id: str
-    page: int
-    opc_request_id: str | None
-
-    def to_json(self) -> bytes:
-        """One line of ``_rejects/``."""
-        return dump_json(
-            {
-                "reason": self.reason,
-                "region": self.region,
-                "compartment_id": self.compartment_id,
-                "page": self.page,
-                "opc_request_id": self.opc_request_id,
-                "record": self.record,
-            }
-        )
-
-
-def dump_json(value: Any) -> bytes:
-    """Compact JSON with sorted keys, for any parsed value.
-
-    orjson writes no integer beyond 64 bits; records parsed by orjson never hold one (it reads
-    them as floats), but records handed to ``normalize_records`` from elsewhere may.
-    """
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except TypeError:
-        text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return text.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,21 +280,3 @@ def _batch(converted: _Converted, page: Page, run: RunInfo) -> pa.RecordBatch:
     arrays["_run_id"] = pa.repeat(run.run_id, count)
     arrays["_extra"] = converted.extra
     return pa.RecordBatch.from_arrays([arrays[c.name] for c in COLUMNS], schema=SCHEMA)
-
-
-@contextmanager
-def quiet_gc(threshold: int = 200_000) -> Iterator[None]:
-    """Raise the GC's first threshold while millions of short-lived dicts come and go.
-
-    Parsed records are freed by reference counting; the cyclic collector only wastes time on
-    them (measured here: 1.5–2× on parsing). Existing objects are frozen so that the rarer
-    full collections do not walk them either.
-    """
-    previous = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(threshold, previous[1], previous[2])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)
-        gc.unfreeze()

@@ -33,10 +33,10 @@ import structlog
 from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from connector import __version__, publish, schema, workers
+from connector import __version__, publish, schema, spawn, workers
 from connector.auth import RequestSigner
 from connector.client import ClientOptions, OciClient
-from connector.config import Settings
+from connector.config import Settings, worker_processes
 from connector.discovery import (
     Endpoints,
     WorkItem,
@@ -53,7 +53,8 @@ from connector.errors import (
     PaginationError,
     TransportError,
 )
-from connector.normalize import Page, RunInfo, quiet_gc
+from connector.lean import quiet_gc
+from connector.pages import Page, RunInfo
 from connector.retry import PriorityGate, RetryPolicy
 from connector.sinks import FileInfo, SinkOptions
 from connector.workers import ListingResult, Workers, WorkerSetup
@@ -115,6 +116,7 @@ class Export:
         publish_now: bool = True,
         home_region: str | None = None,
         tenancy: str | None = None,
+        launched: spawn.Launched | None = None,
     ) -> None:
         self.settings = settings
         self.signer = signer
@@ -143,11 +145,8 @@ class Export:
             file_prefix="part-" if count == 1 else f"part-{index:03d}-",
             reject_prefix="" if count == 1 else f"{index:03d}-",
         )
-        processes = settings["fetch.workers"]
         self.workers: Workers = workers.create(
-            self._setup,
-            workers.default_processes() if processes == "auto" else processes,
-            self._listing_done,
+            self._setup, worker_processes(settings), self._listing_done, launched
         )
         self.client = OciClient(
             signer,

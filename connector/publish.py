@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from connector.errors import ConfigError, PublishError
-from connector.normalize import Reject
+from connector.pages import Reject
 from connector.sinks import FileInfo
 
 STAGING = "_staging"

@@ -7,7 +7,7 @@ order, so everything per listing happens in one place; the event loop only hands
 and collects a small result at the end of each listing.
 
 Workers run either in this process, one thread (``fetch.workers = 0``), or as processes
-started through multiprocessing's forkserver and fed over a socket pair. Parsing JSON and
+(started by ``connector.spawn``) fed over socket pairs. Parsing JSON and
 building Arrow arrays hold the GIL; in their own processes they use the other cores, and the
 event loop keeps its core for fetching. Only pages go out and only listing results and file
 lists come back, so the hand-over costs little.
@@ -15,29 +15,29 @@ lists come back, so the hand-over costs little.
 
 from __future__ import annotations
 
+import contextlib
 import gc
-import multiprocessing
 import os
 import pickle
 import signal
 import socket
 import struct
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from connector import publish
+from connector import publish, spawn
 from connector.discovery import WorkItem
 from connector.errors import ConnectorError
-from connector.normalize import Page, PageError, RunInfo, normalize_page
+from connector.pages import Page, PageError, RunInfo
 from connector.sinks import FileInfo, PartitionedSink, SinkOptions
 
 
@@ -104,6 +104,10 @@ class PageWorker:
             numbering=(index, count),
         )
         self.rejects = publish.RejectWriter(setup.fs, setup.layout, setup.reject_prefix, index)
+        # Imported here: a process that only fetches (workers in processes) never needs it.
+        from connector.normalize import normalize_page
+
+        self._normalize = normalize_page
         self._listings: dict[WorkItem, _Listing] = {}
         # Under `once`: per region, the first complete listing's platform rows, until the
         # coordinator says which worker donates them.
@@ -116,7 +120,7 @@ class PageWorker:
         if listing.error is not None:
             return
         try:
-            result = normalize_page(page, self.setup.run)
+            result = self._normalize(page, self.setup.run)
         except PageError as exc:
             listing.error = {
                 "status": None,
@@ -131,11 +135,11 @@ class PageWorker:
         batch = _dedupe(listing, result.batch, result.ids)
         mode = self.setup.platform_mode
         if mode != "every":
-            is_platform = batch.column("_is_platform")
-            if pc.any(is_platform).as_py():
+            is_platform = cast(pa.BooleanArray, batch.column("_is_platform"))
+            if is_platform.true_count:
                 if mode == "once":
                     listing.platform.append(batch.filter(is_platform))
-                batch = batch.filter(pc.invert(is_platform))
+                batch = batch.filter(_invert(is_platform))
         if batch.num_rows:
             listing.rows += batch.num_rows
             self.sink.write(item.region, batch)
@@ -175,6 +179,13 @@ class PageWorker:
             self.sink.close()
         finally:
             self.rejects.close()
+
+
+def _invert(mask: pa.BooleanArray) -> pa.BooleanArray:
+    import pyarrow.compute as pc  # loaded with the normalizer; not in a fetch-only process
+
+    inverted: pa.BooleanArray = pc.invert(mask)
+    return inverted
 
 
 ROW_GROUP_FLOOR = 64 * 1024
@@ -243,11 +254,17 @@ class Workers:
         raise NotImplementedError
 
 
-def create(setup: WorkerSetup, processes: int, on_result: OnResult) -> Workers:
-    """Workers in ``processes`` processes, or in a thread of this process when 0."""
+def create(
+    setup: WorkerSetup,
+    processes: int,
+    on_result: OnResult,
+    launched: spawn.Launched | None = None,
+) -> Workers:
+    """Workers in ``processes`` processes (``launched`` already, perhaps), or in a thread of
+    this process when 0."""
     if processes == 0:
         return ThreadWorkers(setup, on_result)
-    return ProcessWorkers(setup, processes, on_result)
+    return ProcessWorkers(setup, processes, on_result, launched)
 
 
 class Donations:
@@ -304,20 +321,27 @@ _HEADER = struct.Struct("<QQ")
 @dataclass(slots=True)
 class _Process:
     index: int
-    process: Any
     stream: SocketStream
     receive: BufferedByteReceiveStream
+    pid: int | None = None
     assigned_bytes: int = 0
     closed: Closed | None = None
 
 
 class ProcessWorkers(Workers):
-    """``PageWorker`` s in processes, fed over socket pairs."""
+    """``PageWorker`` s in processes (see ``connector.spawn``), fed over socket pairs."""
 
-    def __init__(self, setup: WorkerSetup, count: int, on_result: OnResult) -> None:
+    def __init__(
+        self,
+        setup: WorkerSetup,
+        count: int,
+        on_result: OnResult,
+        launched: spawn.Launched | None = None,
+    ) -> None:
         self.setup = setup
         self.count = count
         self._on_result = on_result
+        self._launched = launched
         self.donations = Donations()
         self._processes: list[_Process] = []
         self._owner: dict[WorkItem, _Process] = {}
@@ -332,34 +356,14 @@ class ProcessWorkers(Workers):
             await self._ready.wait()
             return
         self._starting = True
-        started = await anyio.to_thread.run_sync(self._spawn)
-        for index, (process, sock) in enumerate(started):
+        if self._launched is None:
+            self._launched = await anyio.to_thread.run_sync(spawn.launch, self.count)
+        for index, sock in enumerate(self._launched.sockets):
             stream = await SocketStream.from_socket(sock)
-            self._processes.append(
-                _Process(index, process, stream, BufferedByteReceiveStream(stream))
-            )
+            worker = _Process(index, stream, BufferedByteReceiveStream(stream))
+            self._processes.append(worker)
+            await _send(worker, ("setup", self.setup))
         self._ready.set()
-
-    def _spawn(self) -> list[tuple[Any, socket.socket]]:
-        """Start the processes (blocking: the forkserver imports pyarrow once, then forks)."""
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["connector._worker_boot"])
-        started = []
-        for index in range(self.count):
-            mine, theirs = socket.socketpair()
-            for end, option in ((mine, socket.SO_SNDBUF), (theirs, socket.SO_RCVBUF)):
-                # Room for a whole page, where the system allows it (else it keeps its size).
-                end.setsockopt(socket.SOL_SOCKET, option, 2 << 20)
-            process = context.Process(
-                target=serve,
-                args=(theirs, self.setup, index, self.count),
-                name=f"oci-images-worker-{index}",
-                daemon=True,
-            )
-            process.start()
-            theirs.close()
-            started.append((process, mine))
-        return started
 
     async def serve(self) -> None:
         await self.start()
@@ -371,7 +375,9 @@ class ProcessWorkers(Workers):
         """Listing results as the worker finishes each, then its files; an error ends the run."""
         while True:
             message = await _receive(worker)
-            if message[0] == "result":
+            if message[0] == "ready":
+                worker.pid = message[1]
+            elif message[0] == "result":
                 self.donations.offer(worker.index, message[1])
                 self._on_result(message[1])
                 self._awaiting -= 1
@@ -417,20 +423,33 @@ class ProcessWorkers(Workers):
             files += worker.closed.files
             rejects += worker.closed.reject_files
             donated |= worker.closed.donated
-        await anyio.to_thread.run_sync(self._join)
+        for worker in self._processes:
+            await worker.stream.aclose()
+        await anyio.to_thread.run_sync(self._wait)
         return Closed(files, rejects, donated)
 
     async def discard(self) -> None:
         for worker in self._processes:
             await worker.stream.aclose()
-        await anyio.to_thread.run_sync(self._join, 5.0)
+        if self._launched is not None:
+            for sock in self._launched.sockets[len(self._processes) :]:
+                sock.close()  # never handed to a stream: the failure came before
+            await anyio.to_thread.run_sync(self._wait, 5.0)
 
-    def _join(self, timeout: float = 30.0) -> None:
-        for worker in self._processes:
-            worker.process.join(timeout)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
+    def _wait(self, timeout: float = 30.0) -> None:
+        """Wait for the workers to exit (they do once their socket closes); kill stragglers."""
+        if self._launched is None:
+            return
+        boot = self._launched.process
+        try:
+            boot.wait(timeout)
+        except subprocess.TimeoutExpired:
+            for worker in self._processes:
+                if worker.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.pid, signal.SIGKILL)
+            boot.kill()
+            boot.wait()
 
 
 async def _send(worker: _Process, message: tuple[Any, ...], body: bytes = b"") -> None:
@@ -441,8 +460,7 @@ async def _send(worker: _Process, message: tuple[Any, ...], body: bytes = b"") -
         if body:
             await worker.stream.send(body)
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        code = worker.process.exitcode
-        raise WorkerError(f"worker {worker.index} went away (exit code {code})") from None
+        raise WorkerError(f"worker {worker.index} went away") from None
 
 
 async def _receive(worker: _Process) -> tuple[Any, ...]:
@@ -452,26 +470,28 @@ async def _receive(worker: _Process) -> tuple[Any, ...]:
         # The socket pair is private to this process and the children it started.
         message: tuple[Any, ...] = pickle.loads(payload)  # noqa: S301
     except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
-        code = worker.process.exitcode
-        raise WorkerError(f"worker {worker.index} went away (exit code {code})") from None
+        raise WorkerError(f"worker {worker.index} went away") from None
     return message
 
 
 # -- the worker process --------------------------------------------------------------------------
 
 
-def serve(sock: socket.socket, setup: WorkerSetup, index: int, count: int) -> None:
-    """A worker process's loop: pages in, listing results and finally the file list out."""
-    # Ctrl-C reaches the whole process group; the coordinator decides what happens.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Parsed records are freed by reference counting; see normalize.quiet_gc.
+def serve_fd(fd: int, index: int, count: int) -> None:
+    """A worker process's loop (see ``connector._worker_boot``): its setup, then pages in,
+    listing results and finally the file list out."""
+    # Parsed records are freed by reference counting; see lean.quiet_gc.
     gc.freeze()
     gc.set_threshold(200_000, *gc.get_threshold()[1:])
-    worker = PageWorker(setup, index, count)
-    with sock, sock.makefile("rb", buffering=1 << 20) as incoming:
+    with socket.socket(fileno=fd) as sock, sock.makefile("rb", buffering=1 << 20) as incoming:
+        first = _read_message(incoming)
+        if first is None or first[0] != "setup":
+            return
+        worker = PageWorker(first[1], index, count)
+        _write_message(sock, ("ready", os.getpid()))
         while True:
             message = _read_message(incoming)
-            if message is None:  # the coordinator went away
+            if message is None:  # the coordinator went away, or gave up after a failure
                 worker.discard()
                 return
             try:
@@ -508,9 +528,3 @@ def _read_message(incoming: Any) -> tuple[Any, ...] | None:
 def _write_message(sock: socket.socket, message: tuple[Any, ...]) -> None:
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     sock.sendall(_HEADER.pack(len(payload), 0) + payload)
-
-
-def default_processes() -> int:
-    """Worker processes when ``fetch.workers`` is not set: one per core, at most four."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(4, cores or 1) if (cores or 1) > 1 else 0

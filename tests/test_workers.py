@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from connector import publish, workers
 from connector.discovery import WorkItem
 from connector.emulator import build_world
-from connector.normalize import Page, RunInfo
+from connector.pages import Page, RunInfo
 from connector.sinks import SinkOptions
 from connector.workers import ListingResult, WorkerError
 
@@ -130,8 +130,11 @@ def test_a_killed_worker_fails_the_run(tmp_path: Path) -> None:
             async with anyio.create_task_group() as group:
                 group.start_soon(pool.serve)
                 await pool.start()
+                while any(w.pid is None for w in pool._processes):  # noqa: ASYNC110 (test only)
+                    await anyio.sleep(0.01)  # each worker says its pid when it is ready
                 for worker in pool._processes:
-                    os.kill(worker.process.pid, signal.SIGKILL)
+                    assert worker.pid is not None
+                    os.kill(worker.pid, signal.SIGKILL)
                 await feed(pool, groups)
                 await pool.close()
         finally:

@@ -1,0 +1,80 @@
+"""What the fetcher hands the normalizer, and what the normalizer rejects.
+
+These types live apart from ``connector.normalize`` so that the process that only fetches
+(when workers convert pages) does not import the normalizer's machinery.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import orjson
+
+from connector.errors import ConnectorError
+
+
+class PageError(ConnectorError):
+    """A page's body is not a JSON array; the listing it belongs to cannot be trusted."""
+
+    retryable = True
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One ListImages response as fetched: the interface between fetcher and normalizer."""
+
+    body: bytes
+    region: str
+    compartment_id: str
+    number: int
+    fetched_at: datetime
+    opc_request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What every row of a run carries."""
+
+    run_id: str
+    snapshot_date: date
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A record that could not be converted, with why and where it came from."""
+
+    reason: str
+    record: Any
+    region: str
+    compartment_id: str
+    page: int
+    opc_request_id: str | None
+
+    def to_json(self) -> bytes:
+        """One line of ``_rejects/``."""
+        return dump_json(
+            {
+                "reason": self.reason,
+                "region": self.region,
+                "compartment_id": self.compartment_id,
+                "page": self.page,
+                "opc_request_id": self.opc_request_id,
+                "record": self.record,
+            }
+        )
+
+
+def dump_json(value: Any) -> bytes:
+    """Compact JSON with sorted keys, for any parsed value.
+
+    orjson writes no integer beyond 64 bits; records parsed by orjson never hold one (it reads
+    them as floats), but records handed to ``normalize_records`` from elsewhere may.
+    """
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return text.encode()

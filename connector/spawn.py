@@ -1,0 +1,46 @@
+"""Starting the worker processes: one fresh interpreter imports the worker code once, then
+forks every worker from itself.
+
+The interpreter is new (nothing is inherited from this process, whatever threads it runs),
+and it forks before it has started any thread of its own, which is what makes forking safe.
+The workers start at once and share the imported modules' pages. This process talks to each
+over a socket pair; nothing else (no main-module re-import, no resource tracker) is involved.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+
+BOOT_MODULE = "connector._worker_boot"
+
+
+@dataclass(slots=True)
+class Launched:
+    """The boot process and this process's end of each worker's socket pair."""
+
+    process: subprocess.Popen[bytes]
+    sockets: list[socket.socket]
+
+
+def launch(count: int) -> Launched:
+    """Start ``count`` workers; they wait for their setup on their socket."""
+    pairs = [socket.socketpair() for _ in range(count)]
+    theirs = [b.fileno() for _, b in pairs]
+    for ours, _ in pairs:
+        # Room for a whole page (about 1 MB), where the system allows it.
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 << 20)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # import what this process does
+    process = subprocess.Popen(
+        [sys.executable, "-m", BOOT_MODULE, *map(str, theirs)],
+        pass_fds=theirs,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    for _, end in pairs:
+        end.close()
+    return Launched(process, [ours for ours, _ in pairs])
