@@ -3,8 +3,8 @@
 It keeps numpy and pandas out (pyarrow imports numpy when it can, and its first ``pa.array``
 call imports pandas when that is installed, only to ask whether the argument is a pandas
 object: about 0.3 s and 40 MB a process for nothing a worker uses), imports the worker code
-once, and forks one worker per socket it was given. It then waits for them, and exits with
-failure if any of them failed.
+once, and forks a worker for each socket it was given but the first, which it serves itself.
+It then waits for the others, and exits with failure if any worker failed.
 """
 
 from __future__ import annotations
@@ -27,29 +27,45 @@ def main(fds: list[int]) -> int:
     if threading.active_count() != 1:  # forking is only safe without other threads
         raise RuntimeError("worker boot: threads started before forking")
     children = []
-    for index, fd in enumerate(fds):
+    for index, fd in enumerate(fds[1:], start=1):
         pid = os.fork()
         if pid == 0:
-            for other in fds:
-                if other != fd:
-                    os.close(other)
-            code = 1
-            try:
-                workers.serve_fd(fd, index, len(fds))
-                code = 0
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+            _serve_only(fd, index, fds)
         children.append(pid)
-    for fd in fds:
+    # This process is worker 0: one process fewer, and its imported state is not idle.
+    for fd in fds[1:]:
         os.close(fd)
     failed = 0
-    for pid in children:
-        _, status = os.waitpid(pid, 0)
-        failed += status != 0
+    try:
+        workers.serve_fd(fds[0], 0, len(fds))
+    except Exception:
+        failed += 1
+        raise
+    finally:
+        for pid in children:
+            _, status = os.waitpid(pid, 0)
+            failed += status != 0
     return 1 if failed else 0
 
 
+def _serve_only(fd: int, index: int, fds: list[int]) -> None:
+    """A forked worker: serve its socket, then leave without the parent's clean-up."""
+    from connector import workers
+
+    for other in fds:
+        if other != fd:
+            os.close(other)
+    code = 1
+    try:
+        workers.serve_fd(fd, index, len(fds))
+        code = 0
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main([int(fd) for fd in sys.argv[1:]]))
+    code = main([int(fd) for fd in sys.argv[1:]])
+    sys.stderr.flush()
+    os._exit(code)  # nothing left to clean up; the interpreter's teardown would take 50 ms

@@ -94,6 +94,8 @@ def worker_processes(settings: Settings) -> int:
     value = settings["fetch.workers"]
     if value != "auto":
         return int(value)
+    if not hasattr(os, "fork"):  # workers are forked (see connector.spawn)
+        return 0
     if hasattr(os, "sched_getaffinity"):
         cores = len(os.sched_getaffinity(0))
     else:

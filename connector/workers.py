@@ -363,6 +363,12 @@ class ProcessWorkers(Workers):
             worker = _Process(index, stream, BufferedByteReceiveStream(stream))
             self._processes.append(worker)
             await _send(worker, ("setup", self.setup))
+        for worker in self._processes:
+            # Each says its pid once it has imported everything: the workers are ready.
+            message = await _receive(worker)
+            if message[0] != "ready":
+                raise WorkerError(f"worker {worker.index} failed to start: {message[1]}")
+            worker.pid = message[1]
         self._ready.set()
 
     async def serve(self) -> None:
@@ -375,9 +381,7 @@ class ProcessWorkers(Workers):
         """Listing results as the worker finishes each, then its files; an error ends the run."""
         while True:
             message = await _receive(worker)
-            if message[0] == "ready":
-                worker.pid = message[1]
-            elif message[0] == "result":
+            if message[0] == "result":
                 self.donations.offer(worker.index, message[1])
                 self._on_result(message[1])
                 self._awaiting -= 1
@@ -487,7 +491,11 @@ def serve_fd(fd: int, index: int, count: int) -> None:
         first = _read_message(incoming)
         if first is None or first[0] != "setup":
             return
-        worker = PageWorker(first[1], index, count)
+        try:
+            worker = PageWorker(first[1], index, count)
+        except Exception as exc:
+            _write_message(sock, ("error", f"{type(exc).__name__}: {exc}"))
+            return
         _write_message(sock, ("ready", os.getpid()))
         while True:
             message = _read_message(incoming)

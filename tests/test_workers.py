@@ -129,9 +129,7 @@ def test_a_killed_worker_fails_the_run(tmp_path: Path) -> None:
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(pool.serve)
-                await pool.start()
-                while any(w.pid is None for w in pool._processes):  # noqa: ASYNC110 (test only)
-                    await anyio.sleep(0.01)  # each worker says its pid when it is ready
+                await pool.start()  # returns once every worker is ready
                 for worker in pool._processes:
                     assert worker.pid is not None
                     os.kill(worker.pid, signal.SIGKILL)
