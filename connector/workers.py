@@ -7,10 +7,11 @@ order, so everything per listing happens in one place; the event loop only hands
 and collects a small result at the end of each listing.
 
 Workers run either in this process, one thread (``fetch.workers = 0``), or as processes
-(started by ``connector.spawn``) fed over socket pairs. Parsing JSON and
-building Arrow arrays hold the GIL; in their own processes they use the other cores, and the
-event loop keeps its core for fetching. Only pages go out and only listing results and file
-lists come back, so the hand-over costs little.
+(started by ``connector.spawn``) fed over socket pairs. Parsing JSON and building Arrow arrays
+hold the GIL; in their own processes they use the other cores, and the event loop keeps its
+core for fetching. Only pages go out and only listing results and file lists come back, so the
+hand-over costs little. A busy worker stops reading its socket, the sends wait, and so, through
+the pipeline's bounded stream, do the fetch tasks: backpressure, whichever way workers run.
 """
 
 from __future__ import annotations

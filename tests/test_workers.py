@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -13,12 +14,14 @@ import orjson
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from connector import publish, workers
+from connector import auth, config, publish, workers
 from connector.discovery import WorkItem
-from connector.emulator import build_world
+from connector.emulator import EmulatorServer, build_world
 from connector.pages import Page, RunInfo
+from connector.pipeline import Export, Outcome
 from connector.sinks import SinkOptions
 from connector.workers import ListingResult, WorkerError
+from tests.test_export import write_config
 
 RUN = RunInfo("r-workers", date(2026, 11, 27))
 
@@ -167,3 +170,60 @@ def test_row_groups_share_one_writers_budget() -> None:
     assert 128 * 1024 == workers.shared_budget(options, 1).row_group_rows
     assert 64 * 1024 == workers.shared_budget(options, 2).row_group_rows
     assert 64 * 1024 == workers.shared_budget(options, 4).row_group_rows
+
+
+def test_a_stalled_worker_stops_the_fetching(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """Backpressure: while the only worker is stopped (SIGSTOP), its socket and the bounded
+    queue fill and the fetch tasks wait; no request is sent until it runs again, and then
+    the run completes."""
+    world = build_world(
+        seed=5,
+        compartments=60,
+        regions=("us-ashburn-1", "eu-frankfurt-1"),
+        platform_images=200,
+        custom_scale=0.1,
+    )
+    server = make_emulator(world)
+    path = write_config(tmp_path, server, fetch={"workers": 1, "page_size": 100, "concurrency": 4})
+    settings = config.load(path, [])
+    profile = auth.load_profile(
+        *auth.resolve_config_location(settings["oci.config_file"], settings["oci.profile"])
+    )
+    export = Export(
+        settings,
+        auth.make_signer("api_key", profile),
+        home_region=profile.region,
+        tenancy=profile.tenancy,
+    )
+    seen: list[int] = []
+
+    async def main() -> Outcome:
+        await export.start_workers()
+        assert isinstance(export.workers, workers.ProcessWorkers)
+        pid = export.workers._processes[0].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            async with anyio.create_task_group() as group:
+                outcome: list[Outcome] = []
+
+                async def run() -> None:
+                    outcome.append(await export.run())
+
+                group.start_soon(run)
+                for _ in range(2):
+                    await anyio.sleep(1.0)
+                    seen.append(server.stats()["requests"])
+                os.kill(pid, signal.SIGCONT)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # it may have finished already
+                os.kill(pid, signal.SIGCONT)
+        return outcome[0]
+
+    outcome = anyio.run(main)
+    total = server.stats()["requests"]
+    assert 0 == outcome.exit_code
+    assert seen[0] == seen[1], "requests went on while the worker could take no page"
+    assert seen[0] < total / 2, f"stalled after {seen[0]} of {total} requests"
