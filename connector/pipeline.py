@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
@@ -188,10 +188,10 @@ class Export:
                 with quiet_gc():
                     await self._stream(partial(self._fetch_all, items))
                 files, reject_files = await self._close()
-        except BaseException:
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):  # clean up even when cancelled
                 await self._discard()
-            raise
+            raise _cause(exc) from None
         manifest = self._shard_manifest(started_at, files, reject_files)
         failed = {
             (r["region"], r["compartment_id"])
@@ -319,10 +319,10 @@ class Export:
                 with quiet_gc():
                     await self._stream(replay)
                 files, _ = await self._close()
-        except BaseException:
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self._discard()
-            raise
+            raise _cause(exc) from None
         return files
 
     # -- fetching ---------------------------------------------------------------------------
@@ -430,6 +430,7 @@ class Export:
     def _remove_staging(self) -> None:
         if publish.exists(self.fs, self.layout.staging):
             self.fs.delete_dir(self.layout.staging)
+        publish.remove_if_empty(self.fs, self.layout.staging.rsplit("/", 1)[0])
 
     # -- manifests --------------------------------------------------------------------------
 
@@ -466,6 +467,26 @@ class Export:
             "schema_fingerprint": schema.fingerprint(),
             "connector_version": __version__,
         }
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """What a failed run raises: the first ``ConnectorError`` among the task groups' errors
+    (a worker that died also breaks the streams that fed it; that is not the news), unless
+    the run was interrupted, which must propagate as it is."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = list(_leaves(exc))
+    if any(isinstance(e, (KeyboardInterrupt, SystemExit)) for e in leaves):
+        return exc
+    return next((e for e in leaves if isinstance(e, ConnectorError)), exc)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 def _file(info: FileInfo) -> dict[str, Any]:

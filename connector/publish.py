@@ -18,6 +18,8 @@ have no atomic rename: there the manifest and ``_SUCCESS``, written last, are th
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -279,12 +281,20 @@ def swap_in(fs: pafs.FileSystem, layout: Layout) -> None:
         if exists(fs, layout.trash):
             fs.delete_dir(f"{layout.base}/{TRASH}/{layout.run_id}")
         fs.delete_dir(layout.staging)
-        _remove_if_empty(fs, f"{layout.base}/{STAGING}")
-        _remove_if_empty(fs, f"{layout.base}/{TRASH}")
+        remove_if_empty(fs, f"{layout.base}/{STAGING}")
+        remove_if_empty(fs, f"{layout.base}/{TRASH}")
     except OSError as exc:
         raise PublishError(f"publishing {layout.partition} failed: {exc}") from None
 
 
-def _remove_if_empty(fs: pafs.FileSystem, path: str) -> None:
-    if exists(fs, path) and not fs.get_file_info(pafs.FileSelector(path)):
-        fs.delete_dir(path)
+def remove_if_empty(fs: pafs.FileSystem, path: str) -> None:
+    """Remove a directory that holds nothing (``_staging`` after the last run left it).
+
+    Only where that is one atomic step (``rmdir`` on a local filesystem): checking for
+    emptiness and then deleting would race with another run (another date, a backfill)
+    creating its staging there, and pyarrow's ``delete_dir`` deletes whatever is inside.
+    Object stores keep no empty directories anyway.
+    """
+    if isinstance(fs, pafs.LocalFileSystem):
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            os.rmdir(path)

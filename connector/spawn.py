@@ -15,6 +15,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from connector.errors import ConnectorError
+
 BOOT_MODULE = "connector._worker_boot"
 
 
@@ -35,12 +37,20 @@ def launch(count: int) -> Launched:
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 << 20)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # import what this process does
-    process = subprocess.Popen(
-        [sys.executable, "-m", BOOT_MODULE, *map(str, theirs)],
-        pass_fds=theirs,
-        stdin=subprocess.DEVNULL,
-        env=env,
-    )
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", BOOT_MODULE, *map(str, theirs)],
+            pass_fds=theirs,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+    except OSError as exc:
+        for pair in pairs:
+            for end in pair:
+                end.close()
+        raise ConnectorError(
+            f"cannot start worker processes ({exc.strerror}); fetch.workers = 0 runs without"
+        ) from None
     for _, end in pairs:
         end.close()
     return Launched(process, [ours for ours, _ in pairs])

@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -13,8 +16,9 @@ import anyio
 import orjson
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import pytest
 
-from connector import auth, config, publish, workers
+from connector import auth, cli, config, publish, workers
 from connector.discovery import WorkItem
 from connector.emulator import EmulatorServer, build_world
 from connector.pages import Page, RunInfo
@@ -227,3 +231,54 @@ def test_a_stalled_worker_stops_the_fetching(
     assert 0 == outcome.exit_code
     assert seen[0] == seen[1], "requests went on while the worker could take no page"
     assert seen[0] < total / 2, f"stalled after {seen[0]} of {total} requests"
+
+
+def test_workers_that_cannot_start_fail_the_run_cleanly(
+    make_emulator: Callable[..., EmulatorServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No interpreter to start workers with: exit 1 with a message that names the way out,
+    nothing published, no traceback."""
+    server = make_emulator(build_world(seed=5, compartments=3))
+    path = write_config(tmp_path, server, fetch={"workers": 2})
+    monkeypatch.setattr("sys.executable", str(tmp_path / "no-such-python"))
+    assert 1 == cli.main(["--log-level", "warning", "run", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert "cannot start worker processes" in err
+    assert "fetch.workers = 0" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "lake" / "images").exists()
+
+
+def test_a_worker_killed_mid_run_fails_the_run_with_its_reason(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """The OOM killer takes a worker mid-run: `oci-images run` exits 1 naming the worker (no
+    traceback), the run's staging is removed, and nothing is published."""
+    world = build_world(seed=5, compartments=60, platform_images=300, custom_scale=0.1)
+    server = make_emulator(world, latency_ms=20)
+    path = write_config(tmp_path, server, fetch={"workers": 2, "page_size": 100})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "connector", "--log-level", "warning", "run", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while server.stats()["requests"] < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    boots = subprocess.run(
+        ["pgrep", "-f", "connector._worker_boot.*", "-P", str(process.pid)],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert boots, "the worker boot process is a child of the run"
+    os.kill(int(boots[0]), signal.SIGKILL)
+    _, err = process.communicate(timeout=60)
+    assert 1 == process.returncode
+    assert "WorkerError: worker 0 went away" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "lake" / "images").exists()
+    assert not (tmp_path / "lake" / "_staging").exists()
