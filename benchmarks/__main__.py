@@ -1,7 +1,7 @@
 """Benchmarks: the connector against what users would pick instead, and the physical bound.
 
-    python -m benchmarks            quick pass (make bench), under 3 minutes
-    python -m benchmarks --full     every baseline, more repeats (make bench-full)
+    python -m benchmarks            quick pass (make bench), about 5 minutes
+    python -m benchmarks --full     every baseline as well (make bench-full)
 
 Every scenario runs against the project's emulator, served from its own process on loopback.
 Results are ratios measured side by side in one run, repeated; the table shows the median and
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="S1,S2,S3,S4,E1", help="comma-separated scenario ids")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest.json"))
     args = parser.parse_args(argv)
-    repeat = args.repeat or (5 if args.full else 3)
+    repeat = args.repeat or 5  # the machine is noisy: medians of five
     chosen = [s.strip() for s in args.only.split(",")]
     from connector import logs
 
