@@ -16,6 +16,7 @@ the pipeline's bounded stream, do the fetch tasks: backpressure, whichever way w
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import gc
 import os
@@ -223,7 +224,7 @@ def _dedupe(listing: _Listing, batch: pa.RecordBatch, ids: list[str]) -> pa.Reco
 OnResult = Callable[[ListingResult], None]
 
 
-class Workers:
+class Workers(abc.ABC):
     """Hands pages to workers and gathers their results (the event loop's side).
 
     ``serve`` runs in the pipeline's task group for as long as the workers live: it collects
@@ -232,27 +233,27 @@ class Workers:
 
     donations: Donations
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - nothing to start for a thread
         """Start the workers early (processes import pyarrow, which takes a moment)."""
 
-    async def serve(self) -> None:
+    async def serve(self) -> None:  # noqa: B027 - a thread's results come back directly
         """Collect listing results until every worker has closed."""
 
+    @abc.abstractmethod
     async def page(self, page: Page) -> None:
         """Hand a page to the worker that owns its listing; waits while that worker is busy."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def end(self, item: WorkItem, pages: int, error: dict[str, Any] | None) -> None:
         """End a listing; its ``ListingResult`` goes to the ``on_result`` callback."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def close(self) -> Closed:
         """Finish every worker: the files written and the platform rows donated."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def discard(self) -> None:
         """Stop every worker after a failure."""
-        raise NotImplementedError
 
 
 def create(
