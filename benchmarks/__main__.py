@@ -1,6 +1,6 @@
 """Benchmarks: the connector against what users would pick instead, and the physical bound.
 
-    python -m benchmarks            quick pass (make bench), about 5 minutes
+    python -m benchmarks            quick pass (make bench), about 6 minutes
     python -m benchmarks --full     every baseline as well (make bench-full)
 
 Every scenario runs against the project's emulator, served from its own process on loopback.
