@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import partial
@@ -179,19 +180,14 @@ class Export:
             snapshot_date=self.layout.snapshot_date,
             version=__version__,
         )
-        try:
-            async with self.client, anyio.create_task_group() as group:
-                # Worker processes start (and import pyarrow) while discovery runs.
-                group.start_soon(self.workers.serve)
-                items = await self.work_items()
-                self.progress.listings_total = len(items)
-                with quiet_gc():
-                    await self._stream(partial(self._fetch_all, items))
-                files, reject_files = await self._close()
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):  # clean up even when cancelled
-                await self._discard()
-            raise _cause(exc) from None
+        async with self._discarded_on_failure(), self.client, anyio.create_task_group() as group:
+            # Worker processes start (and import pyarrow) while discovery runs.
+            group.start_soon(self.workers.serve)
+            items = await self.work_items()
+            self.progress.listings_total = len(items)
+            with quiet_gc():
+                await self._stream(partial(self._fetch_all, items))
+            files, reject_files = await self._close()
         manifest = self._shard_manifest(started_at, files, reject_files)
         failed = {
             (r["region"], r["compartment_id"])
@@ -313,16 +309,11 @@ class Export:
                 if current is not None:
                     await send.send(ListingEnd(current, count, None))
 
-        try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(self.workers.serve)
-                with quiet_gc():
-                    await self._stream(replay)
-                files, _ = await self._close()
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await self._discard()
-            raise _cause(exc) from None
+        async with self._discarded_on_failure(), anyio.create_task_group() as group:
+            group.start_soon(self.workers.serve)
+            with quiet_gc():
+                await self._stream(replay)
+            files, _ = await self._close()
         return files
 
     # -- fetching ---------------------------------------------------------------------------
@@ -419,6 +410,20 @@ class Export:
                 pages=result.pages,
                 rows=result.rows,
             )
+
+    @asynccontextmanager
+    async def _discarded_on_failure(self) -> AsyncIterator[None]:
+        """On any failure, stop the workers and remove the staging (even when cancelled), then
+        raise what caused it (see ``_cause``)."""
+        try:
+            yield
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._discard()
+            cause = _cause(exc)
+            if cause is exc:
+                raise
+            raise cause from None
 
     async def _discard(self) -> None:
         """After a failure: stop the workers and remove the run's staging."""
