@@ -45,39 +45,42 @@ class SinkOptions:
     max_rows_per_file: int = 1024 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class SeriesPlace:
+    """Where one writer puts one region's files, and how it numbers them."""
+
+    fs: pafs.FileSystem
+    directory: str
+    relative: str
+    """``directory`` relative to the partition, as the manifest lists files."""
+    prefix: str
+    numbering: tuple[int, int] = (0, 1)
+    """(first, step): writers that share a directory number their files first, first + step …"""
+
+
 class RollingFiles:
     """What both formats share: where one region's files go, their names, what was written."""
 
-    def __init__(
-        self,
-        fs: pafs.FileSystem,
-        directory: str,
-        relative: str,
-        prefix: str,
-        options: SinkOptions,
-        numbering: tuple[int, int] = (0, 1),
-    ) -> None:
-        self.fs = fs
-        self.directory = directory
-        self.relative = relative
-        self.prefix = prefix
+    def __init__(self, place: SeriesPlace, options: SinkOptions) -> None:
+        self.place = place
         self.options = options
-        self.numbering = numbering
         self._files: list[FileInfo] = []
         self._name = ""
 
-    def _open_next(self) -> pa.NativeFile:
-        """Open the next file of the series (part-NNNNN plus the format's extension).
+    @property
+    def _path(self) -> str:
+        """The current file."""
+        return f"{self.place.directory}/{self._name}"
 
-        Writers that share a directory number their files ``first, first + step, ...``.
-        """
-        first, step = self.numbering
+    def _open_next(self) -> pa.NativeFile:
+        """Open the next file of the series (part-NNNNN plus the format's extension)."""
+        first, step = self.place.numbering
         number = first + step * len(self._files)
-        self._name = f"{self.prefix}{number:05d}{extension(self.options)}"
-        return self.fs.open_output_stream(f"{self.directory}/{self._name}", compression=None)
+        self._name = f"{self.place.prefix}{number:05d}{extension(self.options)}"
+        return self.place.fs.open_output_stream(self._path, compression=None)
 
     def _finished(self, rows: int, size: int) -> None:
-        self._files.append(FileInfo(f"{self.relative}/{self._name}", rows, size))
+        self._files.append(FileInfo(f"{self.place.relative}/{self._name}", rows, size))
 
 
 def extension(options: SinkOptions) -> str:
@@ -125,19 +128,13 @@ class PartitionedSink:
     def _open(self, region: str) -> FileSeries:
         directory = f"{self.partition_dir}/region={region}"
         self.fs.create_dir(directory, recursive=True)
+        place = SeriesPlace(
+            self.fs, directory, f"region={region}", self.file_prefix, self.numbering
+        )
         if self.options.format == "parquet":
             from connector.sinks.parquet import ParquetSeries
 
-            return ParquetSeries(
-                self.fs,
-                directory,
-                f"region={region}",
-                self.file_prefix,
-                self.options,
-                self.numbering,
-            )
+            return ParquetSeries(place, self.options)
         from connector.sinks.ndjson import NdjsonSeries
 
-        return NdjsonSeries(
-            self.fs, directory, f"region={region}", self.file_prefix, self.options, self.numbering
-        )
+        return NdjsonSeries(place, self.options)

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import orjson
 import pyarrow as pa
-import pyarrow.fs as pafs
 
-from connector.sinks import FileInfo, RollingFiles, SinkOptions
+from connector.sinks import FileInfo, RollingFiles, SeriesPlace, SinkOptions
 
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
 
@@ -23,16 +22,8 @@ def encode_rows(batch: pa.RecordBatch) -> bytes:
 class NdjsonSeries(RollingFiles):
     """One region's NDJSON files."""
 
-    def __init__(
-        self,
-        fs: pafs.FileSystem,
-        directory: str,
-        relative: str,
-        prefix: str,
-        options: SinkOptions,
-        numbering: tuple[int, int] = (0, 1),
-    ) -> None:
-        super().__init__(fs, directory, relative, prefix, options, numbering)
+    def __init__(self, place: SeriesPlace, options: SinkOptions) -> None:
+        super().__init__(place, options)
         self._stream: pa.NativeFile | None = None
         self._raw: pa.NativeFile | None = None
         self._rows = 0
@@ -69,7 +60,7 @@ class NdjsonSeries(RollingFiles):
             return
         if self._stream is not self._raw:
             self._stream.close()  # flushes the gzip trailer and closes the raw stream
-            size = self.fs.get_file_info(f"{self.directory}/{self._name}").size or 0
+            size = self.place.fs.get_file_info(self._path).size or 0
         else:
             size = self._raw.tell()
             self._raw.close()

@@ -10,26 +10,17 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from connector import schema
-from connector.sinks import FileInfo, RollingFiles, SinkOptions
+from connector.sinks import FileInfo, RollingFiles, SeriesPlace, SinkOptions
 
 
 class ParquetSeries(RollingFiles):
     """One region's Parquet files."""
 
-    def __init__(
-        self,
-        fs: pafs.FileSystem,
-        directory: str,
-        relative: str,
-        prefix: str,
-        options: SinkOptions,
-        numbering: tuple[int, int] = (0, 1),
-    ) -> None:
-        super().__init__(fs, directory, relative, prefix, options, numbering)
+    def __init__(self, place: SeriesPlace, options: SinkOptions) -> None:
+        super().__init__(place, options)
         self._buffer: list[pa.RecordBatch] = []
         self._buffered = 0
         self._writer: pq.ParquetWriter | None = None
