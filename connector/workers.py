@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import gc
 import os
 import pickle
 import signal
@@ -39,6 +38,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from connector import publish, spawn
 from connector.discovery import WorkItem
 from connector.errors import ConnectorError
+from connector.lean import quiet_gc
 from connector.pages import Page, PageError, RunInfo
 from connector.sinks import FileInfo, PartitionedSink, SinkOptions
 
@@ -458,11 +458,16 @@ class ProcessWorkers(Workers):
             boot.wait()
 
 
+def _frame(message: tuple[Any, ...], body_size: int = 0) -> bytes:
+    """A frame's head: the two lengths and the pickled message (the body, if any, follows)."""
+    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(payload), body_size) + payload
+
+
 async def _send(worker: _Process, message: tuple[Any, ...], body: bytes = b"") -> None:
     """One frame: the lengths, the pickled message, then ``body`` as is (a page's JSON)."""
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     try:
-        await worker.stream.send(_HEADER.pack(len(payload), len(body)) + payload)
+        await worker.stream.send(_frame(message, len(body)))
         if body:
             await worker.stream.send(body)
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
@@ -486,10 +491,11 @@ async def _receive(worker: _Process) -> tuple[Any, ...]:
 def serve_fd(fd: int, index: int, count: int) -> None:
     """A worker process's loop (see ``connector._worker_boot``): its setup, then pages in,
     listing results and finally the file list out."""
-    # Parsed records are freed by reference counting; see lean.quiet_gc.
-    gc.freeze()
-    gc.set_threshold(200_000, *gc.get_threshold()[1:])
-    with socket.socket(fileno=fd) as sock, sock.makefile("rb", buffering=1 << 20) as incoming:
+    with (
+        quiet_gc(),
+        socket.socket(fileno=fd) as sock,
+        sock.makefile("rb", buffering=1 << 20) as incoming,
+    ):
         first = _read_message(incoming)
         if first is None or first[0] != "setup":
             return
@@ -536,5 +542,4 @@ def _read_message(incoming: Any) -> tuple[Any, ...] | None:
 
 
 def _write_message(sock: socket.socket, message: tuple[Any, ...]) -> None:
-    payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    sock.sendall(_HEADER.pack(len(payload), 0) + payload)
+    sock.sendall(_frame(message))
