@@ -7,6 +7,8 @@ have to know which library produced them. Each error says whether retrying can h
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 # The process exit codes of DESIGN.md, in one place.
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -84,3 +86,12 @@ class PaginationError(ConnectorError):
 
 class PublishError(ConnectorError):
     """Output could not be staged or published; what was published before is untouched."""
+
+
+def leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    """The exceptions inside ``group`` and the groups nested in it (task groups wrap them)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from leaves(exc)
+        else:
+            yield exc

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -34,7 +34,7 @@ import structlog
 from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from connector import __version__, publish, schema, spawn, workers
+from connector import __version__, errors, publish, schema, spawn, workers
 from connector.auth import RequestSigner
 from connector.client import ClientOptions, OciClient
 from connector.config import Settings, worker_processes
@@ -480,18 +480,10 @@ def _cause(exc: BaseException) -> BaseException:
     the run was interrupted, which must propagate as it is."""
     if not isinstance(exc, BaseExceptionGroup):
         return exc
-    leaves = list(_leaves(exc))
+    leaves = list(errors.leaves(exc))
     if any(isinstance(e, (KeyboardInterrupt, SystemExit)) for e in leaves):
         return exc
     return next((e for e in leaves if isinstance(e, ConnectorError)), exc)
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
 
 
 def _file(info: FileInfo) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from connector import auth, cli, config, publish, workers
+from connector import auth, cli, config, errors, publish, workers
 from connector.discovery import WorkItem
 from connector.emulator import EmulatorServer, build_world
 from connector.pages import Page, RunInfo
@@ -69,17 +69,10 @@ def raised(main: Callable[[], Awaitable[None]]) -> list[BaseException]:
     try:
         anyio.run(main)
     except BaseExceptionGroup as group:
-        return [e for e in _leaves(group)]
+        return list(errors.leaves(group))
     except BaseException as exc:
         return [exc]
     return []
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
-    return found
 
 
 async def feed(pool: workers.Workers, groups: list[list[Page]]) -> None:
