@@ -1,10 +1,10 @@
 """JSON pages to Arrow record batches: a pure function, run by the workers.
 
-The fast path converts a whole page with pyarrow's C++ converters (``pa.array`` of dicts into
-the nested wire type, then flattening by column path); Python touches each record only to find
-fields the schema does not know. When a page holds a record that cannot be converted, the page
-is converted record by record to find it; that record is rejected with its reason, the rest go
-on. Nothing is dropped silently and nothing crashes the run.
+The fast path converts a whole page with pyarrow's C++ converters: a list of values per
+top-level column, one struct per nested object, split into its columns; Python touches each
+record only to find fields the schema does not know. When a page holds a record that cannot be
+converted, the page is converted record by record to find it; that record is rejected with its
+reason, the rest go on. Nothing is dropped silently and nothing crashes the run.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def _convert(dicts: list[dict[str, Any]]) -> _Converted:
     for parent, (wire_type, nested) in _NESTED.items():
         found = children[parent] = list(map(dict.get, dicts, itertools.repeat(parent)))
         _expect(found, _OBJECT_OR_NULL, parent, "an object")
-        objects = [c for c in found if c is not None]
+        objects = list(filter(None, found))  # (an empty object has nothing to check)
         for column in nested:
             if pa.types.is_integer(column.type):
                 _expect_integers(list(map(dict.get, objects, itertools.repeat(column.path[1]))))
