@@ -137,7 +137,7 @@ class Export:
         self._filters = settings.filters()
         self._platform_mode: str = settings["fetch.platform_images"]
         index, count = shard
-        self._setup = WorkerSetup(
+        setup = WorkerSetup(
             run=self._run_info,
             platform_mode=self._platform_mode,
             fs=self.fs,
@@ -146,9 +146,9 @@ class Export:
             file_prefix="part-" if count == 1 else f"part-{index:03d}-",
             reject_prefix="" if count == 1 else f"{index:03d}-",
         )
-        self.workers: Workers = workers.create(
-            self._setup, worker_processes(settings), self._listing_done, launched
-        )
+        # Workers the CLI launched early are the ones there are.
+        processes = len(launched.sockets) if launched else worker_processes(settings)
+        self.workers: Workers = workers.create(setup, processes, self._listing_done, launched)
         self.client = OciClient(
             signer,
             ClientOptions(
@@ -269,8 +269,8 @@ class Export:
 
     async def _stream(self, produce: Producer) -> None:
         """Feed what ``produce`` sends to the workers, each listing to its own worker."""
-        buffer = 4
-        send, receive = anyio.create_memory_object_stream[Page | ListingEnd](buffer)
+        # A few pages: the workers' sockets hold more, and fetch tasks hold one each.
+        send, receive = anyio.create_memory_object_stream[Page | ListingEnd](4)
         async with anyio.create_task_group() as group:
             group.start_soon(produce, send)
             async with receive:
