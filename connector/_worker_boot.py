@@ -35,16 +35,10 @@ def main(fds: list[int]) -> int:
     # This process is worker 0: one process fewer, and its imported state is not idle.
     for fd in fds[1:]:
         os.close(fd)
-    failed = 0
     try:
         workers.serve_fd(fds[0], 0, len(fds))
-    except Exception:
-        failed += 1
-        raise
     finally:
-        for pid in children:
-            _, status = os.waitpid(pid, 0)
-            failed += status != 0
+        failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
     return 1 if failed else 0
 
 
