@@ -231,7 +231,14 @@ class Workers(abc.ABC):
     what they send back. ``page`` and ``end`` feed them; ``close`` finishes them.
     """
 
-    donations: Donations
+    def __init__(self, on_result: OnResult) -> None:
+        self.donations = Donations()
+        self._on_result = on_result
+
+    def _listing_ended(self, worker: int, result: ListingResult) -> None:
+        """A worker's result for a listing: a donor candidate, then the coordinator's."""
+        self.donations.offer(worker, result)
+        self._on_result(result)
 
     async def start(self) -> None:  # noqa: B027 - nothing to start for a thread
         """Start the workers early (processes import pyarrow, which takes a moment)."""
@@ -294,10 +301,9 @@ class ThreadWorkers(Workers):
     """One ``PageWorker`` in a worker thread of this process."""
 
     def __init__(self, setup: WorkerSetup, on_result: OnResult) -> None:
+        super().__init__(on_result)
         self._worker = PageWorker(setup)
-        self._on_result = on_result
         self._limiter = anyio.CapacityLimiter(1)
-        self.donations = Donations()
 
     async def page(self, page: Page) -> None:
         await anyio.to_thread.run_sync(self._worker.page, page, limiter=self._limiter)
@@ -306,8 +312,7 @@ class ThreadWorkers(Workers):
         result = await anyio.to_thread.run_sync(
             self._worker.end, item, pages, error, limiter=self._limiter
         )
-        self.donations.offer(0, result)
-        self._on_result(result)
+        self._listing_ended(0, result)
 
     async def close(self) -> Closed:
         donate = self.donations.of(0)
@@ -340,11 +345,10 @@ class ProcessWorkers(Workers):
         on_result: OnResult,
         launched: spawn.Launched | None = None,
     ) -> None:
+        super().__init__(on_result)
         self.setup = setup
         self.count = count
-        self._on_result = on_result
         self._launched = launched
-        self.donations = Donations()
         self._processes: list[_Process] = []
         self._owner: dict[WorkItem, _Process] = {}
         self._starting = False
@@ -384,8 +388,7 @@ class ProcessWorkers(Workers):
         while True:
             message = await _receive(worker)
             if message[0] == "result":
-                self.donations.offer(worker.index, message[1])
-                self._on_result(message[1])
+                self._listing_ended(worker.index, message[1])
                 self._awaiting -= 1
                 if self._awaiting == 0:
                     self._settled.set()
