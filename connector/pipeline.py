@@ -435,7 +435,7 @@ class Export:
     def _remove_staging(self) -> None:
         if publish.exists(self.fs, self.layout.staging):
             self.fs.delete_dir(self.layout.staging)
-        publish.remove_if_empty(self.fs, self.layout.staging.rsplit("/", 1)[0])
+        publish.remove_if_empty(self.fs, f"{self.base}/{publish.STAGING}")
 
     # -- manifests --------------------------------------------------------------------------
 
