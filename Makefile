@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format typecheck pytest bench bench-full readme lock clean
+.PHONY: install demo test lint format typecheck pytest bench bench-full readme regions lock clean
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ bench-full: install
 # Regenerate the README's column table from connector/schema.py.
 readme: install
 	$(BIN)/python scripts/update_readme.py
+
+# Regenerate connector/_region_table.py from the installed official SDK (after upgrading oci).
+regions: install
+	$(BIN)/python scripts/update_regions.py
 
 # Regenerate the lock after changing dependencies in pyproject.toml (needs uv).
 lock:
