@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -38,6 +38,14 @@ class RequestSigner(Protocol):
 
     async def sign(self, method: str, url: str, headers: dict[str, str]) -> None:
         """Sign the request described by ``method``, ``url`` and ``headers`` in place."""
+
+
+@runtime_checkable
+class Refreshable(Protocol):
+    """A signer whose token can be renewed on demand, as the SDK does after a 401."""
+
+    async def refresh(self) -> None:
+        """Fetch a new token now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +204,28 @@ class SdkSigner:
 
     def __repr__(self) -> str:
         return f"SdkSigner({self._name})"
+
+    @property
+    def region(self) -> str | None:
+        """The region the principal lives in, when the SDK's signer knows it."""
+        region = getattr(self._signer, "region", None)
+        return region if isinstance(region, str) else None
+
+    async def refresh(self) -> None:
+        """Renew the principal's token, as the SDK's base client does after a 401.
+
+        The SDK does this for instance, resource (and OKE workload) principals: their
+        ``refresh_security_token`` fetches a new token from the federation endpoint.
+        """
+        renew = getattr(self._signer, "refresh_security_token", None)
+        if renew is None:
+            return
+        try:
+            await anyio.to_thread.run_sync(renew)
+        except Exception as exc:  # the SDK raises many kinds; the 401 that follows says enough
+            raise AuthError(
+                f"{self._name}: refreshing the token failed ({type(exc).__name__})"
+            ) from None
 
     async def sign(self, method: str, url: str, headers: dict[str, str]) -> None:
         """Sign in a worker thread and copy the resulting headers."""

@@ -1,13 +1,27 @@
 """The HTTP client: signed GETs with retries, adaptive throttling and one error hierarchy.
 
 One ``OciClient`` (one aiohttp session, one connection pool) serves a whole run. Every
-lower-level failure is translated here, at one boundary, into ``TransportError`` or
-``OciApiError``; nothing from aiohttp leaks to callers.
+lower-level failure is translated here, at one boundary, into ``TransportError`` (``TlsError``,
+``ProxyError``, ``RequestTimeout``) or ``OciApiError``; nothing from aiohttp leaks to callers.
+Errors the client gives up on name the call, the host, the credentials and the next step
+(``connector.troubleshoot``).
+
+Network set-up follows the official SDK (whose sessions are requests sessions):
+
+- proxies from ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and ``NO_PROXY``, resolved per host
+  by ``connector.proxy`` with requests' rules (aiohttp's own ``trust_env`` would also read
+  ``~/.netrc`` and differs on ``NO_PROXY`` networks);
+- certificates verified always: against ``oci.ca_bundle`` when set (that file only, as requests'
+  ``verify=path``), else ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` as requests reads them,
+  else the system's store. No setting turns verification off. A certificate that does not
+  verify fails at once, naming the host and the CA file: retrying cannot change it;
+- a 401 with instance or resource principals refreshes the token and is tried once more.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import platform
 import ssl
 import time
@@ -24,10 +38,18 @@ import orjson
 import structlog
 from yarl import URL
 
-from connector import __version__
-from connector.auth import RequestSigner
-from connector.errors import OciApiError, RequestTimeout, TransportError
-from connector.retry import AdaptiveLimiter, RetryPolicy, is_retryable_status
+from connector import __version__, troubleshoot
+from connector.auth import Refreshable, RequestSigner
+from connector.errors import (
+    ConfigError,
+    OciApiError,
+    ProxyError,
+    RequestTimeout,
+    TlsError,
+    TransportError,
+)
+from connector.proxy import Proxy, proxy_for
+from connector.retry import AdaptiveLimiter, Clock, RetryPolicy, Sleep, is_retryable_status
 
 USER_AGENT = (
     f"oci-images-connector/{__version__} (Python {platform.python_version()}; "
@@ -79,27 +101,44 @@ class ClientOptions:
     connect_timeout_s: float = 10.0
     ca_bundle: str = ""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Who signs, for messages: 'profile "DEFAULT" of ~/.oci/config', "instance_principal".
+    profile: str = ""
+    auth: str = "api_key"
+    # The environment proxies and CA bundles are read from (None: this process's).
+    environ: Mapping[str, str] | None = None
 
 
 class OciClient:
-    """Signed, retried, throttle-aware GETs against OCI endpoints; an async context manager."""
+    """Signed, retried, throttle-aware GETs against OCI endpoints; an async context manager.
 
-    def __init__(self, signer: RequestSigner, options: ClientOptions | None = None) -> None:
+    ``clock`` and ``sleep`` are injected in tests to run minutes of throttling in no time.
+    """
+
+    def __init__(
+        self,
+        signer: RequestSigner,
+        options: ClientOptions | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
+    ) -> None:
         self.options = options or ClientOptions()
         self.signer = signer
+        self._clock = clock
+        self._sleep = sleep
         self.limiter = AdaptiveLimiter(
-            self.options.concurrency, self.options.max_requests_per_second or None
+            self.options.concurrency, self.options.max_requests_per_second or None, clock, sleep
         )
         self.counters = RequestCounters()
         self._session: aiohttp.ClientSession | None = None
+        self._environ: Mapping[str, str] = {}
+        self._ca_source = "the system's trusted CAs"
+        self._proxies: dict[tuple[str, str], Proxy | None] = {}
 
     async def __aenter__(self) -> OciClient:
         options = self.options
-        # Without a CA bundle, aiohttp's own verifying context (built when it is imported)
-        # serves; building another would load the system's certificates a second time.
-        context: ssl.SSLContext | bool = True
-        if options.ca_bundle:
-            context = ssl.create_default_context(cafile=options.ca_bundle)
+        self._environ = dict(os.environ if options.environ is None else options.environ)
+        context, self._ca_source = _ssl_context(options.ca_bundle, self._environ)
         connector = aiohttp.TCPConnector(limit=options.concurrency, ssl=context, ttl_dns_cache=300)
         timeout = aiohttp.ClientTimeout(
             total=options.request_timeout_s,
@@ -142,8 +181,9 @@ class OciClient:
         full_url = _with_query(url, params or {})
         policy = self.options.retry
         request_id = uuid.uuid4().hex.upper()
-        started = time.monotonic()
+        started = self._clock()
         attempt = 0
+        refreshed = False
         while True:
             attempt += 1
             retry_after: float | None = None
@@ -162,9 +202,18 @@ class OciClient:
                     if response.status == 429:
                         self.counters.throttled += 1
                         self.limiter.throttled(ticket)
-            elapsed = time.monotonic() - started
+            elapsed = self._clock() - started
+            if self._should_refresh(error, refreshed):
+                # As the SDK: a principal's token may have been revoked or rotated early.
+                refreshed = True
+                self.counters.retried += 1
+                log.info("request.refresh_token", attempt=attempt, **context)
+                assert isinstance(self.signer, Refreshable)
+                await self.signer.refresh()
+                continue
             delay = policy.delay(attempt, elapsed, retry_after) if error.retryable else None
             if delay is None:
+                self._explain(error, full_url, context.get("region"))
                 self.counters.failed += 1
                 log.warning(
                     "request.failed",
@@ -182,47 +231,186 @@ class OciClient:
                 **_describe(error),
                 **context,
             )
-            await anyio.sleep(delay)
+            await self._sleep(delay)
+
+    def _should_refresh(self, error: TransportError | OciApiError, refreshed: bool) -> bool:
+        return (
+            isinstance(error, OciApiError)
+            and error.status == 401
+            and not refreshed
+            and isinstance(self.signer, Refreshable)
+        )
+
+    def _explain(self, error: TransportError | OciApiError, url: str, region: str | None) -> None:
+        """Add the call, host, credentials and next step to an error about to be raised."""
+        call = troubleshoot.call_name(url)
+        hint = ""
+        if isinstance(error, OciApiError):
+            hint = troubleshoot.for_status(
+                error.status,
+                error.code,
+                call=call,
+                auth=self.options.auth,
+                profile=self.options.profile or "these credentials",
+                region=region,
+                clock_skew_s=error.clock_skew_s,
+            )
+        error.add_context(
+            call=call, host=troubleshoot.host_of(url), profile=self.options.profile, hint=hint
+        )
+
+    def _proxy(self, url: str) -> Proxy | None:
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        if key not in self._proxies:
+            self._proxies[key] = proxy_for(url, self._environ)
+        return self._proxies[key]
 
     async def _send(
         self, url: str, request_id: str, attempt: int, started: float
     ) -> Response | OciApiError:
         assert self._session is not None, "use OciClient as an async context manager"
-        headers = {"opc-request-id": request_id, "host": urlsplit(url).netloc}
+        host = urlsplit(url).netloc
+        headers = {"opc-request-id": request_id, "host": host}
         await self.signer.sign("GET", url, headers)
+        proxy = self._proxy(url)
         sent = time.monotonic()
         server_id: str | None = None
         try:
             async with self._session.get(
-                URL(url, encoded=True), headers=headers, allow_redirects=False
+                URL(url, encoded=True),
+                headers=headers,
+                allow_redirects=False,
+                proxy=proxy.url if proxy else None,
+                proxy_headers=proxy.headers if proxy and proxy.headers else None,
             ) as raw:
                 server_id = raw.headers.get("opc-request-id")
                 body = await raw.read()
                 status = raw.status
                 retry_after = _retry_after(raw.headers.get("retry-after"))
                 next_page = raw.headers.get("opc-next-page") or None
+                server_date = raw.headers.get("date")
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise RequestTimeout(
                 f"no complete response within {self.options.request_timeout_s:g} s",
                 opc_request_id=server_id,
+                host=host,
             ) from None
         except aiohttp.ClientPayloadError:
             raise TransportError(
-                "the response body was cut short", opc_request_id=server_id
+                "the response body was cut short", opc_request_id=server_id, host=host
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise TransportError(
-                f"connection failed: {type(exc).__name__}", opc_request_id=server_id
-            ) from None
+            raise self._connection_error(exc, host, proxy) from None
         elapsed_ms = (time.monotonic() - sent) * 1000
         if status >= 400:
-            return _api_error(status, body, server_id, retry_after)
+            error = _api_error(status, body, server_id, retry_after)
+            if status == 401:
+                error.clock_skew_s = _clock_skew(server_date)
+            return error
         if status != 200 or not _looks_like_json(body):
             raise TransportError(
                 f"unexpected response: HTTP {status} with a body that is not JSON",
                 opc_request_id=server_id,
             )
         return Response(status, body, server_id, next_page, elapsed_ms, attempt)
+
+    def _connection_error(
+        self, exc: BaseException, host: str, proxy: Proxy | None
+    ) -> TransportError:
+        """An aiohttp or OS failure as the connector's error, with what to do about it."""
+        via = proxy.display if proxy else None
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            reason = _certificate_reason(exc.certificate_error)
+            return TlsError(
+                f"TLS certificate of {host} not accepted ({reason}), verified against "
+                f"{self._ca_source}",
+                host=host,
+                hint=troubleshoot.for_tls(host, self._ca_source, reason, via),
+            )
+        if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+            reason = _certificate_reason(exc)
+            return TlsError(
+                f"TLS handshake with {host} failed ({reason}); CA: {self._ca_source}",
+                host=host,
+                hint=troubleshoot.for_tls(host, self._ca_source, reason, via),
+            )
+        if isinstance(exc, aiohttp.ClientHttpProxyError) and proxy is not None:
+            return ProxyError(
+                f"the proxy {proxy.display} answered HTTP {exc.status} to CONNECT {host}",
+                host=host,
+                hint=troubleshoot.for_proxy(proxy.display, proxy.variable, exc.status),
+                retryable=exc.status >= 500,
+            )
+        if isinstance(exc, aiohttp.ClientProxyConnectionError) and proxy is not None:
+            return ProxyError(
+                f"cannot connect to the proxy {proxy.display} ({_os_reason(exc)})",
+                host=host,
+                hint=troubleshoot.for_proxy(proxy.display, proxy.variable, None),
+            )
+        if isinstance(exc, aiohttp.ClientConnectorDNSError):
+            return TransportError(
+                f"cannot resolve {host.rsplit(':', 1)[0]}",
+                host=host,
+                hint=troubleshoot.for_connection(host, "", proxy is None),
+            )
+        return TransportError(
+            f"connection failed: {type(exc).__name__} ({_os_reason(exc)})",
+            host=host,
+            hint=troubleshoot.for_connection(host, "", proxy is None),
+        )
+
+
+def _ssl_context(ca_bundle: str, environ: Mapping[str, str]) -> tuple[ssl.SSLContext | bool, str]:
+    """The verifying TLS context and, for messages, where its CAs come from.
+
+    Without any bundle, aiohttp's own verifying context (built when it is imported) serves;
+    building another would load the system's certificates a second time.
+    """
+    key, path = "oci.ca_bundle", ca_bundle
+    if not path:
+        for variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            if environ.get(variable):
+                key, path = variable, environ[variable]
+                break
+    if not path:
+        return True, "the system's trusted CAs"
+    location = os.path.expanduser(path)
+    try:
+        if os.path.isdir(location):
+            context = ssl.create_default_context(capath=location)
+        else:
+            context = ssl.create_default_context(cafile=location)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            key, f"{path} is not a readable PEM bundle of CA certificates ({reason})"
+        ) from None
+    return context, f"the CA file {path} ({key})"
+
+
+def _certificate_reason(exc: BaseException) -> str:
+    message = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+    if isinstance(exc, aiohttp.ClientSSLError) and exc.__cause__ is not None:
+        return _certificate_reason(exc.__cause__)
+    return str(message or exc).strip() or type(exc).__name__
+
+
+def _os_reason(exc: BaseException) -> str:
+    cause = getattr(exc, "os_error", None) or exc
+    return getattr(cause, "strerror", None) or type(cause).__name__
+
+
+def _clock_skew(date_header: str | None) -> float | None:
+    """Server time minus local time, from a response's Date header (whole seconds)."""
+    if not date_header:
+        return None
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return parsedate_to_datetime(date_header).timestamp() - time.time()
+    except (TypeError, ValueError):
+        return None
 
 
 def _with_query(url: str, params: Mapping[str, Any]) -> str:

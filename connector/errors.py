@@ -35,21 +35,73 @@ class AuthError(ConnectorError):
     """Credentials could not be loaded or used to sign a request."""
 
 
-class TransportError(ConnectorError):
+class _Told:
+    """Context a message about a call carries: which call, to which host, as whom, what next."""
+
+    call: str = ""
+    host: str = ""
+    profile: str = ""
+    hint: str = ""
+
+    def add_context(
+        self, *, call: str = "", host: str = "", profile: str = "", hint: str = ""
+    ) -> None:
+        """Fill in what the raiser did not know (the client adds the call and credentials)."""
+        self.call = self.call or call
+        self.host = self.host or host
+        self.profile = self.profile or profile
+        self.hint = self.hint or hint
+
+    def _told(self, core: str) -> str:
+        to = f"to {self.host}" if self.host else ""
+        head = " ".join(part for part in (self.call, to) if part)
+        if self.profile:
+            head += f" with {self.profile}"
+        text = f"{head}: {core}" if head else core
+        return f"{text}. Next: {self.hint}" if self.hint else text
+
+
+class TransportError(_Told, ConnectorError):
     """The request never produced a complete HTTP response (connect, reset, timeout, truncation)."""
 
     retryable = True
 
-    def __init__(self, message: str, *, opc_request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        opc_request_id: str | None = None,
+        host: str = "",
+        hint: str = "",
+        retryable: bool | None = None,
+    ) -> None:
         self.opc_request_id = opc_request_id
+        self.reason = message
+        self.host = host
+        self.hint = hint
+        if retryable is not None:
+            self.retryable = retryable
         super().__init__(message)
+
+    def __str__(self) -> str:
+        return self._told(self.reason)
 
 
 class RequestTimeout(TransportError):
     """A connect or read timeout expired."""
 
 
-class OciApiError(ConnectorError):
+class TlsError(TransportError):
+    """The server's certificate was refused (unknown CA, other name, expired); never retried."""
+
+    retryable = False
+
+
+class ProxyError(TransportError):
+    """The proxy could not be reached, or refused the tunnel to the service."""
+
+
+class OciApiError(_Told, ConnectorError):
     """The service answered with an error status."""
 
     def __init__(
@@ -68,7 +120,12 @@ class OciApiError(ConnectorError):
         self.opc_request_id = opc_request_id
         self.retryable = retryable
         self.retry_after = retry_after
+        # Server time minus local time, when a 401 came with a Date header.
+        self.clock_skew_s: float | None = None
         super().__init__(f"{status} {code}: {message} (opc-request-id: {opc_request_id or 'none'})")
+
+    def __str__(self) -> str:
+        return self._told(str(self.args[0]))
 
     def as_dict(self) -> dict[str, object]:
         """The error as the manifest records it."""

@@ -5,6 +5,16 @@ top-level column, one struct per nested object, split into its columns; Python t
 record only to find fields the schema does not know. When a page holds a record that cannot be
 converted, the page is converted record by record to find it; that record is rejected with its
 reason, the rest go on. Nothing is dropped silently and nothing crashes the run.
+
+Values the API may legitimately send are never a reason to reject (see ``schema``):
+
+- ``compartmentId`` null or ``""`` (the Private Cloud Appliance's spelling) marks a platform
+  image; ``compartment_id`` is null for both;
+- ``timeCreated`` with any number of fractional digits (OCI sends 3, other services 9) is
+  truncated to microseconds; lower-case ``t``/``z`` (RFC 3339 allows them) are accepted;
+- a defined-tag value of any JSON type (the SDK types them as ``object``) is kept: a string as
+  is, null as null, anything else as its compact JSON text in ``defined_tags`` and verbatim
+  under ``definedTags`` in ``_extra``; ``decode_defined_tags`` restores the original.
 """
 
 from __future__ import annotations
@@ -146,6 +156,8 @@ _OBJECT: frozenset[type] = frozenset({dict})
 _OBJECT_OR_NULL: frozenset[type] = frozenset({dict, type(None)})
 _LIST_OR_NULL: frozenset[type] = frozenset({list, type(None)})
 _INTEGER_OR_NULL: frozenset[type] = frozenset({int, type(None)})
+_STRING_OR_NULL: frozenset[type] = frozenset({str, type(None)})
+_EXTRA_DIGITS = r"(\.[0-9]{6})[0-9]+"
 
 
 def _convert(dicts: list[dict[str, Any]]) -> _Converted:
@@ -159,11 +171,15 @@ def _convert(dicts: list[dict[str, Any]]) -> _Converted:
     """
     columns: dict[str, pa.Array[Any]] = {}
     ids: list[Any] = []
+    typed_tags: list[int] = []
     for column in _TOP:
         values = list(map(dict.get, dicts, itertools.repeat(column.source)))
         if column.name == "id":
             ids = values
+        elif column.name == "defined_tags":
+            values, typed_tags = _defined_tags(values)
         columns[column.name] = _array(values, column)
+    columns["compartment_id"] = _platform_as_null(columns["compartment_id"])
     children: dict[str, list[Any]] = {}
     for parent, (wire_type, nested) in _NESTED.items():
         found = children[parent] = list(map(dict.get, dicts, itertools.repeat(parent)))
@@ -181,7 +197,69 @@ def _convert(dicts: list[dict[str, Any]]) -> _Converted:
             columns[column.name] = (
                 array.view(column.type) if column.wire_type is not None else array
             )
-    return _Converted(columns, ids, _extras(dicts, children))
+    return _Converted(columns, ids, _extras(dicts, children, typed_tags))
+
+
+def _platform_as_null(compartments: pa.Array[Any]) -> pa.Array[Any]:
+    """Platform images have no compartment: null on OCI, ``""`` on a Private Cloud Appliance."""
+    empty = pc.equal(compartments, pa.scalar("", pa.string()))
+    if not pc.any(empty).as_py():
+        return compartments
+    return cast("pa.Array[Any]", pc.if_else(empty, pa.scalar(None, pa.string()), compartments))
+
+
+def _defined_tags(values: list[Any]) -> tuple[list[Any], list[int]]:
+    """Defined tags with every value a string or null, and the positions that needed it.
+
+    The check runs over all tag values of the page at C speed; only records holding a value of
+    another type are rebuilt.
+    """
+    _expect(values, _OBJECT_OR_NULL, "definedTags", "an object")
+    namespaces = list(itertools.chain.from_iterable(map(dict.values, filter(None, values))))
+    _expect(namespaces, _OBJECT_OR_NULL, "a definedTags namespace", "an object")
+    tags = itertools.chain.from_iterable(map(dict.values, filter(None, namespaces)))
+    if set(map(type, tags)) <= _STRING_OR_NULL:
+        return values, []
+    typed = [i for i, tags in enumerate(values) if tags and _typed_tags(tags)]
+    rebuilt = list(values)
+    for i in typed:
+        rebuilt[i] = {
+            namespace: None if keys is None else {key: tag_text(v) for key, v in keys.items()}
+            for namespace, keys in values[i].items()
+        }
+    return rebuilt, typed
+
+
+def _typed_tags(tags: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The tag values of one record that are neither strings nor null, by namespace."""
+    found: dict[str, dict[str, Any]] = {}
+    for namespace, keys in tags.items():
+        for key, value in (keys or {}).items():
+            if value is not None and type(value) is not str:
+                found.setdefault(namespace, {})[key] = value
+    return found
+
+
+def tag_text(value: Any) -> str | None:
+    """A defined-tag value as the string map holds it: strings as is, others as JSON text."""
+    if value is None or type(value) is str:
+        return value
+    return dump_json(value).decode()
+
+
+def decode_defined_tags(
+    defined_tags: dict[str, dict[str, str | None] | None] | None, extra: str | None
+) -> dict[str, dict[str, Any] | None] | None:
+    """A row's defined tags as the API sent them, from ``defined_tags`` and ``_extra``."""
+    if defined_tags is None:
+        return None
+    typed = orjson.loads(extra).get("definedTags", {}) if extra else {}
+    return {
+        namespace: None
+        if keys is None
+        else {key: typed.get(namespace, {}).get(key, value) for key, value in keys.items()}
+        for namespace, keys in defined_tags.items()
+    }
 
 
 def _expect(values: list[Any], kinds: frozenset[type], name: str, what: str) -> None:
@@ -209,31 +287,41 @@ def _check_data_volumes(details: list[dict[str, Any]]) -> None:
 def _array(values: list[Any], column: Column) -> pa.Array[Any]:
     if pa.types.is_map(column.type):
         _expect(values, _OBJECT_OR_NULL, column.source, "an object")
-        if pa.types.is_map(column.type.item_type):
-            inner = itertools.chain.from_iterable(map(dict.values, filter(None, values)))
-            _expect(list(inner), _OBJECT, f"a {column.source} namespace", "an object")
         return pa.array(values, column.type)
     if column.type == UTC_MICROS:
-        text = pa.array(values, pa.string())
-        try:
-            return cast("pa.Array[Any]", pc.cast(text, UTC_MICROS))
-        except pa.ArrowInvalid:
-            raise ValueError(
-                f"{column.source} is not an RFC 3339 time with an offset: "
-                f"{values[0] if len(values) == 1 else '(one of the page)'}"
-            ) from None
+        return _timestamps(pa.array(values, pa.string()), column.source)
     if pa.types.is_integer(column.type):
         _expect_integers(values)
     return pa.array(values, column.type)
 
 
-def _extras(dicts: list[dict[str, Any]], children: dict[str, list[Any]]) -> pa.Array[Any]:
+def _timestamps(text: pa.Array[Any], source: str) -> pa.Array[Any]:
+    """RFC 3339 times to UTC microseconds; more precise fractions are truncated, not refused."""
+    try:
+        return cast("pa.Array[Any]", pc.cast(text, UTC_MICROS))
+    except pa.ArrowInvalid:
+        pass
+    # Arrow parses at most the unit's digits and only upper-case T and Z.
+    fixed = pc.replace_substring_regex(pc.utf8_upper(text), _EXTRA_DIGITS, r"\1")
+    try:
+        return cast("pa.Array[Any]", pc.cast(fixed, UTC_MICROS))
+    except pa.ArrowInvalid:
+        raise ValueError(
+            f"{source} is not an RFC 3339 time with an offset: "
+            f"{text[0].as_py() if len(text) == 1 else '(one of the page)'}"
+        ) from None
+
+
+def _extras(
+    dicts: list[dict[str, Any]], children: dict[str, list[Any]], typed_tags: list[int]
+) -> pa.Array[Any]:
     """``_extra`` for each record: unknown fields as a JSON object, nested under their parent.
 
     Most records have none: unions of the page's keys (C-level loops) find the unknown keys,
-    and only the records that carry one are visited in Python.
+    and only the records that carry one (or a defined tag that is not a string) are visited in
+    Python.
     """
-    carriers: set[int] = set()
+    carriers: set[int] = set(typed_tags)
     for key in set().union(*map(dict.keys, dicts)) - KNOWN_FIELDS:
         carriers.update(_holding(dicts, key))
     for parent, known in KNOWN_NESTED.items():
@@ -266,6 +354,10 @@ def _extra(record: dict[str, Any]) -> str | None:
         child = record.get(parent)
         if type(child) is dict and not child.keys() <= known:
             extra[parent] = {key: child[key] for key in child.keys() - known}
+    tags = record.get("definedTags")
+    typed = _typed_tags(tags) if tags else None
+    if typed:
+        extra["definedTags"] = typed
     return dump_json(extra).decode() if extra else None
 
 

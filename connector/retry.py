@@ -1,7 +1,13 @@
 """When to retry, how long to wait, and how fast to send.
 
-``RetryPolicy`` is the one object that decides retries: full-jitter exponential backoff with
-a cap, a number of attempts and a deadline, honouring ``Retry-After`` when a server sends one.
+``RetryPolicy`` is the one object that decides retries. Its defaults are the official SDK's
+``DEFAULT_RETRY_STRATEGY``: 8 attempts, waits of ``min(base·2^(n-1) + U(0, 1 s), 30 s)`` with a
+1 s base (about 91-96 s of waiting in all), and no new attempt once 600 s have passed since the
+first. A throttling that lasts a minute and a half is thereby outlasted, as by the SDK; the
+earlier policy here (full jitter from 0.1 s, 20 s cap) gave up after 6 s of waiting on average.
+A server's ``Retry-After`` lengthens a wait, never shortens it below the SDK's. What is retried
+is the SDK's retry checker's choice: 429, 409 ``IncorrectState``/``LockConflict``, 5xx but 501,
+and failures to get any response.
 
 ``RateController`` is the pure core of the adaptive limiter. OCI answers 429 without
 Retry-After, so the client must find the service's rate itself. At 50 ms latency, 20 req/s is
@@ -30,37 +36,53 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
 
 Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+# The SDK's retry checker (oci.retry.retry_checkers.RETRYABLE_STATUSES_AND_CODES): statuses
+# retried whatever their code, or only with one of the codes listed.
+RETRYABLE_CODES: dict[int, frozenset[str] | None] = {
+    409: frozenset({"IncorrectState", "LockConflict"}),
+    429: None,
+}
 
 
 def is_retryable_status(status: int, code: str = "") -> bool:
-    """429, 409 IncorrectState and 5xx except 501 may succeed if tried again."""
-    if status == 429:
-        return True
-    if status == 409:
-        return code == "IncorrectState"
+    """Whether the SDK's default strategy retries this status and code (5xx but 501 too)."""
+    if status in RETRYABLE_CODES:
+        codes = RETRYABLE_CODES[status]
+        return codes is None or code in codes
     return 500 <= status <= 599 and status != 501
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Full-jitter exponential backoff, bounded by attempts and by a total deadline."""
+    """Exponential backoff with additive jitter, bounded by attempts and by a total time.
+
+    The defaults reproduce the SDK's ``DEFAULT_RETRY_STRATEGY`` (decorrelated-jitter backoff).
+    """
 
     max_attempts: int = 8
-    base_s: float = 0.1
-    cap_s: float = 20.0
+    base_s: float = 1.0
+    cap_s: float = 30.0
     deadline_s: float = 600.0
+    jitter_s: float = 1.0
 
     def backoff(self, attempt: int, uniform: Callable[[], float] = random.random) -> float:
-        """The wait after failed attempt ``attempt`` (1-based), in [0, min(cap, base·2^(n-1))]."""
-        ceiling = min(self.cap_s, self.base_s * 2.0 ** (attempt - 1))
-        return float(uniform() * ceiling)
+        """The wait after failed attempt ``attempt`` (1-based): min(cap, base·2^(n-1) + U·j)."""
+        grown = self.base_s * 2.0 ** (attempt - 1)
+        return float(min(self.cap_s, grown + uniform() * self.jitter_s))
+
+    def total_backoff(self, uniform: Callable[[], float] = random.random) -> float:
+        """The waiting done in all before giving up when every attempt fails quickly."""
+        return sum(self.backoff(n, uniform) for n in range(1, self.max_attempts))
 
     def delay(
         self,
@@ -69,12 +91,18 @@ class RetryPolicy:
         retry_after_s: float | None = None,
         uniform: Callable[[], float] = random.random,
     ) -> float | None:
-        """How long to wait before the next attempt, or None when retrying must stop."""
-        if attempt >= self.max_attempts:
+        """How long to wait before the next attempt, or None when retrying must stop.
+
+        As in the SDK, a failure before the deadline is retried, however long its wait; only a
+        ``Retry-After`` that ends past the deadline stops the retries at once.
+        """
+        if attempt >= self.max_attempts or elapsed_s >= self.deadline_s:
             return None
-        wait = retry_after_s if retry_after_s is not None else self.backoff(attempt, uniform)
-        if elapsed_s + wait > self.deadline_s:
-            return None
+        wait = self.backoff(attempt, uniform)
+        if retry_after_s is not None:
+            if elapsed_s + retry_after_s > self.deadline_s:
+                return None
+            wait = max(wait, retry_after_s)
         return wait
 
 
@@ -226,10 +254,15 @@ class AdaptiveLimiter:
     """
 
     def __init__(
-        self, max_concurrency: int, max_rate: float | None = None, clock: Clock = time.monotonic
+        self,
+        max_concurrency: int,
+        max_rate: float | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = anyio.sleep,
     ) -> None:
         self.controller = RateController(max_concurrency, max_rate, clock)
         self._clock = clock
+        self._sleep = sleep
         self._pace_lock = anyio.Lock()
         self._gate = PriorityGate(lambda: self.controller.in_flight_limit)
         self.in_flight = 0
@@ -242,7 +275,7 @@ class AdaptiveLimiter:
             async with self._pace_lock:
                 wait = self.controller.reserve()
                 if wait > 0:
-                    await anyio.sleep(wait)
+                    await self._sleep(wait)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:

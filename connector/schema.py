@@ -72,7 +72,7 @@ S, B, I64 = pa.string(), pa.bool_(), pa.int64()
 
 COLUMNS: tuple[Column, ...] = (
     _api("id", S, "id", "The image OCID.", nullable=False),
-    _api("compartment_id", S, "compartmentId", "Compartment holding the image; null for platform images."),
+    _api("compartment_id", S, "compartmentId", "Compartment holding the image; null for platform images (sent as null, or \"\" by a Private Cloud Appliance)."),
     _api("display_name", S, "displayName", "User-friendly name; not unique."),
     _api("operating_system", S, "operatingSystem", "Operating system, e.g. Oracle Linux."),
     _api("operating_system_version", S, "operatingSystemVersion", "Operating system version, e.g. 9."),
@@ -83,7 +83,7 @@ COLUMNS: tuple[Column, ...] = (
     _api("create_image_allowed", B, "createImageAllowed", "Whether instances from this image can be imaged again."),
     _api("size_in_mbs", I64, "sizeInMBs", "Boot volume size for instances launched from it, in MB."),
     _api("billable_size_in_gbs", I64, "billableSizeInGBs", "Billable internal storage, in GB."),
-    _api("time_created", UTC_MICROS, "timeCreated", "Creation time (RFC 3339 in the API), in UTC.", wire_type=S),
+    _api("time_created", UTC_MICROS, "timeCreated", "Creation time (RFC 3339 in the API), in UTC; finer fractions (up to nanoseconds) are truncated to microseconds.", wire_type=S),
     _api("agent_features__is_management_supported", B, "agentFeatures.isManagementSupported", "Oracle Cloud Agent management support."),
     _api("agent_features__is_monitoring_supported", B, "agentFeatures.isMonitoringSupported", "Oracle Cloud Agent monitoring support."),
     _api("launch_options__boot_volume_type", S, "launchOptions.bootVolumeType", "Boot volume emulation type."),
@@ -100,15 +100,15 @@ COLUMNS: tuple[Column, ...] = (
         "Data volumes created with instances of this image.",
         wire_type=pa.list_(DATA_VOLUME_WIRE),
     ),
-    _api("defined_tags", pa.map_(S, pa.map_(S, S)), "definedTags", "Defined tags: namespace → key → value."),
+    _api("defined_tags", pa.map_(S, pa.map_(S, S)), "definedTags", "Defined tags: namespace → key → value. A string value as is; null as null; any other JSON value (number, boolean, object, array) as its compact JSON text, and verbatim under `definedTags` in `_extra`."),
     _api("freeform_tags", pa.map_(S, S), "freeformTags", "Free-form tags: key → value."),
     Column("_region", S, "", "The region queried.", nullable=False),
     Column("_source_compartment_id", S, "", "The compartment whose listing returned the row.", nullable=False),
-    Column("_is_platform", B, "", "True for platform images (compartmentId null).", nullable=False),
+    Column("_is_platform", B, "", "True for platform images (compartmentId null or \"\").", nullable=False),
     Column("_snapshot_date", pa.date32(), "", "The run's snapshot date.", nullable=False),
     Column("_fetched_at", UTC_MICROS, "", "When the page holding the row arrived.", nullable=False),
     Column("_run_id", S, "", "The run that wrote the row.", nullable=False),
-    Column("_extra", S, "", "Fields the schema does not know, verbatim as a JSON object; null when none."),
+    Column("_extra", S, "", "Fields the schema does not know, verbatim as a JSON object (and defined-tag values that are not strings, under `definedTags`); null when none."),
 )  # fmt: skip
 
 SCHEMA = pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in COLUMNS])

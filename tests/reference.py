@@ -20,7 +20,7 @@ SCALARS = {
     "lifecycle_state": "lifecycleState", "launch_mode": "launchMode", "listing_type": "listingType",
     "base_image_id": "baseImageId", "create_image_allowed": "createImageAllowed",
     "size_in_mbs": "sizeInMBs", "billable_size_in_gbs": "billableSizeInGBs",
-    "defined_tags": "definedTags", "freeform_tags": "freeformTags",
+    "freeform_tags": "freeformTags",
 }  # fmt: skip
 NESTED = {
     "agent_features__is_management_supported": ("agentFeatures", "isManagementSupported"),
@@ -34,6 +34,7 @@ NESTED = {
     "launch_options__is_pv_encryption_in_transit_enabled": ("launchOptions", "isPvEncryptionInTransitEnabled"),
 }  # fmt: skip
 KNOWN_TOP = set(SCALARS.values()) | {
+    "definedTags",
     "timeCreated",
     "agentFeatures",
     "launchOptions",
@@ -49,10 +50,31 @@ KNOWN_CHILD = {
 def expected_row(record: dict[str, Any], region: str, source: str | None) -> dict[str, Any]:
     """The output row for an API record (load-time metadata other than these left out)."""
     row: dict[str, Any] = {name: record.get(key) for name, key in SCALARS.items()}
+    # Platform images: compartmentId null (OCI) or "" (Private Cloud Appliance).
+    row["compartment_id"] = record.get("compartmentId") or None
     for name, (parent, child) in NESTED.items():
         row[name] = (record.get(parent) or {}).get(child)
     created = record.get("timeCreated")
-    row["time_created"] = created and datetime.fromisoformat(created).astimezone(UTC)
+    # Python reads any number of fractional digits and drops those beyond microseconds.
+    row["time_created"] = created and datetime.fromisoformat(created.upper()).astimezone(UTC)
+    tags = record.get("definedTags")
+    typed: dict[str, dict[str, Any]] = {}
+    if tags is not None:
+        row["defined_tags"] = {}
+        for namespace, keys in tags.items():
+            if keys is None:
+                row["defined_tags"][namespace] = None
+                continue
+            row["defined_tags"][namespace] = {}
+            for key, value in keys.items():
+                if value is None or isinstance(value, str):
+                    row["defined_tags"][namespace][key] = value
+                else:
+                    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+                    row["defined_tags"][namespace][key] = text
+                    typed.setdefault(namespace, {})[key] = value
+    else:
+        row["defined_tags"] = None
     volumes = (record.get("imageVolumeDetails") or {}).get("dataVolumes")
     row["image_volume_details__data_volumes"] = (
         None
@@ -71,10 +93,12 @@ def expected_row(record: dict[str, Any], region: str, source: str | None) -> dic
         child = record.get(parent)
         if isinstance(child, dict) and set(child) - known:
             extra[parent] = {k: child[k] for k in child if k not in known}
+    if typed:
+        extra["definedTags"] = typed
     row["_extra"] = extra or None
     row["_region"] = region
     row["_source_compartment_id"] = source
-    row["_is_platform"] = record.get("compartmentId") is None
+    row["_is_platform"] = record.get("compartmentId") in (None, "")
     return row
 
 

@@ -17,7 +17,7 @@ from connector.emulator import EmulatorServer
 from connector.errors import OciApiError, RequestTimeout
 from connector.retry import RetryPolicy
 
-FAST_RETRY = RetryPolicy(max_attempts=8, base_s=0.01, cap_s=0.1)
+FAST_RETRY = RetryPolicy(max_attempts=8, base_s=0.01, cap_s=0.1, jitter_s=0.01)
 
 
 def signer_for(server: EmulatorServer, profile: str = "DEFAULT") -> auth.RequestSigner:
@@ -96,7 +96,9 @@ def test_stalled_response_times_out_and_is_retried(
     """A response stalled past the read timeout is abandoned and tried again."""
     server = make_emulator(stall_rate=1.0, stall_s=1.0)
     options = ClientOptions(
-        concurrency=2, request_timeout_s=0.3, retry=RetryPolicy(max_attempts=2, base_s=0.01)
+        concurrency=2,
+        request_timeout_s=0.3,
+        retry=RetryPolicy(max_attempts=2, base_s=0.01, jitter_s=0.01),
     )
 
     async def one() -> None:
@@ -224,7 +226,7 @@ def test_secrets_never_reach_logs_or_errors(
 
         async def run() -> None:
             async with OciClient(
-                signer, ClientOptions(retry=RetryPolicy(max_attempts=2, base_s=0.01))
+                signer, ClientOptions(retry=RetryPolicy(max_attempts=2, base_s=0.01, jitter_s=0.01))
             ) as client:
                 for comp in server.world.listable_compartments():
                     try:

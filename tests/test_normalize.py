@@ -12,7 +12,14 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from connector import schema
-from connector.normalize import Page, PageError, RunInfo, normalize_page, normalize_records
+from connector.normalize import (
+    Page,
+    PageError,
+    RunInfo,
+    decode_defined_tags,
+    normalize_page,
+    normalize_records,
+)
 from tests import reference
 
 RUN = RunInfo("run-1", date(2026, 11, 27))
@@ -92,8 +99,27 @@ class TestConversion:
             ("2024-01-26T21:10:29.123456Z", datetime(2024, 1, 26, 21, 10, 29, 123456, tzinfo=UTC)),
             ("2024-01-26T23:10:29.5+02:00", datetime(2024, 1, 26, 21, 10, 29, 500000, tzinfo=UTC)),
             ("2024-01-26T16:10:29-05:00", datetime(2024, 1, 26, 21, 10, 29, tzinfo=UTC)),
+            (
+                "2024-01-26T21:10:29.123456789Z",
+                datetime(2024, 1, 26, 21, 10, 29, 123456, tzinfo=UTC),
+            ),
+            ("2024-01-26T21:10:29.1234567Z", datetime(2024, 1, 26, 21, 10, 29, 123456, tzinfo=UTC)),
+            (
+                "2024-01-26T23:10:29.999999999+02:00",
+                datetime(2024, 1, 26, 21, 10, 29, 999999, tzinfo=UTC),
+            ),
+            ("2024-01-26t21:10:29.5z", datetime(2024, 1, 26, 21, 10, 29, 500000, tzinfo=UTC)),
         ],
-        ids=["no-fraction", "micros", "plus-offset", "minus-offset"],
+        ids=[
+            "no-fraction",
+            "micros",
+            "plus-offset",
+            "minus-offset",
+            "nanos",
+            "seven-digits",
+            "nanos-offset",
+            "lower-case",
+        ],
     )
     def test_rfc3339_forms(self, text: str, expected: datetime) -> None:
         """Any RFC 3339 form becomes the same instant in UTC."""
@@ -112,6 +138,30 @@ class TestConversion:
         assert row["launch_options__firmware"] is None
         assert row["image_volume_details__data_volumes"] is None
         assert row["defined_tags"] is None
+
+    @pytest.mark.parametrize("compartment", [None, ""], ids=["oci-null", "pca-empty"])
+    def test_platform_images_of_every_flavor(self, compartment: str | None) -> None:
+        """compartmentId null (OCI) or "" (PCA) is a platform image with compartment_id null."""
+        custom = image(id="ocid1.image.oc1.iad.custom")
+        platform, mine = rows([image(compartmentId=compartment), custom])
+        assert (None, True) == (platform["compartment_id"], platform["_is_platform"])
+        assert ("ocid1.compartment.oc1..aaaa", False) == (
+            mine["compartment_id"],
+            mine["_is_platform"],
+        )
+
+    def test_nine_digit_fraction_in_a_page_of_three_digit_ones(self) -> None:
+        """One precise timestamp does not reject its page's other rows or change them."""
+        records = [
+            image(id="ocid1.image.oc1.iad.a", timeCreated="2024-01-26T21:10:29.600Z"),
+            image(id="ocid1.image.oc1.iad.b", timeCreated="2024-01-26T21:10:29.000000001Z"),
+        ]
+        result = normalize_page(page_of(records), RUN)
+        assert [] == result.rejects
+        assert [
+            datetime(2024, 1, 26, 21, 10, 29, 600000, tzinfo=UTC),
+            datetime(2024, 1, 26, 21, 10, 29, tzinfo=UTC),
+        ] == result.batch.column("time_created").to_pylist()
 
     def test_unknown_enum_values_are_kept(self) -> None:
         """Values outside a documented enum are kept as sent."""
@@ -144,6 +194,66 @@ class TestConversion:
         assert none["_extra"] is None
 
 
+TAG_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+DEFINED_TAGS = st.dictionaries(
+    st.text(min_size=1, max_size=6),
+    st.none() | st.dictionaries(st.text(min_size=1, max_size=6), TAG_VALUES, max_size=4),
+    max_size=3,
+)
+
+
+class TestDefinedTags:
+    def test_values_of_every_json_type(self) -> None:
+        """Strings stay strings, null stays null, the rest become JSON text and go to _extra."""
+        tags = {
+            "Operations": {"CostCenter": "42", "Budget": 42, "Ratio": 0.5, "Billable": True},
+            "Meta": {"Owners": ["a", "b"], "Limits": {"cpu": 4}, "Empty": None, "Text": "true"},
+        }
+        [row] = rows([image(definedTags=tags)])
+        assert {
+            "Operations": {"CostCenter": "42", "Budget": "42", "Ratio": "0.5", "Billable": "true"},
+            "Meta": {"Owners": '["a","b"]', "Limits": '{"cpu":4}', "Empty": None, "Text": "true"},
+        } == row["defined_tags"]
+        assert {
+            "definedTags": {
+                "Operations": {"Budget": 42, "Ratio": 0.5, "Billable": True},
+                "Meta": {"Owners": ["a", "b"], "Limits": {"cpu": 4}},
+            }
+        } == orjson.loads(row["_extra"])
+        assert tags == decode_defined_tags(row["defined_tags"], row["_extra"])
+
+    def test_string_tags_leave_extra_empty(self) -> None:
+        """The common case costs nothing: all-string tags leave _extra null."""
+        [row] = rows([image(definedTags={"Operations": {"CostCenter": "42"}})])
+        assert row["_extra"] is None
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(DEFINED_TAGS, min_size=1, max_size=4))
+    def test_round_trip(self, all_tags: list[dict[str, Any]]) -> None:
+        """Whatever JSON a tag value holds, the row gives it back exactly (none is rejected)."""
+        records = [
+            image(id=f"ocid1.image.oc1.iad.t{i}", definedTags=tags)
+            for i, tags in enumerate(all_tags)
+        ]
+        records = orjson.loads(orjson.dumps(records))
+        result = normalize_records(records, page_of([]), RUN)
+        assert [] == result.rejects
+        converted = result.batch.to_pylist(maps_as_pydicts="strict")
+        assert [r["definedTags"] for r in records] == [
+            decode_defined_tags(row["defined_tags"], row["_extra"]) for row in converted
+        ]
+
+
 class TestRejects:
     @pytest.mark.parametrize(
         ("record", "reason"),
@@ -163,6 +273,7 @@ class TestRejects:
             (image(agentFeatures=[]), "agentFeatures is not an object"),
             (image(freeformTags=[]), "freeformTags is not an object"),
             (image(definedTags={"Operations": []}), "namespace is not an object"),
+            (image(definedTags=[]), "definedTags is not an object"),
             (image(imageVolumeDetails={"dataVolumes": [[]]}), "data volume is not an object"),
             (image(imageVolumeDetails={"dataVolumes": {}}), "dataVolumes is not an array"),
             (image(imageVolumeDetails={"dataVolumes": [{"index": 0.5}]}), "not an integer"),
@@ -183,6 +294,7 @@ class TestRejects:
             "nested-empty-array",
             "tags-empty-array",
             "namespace-array",
+            "tags-array",
             "volume-array",
             "volumes-object",
             "volume-index-fraction",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import oci
 import pytest
 
 from connector.retry import RateController, RetryPolicy, Ticket, is_retryable_status
@@ -28,6 +29,7 @@ class FakeClock:
         (504, "", True),
         (501, "NotImplemented", False),
         (409, "IncorrectState", True),
+        (409, "LockConflict", True),
         (409, "Conflict", False),
         (400, "InvalidParameter", False),
         (401, "NotAuthenticated", False),
@@ -35,23 +37,69 @@ class FakeClock:
     ],
 )
 def test_retryable_statuses(status: int, code: str, expected: bool) -> None:
-    """429, 409 IncorrectState and 5xx but 501 are retried; 400, 401, 404 are not."""
+    """The SDK's checker: 429, 409 IncorrectState/LockConflict and 5xx but 501 are retried."""
     assert expected == is_retryable_status(status, code)
 
 
-class TestRetryPolicy:
-    def test_full_jitter_ceiling_doubles_up_to_the_cap(self) -> None:
-        """With the random draw at its maximum, waits are base·2^(n-1), capped."""
-        policy = RetryPolicy(max_attempts=10, base_s=0.1, cap_s=1.0)
-        assert [0.1, 0.2, 0.4, 0.8, 1.0, 1.0] == [
-            policy.backoff(n, lambda: 1.0) for n in range(1, 7)
-        ]
+def sdk_checker_retries(status: int, code: str) -> bool:
+    """Whether the official SDK's default retry checker retries a ServiceError."""
+    checker = oci.retry.retry_checkers.TimeoutConnectionAndServiceErrorRetryChecker(
+        service_error_retry_config=oci.retry.retry_checkers.RETRYABLE_STATUSES_AND_CODES,
+        retry_any_5xx=True,
+    )
+    error = oci.exceptions.ServiceError(status, code, {}, "message")
+    return bool(checker.should_retry(exception=error))
 
-    def test_jitter_scales_the_wait(self) -> None:
-        """Full jitter: the wait is the draw times the ceiling, so it can be zero."""
-        policy = RetryPolicy(base_s=0.5, cap_s=10)
-        assert 0.0 == policy.backoff(3, lambda: 0.0)
-        assert 1.0 == policy.backoff(3, lambda: 0.5)
+
+@pytest.mark.parametrize(
+    "status", [400, 401, 403, 404, 409, 412, 429, 500, 501, 502, 503, 504, 599]
+)
+@pytest.mark.parametrize(
+    "code", ["", "IncorrectState", "LockConflict", "Conflict", "TooManyRequests"]
+)
+def test_classification_equals_the_sdk_checker(status: int, code: str) -> None:
+    """Every status and code is retried exactly when the SDK's default checker retries it."""
+    assert sdk_checker_retries(status, code) == is_retryable_status(status, code)
+
+
+class TestRetryPolicy:
+    def test_defaults_are_the_sdk_default_strategy(self) -> None:
+        """8 attempts, 600 s, base 1 s, cap 30 s, 1 s of jitter: oci.retry.DEFAULT_RETRY_STRATEGY."""
+        sdk = oci.retry.DEFAULT_RETRY_STRATEGY
+        limits = {type(c).__name__: c for c in sdk.checkers.checkers}
+        policy = RetryPolicy()
+        assert (
+            limits["LimitBasedRetryChecker"].max_attempts,
+            limits["TotalTimeExceededRetryChecker"].time_limit_seconds,
+            sdk.base_sleep_time_seconds,
+            sdk.max_wait_between_calls_seconds,
+            sdk.decorrelated_jitter,
+        ) == (policy.max_attempts, policy.deadline_s, policy.base_s, policy.cap_s, policy.jitter_s)
+
+    @pytest.mark.parametrize("draw", [0.0, 0.37, 0.999])
+    def test_waits_equal_the_sdk_sleeps(self, draw: float, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With the same random draw, each wait equals the SDK's decorrelated-jitter sleep."""
+        sleeps = oci.retry.retry_sleep_utils
+        monkeypatch.setattr(sleeps.random, "uniform", lambda low, high: low + draw * (high - low))
+        sdk = oci.retry.DEFAULT_RETRY_STRATEGY
+        expected = [
+            sleeps.get_exponential_backoff_with_decorrelated_jitter_sleep_time(
+                sdk.base_sleep_time_seconds,
+                sdk.exponent_growth_factor,
+                sdk.max_wait_between_calls_seconds,
+                attempt,
+                sdk.decorrelated_jitter,
+            )
+            for attempt in range(1, 8)
+        ]
+        assert expected == pytest.approx(
+            [RetryPolicy().backoff(n, lambda: draw) for n in range(1, 8)]
+        )
+
+    def test_total_wait_is_about_ninety_seconds(self) -> None:
+        """Seven waits before the eighth attempt: 91 s at least, 96 s at most."""
+        assert 91.0 == RetryPolicy().total_backoff(lambda: 0.0)
+        assert 96.0 == pytest.approx(RetryPolicy().total_backoff(lambda: 1.0))
 
     def test_stops_after_max_attempts(self) -> None:
         """No delay is offered once max_attempts have been made."""
@@ -59,15 +107,20 @@ class TestRetryPolicy:
         assert policy.delay(2, 0.0, uniform=lambda: 1.0) is not None
         assert policy.delay(3, 0.0, uniform=lambda: 1.0) is None
 
-    def test_stops_at_the_deadline(self) -> None:
-        """A wait that would pass the total deadline ends the retries."""
-        policy = RetryPolicy(base_s=1.0, deadline_s=10.0)
-        assert 1.0 == policy.delay(1, 8.0, uniform=lambda: 1.0)
-        assert policy.delay(1, 9.5, uniform=lambda: 1.0) is None
+    def test_stops_at_the_deadline_as_the_sdk(self) -> None:
+        """A failure before the deadline is retried (even past it); one after it is not."""
+        policy = RetryPolicy(deadline_s=10.0)
+        assert 1.0 == policy.delay(1, 9.5, uniform=lambda: 0.0)
+        assert policy.delay(1, 10.0, uniform=lambda: 0.0) is None
 
-    def test_retry_after_is_honoured(self) -> None:
-        """A server's Retry-After replaces the computed backoff."""
+    def test_retry_after_lengthens_but_never_shortens(self) -> None:
+        """Retry-After is honoured when longer than the backoff; never retries sooner than it."""
         assert 7.0 == RetryPolicy().delay(1, 0.0, retry_after_s=7.0, uniform=lambda: 1.0)
+        assert 2.0 == RetryPolicy().delay(1, 0.0, retry_after_s=0.0, uniform=lambda: 1.0)
+
+    def test_retry_after_past_the_deadline_stops(self) -> None:
+        """Waiting past the deadline for a Retry-After would be pointless."""
+        assert RetryPolicy(deadline_s=60).delay(1, 0.0, retry_after_s=3600.0) is None
 
 
 class TestRateController:
