@@ -20,7 +20,6 @@ Network set-up follows the official SDK (whose sessions are requests sessions):
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import platform
 import ssl
@@ -57,16 +56,6 @@ USER_AGENT = (
 )
 
 log = structlog.get_logger("connector.client")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine (plain http is allowed only there by default)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True, slots=True)
