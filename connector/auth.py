@@ -304,6 +304,9 @@ class Credentials:
     signer: RequestSigner
     home_region: str | None = None
     tenancy: str | None = None
+    label: str = ""
+    """Who signs, for messages: 'profile "DEFAULT" of ~/.oci/config', "instance_principal"."""
+    auth: str = "api_key"
 
     @classmethod
     def from_api_key(
@@ -319,7 +322,8 @@ class Credentials:
         """A user's API key given as PEM text (from a secrets manager, say); no file needed."""
         data = private_key.encode() if isinstance(private_key, str) else private_key
         key = signing.load_private_key_pem(data.strip(), passphrase, source="private_key")
-        return cls(ApiKeySigner(f"{tenancy}/{user}/{fingerprint}", key), region, tenancy)
+        signer = ApiKeySigner(f"{tenancy}/{user}/{fingerprint}", key)
+        return cls(signer, region, tenancy, f"the API key {fingerprint} of user {user}")
 
     @classmethod
     def from_principal(
@@ -329,7 +333,7 @@ class Credentials:
         if kind not in ("instance_principal", "resource_principal"):
             raise ConfigError("oci.auth", f"{kind!r} is not a principal")
         signer = principal_signer(kind)
-        return cls(signer, signer.region, signer.tenancy)
+        return cls(signer, signer.region, signer.tenancy, kind, kind)
 
 
 def resolve_credentials(settings: Settings) -> Credentials:
@@ -344,7 +348,8 @@ def resolve_credentials(settings: Settings) -> Credentials:
             signer = make_signer(oci.auth, profile)
         except AuthError as exc:
             raise ConfigError("oci.profile", str(exc)) from None
-        credentials = Credentials(signer, profile.region, profile.tenancy)
+        label = f'profile "{profile.name}" of {profile.source}'
+        credentials = Credentials(signer, profile.region, profile.tenancy, label, oci.auth)
     else:
         try:
             credentials = Credentials.from_principal(
@@ -365,3 +370,11 @@ def check_credentials(settings: Settings, credentials: Credentials) -> None:
     needs_tenancy = regions == ("subscribed",) or not settings.scope.compartments
     if needs_tenancy and not (settings.scope.tenancy or credentials.tenancy):
         raise ConfigError("scope.tenancy", "is needed for discovery and the profile has none")
+    from connector import config
+
+    config.check_home_region(
+        settings, credentials.home_region, credentials.label or "the credentials"
+    )
+    tenancy = settings.scope.tenancy or credentials.tenancy
+    if tenancy and tenancy in settings.scope.exclude:
+        raise ConfigError("scope.exclude", config.EXCLUDES_ROOT)

@@ -23,14 +23,18 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
+from connector import regions as realms
 from connector.errors import ConfigError
 
 OCID = re.compile(
     r"^ocid1\.([a-z0-9]+)\.([a-z0-9-]+)\.([a-z0-9-]*)(\.[a-z0-9-]+)?\.([a-z0-9]{1,255})$"
 )
-REGION = re.compile(r"^[a-z]{2,}-[a-z]+-\d+$")
 IMAGE_LIFECYCLE = ("PROVISIONING", "IMPORTING", "AVAILABLE", "EXPORTING", "DISABLED", "DELETED")
 SORT_BY = ("TIMECREATED", "NAME", "DISPLAYNAME")
+FLAVORS = ("oci", "pca")
+# How each flavor spells ListImages' sortBy by name: OCI's SDK refuses NAME; a Private Cloud
+# Appliance (and Compute Cloud@Customer) answers 400 to DISPLAYNAME.
+SORT_BY_NAME = {"oci": "DISPLAYNAME", "pca": "NAME"}
 COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "ndjson": ("gzip", "none")}
 """The codecs each output format accepts."""
 
@@ -172,18 +176,33 @@ def _ocid_list(*kinds: str) -> Check:
 
 
 def _regions(key: str, value: Any) -> tuple[str, ...]:
+    """Region names (any realm), short codes (``iad``, made full names) or appliance domains.
+
+    Whether each is known is checked with the endpoints (``_cross_checks``): with an
+    ``oci.endpoint`` override, a region is only a label and a ``{region}`` substitution.
+    """
     items = _type(list, "a list of region names")(key, value)
     if items == ["subscribed"]:
         return ("subscribed",)
+    catalog = realms.Catalog.load()
+    names = []
     for i, item in enumerate(items):
-        if not isinstance(item, str) or not REGION.match(item):
+        text = item.strip().lower() if isinstance(item, str) else ""
+        if not (
+            realms.REGION_NAME.match(text)
+            or realms.SHORT_CODE.match(text)
+            or realms.DOMAIN.match(text)
+            or text in catalog.short_names
+        ):
             raise ConfigError(
                 f"{key}[{i}]",
-                f'{item!r} is not a region name like us-ashburn-1 (or use ["subscribed"])',
+                f"{item!r} is not a region name like us-ashburn-1 or us-gov-ashburn-1, a short "
+                'code like iad, or an appliance domain (or use ["subscribed"])',
             )
-    if len(set(items)) != len(items):
+        names.append(catalog.short_names.get(text, text))
+    if len(set(names)) != len(names):
         raise ConfigError(key, "lists the same region twice")
-    return tuple(items)
+    return tuple(names)
 
 
 def _endpoint(key: str, value: Any) -> str:
@@ -262,6 +281,11 @@ class OciSettings:
     identity_endpoint: str = key("", _endpoint, "Identity endpoint override; defaults to endpoint")
     ca_bundle: str = key("", _existing_file, "PEM bundle for appliances with their own CA")
     allow_insecure_http: bool = key(False, _boolean, "allow plain http:// to non-loopback hosts")
+    flavor: str = key(
+        "oci",
+        _choice(*FLAVORS, case_insensitive=False),
+        "oci, or pca (Private Cloud Appliance, Compute Cloud@Customer): API spelling differences",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +298,11 @@ class ScopeSettings:
     )
     discover: bool = key(
         True, _boolean, "list the tenancy's ACTIVE accessible compartments and the root"
+    )
+    include_root: bool = key(
+        True,
+        _boolean,
+        "list images in the root compartment itself (false: only the compartments below it)",
     )
     exclude: tuple[str, ...] = key(
         (), _ocid_list("compartment", "tenancy"), "compartments to leave out (with their subtrees)"
@@ -292,19 +321,25 @@ class FilterSettings:
     operating_system_version: str = key("", _string(1, 255), "operating system version, e.g. 9")
     shape: str = key("", _string(1, 255), "images compatible with this shape")
     sort_by: str = key(
-        "", _choice(*SORT_BY, case_insensitive=True, allow_empty=True), "TIMECREATED or NAME"
+        "",
+        _choice(*SORT_BY, case_insensitive=True, allow_empty=True),
+        "TIMECREATED, DISPLAYNAME or NAME (sent as oci.flavor spells it)",
     )
     sort_order: str = key(
         "", _choice("ASC", "DESC", case_insensitive=True, allow_empty=True), "ASC or DESC"
     )
 
-    def query_params(self) -> dict[str, str]:
-        """The filters that are set, as ListImages query parameters (the keys in camelCase)."""
-        return {
+    def query_params(self, flavor: str = "oci") -> dict[str, str]:
+        """The filters that are set, as ListImages query parameters (the keys in camelCase),
+        with ``sortBy`` by name spelt as ``flavor`` wants it."""
+        params = {
             _camel(f.name): getattr(self, f.name)
             for f in dataclasses.fields(self)
             if getattr(self, f.name) != ""
         }
+        if params.get("sortBy") in ("NAME", "DISPLAYNAME"):
+            params["sortBy"] = SORT_BY_NAME[flavor]
+        return params
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,6 +583,9 @@ def _cross_checks(settings: Settings) -> None:
         raise ConfigError(
             "scope.compartments", "is empty and scope.discover is false: nothing to export"
         )
+    _check_regions(settings)
+    if scope.tenancy and scope.tenancy in scope.exclude:
+        raise ConfigError("scope.exclude", EXCLUDES_ROOT)
     for name, url in (
         ("oci.endpoint", oci.endpoint),
         ("oci.identity_endpoint", oci.identity_endpoint),
@@ -559,3 +597,59 @@ def _cross_checks(settings: Settings) -> None:
                     name,
                     "plain http:// is allowed only to loopback hosts; set oci.allow_insecure_http = true to override",
                 )
+
+
+EXCLUDES_ROOT = (
+    "lists the tenancy, which would leave out every compartment; to skip only the images in "
+    "the root compartment itself, set scope.include_root = false"
+)
+
+
+def _check_regions(settings: Settings) -> None:
+    """Endpoints that cannot be right: fail before any request rather than mislabel data."""
+    oci = settings.oci
+    several = oci.regions == ("subscribed",) or len(oci.regions) > 1
+    if oci.endpoint and "{region}" not in oci.endpoint and several:
+        listed = (
+            "every subscribed region"
+            if oci.regions == ("subscribed",)
+            else (f"{len(oci.regions)} regions")
+        )
+        raise ConfigError(
+            "oci.endpoint",
+            f"has no {{region}} but oci.regions asks for {listed}: all would be fetched from one "
+            "host and labelled as different regions; put {region} in the URL, or list exactly "
+            "one region in oci.regions",
+        )
+    if not oci.endpoint:
+        catalog = realms.Catalog.load()
+        for i, region in enumerate(oci.regions):
+            if region == "subscribed":
+                continue
+            try:
+                resolved = catalog.resolve(region)
+            except realms.UnknownRegion as exc:
+                raise ConfigError(f"oci.regions[{i}]", str(exc)) from None
+            _require_pca_endpoint(settings, resolved)
+
+
+def check_home_region(settings: Settings, region: str | None, origin: str) -> None:
+    """The credentials' region (``origin`` says whose) must be known when no endpoint is set."""
+    if region is None or settings.oci.endpoint:
+        return
+    try:
+        resolved = realms.Catalog.load().resolve(region)
+    except realms.UnknownRegion as exc:
+        raise ConfigError("oci.profile", f"the region of {origin}: {exc}") from None
+    _require_pca_endpoint(settings, resolved)
+
+
+_PCA_WITHOUT_ENDPOINT = (
+    "is empty, and a Private Cloud Appliance has no public endpoint: set it to "
+    "https://iaas.<appliance domain> (or name the region by that domain)"
+)
+
+
+def _require_pca_endpoint(settings: Settings, region: realms.Region) -> None:
+    if settings.oci.flavor == "pca" and not region.is_domain:
+        raise ConfigError("oci.endpoint", _PCA_WITHOUT_ENDPOINT)

@@ -8,19 +8,21 @@ agree.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import orjson
 import structlog
 
+from connector import regions
 from connector.errors import ConfigError, ConnectorError, PaginationError
 from connector.pages import WorkItem
 
 if TYPE_CHECKING:
     from connector.auth import Credentials
     from connector.client import OciClient
-    from connector.config import Settings
+    from connector.config import OciSettings, Settings
 
 API_VERSION = "/20160918"
 log = structlog.get_logger("connector.discovery")
@@ -28,25 +30,59 @@ log = structlog.get_logger("connector.discovery")
 
 @dataclass(frozen=True, slots=True)
 class Endpoints:
-    """Base URLs of Compute and Identity, per region."""
+    """Base URLs of Compute and Identity, per region.
+
+    A template (``oci.endpoint``, ``oci.identity_endpoint``) has ``{region}`` substituted; an
+    empty one means the region's public endpoint in its realm (``connector.regions``). Regions
+    newer than the table, learnt from the tenancy's subscriptions, take the home region's realm.
+    """
 
     compute_template: str
     identity_template: str
+    home: str | None = None
+    catalog: regions.Catalog = field(default_factory=regions.Catalog.load, compare=False)
+    _resolved: dict[str, regions.Region] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_settings(cls, endpoint: str, identity_endpoint: str) -> Endpoints:
-        """The configured overrides, or OCI's public endpoints (realm oc1)."""
-        compute = endpoint or "https://iaas.{region}.oraclecloud.com"
-        identity = identity_endpoint or endpoint or "https://identity.{region}.oci.oraclecloud.com"
-        return cls(compute, identity)
+    def from_settings(cls, oci: OciSettings, home: str | None = None) -> Endpoints:
+        """The configured overrides, else each region's public endpoints.
+
+        Identity defaults to ``oci.endpoint``, except on a Private Cloud Appliance reached at
+        ``https://iaas.<domain>``, whose Identity service lives at ``https://identity.<domain>``.
+        """
+        identity = oci.identity_endpoint or oci.endpoint
+        if not oci.identity_endpoint and oci.flavor == "pca":
+            parts = urlsplit(oci.endpoint)
+            if parts.scheme == "https" and (parts.hostname or "").startswith("iaas."):
+                netloc = parts.netloc.replace("iaas.", "identity.", 1)
+                identity = parts._replace(netloc=netloc).geturl()
+        return cls(oci.endpoint, identity, home)
 
     def compute(self, region: str) -> str:
         """Compute's base URL in ``region``."""
-        return self.compute_template.replace("{region}", region) + API_VERSION
+        if self.compute_template:
+            return self.compute_template.replace("{region}", region) + API_VERSION
+        return self._region(region).endpoint("compute") + API_VERSION
 
     def identity(self, region: str) -> str:
         """Identity's base URL in ``region``."""
-        return self.identity_template.replace("{region}", region) + API_VERSION
+        if self.identity_template:
+            return self.identity_template.replace("{region}", region) + API_VERSION
+        return self._region(region).endpoint("identity") + API_VERSION
+
+    def _region(self, name: str) -> regions.Region:
+        if name not in self._resolved:
+            fallback = ""
+            if self.home is not None:
+                try:
+                    fallback = self.catalog.resolve(self.home).domain
+                except regions.UnknownRegion:
+                    fallback = ""
+            try:
+                self._resolved[name] = self.catalog.resolve(name, fallback_domain=fallback)
+            except regions.UnknownRegion as exc:
+                raise ConfigError("oci.regions", str(exc)) from None
+        return self._resolved[name]
 
 
 async def paginate(
@@ -137,32 +173,34 @@ async def discover(
     client: OciClient, settings: Settings, credentials: Credentials
 ) -> list[WorkItem]:
     """Every (region, compartment) listing of the run, sorted."""
-    regions = settings.oci.regions
-    home = credentials.home_region or (
-        regions[0] if regions and regions != ("subscribed",) else None
-    )
+    names = settings.oci.regions
+    home = credentials.home_region or (names[0] if names and names != ("subscribed",) else None)
     if home is None:
         raise ConnectorError("no region: set oci.regions or a region in the OCI profile")
+    home = regions.canonical(home)
     tenancy = settings.scope.tenancy or credentials.tenancy
-    endpoints = Endpoints.from_settings(settings.oci.endpoint, settings.oci.identity_endpoint)
+    endpoints = Endpoints.from_settings(settings.oci, home)
 
     def require_tenancy() -> str:
         if not tenancy:
             raise ConnectorError("no tenancy: set scope.tenancy (the profile has none)")
         return tenancy
 
-    if regions == ("subscribed",):
-        regions = tuple(await subscribed_regions(client, endpoints, home, require_tenancy()))
-    elif not regions:
-        regions = (home,)
+    if names == ("subscribed",):
+        names = tuple(await subscribed_regions(client, endpoints, home, require_tenancy()))
+    elif not names:
+        names = (home,)
     excluded = settings.scope.exclude
     if settings.scope.compartments:
         compartments = [c for c in settings.scope.compartments if c not in excluded]
     else:
-        compartments = await discover_compartments(
-            client, endpoints, home, require_tenancy(), excluded
-        )
-    return sorted(WorkItem(r, c) for r in regions for c in compartments)
+        root = require_tenancy()
+        compartments = await discover_compartments(client, endpoints, home, root, excluded)
+        if not settings.scope.include_root:
+            # A least-privilege principal may read the compartments below the root and not
+            # the root itself: the tree is listed from the root, its own images are not.
+            compartments = [c for c in compartments if c != root]
+    return sorted(WorkItem(r, c) for r in names for c in compartments)
 
 
 def donor_regions(items: Sequence[WorkItem], index: int, count: int) -> frozenset[str]:

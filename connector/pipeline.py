@@ -33,7 +33,7 @@ import structlog
 from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from connector import __version__, discovery, errors, publish, schema, spawn, workers
+from connector import __version__, discovery, errors, publish, regions, schema, spawn, workers
 from connector.auth import Credentials
 from connector.client import ClientOptions, OciClient
 from connector.config import Settings
@@ -104,6 +104,8 @@ def client_for(settings: Settings, credentials: Credentials) -> OciClient:
             request_timeout_s=fetch.request_timeout_s,
             ca_bundle=settings.oci.ca_bundle,
             retry=RetryPolicy(max_attempts=fetch.max_attempts),
+            profile=credentials.label,
+            auth=credentials.auth,
         ),
     )
 
@@ -126,8 +128,9 @@ class Export:
         self.run_id = run_id or new_run_id()
         self.shard = shard
         self.publish_now = publish_now
+        home = credentials.home_region
         self.endpoints = Endpoints.from_settings(
-            settings.oci.endpoint, settings.oci.identity_endpoint
+            settings.oci, regions.canonical(home) if home else None
         )
         output = settings.output
         self.fs, self.base = publish.resolve(output.uri)
@@ -135,7 +138,7 @@ class Export:
         self.progress = Progress()
         self.results: dict[WorkItem, ListingRecord] = {}
         self._run_info = RunInfo(self.run_id, date.fromisoformat(self.layout.snapshot_date))
-        self._filters = settings.filters.query_params()
+        self._filters = settings.filters.query_params(settings.oci.flavor)
         self._platform_mode = settings.fetch.platform_images
         index, count = shard
         setup = WorkerSetup(

@@ -46,8 +46,9 @@ METADATA_KEYS = ("realmKey", "realmDomainComponent", "regionKey", "regionIdentif
 # Region identifiers: area, optional qualifiers (gov, dcc), city, number:
 # us-ashburn-1, us-gov-ashburn-1, eu-dcc-milan-1, ap-chiyoda-1.
 REGION_NAME = re.compile(r"^[a-z]{2,4}(?:-[a-z]+){1,3}-[0-9]{1,3}$")
-# Short codes (regionKey): iad, fra; region metadata may bring longer ones.
-SHORT_CODE = re.compile(r"^[a-z][a-z0-9]{1,15}$")
+# Short codes (regionKey): three letters (iad, fra); region metadata may define other keys,
+# which are accepted once defined.
+SHORT_CODE = re.compile(r"^[a-z][a-z0-9]{2}$")
 # A DNS name of two labels or more: a Private Cloud Appliance's domain as a "region".
 DOMAIN = re.compile(
     r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$"
@@ -221,6 +222,14 @@ class Catalog:
 def resolve(name: str, *, fallback_domain: str = "") -> Region:
     """Resolve ``name`` against the table and the environment of this process."""
     return Catalog.load().resolve(name, fallback_domain=fallback_domain)
+
+
+def canonical(name: str) -> str:
+    """The region identifier ``name`` stands for (``iad`` → ``us-ashburn-1``), else ``name``."""
+    try:
+        return Catalog.load().resolve(name).name
+    except UnknownRegion:
+        return name
 
 
 def compute_endpoint(region: str | Region) -> str:
