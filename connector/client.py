@@ -325,12 +325,14 @@ class OciClient:
                 hint=troubleshoot.for_tls(host, self._ca_source, reason, via),
             )
         if isinstance(exc, aiohttp.ClientHttpProxyError) and proxy is not None:
-            return ProxyError(
+            refused = ProxyError(
                 f"the proxy {proxy.display} answered HTTP {exc.status} to CONNECT {host}",
                 host=host,
                 hint=troubleshoot.for_proxy(proxy.display, proxy.variable, exc.status),
                 retryable=exc.status >= 500,
             )
+            refused.concerns_run = exc.status in (403, 407)
+            return refused
         if isinstance(exc, aiohttp.ClientProxyConnectionError) and proxy is not None:
             return ProxyError(
                 f"cannot connect to the proxy {proxy.display} ({_os_reason(exc)})",

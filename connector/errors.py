@@ -33,8 +33,13 @@ class AuthError(ConnectorError):
 
 
 class _Told:
-    """Context a message about a call carries: which call, to which host, as whom, what next."""
+    """Context a message about a call carries: which call, to which host, as whom, what next.
 
+    ``concerns_run``: the failure would repeat for every listing (a certificate, credentials,
+    a proxy refusing), so the run stops at once instead of ending partial.
+    """
+
+    concerns_run: bool = False
     call: str = ""
     host: str = ""
     profile: str = ""
@@ -92,6 +97,7 @@ class TlsError(TransportError):
     """The server's certificate was refused (unknown CA, other name, expired); never retried."""
 
     retryable = False
+    concerns_run = True
 
 
 class ProxyError(TransportError):
@@ -119,6 +125,7 @@ class OciApiError(_Told, ConnectorError):
         self.retry_after = retry_after
         # Server time minus local time, when a 401 came with a Date header.
         self.clock_skew_s: float | None = None
+        self.concerns_run = status == 401
         super().__init__(f"{status} {code}: {message} (opc-request-id: {opc_request_id or 'none'})")
 
     def __str__(self) -> str:

@@ -324,6 +324,8 @@ class Export:
                         )
                     tokens.add(token)
             except (OciApiError, TransportError, PaginationError) as exc:
+                if getattr(exc, "concerns_run", False):
+                    raise  # every listing would fail the same way: stop the run, say why
                 await send.send(ListingEnd(item, number, ListingError.from_exception(exc)))
             else:
                 await send.send(ListingEnd(item, number, None))

@@ -47,7 +47,12 @@ def network(
     port = int(emulator.url.rsplit(":", 1)[1])
     good = started(loop, lambda: TlsFront(port, pki))
     foreign = started(loop, lambda: TlsFront(port, other))
-    routes = {PCA: good.port, MISMATCH: good.port, WRONG_CA: foreign.port}
+    routes = {
+        PCA: good.port,
+        "identity.pca.example.com": good.port,
+        MISMATCH: good.port,
+        WRONG_CA: foreign.port,
+    }
     proxy = started(loop, lambda: ConnectProxy(routes))
     locked = started(loop, lambda: ConnectProxy(routes, credentials="ops:s3cr@t!"))
     yield {"proxy": proxy, "locked": locked, "good": good}
@@ -261,3 +266,67 @@ def test_proxy_choice_equals_requests(
         ), url
         assert bool(wanted.username) == ("Proxy-Authorization" in chosen.headers)
         assert "@" not in chosen.display
+
+
+class TestEndToEnd:
+    """`oci-images run` against https://iaas.pca.example.com through a proxy, as on a rack."""
+
+    def config(self, tmp_path: Path, emulator: EmulatorServer, **oci: Any) -> Path:
+        from tests.test_export import write_config
+
+        values = {
+            "endpoint": f"https://{PCA}",
+            "regions": [emulator.world.home_region],
+            "flavor": "pca",
+            **oci,
+        }
+        return write_config(tmp_path, emulator, oci=values, fetch={"workers": 0})
+
+    def test_export_over_tls_through_the_proxy(
+        self,
+        emulator: EmulatorServer,
+        network: dict[str, Any],
+        pki: Pki,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Discovery at identity.<domain>, listings at iaas.<domain>: the rows are exact."""
+        from tests.reference import expected_rows, multiset, normalise_actual
+        from tests.test_export import arrow_rows, run
+
+        proxy = network["proxy"]
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        before = len(proxy.tunnels)
+        assert 0 == run(self.config(tmp_path, emulator, ca_bundle=str(pki.ca_file)))
+        world = emulator.world
+        expected = [r for r in expected_rows(world, "once") if r["_region"] == world.home_region]
+        assert multiset(expected) == multiset(
+            [normalise_actual(r, "once") for r in arrow_rows(tmp_path)]
+        )
+        hosts = {target.rsplit(":", 1)[0] for target in proxy.tunnels[before:]}
+        assert {PCA, "identity.pca.example.com"} == hosts
+
+    def test_wrong_ca_stops_the_run_at_once(
+        self,
+        emulator: EmulatorServer,
+        network: dict[str, Any],
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Exit 1, the host and the CA file named, a handful of tunnels, not eight per listing."""
+        from tests.test_export import run
+
+        other = make_pki(tmp_path / "other", [PCA], ca_name="Not The Appliance CA")
+        proxy = network["proxy"]
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+        before, requests_before = len(proxy.tunnels), emulator.stats()["requests"]
+        config = self.config(
+            tmp_path, emulator, ca_bundle=str(other.ca_file), identity_endpoint=f"https://{PCA}"
+        )
+        assert 1 == run(config, "--set", f'scope.compartments=["{emulator.world.tenancy_id}"]')
+        err = capsys.readouterr().err
+        assert PCA in err
+        assert str(other.ca_file) in err
+        assert len(proxy.tunnels) - before <= 4
+        assert requests_before == emulator.stats()["requests"]
