@@ -152,17 +152,17 @@ class Export:
 
     async def run(self) -> RunOutcome:
         """Discover, fetch, write, and (unless sharded) commit."""
+        # Every log line of the run carries these, from every task it starts.
+        shard = f"{self.shard[0]}/{self.shard[1]}"
+        with structlog.contextvars.bound_contextvars(run_id=self.run_id, shard=shard):
+            return await self._run()
+
+    async def _run(self) -> RunOutcome:
         started_at = publish.utc_now()
         restored = publish.recover(self.fs, self.base)
         if restored:
             log.warning("publish.recovered", partitions=restored)
-        log.info(
-            "run.start",
-            run_id=self.run_id,
-            shard=f"{self.shard[0]}/{self.shard[1]}",
-            snapshot_date=self.layout.snapshot_date,
-            version=__version__,
-        )
+        log.info("run.start", snapshot_date=self.layout.snapshot_date, version=__version__)
         async with self._discarded_on_failure(), self.client, anyio.create_task_group() as group:
             # Worker processes start (and import pyarrow) while discovery runs.
             group.start_soon(self.workers.serve)
