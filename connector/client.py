@@ -20,12 +20,14 @@ Network set-up follows the official SDK (whose sessions are requests sessions):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import ssl
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -42,13 +44,21 @@ from connector.auth import Refreshable, RequestSigner
 from connector.errors import (
     ConfigError,
     OciApiError,
+    PaginationError,
     ProxyError,
     RequestTimeout,
     TlsError,
     TransportError,
 )
 from connector.proxy import Proxy, proxy_for
-from connector.retry import AdaptiveLimiter, Clock, RetryPolicy, Sleep, is_retryable_status
+from connector.retry import (
+    AdaptiveLimiter,
+    Clock,
+    PriorityGate,
+    RetryPolicy,
+    Sleep,
+    is_retryable_status,
+)
 
 USER_AGENT = (
     f"oci-images-connector/{__version__} (Python {platform.python_version()}; "
@@ -68,6 +78,14 @@ class Response:
     next_page: str | None
     elapsed_ms: float
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PageResponse:
+    """One page of a list call: its number in the listing (from 1) and the response."""
+
+    number: int
+    response: Response
 
 
 @dataclass(slots=True)
@@ -255,6 +273,42 @@ class OciClient:
             self._proxies[key] = proxy_for(url, self._environ)
         return self._proxies[key]
 
+    async def paginate(
+        self,
+        url: str,
+        params: Mapping[str, Any],
+        *,
+        gate: PriorityGate | None = None,
+        **context: Any,
+    ) -> AsyncGenerator[PageResponse, None]:
+        """The pages of a list call, following ``opc-next-page``: the one pagination loop.
+
+        A listing's next page (priority 0) goes ahead of a new listing's first (priority 1),
+        here and in ``gate``, so that listings finish instead of all advancing a page at a
+        time. With ``gate``, a unit is held from each request until the caller asks for the
+        next page: it bounds the pages fetched but not yet handed on. A token the service gave
+        before would make the loop endless: ``PaginationError``. Iterate inside
+        ``contextlib.aclosing`` so that leaving early releases the gate at once.
+        """
+        seen: set[str] = set()
+        token: str | None = None
+        number = 0
+        while True:
+            priority = 0 if token else 1
+            query = {**params, "page": token} if token else params
+            async with _held(gate, priority):
+                response = await self.get(url, query, priority=priority, page=number + 1, **context)
+                number += 1
+                yield PageResponse(number, response)
+            token = response.next_page
+            if token is None:
+                return
+            if token in seen:
+                raise PaginationError(
+                    f"the service repeated page token {token[:16]}… after page {number}"
+                )
+            seen.add(token)
+
     async def _send(
         self, url: str, request_id: str, attempt: int, started: float
     ) -> Response | OciApiError:
@@ -402,6 +456,10 @@ def _clock_skew(date_header: str | None) -> float | None:
         return parsedate_to_datetime(date_header).timestamp() - time.time()
     except (TypeError, ValueError):
         return None
+
+
+def _held(gate: PriorityGate | None, priority: int) -> AbstractAsyncContextManager[None]:
+    return gate.hold(priority) if gate is not None else contextlib.nullcontext()
 
 
 def _with_query(url: str, params: Mapping[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +190,17 @@ class TestRun:
         outcome = connector.commit(settings, "no-such-run")
         assert ("failed", 1, None) == (outcome.status, outcome.exit_code, outcome.manifest)
         assert "nothing staged" in outcome.message
+
+
+class TestLogs:
+    def test_every_line_of_a_run_names_it(self, emulator: EmulatorServer, tmp_path: Path) -> None:
+        """Each log line of a run, from whichever task wrote it, carries run_id and shard."""
+        from connector import logs
+
+        stream = io.StringIO()
+        logs.configure("debug", "json", stream)
+        outcome = connector.run(settings_for(emulator, tmp_path), run_id="r-logged")
+        lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+        assert 0 == outcome.exit_code
+        assert {"run.start", "listing.done", "run.published"} <= {e["event"] for e in lines}
+        assert {("r-logged", "0/1")} == {(e.get("run_id"), e.get("shard")) for e in lines}
