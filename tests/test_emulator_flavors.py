@@ -3,6 +3,7 @@ GetCompartment, and HTTPS with a private CA; the official SDK is the client wher
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,15 @@ class TestRecords:
 
     @pytest.mark.parametrize("dataset", ["awkward", "realistic"])
     def test_enums_and_values_follow_the_flavor(self, dataset: str) -> None:
-        """OCI: ACCELERATEDPV, tag values of any JSON type, nine-digit fractions. PCA: VDPA,
-        string tag values, millisecond times."""
-        common = {"seed": 4, "compartments": 40, "platform_images": 30, "dataset": dataset}
+        """OCI: ACCELERATEDPV, and with oci_extras tag values of any JSON type and nine-digit
+        fractions. PCA: VDPA, string tag values and millisecond times, extras or not."""
+        common = {
+            "seed": 4,
+            "compartments": 40,
+            "platform_images": 30,
+            "dataset": dataset,
+            "oci_extras": True,
+        }
         by_flavor = {f: records(build_world(**common, flavor=f)) for f in ("oci", "pca")}  # type: ignore[arg-type]
         for flavor, rows in by_flavor.items():
             modes = {r.get("launchMode") for r in rows}
@@ -223,6 +230,16 @@ class TestTls:
         """A certificate without its key is refused before anything is served."""
         with pytest.raises(ValueError, match="certificate and its private key"):
             EmulatorServer(build_world(seed=2, compartments=1), tls_cert=private_ca.cert_file)
+
+
+def test_extras_are_opt_in() -> None:
+    """Without oci_extras, every defined-tag value is a string and no time has nine digits."""
+    world = build_world(seed=4, compartments=40, platform_images=30)
+    rows = records(world)
+    values = [v for r in rows for ns in (r.get("definedTags") or {}).values() for v in ns.values()]
+    assert values
+    assert all(isinstance(v, str) for v in values)
+    assert not any(re.search(r"\.\d{9}", r["timeCreated"]) for r in rows)
 
 
 def test_flavor_is_checked() -> None:

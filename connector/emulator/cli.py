@@ -43,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="realistic names, sizes, dates and tags; or awkward values for testing parsers",
     )
     parser.add_argument(
+        "--oci-extras",
+        action="store_true",
+        help="with --flavor oci: defined-tag values of any JSON type, nine-digit fractions",
+    )
+    parser.add_argument(
         "--reference-date",
         type=date.fromisoformat,
         default=None,
@@ -178,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         reference_date=args.reference_date,
         cache_mb=args.cache_mb,
+        oci_extras=args.oci_extras,
     )
     behaviour = Behaviour(
         latency_ms=args.latency_ms,

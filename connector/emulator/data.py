@@ -245,6 +245,7 @@ class World:
     subscriptions: list[RegionSubscription]
     flavor: str = "oci"
     dataset: str = "awkward"
+    oci_extras: bool = False
     reference: datetime = _AWKWARD_NOW
     custom_scale: float = 1.0
     bad_records: float = 0.0
@@ -269,6 +270,11 @@ class World:
     def home_region(self) -> str:
         """The region served at the root path."""
         return self.regions[0]
+
+    @property
+    def extras(self) -> bool:
+        """Whether records carry commercial OCI's values that strict clients reject."""
+        return self.flavor == "oci" and self.oci_extras
 
     @property
     def sort_by(self) -> tuple[str, ...]:
@@ -550,6 +556,7 @@ def _platform_images(world: World, region: str, count: int) -> list[Image]:
                 _awkward_image(
                     rng,
                     world.flavor,
+                    world.extras,
                     image_id=image_id,
                     compartment_id=None,
                     display_name=name,
@@ -560,7 +567,9 @@ def _platform_images(world: World, region: str, count: int) -> list[Image]:
                 )
             )
         else:
-            images.append(_realistic_platform(rng, world.flavor, image_id, name, family, build))
+            images.append(
+                _realistic_platform(rng, world.flavor, world.extras, image_id, name, family, build)
+            )
     # Recent platform images first, as the service lists them.
     images.sort(key=lambda img: img.created_us, reverse=True)
     return images
@@ -570,10 +579,10 @@ def _platform_compartment(flavor: str) -> str | None:
     return "" if flavor == "pca" else None
 
 
-def _stamp(moment: datetime, flavor: str, rng: random.Random) -> str:
+def _stamp(moment: datetime, extras: bool, rng: random.Random) -> str:
     """RFC 3339 as the service writes it: milliseconds and Z; OCI now and then sends nine digits."""
     text = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    if flavor == "oci" and rng.random() < 0.03:
+    if extras and rng.random() < 0.03:
         text = text[:-1] + f"{moment.microsecond % 1000:03d}{rng.randrange(1000):03d}Z"
     return text
 
@@ -590,7 +599,13 @@ def _launch_options(firmware: str, network: str, boot: str = "PARAVIRTUALIZED") 
 
 
 def _realistic_platform(
-    rng: random.Random, flavor: str, image_id: str, name: str, family: _Family, build: datetime
+    rng: random.Random,
+    flavor: str,
+    extras: bool,
+    image_id: str,
+    name: str,
+    family: _Family,
+    build: datetime,
 ) -> Image:
     network = "VFIO" if family.shapes in (_WIN_BM, _GPU) else "PARAVIRTUALIZED"
     record = {
@@ -610,7 +625,7 @@ def _realistic_platform(
         "operatingSystem": family.os,
         "operatingSystemVersion": family.version,
         "sizeInMBs": family.size_mb,
-        "timeCreated": _stamp(build, flavor, rng),
+        "timeCreated": _stamp(build, extras, rng),
     }
     return Image(
         orjson.dumps(record),
@@ -629,6 +644,7 @@ class _Palette:
 
     def __init__(self, world: World, region: str) -> None:
         self.flavor = world.flavor
+        self.extras = world.extras
         self.code = region_code(region)
         self.reference = world.reference
         self.bases = world.platform[region]
@@ -807,9 +823,10 @@ def _realistic_custom(
     operations = [
         f'"Operations":{{"CostCenter":"{cost}","Environment":"{env}"}}',
         f'"Operations":{{"CostCenter":"{cost}","Environment":"{env}","Owner":"{app}-team"}}',
-    ]
-    if palette.flavor == "oci":
-        # Commercial OCI types defined-tag values as any JSON: numbers, booleans, objects.
+    ] * 12
+    if palette.extras:
+        # Commercial OCI types defined-tag values as any JSON: now and then a number, a
+        # boolean or an object (about one image in twenty).
         operations += [
             f'"Operations":{{"CostCenter":{cost[3:]},"Environment":"{env}"}}',
             f'"Operations":{{"Backup":true,"RetentionDays":30,"Environment":"{env}"}}',
@@ -835,7 +852,7 @@ def _realistic_custom(
     )
     prefix = f"ocid1.image.oc1.{palette.code}.aaaaaaaa"
     comp_id = comp.id
-    nanos = palette.flavor == "oci"
+    nanos = palette.extras
     images: list[Image] = []
     for serial, age_s in enumerate(moments):
         bits = rng.getrandbits(64)
@@ -1030,7 +1047,7 @@ _FUTURE_ENUMS = {
 }
 
 
-def _rfc3339(moment: datetime, rng: random.Random, flavor: str) -> str:
+def _rfc3339(moment: datetime, rng: random.Random, extras: bool) -> str:
     """RFC 3339 as services and proxies emit it: millis + Z mostly; bare, micros, nanos, offsets."""
     style = rng.random()
     if style < 0.78:
@@ -1039,7 +1056,7 @@ def _rfc3339(moment: datetime, rng: random.Random, flavor: str) -> str:
         return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
     if style < 0.94:
         return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    if style < 0.96 and flavor == "oci":
+    if style < 0.96 and extras:
         return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + f"{rng.randrange(1000):03d}Z"
     offset = timedelta(hours=rng.choice((-7, 2, 5)), minutes=rng.choice((0, 30)))
     local = moment.astimezone(timezone(offset))
@@ -1076,10 +1093,10 @@ def _awkward_launch_options(rng: random.Random, arm: bool, flavor: str) -> dict[
     return options
 
 
-def _awkward_defined_value(rng: random.Random, flavor: str) -> Any:
+def _awkward_defined_value(rng: random.Random, extras: bool) -> Any:
     """A defined-tag value: text on PCA; on OCI, now and then a number, boolean or object."""
     roll = rng.random()
-    if flavor == "pca" or roll < 0.6:
+    if not extras or roll < 0.6:
         return str(rng.randint(1, 99))
     if roll < 0.75:
         return rng.randint(1, 99)
@@ -1093,6 +1110,7 @@ def _awkward_defined_value(rng: random.Random, flavor: str) -> Any:
 def _awkward_image(
     rng: random.Random,
     flavor: str,
+    extras: bool,
     *,
     image_id: str,
     compartment_id: str | None,
@@ -1123,7 +1141,7 @@ def _awkward_image(
         "operatingSystem": family.os,
         "operatingSystemVersion": family.version,
         "sizeInMBs": rng.choice((47694, 51200, 102400, 262144)),
-        "timeCreated": _rfc3339(created, rng, flavor),
+        "timeCreated": _rfc3339(created, rng, extras),
     }
     roll = rng.random()
     if roll < 0.02:
@@ -1141,7 +1159,7 @@ def _awkward_image(
             }
             if rng.random() < 0.3:
                 record["definedTags"]["Operations"] = {
-                    "CostCenter": _awkward_defined_value(rng, flavor)
+                    "CostCenter": _awkward_defined_value(rng, extras)
                 }
         if rng.random() < 0.5:
             record["freeformTags"] = {"env": rng.choice(("prod", "dev", "ünïcode")), "team": "A&B"}
@@ -1203,6 +1221,7 @@ def _awkward_custom(
             _awkward_image(
                 rng,
                 palette.flavor,
+                palette.extras,
                 image_id=ocid("image", rng, palette.code),
                 compartment_id=comp.id,
                 display_name=None if rng.random() < 0.01 else _awkward_name(rng, serial),
@@ -1277,6 +1296,7 @@ def build_world(
     dataset: str = "awkward",
     reference_date: date | None = None,
     cache_mb: float = 128.0,
+    oci_extras: bool = False,
 ) -> World:
     """Generate the tenancy for ``seed``; the same arguments always give the same world.
 
@@ -1286,6 +1306,11 @@ def build_world(
     is ``"oci"`` or ``"pca"``. ``bad_records`` is the share of custom images sent malformed
     (no id, text where a number or boolean belongs, an unparseable time). ``cache_mb`` bounds
     the encoded custom images held in memory.
+
+    ``oci_extras`` (flavor ``oci`` only) adds values commercial OCI legitimately sends and
+    strict clients reject: defined-tag values that are numbers, booleans or objects, and
+    timestamps with nine fractional digits. It is off by default until the connector keeps
+    them (issue 12); turn it on to test that it does.
     """
     if not regions:
         raise ValueError("at least one region is needed")
@@ -1325,6 +1350,7 @@ def build_world(
         custom_scale=custom_scale,
         bad_records=bad_records,
         cache_bytes=int(cache_mb * 2**20),
+        oci_extras=oci_extras,
     )
     for region in regions:
         world.platform[region] = _platform_images(world, region, platform_images)
