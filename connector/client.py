@@ -227,6 +227,7 @@ class OciClient:
                     attempt=attempt,
                     elapsed_ms=round(elapsed * 1000, 1),
                     **_describe(error),
+                    **({"next": error.hint} if error.hint else {}),
                     **context,
                 )
                 raise error
@@ -524,4 +525,9 @@ def _describe(error: TransportError | OciApiError) -> dict[str, Any]:
             "code": error.code,
             "opc_request_id": error.opc_request_id,
         }
-    return {"status": None, "error": str(error), "opc_request_id": error.opc_request_id}
+    return {
+        "status": None,
+        "error": error.reason,
+        "host": error.host or None,
+        "opc_request_id": error.opc_request_id,
+    }
