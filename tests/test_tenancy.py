@@ -132,6 +132,20 @@ class TestEveryRealm:
         with pytest.raises(ConfigError, match=r"oci\.regions\[1\]: 'us-ashburm-1' is not a region"):
             settings(oci={"regions": ["us-ashburn-1", "us-ashburm-1"]})
 
+    def test_new_region_from_region_metadata(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A dedicated region described in OCI_REGION_METADATA is known, with its short code."""
+        monkeypatch.setenv(
+            "OCI_REGION_METADATA",
+            '{"realmKey": "oc99", "realmDomainComponent": "oraclecloud99.example", '
+            '"regionKey": "xnc", "regionIdentifier": "xx-newcity-1"}',
+        )
+        chosen = settings(oci={"regions": ["XNC"]})
+        assert ("xx-newcity-1",) == chosen.oci.regions
+        endpoints = Endpoints.from_settings(chosen.oci)
+        assert "https://iaas.xx-newcity-1.oraclecloud99.example/20160918" == endpoints.compute(
+            "xx-newcity-1"
+        )
+
     def test_unknown_region_with_endpoint_is_a_label(self) -> None:
         """With an endpoint override the region names a {region} substitution: accepted."""
         chosen = settings(oci={"regions": ["xx-lab-1"], "endpoint": "http://127.0.0.1:1/{region}"})
