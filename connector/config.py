@@ -11,26 +11,32 @@ reason, and the command exits 2.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
+import re
 import textwrap
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from connector import checks
-from connector.checks import Check
 from connector.errors import ConfigError
 
+OCID = re.compile(
+    r"^ocid1\.([a-z0-9]+)\.([a-z0-9-]+)\.([a-z0-9-]*)(\.[a-z0-9-]+)?\.([a-z0-9]{1,255})$"
+)
+REGION = re.compile(r"^[a-z]{2,}-[a-z]+-\d+$")
 IMAGE_LIFECYCLE = ("PROVISIONING", "IMPORTING", "AVAILABLE", "EXPORTING", "DISABLED", "DELETED")
 SORT_BY = ("TIMECREATED", "NAME", "DISPLAYNAME")
 COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "ndjson": ("gzip", "none")}
 """The codecs each output format accepts."""
 
+Check = Callable[[str, Any], Any]
+"""Validates one key's raw value (from TOML or ``--set``) and returns the value to keep."""
 
 T = TypeVar("T")
 
@@ -66,6 +72,176 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# -- checks -----------------------------------------------------------------------------------
+
+
+def _type(expected: type | tuple[type, ...], name: str) -> Check:
+    def check(key: str, value: Any) -> Any:
+        if isinstance(value, bool) and bool not in (
+            expected if isinstance(expected, tuple) else (expected,)
+        ):
+            raise ConfigError(key, f"must be {name}, not a boolean")
+        if not isinstance(value, expected):
+            raise ConfigError(key, f"must be {name}, got {type(value).__name__} {value!r}")
+        return value
+
+    return check
+
+
+def _string(min_length: int = 0, max_length: int = 4096) -> Check:
+    def check(key: str, value: Any) -> str:
+        text = _type(str, "a string")(key, value)
+        if text and not min_length <= len(text) <= max_length:
+            raise ConfigError(key, f"must be {min_length} to {max_length} characters long")
+        return str(text)
+
+    return check
+
+
+def _choice(*allowed: str, case_insensitive: bool = False, allow_empty: bool = False) -> Check:
+    def check(key: str, value: Any) -> str:
+        text = _type(str, "a string")(key, value)
+        if allow_empty and text == "":
+            return ""
+        candidate = text.upper() if case_insensitive else text
+        if candidate not in allowed:
+            hint = _suggest(text, allowed)
+            raise ConfigError(key, f"must be one of {', '.join(allowed)}; got {text!r}{hint}")
+        return str(candidate)
+
+    return check
+
+
+def _integer(low: int, high: int) -> Check:
+    def check(key: str, value: Any) -> int:
+        number = _type(int, "an integer")(key, value)
+        if not low <= number <= high:
+            raise ConfigError(key, f"must be from {low} to {high}, got {number}")
+        return int(number)
+
+    return check
+
+
+def _workers(key: str, value: Any) -> int | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str):
+        raise ConfigError(key, f"must be auto or an integer from 0 to 64, got {value!r}")
+    count: int = _integer(0, 64)(key, value)
+    return count
+
+
+def _number(low: float, high: float, *, low_open: bool = False) -> Check:
+    def check(key: str, value: Any) -> float:
+        number = _type((int, float), "a number")(key, value)
+        if number < low or number > high or (low_open and number == low):
+            bound = f"more than {low:g}" if low_open else f"at least {low:g}"
+            raise ConfigError(key, f"must be {bound} and at most {high:g}, got {number}")
+        return float(number)
+
+    return check
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"must be true or false, got {value!r}")
+    return value
+
+
+def _ocid(key: str, value: Any, kinds: Sequence[str]) -> str:
+    text = _type(str, "an OCID string")(key, value)
+    match = OCID.match(text)
+    if match is None or match.group(1) not in kinds:
+        raise ConfigError(key, f"{text!r} is not an OCID of a {' or '.join(kinds)}")
+    return str(text)
+
+
+def _ocid_or_empty(*kinds: str) -> Check:
+    def check(key: str, value: Any) -> str:
+        return "" if value == "" else _ocid(key, value, kinds)
+
+    return check
+
+
+def _ocid_list(*kinds: str) -> Check:
+    def check(key: str, value: Any) -> tuple[str, ...]:
+        items = _type(list, "a list")(key, value)
+        result = tuple(_ocid(f"{key}[{i}]", item, kinds) for i, item in enumerate(items))
+        if len(set(result)) != len(result):
+            raise ConfigError(key, "lists the same OCID twice")
+        return result
+
+    return check
+
+
+def _regions(key: str, value: Any) -> tuple[str, ...]:
+    items = _type(list, "a list of region names")(key, value)
+    if items == ["subscribed"]:
+        return ("subscribed",)
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not REGION.match(item):
+            raise ConfigError(
+                f"{key}[{i}]",
+                f'{item!r} is not a region name like us-ashburn-1 (or use ["subscribed"])',
+            )
+    if len(set(items)) != len(items):
+        raise ConfigError(key, "lists the same region twice")
+    return tuple(items)
+
+
+def _endpoint(key: str, value: Any) -> str:
+    text = _type(str, "a URL")(key, value)
+    if text == "":
+        return ""
+    parts = urlsplit(text.replace("{region}", "region"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, f"must be an http(s) URL, optionally with {{region}}; got {text!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(key, "must not have a query or fragment")
+    return str(text).rstrip("/")
+
+
+def _existing_file(key: str, value: Any) -> str:
+    text = _type(str, "a file path")(key, value)
+    if text and not Path(text).expanduser().is_file():
+        raise ConfigError(key, f"{text} does not exist or is not a file")
+    return str(text)
+
+
+def _snapshot_date(key: str, value: Any) -> str:
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value.isoformat()
+    text = _type(str, "a date YYYY-MM-DD")(key, value)
+    if text == "":
+        return ""
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError(text)
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise ConfigError(key, f"must be a date YYYY-MM-DD, got {text!r}") from None
+
+
+def _suggest(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    if not close:
+        close = difflib.get_close_matches(
+            word.upper(), [o.upper() for o in options], n=1, cutoff=0.6
+        )
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _table(key: str, value: Any) -> dict[str, str | int | float | bool]:
+    """A TOML table of scalars (options handed to a library as they are, e.g. storage options)."""
+    table = _type(dict, "a table of keys and values")(key, value)
+    for name, item in table.items():
+        if not isinstance(item, str | int | float | bool):
+            raise ConfigError(
+                f"{key}.{name}", f"must be a string, number or boolean, got {type(item).__name__}"
+            )
+    return dict(table)
+
+
 # -- the keys: one dataclass per section ------------------------------------------------------
 
 
@@ -74,37 +250,33 @@ class OciSettings:
     """[oci]: credentials and endpoints."""
 
     config_file: str = key(
-        "", checks.string(), 'OCI CLI config file; "" = $OCI_CONFIG_FILE or ~/.oci/config'
+        "", _string(), 'OCI CLI config file; "" = $OCI_CONFIG_FILE or ~/.oci/config'
     )
-    profile: str = key("", checks.string(), 'profile in it; "" = $OCI_CLI_PROFILE or DEFAULT')
+    profile: str = key("", _string(), 'profile in it; "" = $OCI_CLI_PROFILE or DEFAULT')
     auth: str = key(
         "api_key",
-        checks.choice("api_key", "security_token", "instance_principal", "resource_principal"),
+        _choice("api_key", "security_token", "instance_principal", "resource_principal"),
         "api_key, security_token (oci session authenticate), instance_principal or resource_principal (these two need the [oci] extra)",
     )
     regions: tuple[str, ...] = key(
         (),
-        checks.regions,
+        _regions,
         '[]: the profile\'s region; ["subscribed"]: every READY region subscription; or a list, e.g. ["us-ashburn-1", "eu-frankfurt-1"]',
         example=("subscribed",),
     )
     endpoint: str = key(
         "",
-        checks.endpoint,
+        _endpoint,
         'Compute endpoint override, {region} substituted, e.g. a Private Cloud Appliance: "https://iaas.pca.example.com"; "" = public OCI',
     )
     identity_endpoint: str = key(
-        "",
-        checks.endpoint,
-        'Identity endpoint override; "" = oci.endpoint when set, else public OCI',
+        "", _endpoint, 'Identity endpoint override; "" = oci.endpoint when set, else public OCI'
     )
     ca_bundle: str = key(
-        "",
-        checks.existing_file,
-        'PEM bundle for appliances with their own CA; "" = the system\'s CAs',
+        "", _existing_file, 'PEM bundle for appliances with their own CA; "" = the system\'s CAs'
     )
     allow_insecure_http: bool = key(
-        False, checks.boolean, "allow plain http:// to hosts other than loopback"
+        False, _boolean, "allow plain http:// to hosts other than loopback"
     )
 
 
@@ -112,20 +284,18 @@ class OciSettings:
 class ScopeSettings:
     """[scope]: which compartments are listed."""
 
-    tenancy: str = key(
-        "", checks.ocid_or_empty("tenancy"), 'tenancy OCID; "" = the profile\'s tenancy'
-    )
+    tenancy: str = key("", _ocid_or_empty("tenancy"), 'tenancy OCID; "" = the profile\'s tenancy')
     compartments: tuple[str, ...] = key(
         (),
-        checks.ocid_list("compartment", "tenancy"),
+        _ocid_list("compartment", "tenancy"),
         "explicit compartment OCIDs; when set, there is no discovery",
     )
     discover: bool = key(
-        True, checks.boolean, "the root plus ListCompartments(tenancy, subtree, ACCESSIBLE, ACTIVE)"
+        True, _boolean, "the root plus ListCompartments(tenancy, subtree, ACCESSIBLE, ACTIVE)"
     )
     exclude: tuple[str, ...] = key(
         (),
-        checks.ocid_list("compartment", "tenancy"),
+        _ocid_list("compartment", "tenancy"),
         "compartment OCIDs to leave out (with their subtrees when discovered)",
     )
 
@@ -134,30 +304,26 @@ class ScopeSettings:
 class FilterSettings:
     """[filters]: ListImages query parameters; "" = no filter."""
 
-    display_name: str = key("", checks.string(1, 255), "displayName: an exact display name")
+    display_name: str = key("", _string(1, 255), "displayName: an exact display name")
     lifecycle_state: str = key(
         "",
-        checks.choice(*IMAGE_LIFECYCLE, case_insensitive=True, allow_empty=True),
+        _choice(*IMAGE_LIFECYCLE, case_insensitive=True, allow_empty=True),
         "lifecycleState (case-insensitive): " + ", ".join(IMAGE_LIFECYCLE),
         example="AVAILABLE",
     )
-    operating_system: str = key("", checks.string(1, 255), 'operatingSystem, e.g. "Oracle Linux"')
-    operating_system_version: str = key(
-        "", checks.string(1, 255), 'operatingSystemVersion, e.g. "9"'
-    )
+    operating_system: str = key("", _string(1, 255), 'operatingSystem, e.g. "Oracle Linux"')
+    operating_system_version: str = key("", _string(1, 255), 'operatingSystemVersion, e.g. "9"')
     shape: str = key(
-        "",
-        checks.string(1, 255),
-        'shape: only images compatible with it, e.g. "VM.Standard.E5.Flex"',
+        "", _string(1, 255), 'shape: only images compatible with it, e.g. "VM.Standard.E5.Flex"'
     )
     sort_by: str = key(
         "",
-        checks.choice(*SORT_BY, case_insensitive=True, allow_empty=True),
+        _choice(*SORT_BY, case_insensitive=True, allow_empty=True),
         "sortBy: TIMECREATED or NAME (DISPLAYNAME, the SDK's spelling, is accepted)",
     )
     sort_order: str = key(
         "",
-        checks.choice("ASC", "DESC", case_insensitive=True, allow_empty=True),
+        _choice("ASC", "DESC", case_insensitive=True, allow_empty=True),
         "sortOrder: ASC or DESC",
     )
 
@@ -175,28 +341,24 @@ class FetchSettings:
     """[fetch]: requests, and the processes that convert pages."""
 
     concurrency: int = key(
-        16, checks.integer(1, 256), "requests in flight in this process (adapts down under 429s)"
+        16, _integer(1, 256), "requests in flight in this process (adapts down under 429s)"
     )
-    page_size: int = key(1000, checks.integer(1, 1000), "ListImages limit, 1..1000")
+    page_size: int = key(1000, _integer(1, 1000), "ListImages limit, 1..1000")
     max_attempts: int = key(
-        8, checks.integer(1, 50), "attempts per request, with full-jitter exponential backoff"
+        8, _integer(1, 50), "attempts per request, with full-jitter exponential backoff"
     )
-    request_timeout_s: float = key(
-        60.0, checks.number(0.0, 3600.0, low_open=True), "seconds per request"
-    )
+    request_timeout_s: float = key(60.0, _number(0.0, 3600.0, low_open=True), "seconds per request")
     max_requests_per_second: float = key(
-        0.0,
-        checks.number(0.0, 10000.0),
-        "client-side cap; 0 = none (the rate still adapts to 429s)",
+        0.0, _number(0.0, 10000.0), "client-side cap; 0 = none (the rate still adapts to 429s)"
     )
     platform_images: str = key(
         "once",
-        checks.choice("once", "every", "skip"),
+        _choice("once", "every", "skip"),
         "once per region, every listing, or skip (see Platform images)",
     )
     workers: int | str = key(
         "auto",
-        checks.workers,
+        _workers,
         'processes that convert and write pages beside the fetcher: "auto" = one per core (at most 4; none on one core), 0 = a thread in this process. Each writes its own files; with n workers, row groups hold 128k / n rows (at least 64k), so memory stays that of one writer',
     )
 
@@ -219,22 +381,22 @@ class OutputSettings:
 
     uri: str = key(
         "out",
-        checks.string(1),
+        _string(1),
         "local directory or fsspec URI (s3://, gs://, oci://, abfs://)",
         example="/data/lake/oci",
     )
-    format: str = key("parquet", checks.choice("parquet", "ndjson"), "parquet or ndjson")
+    format: str = key("parquet", _choice("parquet", "ndjson"), "parquet or ndjson")
     compression: str = key(
         "",
-        checks.choice("zstd", "snappy", "gzip", "none", allow_empty=True),
+        _choice("zstd", "snappy", "gzip", "none", allow_empty=True),
         '"" = the format\'s default (zstd for parquet, none for ndjson); parquet: zstd, snappy, gzip or none; ndjson: gzip or none',
         example="zstd",
     )
     snapshot_date: str = key(
-        "", checks.snapshot_date, 'YYYY-MM-DD; "" = today (UTC); Airflow passes {{ ds }}'
+        "", _snapshot_date, 'YYYY-MM-DD; "" = today (UTC); Airflow passes {{ ds }}'
     )
     allow_partial: bool = key(
-        False, checks.boolean, "publish even when some compartments failed (the exit code stays 3)"
+        False, _boolean, "publish even when some compartments failed (the exit code stays 3)"
     )
 
     @property
@@ -315,9 +477,9 @@ class Settings:
 def _split(dotted: str) -> tuple[str, str]:
     section, _, name = dotted.partition(".")
     if section not in KEYS:
-        raise ConfigError(section, f"unknown section{checks.suggest(section, list(KEYS))}")
+        raise ConfigError(section, f"unknown section{_suggest(section, list(KEYS))}")
     if name not in KEYS[section]:
-        raise ConfigError(dotted, f"unknown key{checks.suggest(name, list(KEYS[section]))}")
+        raise ConfigError(dotted, f"unknown key{_suggest(name, list(KEYS[section]))}")
     return section, name
 
 
@@ -393,12 +555,12 @@ def validate(raw: Mapping[str, Any], source: Path | None = None) -> Settings:
     explicit = set()
     for section, table in raw.items():
         if section not in KEYS:
-            raise ConfigError(section, f"unknown section{checks.suggest(section, list(KEYS))}")
+            raise ConfigError(section, f"unknown section{_suggest(section, list(KEYS))}")
         if not isinstance(table, Mapping):
             raise ConfigError(section, "must be a table of keys")
         for key in table:
             if key not in KEYS[section]:
-                hint = checks.suggest(key, list(KEYS[section]))
+                hint = _suggest(key, list(KEYS[section]))
                 raise ConfigError(f"{section}.{key}", f"unknown key{hint}")
             explicit.add(f"{section}.{key}")
     sections = {}
