@@ -12,7 +12,7 @@ import pyarrow.dataset as ds
 import pytest
 
 import connector
-from connector import auth
+from connector import auth, cli
 from connector.emulator import EmulatorServer
 
 DATE = "2026-11-27"
@@ -152,6 +152,7 @@ class TestRun:
             (tmp_path / "lake" / "images" / f"snapshot_date={DATE}" / "_manifest.json").read_bytes()
         )
         assert outcome.manifest.as_dict() == written
+        assert outcome.manifest == connector.Manifest.from_dict(written)
 
     def test_plan_shards_then_commit(self, emulator: EmulatorServer, tmp_path: Path) -> None:
         """Plan three shards, run each from its JSON form (as XCom carries it), then commit:
@@ -177,6 +178,26 @@ class TestRun:
         assert 3 == committed.manifest.shards
         assert sum(s.listings for s in plan.shards) == len(committed.manifest.compartments)
         assert staged == committed.manifest.rows == published_rows(tmp_path)
+
+    def test_plan_builds_no_export(
+        self, emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`oci-images plan` only discovers: it prepares no export (no output filesystem, no
+        workers), so an output it could not write to does not matter yet."""
+
+        def no_export(*args: object, **kwargs: object) -> None:
+            raise AssertionError("plan built an Export")
+
+        monkeypatch.setattr("connector.pipeline.Export", no_export)
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        config = tmp_path / "plan.toml"
+        config.write_text(
+            f'[oci]\nconfig_file = "{emulator.config_file}"\n'
+            f'endpoint = "{emulator.endpoint_template}"\nregions = ["subscribed"]\n'
+            f'[output]\nuri = "{blocker / "lake"}"\n'
+        )
+        assert 0 == cli.main(["plan", "--config", str(config), "--shards", "2", "--run-id", "r"])
 
     def test_a_shard_needs_a_run_id(self, emulator: EmulatorServer, tmp_path: Path) -> None:
         """A shard given as (index, count) without a run id is a ConfigError: shards and the

@@ -119,7 +119,7 @@ def test_set_rejects_malformed_override() -> None:
 
 
 def test_defaults_match_the_design() -> None:
-    """With no file, every key has DESIGN.md's default."""
+    """With no file, every key has its documented default."""
     settings = config.load(None)
     assert ("api_key", (), "", True) == (
         settings.oci.auth,

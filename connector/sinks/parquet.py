@@ -83,3 +83,5 @@ class ParquetSeries(RollingFiles):
         self._finished(self._file_rows, size)
         self._writer = None
         self._stream = None
+        # The next file starts empty: until it opens, the room left is a whole file's.
+        self._file_rows = 0
