@@ -183,7 +183,8 @@ class CustomImages(Mapping[tuple[str, str], list[Image]]):
                 known = 0
             else:
                 known = _custom_count(
-                    _listing_rng(self._world.seed, region, compartment_id), self._world.custom_scale
+                    _listing_key(self._world.seed, region, compartment_id),
+                    self._world.custom_scale,
                 )
             self._counts[key] = known
         return known
@@ -307,8 +308,9 @@ class World:
     def generate_custom(self, region: str, compartment_id: str) -> list[Image]:
         """Generate a listing's custom images from (seed, region, compartment); no caching."""
         comp = self._by_id[compartment_id]
-        rng = _listing_rng(self.seed, region, compartment_id)
-        count = _custom_count(rng, self.custom_scale)
+        key = _listing_key(self.seed, region, compartment_id)
+        count = _custom_count(key, self.custom_scale)
+        rng = random.Random(key)
         palette = self._palettes.get(region)
         if palette is None:
             palette = self._palettes[region] = _Palette(self, region)
@@ -372,24 +374,29 @@ def region_code(region: str) -> str:
     return (letters + "xxx")[:3]
 
 
-def _listing_rng(seed: int, region: str, compartment_id: str) -> random.Random:
+def _listing_key(seed: int, region: str, compartment_id: str) -> int:
+    """64 bits that seed a listing's generator and, alone, decide its size."""
     digest = hashlib.blake2b(f"{seed}/{region}/{compartment_id}".encode(), digest_size=8)
-    return random.Random(int.from_bytes(digest.digest(), "big"))
+    return int.from_bytes(digest.digest(), "big")
 
 
 def _micros(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
-def _custom_count(rng: random.Random, scale: float) -> int:
-    """Skewed: most compartments hold a few dozen images, a few need several 1000-row pages."""
-    roll = rng.random()
+def _custom_count(key: int, scale: float) -> int:
+    """Skewed: most compartments hold a few dozen images, a few need several 1000-row pages.
+
+    Drawn from the listing's key rather than its generator, so that counting every listing of
+    a large tenancy costs a hash each, not a generator each."""
+    roll = (key & 0xFFFFFFFF) / 2**32
+    pick = key >> 32
     if roll < 0.88:
-        base = rng.randint(0, 40)
+        base = pick % 41
     elif roll < 0.93:
-        base = rng.randint(40, 900)
+        base = 40 + pick % 861
     else:
-        base = rng.randint(1500, 7000)
+        base = 1500 + pick % 5501
     return int(base * scale)
 
 
@@ -681,7 +688,6 @@ class _Palette:
             )
         )
         self.bases_json = [orjson.dumps(b.id).decode() for b in self.bases]
-        self.shorts = [f.short for f in self.base_family]
         retired = random.Random(f"{world.seed}/{region}/retired")
         self.retired = tuple(f'"{ocid("image", retired, self.code)}"' for _ in range(256))
         self.os_json = [
@@ -689,6 +695,12 @@ class _Palette:
             f'"operatingSystemVersion":{orjson.dumps(b.operating_system_version).decode()}'
             for b in self.bases
         ]
+        # What a custom image takes from its base, in one tuple per base.
+        self.per_base = [
+            (base, self.bases_json[i], self.os_json[i], family.short, self.options[family.arm],
+             family.size_mb >= 262144)
+            for i, (base, family) in enumerate(zip(self.bases, self.base_family, strict=True))
+        ]  # fmt: skip
         self.users = tuple(
             f"oracleidentitycloudservice/{first}.{last}@example.com"
             for first, last in zip(_FIRST, _LAST, strict=False)
@@ -842,14 +854,8 @@ def _realistic_custom(
     )
     reference_us = _micros(palette.reference)
     nbases = len(palette.bases)
-    bases, families, shorts = palette.bases, palette.base_family, palette.shorts
-    bases_json, os_json, retired = palette.bases_json, palette.os_json, palette.retired
-    options_by_arch, users, states, modes = (
-        palette.options,
-        palette.users,
-        palette.states,
-        palette.modes,
-    )
+    per_base, retired = palette.per_base, palette.retired
+    users, states, modes = palette.users, palette.states, palette.modes
     prefix = f"ocid1.image.oc1.{palette.code}.aaaaaaaa"
     comp_id = comp.id
     nanos = palette.extras
@@ -857,9 +863,7 @@ def _realistic_custom(
     for serial, age_s in enumerate(moments):
         bits = rng.getrandbits(64)
         more = rng.getrandbits(64)
-        base_index = (bits & 0xFFFF) % nbases
-        base = bases[base_index]
-        family = families[base_index]
+        base, base_json, os_part, short, options, windows = per_base[(bits & 0xFFFF) % nbases]
         day_index, second = divmod(age_s, 86400)
         if second:
             day_index, second = day_index + 1, 86400 - second
@@ -875,21 +879,20 @@ def _realistic_custom(
         if imported:
             base_ref = "null"
         elif base.created_us <= created_us:
-            base_ref = bases_json[base_index]
+            base_ref = base_json
         else:
             # Older than today's catalogue: built from a platform image since retired.
             base_ref = retired[(more >> 24) & 255]
-        if family.size_mb >= 262144:
+        if windows:
             size_mb = _WIN_SIZES[(bits >> 30) & 3]
         elif imported:
             size_mb = _IMPORTED_SIZES[(bits >> 30) & 3]
         else:
             size_mb = _LINUX_SIZES[(bits >> 30) & 7]
-        billable = max(1, -(-size_mb // 1024) * (5 + ((bits >> 33) & 31)) // 100)
+        billable = -(-size_mb // 1024) * (5 + ((bits >> 33) & 31)) // 100 or 1
         state = states[(bits >> 38) & 255]
         mode = modes[(bits >> 46) & 255]
-        options = options_by_arch[family.arm][(bits >> 54) & 63]
-        name = f"{env}-{app}-{_ROLES[(more >> 32) % 10]}-{shorts[base_index]}-{day}"
+        name = f"{env}-{app}-{_ROLES[(more >> 32) % 10]}-{short}-{day}"
         if serial & 3 == 1:
             name += f"-v{1 + (more >> 36) % 9}"
         defined = ""
@@ -911,8 +914,9 @@ def _realistic_custom(
             f'"compartmentId":"{comp_id}","createImageAllowed":{allowed},'
             f'"definedTags":{{{defined}}},"displayName":"{name}",'
             f'"freeformTags":{freeform[(more >> 58) & 7]},"id":"{image_id}",'
-            f'"launchMode":"{mode}","launchOptions":{options},"lifecycleState":"{state}",'
-            f'"listingType":"NONE",{os_json[base_index]},"sizeInMBs":{size_mb},'
+            f'"launchMode":"{mode}","launchOptions":{options[(bits >> 54) & 63]},'
+            f'"lifecycleState":"{state}",'
+            f'"listingType":"NONE",{os_part},"sizeInMBs":{size_mb},'
             f'"timeCreated":"{stamp}"}}'
         )
         images.append(
