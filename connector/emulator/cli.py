@@ -151,7 +151,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--oci-config-dir", type=Path, default=None, help="write key.pem and an OCI config here"
     )
     parser.add_argument(
-        "--truth", type=Path, default=None, help="write the ground truth as NDJSON, then serve"
+        "--truth",
+        type=Path,
+        default=None,
+        help="write the ground truth as NDJSON, then serve (generates every listing first)",
     )
 
 

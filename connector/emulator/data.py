@@ -255,7 +255,7 @@ class World:
     _by_id: dict[str, Compartment] = field(init=False)
     _listable: list[Compartment] = field(init=False)
     _palettes: dict[str, _Palette] = field(init=False)
-    families: dict[str, _Family] = field(init=False)
+    _families: dict[str, _Family] = field(init=False)
     cache_bytes: int = 128 * 2**20
 
     def __post_init__(self) -> None:
@@ -264,7 +264,7 @@ class World:
             c for c in self.compartments if c.lifecycle_state == "ACTIVE" and c.accessible
         ]
         self._palettes = {}
-        self.families = {}
+        self._families = {}
         self.custom = CustomImages(self, self.cache_bytes)
 
     @property
@@ -557,7 +557,7 @@ def _platform_images(world: World, region: str, count: int) -> list[Image]:
         )
         name = f"{family.stem}-{build:%Y.%m.%d}-{rng.choice((0, 0, 0, 1))}"
         image_id = ocid("image", rng, code)
-        world.families[image_id] = family
+        world._families[image_id] = family
         if awkward:
             images.append(
                 _awkward_image(
@@ -655,7 +655,7 @@ class _Palette:
         self.code = region_code(region)
         self.reference = world.reference
         self.bases = world.platform[region]
-        self.base_family = [world.families[b.id] for b in self.bases]
+        self.base_family = [world._families[b.id] for b in self.bases]
         special = _FLAVOR_MODE[world.flavor]
         self.options: dict[bool, tuple[str, ...]] = {}
         for arm in (False, True):
