@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-mb",
         type=float,
         default=128.0,
-        help="memory for generated listings (encoded JSON), least recently used out",
+        help="memory for generated listings (JSON and objects), least recently used out",
     )
     parser.add_argument(
         "--custom-scale", type=float, default=1.0, help="multiplies custom images per compartment"
