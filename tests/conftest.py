@@ -19,6 +19,7 @@ SMALL = {
     "compartments": 12,
     "regions": ("us-ashburn-1", "eu-frankfurt-1"),
     "platform_images": 15,
+    "dataset": "awkward",  # build_world's default too; the CLI and the demo use "realistic"
 }
 
 

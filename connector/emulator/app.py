@@ -2,8 +2,10 @@
 
 Requests pass through one middleware that does what the real service does around every call,
 in this order: assign an ``opc-request-id``, wait the configured latency, verify the request
-signature, apply the tenancy's rate limit, inject faults. The handlers then validate parameters
-exactly as the API reference says and serve pre-encoded records.
+signature, apply the rate limit of the tenancy in that region, inject faults. The handlers then
+validate parameters as the world's flavor does (commercial OCI and PCA spell sortBy differently)
+and serve encoded records. Hostile behaviours (endless pages, gzip bombs, huge pages, poisoned
+records, cut bodies, 401 for all, hostile region names) are Behaviour knobs, off by default.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class Behaviour:
 
     latency_ms: float = 0.0
     jitter: float = 0.5
-    rate: float = 0.0
+    rate: float = 0.0  # requests/s per tenancy and region (path prefix); 0 = unlimited
     burst: float = 10.0
     retry_after: float | None = None
     fault_rate: float = 0.0
@@ -79,13 +81,13 @@ class Behaviour:
     max_clock_skew_s: float = 300.0
     default_limit: int = 100
     # Hostile behaviours, for reliability tests; each off by default.
-    endless_pages: bool = False
-    gzip_bomb_mib: int = 0
-    huge_page_mb: float = 0.0
-    poison: tuple[str, ...] = ()
-    cut_json_rate: float = 0.0
-    reject_auth: bool = False
-    hostile_regions: tuple[str, ...] = ()
+    endless_pages: bool = False  # ListImages: past the end, empty pages with ever-new tokens
+    gzip_bomb_mib: int = 0  # ListImages pages gzip-encoded behind this many MiB of whitespace
+    huge_page_mb: float = 0.0  # ListImages pages padded to this size with one extra record
+    poison: tuple[str, ...] = ()  # POISON_KINDS records added to each listing's first page
+    cut_json_rate: float = 0.0  # bodies cut after a } or ], Content-Length matching the cut
+    reject_auth: bool = False  # every API call 401 NotAuthenticated, as with a revoked key
+    hostile_regions: tuple[str, ...] = ()  # extra READY region subscriptions, e.g. "../x"
 
     def __post_init__(self) -> None:
         unknown = set(self.poison) - set(POISON_KINDS)
@@ -419,7 +421,9 @@ class Emulator:
             self.stats.faults["poison"] += len(knobs.poison)
             records += [_poison(kind, region, compartment_id) for kind in knobs.poison]
         body = b"[" + b",".join(records) + b"]"
-        response = self._page(body, key, offset, len(page), limit, len(selection))
+        response = self._page(
+            body, key, offset, len(page), limit, len(selection), endless=knobs.endless_pages
+        )
         if knobs.gzip_bomb_mib > 0:
             self.stats.faults["gzip_bomb"] += 1
             return await _gzip_bomb(request, response, body, knobs.gzip_bomb_mib)
@@ -583,14 +587,22 @@ class Emulator:
         return offset
 
     def _page(
-        self, body: bytes, key: tuple[object, ...], offset: int, count: int, limit: int, total: int
+        self,
+        body: bytes,
+        key: tuple[object, ...],
+        offset: int,
+        count: int,
+        limit: int,
+        total: int,
+        *,
+        endless: bool = False,
     ) -> web.Response:
         response = web.Response(body=body, content_type="application/json")
         end = offset + count
         more = end < total or (
             self.behaviour.trailing_empty_page and count == limit and end == total
         )
-        if self.behaviour.endless_pages and not more:
+        if endless and not more:
             # Past the end, each empty page still points to a new one.
             self.stats.faults["endless"] += 1
             more, end = True, max(end, offset + 1)

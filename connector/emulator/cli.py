@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache-mb",
         type=float,
         default=128.0,
-        help="memory for generated listings (encoded JSON), least recently used out",
+        help="memory for generated listings (JSON and objects), least recently used out",
     )
     parser.add_argument(
         "--custom-scale", type=float, default=1.0, help="multiplies custom images per compartment"
@@ -151,7 +151,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--oci-config-dir", type=Path, default=None, help="write key.pem and an OCI config here"
     )
     parser.add_argument(
-        "--truth", type=Path, default=None, help="write the ground truth as NDJSON, then serve"
+        "--truth",
+        type=Path,
+        default=None,
+        help="write the ground truth as NDJSON, then serve (generates every listing first)",
     )
 
 

@@ -157,12 +157,17 @@ class RegionSubscription:
 # -- the world --------------------------------------------------------------------------------
 
 
+# Python objects per cached image beyond its JSON: the tuple, its id and its name (measured
+# about 330 bytes; the operating system strings and shapes are shared).
+_IMAGE_OVERHEAD = 350
+
+
 class CustomImages(Mapping[tuple[str, str], list[Image]]):
     """Custom images per (region, compartment id), generated on first use and cached.
 
     Behaves as the dict it replaces: keys are the listings that hold at least one custom image.
-    The cache is bounded by the bytes of encoded JSON it holds (least recently used first out);
-    an evicted listing is regenerated identically when asked for again.
+    The cache is bounded by the memory its images take, JSON and Python objects (least recently
+    used first out); an evicted listing is regenerated identically when asked for again.
     """
 
     def __init__(self, world: World, cache_bytes: int) -> None:
@@ -183,7 +188,8 @@ class CustomImages(Mapping[tuple[str, str], list[Image]]):
                 known = 0
             else:
                 known = _custom_count(
-                    _listing_rng(self._world.seed, region, compartment_id), self._world.custom_scale
+                    _listing_key(self._world.seed, region, compartment_id),
+                    self._world.custom_scale,
                 )
             self._counts[key] = known
         return known
@@ -203,7 +209,7 @@ class CustomImages(Mapping[tuple[str, str], list[Image]]):
         if not self.count(region, compartment_id):
             raise KeyError(key)
         images = self._world.generate_custom(region, compartment_id)
-        size = sum(len(image.json) for image in images)
+        size = sum(len(image.json) for image in images) + _IMAGE_OVERHEAD * len(images)
         with self._lock:
             if key not in self._cache:
                 self._cache[key] = (images, size)
@@ -230,7 +236,7 @@ class CustomImages(Mapping[tuple[str, str], list[Image]]):
 
     @property
     def cached_bytes(self) -> int:
-        """Bytes of encoded JSON held in the cache now."""
+        """Memory the cached images take now, estimated as their JSON plus object overhead."""
         return self._held
 
 
@@ -254,7 +260,7 @@ class World:
     _by_id: dict[str, Compartment] = field(init=False)
     _listable: list[Compartment] = field(init=False)
     _palettes: dict[str, _Palette] = field(init=False)
-    families: dict[str, _Family] = field(init=False)
+    _families: dict[str, _Family] = field(init=False)
     cache_bytes: int = 128 * 2**20
 
     def __post_init__(self) -> None:
@@ -263,7 +269,7 @@ class World:
             c for c in self.compartments if c.lifecycle_state == "ACTIVE" and c.accessible
         ]
         self._palettes = {}
-        self.families = {}
+        self._families = {}
         self.custom = CustomImages(self, self.cache_bytes)
 
     @property
@@ -307,8 +313,9 @@ class World:
     def generate_custom(self, region: str, compartment_id: str) -> list[Image]:
         """Generate a listing's custom images from (seed, region, compartment); no caching."""
         comp = self._by_id[compartment_id]
-        rng = _listing_rng(self.seed, region, compartment_id)
-        count = _custom_count(rng, self.custom_scale)
+        key = _listing_key(self.seed, region, compartment_id)
+        count = _custom_count(key, self.custom_scale)
+        rng = random.Random(key)
         palette = self._palettes.get(region)
         if palette is None:
             palette = self._palettes[region] = _Palette(self, region)
@@ -372,24 +379,29 @@ def region_code(region: str) -> str:
     return (letters + "xxx")[:3]
 
 
-def _listing_rng(seed: int, region: str, compartment_id: str) -> random.Random:
+def _listing_key(seed: int, region: str, compartment_id: str) -> int:
+    """64 bits that seed a listing's generator and, alone, decide its size."""
     digest = hashlib.blake2b(f"{seed}/{region}/{compartment_id}".encode(), digest_size=8)
-    return random.Random(int.from_bytes(digest.digest(), "big"))
+    return int.from_bytes(digest.digest(), "big")
 
 
 def _micros(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
-def _custom_count(rng: random.Random, scale: float) -> int:
-    """Skewed: most compartments hold a few dozen images, a few need several 1000-row pages."""
-    roll = rng.random()
+def _custom_count(key: int, scale: float) -> int:
+    """Skewed: most compartments hold a few dozen images, a few need several 1000-row pages.
+
+    Drawn from the listing's key rather than its generator, so that counting every listing of
+    a large tenancy costs a hash each, not a generator each."""
+    roll = (key & 0xFFFFFFFF) / 2**32
+    pick = key >> 32
     if roll < 0.88:
-        base = rng.randint(0, 40)
+        base = pick % 41
     elif roll < 0.93:
-        base = rng.randint(40, 900)
+        base = 40 + pick % 861
     else:
-        base = rng.randint(1500, 7000)
+        base = 1500 + pick % 5501
     return int(base * scale)
 
 
@@ -550,7 +562,7 @@ def _platform_images(world: World, region: str, count: int) -> list[Image]:
         )
         name = f"{family.stem}-{build:%Y.%m.%d}-{rng.choice((0, 0, 0, 1))}"
         image_id = ocid("image", rng, code)
-        world.families[image_id] = family
+        world._families[image_id] = family
         if awkward:
             images.append(
                 _awkward_image(
@@ -648,7 +660,7 @@ class _Palette:
         self.code = region_code(region)
         self.reference = world.reference
         self.bases = world.platform[region]
-        self.base_family = [world.families[b.id] for b in self.bases]
+        self.base_family = [world._families[b.id] for b in self.bases]
         special = _FLAVOR_MODE[world.flavor]
         self.options: dict[bool, tuple[str, ...]] = {}
         for arm in (False, True):
@@ -681,7 +693,6 @@ class _Palette:
             )
         )
         self.bases_json = [orjson.dumps(b.id).decode() for b in self.bases]
-        self.shorts = [f.short for f in self.base_family]
         retired = random.Random(f"{world.seed}/{region}/retired")
         self.retired = tuple(f'"{ocid("image", retired, self.code)}"' for _ in range(256))
         self.os_json = [
@@ -689,6 +700,12 @@ class _Palette:
             f'"operatingSystemVersion":{orjson.dumps(b.operating_system_version).decode()}'
             for b in self.bases
         ]
+        # What a custom image takes from its base, in one tuple per base.
+        self.per_base = [
+            (base, self.bases_json[i], self.os_json[i], family.short, self.options[family.arm],
+             family.size_mb >= 262144)
+            for i, (base, family) in enumerate(zip(self.bases, self.base_family, strict=True))
+        ]  # fmt: skip
         self.users = tuple(
             f"oracleidentitycloudservice/{first}.{last}@example.com"
             for first, last in zip(_FIRST, _LAST, strict=False)
@@ -842,61 +859,53 @@ def _realistic_custom(
     )
     reference_us = _micros(palette.reference)
     nbases = len(palette.bases)
-    bases, families, shorts = palette.bases, palette.base_family, palette.shorts
-    bases_json, os_json, retired = palette.bases_json, palette.os_json, palette.retired
-    options_by_arch, users, states, modes = (
-        palette.options,
-        palette.users,
-        palette.states,
-        palette.modes,
-    )
+    per_base, retired = palette.per_base, palette.retired
+    users, states, modes = palette.users, palette.states, palette.modes
     prefix = f"ocid1.image.oc1.{palette.code}.aaaaaaaa"
     comp_id = comp.id
     nanos = palette.extras
+    new_image = tuple.__new__
     images: list[Image] = []
     for serial, age_s in enumerate(moments):
         bits = rng.getrandbits(64)
         more = rng.getrandbits(64)
-        base_index = (bits & 0xFFFF) % nbases
-        base = bases[base_index]
-        family = families[base_index]
+        base, base_json, os_part, short, options, windows = per_base[(bits & 0xFFFF) % nbases]
         day_index, second = divmod(age_s, 86400)
         if second:
             day_index, second = day_index + 1, 86400 - second
         day = days[day_index]
         millis = ((bits >> 16) & 1023) % 1000
         created_us = reference_us - age_s * 1_000_000 + millis * 1000
-        stamp = f"{day}T{_HHMM[second // 60]}:{_SS[second % 60]}.{_MS[millis]}"
+        millis_stamp = f"{day}T{_HHMM[second // 60]}:{_SS[second % 60]}.{_MS[millis]}Z"
         if nanos and (more & 63) == 0:
-            stamp = f"{stamp}{_MS[(more >> 6) & 511]}{_MS[(more >> 15) & 511]}Z"
+            stamp = f"{millis_stamp[:-1]}{_MS[(more >> 6) & 511]}{_MS[(more >> 15) & 511]}Z"
         else:
-            stamp += "Z"
+            stamp = millis_stamp
         imported = (bits >> 26) & 15 == 0
         if imported:
             base_ref = "null"
         elif base.created_us <= created_us:
-            base_ref = bases_json[base_index]
+            base_ref = base_json
         else:
             # Older than today's catalogue: built from a platform image since retired.
             base_ref = retired[(more >> 24) & 255]
-        if family.size_mb >= 262144:
+        if windows:
             size_mb = _WIN_SIZES[(bits >> 30) & 3]
         elif imported:
             size_mb = _IMPORTED_SIZES[(bits >> 30) & 3]
         else:
             size_mb = _LINUX_SIZES[(bits >> 30) & 7]
-        billable = max(1, -(-size_mb // 1024) * (5 + ((bits >> 33) & 31)) // 100)
+        billable = -(-size_mb // 1024) * (5 + ((bits >> 33) & 31)) // 100 or 1
         state = states[(bits >> 38) & 255]
         mode = modes[(bits >> 46) & 255]
-        options = options_by_arch[family.arm][(bits >> 54) & 63]
-        name = f"{env}-{app}-{_ROLES[(more >> 32) % 10]}-{shorts[base_index]}-{day}"
+        name = f"{env}-{app}-{_ROLES[(more >> 32) % 10]}-{short}-{day}"
         if serial & 3 == 1:
             name += f"-v{1 + (more >> 36) % 9}"
         defined = ""
         if (more >> 40) & 7 < 6:
             defined = (
                 f'"Oracle-Tags":{{"CreatedBy":"{users[(more >> 43) % 12]}",'
-                f'"CreatedOn":"{day}T{_HHMM[second // 60]}:{_SS[second % 60]}.{_MS[millis]}Z"}}'
+                f'"CreatedOn":"{millis_stamp}"}}'
             )
         if (more >> 47) & 3 < 2:
             extra = operations[(more >> 49) % len(operations)]
@@ -911,20 +920,25 @@ def _realistic_custom(
             f'"compartmentId":"{comp_id}","createImageAllowed":{allowed},'
             f'"definedTags":{{{defined}}},"displayName":"{name}",'
             f'"freeformTags":{freeform[(more >> 58) & 7]},"id":"{image_id}",'
-            f'"launchMode":"{mode}","launchOptions":{options},"lifecycleState":"{state}",'
-            f'"listingType":"NONE",{os_json[base_index]},"sizeInMBs":{size_mb},'
+            f'"launchMode":"{mode}","launchOptions":{options[(bits >> 54) & 63]},'
+            f'"lifecycleState":"{state}",'
+            f'"listingType":"NONE",{os_part},"sizeInMBs":{size_mb},'
             f'"timeCreated":"{stamp}"}}'
         )
+        # tuple.__new__ skips the named tuple's Python-level constructor: a third of a microsecond.
         images.append(
-            Image(
-                text.encode(),
-                image_id,
-                name,
-                base.operating_system,
-                base.operating_system_version,
-                state,
-                created_us,
-                base.shapes,
+            new_image(
+                Image,
+                (
+                    text.encode(),
+                    image_id,
+                    name,
+                    base.operating_system,
+                    base.operating_system_version,
+                    state,
+                    created_us,
+                    base.shapes,
+                ),
             )
         )
     images.reverse()  # oldest first, as the service lists custom images
