@@ -159,8 +159,8 @@ def type_name(data_type: pa.DataType) -> str:
     return text
 
 
-def describe() -> list[dict[str, Any]]:
-    """The schema as JSON-ready records."""
+def describe(columns: tuple[Column, ...] = COLUMNS) -> list[dict[str, Any]]:
+    """A dataset's schema (images by default) as JSON-ready records."""
     return [
         {
             "name": c.name,
@@ -169,15 +169,70 @@ def describe() -> list[dict[str, Any]]:
             "source": c.source or None,
             "description": c.description,
         }
-        for c in COLUMNS
+        for c in columns
     ]
 
 
-def markdown_table() -> str:
-    """The column table that the README embeds."""
+def markdown_table(columns: tuple[Column, ...] = COLUMNS) -> str:
+    """A dataset's column table (images by default), as the README embeds it."""
     lines = ["| column | type | from | description |", "|---|---|---|---|"]
-    for c in COLUMNS:
+    for c in columns:
         origin = f"`{c.source}`" if c.source else "metadata"
         null = "" if c.nullable else ", not null"
         lines.append(f"| `{c.name}` | {type_name(c.type)}{null} | {origin} | {c.description} |")
     return "\n".join(lines)
+
+
+def _schema_of(columns: tuple[Column, ...]) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(c.name, c.type, nullable=c.nullable, metadata={"description": c.description})
+            for c in columns
+        ]
+    )
+
+
+TAGS = pa.map_(S, pa.map_(S, S))
+
+COMPARTMENT_COLUMNS: tuple[Column, ...] = (
+    Column("id", S, "id", "The compartment OCID (the tenancy OCID for the root).", nullable=False),
+    Column("name", S, "name", "The compartment's name; the tenancy's root is named root."),
+    Column("description", S, "description", "Its description."),
+    Column("parent_id", S, "compartmentId", "The parent compartment; null for the root."),
+    Column("path", S, "", "Names from the root down, joined by /, e.g. root/Finance/Prod.", nullable=False),
+    Column("depth", pa.int32(), "", "Levels below the root: 0 for the root, 1 for its children.", nullable=False),
+    Column("lifecycle_state", S, "lifecycleState", "ACTIVE, ... (kept as sent)."),
+    Column("time_created", UTC_MICROS, "timeCreated", "Creation time, in UTC."),
+    Column("defined_tags", TAGS, "definedTags", "Defined tags, as images carry them."),
+    Column("freeform_tags", pa.map_(S, S), "freeformTags", "Free-form tags."),
+    Column("_exported", B, "", "Whether this run listed images in it.", nullable=False),
+    Column("_excluded_reason", S, "", "Why not, when not: scope.exclude, an excluded ancestor, include_root = false, not listed."),
+    Column("_tenancy_id", S, "", "The tenancy exported.", nullable=False),
+    Column("_snapshot_date", pa.date32(), "", "The run's snapshot date.", nullable=False),
+    Column("_run_id", S, "", "The run that wrote the row.", nullable=False),
+)  # fmt: skip
+COMPARTMENTS_SCHEMA = _schema_of(COMPARTMENT_COLUMNS)
+
+CHANGE_COLUMNS: tuple[Column, ...] = (
+    Column("change", S, "", "added, removed or changed.", nullable=False),
+    Column("_region", S, "", "The image's region.", nullable=False),
+    Column("id", S, "", "The image OCID.", nullable=False),
+    Column("compartment_id", S, "", "Its compartment; null for platform images. Part of the key: a moved image is removed and added."),
+    Column("display_name", S, "", "Its display name (the new one when it changed)."),
+    Column("_is_platform", B, "", "Whether it is a platform image."),
+    Column("changed_fields", pa.list_(S), "", "For changed: the columns whose value changed; empty otherwise."),
+    Column("before", S, "", "For changed: the changed columns' previous values, a JSON object."),
+    Column("after", S, "", "For changed: the changed columns' new values, a JSON object."),
+    Column("_from_snapshot_date", pa.date32(), "", "The snapshot compared against; null when there was none."),
+    Column("_snapshot_date", pa.date32(), "", "The snapshot these changes lead to.", nullable=False),
+    Column("_tenancy_id", S, "", "The tenancy exported."),
+    Column("_run_id", S, "", "The run that computed the changes.", nullable=False),
+)  # fmt: skip
+CHANGES_SCHEMA = _schema_of(CHANGE_COLUMNS)
+
+DATASETS: dict[str, tuple[Column, ...]] = {
+    "images": COLUMNS,
+    "compartments": COMPARTMENT_COLUMNS,
+    "changes": CHANGE_COLUMNS,
+}
+"""Every dataset the connector publishes, by name, with its columns."""

@@ -67,3 +67,16 @@ class NdjsonSeries(RollingFiles):
         self._finished(self._rows, size)
         self._stream = None
         self._raw = None
+
+
+def decode_rows(lines: list[bytes], schema: pa.Schema) -> pa.RecordBatch:
+    """NDJSON lines written by ``encode_rows`` back into a batch of ``schema``."""
+    rows = [orjson.loads(line) for line in lines]
+    columns = []
+    for field in schema:
+        values = [row.get(field.name) for row in rows]
+        if pa.types.is_timestamp(field.type) or pa.types.is_date(field.type):
+            columns.append(pa.array(values, pa.string()).cast(field.type))
+        else:
+            columns.append(pa.array(values, field.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)

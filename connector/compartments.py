@@ -1,0 +1,154 @@
+"""The ``compartments`` dataset: the tenancy's tree as discovery saw it, with readable paths.
+
+Images carry compartment OCIDs; analysts ask by name ("custom images per team"). This dataset,
+published beside ``images`` in the same commit, maps every compartment to its name and its
+path from the root (``root/Finance/Prod``), and says whether the run exported it and, if not,
+why. It is built from the Identity records that discovery lists anyway, so it costs no request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from connector import schema
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+ROOT_NAME = "root"
+_MAX_DEPTH = 64  # OCI nests compartments at most six levels; a cycle must not loop forever
+
+EXCLUDED = "scope.exclude"
+EXCLUDED_ANCESTOR = "an excluded ancestor"
+ROOT_LEFT_OUT = "scope.include_root = false"
+NOT_LISTED = "not listed"
+
+
+@dataclass(frozen=True, slots=True)
+class Tree:
+    """Compartment records by id (the root too), as the Identity API returns them."""
+
+    tenancy_id: str
+    records: Mapping[str, Mapping[str, Any]]
+
+    @classmethod
+    def of(cls, tenancy_id: str, records: Iterable[Mapping[str, Any]]) -> Tree:
+        """The tree from ListCompartments records; the root is added when they lack it."""
+        by_id = {str(r["id"]): r for r in records if r.get("id")}
+        by_id.setdefault(tenancy_id, {"id": tenancy_id, "name": ROOT_NAME})
+        return cls(tenancy_id, by_id)
+
+    def parent(self, compartment_id: str) -> str | None:
+        """The parent's id; None for the root."""
+        if compartment_id == self.tenancy_id:
+            return None
+        record = self.records.get(compartment_id, {})
+        parent = record.get("compartmentId")
+        return str(parent) if parent else None
+
+    def ancestry(self, compartment_id: str) -> list[str]:
+        """Ids from the root (or the highest known ancestor) down to ``compartment_id``."""
+        chain = [compartment_id]
+        while len(chain) < _MAX_DEPTH:
+            parent = self.parent(chain[-1])
+            if parent is None or parent in chain:
+                break
+            chain.append(parent)
+        return chain[::-1]
+
+    def name(self, compartment_id: str) -> str:
+        """Its name; the root is ``root``, and an ancestor the principal cannot see is named
+        by its OCID."""
+        if compartment_id == self.tenancy_id:
+            return ROOT_NAME
+        record = self.records.get(compartment_id)
+        return str(record.get("name") or compartment_id) if record else compartment_id
+
+    def path(self, compartment_id: str) -> str:
+        """Names from the root down, joined by ``/``."""
+        return "/".join(self.name(c) for c in self.ancestry(compartment_id))
+
+
+def exclusion_reason(
+    tree: Tree, compartment_id: str, excluded: frozenset[str], include_root: bool
+) -> str | None:
+    """Why discovery left ``compartment_id`` out, or None when it is exported."""
+    if compartment_id in excluded:
+        return EXCLUDED
+    if any(a in excluded for a in tree.ancestry(compartment_id)[:-1]):
+        return EXCLUDED_ANCESTOR
+    if compartment_id == tree.tenancy_id and not include_root:
+        return ROOT_LEFT_OUT
+    return None
+
+
+def table(
+    tree: Tree,
+    exported: frozenset[str],
+    reasons: Mapping[str, str],
+    *,
+    snapshot_date: date,
+    run_id: str,
+) -> pa.Table:
+    """The dataset's rows: every compartment of ``tree``, exported or not (and why)."""
+    ids = sorted(tree.records)
+    rows = []
+    for compartment_id in ids:
+        record = tree.records[compartment_id]
+        is_exported = compartment_id in exported
+        rows.append(
+            {
+                "id": compartment_id,
+                "name": tree.name(compartment_id),
+                "description": record.get("description"),
+                "parent_id": tree.parent(compartment_id),
+                "path": tree.path(compartment_id),
+                "depth": len(tree.ancestry(compartment_id)) - 1,
+                "lifecycle_state": record.get("lifecycleState"),
+                "time_created": _timestamp(record.get("timeCreated")),
+                "defined_tags": _tags(record.get("definedTags")),
+                "freeform_tags": _strings(record.get("freeformTags")),
+                "_exported": is_exported,
+                "_excluded_reason": None
+                if is_exported
+                else reasons.get(compartment_id, NOT_LISTED),
+                "_tenancy_id": tree.tenancy_id,
+                "_snapshot_date": snapshot_date,
+                "_run_id": run_id,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=schema.COMPARTMENTS_SCHEMA)
+
+
+def _timestamp(text: Any) -> datetime | None:
+    """An RFC 3339 text in UTC, fractions beyond six digits cut as for images; a text that is
+    no time at all becomes null (a compartment's age is not worth a failed run)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = pa.scalar(_FRACTION.sub(r"\1", text)).cast(schema.UTC_MICROS).as_py()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    return moment if isinstance(moment, datetime) else None
+
+
+def _strings(value: Any) -> dict[str, str] | None:
+    if not isinstance(value, dict):
+        return None
+    return {str(k): v if isinstance(v, str) else _json_text(v) for k, v in value.items()}
+
+
+def _tags(value: Any) -> dict[str, dict[str, str] | None] | None:
+    if not isinstance(value, dict):
+        return None
+    return {str(k): _strings(v) for k, v in value.items()}
+
+
+def _json_text(value: Any) -> str:
+    import orjson
+
+    return orjson.dumps(value).decode()

@@ -1,0 +1,78 @@
+"""Reading published snapshots back: which dates exist, and their rows as record batches.
+
+A reader follows the manifest, never a glob: the manifest lists exactly the files of the
+commit that wrote it, so a partition caught mid-commit on an object store (old files not yet
+deleted, new ones already copied) still reads as one snapshot.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from connector.errors import PublishError
+from connector.publish import exists, read_json
+
+_DATE_DIR = re.compile(r"^snapshot_date=(\d{4}-\d{2}-\d{2})$")
+_LINES_PER_BATCH = 16_384
+
+
+def published_dates(fs: pafs.FileSystem, base: str, dataset: str = "images") -> list[str]:
+    """Snapshot dates of ``dataset`` published complete (with ``_SUCCESS``), oldest first."""
+    entries = fs.get_file_info(pafs.FileSelector(f"{base}/{dataset}", allow_not_found=True))
+    dates = []
+    for entry in entries:
+        match = _DATE_DIR.match(entry.base_name)
+        if match and exists(fs, f"{entry.path}/_SUCCESS"):
+            dates.append(match.group(1))
+    return sorted(dates)
+
+
+def previous_date(
+    fs: pafs.FileSystem, base: str, before: str, dataset: str = "images"
+) -> str | None:
+    """The latest complete snapshot date earlier than ``before``, if any."""
+    earlier = [d for d in published_dates(fs, base, dataset) if d < before]
+    return earlier[-1] if earlier else None
+
+
+def manifest(fs: pafs.FileSystem, base: str, snapshot_date: str, dataset: str = "images") -> Any:
+    """The manifest of a published snapshot; ``PublishError`` when there is none."""
+    path = f"{base}/{dataset}/snapshot_date={snapshot_date}/_manifest.json"
+    if not exists(fs, path):
+        raise PublishError(f"no published snapshot of {dataset} for {snapshot_date} ({path})")
+    return read_json(fs, path)
+
+
+def read_batches(
+    fs: pafs.FileSystem, partition: str, files: list[dict[str, Any]], schema: pa.Schema
+) -> Iterator[pa.RecordBatch]:
+    """The rows of the data files a manifest lists, under ``partition``, a batch at a time."""
+    from connector.sinks.ndjson import decode_rows
+
+    for entry in files:
+        path = f"{partition}/{entry['path']}"
+        if path.endswith(".parquet"):
+            with fs.open_input_file(path) as raw:
+                yield from pq.ParquetFile(raw).iter_batches(batch_size=65_536)
+            continue
+        compression = "gzip" if path.endswith(".gz") else None
+        with fs.open_input_stream(path, compression=compression) as stream:
+            pending = b""
+            lines: list[bytes] = []
+            while chunk := stream.read(1 << 20):
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                lines.extend(line for line in complete if line)
+                if len(lines) >= _LINES_PER_BATCH:
+                    yield decode_rows(lines, schema)
+                    lines = []
+            if pending.strip():
+                lines.append(pending)
+            if lines:
+                yield decode_rows(lines, schema)
