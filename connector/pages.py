@@ -51,6 +51,7 @@ class RunInfo:
 
     run_id: str
     snapshot_date: date
+    tenancy_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

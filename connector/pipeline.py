@@ -126,7 +126,11 @@ class Export:
         self.layout = publish.Layout(self.base, self.run_id, output.effective_snapshot_date)
         self.progress = Progress()
         self.results: dict[WorkItem, ListingRecord] = {}
-        self._run_info = RunInfo(self.run_id, date.fromisoformat(self.layout.snapshot_date))
+        self._run_info = RunInfo(
+            self.run_id,
+            date.fromisoformat(self.layout.snapshot_date),
+            settings.scope.tenancy or credentials.tenancy,
+        )
         self._filters = settings.filters.query_params(settings.oci.flavor)
         self._platform_mode = settings.fetch.platform_images
         index, count = shard

@@ -105,6 +105,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("_region", S, "", "The region queried.", nullable=False),
     Column("_source_compartment_id", S, "", "The compartment whose listing returned the row.", nullable=False),
     Column("_is_platform", B, "", "True for platform images (compartmentId null or \"\").", nullable=False),
+    Column("_tenancy_id", S, "", "The tenancy exported; null only when neither scope.tenancy nor the credentials name one."),
     Column("_snapshot_date", pa.date32(), "", "The run's snapshot date.", nullable=False),
     Column("_fetched_at", UTC_MICROS, "", "When the page holding the row arrived.", nullable=False),
     Column("_run_id", S, "", "The run that wrote the row.", nullable=False),

@@ -47,7 +47,9 @@ KNOWN_CHILD = {
 }
 
 
-def expected_row(record: dict[str, Any], region: str, source: str | None) -> dict[str, Any]:
+def expected_row(
+    record: dict[str, Any], region: str, source: str | None, tenancy: str | None = None
+) -> dict[str, Any]:
     """The output row for an API record (load-time metadata other than these left out)."""
     row: dict[str, Any] = {name: record.get(key) for name, key in SCALARS.items()}
     # Platform images: compartmentId null (OCI) or "" (Private Cloud Appliance).
@@ -99,6 +101,7 @@ def expected_row(record: dict[str, Any], region: str, source: str | None) -> dic
     row["_region"] = region
     row["_source_compartment_id"] = source
     row["_is_platform"] = record.get("compartmentId") in (None, "")
+    row["_tenancy_id"] = tenancy
     return row
 
 
@@ -113,11 +116,17 @@ def expected_rows(
     for region in world.regions:
         for comp in listed:
             for image in world.custom.get((region, comp), []):
-                rows.append(expected_row(image.record(), region, comp))
+                rows.append(expected_row(image.record(), region, comp, world.tenancy_id))
             if platform == "every":
-                rows += [expected_row(i.record(), region, comp) for i in world.platform[region]]
+                rows += [
+                    expected_row(i.record(), region, comp, world.tenancy_id)
+                    for i in world.platform[region]
+                ]
         if platform == "once":
-            rows += [expected_row(i.record(), region, None) for i in world.platform[region]]
+            rows += [
+                expected_row(i.record(), region, None, world.tenancy_id)
+                for i in world.platform[region]
+            ]
     return rows
 
 
