@@ -28,7 +28,11 @@ from connector.errors import ConfigError
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Iterator
 
+    import pyarrow as pa
+
+    from connector.changes import ChangeCounts
     from connector.pipeline import Export
     from connector.workers.spawn import Launched
 
@@ -163,6 +167,24 @@ async def run_async(
 def commit(settings: Settings, run_id: str) -> RunOutcome:
     """Merge the staged shards of ``run_id`` and publish the partition."""
     return manifest.commit(settings, run_id)
+
+
+def diff(
+    settings: Settings,
+    from_date: str,
+    to_date: str,
+    *,
+    counts: ChangeCounts | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Images added, removed or changed between two published snapshots of
+    ``settings.output.uri``, as record batches of ``schema.CHANGES_SCHEMA``; ``counts``, when
+    given, is filled in as the batches stream. Memory stays flat however large the snapshots."""
+    from connector import changes, publish
+
+    older = config.check_snapshot_date("--from", from_date)
+    newer = config.check_snapshot_date("--to", to_date)
+    fs, base = publish.resolve(settings.output.uri)
+    return changes.diff_published(fs, base, older, newer, run_id=new_run_id(), counts=counts)
 
 
 def export(

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.compute as compute
+import pyarrow.fs as pafs
 
 from connector import schema
 
@@ -203,7 +204,7 @@ def _compare(old: pa.Table, new: pa.Table, context: DiffContext, tally: ChangeCo
     changed_before, changed_after = before.filter(any_change), after.filter(any_change)
     names_per_row: list[list[str]] = [[] for _ in range(changed_before.num_rows)]
     for name, mask in differing.items():
-        for row in pc.indices_nonzero(mask.filter(any_change)).to_numpy():
+        for row in pc.indices_nonzero(mask.filter(any_change)).to_pylist():
             names_per_row[row].append(name)
     tally.added += added.num_rows
     tally.removed += removed.num_rows
@@ -332,3 +333,29 @@ def _whole(array: Column) -> Column:
     if isinstance(array, pa.ChunkedArray):
         return array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
     return array
+
+
+def diff_published(
+    fs: pafs.FileSystem,
+    base: str,
+    from_date: str,
+    to_date: str,
+    *,
+    run_id: str,
+    counts: ChangeCounts | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Changes between two published snapshots of ``images`` under ``base``, read through
+    their manifests. Raises ``PublishError`` when either snapshot is not published."""
+    from connector import snapshots
+
+    old = snapshots.manifest(fs, base, from_date)
+    new = snapshots.manifest(fs, base, to_date)
+    partition = f"{base}/images/snapshot_date="
+    context = DiffContext(date.fromisoformat(from_date), date.fromisoformat(to_date), run_id)
+    return diff(
+        lambda: snapshots.read_batches(fs, partition + from_date, old["files"], schema.SCHEMA),
+        lambda: snapshots.read_batches(fs, partition + to_date, new["files"], schema.SCHEMA),
+        context,
+        expected_rows=max(int(old.get("rows", 0)), int(new.get("rows", 0))),
+        counts=counts,
+    )

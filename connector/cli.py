@@ -76,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--shards", type=int, required=True, help="number of shards")
     plan.add_argument("--run-id", default=None, help="run id to put in the specs")
 
+    diff = commands.add_parser(
+        "diff", help="images added, removed or changed between two published snapshots"
+    )
+    _config_arguments(diff)
+    diff.add_argument("--from", dest="from_date", required=True, metavar="DATE", help="YYYY-MM-DD")
+    diff.add_argument("--to", dest="to_date", required=True, metavar="DATE", help="YYYY-MM-DD")
+    diff.add_argument(
+        "--format",
+        default="ndjson",
+        choices=["ndjson", "summary"],
+        help="ndjson: one change a line on stdout (default); summary: the counts only",
+    )
+
     commit = commands.add_parser("commit", help="publish the staged shards of one run")
     _config_arguments(commit)
     commit.add_argument("--run-id", required=True, help="the run whose shards to publish")
@@ -131,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plan(args)
         if args.command == "commit":
             return _commit(args)
+        if args.command == "diff":
+            return _diff(args)
     except ConfigError as exc:
         print(f"oci-images: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -321,6 +336,26 @@ def _commit(args: argparse.Namespace) -> int:
 
     settings = api.load_config(args.config, args.set)
     return _report(api.commit(settings, args.run_id))
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from connector import api
+    from connector.changes import ChangeCounts
+    from connector.sinks.ndjson import encode_rows
+
+    settings = api.load_config(args.config, args.set)
+    counts = ChangeCounts()
+    out = sys.stdout.buffer
+    for batch in api.diff(settings, args.from_date, args.to_date, counts=counts):
+        if args.format == "ndjson":
+            out.write(encode_rows(batch))
+    out.flush()
+    print(
+        f"diff {args.from_date} → {args.to_date}: added={counts.added} "
+        f"removed={counts.removed} changed={counts.changed}",
+        file=sys.stderr if args.format == "ndjson" else sys.stdout,
+    )
+    return EXIT_OK
 
 
 def demo_config() -> Path:

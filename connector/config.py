@@ -241,6 +241,13 @@ def _snapshot_date(key: str, value: Any) -> str:
         raise ConfigError(key, f"must be a date YYYY-MM-DD, got {text!r}") from None
 
 
+def check_snapshot_date(key: str, value: Any) -> str:
+    """A snapshot date given to a command or the API (``--from``): YYYY-MM-DD, required."""
+    if value == "":
+        raise ConfigError(key, "must be a date YYYY-MM-DD, got nothing")
+    return _snapshot_date(key, value)
+
+
 def _suggest(word: str, options: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     if not close:

@@ -1,0 +1,102 @@
+"""`oci-images diff` as a user runs it: two exports a day apart, then the changes between them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from connector.emulator import EmulatorServer, World, build_world
+from connector.emulator.data import Image
+from tests.helpers import WORLD, write_config
+
+DAY1, DAY2 = "2026-11-26", "2026-11-27"
+
+
+def oci_images(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "connector", "--log-level", "error", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def edit(image: Image, **fields: Any) -> Image:
+    record = {**image.record(), **fields}
+    return image._replace(
+        json=orjson.dumps(record),
+        id=record["id"],
+        display_name=record.get("displayName"),
+        lifecycle_state=record["lifecycleState"],
+    )
+
+
+def evolve(world: World) -> set[tuple[str, str, tuple[str, ...]]]:
+    """A day of changes in one custom listing; the (change, id, fields) they must produce."""
+    region, compartment = next(
+        key for key in world.custom if len(world.custom[key]) >= 5 and key[0] == world.regions[-1]
+    )
+    images = world.custom[(region, compartment)]  # the served list itself
+    removed = images.pop(0)
+    images[0] = edit(images[0], displayName="renamed-by-a-human")
+    images[1] = edit(images[1], freeformTags={"Owner": "someone-new"})
+    images[2] = edit(images[2], lifecycleState="DISABLED")
+    added = edit(images[3], id=images[3].id[:-6] + "zzzzzz", displayName="fresh")
+    images.append(added)
+    return {
+        ("removed", removed.id, ()),
+        ("changed", images[0].id, ("display_name",)),
+        ("changed", images[1].id, ("freeform_tags",)),
+        ("changed", images[2].id, ("lifecycle_state",)),
+        ("added", added.id, ()),
+    }
+
+
+@pytest.mark.parametrize(
+    "output",
+    [{"format": "parquet"}, {"format": "ndjson"}, {"format": "ndjson", "compression": "gzip"}],
+    ids=["parquet", "ndjson", "ndjson-gzip"],
+)
+def test_diff_reports_a_days_changes(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path, output: dict[str, str]
+) -> None:
+    """Removed, renamed, re-tagged, state-changed and added images, and nothing else."""
+    world = build_world(**WORLD)  # type: ignore[arg-type]
+    server = make_emulator(world)
+    for day in (DAY1, DAY2):
+        config = write_config(tmp_path, server, output={**output, "snapshot_date": day})
+        result = oci_images("run", "--config", str(config))
+        assert 0 == result.returncode, result.stderr
+        if day == DAY1:
+            expected = evolve(world)
+    result = oci_images("diff", "--config", str(config), "--from", DAY1, "--to", DAY2)
+    assert 0 == result.returncode, result.stderr
+    rows = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert expected == {(r["change"], r["id"], tuple(r["changed_fields"])) for r in rows}
+    assert f"diff {DAY1} → {DAY2}: added=1 removed=1 changed=3" in result.stderr
+    renamed = next(r for r in rows if r["changed_fields"] == ["display_name"])
+    assert {"display_name": "renamed-by-a-human"} == orjson.loads(renamed["after"])
+
+
+def test_diff_of_an_unpublished_date_fails_with_the_reason(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Asking for a date that was never published exits 1 and names it."""
+    config = write_config(tmp_path, emulator)
+    result = oci_images("diff", "--config", str(config), "--from", "2020-01-01", "--to", DAY2)
+    assert 1 == result.returncode
+    assert "no published snapshot of images for 2020-01-01" in result.stderr
+
+
+def test_diff_with_a_bad_date_is_a_usage_error(emulator: EmulatorServer, tmp_path: Path) -> None:
+    """A date that is not YYYY-MM-DD exits 2 naming the option."""
+    config = write_config(tmp_path, emulator)
+    result = oci_images("diff", "--config", str(config), "--from", "yesterday", "--to", DAY2)
+    assert 2 == result.returncode
+    assert "--from: must be a date YYYY-MM-DD" in result.stderr
