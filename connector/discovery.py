@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
 import structlog
 
-from connector import regions
-from connector.errors import ConfigError, ConnectorError
+from connector import compartments, regions
+from connector.errors import ConfigError, ConnectorError, OciApiError
 from connector.pages import WorkItem, parse
 
 if TYPE_CHECKING:
@@ -103,9 +103,15 @@ async def subscribed_regions(
 
 
 async def discover_compartments(
-    client: OciClient, endpoints: Endpoints, region: str, tenancy: str, exclude: Sequence[str]
+    client: OciClient,
+    endpoints: Endpoints,
+    region: str,
+    tenancy: str,
+    exclude: Sequence[str],
+    records: list[dict[str, Any]] | None = None,
 ) -> list[str]:
-    """The root plus every ACTIVE compartment the caller can access, minus excluded subtrees."""
+    """The root plus every ACTIVE compartment the caller can access, minus excluded subtrees;
+    ``records``, when given, receives every compartment record listed."""
     parents: dict[str, str] = {}
     params = {
         "compartmentId": tenancy,
@@ -118,6 +124,8 @@ async def discover_compartments(
     async with aclosing(client.paginate(url, params, region=region)) as pages:
         async for paged in pages:
             for item in parse(paged.response.body):
+                if records is not None:
+                    records.append(item)
                 if (
                     item.get("lifecycleState") == "ACTIVE"
                     and item.get("isAccessible", True) is not False
@@ -162,6 +170,24 @@ async def discover(
     client: OciClient, settings: Settings, credentials: Credentials
 ) -> list[WorkItem]:
     """Every (region, compartment) listing of the run, sorted."""
+    return (await discover_run(client, settings, credentials)).items
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """What discovery found: the run's listings and the compartment tree they come from."""
+
+    items: list[WorkItem]
+    tree: compartments.Tree | None
+    """Identity's compartment records (None when the tenancy is unknown)."""
+    reasons: dict[str, str]
+    """Why each compartment of ``tree`` that is not exported was left out."""
+
+
+async def discover_run(
+    client: OciClient, settings: Settings, credentials: Credentials
+) -> Discovery:
+    """Every (region, compartment) listing of the run, sorted, and the compartment tree."""
     names = settings.oci.regions
     home = credentials.home_region or (names[0] if names and names != ("subscribed",) else None)
     if home is None:
@@ -180,16 +206,68 @@ async def discover(
     elif not names:
         names = (home,)
     excluded = settings.scope.exclude
+    records: list[dict[str, Any]] = []
     if settings.scope.compartments:
-        compartments = [c for c in settings.scope.compartments if c not in excluded]
+        listed = [c for c in settings.scope.compartments if c not in excluded]
+        if tenancy:
+            records = await fetch_compartments(
+                client, endpoints, home, tenancy, settings.scope.compartments
+            )
     else:
         root = require_tenancy()
-        compartments = await discover_compartments(client, endpoints, home, root, excluded)
+        listed = await discover_compartments(client, endpoints, home, root, excluded, records)
         if not settings.scope.include_root:
             # A least-privilege principal may read the compartments below the root and not
             # the root itself: the tree is listed from the root, its own images are not.
-            compartments = [c for c in compartments if c != root]
-    return sorted(WorkItem(r, c) for r in names for c in compartments)
+            listed = [c for c in listed if c != root]
+    items = sorted(WorkItem(r, c) for r in names for c in listed)
+    if not tenancy:
+        return Discovery(items, None, {})
+    tree = compartments.Tree.of(tenancy, records)
+    reasons = {
+        c: reason
+        for c in tree.records
+        if (
+            reason := compartments.exclusion_reason(
+                tree, c, frozenset(excluded), settings.scope.include_root
+            )
+        )
+    }
+    return Discovery(items, tree, reasons)
+
+
+async def fetch_compartments(
+    client: OciClient, endpoints: Endpoints, region: str, tenancy: str, wanted: Sequence[str]
+) -> list[dict[str, Any]]:
+    """GetCompartment for explicitly listed compartments and their ancestors (for paths).
+
+    One that cannot be read (no policy, deleted) is left out, with a warning: the dataset
+    then names it by its OCID; the export itself does not depend on it.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    pending = [c for c in wanted if c != tenancy]
+    while pending:
+        batch, pending = pending, []
+        for compartment_id in batch:
+            if compartment_id in found:
+                continue
+            url = f"{endpoints.identity(region)}/compartments/{compartment_id}"
+            try:
+                response = await client.get(url, None, region=region)
+            except OciApiError as exc:
+                log.warning(
+                    "discovery.compartment_unreadable",
+                    compartment_id=compartment_id,
+                    status=exc.status,
+                    code=exc.code,
+                )
+                continue
+            record = orjson.loads(response.body)
+            found[compartment_id] = record
+            parent = record.get("compartmentId")
+            if parent and parent != tenancy and parent not in found and len(found) < 10_000:
+                pending.append(parent)
+    return list(found.values())
 
 
 def donor_regions(items: Sequence[WorkItem], index: int, count: int) -> frozenset[str]:
