@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow.fs as pafs
@@ -160,6 +160,9 @@ class Manifest:
     """(index, count) of a shard manifest."""
     shards: int | None = None
     """How many shards a merged manifest was merged from."""
+    datasets: Mapping[str, tuple[FileInfo, ...]] = field(default_factory=dict)
+    """The files of the datasets published beside ``images`` (``compartments``, ``changes``),
+    relative to each one's partition directory."""
 
     @property
     def rows(self) -> int:
@@ -204,6 +207,11 @@ class Manifest:
         }
         if self.shards is not None:
             document["shards"] = self.shards
+        if self.datasets:
+            document["datasets"] = {
+                name: {"rows": sum(f.rows for f in files), "files": [_file(f) for f in files]}
+                for name, files in sorted(self.datasets.items())
+            }
         return document
 
     @classmethod
@@ -228,6 +236,10 @@ class Manifest:
             connector_version=data["connector_version"],
             shard=(shard["index"], shard["count"]) if shard else None,
             shards=data.get("shards"),
+            datasets={
+                name: tuple(FileInfo(**f) for f in entry["files"])
+                for name, entry in data.get("datasets", {}).items()
+            },
         )
 
 
@@ -270,6 +282,7 @@ def merge(shards: Sequence[Manifest]) -> Manifest:
         files=tuple(f for s in shards for f in s.files),
         reject_files=tuple(f for s in shards for f in s.reject_files),
         compartments=tuple(c for s in shards for c in s.compartments),
+        datasets={name: files for s in shards for name, files in s.datasets.items()},
         requests=requests,
         shard=None,
         shards=len(shards),

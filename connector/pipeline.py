@@ -32,7 +32,7 @@ import anyio.to_thread
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from connector import __version__, discovery, errors, publish, regions, schema
+from connector import __version__, compartments, discovery, errors, publish, regions, schema
 from connector.auth import Credentials
 from connector.client import ClientOptions, OciClient
 from connector.config import Settings
@@ -54,6 +54,7 @@ from connector.manifest import (
 from connector.pages import Page, RunInfo, WorkItem
 from connector.retry import RetryPolicy
 from connector.sinks import FileInfo, SinkOptions
+from connector.sinks.table import write_batches
 from connector.workers import coordinator, spawn
 from connector.workers.coordinator import Workers
 from connector.workers.page import ListingResult, WorkerSetup
@@ -133,13 +134,15 @@ class Export:
         )
         self._filters = settings.filters.query_params(settings.oci.flavor)
         self._platform_mode = settings.fetch.platform_images
+        self._sink_options = SinkOptions(output.format, output.effective_compression)
+        self.discovery: discovery.Discovery | None = None
         index, count = shard
         setup = WorkerSetup(
             run=self._run_info,
             platform_mode=self._platform_mode,
             fs=self.fs,
             layout=self.layout,
-            options=SinkOptions(output.format, output.effective_compression),
+            options=self._sink_options,
             file_prefix="part-" if count == 1 else f"part-{index:03d}-",
             reject_prefix="" if count == 1 else f"{index:03d}-",
         )
@@ -188,7 +191,14 @@ class Export:
                 )
                 for written in (files, reject_files)
             ]
-        manifest = self._shard_manifest(started_at, files, reject_files)
+        datasets = {}
+        found = self.discovery
+        if self.shard[0] == 0 and found is not None and found.tree is not None:
+            # One shard describes the tree; every shard discovered the same one.
+            datasets["compartments"] = await anyio.to_thread.run_sync(
+                self._stage_compartments, found, found.tree
+            )
+        manifest = self._shard_manifest(started_at, files, reject_files, datasets)
         index, count = self.shard
         publish.write_json(self.fs, self.layout.shard_manifest(index, count), manifest.as_dict())
         if not self.publish_now:
@@ -211,7 +221,9 @@ class Export:
     async def work_items(self) -> list[WorkItem]:
         """The (region, compartment) listings of this shard; the shard's platform-image donor
         regions go to the workers."""
-        items = await discovery.discover(self.client, self.settings, self.credentials)
+        found = await discovery.discover_run(self.client, self.settings, self.credentials)
+        self.discovery = found
+        items = found.items
         index, count = self.shard
         donors = discovery.donor_regions(items, index, count)
         self.workers.donations.exclude({item.region for item in items} - donors)
@@ -333,8 +345,32 @@ class Export:
 
     # -- the shard's manifest ---------------------------------------------------------------
 
+    def _stage_compartments(
+        self, found: discovery.Discovery, tree: compartments.Tree
+    ) -> tuple[FileInfo, ...]:
+        """The ``compartments`` dataset of this run, written into its staging."""
+        table = compartments.table(
+            tree,
+            frozenset(item.compartment_id for item in found.items),
+            found.reasons,
+            snapshot_date=self._run_info.snapshot_date,
+            run_id=self.run_id,
+        )
+        written = write_batches(
+            self.fs,
+            self.layout.staged_dataset("compartments"),
+            table.to_batches(),
+            table.schema,
+            self._sink_options,
+        )
+        return (written,)
+
     def _shard_manifest(
-        self, started_at: str, files: list[FileInfo], reject_files: list[FileInfo]
+        self,
+        started_at: str,
+        files: list[FileInfo],
+        reject_files: list[FileInfo],
+        datasets: dict[str, tuple[FileInfo, ...]],
     ) -> Manifest:
         counters = self.client.counters
         compartments = tuple(sorted(self.results.values(), key=lambda r: r.item))
@@ -355,6 +391,7 @@ class Export:
             schema_fingerprint=schema.fingerprint(),
             connector_version=__version__,
             shard=self.shard,
+            datasets=datasets,
         )
 
 

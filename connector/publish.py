@@ -89,6 +89,14 @@ class Layout:
         """Where the previous partition waits during the swap."""
         return f"{self.base}/{TRASH}/{self.run_id}/snapshot_date={self.snapshot_date}"
 
+    def dataset_partition(self, dataset: str) -> str:
+        """Where a dataset published beside ``images`` (``compartments`` ...) lives."""
+        return f"{self.base}/{dataset}/snapshot_date={self.snapshot_date}"
+
+    def staged_dataset(self, dataset: str) -> str:
+        """That dataset's partition as the run builds it."""
+        return f"{self.staging}/{dataset}/snapshot_date={self.snapshot_date}"
+
     def shard_manifest(self, index: int, count: int) -> str:
         """Where shard ``index`` of ``count`` records what it did."""
         return f"{self.staging}/shards/{index:03d}-of-{count:03d}.json"
