@@ -355,7 +355,8 @@ def test_profile_region_and_filters_pass_through(
 
 
 def test_explicit_compartments_and_exclude(lake_emulator: EmulatorServer, tmp_path: Path) -> None:
-    """scope.compartments skips discovery; scope.exclude leaves compartments out."""
+    """scope.compartments skips discovery; scope.exclude leaves compartments out; the
+    compartments dataset describes them (and their ancestors) from GetCompartment."""
     world = lake_emulator.world
     chosen = [c.id for c in world.listable_compartments()[1:5]]
     config = write_config(
@@ -368,5 +369,18 @@ def test_explicit_compartments_and_exclude(lake_emulator: EmulatorServer, tmp_pa
     manifest = manifest_of(tmp_path)
     listed = {(c["region"], c["compartment_id"]) for c in manifest["compartments"]}
     assert {("eu-frankfurt-1", c) for c in chosen[1:]} == listed
-    # Every request was a ListImages page: no discovery call was made.
-    assert sum(c["pages"] for c in manifest["compartments"]) == lake_emulator.stats()["requests"]
+    # Besides the ListImages pages, only GetCompartment: each chosen one and its ancestors.
+    described = set(chosen)
+    for compartment in chosen:
+        parent = world.compartment(compartment).parent_id  # type: ignore[union-attr]
+        while parent != world.tenancy_id:
+            described.add(parent)
+            parent = world.compartment(parent).parent_id  # type: ignore[union-attr]
+    pages = sum(c["pages"] for c in manifest["compartments"])
+    assert pages + len(described) == lake_emulator.stats()["requests"]
+    dataset = ds.dataset(tmp_path / "lake" / "compartments", partitioning="hive").to_table()
+    rows = {r["id"]: r for r in dataset.to_pylist()}
+    assert described | {world.tenancy_id} == set(rows)
+    assert "scope.exclude" == rows[chosen[0]]["_excluded_reason"]
+    assert all(rows[c]["_exported"] for c in chosen[1:])
+    assert all(world.path(c) == rows[c]["path"] for c in described)
