@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,10 @@ import pytest
 from oci._vendor import requests
 
 from connector.emulator import Behaviour, EmulatorServer, World, build_world
+
+# tests/airflow run under real Airflow, in its own environment (`make test-airflow`).
+if importlib.util.find_spec("airflow") is None:
+    collect_ignore = ["airflow"]
 
 SMALL = {
     "seed": 7,
