@@ -9,7 +9,6 @@ imports it.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -58,15 +57,11 @@ def airflow_home() -> Iterator[Path]:
 def load_dag(file_name: str, dag_id: str) -> Any:
     """The DAG ``dag_id`` defined in ``file_name`` of the DAGs folder (parsed now, so that it
     sees the environment the test set)."""
-    from airflow.sdk import DAG
+    from airflow.dag_processing.dagbag import DagBag
 
-    spec = importlib.util.spec_from_file_location(f"dags_{file_name[:-3]}", DAGS / file_name)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    dags = {d.dag_id: d for d in vars(module).values() if isinstance(d, DAG)}
-    return dags[dag_id]
+    bag = DagBag(dag_folder=str(DAGS / file_name))
+    assert {} == bag.import_errors
+    return bag.dags[dag_id]
 
 
 def task_states(dag_run: Any) -> dict[str, list[str]]:
@@ -102,7 +97,9 @@ def asset_events(uri: str) -> list[dict[str, Any]]:
 
     with create_session() as session:
         rows = session.execute(
-            select(AssetEvent).join(AssetModel).where(AssetModel.uri == uri)
+            select(AssetEvent)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.uri == uri)
         ).scalars()
         return [{"extra": e.extra, "partition_key": e.partition_key} for e in rows]
 

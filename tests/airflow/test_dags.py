@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pytest
 
@@ -50,7 +51,21 @@ def published(uri: str, date: str) -> pa.Table:
     assert (partition / "_SUCCESS").is_file() or (partition / "_PARTIAL").is_file()
     table = ds.dataset(partition, format="parquet", partitioning="hive").to_table()
     table = table.drop_columns([c for c in RUN_SPECIFIC if c in table.column_names])
+    # Under platform_images = "once", a region's platform images come with whichever listing
+    # completed first, in a single run as in a sharded one: their source compartment is not
+    # part of what must match.
+    source = pc.if_else(table["_is_platform"], None, table["_source_compartment_id"])
+    index = table.schema.get_field_index("_source_compartment_id")
+    table = table.set_column(index, table.schema.field(index), source)
     return table.sort_by([("_region", "ascending"), ("id", "ascending")])
+
+
+def assert_same_rows(expected: pa.Table, actual: pa.Table) -> None:
+    """The same rows, column by column (a mismatch names its column)."""
+    assert expected.schema == actual.schema
+    assert expected.num_rows == actual.num_rows
+    for name in expected.column_names:
+        assert expected[name].to_pylist() == actual[name].to_pylist(), name
 
 
 def manifest(uri: str, date: str) -> dict[str, Any]:
@@ -88,7 +103,7 @@ class TestExampleDag:
         states = task_states(run)
         assert ["success"] * 3 == states["oci_images.export_shard"]
         lake = str(tmp_path / "lake")
-        assert single_run(config, tmp_path, DATE).equals(published(lake, DATE))
+        assert_same_rows(single_run(config, tmp_path, DATE), published(lake, DATE))
         written = manifest(lake, DATE)
         assert 3 == written["shards"]
         (event,) = asset_events(images_asset(lake).uri)
@@ -141,7 +156,7 @@ class TestRetries:
         assert [1, 2, 1] == tries(run, "oci_images.export_shard")
         lake = str(tmp_path / "lake")
         assert "succeeded" == manifest(lake, DATE)["status"]
-        assert single_run(config, tmp_path, DATE).equals(published(lake, DATE))
+        assert_same_rows(single_run(config, tmp_path, DATE), published(lake, DATE))
 
     def test_commit_retried_after_publishing_succeeds_and_changes_nothing(
         self, server: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -161,7 +176,7 @@ class TestRetries:
         written = manifest(lake, DATE)
         assert first["run_id"] == written["run_id"]
         assert first["rows"] == written["rows"]
-        assert single_run(config, tmp_path, DATE).equals(published(lake, DATE))
+        assert_same_rows(single_run(config, tmp_path, DATE), published(lake, DATE))
         (event,) = asset_events(images_asset(lake).uri)
         assert first["run_id"] == event["extra"]["run_id"]
 
@@ -178,7 +193,7 @@ class TestPartialRuns:
             tmp_path,
             server,
             fetch={"max_attempts": 2},
-            output={"allow_partial": True, "min_complete_ratio": 0.0},
+            output={"allow_partial": True},
         )
         monkeypatch.setenv("OCI_IMAGES_TEST_CONFIG", str(config))
         faults.fail_shard(1, tries=99)

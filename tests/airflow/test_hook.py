@@ -111,9 +111,9 @@ def test_hook_reads_connection_from_environment(
 
 def test_connection_type_is_registered_with_airflow() -> None:
     """Airflow's providers manager knows the `oci` connection type and its hook."""
-    from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
-    hooks = ProvidersManager().hooks
+    hooks = ProvidersManagerTaskRuntime().hooks
     assert "oci" in hooks
     info = hooks["oci"]
     assert info is not None
