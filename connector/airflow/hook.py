@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 
-from connector import ConfigError, Credentials
+from connector import AuthError, ConfigError, Credentials
 
 PRINCIPALS = ("instance_principal", "resource_principal")
 _PREFIX = "extra__oci__"
@@ -108,14 +108,17 @@ def credentials_from_connection(
             f"is missing: an API-key connection needs {', '.join(missing)} in its extras "
             "(the user may be the login instead); or set auth to instance_principal",
         )
-    return Credentials.from_api_key(
-        user=str(fields["user"]),
-        fingerprint=str(fields["fingerprint"]),
-        tenancy=str(fields["tenancy"]),
-        region=str(fields["region"]),
-        private_key=_private_key(conn_id, fields),
-        passphrase=fields.get("pass_phrase") or password or None,
-    )
+    try:
+        return Credentials.from_api_key(
+            user=str(fields["user"]),
+            fingerprint=str(fields["fingerprint"]),
+            tenancy=str(fields["tenancy"]),
+            region=str(fields["region"]),
+            private_key=_private_key(conn_id, fields),
+            passphrase=fields.get("pass_phrase") or password or None,
+        )
+    except AuthError as exc:  # a key that cannot be read: no retry will read it
+        raise ConfigError(_key(conn_id, "key_content"), str(exc)) from None
 
 
 def _private_key(conn_id: str, fields: Mapping[str, Any]) -> str | bytes:
