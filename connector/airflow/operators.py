@@ -145,17 +145,18 @@ class OciImagesShardOperator(_ConnectorOperator):
         if outcome.status == "succeeded":
             self.log.info("Shard %d/%d staged: %s", spec.index, spec.count, summary)
             return summary
+        reason = _failures(outcome) or outcome.message
         if outcome.status == "partial" and settings.output.allow_partial:
             self.log.warning(
                 "Shard %d/%d is partial (%s); staged anyway, as output.allow_partial is set",
                 spec.index,
                 spec.count,
-                outcome.message or f"{summary['listings_failed']} listing(s) failed",
+                reason,
             )
             return summary
         raise AirflowException(
-            f"shard {spec.index}/{spec.count} of run {spec.run_id} {outcome.status}: "
-            f"{outcome.message or summary}"
+            f"shard {spec.index}/{spec.count} of run {spec.run_id} {outcome.status}: {reason}"
+            + (" (output.allow_partial is false)" if outcome.status == "partial" else "")
         )
 
 
@@ -246,6 +247,19 @@ def _summary(outcome: RunOutcome) -> dict[str, Any]:
         "listings_failed": len(manifest.failed) if manifest else 0,
         "elapsed_s": round(outcome.elapsed_s, 3),
     }
+
+
+def _failures(outcome: RunOutcome) -> str:
+    """The failed listings, counted, with the first one's error (never a secret)."""
+    failed = outcome.manifest.failed if outcome.manifest else ()
+    if not failed:
+        return ""
+    first = failed[0]
+    error = f"{first.error.code}: {first.error.message}" if first.error else "failed"
+    return (
+        f"{len(failed)} listing(s) failed after retries; first: {first.region} "
+        f"{first.compartment_id}: {error}"
+    )
 
 
 def _location(uri: str) -> str:

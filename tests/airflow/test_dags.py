@@ -84,6 +84,13 @@ def single_run(config: Path, tmp_path: Path, date: str) -> pa.Table:
     return published(uri, date)
 
 
+def no_discovery(server: EmulatorServer) -> dict[str, dict[str, Any]]:
+    """Regions and compartments named in the configuration: the run's only requests are
+    ListImages, so a service fault fails listings (a partial shard), never discovery."""
+    compartments = [c.id for c in server.world.listable_compartments()]
+    return {"oci": {"regions": list(server.world.regions)}, "scope": {"compartments": compartments}}
+
+
 class TestExampleDag:
     """configs/airflow_dag.py, configured through its environment variables."""
 
@@ -145,7 +152,7 @@ class TestRetries:
     ) -> None:
         """Shard 1 meets a failing service on its first try and fails (partial, and partial
         runs are not allowed); its retry completes it, and the run publishes every row."""
-        config = write_config(tmp_path, server, fetch={"max_attempts": 2})
+        config = write_config(tmp_path, server, fetch={"max_attempts": 2}, **no_discovery(server))
         monkeypatch.setenv("OCI_IMAGES_TEST_CONFIG", str(config))
         faults.fail_shard(1, tries=1)
         dag = load_dag("oci_images_test_dags.py", "shard_fault")
@@ -194,6 +201,7 @@ class TestPartialRuns:
             server,
             fetch={"max_attempts": 2},
             output={"allow_partial": True},
+            **no_discovery(server),
         )
         monkeypatch.setenv("OCI_IMAGES_TEST_CONFIG", str(config))
         faults.fail_shard(1, tries=99)
@@ -217,7 +225,7 @@ class TestPartialRuns:
     ) -> None:
         """Without allow_partial, a shard that stays partial fails after its retries; the
         commit never runs and no partition appears."""
-        config = write_config(tmp_path, server, fetch={"max_attempts": 2})
+        config = write_config(tmp_path, server, fetch={"max_attempts": 2}, **no_discovery(server))
         monkeypatch.setenv("OCI_IMAGES_TEST_CONFIG", str(config))
         faults.fail_shard(1, tries=99)
         dag = load_dag("oci_images_test_dags.py", "shard_fault")
