@@ -8,6 +8,7 @@ from typing import Any, cast
 from airflow.sdk import Asset, TaskGroup, XComArg
 
 import connector
+from connector import ConfigError
 from connector.airflow.operators import (
     SNAPSHOT_DATE,
     OciImagesCommitOperator,
@@ -49,7 +50,14 @@ def export_task_group(
     ``execution_timeout``, callbacks…); ``group_kwargs`` to the ``TaskGroup``.
     """
     if asset is None:
-        settings = connector.load_config(config_path or None, overrides, values=config)
+        try:
+            settings = connector.load_config(config_path or None, overrides, values=config)
+        except ConfigError as exc:
+            raise ConfigError(
+                exc.key,
+                f"{exc.reason} (read when the DAG is parsed, to name the commit's Asset; "
+                "pass asset= where the configuration cannot be read then)",
+            ) from None
         asset = images_asset(settings.output.uri)
     common: dict[str, Any] = {
         "config_path": config_path,

@@ -24,6 +24,7 @@ from connector.airflow import images_asset
 from connector.emulator import EmulatorServer
 from tests.airflow import faults
 from tests.airflow.conftest import (
+    DAGS,
     DATE,
     asset_events,
     load_dag,
@@ -135,6 +136,20 @@ class TestExampleDag:
         assert "success" == str(run.state)
         assert 4 == len(task_states(run)["oci_images.export_shard"])
         assert "2026-11-28" == manifest(str(tmp_path / "lake"), "2026-11-28")["snapshot_date"]
+
+    def test_unreadable_configuration_is_an_import_error_naming_it(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Where the configuration cannot be read, the DAG fails to import with a message that
+        names the file and says how to do without it (the Asset given explicitly)."""
+        from airflow.dag_processing.dagbag import DagBag
+
+        missing = tmp_path / "missing.toml"
+        monkeypatch.setenv("OCI_IMAGES_CONFIG", str(missing))
+        bag = DagBag(dag_folder=str(DAGS / "airflow_dag.py"))
+        (error,) = bag.import_errors.values()
+        assert str(missing) in error
+        assert "asset=" in error
 
     def test_dag_uses_airflow_3_interfaces_only(self) -> None:
         """The example imports airflow.sdk, none of the interfaces Airflow 3 deprecates."""
