@@ -441,7 +441,9 @@ class OutputSettings:
         example="zstd",
     )
     snapshot_date: str = key(
-        "", _snapshot_date, 'YYYY-MM-DD; "" = today (UTC); Airflow passes {{ ds }}'
+        "",
+        _snapshot_date,
+        'YYYY-MM-DD; "" = today (UTC); the Airflow integration passes the run date',
     )
     allow_partial: bool = key(
         False, _boolean, "publish even when some compartments failed (the exit code stays 3)"

@@ -307,7 +307,20 @@ def commit(
         if e.path.endswith(".json")
     ]
     if not shards:
+        published = _published(filesystem, base, run_id, settings.output.effective_snapshot_date)
+        if published is not None:
+            # A retried commit (its first try published, then its worker was lost): done.
+            code = EXIT_PARTIAL if published.status == "partial" else EXIT_OK
+            message = f"run {run_id} is published already; nothing changed"
+            return RunOutcome(run_id, code, True, published, message)
         message = f"nothing staged for run {run_id} under {shard_dir}"
+        return RunOutcome(run_id, EXIT_FAILED, False, None, message)
+    foreign = sorted({s.run_id for s in shards} - {run_id})
+    if foreign:
+        message = (
+            f"refusing to commit run {run_id}: its staging holds shards of run(s) "
+            f"{', '.join(foreign)}"
+        )
         return RunOutcome(run_id, EXIT_FAILED, False, None, message)
     count = shards[0].shard[1] if shards[0].shard else 1
     indexes = sorted(s.shard[0] if s.shard else 0 for s in shards)
@@ -329,6 +342,15 @@ def commit(
         log.error("run.partial", run_id=run_id, failed=failed, published=False)
         message = f"{failed} listing(s) failed; nothing published (output.allow_partial = false)"
         return RunOutcome(run_id, EXIT_PARTIAL, False, manifest, message, elapsed)
+    listed = [f.path for f in (*manifest.files, *manifest.reject_files)]
+    absent = [p for p in listed if not publish.exists(filesystem, f"{layout.staged_partition}/{p}")]
+    if absent:
+        message = f"run {run_id} cannot be published: staged files are missing: {absent[:5]}"
+        return RunOutcome(run_id, EXIT_FAILED, False, manifest, message, elapsed)
+    # Exactly the files the shard manifests list: never another try's leftovers.
+    orphans = publish.remove_unlisted(filesystem, layout.staged_partition, listed)
+    if orphans:
+        log.warning("commit.unlisted_removed", run_id=run_id, files=len(orphans))
     manifest = replace(manifest, finished_at=publish.utc_now())
     publish.write_json(filesystem, f"{layout.staged_partition}/_manifest.json", manifest.as_dict())
     with filesystem.open_output_stream(f"{layout.staged_partition}/_SUCCESS", compression=None):
@@ -343,3 +365,12 @@ def commit(
     )
     code = EXIT_PARTIAL if partial else EXIT_OK
     return RunOutcome(run_id, code, True, manifest, elapsed_s=elapsed)
+
+
+def _published(fs: pafs.FileSystem, base: str, run_id: str, snapshot_date: str) -> Manifest | None:
+    """The manifest of the partition for ``snapshot_date`` if run ``run_id`` published it."""
+    path = f"{base}/images/snapshot_date={snapshot_date}/_manifest.json"
+    if not publish.exists(fs, path):
+        return None
+    document = publish.read_json(fs, path)
+    return Manifest.from_dict(document) if document.get("run_id") == run_id else None

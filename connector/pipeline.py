@@ -136,15 +136,15 @@ class Export:
         self._platform_mode = settings.fetch.platform_images
         self._sink_options = SinkOptions(output.format, output.effective_compression)
         self.discovery: discovery.Discovery | None = None
-        index, count = shard
+        data_prefix, reject_prefix = publish.shard_prefixes(*shard)
         setup = WorkerSetup(
             run=self._run_info,
             platform_mode=self._platform_mode,
             fs=self.fs,
             layout=self.layout,
             options=self._sink_options,
-            file_prefix="part-" if count == 1 else f"part-{index:03d}-",
-            reject_prefix="" if count == 1 else f"{index:03d}-",
+            file_prefix=data_prefix,
+            reject_prefix=reject_prefix.removeprefix("rejects-"),
         )
         # Workers the CLI launched early are the ones there are.
         processes = len(launched.sockets) if launched else settings.fetch.worker_processes()
@@ -172,6 +172,11 @@ class Export:
         restored = publish.recover(self.fs, self.base)
         if restored:
             log.warning("publish.recovered", partitions=restored)
+        # A retried shard (another try, maybe with another number of workers) replaces what
+        # its earlier tries staged, and only that.
+        await anyio.to_thread.run_sync(
+            publish.remove_shard_files, self.fs, self.layout, *self.shard
+        )
         log.info("run.start", snapshot_date=self.layout.snapshot_date, version=__version__)
         async with self._discarded_on_failure(), self.client, anyio.create_task_group() as group:
             # Worker processes start (and import pyarrow) while discovery runs.
@@ -332,13 +337,18 @@ class Export:
             raise cause from None
 
     async def _discard(self) -> None:
-        """After a failure: stop the workers and remove the run's staging."""
+        """After a failure: stop the workers and remove what this run (or shard) staged."""
         try:
             await self.workers.discard()
         finally:
             await anyio.to_thread.run_sync(self._remove_staging)
 
     def _remove_staging(self) -> None:
+        if not self.publish_now:
+            # A shard's siblings may have staged already, or stage later: a failed shard
+            # removes its own files only, so that a retry of it can complete the run.
+            publish.remove_shard_files(self.fs, self.layout, *self.shard)
+            return
         if publish.exists(self.fs, self.layout.staging):
             self.fs.delete_dir(self.layout.staging)
         publish.remove_if_empty(self.fs, f"{self.base}/{publish.STAGING}")

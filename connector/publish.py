@@ -102,6 +102,42 @@ class Layout:
         return f"{self.staging}/shards/{index:03d}-of-{count:03d}.json"
 
 
+def shard_prefixes(index: int, count: int) -> tuple[str, str]:
+    """How the names of shard ``index`` of ``count``'s data and reject files begin; every
+    shard's differ, so that a shard can remove its own files and no other's."""
+    if count == 1:
+        return "part-", "rejects-"
+    return f"part-{index:03d}-", f"rejects-{index:03d}-"
+
+
+def remove_shard_files(fs: pafs.FileSystem, layout: Layout, index: int, count: int) -> None:
+    """Remove what any attempt of shard ``index`` of ``count`` staged: its data and reject
+    files and its shard manifest. Other shards' files stay, so that Airflow can retry one
+    shard (after a failure, or with another number of workers) without touching the rest."""
+    prefixes = shard_prefixes(index, count)
+    selector = pafs.FileSelector(layout.staged_partition, allow_not_found=True, recursive=True)
+    for info in fs.get_file_info(selector):
+        if info.type == pafs.FileType.File and info.base_name.startswith(prefixes):
+            fs.delete_file(info.path)
+    manifest = layout.shard_manifest(index, count)
+    if exists(fs, manifest):
+        fs.delete_file(manifest)
+
+
+def remove_unlisted(fs: pafs.FileSystem, directory: str, listed: Iterable[str]) -> list[str]:
+    """Delete the files below ``directory`` that ``listed`` (paths relative to it) leaves out,
+    so that exactly the listed files are published; returns what was removed."""
+    keep = set(listed)
+    removed = []
+    selector = pafs.FileSelector(directory, allow_not_found=True, recursive=True)
+    for info in fs.get_file_info(selector):
+        relative = info.path[len(directory) + 1 :]
+        if info.type == pafs.FileType.File and relative not in keep:
+            fs.delete_file(info.path)
+            removed.append(relative)
+    return removed
+
+
 def utc_now() -> str:
     """Now, as the manifest writes times."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,10 @@ import structlog
 from oci._vendor import requests
 
 from connector.emulator import Behaviour, EmulatorServer, World, build_world
+
+# tests/airflow run under real Airflow, in its own environment (`make test-airflow`).
+if importlib.util.find_spec("airflow") is None:
+    collect_ignore = ["airflow"]
 
 SMALL = {
     "seed": 7,

@@ -1,0 +1,128 @@
+"""OciHook: credentials from an Airflow Connection, checked against the emulator."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.sdk.log import redact
+
+import connector
+from connector import ConfigError
+from connector.airflow import OciHook, credentials_from_connection
+from connector.emulator import EmulatorServer
+
+
+def profile(server: EmulatorServer) -> dict[str, str]:
+    """The emulator's API key as Connection extras (the OCI SDK's key names)."""
+    assert server.config_file is not None
+    parser = configparser.ConfigParser()
+    parser.read(server.config_file)
+    default = parser["DEFAULT"]
+    return {
+        "user": default["user"],
+        "fingerprint": default["fingerprint"],
+        "tenancy": default["tenancy"],
+        "region": default["region"],
+        "key_content": Path(default["key_file"]).read_text(),
+    }
+
+
+def lists_compartments(server: EmulatorServer, credentials: connector.Credentials) -> int:
+    """Plan against the emulator with ``credentials`` (discovery signs real requests);
+    returns the listings found."""
+    settings = connector.load_config(
+        values={"oci": {"endpoint": server.endpoint_template}, "output": {"uri": "unused"}}
+    )
+    plan = connector.plan(settings, 1, credentials=credentials)
+    return sum(s.listings for s in plan.shards)
+
+
+class TestCredentialsFromConnection:
+    """The extras the community OCI hooks use, in their spellings."""
+
+    def test_key_content_signs_requests_the_service_accepts(self, emulator: EmulatorServer) -> None:
+        """user, fingerprint, tenancy, region and key_content make an API-key signer."""
+        credentials = credentials_from_connection("oci_test", profile(emulator))
+        assert emulator.world.home_region == credentials.home_region
+        assert lists_compartments(emulator, credentials) > 0
+
+    @pytest.mark.parametrize(
+        "shape",
+        ["escaped_newlines", "key_file", "prefixed_extras", "user_as_login"],
+    )
+    def test_other_spellings(self, emulator: EmulatorServer, tmp_path: Path, shape: str) -> None:
+        """A one-line PEM with \\n escapes, a key file, extra__oci__ keys, the user as login."""
+        extras: dict[str, Any] = profile(emulator)
+        login = None
+        if shape == "escaped_newlines":
+            extras["key_content"] = extras["key_content"].replace("\n", "\\n")
+        elif shape == "key_file":
+            key = tmp_path / "key.pem"
+            key.write_text(extras.pop("key_content"))
+            extras["key_file"] = str(key)
+        elif shape == "prefixed_extras":
+            extras = {f"extra__oci__{k}": v for k, v in extras.items()}
+        else:
+            login = extras.pop("user")
+        credentials = credentials_from_connection("oci_test", extras, login=login)
+        assert lists_compartments(emulator, credentials) > 0
+
+    @pytest.mark.parametrize("missing", ["fingerprint", "tenancy", "region", "key_content"])
+    def test_missing_field_is_named_and_no_secret_is_shown(
+        self, emulator: EmulatorServer, missing: str
+    ) -> None:
+        """A missing field is a ConfigError naming it; the key never appears in it."""
+        extras = profile(emulator)
+        key = extras["key_content"]
+        del extras[missing]
+        with pytest.raises(ConfigError, match=missing) as caught:
+            credentials_from_connection("oci_test", extras)
+        assert "oci_test" in str(caught.value)
+        assert key.splitlines()[1] not in str(caught.value)
+
+    def test_unknown_auth_is_refused(self) -> None:
+        """auth names api_key or a principal; anything else is a ConfigError."""
+        with pytest.raises(ConfigError, match="auth"):
+            credentials_from_connection("oci_test", {"auth": "password"})
+
+    def test_key_and_pass_phrase_are_masked_in_logs(self, emulator: EmulatorServer) -> None:
+        """Building credentials registers the key and pass phrase with Airflow's log masker."""
+        extras = profile(emulator)
+        credentials_from_connection("oci_test", extras)
+        line = redact(f"key {extras['key_content']}")
+        assert extras["key_content"].splitlines()[1] not in str(line)
+
+
+def test_hook_reads_connection_from_environment(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OciHook finds a Connection defined as an AIRFLOW_CONN_ JSON variable."""
+    connection = {"conn_type": "oci", "extra": profile(emulator)}
+    monkeypatch.setenv("AIRFLOW_CONN_OCI_FROM_ENV", json.dumps(connection))
+    credentials = OciHook("oci_from_env").get_credentials()
+    assert lists_compartments(emulator, credentials) > 0
+
+
+def test_connection_type_is_registered_with_airflow() -> None:
+    """Airflow's providers manager knows the `oci` connection type and its hook."""
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
+
+    hooks = ProvidersManagerTaskRuntime().hooks
+    assert "oci" in hooks
+    info = hooks["oci"]
+    assert info is not None
+    assert "connector.airflow.hook.OciHook" == info.hook_class_name
+
+
+def test_import_without_airflow_says_what_to_install() -> None:
+    """Without Airflow 3, importing connector.airflow fails with the extra to install."""
+    code = "import sys; sys.modules['airflow.sdk'] = None; import connector.airflow"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert 0 != result.returncode
+    assert "pip install 'oci-images-connector[airflow]'" in result.stderr
