@@ -203,6 +203,15 @@ def _snapshot_date(key: str, value: Any) -> str:
         raise ConfigError(key, f"must be a date YYYY-MM-DD, got {text!r}") from None
 
 
+def _options(key: str, value: Any) -> dict[str, Any]:
+    """A TOML table of options (checked against the store or catalog in ``_cross_checks``)."""
+    table = _type(dict, "a table")(key, value)
+    for name, item in table.items():
+        if not isinstance(item, (str, bool, int, float)):
+            raise ConfigError(f"{key}.{name}", "must be a string, a number or a boolean")
+    return dict(table)
+
+
 def _suggest(word: str, options: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     if not close:
@@ -255,6 +264,9 @@ KEYS: dict[str, dict[str, Key]] = {
         "compression": Key("", _choice("zstd", "snappy", "gzip", "none", allow_empty=True), "parquet: zstd|snappy|gzip|none; ndjson: gzip|none"),
         "snapshot_date": Key("", _snapshot_date, "YYYY-MM-DD; default today (UTC)"),
         "allow_partial": Key(False, _boolean, "publish even if some compartments failed"),
+        "table_format": Key("", _choice("delta", "iceberg", allow_empty=True), '"" (plain files), delta or iceberg: one atomic commit per snapshot date'),
+        "storage_options": Key({}, _options, "table passed to the store's filesystem: endpoint_url, region, profile, keys, path_style ..."),
+        "catalog": Key({}, _options, "Iceberg catalog: type = sql (SQLite, default) | rest | glue, uri, namespace, and its own properties"),
     },
 }  # fmt: skip
 
@@ -334,6 +346,12 @@ def load(path: str | Path | None, overrides: Sequence[str] = ()) -> Settings:
         table = raw.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(section, "must be a table")
+        key, _, option = key.partition(".")
+        if option:  # output.storage_options.endpoint_url=...: one entry of a table key
+            table = table.setdefault(key, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"{section}.{key}", "must be a table")
+            key = option
         table[key] = value
     return validate(raw, source)
 
@@ -370,6 +388,26 @@ def _cross_checks(settings: Settings) -> None:
     ):
         raise ConfigError(
             "output.compression", f"{compression!r} does not apply to {fmt}; use gzip or none"
+        )
+    if settings["output.table_format"] and fmt != "parquet":
+        raise ConfigError(
+            "output.format",
+            f"{settings['output.table_format']} tables store Parquet; leave output.format = parquet",
+        )
+    if settings["output.catalog"] and settings["output.table_format"] != "iceberg":
+        raise ConfigError("output.catalog", 'applies to output.table_format = "iceberg" only')
+    kind = settings["output.catalog"].get("type", "sql")
+    if kind not in ("sql", "rest", "glue"):
+        raise ConfigError("output.catalog.type", f"must be sql, rest or glue, got {kind!r}")
+    uri = settings["output.uri"]
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("s3", "s3a", "s3n"):
+        from connector.storage import S3Options
+
+        S3Options.parse(settings["output.storage_options"])
+    elif not scheme and settings["output.storage_options"]:
+        raise ConfigError(
+            "output.storage_options", "applies to object stores; output.uri is a local path"
         )
     if (
         settings["scope.compartments"]

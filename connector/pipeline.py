@@ -34,7 +34,17 @@ import structlog
 from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from connector import __version__, errors, publish, schema, spawn, workers
+from connector import (
+    __version__,
+    errors,
+    objectstore,
+    publish,
+    schema,
+    spawn,
+    storage,
+    tables,
+    workers,
+)
 from connector.auth import RequestSigner
 from connector.client import ClientOptions, OciClient
 from connector.config import Settings, worker_processes
@@ -129,7 +139,10 @@ class Export:
         self.endpoints = Endpoints.from_settings(
             settings["oci.endpoint"], settings["oci.identity_endpoint"]
         )
-        self.fs, self.base = publish.resolve(settings["output.uri"])
+        self.store = storage.resolve(settings["output.uri"], settings["output.storage_options"])
+        self.fs, self.base = self.store.fs, self.store.base
+        # Built now so that a missing extra or a bad catalog setting fails before any request.
+        self.table = table_writer(settings, self.store)
         self.layout = publish.Layout(self.base, self.run_id, settings.snapshot_date)
         self.progress = Progress()
         self.results: dict[WorkItem, dict[str, Any]] = {}
@@ -173,6 +186,10 @@ class Export:
         restored = publish.recover(self.fs, self.base)
         if restored:
             log.warning("publish.recovered", partitions=restored)
+        if not self.store.is_local or self.table is not None:
+            await anyio.to_thread.run_sync(
+                objectstore.recover, self.fs, self.base, self.layout.partition, self.table
+            )
         log.info(
             "run.start",
             run_id=self.run_id,
@@ -220,9 +237,7 @@ class Export:
                 time.monotonic() - self.progress.started,
                 "staged; publish with `commit`",
             )
-        return commit(
-            self.settings, self.run_id, fs=(self.fs, self.base), started=self.progress.started
-        )
+        return commit(self.settings, self.run_id, store=self.store, started=self.progress.started)
 
     async def start_workers(self) -> None:
         """Start the worker processes now rather than with the first page."""
@@ -501,16 +516,26 @@ def _error(exc: ConnectorError) -> dict[str, Any]:
     }
 
 
+def table_writer(settings: Settings, store: storage.Store) -> tables.TableWriter | None:
+    """The table writer of ``output.table_format``, or None for plain files."""
+    table_format: str = settings["output.table_format"]
+    if not table_format:
+        return None
+    return tables.writer(store, table_format, settings["output.catalog"])
+
+
 def commit(
     settings: Settings,
     run_id: str,
     *,
-    fs: tuple[pafs.FileSystem, str] | None = None,
+    store: storage.Store | None = None,
     started: float | None = None,
 ) -> Outcome:
     """Merge the staged shards of ``run_id`` into one manifest and publish the partition."""
     began = started or time.monotonic()
-    filesystem, base = fs or publish.resolve(settings["output.uri"])
+    store = store or storage.resolve(settings["output.uri"], settings["output.storage_options"])
+    filesystem, base = store.fs, store.base
+    table = table_writer(settings, store)
     shard_dir = f"{base}/{publish.STAGING}/{run_id}/shards"
     entries = filesystem.get_file_info(pafs.FileSelector(shard_dir, allow_not_found=True))
     shards = [
@@ -519,6 +544,10 @@ def commit(
         if e.path.endswith(".json")
     ]
     if not shards:
+        published = _already_published(settings, store, run_id)
+        if published is not None:  # a commit repeated after it succeeded (or was finished)
+            code = EXIT_PARTIAL if published.get("status") == "partial" else EXIT_OK
+            return Outcome(code, published, True, time.monotonic() - began, "already published")
         return Outcome(
             EXIT_FAILED, {}, False, message=f"nothing staged for run {run_id} under {shard_dir}"
         )
@@ -553,10 +582,16 @@ def commit(
             f"{failed} listing(s) failed; nothing published (output.allow_partial = false)",
         )
     manifest["finished_at"] = publish.utc_now()
-    publish.write_json(filesystem, f"{layout.staged_partition}/_manifest.json", manifest)
-    with filesystem.open_output_stream(f"{layout.staged_partition}/_SUCCESS", compression=None):
-        pass
-    publish.swap_in(filesystem, layout)
+    if store.is_local and table is None:
+        publish.write_json(filesystem, f"{layout.staged_partition}/_manifest.json", manifest)
+        marker = objectstore.marker_of(manifest)
+        with filesystem.open_output_stream(f"{layout.staged_partition}/{marker}", compression=None):
+            pass
+        publish.swap_in(filesystem, layout)
+    else:
+        manifest = objectstore.publish_partition(
+            filesystem, layout, manifest, layout.partition, table
+        )
     log.info(
         "run.published",
         run_id=run_id,
@@ -565,6 +600,20 @@ def commit(
         status=manifest["status"],
     )
     return Outcome(EXIT_PARTIAL if partial else EXIT_OK, manifest, True, elapsed)
+
+
+def _already_published(
+    settings: Settings, store: storage.Store, run_id: str
+) -> dict[str, Any] | None:
+    """The published manifest of the configured date, if ``run_id`` is what it publishes."""
+    date = settings.snapshot_date
+    partition = publish.Layout(store.base, run_id, date).partition
+    if not store.is_local or settings["output.table_format"]:
+        objectstore.recover(store.fs, store.base, partition, table_writer(settings, store))
+    manifest = objectstore.published_manifest(store.fs, partition)
+    if manifest is not None and manifest.get("run_id") == run_id:
+        return manifest
+    return None
 
 
 def _merge(shards: list[dict[str, Any]]) -> dict[str, Any]:
