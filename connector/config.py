@@ -396,18 +396,14 @@ def _cross_checks(settings: Settings) -> None:
         )
     if settings["output.catalog"] and settings["output.table_format"] != "iceberg":
         raise ConfigError("output.catalog", 'applies to output.table_format = "iceberg" only')
-    kind = settings["output.catalog"].get("type", "sql")
-    if kind not in ("sql", "rest", "glue"):
-        raise ConfigError("output.catalog.type", f"must be sql, rest or glue, got {kind!r}")
-    uri = settings["output.uri"]
-    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
-    if scheme in ("s3", "s3a", "s3n"):
-        from connector.storage import S3Options
+    from connector import storage
 
-        S3Options.parse(settings["output.storage_options"])
-    elif not scheme and settings["output.storage_options"]:
-        raise ConfigError(
-            "output.storage_options", "applies to object stores; output.uri is a local path"
+    storage.check(settings["output.uri"], settings["output.storage_options"])
+    if settings["output.table_format"]:
+        from connector import tables
+
+        tables.check(
+            settings["output.table_format"], settings["output.uri"], settings["output.catalog"]
         )
     if (
         settings["scope.compartments"]

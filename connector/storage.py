@@ -190,6 +190,30 @@ class Store:
         return out
 
 
+def check(uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """What ``resolve`` would reject, found without building a filesystem (config validation:
+    no file read, no connection)."""
+    options = dict(storage_options or {})
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    if scheme == "file":
+        if options:
+            raise ConfigError(OPTIONS_KEY, "applies to object stores; output.uri is a local path")
+    elif scheme in S3_SCHEMES:
+        S3Options.parse(options)
+    elif scheme in FSSPEC_STORES:
+        _fsspec_class(uri, scheme, FSSPEC_STORES[scheme])
+    else:
+        raise _unsupported(scheme)
+
+
+def _unsupported(scheme: str) -> ConfigError:
+    return ConfigError(
+        URI_KEY,
+        f"{scheme}:// is not a supported store; use a local path, s3://, oci://bucket@namespace/"
+        ", gs:// or abfs://",
+    )
+
+
 def resolve(uri: str, storage_options: Mapping[str, Any] | None = None) -> Store:
     """The store for ``output.uri``; ``ConfigError`` for a scheme it cannot write to."""
     options = dict(storage_options or {})
@@ -204,11 +228,7 @@ def resolve(uri: str, storage_options: Mapping[str, Any] | None = None) -> Store
         return _s3(uri, S3Options.parse(options))
     if scheme in FSSPEC_STORES:
         return _fsspec(uri, scheme, FSSPEC_STORES[scheme], options)
-    raise ConfigError(
-        URI_KEY,
-        f"{scheme}:// is not a supported store; use a local path, s3://, oci://bucket@namespace/"
-        ", gs:// or abfs://",
-    )
+    raise _unsupported(scheme)
 
 
 def _s3(uri: str, options: S3Options) -> Store:
@@ -275,7 +295,8 @@ def _profile(name: str) -> tuple[dict[str, str], str]:
     return credentials, str(region)
 
 
-def _fsspec(uri: str, scheme: str, store: FsspecStore, options: dict[str, Any]) -> Store:
+def _fsspec_class(uri: str, scheme: str, store: FsspecStore) -> Any:
+    """The store's fsspec class; ``ConfigError`` naming the extra when it is not installed."""
     if importlib.util.find_spec(store.module) is None:
         raise ConfigError(
             URI_KEY,
@@ -289,9 +310,14 @@ def _fsspec(uri: str, scheme: str, store: FsspecStore, options: dict[str, Any]) 
             f"{scheme}:// needs {store.module}, which failed to import ({exc}); "
             f"pip install 'oci-images-connector[{store.extra}]'",
         ) from None
-    location = str(cls._strip_protocol(uri)).rstrip("/")
-    if scheme == "oci" and "@" not in location.split("/", 1)[0]:
+    if scheme == "oci" and "@" not in uri.split("://", 1)[1].split("/", 1)[0]:
         raise ConfigError(URI_KEY, f"{uri!r}: OCI Object Storage URIs read oci://bucket@namespace/")
+    return cls
+
+
+def _fsspec(uri: str, scheme: str, store: FsspecStore, options: dict[str, Any]) -> Store:
+    cls = _fsspec_class(uri, scheme, store)
+    location = str(cls._strip_protocol(uri)).rstrip("/")
     try:
         filesystem = cls(**options)
     except TypeError as exc:

@@ -20,6 +20,7 @@ as they are. Neither holds the date's rows in memory.
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -70,15 +71,38 @@ class TableWriter(Protocol):
         """Remove what an uncommitted ``commit`` of ``run_id`` left behind, if anything."""
 
 
-def writer(store: Store, table_format: str, catalog: Mapping[str, Any]) -> TableWriter:
-    """The writer for ``output.table_format``; ``ConfigError`` if it cannot work here."""
-    if store.scheme not in ("file", "s3"):
+def check(table_format: str, uri: str, catalog: Mapping[str, Any]) -> None:
+    """What ``writer`` would reject, found without opening anything (config validation)."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    if scheme not in ("file", "s3", "s3a", "s3n"):
         raise ConfigError(
             "output.table_format",
             f"{table_format} tables are written to a local directory or s3:// "
-            "(OCI Object Storage: its S3 compatibility endpoint), not to "
-            f"{store.scheme}://",
+            f"(OCI Object Storage: its S3 compatibility endpoint), not to {scheme}://",
         )
+    extra, module = {"delta": ("delta", "deltalake"), "iceberg": ("iceberg", "pyiceberg")}[
+        table_format
+    ]
+    if importlib.util.find_spec(module) is None:
+        raise _missing(extra, module)
+    if table_format == "iceberg":
+        kind = str(catalog.get("type") or "sql")
+        if kind not in CATALOG_TYPES:
+            raise ConfigError("output.catalog.type", f"must be sql, rest or glue, got {kind!r}")
+        if kind == "sql" and scheme != "file" and not catalog.get("uri"):
+            raise ConfigError(
+                "output.catalog.uri",
+                "is needed for an Iceberg SQL catalog when output.uri is an object store "
+                "(a SQLite file cannot live there): sqlite:////path/catalog.db, or a REST "
+                "or Glue catalog",
+            )
+        if kind == "rest" and not catalog.get("uri"):
+            raise ConfigError("output.catalog.uri", "a REST catalog needs its URL")
+
+
+def writer(store: Store, table_format: str, catalog: Mapping[str, Any]) -> TableWriter:
+    """The writer for ``output.table_format``; ``ConfigError`` if it cannot work here."""
+    check(table_format, store.uri(store.base), catalog)
     if table_format == "delta":
         return DeltaWriter(store)
     if table_format == "iceberg":
@@ -106,12 +130,6 @@ class DeltaWriter:
 
     store: Store
     format: str = "delta"
-
-    def __post_init__(self) -> None:
-        try:
-            import deltalake  # noqa: F401
-        except ImportError:
-            raise _missing("delta", "deltalake") from None
 
     @property
     def uri(self) -> str:
@@ -169,34 +187,17 @@ class IcebergWriter:
     format = "iceberg"
 
     def __init__(self, store: Store, catalog: Mapping[str, Any]) -> None:
-        try:
-            import pyiceberg  # noqa: F401
-        except ImportError:
-            raise _missing("iceberg", "pyiceberg") from None
         self.store = store
         settings = dict(catalog)
         kind = str(settings.pop("type", "sql") or "sql")
-        if kind not in CATALOG_TYPES:
-            raise ConfigError("output.catalog.type", f"must be sql, rest or glue, got {kind!r}")
         self.name = str(settings.pop("name", "") or "oci_images")
         self.namespace = str(settings.pop("namespace", "") or "oci_images")
         self.location = store.uri(f"{store.base}/{TABLE}")
         properties: dict[str, str] = {"type": kind, **store.iceberg_properties()}
         if kind == "sql":
             uri = str(settings.pop("uri", "") or "")
-            if not uri:
-                if not store.is_local:
-                    raise ConfigError(
-                        "output.catalog.uri",
-                        "is needed for an Iceberg SQL catalog when output.uri is an object "
-                        "store (a SQLite file cannot live there): sqlite:////path/catalog.db, "
-                        "or a REST or Glue catalog",
-                    )
-                uri = f"sqlite:///{store.base}/iceberg_catalog.db"
-            properties["uri"] = uri
+            properties["uri"] = uri or f"sqlite:///{store.base}/iceberg_catalog.db"
             properties.setdefault("warehouse", store.uri(store.base))
-        elif kind == "rest" and not settings.get("uri"):
-            raise ConfigError("output.catalog.uri", "a REST catalog needs its URL")
         properties.update({k: str(v) for k, v in settings.items()})
         self._properties = properties
         self._table: Any = None
