@@ -86,6 +86,8 @@ def publish_partition(
     run_id = layout.run_id
     recover(fs, layout.base, partition, table)
     previous = published_manifest(fs, partition)
+    if previous is not None and previous.get("run_id") == run_id:
+        return previous  # this very commit, killed after its commit point and just finished
     renamed: dict[str, Any] = dict(manifest)
     copied = ("reject_files",) if table else ("files", "reject_files")
     for key in ("files", "reject_files"):

@@ -193,3 +193,68 @@ def _date(text: str) -> Any:
     from datetime import date
 
     return date.fromisoformat(text)
+
+
+COMMITTER = """
+import os, sys
+from connector import cli, pipeline, storage, tables  # imported once; each commit forks
+import pyarrow.parquet
+for name in sys.argv[2:]:
+    __import__(name)
+import threading
+if threading.active_count() != 1:  # as the worker boot: fork before any Python thread
+    raise SystemExit("committer: a thread started before forking")
+print("ready", flush=True)
+for line in sys.stdin:
+    command, argument = line.split()
+    if command == "commit":
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # the pipe carries pids only
+            code = cli.main(
+                ["--log-level", "error", "commit", "--config", sys.argv[1], "--run-id", argument]
+            )
+            sys.stdout.flush()
+            os._exit(code)
+        print(pid, flush=True)
+    else:
+        print(os.waitstatus_to_exitcode(os.waitpid(int(argument), 0)[1]), flush=True)
+"""
+
+
+class Committer:
+    """Processes that run `oci-images commit`, forked from one interpreter that imported the
+    connector (and the table library) once: each commit is a real process that SIGKILL can
+    stop at any point, without paying the interpreter's start-up each time."""
+
+    def __init__(self, config: str, modules: tuple[str, ...] = ()) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", COMMITTER, config, *modules],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert "ready" == self._read()
+
+    def _read(self) -> str:
+        assert self.process.stdout is not None
+        return self.process.stdout.readline().strip()
+
+    def _send(self, line: str) -> str:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def start(self, run_id: str) -> int:
+        """Start committing ``run_id``; the process id."""
+        return int(self._send(f"commit {run_id}"))
+
+    def wait(self, pid: int) -> int:
+        """Wait for a commit process to end (or reap a killed one); its exit code."""
+        return int(self._send(f"wait {pid}"))
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=30)

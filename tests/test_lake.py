@@ -6,6 +6,10 @@ the date, and what each kind's readers read equals the emulator's ground truth.
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,9 @@ import pytest
 
 from connector import cli, objectstore, storage, tables
 from connector.emulator import EmulatorServer, build_world
+from connector.pipeline import new_run_id
 from tests.lake_support import (
+    Committer,
     S3Server,
     dataset_table,
     delta_rows,
@@ -178,3 +184,106 @@ def test_publish_replace_read_back(
     if place == "s3":
         staging = f"{store.base}/_staging"
         assert [] == store.fs.get_file_info(pafs.FileSelector(staging, allow_not_found=True))
+
+
+PRELOAD = {"delta": ("deltalake",), "iceberg": ("pyiceberg.catalog.sql", "pyiceberg.table")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["parquet", "delta", "iceberg"])
+def test_sigkill_during_commit_to_s3(
+    lake_emulator: EmulatorServer, s3: S3Server, tmp_path: Path, kind: str
+) -> None:
+    """`commit` to S3, killed with SIGKILL at 20 random moments: every reader sees the old
+    snapshot or the new one, whole; `_SUCCESS` never stands beside missing data; the next
+    commit repairs the partition and leaves nothing behind."""
+    config, store, catalog = lake_config(tmp_path, lake_emulator, kind, "s3", s3)
+    assert 0 == run(config)
+    truth = expected(lake_emulator)
+    rng = random.Random(f"kill-{kind}")
+
+    def stage() -> str:
+        """Two shards staged, as Airflow's mapped tasks do; `commit` publishes them together."""
+        run_id = new_run_id()
+        for shard in ("0/2", "1/2"):
+            assert 0 == run(config, "--shard", shard, "--run-id", run_id)
+        return run_id
+
+    def journal_written(run_id: str) -> float:
+        """Wait until the commit has written its journal (its first write); the time then."""
+        journal = f"{store.base}/_staging/{run_id}/_commit.json"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if store.fs.get_file_info(journal).type == pafs.FileType.File:
+                break
+            if _published_run(store) == run_id:  # done before we looked
+                break
+            time.sleep(0.002)
+        return time.monotonic()
+
+    def check_killed(attempt: int, before: str, run_id: str) -> None:
+        rows, run_ids = read_all(kind, store, catalog)
+        assert run_ids in ({before}, {run_id}), f"kill {attempt}: a mix of runs {run_ids}"
+        assert truth == actual(rows), f"kill {attempt}: rows differ from the ground truth"
+        objects = partition_objects(store)
+        if "_SUCCESS" in objects:
+            manifest = objectstore.published_manifest(store.fs, partition_path(store, DATE))
+            assert manifest is not None
+            assert {f["path"] for f in manifest["files"]} <= objects
+            if kind == "parquet":
+                assert manifest["files"]
+                _, listed_rows = manifest_rows(store, DATE)
+                assert truth == actual(listed_rows)
+
+    def check_repaired(run_id: str) -> None:
+        """The next commit finishes or rolls back the killed one, then publishes its run."""
+        assert 0 == cli.main(
+            ["--log-level", "error", "commit", "--config", str(config), "--run-id", run_id]
+        )
+        rows, run_ids = read_all(kind, store, catalog)
+        assert ({run_id}, truth) == (run_ids, actual(rows))
+        manifest = objectstore.published_manifest(store.fs, partition_path(store, DATE))
+        assert manifest is not None
+        assert run_id == manifest["run_id"]
+        names = {f["path"] for f in manifest["files"] + manifest["reject_files"]}
+        assert names | {"_manifest.json", "_SUCCESS"} == partition_objects(store)
+        assert [] == _journals(store)
+        if kind != "parquet":
+            assert tables.writer(store, kind, catalog).find(run_id) == manifest["table"]
+
+    committer = Committer(str(config), PRELOAD.get(kind, ()))
+    try:
+        # How long a commit's writes take, from its journal to its exit: the kills fall there.
+        staged = stage()
+        pid = committer.start(staged)
+        began = journal_written(staged)
+        assert 0 == committer.wait(pid)
+        window = time.monotonic() - began
+
+        interrupted = 0
+        for attempt in range(20):
+            before = _published_run(store)
+            run_id = stage()
+            pid = committer.start(run_id)
+            journal_written(run_id)
+            time.sleep(rng.uniform(0.0, window))
+            os.kill(pid, signal.SIGKILL)
+            committer.wait(pid)
+            interrupted += bool(_journals(store))
+            check_killed(attempt, before, run_id)
+            check_repaired(run_id)
+    finally:
+        committer.close()
+    # Enough of the kills landed inside a commit for the test to mean something.
+    assert interrupted >= 3, f"only {interrupted} of 20 kills interrupted a commit"
+
+
+def _published_run(store: storage.Store) -> str:
+    manifest = objectstore.published_manifest(store.fs, partition_path(store, DATE))
+    assert manifest is not None
+    return str(manifest["run_id"])
+
+
+def _journals(store: storage.Store) -> list[str]:
+    selector = pafs.FileSelector(f"{store.base}/_staging", recursive=True, allow_not_found=True)
+    return [i.path for i in store.fs.get_file_info(selector) if i.base_name == "_commit.json"]
