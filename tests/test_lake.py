@@ -10,14 +10,15 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow.fs as pafs
 import pytest
 
-from connector import cli, objectstore, storage, tables
+from connector import cli, objectstore, publish, storage, tables
 from connector.emulator import EmulatorServer, build_world
 from connector.pipeline import new_run_id
 from tests.lake_support import (
@@ -287,3 +288,62 @@ def _published_run(store: storage.Store) -> str:
 def _journals(store: storage.Store) -> list[str]:
     selector = pafs.FileSelector(f"{store.base}/_staging", recursive=True, allow_not_found=True)
     return [i.path for i in store.fs.get_file_info(selector) if i.base_name == "_commit.json"]
+
+
+@pytest.mark.parametrize("place", ["local", "s3"])
+def test_staging_expires_by_the_run_ids_time(s3: S3Server, tmp_path: Path, place: str) -> None:
+    """Abandoned staging goes once its run id is a week old, whatever its files' times say;
+    younger staging and ids without a time stay."""
+    if place == "s3":
+        store = storage.resolve(f"s3://{s3.new_bucket()}/lake", s3.options())
+    else:
+        store = storage.resolve(str(tmp_path / "lake"))
+    now = time.time()
+    ids = {
+        "old": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now - 8 * 86400)) + "-aaaaaa",
+        "young": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now - 6 * 86400)) + "-bbbbbb",
+        "untimed": "airflow-manual-7",
+    }
+    for run_id in ids.values():
+        path = f"{store.base}/_staging/{run_id}/images/snapshot_date={DATE}/region=r/part-00000.parquet"
+        store.fs.create_dir(path.rpartition("/")[0], recursive=True)
+        with store.fs.open_output_stream(path) as out:
+            out.write(b"staged")  # written just now: a modification time would keep it
+    publish.recover(store.fs, store.base)
+    selector = pafs.FileSelector(f"{store.base}/_staging", allow_not_found=True)
+    left = {info.base_name for info in store.fs.get_file_info(selector)}
+    assert {ids["young"], ids["untimed"]} == left
+
+
+@pytest.mark.parametrize("kind", ["delta", "iceberg"])
+def test_rejects_stay_files_beside_the_table(
+    make_emulator: Callable[..., EmulatorServer], s3: S3Server, tmp_path: Path, kind: str
+) -> None:
+    """On S3 with a table format, malformed records are JSON lines under the date's
+    `_rejects/`, listed by the manifest; the table holds the rest; a rerun replaces them."""
+    world = build_world(**WORLD, bad_records=0.05)  # type: ignore[arg-type]
+    server = make_emulator(world)
+    config, store, catalog = lake_config(tmp_path, server, kind, "s3", s3)
+    listed = [i for region in world.regions for i in world.platform[region]]
+    listed += [i for images in world.custom.values() for i in images]
+    for _ in range(2):
+        assert 0 == run(config)
+        manifest = objectstore.published_manifest(store.fs, partition_path(store, DATE))
+        assert manifest is not None
+        reject_paths = [f["path"] for f in manifest["reject_files"]]
+        assert reject_paths
+        assert all(p.startswith("_rejects/") and manifest["run_id"] in p for p in reject_paths)
+        partition = partition_path(store, DATE)
+        lines = [
+            orjson.loads(line)
+            for p in reject_paths
+            for line in store.fs.open_input_stream(f"{partition}/{p}").read().splitlines()
+        ]
+        rows, run_ids = read_all(kind, store, catalog)
+        assert ({manifest["run_id"]}, len(lines)) == (run_ids, manifest["rejects"])
+        assert len(listed) == len(rows) + len(lines)
+        assert {i.record().get("id") for i in listed} == {r["id"] for r in rows} | {
+            line["record"].get("id") for line in lines
+        }
+        # Only this run's rejects remain beside the table.
+        assert set(reject_paths) | {"_manifest.json", "_SUCCESS"} == partition_objects(store)
