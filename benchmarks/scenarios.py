@@ -11,6 +11,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -332,6 +333,7 @@ def _ours(pages: list[Any], folder: Path, workers: int | str = "auto") -> float:
     import anyio
 
     from connector import config
+    from connector.auth import Credentials
     from connector.pipeline import Export
 
     class NoSigner:
@@ -339,7 +341,7 @@ def _ours(pages: list[Any], folder: Path, workers: int | str = "auto") -> float:
             raise AssertionError("no requests in this scenario")
 
     overrides = [f'output.uri="{folder}"', f"fetch.workers={orjson.dumps(workers).decode()}"]
-    export = Export(config.load(None, overrides), NoSigner())
+    export = Export(config.load(None, overrides), Credentials(NoSigner()))
 
     async def timed() -> float:
         await export.start_workers()  # as a run does while discovery goes on
@@ -399,11 +401,11 @@ def s3(full: bool, repeat: int) -> list[dict[str, Any]]:
         for _ in range(repeat):
             for name in contenders:
                 out = Path(tempfile.mkdtemp(dir=temp))
-                result = subprocess.run(
+                done = subprocess.run(
                     [PYTHON, "-m", "benchmarks.s3_contender", name, str(recorded), str(out)],
                     capture_output=True, text=True, check=True, cwd=ROOT,
                 )  # fmt: skip
-                rates[name].append(rows_total / float(result.stdout.strip().splitlines()[-1]))
+                rates[name].append(rows_total / float(done.stdout.strip().splitlines()[-1]))
     ratio = statistics.median(rates["ours"]) / statistics.median(rates["pandas"])
     result = [
         row(
@@ -525,14 +527,11 @@ def e1(full: bool, repeat: int) -> list[dict[str, Any]]:
 
                 async def walk(compartment: str) -> None:
                     nonlocal served
-                    token = None
-                    while True:
-                        params = {"compartmentId": compartment, "limit": 1000, "page": token}
-                        response = await client.get(emulator.url + "/20160918/images", params)
-                        served += response.body.count(b'"id":')
-                        token = response.next_page
-                        if token is None:
-                            return
+                    params = {"compartmentId": compartment, "limit": 1000}
+                    pages = client.paginate(emulator.url + "/20160918/images", params)
+                    async with aclosing(pages):
+                        async for paged in pages:
+                            served += paged.response.body.count(b'"id":')
 
                 async with anyio.create_task_group() as group:
                     for compartment in compartments:

@@ -1,21 +1,27 @@
 """Configuration: TOML plus ``--set section.key=value`` overrides, validated before any request.
 
-Every key is declared once in ``KEYS`` with its default and its check. Validation is complete
-and happens before the first network call: a bad value raises ``ConfigError`` naming the key
-and the reason, and the command exits 2.
+Every key is declared once, as a field of its section's dataclass below: its type, default,
+check and help text. That declaration drives validation, ``--set``, the typed ``Settings`` the
+rest of the code reads (``settings.fetch.page_size``), the README's configuration table and the
+comments of ``configs/example.toml`` (``scripts/update_readme.py``). Validation is complete and
+happens before the first network call: a bad value raises ``ConfigError`` naming the key and the
+reason, and the command exits 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import ipaddress
 import os
 import re
+import textwrap
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from connector.errors import ConfigError
@@ -26,17 +32,44 @@ OCID = re.compile(
 REGION = re.compile(r"^[a-z]{2,}-[a-z]+-\d+$")
 IMAGE_LIFECYCLE = ("PROVISIONING", "IMPORTING", "AVAILABLE", "EXPORTING", "DISABLED", "DELETED")
 SORT_BY = ("TIMECREATED", "NAME", "DISPLAYNAME")
+COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "ndjson": ("gzip", "none")}
+"""The codecs each output format accepts."""
 
 Check = Callable[[str, Any], Any]
+"""Validates one key's raw value (from TOML or ``--set``) and returns the value to keep."""
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class Key:
-    """One configuration key: its default and the check that returns its validated value."""
+    """One configuration key: its default, the check that returns its validated value, the
+    help text the README and ``configs/example.toml`` show, and the value that example shows."""
 
     default: Any
     check: Check
     help: str
+    example: Any = None
+    """What ``configs/example.toml`` sets, when not the default."""
+
+
+def key(default: T, check: Check, help: str, *, example: Any = None) -> T:
+    """Declare a section field as a configuration key (a dataclass field carrying its ``Key``)."""
+    spec = Key(default, check, help, example)
+    if isinstance(default, dict):  # a table-valued key: each Settings gets its own copy
+        table = dict(default)
+        return cast(T, field(default_factory=lambda: dict(table), metadata={"key": spec}))
+    return field(default=default, metadata={"key": spec})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (plain http is allowed only there by default)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 # -- checks -----------------------------------------------------------------------------------
@@ -87,20 +120,6 @@ def _integer(low: int, high: int) -> Check:
         return int(number)
 
     return check
-
-
-def worker_processes(settings: Settings) -> int:
-    """``fetch.workers`` as a number: ``auto`` is one per core, at most 4, none on one core."""
-    value = settings["fetch.workers"]
-    if value != "auto":
-        return int(value)
-    if not hasattr(os, "fork"):  # workers are forked (see connector.spawn)
-        return 0
-    if hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0))
-    else:
-        cores = os.cpu_count() or 1
-    return min(4, cores) if cores > 1 else 0
 
 
 def _workers(key: str, value: Any) -> int | str:
@@ -203,15 +222,6 @@ def _snapshot_date(key: str, value: Any) -> str:
         raise ConfigError(key, f"must be a date YYYY-MM-DD, got {text!r}") from None
 
 
-def _options(key: str, value: Any) -> dict[str, Any]:
-    """A TOML table of options (checked against the store or catalog in ``_cross_checks``)."""
-    table = _type(dict, "a table")(key, value)
-    for name, item in table.items():
-        if not isinstance(item, (str, bool, int, float)):
-            raise ConfigError(f"{key}.{name}", "must be a string, a number or a boolean")
-    return dict(table)
-
-
 def _suggest(word: str, options: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     if not close:
@@ -221,95 +231,276 @@ def _suggest(word: str, options: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-# -- the keys ---------------------------------------------------------------------------------
+def _table(key: str, value: Any) -> dict[str, str | int | float | bool]:
+    """A TOML table of scalars (options handed to a library as they are, e.g. storage options)."""
+    table = _type(dict, "a table of keys and values")(key, value)
+    for name, item in table.items():
+        if not isinstance(item, str | int | float | bool):
+            raise ConfigError(
+                f"{key}.{name}", f"must be a string, number or boolean, got {type(item).__name__}"
+            )
+    return dict(table)
+
+
+# -- the keys: one dataclass per section ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OciSettings:
+    """[oci]: credentials and endpoints."""
+
+    config_file: str = key(
+        "", _string(), 'OCI CLI config file; "" = $OCI_CONFIG_FILE or ~/.oci/config'
+    )
+    profile: str = key("", _string(), 'profile in it; "" = $OCI_CLI_PROFILE or DEFAULT')
+    auth: str = key(
+        "api_key",
+        _choice("api_key", "security_token", "instance_principal", "resource_principal"),
+        "api_key, security_token (oci session authenticate), instance_principal or resource_principal (these two need the [oci] extra)",
+    )
+    regions: tuple[str, ...] = key(
+        (),
+        _regions,
+        '[]: the profile\'s region; ["subscribed"]: every READY region subscription; or a list, e.g. ["us-ashburn-1", "eu-frankfurt-1"]',
+        example=("subscribed",),
+    )
+    endpoint: str = key(
+        "",
+        _endpoint,
+        'Compute endpoint override, {region} substituted, e.g. a Private Cloud Appliance: "https://iaas.pca.example.com"; "" = public OCI',
+    )
+    identity_endpoint: str = key(
+        "", _endpoint, 'Identity endpoint override; "" = oci.endpoint when set, else public OCI'
+    )
+    ca_bundle: str = key(
+        "", _existing_file, 'PEM bundle for appliances with their own CA; "" = the system\'s CAs'
+    )
+    allow_insecure_http: bool = key(
+        False, _boolean, "allow plain http:// to hosts other than loopback"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeSettings:
+    """[scope]: which compartments are listed."""
+
+    tenancy: str = key("", _ocid_or_empty("tenancy"), 'tenancy OCID; "" = the profile\'s tenancy')
+    compartments: tuple[str, ...] = key(
+        (),
+        _ocid_list("compartment", "tenancy"),
+        "explicit compartment OCIDs; when set, there is no discovery",
+    )
+    discover: bool = key(
+        True, _boolean, "the root plus ListCompartments(tenancy, subtree, ACCESSIBLE, ACTIVE)"
+    )
+    exclude: tuple[str, ...] = key(
+        (),
+        _ocid_list("compartment", "tenancy"),
+        "compartment OCIDs to leave out (with their subtrees when discovered)",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FilterSettings:
+    """[filters]: ListImages query parameters; "" = no filter."""
+
+    display_name: str = key("", _string(1, 255), "displayName: an exact display name")
+    lifecycle_state: str = key(
+        "",
+        _choice(*IMAGE_LIFECYCLE, case_insensitive=True, allow_empty=True),
+        "lifecycleState (case-insensitive): " + ", ".join(IMAGE_LIFECYCLE),
+        example="AVAILABLE",
+    )
+    operating_system: str = key("", _string(1, 255), 'operatingSystem, e.g. "Oracle Linux"')
+    operating_system_version: str = key("", _string(1, 255), 'operatingSystemVersion, e.g. "9"')
+    shape: str = key(
+        "", _string(1, 255), 'shape: only images compatible with it, e.g. "VM.Standard.E5.Flex"'
+    )
+    sort_by: str = key(
+        "",
+        _choice(*SORT_BY, case_insensitive=True, allow_empty=True),
+        "sortBy: TIMECREATED or NAME (DISPLAYNAME, the SDK's spelling, is accepted)",
+    )
+    sort_order: str = key(
+        "",
+        _choice("ASC", "DESC", case_insensitive=True, allow_empty=True),
+        "sortOrder: ASC or DESC",
+    )
+
+    def query_params(self) -> dict[str, str]:
+        """The filters that are set, as ListImages query parameters (the keys in camelCase)."""
+        return {
+            _camel(f.name): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != ""
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSettings:
+    """[fetch]: requests, and the processes that convert pages."""
+
+    concurrency: int = key(
+        16, _integer(1, 256), "requests in flight in this process (adapts down under 429s)"
+    )
+    page_size: int = key(1000, _integer(1, 1000), "ListImages limit, 1..1000")
+    max_attempts: int = key(
+        8, _integer(1, 50), "attempts per request, with full-jitter exponential backoff"
+    )
+    request_timeout_s: float = key(60.0, _number(0.0, 3600.0, low_open=True), "seconds per request")
+    max_requests_per_second: float = key(
+        0.0, _number(0.0, 10000.0), "client-side cap; 0 = none (the rate still adapts to 429s)"
+    )
+    platform_images: str = key(
+        "once",
+        _choice("once", "every", "skip"),
+        "once per region, every listing, or skip (see Platform images)",
+    )
+    workers: int | str = key(
+        "auto",
+        _workers,
+        'processes that convert and write pages beside the fetcher: "auto" = one per core (at most 4; none on one core), 0 = a thread in this process. Each writes its own files; with n workers, row groups hold 128k / n rows (at least 64k), so memory stays that of one writer',
+    )
+
+    def worker_processes(self) -> int:
+        """``workers`` as a number: ``auto`` is one per core, at most 4, none on one core."""
+        if self.workers != "auto":
+            return int(self.workers)
+        if not hasattr(os, "fork"):  # workers are forked (see connector.workers.spawn)
+            return 0
+        if hasattr(os, "sched_getaffinity"):
+            cores = len(os.sched_getaffinity(0))
+        else:
+            cores = os.cpu_count() or 1
+        return min(4, cores) if cores > 1 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSettings:
+    """[output]: where and how the snapshot is written."""
+
+    uri: str = key(
+        "out",
+        _string(1),
+        "local directory, s3://bucket/prefix (AWS, OCI Object Storage's S3 compatibility endpoint, MinIO), oci://bucket@namespace/prefix, gs://bucket/prefix or abfs://container/prefix",
+        example="/data/lake/oci",
+    )
+    format: str = key("parquet", _choice("parquet", "ndjson"), "parquet or ndjson")
+    compression: str = key(
+        "",
+        _choice("zstd", "snappy", "gzip", "none", allow_empty=True),
+        '"" = the format\'s default (zstd for parquet, none for ndjson); parquet: zstd, snappy, gzip or none; ndjson: gzip or none',
+        example="zstd",
+    )
+    snapshot_date: str = key(
+        "", _snapshot_date, 'YYYY-MM-DD; "" = today (UTC); Airflow passes {{ ds }}'
+    )
+    allow_partial: bool = key(
+        False, _boolean, "publish even when some compartments failed (the exit code stays 3)"
+    )
+    table_format: str = key(
+        "",
+        _choice("delta", "iceberg", allow_empty=True),
+        '"" = plain Parquet/NDJSON files; delta or iceberg: a table `images` partitioned by _snapshot_date and _region, one atomic commit per snapshot date (local directory or s3:// only)',
+    )
+    storage_options: Mapping[str, str | int | float | bool] = key(
+        {},
+        _table,
+        "passed to the store. s3://: endpoint_url, region, profile, access_key_id, secret_access_key, session_token, path_style, anonymous; oci://, gs://, abfs://: the keyword arguments of ocifs, gcsfs, adlfs. {} = the store's usual environment variables and files",
+    )
+    catalog: Mapping[str, str | int | float | bool] = key(
+        {},
+        _table,
+        'Iceberg catalog: type = "sql" (default: SQLite at {uri}/iceberg_catalog.db; uri = "sqlite:////path/catalog.db" for an object store), "rest" (uri = its URL) or "glue"; namespace (default "oci_images"); other keys are the catalog\'s own properties',
+    )
+
+    @property
+    def effective_compression(self) -> str:
+        """The compression used: the configured one, or the format's default."""
+        if self.compression:
+            return self.compression
+        return "zstd" if self.format == "parquet" else "none"
+
+    @property
+    def effective_snapshot_date(self) -> str:
+        """The snapshot date used: the configured one, or today in UTC."""
+        return self.snapshot_date or datetime.now(UTC).date().isoformat()
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "oci": OciSettings,
+    "scope": ScopeSettings,
+    "filters": FilterSettings,
+    "fetch": FetchSettings,
+    "output": OutputSettings,
+}
+"""Each section's name in the TOML file and its dataclass (a field of ``Settings`` too)."""
 
 KEYS: dict[str, dict[str, Key]] = {
-    "oci": {
-        "config_file": Key("", _string(), "OCI CLI config file; default OCI_CONFIG_FILE or ~/.oci/config"),
-        "profile": Key("", _string(), "profile in it; default OCI_CLI_PROFILE or DEFAULT"),
-        "auth": Key("api_key", _choice("api_key", "security_token", "instance_principal", "resource_principal"), "how requests are signed"),
-        "regions": Key((), _regions, '[] = the profile\'s region; ["subscribed"] = every READY subscription'),
-        "endpoint": Key("", _endpoint, "Compute endpoint override; {region} is substituted"),
-        "identity_endpoint": Key("", _endpoint, "Identity endpoint override; defaults to endpoint"),
-        "ca_bundle": Key("", _existing_file, "PEM bundle for appliances with their own CA"),
-        "allow_insecure_http": Key(False, _boolean, "allow plain http:// to non-loopback hosts"),
-    },
-    "scope": {
-        "tenancy": Key("", _ocid_or_empty("tenancy"), "tenancy OCID; default the profile's"),
-        "compartments": Key((), _ocid_list("compartment", "tenancy"), "explicit compartments; if set, no discovery"),
-        "discover": Key(True, _boolean, "list the tenancy's ACTIVE accessible compartments and the root"),
-        "exclude": Key((), _ocid_list("compartment", "tenancy"), "compartments to leave out (with their subtrees)"),
-    },
-    "filters": {
-        "display_name": Key("", _string(1, 255), "exact display name"),
-        "lifecycle_state": Key("", _choice(*IMAGE_LIFECYCLE, case_insensitive=True, allow_empty=True), "lifecycle state"),
-        "operating_system": Key("", _string(1, 255), "operating system, e.g. Oracle Linux"),
-        "operating_system_version": Key("", _string(1, 255), "operating system version, e.g. 9"),
-        "shape": Key("", _string(1, 255), "images compatible with this shape"),
-        "sort_by": Key("", _choice(*SORT_BY, case_insensitive=True, allow_empty=True), "TIMECREATED or NAME"),
-        "sort_order": Key("", _choice("ASC", "DESC", case_insensitive=True, allow_empty=True), "ASC or DESC"),
-    },
-    "fetch": {
-        "concurrency": Key(16, _integer(1, 256), "requests in flight"),
-        "page_size": Key(1000, _integer(1, 1000), "ListImages limit"),
-        "max_attempts": Key(8, _integer(1, 50), "attempts per request"),
-        "request_timeout_s": Key(60.0, _number(0.0, 3600.0, low_open=True), "per request"),
-        "max_requests_per_second": Key(0.0, _number(0.0, 10000.0), "client-side cap; 0 = none (still adapts to 429)"),
-        "platform_images": Key("once", _choice("once", "every", "skip"), "once per region, every listing, or skip"),
-        "workers": Key("auto", _workers, "processes converting and writing pages; 0 = a thread in this process; auto = one per core, at most 4"),
-    },
-    "output": {
-        "uri": Key("out", _string(1), "local directory or fsspec URI"),
-        "format": Key("parquet", _choice("parquet", "ndjson"), "parquet or ndjson"),
-        "compression": Key("", _choice("zstd", "snappy", "gzip", "none", allow_empty=True), "parquet: zstd|snappy|gzip|none; ndjson: gzip|none"),
-        "snapshot_date": Key("", _snapshot_date, "YYYY-MM-DD; default today (UTC)"),
-        "allow_partial": Key(False, _boolean, "publish even if some compartments failed"),
-        "table_format": Key("", _choice("delta", "iceberg", allow_empty=True), '"" (plain files), delta or iceberg: one atomic commit per snapshot date'),
-        "storage_options": Key({}, _options, "table passed to the store's filesystem: endpoint_url, region, profile, keys, path_style ..."),
-        "catalog": Key({}, _options, "Iceberg catalog: type = sql (SQLite, default) | rest | glue, uri, namespace, and its own properties"),
-    },
-}  # fmt: skip
-
-FILTER_PARAMS = {
-    "display_name": "displayName",
-    "lifecycle_state": "lifecycleState",
-    "operating_system": "operatingSystem",
-    "operating_system_version": "operatingSystemVersion",
-    "shape": "shape",
-    "sort_by": "sortBy",
-    "sort_order": "sortOrder",
+    name: {f.name: f.metadata["key"] for f in dataclasses.fields(section)}
+    for name, section in SECTIONS.items()
 }
+"""Every key, by section: derived from the dataclasses, never written by hand."""
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """A validated configuration: ``values[section][key]``."""
+    """A validated configuration, one typed, frozen dataclass per section."""
 
-    values: dict[str, dict[str, Any]]
+    oci: OciSettings = field(default_factory=OciSettings)
+    scope: ScopeSettings = field(default_factory=ScopeSettings)
+    filters: FilterSettings = field(default_factory=FilterSettings)
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
     source: Path | None = None
-    explicit: frozenset[str] = field(default_factory=frozenset)
+    """The file the settings were read from, if any."""
+    explicit: frozenset[str] = frozenset()
+    """The keys (``section.key``) that were set rather than defaulted."""
 
-    def __getitem__(self, dotted: str) -> Any:
-        section, key = dotted.split(".", 1)
-        return self.values[section][key]
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``section.key`` values changed, each validated as if it had been set::
 
-    def filters(self) -> dict[str, str]:
-        """Non-empty filters as ListImages query parameters (camelCase)."""
-        return {FILTER_PARAMS[k]: v for k, v in self.values["filters"].items() if v != ""}
+        settings.replace(**{"output.snapshot_date": "2026-11-27"})
+        """
+        sections: dict[str, Any] = {name: getattr(self, name) for name in SECTIONS}
+        for dotted, value in changes.items():
+            section, name = _split(dotted)
+            checked = KEYS[section][name].check(dotted, value)
+            sections[section] = dataclasses.replace(sections[section], **{name: checked})
+        settings = Settings(
+            **sections, source=self.source, explicit=self.explicit | frozenset(changes)
+        )
+        _cross_checks(settings)
+        return settings
 
-    @property
-    def compression(self) -> str:
-        """The effective compression: the format's default when none was set."""
-        chosen: str = self["output.compression"]
-        if chosen:
-            return chosen
-        return "zstd" if self["output.format"] == "parquet" else "none"
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """Every key's value, by section (TOML- and JSON-safe: lists for tuples)."""
+        return {
+            name: {
+                key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(getattr(self, name)).items()
+            }
+            for name in SECTIONS
+        }
 
-    @property
-    def snapshot_date(self) -> str:
-        """The effective snapshot date: the configured one or today in UTC."""
-        chosen: str = self["output.snapshot_date"]
-        return chosen or datetime.now(UTC).date().isoformat()
+
+def _split(dotted: str) -> tuple[str, str]:
+    section, _, name = dotted.partition(".")
+    if section not in KEYS:
+        raise ConfigError(section, f"unknown section{_suggest(section, list(KEYS))}")
+    if name not in KEYS[section]:
+        raise ConfigError(dotted, f"unknown key{_suggest(name, list(KEYS[section]))}")
+    return section, name
+
+
+def worker_processes(settings: Settings) -> int:
+    """``fetch.workers`` as a number (see ``FetchSettings.worker_processes``)."""
+    return settings.fetch.worker_processes()
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -325,8 +516,17 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def load(path: str | Path | None, overrides: Sequence[str] = ()) -> Settings:
-    """Read, merge and validate; raises ``ConfigError`` for the first problem found."""
+def load(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    values: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Read ``path`` (TOML), merge ``values`` (sections of keys) over it, then ``overrides``
+    (``section.key=value``), and validate; raises ``ConfigError`` for the first problem found.
+
+    ``--set section.table.name=value`` sets one entry of a table-valued key.
+    """
     raw: dict[str, Any] = {}
     source = None
     if path is not None:
@@ -341,90 +541,152 @@ def load(path: str | Path | None, overrides: Sequence[str] = ()) -> Settings:
             raise ConfigError("--config", f"{source} is not valid TOML: {exc}") from None
         except UnicodeDecodeError:
             raise ConfigError("--config", f"{source} is not UTF-8 text") from None
+    for section, given in (values or {}).items():
+        if not isinstance(given, Mapping):
+            raise ConfigError(section, "must be a table of keys")
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(section, "must be a table")
+        table.update(given)
     for text in overrides:
         section, key, value = parse_override(text)
         table = raw.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(section, "must be a table")
-        key, _, option = key.partition(".")
-        if option:  # output.storage_options.endpoint_url=...: one entry of a table key
-            table = table.setdefault(key, {})
-            if not isinstance(table, dict):
-                raise ConfigError(f"{section}.{key}", "must be a table")
-            key = option
+        name, _, entry = key.partition(".")
+        spec = KEYS.get(section, {}).get(name)
+        if entry and spec is not None and isinstance(spec.default, dict):
+            nested = table.setdefault(name, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(f"{section}.{name}", "must be a table")
+            nested[entry] = value
+            continue
         table[key] = value
     return validate(raw, source)
 
 
-def validate(raw: dict[str, Any], source: Path | None = None) -> Settings:
+def validate(raw: Mapping[str, Any], source: Path | None = None) -> Settings:
     """Check every section and key; fill in defaults."""
-    values: dict[str, dict[str, Any]] = {}
     explicit = set()
     for section, table in raw.items():
         if section not in KEYS:
             raise ConfigError(section, f"unknown section{_suggest(section, list(KEYS))}")
-        if not isinstance(table, dict):
+        if not isinstance(table, Mapping):
             raise ConfigError(section, "must be a table of keys")
         for key in table:
             if key not in KEYS[section]:
                 hint = _suggest(key, list(KEYS[section]))
                 raise ConfigError(f"{section}.{key}", f"unknown key{hint}")
             explicit.add(f"{section}.{key}")
+    sections = {}
     for section, keys in KEYS.items():
         table = raw.get(section, {})
-        values[section] = {
-            key: spec.check(f"{section}.{key}", table[key]) if key in table else spec.default
-            for key, spec in keys.items()
-        }
-    settings = Settings(values, source, frozenset(explicit))
+        sections[section] = SECTIONS[section](
+            **{
+                key: spec.check(f"{section}.{key}", table[key])
+                for key, spec in keys.items()
+                if key in table
+            }
+        )
+    settings = Settings(**sections, source=source, explicit=frozenset(explicit))
     _cross_checks(settings)
     return settings
 
 
 def _cross_checks(settings: Settings) -> None:
-    fmt, compression = settings["output.format"], settings["output.compression"]
-    if compression and compression not in (
-        ("zstd", "snappy", "gzip", "none") if fmt == "parquet" else ("gzip", "none")
-    ):
+    output, scope, oci = settings.output, settings.scope, settings.oci
+    if output.compression and output.compression not in COMPRESSIONS[output.format]:
         raise ConfigError(
-            "output.compression", f"{compression!r} does not apply to {fmt}; use gzip or none"
+            "output.compression",
+            f"{output.compression!r} does not apply to {output.format}; use gzip or none",
         )
-    if settings["output.table_format"] and fmt != "parquet":
-        raise ConfigError(
-            "output.format",
-            f"{settings['output.table_format']} tables store Parquet; leave output.format = parquet",
-        )
-    if settings["output.catalog"] and settings["output.table_format"] != "iceberg":
-        raise ConfigError("output.catalog", 'applies to output.table_format = "iceberg" only')
-    from connector import storage
-
-    storage.check(settings["output.uri"], settings["output.storage_options"])
-    if settings["output.table_format"]:
-        from connector import tables
-
-        tables.check(
-            settings["output.table_format"], settings["output.uri"], settings["output.catalog"]
-        )
-    if (
-        settings["scope.compartments"]
-        and "scope.discover" in settings.explicit
-        and settings["scope.discover"]
-    ):
+    if scope.compartments and "scope.discover" in settings.explicit and scope.discover:
         raise ConfigError(
             "scope.discover", "cannot be true when scope.compartments lists compartments"
         )
-    if not settings["scope.compartments"] and not settings["scope.discover"]:
+    if not scope.compartments and not scope.discover:
         raise ConfigError(
             "scope.compartments", "is empty and scope.discover is false: nothing to export"
         )
-    for key in ("oci.endpoint", "oci.identity_endpoint"):
-        url = settings[key]
-        if url.startswith("http://") and not settings["oci.allow_insecure_http"]:
-            from connector.client import is_loopback
+    if output.table_format and output.format != "parquet":
+        raise ConfigError(
+            "output.format",
+            f"{output.table_format} tables store Parquet; leave output.format = parquet",
+        )
+    if output.catalog and output.table_format != "iceberg":
+        raise ConfigError("output.catalog", 'applies to output.table_format = "iceberg" only')
+    from connector import storage
 
+    storage.check(output.uri, output.storage_options)
+    if output.table_format:
+        from connector import tables
+
+        tables.check(output.table_format, output.uri, output.catalog)
+    for name, url in (
+        ("oci.endpoint", oci.endpoint),
+        ("oci.identity_endpoint", oci.identity_endpoint),
+    ):
+        if url.startswith("http://") and not oci.allow_insecure_http:
             host = urlsplit(url.replace("{region}", "region")).hostname or ""
             if not is_loopback(host):
                 raise ConfigError(
-                    key,
+                    name,
                     "plain http:// is allowed only to loopback hosts; set oci.allow_insecure_http = true to override",
                 )
+
+
+# -- documentation: the README's table and configs/example.toml, from the declarations ---------
+
+EXAMPLE_HEADER = """\
+# oci-images-connector: configuration for a real tenancy. Every key is shown with its default
+# unless noted; any key can be overridden on the command line: --set section.key=value.
+# Validate it without sending a request: a bad value exits 2 and names the key.
+# Generated from connector/config.py (`make readme`): edit the help text there.
+"""
+_COMMENT_COLUMN = 33
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as TOML source."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def markdown_table() -> str:
+    """The README's configuration table: every key, its default and its help."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for section, keys in KEYS.items():
+        for name, spec in keys.items():
+            lines.append(f"| `{section}.{name}` | `{toml_value(spec.default)}` | {spec.help} |")
+    return "\n".join(lines)
+
+
+def example_toml() -> str:
+    """``configs/example.toml``: every key, with its help as a comment."""
+    out = [EXAMPLE_HEADER]
+    for section, keys in KEYS.items():
+        about = (SECTIONS[section].__doc__ or "").split(":", 1)[-1].strip().rstrip(".")
+        out.append(_commented(f"[{section}]", about))
+        for name, spec in keys.items():
+            value = spec.default if spec.example is None else spec.example
+            note = spec.help
+            if spec.example is not None:
+                note += f" (default {toml_value(spec.default)})"
+            out.append(_commented(f"{name} = {toml_value(value)}", note))
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _commented(code: str, comment: str) -> str:
+    parts = textwrap.wrap(comment, 100 - _COMMENT_COLUMN - 2)
+    first = code.ljust(_COMMENT_COLUMN - 1) + " " if len(code) < _COMMENT_COLUMN else code + "  "
+    lines = [first + "# " + parts[0]]
+    lines += [" " * _COMMENT_COLUMN + "# " + part for part in parts[1:]]
+    return "\n".join(lines)

@@ -1,18 +1,27 @@
-"""What to export: regions, compartments, and the endpoints that serve them."""
+"""What to export: regions, compartments, and the endpoints that serve them.
+
+``discover`` asks the service which listings a run has; ``shard_items`` and ``donor_regions``
+divide them among shards without another request, so that ``plan`` and every ``run --shard``
+agree.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
 
-from connector.errors import ConfigError, PaginationError
+from connector.errors import ConfigError, ConnectorError
+from connector.pages import WorkItem, parse
 
-if TYPE_CHECKING:  # worker processes import WorkItem from here and need no HTTP client
+if TYPE_CHECKING:
+    from connector.auth import Credentials
     from connector.client import OciClient
+    from connector.config import Settings
 
 API_VERSION = "/20160918"
 log = structlog.get_logger("connector.discovery")
@@ -39,34 +48,6 @@ class Endpoints:
     def identity(self, region: str) -> str:
         """Identity's base URL in ``region``."""
         return self.identity_template.replace("{region}", region) + API_VERSION
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class WorkItem:
-    """One listing to fetch: a compartment in a region."""
-
-    region: str
-    compartment_id: str
-
-
-async def paginate(
-    client: OciClient, url: str, params: dict[str, Any], **context: Any
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """Pages of a list call, following ``opc-next-page``; a repeated token is an error."""
-    seen: set[str] = set()
-    page: str | None = None
-    while True:
-        response = await client.get(url, params | ({"page": page} if page else {}), **context)
-        items = orjson.loads(response.body)
-        if not isinstance(items, list):
-            raise PaginationError(f"{url} returned a JSON {type(items).__name__}, not a list")
-        yield items
-        page = response.next_page
-        if page is None:
-            return
-        if page in seen:
-            raise PaginationError(f"{url} returned the page token {page[:16]}… twice")
-        seen.add(page)
 
 
 async def subscribed_regions(
@@ -97,15 +78,26 @@ async def discover_compartments(
         "lifecycleState": "ACTIVE",
         "limit": 1000,
     }
-    async for items in paginate(
-        client, f"{endpoints.identity(region)}/compartments", params, region=region
-    ):
-        for item in items:
-            if (
-                item.get("lifecycleState") == "ACTIVE"
-                and item.get("isAccessible", True) is not False
-            ):
-                parents[item["id"]] = item.get("compartmentId") or tenancy
+    url = f"{endpoints.identity(region)}/compartments"
+    async with aclosing(client.paginate(url, params, region=region)) as pages:
+        async for paged in pages:
+            for item in parse(paged.response.body):
+                if (
+                    item.get("lifecycleState") == "ACTIVE"
+                    and item.get("isAccessible", True) is not False
+                ):
+                    parents[item["id"]] = item.get("compartmentId") or tenancy
+    found = [tenancy, *sorted(parents)]
+    kept = without_subtrees(found, parents, exclude)
+    log.info("discovery.compartments", found=len(found), excluded=len(found) - len(kept))
+    return kept
+
+
+def without_subtrees(
+    compartments: Sequence[str], parents: Mapping[str, str], exclude: Sequence[str]
+) -> list[str]:
+    """``compartments`` without those in ``exclude`` and their descendants (``parents`` maps
+    each compartment to its parent; the walk up is bounded, so a cycle cannot hang it)."""
     excluded = set(exclude)
 
     def is_excluded(compartment: str) -> bool:
@@ -116,10 +108,7 @@ async def discover_compartments(
             compartment, hops = parents[compartment], hops + 1
         return compartment in excluded
 
-    found = [tenancy, *sorted(parents)]
-    kept = [c for c in found if not is_excluded(c)]
-    log.info("discovery.compartments", found=len(found), excluded=len(found) - len(kept))
-    return kept
+    return [c for c in compartments if not is_excluded(c)]
 
 
 def shard_items(items: Sequence[WorkItem], index: int, count: int) -> list[WorkItem]:
@@ -131,3 +120,46 @@ def shard_items(items: Sequence[WorkItem], index: int, count: int) -> list[WorkI
     if not 0 <= index < count:
         raise ConfigError("--shard", f"shard {index}/{count} is out of range")
     return sorted(items)[index::count]
+
+
+async def discover(
+    client: OciClient, settings: Settings, credentials: Credentials
+) -> list[WorkItem]:
+    """Every (region, compartment) listing of the run, sorted."""
+    regions = settings.oci.regions
+    home = credentials.home_region or (
+        regions[0] if regions and regions != ("subscribed",) else None
+    )
+    if home is None:
+        raise ConnectorError("no region: set oci.regions or a region in the OCI profile")
+    tenancy = settings.scope.tenancy or credentials.tenancy
+    endpoints = Endpoints.from_settings(settings.oci.endpoint, settings.oci.identity_endpoint)
+
+    def require_tenancy() -> str:
+        if not tenancy:
+            raise ConnectorError("no tenancy: set scope.tenancy (the profile has none)")
+        return tenancy
+
+    if regions == ("subscribed",):
+        regions = tuple(await subscribed_regions(client, endpoints, home, require_tenancy()))
+    elif not regions:
+        regions = (home,)
+    excluded = settings.scope.exclude
+    if settings.scope.compartments:
+        compartments = [c for c in settings.scope.compartments if c not in excluded]
+    else:
+        compartments = await discover_compartments(
+            client, endpoints, home, require_tenancy(), excluded
+        )
+    return sorted(WorkItem(r, c) for r in regions for c in compartments)
+
+
+def donor_regions(items: Sequence[WorkItem], index: int, count: int) -> frozenset[str]:
+    """The regions whose platform images shard ``index`` of ``count`` contributes under
+    ``fetch.platform_images = once``: those whose first listing it holds (within the shard, the
+    first complete listing donates them)."""
+    firsts: dict[str, WorkItem] = {}
+    for item in sorted(items):
+        firsts.setdefault(item.region, item)
+    mine = set(shard_items(items, index, count))
+    return frozenset(region for region, item in firsts.items() if item in mine)

@@ -1,15 +1,26 @@
-"""The connector's exception hierarchy.
+"""The connector's exception hierarchy::
 
-Every error the connector raises derives from :class:`ConnectorError`. Lower-level errors
-(aiohttp, OS, pyarrow) are translated at the boundary where they occur, so callers never
-have to know which library produced them. Each error says whether retrying can help.
+    ConnectorError                 root; ``retryable`` says whether trying again can help
+    ├── ConfigError                bad configuration or command line (exit 2), before any request
+    ├── AuthError                  credentials cannot be loaded or used
+    ├── TransportError             no complete HTTP response (retryable)
+    │   └── RequestTimeout
+    ├── OciApiError                the service answered with an error status
+    ├── PaginationError            the service repeated a page token
+    ├── PageError                  a page is not a JSON array (connector.pages)
+    ├── WorkerError                a worker process failed or went away
+    └── PublishError               output could not be staged or published
+
+Lower-level errors (aiohttp, OS, pyarrow) are translated at the boundary where they occur
+(the client, the workers, publishing), so callers never have to know which library produced
+them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-# The process exit codes of DESIGN.md, in one place.
+# The process exit codes (README, "Exit codes"), in one place.
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
 
 
@@ -17,13 +28,10 @@ class ConnectorError(Exception):
     """Root of every error raised by the connector."""
 
     retryable: bool = False
-    exit_code: int = EXIT_FAILED
 
 
 class ConfigError(ConnectorError):
     """The configuration or command line is invalid; raised before any request is sent."""
-
-    exit_code = EXIT_CONFIG
 
     def __init__(self, key: str, reason: str) -> None:
         self.key = key
@@ -70,18 +78,13 @@ class OciApiError(ConnectorError):
         self.retry_after = retry_after
         super().__init__(f"{status} {code}: {message} (opc-request-id: {opc_request_id or 'none'})")
 
-    def as_dict(self) -> dict[str, object]:
-        """The error as the manifest records it."""
-        return {
-            "status": self.status,
-            "code": self.code,
-            "message": self.message,
-            "opc_request_id": self.opc_request_id,
-        }
-
 
 class PaginationError(ConnectorError):
     """The service returned a page token that would make the listing loop forever."""
+
+
+class WorkerError(ConnectorError):
+    """A worker process failed or went away; the run cannot be trusted."""
 
 
 class PublishError(ConnectorError):

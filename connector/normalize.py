@@ -15,11 +15,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connector.pages import Page, PageError, Reject, RunInfo, dump_json
+from connector.pages import Page, Reject, RunInfo, dump_json, parse
 from connector.schema import (
     API_COLUMNS,
     COLUMNS,
@@ -41,17 +40,6 @@ class Normalized:
     batch: pa.RecordBatch
     rejects: list[Reject]
     ids: list[str]
-
-
-def parse(body: bytes) -> list[Any]:
-    """The records of a page; raises ``PageError`` if the body is not a JSON array."""
-    try:
-        records = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise PageError(f"the page is not valid JSON: {exc}") from None
-    if not isinstance(records, list):
-        raise PageError(f"the page is a JSON {type(records).__name__}, not an array")
-    return records
 
 
 def normalize_page(page: Page, run: RunInfo) -> Normalized:

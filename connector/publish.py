@@ -32,7 +32,6 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from connector.errors import PublishError
-from connector.pages import Reject
 from connector.sinks import FileInfo
 
 STAGING = "_staging"
@@ -71,37 +70,6 @@ class Layout:
     def shard_manifest(self, index: int, count: int) -> str:
         """Where shard ``index`` of ``count`` records what it did."""
         return f"{self.staging}/shards/{index:03d}-of-{count:03d}.json"
-
-
-class RejectWriter:
-    """Appends rejects, as JSON lines, under the staged partition's ``_rejects/``."""
-
-    def __init__(self, fs: pafs.FileSystem, layout: Layout, prefix: str, number: int = 0) -> None:
-        self.fs = fs
-        self.directory = f"{layout.staged_partition}/_rejects"
-        self.name = f"rejects-{prefix}{number:05d}.jsonl"
-        self.count = 0
-        self._stream: Any = None
-
-    def write(self, rejects: Iterable[Reject]) -> None:
-        """Append rejects."""
-        for reject in rejects:
-            if self._stream is None:
-                self.fs.create_dir(self.directory, recursive=True)
-                self._stream = self.fs.open_output_stream(
-                    f"{self.directory}/{self.name}", compression=None
-                )
-            self._stream.write(reject.to_json() + b"\n")
-            self.count += 1
-
-    def close(self) -> list[FileInfo]:
-        """Close; the file written, if any, relative to the partition."""
-        if self._stream is None:
-            return []
-        size = self._stream.tell()
-        self._stream.close()
-        self._stream = None
-        return [FileInfo(f"_rejects/{self.name}", self.count, size)]
 
 
 def utc_now() -> str:
@@ -156,6 +124,8 @@ def _filter_parquet(
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from connector.sinks import parquet
+
     rows = 0
     with fs.open_input_file(source) as raw:
         reader = pq.ParquetFile(raw)
@@ -167,7 +137,7 @@ def _filter_parquet(
         codec = "none" if codec == "uncompressed" else codec
         with (
             fs.open_output_stream(target, compression=None) as out,
-            pq.ParquetWriter(out, reader.schema_arrow, compression=codec, version="2.6") as writer,  # type: ignore[arg-type]
+            parquet.writer(out, codec, reader.schema_arrow) as writer,
         ):
             by_region: dict[str, list[str]] = {}
             for region, compartment in failed:

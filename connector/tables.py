@@ -24,7 +24,7 @@ import importlib.util
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -33,6 +33,9 @@ import pyarrow.parquet as pq
 from connector import schema
 from connector.errors import ConfigError, PublishError
 from connector.storage import Store
+
+if TYPE_CHECKING:
+    from connector.config import OutputSettings
 
 TABLE = "images"
 FORMATS = ("delta", "iceberg")
@@ -98,6 +101,13 @@ def check(table_format: str, uri: str, catalog: Mapping[str, Any]) -> None:
             )
         if kind == "rest" and not catalog.get("uri"):
             raise ConfigError("output.catalog.uri", "a REST catalog needs its URL")
+
+
+def for_output(output: OutputSettings, store: Store) -> TableWriter | None:
+    """The writer ``output.table_format`` asks for, or None for plain files."""
+    if not output.table_format:
+        return None
+    return writer(store, output.table_format, output.catalog)
 
 
 def writer(store: Store, table_format: str, catalog: Mapping[str, Any]) -> TableWriter:

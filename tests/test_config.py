@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -102,12 +103,12 @@ def test_set_overrides_are_toml_typed(tmp_path: Path) -> None:
         ],
     )
     assert (4, True, ("us-phoenix-1",), "/tmp/x y") == (
-        settings["fetch.concurrency"],
-        settings["output.allow_partial"],
-        settings["oci.regions"],
-        settings["output.uri"],
+        settings.fetch.concurrency,
+        settings.output.allow_partial,
+        settings.oci.regions,
+        settings.output.uri,
     )
-    assert {"lifecycleState": "AVAILABLE"} == settings.filters()
+    assert {"lifecycleState": "AVAILABLE"} == settings.filters.query_params()
 
 
 def test_set_rejects_malformed_override() -> None:
@@ -118,16 +119,16 @@ def test_set_rejects_malformed_override() -> None:
 
 
 def test_defaults_match_the_design() -> None:
-    """With no file, every key has DESIGN.md's default."""
+    """With no file, every key has its documented default."""
     settings = config.load(None)
     assert ("api_key", (), "", True) == (
-        settings["oci.auth"],
-        settings["oci.regions"],
-        settings["oci.endpoint"],
-        settings["scope.discover"],
+        settings.oci.auth,
+        settings.oci.regions,
+        settings.oci.endpoint,
+        settings.scope.discover,
     )
     assert (16, 1000, 8, 60.0, 0.0, "once") == tuple(
-        settings[f"fetch.{k}"]
+        getattr(settings.fetch, k)
         for k in (
             "concurrency",
             "page_size",
@@ -138,20 +139,20 @@ def test_defaults_match_the_design() -> None:
         )
     )
     assert ("out", "parquet", "zstd", False) == (
-        settings["output.uri"],
-        settings["output.format"],
-        settings.compression,
-        settings["output.allow_partial"],
+        settings.output.uri,
+        settings.output.format,
+        settings.output.effective_compression,
+        settings.output.allow_partial,
     )
-    assert "none" == config.load(None, ["output.format=ndjson"]).compression
+    assert "none" == config.load(None, ["output.format=ndjson"]).output.effective_compression
 
 
 def test_example_config_is_valid() -> None:
     """configs/example.toml, every key commented, validates."""
     root = Path(__file__).resolve().parent.parent
     settings = config.load(root / "configs" / "example.toml")
-    assert settings["oci.regions"]
-    assert set(config.KEYS) == set(settings.values)
+    assert settings.oci.regions
+    assert set(config.KEYS) == set(settings.as_dict())
 
 
 def test_readme_documents_every_key() -> None:
@@ -165,8 +166,7 @@ def test_readme_documents_every_key() -> None:
 def test_snapshot_date_accepts_a_toml_date() -> None:
     """--set output.snapshot_date=2026-11-27 (a TOML date, as Airflow's {{ ds }} renders) works."""
     assert (
-        "2026-11-27"
-        == config.load(None, ["output.snapshot_date=2026-11-27"])["output.snapshot_date"]
+        "2026-11-27" == config.load(None, ["output.snapshot_date=2026-11-27"]).output.snapshot_date
     )
 
 
@@ -174,3 +174,22 @@ def test_airflow_example_compiles() -> None:
     """configs/airflow_dag.py is valid Python (Airflow itself is not installed here)."""
     source = (Path(__file__).resolve().parent.parent / "configs" / "airflow_dag.py").read_text()
     compile(source, "airflow_dag.py", "exec")
+
+
+def test_generated_docs_are_current() -> None:
+    """The README's configuration table and configs/example.toml are what the key declarations
+    generate (`make readme` regenerates both)."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    match = re.search(r"<!-- config:start -->\n(.*?)\n<!-- config:end -->", readme, re.S)
+    assert match is not None
+    assert config.markdown_table() == match.group(1)
+    assert config.example_toml() == (root / "configs" / "example.toml").read_text()
+
+
+def test_dotted_override_of_a_plain_key_is_unknown() -> None:
+    """--set section.key.entry=value is for table-valued keys; under any other key it is an
+    unknown key, named in full."""
+    with pytest.raises(ConfigError) as info:
+        config.load(None, ["fetch.page_size.x=1"])
+    assert "fetch.page_size.x" == info.value.key

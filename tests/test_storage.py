@@ -232,9 +232,10 @@ class TestConfigKeys:
                 "output.storage_options.path_style=true",
             ],
         )
-        assert {"endpoint_url": "http://127.0.0.1:9000", "path_style": True} == settings[
-            "output.storage_options"
-        ]
+        assert {
+            "endpoint_url": "http://127.0.0.1:9000",
+            "path_style": True,
+        } == settings.output.storage_options
 
     @pytest.mark.parametrize(
         ("overrides", "key"),

@@ -12,9 +12,6 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-FORMATS = ("parquet", "ndjson")
-COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "ndjson": ("gzip", "none")}
-
 
 @dataclass(frozen=True, slots=True)
 class FileInfo:
