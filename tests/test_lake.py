@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +24,8 @@ from connector import cli, objectstore, publish, storage, tables
 from connector.emulator import EmulatorServer, build_world
 from connector.pipeline import new_run_id
 from tests.lake_support import (
+    KEY,
+    SECRET,
     Committer,
     S3Server,
     dataset_table,
@@ -347,3 +351,85 @@ def test_rejects_stay_files_beside_the_table(
         }
         # Only this run's rejects remain beside the table.
         assert set(reject_paths) | {"_manifest.json", "_SUCCESS"} == partition_objects(store)
+
+
+@pytest.mark.parametrize("kind", ["delta", "iceberg"])
+def test_cli_writes_a_table_to_s3(
+    lake_emulator: EmulatorServer, s3: S3Server, tmp_path: Path, kind: str
+) -> None:
+    """`oci-images run` as a user types it, the store and catalog given with --set, keys from
+    the environment: the table on S3 holds the ground truth and no key reaches the output."""
+    bucket = s3.new_bucket()
+    config = write_config(tmp_path, lake_emulator, output={"snapshot_date": DATE})
+    options = s3.options()
+    overrides = [
+        f"output.uri=s3://{bucket}/lake",
+        f"output.table_format={kind}",
+        f"output.storage_options.endpoint_url={options['endpoint_url']}",
+        f"output.storage_options.region={options['region']}",
+        "output.storage_options.path_style=true",
+    ]
+    if kind == "iceberg":
+        overrides.append(f'output.catalog.uri="sqlite:///{tmp_path}/catalog.db"')
+    environment = dict(os.environ)
+    environment |= {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
+    result = subprocess.run(
+        [sys.executable, "-m", "connector", "run", "--config", str(config)]
+        + [f"--set={o}" for o in overrides],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+    assert 0 == result.returncode, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    store = storage.resolve(f"s3://{bucket}/lake", options)
+    catalog = {"uri": f"sqlite:///{tmp_path}/catalog.db"} if kind == "iceberg" else {}
+    rows, run_ids = read_all(kind, store, catalog)
+    assert expected(lake_emulator) == actual(rows)
+    manifest = objectstore.published_manifest(store.fs, partition_path(store, DATE))
+    assert manifest is not None
+    assert {manifest["run_id"]} == run_ids
+    assert kind == manifest["table"]["format"]
+    assert SECRET not in orjson.dumps(manifest).decode()
+
+
+def test_python_api_plans_shards_and_commits_a_delta_table_on_s3(
+    lake_emulator: EmulatorServer, s3: S3Server, tmp_path: Path
+) -> None:
+    """connector.plan, run per shard and commit (what the Airflow tasks call) with the store
+    and table given as values: one Delta version for the date, recorded in the outcome."""
+    import connector
+
+    settings = connector.load_config(
+        values={
+            "oci": {
+                "config_file": str(lake_emulator.config_file),
+                "endpoint": lake_emulator.endpoint_template,
+                "regions": ["subscribed"],
+            },
+            "fetch": {"workers": 0},
+            "output": {
+                "uri": f"s3://{s3.new_bucket()}/lake",
+                "snapshot_date": DATE,
+                "table_format": "delta",
+                "storage_options": s3.options(),
+            },
+        }
+    )
+    plan = connector.plan(settings, 3)
+    for shard in plan.shards:
+        staged = connector.run(settings, shard=shard)
+        assert (0, False) == (staged.exit_code, staged.published)
+    outcome = connector.commit(settings, plan.run_id)
+    assert (0, True) == (outcome.exit_code, outcome.published)
+    assert outcome.manifest is not None
+    store = storage.resolve(settings.output.uri, settings.output.storage_options)
+    version = delta_table(store).version()
+    assert {"format": "delta", "uri": store.uri(f"{store.base}/images"), "version": version} == (
+        outcome.manifest.table
+    )
+    rows, run_ids = read_all("delta", store, {})
+    assert ({plan.run_id}, expected(lake_emulator)) == (run_ids, actual(rows))
+    again = connector.commit(settings, plan.run_id)  # idempotent
+    assert (0, True, "already published") == (again.exit_code, again.published, again.message)
