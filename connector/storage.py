@@ -84,13 +84,12 @@ class S3Options:
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> S3Options:
         """Check the table's keys and types; ``ConfigError`` names the offending key."""
-        known = {name: spec for name, spec in _S3_KEYS.items()}
         values: dict[str, Any] = {}
         for key, value in raw.items():
             dotted = f"{OPTIONS_KEY}.{key}"
-            if key not in known:
-                raise ConfigError(dotted, f"unknown option for s3://; known: {', '.join(known)}")
-            expected = known[key]
+            if key not in _S3_KEYS:
+                raise ConfigError(dotted, f"unknown option for s3://; known: {', '.join(_S3_KEYS)}")
+            expected = _S3_KEYS[key]
             if expected is bool and not isinstance(value, bool):
                 raise ConfigError(dotted, f"must be true or false, got {type(value).__name__}")
             if expected is str and not isinstance(value, str):
