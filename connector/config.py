@@ -430,7 +430,7 @@ class OutputSettings:
     uri: str = key(
         "out",
         _string(1),
-        "local directory or fsspec URI (s3://, gs://, oci://, abfs://)",
+        "local directory, s3://bucket/prefix (AWS, OCI Object Storage's S3 compatibility endpoint, MinIO), oci://bucket@namespace/prefix, gs://bucket/prefix or abfs://container/prefix",
         example="/data/lake/oci",
     )
     format: str = key("parquet", _choice("parquet", "ndjson"), "parquet or ndjson")
@@ -447,6 +447,21 @@ class OutputSettings:
     )
     allow_partial: bool = key(
         False, _boolean, "publish even when some compartments failed (the exit code stays 3)"
+    )
+    table_format: str = key(
+        "",
+        _choice("delta", "iceberg", allow_empty=True),
+        '"" = plain Parquet/NDJSON files; delta or iceberg: a table `images` partitioned by _snapshot_date and _region, one atomic commit per snapshot date (local directory or s3:// only)',
+    )
+    storage_options: Mapping[str, str | int | float | bool] = key(
+        {},
+        _table,
+        "passed to the store. s3://: endpoint_url, region, profile, access_key_id, secret_access_key, session_token, path_style, anonymous; oci://, gs://, abfs://: the keyword arguments of ocifs, gcsfs, adlfs. {} = the store's usual environment variables and files",
+    )
+    catalog: Mapping[str, str | int | float | bool] = key(
+        {},
+        _table,
+        'Iceberg catalog: type = "sql" (default: SQLite at {uri}/iceberg_catalog.db; uri = "sqlite:////path/catalog.db" for an object store), "rest" (uri = its URL) or "glue"; namespace (default "oci_images"); other keys are the catalog\'s own properties',
     )
 
     @property
@@ -646,6 +661,20 @@ def _cross_checks(settings: Settings) -> None:
     _check_regions(settings)
     if scope.tenancy and scope.tenancy in scope.exclude:
         raise ConfigError("scope.exclude", EXCLUDES_ROOT)
+    if output.table_format and output.format != "parquet":
+        raise ConfigError(
+            "output.format",
+            f"{output.table_format} tables store Parquet; leave output.format = parquet",
+        )
+    if output.catalog and output.table_format != "iceberg":
+        raise ConfigError("output.catalog", 'applies to output.table_format = "iceberg" only')
+    from connector import storage
+
+    storage.check(output.uri, output.storage_options)
+    if output.table_format:
+        from connector import tables
+
+        tables.check(output.table_format, output.uri, output.catalog)
     for name, url in (
         ("oci.endpoint", oci.endpoint),
         ("oci.identity_endpoint", oci.identity_endpoint),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow.fs as pafs
 import structlog
 
-from connector import publish
+from connector import objectstore, publish, storage, tables
 from connector.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -30,6 +30,8 @@ from connector.sinks import FileInfo
 
 if TYPE_CHECKING:
     from connector.config import Settings
+    from connector.storage import Store
+    from connector.tables import TableWriter
 
 log = structlog.get_logger("connector.manifest")
 
@@ -163,6 +165,10 @@ class Manifest:
     datasets: Mapping[str, tuple[FileInfo, ...]] = field(default_factory=dict)
     """The files of the datasets published beside ``images`` (``compartments``, ``changes``),
     relative to each one's partition directory."""
+    table: Mapping[str, Any] | None = None
+    """With ``output.table_format``: the table commit that published the rows (Delta:
+    ``format``, ``uri``, ``version``; Iceberg: ``format``, ``table``, ``location``,
+    ``snapshot_id``)."""
 
     @property
     def rows(self) -> int:
@@ -212,6 +218,8 @@ class Manifest:
                 name: {"rows": sum(f.rows for f in files), "files": [_file(f) for f in files]}
                 for name, files in sorted(self.datasets.items())
             }
+        if self.table is not None:
+            document["table"] = dict(self.table)
         return document
 
     @classmethod
@@ -240,6 +248,7 @@ class Manifest:
                 name: tuple(FileInfo(**f) for f in entry["files"])
                 for name, entry in data.get("datasets", {}).items()
             },
+            table=data.get("table"),
         )
 
 
@@ -293,12 +302,21 @@ def commit(
     settings: Settings,
     run_id: str,
     *,
-    fs: tuple[pafs.FileSystem, str] | None = None,
+    store: Store | None = None,
     started: float | None = None,
 ) -> RunOutcome:
-    """Merge the staged shards of ``run_id`` into one manifest and publish the partition."""
+    """Merge the staged shards of ``run_id`` into one manifest and publish the partition.
+
+    On local disk, plain files are swapped in by renames (``publish.swap_in``); on object
+    stores, and for Delta and Iceberg tables, ``objectstore.publish_partition`` publishes by
+    copies, a manifest and the marker, in an order a killed commit can be recovered from.
+    A commit repeated after it succeeded returns what was published.
+    """
     began = started or time.monotonic()
-    filesystem, base = fs or publish.resolve(settings.output.uri)
+    output = settings.output
+    store = store or storage.resolve(output.uri, output.storage_options)
+    filesystem, base = store.fs, store.base
+    table = tables.for_output(output, store)
     shard_dir = f"{base}/{publish.STAGING}/{run_id}/shards"
     entries = filesystem.get_file_info(pafs.FileSelector(shard_dir, allow_not_found=True))
     shards = [
@@ -307,12 +325,11 @@ def commit(
         if e.path.endswith(".json")
     ]
     if not shards:
-        published = _published(filesystem, base, run_id, settings.output.effective_snapshot_date)
+        published = _already_published(settings, store, table, run_id)
         if published is not None:
-            # A retried commit (its first try published, then its worker was lost): done.
             code = EXIT_PARTIAL if published.status == "partial" else EXIT_OK
-            message = f"run {run_id} is published already; nothing changed"
-            return RunOutcome(run_id, code, True, published, message)
+            elapsed = time.monotonic() - began
+            return RunOutcome(run_id, code, True, published, "already published", elapsed)
         message = f"nothing staged for run {run_id} under {shard_dir}"
         return RunOutcome(run_id, EXIT_FAILED, False, None, message)
     foreign = sorted({s.run_id for s in shards} - {run_id})
@@ -352,10 +369,18 @@ def commit(
     if orphans:
         log.warning("commit.unlisted_removed", run_id=run_id, files=len(orphans))
     manifest = replace(manifest, finished_at=publish.utc_now())
-    publish.write_json(filesystem, f"{layout.staged_partition}/_manifest.json", manifest.as_dict())
-    with filesystem.open_output_stream(f"{layout.staged_partition}/_SUCCESS", compression=None):
-        pass
-    publish.swap_in(filesystem, layout)
+    if store.is_local and table is None:
+        document = manifest.as_dict()
+        publish.write_json(filesystem, f"{layout.staged_partition}/_manifest.json", document)
+        marker = objectstore.marker_of(document)
+        with filesystem.open_output_stream(f"{layout.staged_partition}/{marker}", compression=None):
+            pass
+        publish.swap_in(filesystem, layout)
+    else:
+        document = objectstore.publish_partition(
+            filesystem, layout, manifest.as_dict(), layout.partition, table
+        )
+        manifest = Manifest.from_dict(document)
     log.info(
         "run.published",
         run_id=run_id,
@@ -367,10 +392,15 @@ def commit(
     return RunOutcome(run_id, code, True, manifest, elapsed_s=elapsed)
 
 
-def _published(fs: pafs.FileSystem, base: str, run_id: str, snapshot_date: str) -> Manifest | None:
-    """The manifest of the partition for ``snapshot_date`` if run ``run_id`` published it."""
-    path = f"{base}/images/snapshot_date={snapshot_date}/_manifest.json"
-    if not publish.exists(fs, path):
+def _already_published(
+    settings: Settings, store: Store, table: TableWriter | None, run_id: str
+) -> Manifest | None:
+    """The published manifest of the configured date, if it is ``run_id``'s (after finishing
+    a killed commit of that date, which may be this very one)."""
+    partition = publish.Layout(store.base, run_id, settings.output.effective_snapshot_date)
+    if not store.is_local or table is not None:
+        objectstore.recover(store.fs, store.base, partition.partition, table)
+    document = objectstore.published_manifest(store.fs, partition.partition)
+    if document is None or document.get("run_id") != run_id:
         return None
-    document = publish.read_json(fs, path)
-    return Manifest.from_dict(document) if document.get("run_id") == run_id else None
+    return Manifest.from_dict(document)

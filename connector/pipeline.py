@@ -32,7 +32,18 @@ import anyio.to_thread
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from connector import __version__, compartments, discovery, errors, publish, regions, schema
+from connector import (
+    __version__,
+    compartments,
+    discovery,
+    errors,
+    objectstore,
+    publish,
+    regions,
+    schema,
+    storage,
+    tables,
+)
 from connector.auth import Credentials
 from connector.client import ClientOptions, OciClient
 from connector.config import Settings
@@ -123,7 +134,10 @@ class Export:
             settings.oci, regions.canonical(home) if home else None
         )
         output = settings.output
-        self.fs, self.base = publish.resolve(output.uri)
+        self.store = storage.resolve(output.uri, output.storage_options)
+        self.fs, self.base = self.store.fs, self.store.base
+        # Built now, so that a table format that cannot work here fails before any request.
+        self.table = tables.for_output(output, self.store)
         self.layout = publish.Layout(self.base, self.run_id, output.effective_snapshot_date)
         self.progress = Progress()
         self.results: dict[WorkItem, ListingRecord] = {}
@@ -177,6 +191,11 @@ class Export:
         await anyio.to_thread.run_sync(
             publish.remove_shard_files, self.fs, self.layout, *self.shard
         )
+        if not self.store.is_local or self.table is not None:
+            # A commit of this date killed on a store without rename: finish or roll it back.
+            await anyio.to_thread.run_sync(
+                objectstore.recover, self.fs, self.base, self.layout.partition, self.table
+            )
         log.info("run.start", snapshot_date=self.layout.snapshot_date, version=__version__)
         async with self._discarded_on_failure(), self.client, anyio.create_task_group() as group:
             # Worker processes start (and import pyarrow) while discovery runs.
@@ -215,9 +234,7 @@ class Export:
                 "staged; publish with `commit`",
                 time.monotonic() - self.progress.started,
             )
-        return commit(
-            self.settings, self.run_id, fs=(self.fs, self.base), started=self.progress.started
-        )
+        return commit(self.settings, self.run_id, store=self.store, started=self.progress.started)
 
     async def start_workers(self) -> None:
         """Start the worker processes now rather than with the first page."""

@@ -13,52 +13,30 @@ writes the manifest and ``_SUCCESS`` into the staged partition, then swaps it in
 partition is renamed into ``_trash``, the new one renamed into place, the old one deleted. On a
 local filesystem each rename is atomic, so a reader sees the old partition or the new one, never
 a mix; a crash between the two renames is repaired by the next run (``recover``). Object stores
-have no atomic rename: there the manifest and ``_SUCCESS``, written last, are the commit marker.
+cannot rename: ``connector.objectstore`` publishes there by copies and a manifest instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from connector.errors import ConfigError, PublishError
+from connector.errors import PublishError
 from connector.sinks import FileInfo
 
 STAGING = "_staging"
 TRASH = "_trash"
 STALE_STAGING_S = 7 * 86400
-
-
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and base path for ``output.uri`` (local path or URI)."""
-    if "://" not in uri:
-        path = Path(uri).expanduser().resolve()
-        return pafs.LocalFileSystem(), path.as_posix()
-    try:
-        fs, location = pafs.FileSystem.from_uri(uri)
-        return fs, location.rstrip("/")
-    except (pafs.ArrowInvalid, pafs.ArrowNotImplementedError, ValueError):  # type: ignore[attr-defined]
-        pass
-    try:
-        import fsspec
-    except ImportError:
-        raise ConfigError(
-            "output.uri",
-            f"{uri.split('://')[0]}:// needs fsspec: pip install 'oci-images-connector[fsspec]'",
-        ) from None
-    fs_spec, location = fsspec.core.url_to_fs(uri)
-    handler = pafs.FSSpecHandler(fs_spec)  # type: ignore[abstract]  # stubs miss its methods
-    return pafs.PyFileSystem(handler), str(location).rstrip("/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,12 +235,30 @@ def _lines(stream: Any, chunk_size: int = 1 << 20) -> Iterable[bytes]:
         yield pending
 
 
+RUN_ID_TIME = re.compile(r"^(\d{8}T\d{6}Z)")
+
+
+def run_started(run_id: str) -> float | None:
+    """When a run started, from its id (``new_run_id`` puts the UTC time first); None if the
+    id does not carry it."""
+    match = RUN_ID_TIME.match(run_id)
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
 def recover(fs: pafs.FileSystem, base: str) -> list[str]:
     """Repair interrupted swaps and remove long-abandoned staging; returns what was restored.
 
     A swap interrupted between its two renames leaves the previous partition in ``_trash``
     and no published partition: it is moved back. Staging left by killed runs is invisible
-    to readers; it is removed once it is a week old.
+    to readers; it is removed once its run id is a week old. The age comes from the run id,
+    not from a modification time: object stores have no directories to date, and a file's
+    time says when it was written, not when its run began. Staging of an id that carries no
+    time is left alone. Interrupted commits on object stores are ``objectstore.recover``'s.
     """
     restored = []
     trash = fs.get_file_info(pafs.FileSelector(f"{base}/{TRASH}", allow_not_found=True))
@@ -275,16 +271,17 @@ def recover(fs: pafs.FileSystem, base: str) -> list[str]:
                 restored.append(entry.base_name)
         fs.delete_dir(run_dir.path)
     staging = fs.get_file_info(pafs.FileSelector(f"{base}/{STAGING}", allow_not_found=True))
+    now = time.time()
     for run_dir in staging:
-        stamp = run_dir.mtime.timestamp() if run_dir.mtime else time.time()
-        if time.time() - stamp > STALE_STAGING_S:
+        started = run_started(run_dir.base_name)
+        if started is not None and now - started > STALE_STAGING_S:
             fs.delete_dir(run_dir.path)
     return restored
 
 
 def swap_in(fs: pafs.FileSystem, layout: Layout) -> None:
     """Replace the published partition with the staged one."""
-    if not exists(fs, f"{layout.staged_partition}/_SUCCESS"):
+    if not any(exists(fs, f"{layout.staged_partition}/{m}") for m in ("_SUCCESS", "_PARTIAL")):
         raise PublishError(f"nothing committed to publish in {layout.staged_partition}")
     try:
         fs.create_dir(f"{layout.base}/images", recursive=True)

@@ -47,11 +47,21 @@ KNOWN_CHILD = {
 }
 
 
+INTEGERS = ("size_in_mbs", "billable_size_in_gbs")
+
+
+def _whole(value: Any) -> Any:
+    """A JSON number without a fraction (``0.0``) is that integer in an integer column."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def expected_row(
     record: dict[str, Any], region: str, source: str | None, tenancy: str | None = None
 ) -> dict[str, Any]:
     """The output row for an API record (load-time metadata other than these left out)."""
     row: dict[str, Any] = {name: record.get(key) for name, key in SCALARS.items()}
+    for name in INTEGERS:
+        row[name] = _whole(row[name])
     # Platform images: compartmentId null (OCI) or "" (Private Cloud Appliance).
     row["compartment_id"] = record.get("compartmentId") or None
     for name, (parent, child) in NESTED.items():
@@ -84,8 +94,8 @@ def expected_row(
         else [
             {
                 "display_name": v.get("displayName"),
-                "index": v.get("index"),
-                "size_in_mbs": v.get("sizeInMBs"),
+                "index": _whole(v.get("index")),
+                "size_in_mbs": _whole(v.get("sizeInMBs")),
             }
             for v in volumes
         ]

@@ -16,7 +16,7 @@ import orjson
 import pyarrow.dataset as ds
 import pytest
 
-from connector import cli, publish
+from connector import cli, publish, storage
 from connector.emulator import EmulatorServer, build_world
 from tests.helpers import DATE, WORLD, write_config
 from tests.reference import expected_rows, multiset, normalise_actual
@@ -300,7 +300,8 @@ def test_interrupted_swap_is_repaired(tmp_path: Path) -> None:
     trash = lake / "_trash" / "r-1"
     trash.mkdir(parents=True)
     old.rename(trash / old.name)
-    fs, base = publish.resolve(str(lake))
+    store = storage.resolve(str(lake))
+    fs, base = store.fs, store.base
     assert [old.name] == publish.recover(fs, base)
     assert (old / "_SUCCESS").exists()
     assert not (lake / "_trash" / "r-1").exists()

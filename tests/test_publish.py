@@ -95,11 +95,15 @@ class TestRecover:
         assert "new" == (partition / "region=a" / "part-00000.parquet").read_text()
 
     def test_removes_staging_a_week_old_only(self, tmp_path: Path) -> None:
-        """Staging of a killed run goes after a week; a running one's stays."""
-        stale = stage(tmp_path, "r-stale", {"x": "1"}, success=False)
-        fresh = stage(tmp_path, "r-fresh", {"x": "1"}, success=False)
-        old = time.time() - publish.STALE_STAGING_S - 60
-        os.utime(stale.staging, (old, old))
+        """Staging of a killed run goes once its run id is a week old; its files' times do
+        not count (object stores have none for folders), nor keep it."""
+        week = publish.STALE_STAGING_S
+        stale_id = time.strftime("%Y%m%dT%H%M%SZ-aaaaaa", time.gmtime(time.time() - week - 60))
+        fresh_id = time.strftime("%Y%m%dT%H%M%SZ-bbbbbb", time.gmtime(time.time() - 60))
+        stale = stage(tmp_path, stale_id, {"x": "1"}, success=False)
+        fresh = stage(tmp_path, fresh_id, {"x": "1"}, success=False)
+        old = time.time() - week - 60
+        os.utime(fresh.staging, (old, old))  # an old time on a young run's staging
         publish.recover(FS, tmp_path.as_posix())
         assert not Path(stale.staging).exists()
         assert Path(fresh.staging).exists()

@@ -1,0 +1,327 @@
+"""Where the output lives: ``output.uri`` and ``output.storage_options`` resolved to a filesystem.
+
+===========================  =================================  ==================
+URI                          filesystem                         extra to install
+===========================  =================================  ==================
+a path, ``file://``          ``pyarrow.fs.LocalFileSystem``     (none)
+``s3://``, ``s3a://``        ``pyarrow.fs.S3FileSystem``        (none; ``s3`` for
+                                                                ``profile``)
+``oci://bucket@namespace/``  ``ocifs`` through fsspec           ``oci-storage``
+``gs://``, ``gcs://``        ``gcsfs`` through fsspec           ``gcs``
+``abfs://``, ``abfss://``,   ``adlfs`` through fsspec           ``azure``
+``az://``
+===========================  =================================  ==================
+
+S3 (AWS, OCI Object Storage's S3 compatibility endpoint, MinIO) goes through pyarrow's own
+S3 filesystem rather than s3fs: it ships inside pyarrow (no extra dependency), copies objects
+server-side (CopyObject), uploads large files in parts from C++ threads, and it is the
+filesystem pyiceberg's default FileIO uses, so the data files and an Iceberg table reach the
+store through one client with one set of options. Its options are validated here, under one
+vocabulary, and translated for delta-rs and pyiceberg (``delta_options``,
+``iceberg_properties``). When ``storage_options`` is empty, each library reads the usual
+``AWS_*`` environment variables and ``~/.aws`` files itself.
+
+For the fsspec stores, ``storage_options`` are passed as they are: they are that library's
+own keyword arguments (ocifs: ``config``, ``profile``, ``region``; gcsfs: ``project``,
+``token``; adlfs: ``account_name``, ``account_key``, ...).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow.fs as pafs
+
+from connector.errors import ConfigError
+
+URI_KEY = "output.uri"
+OPTIONS_KEY = "output.storage_options"
+
+
+@dataclass(frozen=True, slots=True)
+class FsspecStore:
+    """A store reached through fsspec: its package, the extra that installs it, its class."""
+
+    extra: str
+    module: str
+    cls: str
+
+
+FSSPEC_STORES: dict[str, FsspecStore] = {
+    "oci": FsspecStore("oci-storage", "ocifs", "OCIFileSystem"),
+    "gs": FsspecStore("gcs", "gcsfs", "GCSFileSystem"),
+    "gcs": FsspecStore("gcs", "gcsfs", "GCSFileSystem"),
+    "abfs": FsspecStore("azure", "adlfs", "AzureBlobFileSystem"),
+    "abfss": FsspecStore("azure", "adlfs", "AzureBlobFileSystem"),
+    "az": FsspecStore("azure", "adlfs", "AzureBlobFileSystem"),
+}
+S3_SCHEMES = ("s3", "s3a", "s3n")
+SCHEMES = ("file", *S3_SCHEMES, *FSSPEC_STORES)
+
+
+@dataclass(frozen=True, slots=True)
+class S3Options:
+    """``output.storage_options`` for ``s3://``, validated. Every field is optional."""
+
+    endpoint_url: str = ""
+    """``https://<namespace>.compat.objectstorage.<region>.oraclecloud.com``, MinIO's URL ..."""
+    region: str = ""
+    access_key_id: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)
+    session_token: str = field(default="", repr=False)
+    profile: str = ""
+    """A named profile of ``~/.aws/config`` (SSO, assume-role ...), resolved by botocore."""
+    path_style: bool | None = None
+    """Path-style addressing (``endpoint/bucket/key``): MinIO and most non-AWS stores."""
+    anonymous: bool = False
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> S3Options:
+        """Check the table's keys and types; ``ConfigError`` names the offending key."""
+        values: dict[str, Any] = {}
+        for key, value in raw.items():
+            dotted = f"{OPTIONS_KEY}.{key}"
+            if key not in _S3_KEYS:
+                raise ConfigError(dotted, f"unknown option for s3://; known: {', '.join(_S3_KEYS)}")
+            expected = _S3_KEYS[key]
+            if expected is bool and not isinstance(value, bool):
+                raise ConfigError(dotted, f"must be true or false, got {type(value).__name__}")
+            if expected is str and not isinstance(value, str):
+                raise ConfigError(dotted, f"must be a string, got {type(value).__name__}")
+            values[key] = value
+        url = values.get("endpoint_url", "")
+        if url:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"{OPTIONS_KEY}.endpoint_url", "must be an http(s) URL")
+            if parts.path not in ("", "/") or parts.query:
+                raise ConfigError(
+                    f"{OPTIONS_KEY}.endpoint_url", "must be the store's root URL, without a path"
+                )
+            values["endpoint_url"] = url.rstrip("/")
+        if bool(values.get("access_key_id")) != bool(values.get("secret_access_key")):
+            raise ConfigError(OPTIONS_KEY, "access_key_id and secret_access_key go together")
+        if values.get("profile") and values.get("access_key_id"):
+            raise ConfigError(f"{OPTIONS_KEY}.profile", "give a profile or keys, not both")
+        return cls(**values)
+
+
+_S3_KEYS: dict[str, type] = {
+    "endpoint_url": str,
+    "region": str,
+    "access_key_id": str,
+    "secret_access_key": str,
+    "session_token": str,
+    "profile": str,
+    "path_style": bool,
+    "anonymous": bool,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """The output's filesystem, its base path in it, and how to reach it from other libraries."""
+
+    fs: pafs.FileSystem
+    base: str
+    """The output's root as a path of ``fs`` (``bucket/prefix`` on object stores)."""
+    scheme: str
+    """``file``, ``s3``, or the fsspec protocol (``oci``, ``gs``, ``abfs`` ...)."""
+    s3: S3Options | None = None
+
+    @property
+    def is_local(self) -> bool:
+        """Local disk: renames are atomic there, so publishing swaps directories."""
+        return self.scheme == "file"
+
+    def uri(self, path: str) -> str:
+        """``path`` (of ``fs``) as a URI that delta-rs, pyiceberg, DuckDB understand."""
+        return path if self.is_local else f"{self.scheme}://{path}"
+
+    def delta_options(self) -> dict[str, str]:
+        """``storage_options`` for delta-rs (object_store's ``AWS_*`` keys)."""
+        if self.s3 is None:
+            return {}
+        options = _credentials(self.s3)
+        out: dict[str, str] = {}
+        if self.s3.endpoint_url:
+            out["AWS_ENDPOINT_URL"] = self.s3.endpoint_url
+            if self.s3.endpoint_url.startswith("http://"):
+                out["AWS_ALLOW_HTTP"] = "true"
+        if options.get("region"):
+            out["AWS_REGION"] = options["region"]
+        if options.get("access_key"):
+            out["AWS_ACCESS_KEY_ID"] = options["access_key"]
+            out["AWS_SECRET_ACCESS_KEY"] = options["secret_key"]
+        if options.get("session_token"):
+            out["AWS_SESSION_TOKEN"] = options["session_token"]
+        if self.s3.path_style is not None:
+            out["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = "false" if self.s3.path_style else "true"
+        if self.s3.anonymous:
+            out["AWS_SKIP_SIGNATURE"] = "true"
+        return out
+
+    def iceberg_properties(self) -> dict[str, str]:
+        """FileIO properties for pyiceberg (``s3.*``)."""
+        if self.s3 is None:
+            return {}
+        options = _credentials(self.s3)
+        out: dict[str, str] = {}
+        if self.s3.endpoint_url:
+            out["s3.endpoint"] = self.s3.endpoint_url
+        if options.get("region"):
+            out["s3.region"] = options["region"]
+        if options.get("access_key"):
+            out["s3.access-key-id"] = options["access_key"]
+            out["s3.secret-access-key"] = options["secret_key"]
+        if options.get("session_token"):
+            out["s3.session-token"] = options["session_token"]
+        if self.s3.path_style is not None:
+            out["s3.force-virtual-addressing"] = "false" if self.s3.path_style else "true"
+        if self.s3.anonymous:
+            out["s3.anonymous"] = "true"
+        return out
+
+
+def check(uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """What ``resolve`` would reject, found without building a filesystem (config validation:
+    no file read, no connection)."""
+    options = dict(storage_options or {})
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else "file"
+    if scheme == "file":
+        if options:
+            raise ConfigError(OPTIONS_KEY, "applies to object stores; output.uri is a local path")
+    elif scheme in S3_SCHEMES:
+        S3Options.parse(options)
+    elif scheme in FSSPEC_STORES:
+        _fsspec_class(uri, scheme, FSSPEC_STORES[scheme])
+    else:
+        raise _unsupported(scheme)
+
+
+def _unsupported(scheme: str) -> ConfigError:
+    return ConfigError(
+        URI_KEY,
+        f"{scheme}:// is not a supported store; use a local path, s3://, oci://bucket@namespace/"
+        ", gs:// or abfs://",
+    )
+
+
+def resolve(uri: str, storage_options: Mapping[str, Any] | None = None) -> Store:
+    """The store for ``output.uri``; ``ConfigError`` for a scheme it cannot write to."""
+    options = dict(storage_options or {})
+    if "://" not in uri:
+        if options:
+            raise ConfigError(OPTIONS_KEY, "applies to object stores; output.uri is a local path")
+        return Store(pafs.LocalFileSystem(), Path(uri).expanduser().resolve().as_posix(), "file")
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme == "file":
+        return resolve(urlsplit(uri).path or "/", storage_options)
+    if scheme in S3_SCHEMES:
+        return _s3(uri, S3Options.parse(options))
+    if scheme in FSSPEC_STORES:
+        return _fsspec(uri, scheme, FSSPEC_STORES[scheme], options)
+    raise _unsupported(scheme)
+
+
+def _s3(uri: str, options: S3Options) -> Store:
+    location = uri.split("://", 1)[1].strip("/")
+    bucket = location.split("/", 1)[0]
+    if not bucket:
+        raise ConfigError(URI_KEY, f"{uri!r} names no bucket (s3://bucket/prefix)")
+    kwargs: dict[str, Any] = dict(_credentials(options))
+    if options.endpoint_url:
+        parts = urlsplit(options.endpoint_url)
+        kwargs["endpoint_override"] = parts.netloc
+        kwargs["scheme"] = parts.scheme
+    if options.path_style is not None:
+        kwargs["force_virtual_addressing"] = not options.path_style
+    if options.anonymous:
+        kwargs["anonymous"] = True
+    try:
+        fs = pafs.S3FileSystem(**kwargs)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(OPTIONS_KEY, f"cannot set up the S3 filesystem: {exc}") from None
+    return Store(fs, location, "s3", options)
+
+
+def _credentials(options: S3Options) -> dict[str, str]:
+    """Region and keys for pyarrow's ``S3FileSystem``; a profile is resolved through botocore."""
+    out: dict[str, str] = {}
+    region = options.region
+    if options.access_key_id:
+        out["access_key"] = options.access_key_id
+        out["secret_key"] = options.secret_access_key
+        if options.session_token:
+            out["session_token"] = options.session_token
+    elif options.profile:
+        credentials, profile_region = _profile(options.profile)
+        out.update(credentials)
+        region = region or profile_region
+    if region:
+        out["region"] = region
+    return out
+
+
+def _profile(name: str) -> tuple[dict[str, str], str]:
+    """Keys and region of a named AWS profile (SSO, assume-role and process credentials too)."""
+    key = f"{OPTIONS_KEY}.profile"
+    try:
+        import botocore.exceptions
+        import botocore.session
+    except ImportError:
+        raise ConfigError(key, "needs botocore: pip install 'oci-images-connector[s3]'") from None
+    try:
+        session = botocore.session.Session(profile=name)
+        found = session.get_credentials()
+        region = session.get_config_variable("region") or ""
+    except botocore.exceptions.ProfileNotFound:
+        raise ConfigError(key, f"no AWS profile named {name!r}") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise ConfigError(key, f"profile {name!r}: {type(exc).__name__}") from None
+    if found is None:
+        raise ConfigError(key, f"profile {name!r} yields no credentials")
+    frozen = found.get_frozen_credentials()
+    credentials = {"access_key": frozen.access_key, "secret_key": frozen.secret_key}
+    if frozen.token:
+        credentials["session_token"] = frozen.token
+    return credentials, str(region)
+
+
+def _fsspec_class(uri: str, scheme: str, store: FsspecStore) -> Any:
+    """The store's fsspec class; ``ConfigError`` naming the extra when it is not installed."""
+    if importlib.util.find_spec(store.module) is None:
+        raise ConfigError(
+            URI_KEY,
+            f"{scheme}:// needs {store.module}: pip install 'oci-images-connector[{store.extra}]'",
+        )
+    try:
+        cls = getattr(importlib.import_module(store.module), store.cls)
+    except ImportError as exc:  # installed, but one of its own dependencies is missing
+        raise ConfigError(
+            URI_KEY,
+            f"{scheme}:// needs {store.module}, which failed to import ({exc}); "
+            f"pip install 'oci-images-connector[{store.extra}]'",
+        ) from None
+    if scheme == "oci" and "@" not in uri.split("://", 1)[1].split("/", 1)[0]:
+        raise ConfigError(URI_KEY, f"{uri!r}: OCI Object Storage URIs read oci://bucket@namespace/")
+    return cls
+
+
+def _fsspec(uri: str, scheme: str, store: FsspecStore, options: dict[str, Any]) -> Store:
+    cls = _fsspec_class(uri, scheme, store)
+    location = str(cls._strip_protocol(uri)).rstrip("/")
+    try:
+        filesystem = cls(**options)
+    except TypeError as exc:
+        raise ConfigError(OPTIONS_KEY, f"not accepted by {store.module}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(OPTIONS_KEY, f"{store.module}: {exc}") from None
+    handler = pafs.FSSpecHandler(filesystem)  # type: ignore[abstract]  # stubs miss its methods
+    return Store(pafs.PyFileSystem(handler), location, scheme)
