@@ -179,13 +179,14 @@ def diff(
     """Images added, removed or changed between two published snapshots of
     ``settings.output.uri``, as record batches of ``schema.CHANGES_SCHEMA``; ``counts``, when
     given, is filled in as the batches stream. Memory stays flat however large the snapshots."""
-    from connector import changes, storage
+    from connector import changes, storage, tables
 
     older = config.check_snapshot_date("--from", from_date)
     newer = config.check_snapshot_date("--to", to_date)
     store = storage.resolve(settings.output.uri, settings.output.storage_options)
+    table = tables.for_output(settings.output, store)
     return changes.diff_published(
-        store.fs, store.base, older, newer, run_id=new_run_id(), counts=counts
+        store.fs, store.base, older, newer, run_id=new_run_id(), table=table, counts=counts
     )
 
 

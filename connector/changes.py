@@ -17,18 +17,26 @@ from __future__ import annotations
 
 import tempfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as compute
 import pyarrow.fs as pafs
+import structlog
 
 from connector import schema
+from connector.sinks import FileInfo, SinkOptions
+
+if TYPE_CHECKING:
+    from connector.publish import Layout
+    from connector.tables import TableWriter
+
+log = structlog.get_logger("connector.changes")
 
 KEY = ("_region", "id", "compartment_id")
 COMPARED: tuple[str, ...] = tuple(
@@ -342,20 +350,83 @@ def diff_published(
     to_date: str,
     *,
     run_id: str,
+    table: TableWriter | None = None,
     counts: ChangeCounts | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Changes between two published snapshots of ``images`` under ``base``, read through
-    their manifests. Raises ``PublishError`` when either snapshot is not published."""
+    their manifests (or, with a table format, from the table). Raises ``PublishError`` when
+    either snapshot is not published."""
     from connector import snapshots
 
     old = snapshots.manifest(fs, base, from_date)
     new = snapshots.manifest(fs, base, to_date)
-    partition = f"{base}/images/snapshot_date="
+
+    def rows_of(day: str, document: Any) -> Callable[[], Iterable[pa.RecordBatch]]:
+        if table is not None:
+            return lambda: table.scan(day)
+        partition = f"{base}/images/snapshot_date={day}"
+        return lambda: snapshots.read_batches(fs, partition, document["files"], schema.SCHEMA)
+
     context = DiffContext(date.fromisoformat(from_date), date.fromisoformat(to_date), run_id)
     return diff(
-        lambda: snapshots.read_batches(fs, partition + from_date, old["files"], schema.SCHEMA),
-        lambda: snapshots.read_batches(fs, partition + to_date, new["files"], schema.SCHEMA),
+        rows_of(from_date, old),
+        rows_of(to_date, new),
         context,
         expected_rows=max(int(old.get("rows", 0)), int(new.get("rows", 0))),
         counts=counts,
     )
+
+
+def stage_changes(
+    fs: pafs.FileSystem,
+    layout: Layout,
+    files: Sequence[FileInfo],
+    rows: int,
+    table: TableWriter | None,
+    options: SinkOptions,
+) -> tuple[FileInfo, ...]:
+    """The ``changes`` dataset of a run being committed: its staged ``images`` files against
+    the latest complete snapshot published before its date (from the table, with a table
+    format), written into the run's staging."""
+    from connector import snapshots
+    from connector.sinks.table import write_batches
+
+    before = snapshots.previous_date(fs, layout.base, layout.snapshot_date)
+    context = DiffContext(
+        date.fromisoformat(before) if before else None,
+        date.fromisoformat(layout.snapshot_date),
+        layout.run_id,
+    )
+    previous_rows = 0
+
+    def old() -> Iterable[pa.RecordBatch]:
+        if before is None:
+            return iter(())
+        if table is not None:
+            return table.scan(before)
+        document = snapshots.manifest(fs, layout.base, before)
+        partition = f"{layout.base}/images/snapshot_date={before}"
+        return snapshots.read_batches(fs, partition, document["files"], schema.SCHEMA)
+
+    if before is not None:
+        previous_rows = int(snapshots.manifest(fs, layout.base, before).get("rows", 0))
+    listed = [{"path": f.path} for f in files]
+    counts = ChangeCounts()
+    batches = diff(
+        old,
+        lambda: snapshots.read_batches(fs, layout.staged_partition, listed, schema.SCHEMA),
+        context,
+        expected_rows=max(rows, previous_rows),
+        counts=counts,
+    )
+    written = write_batches(
+        fs, layout.staged_dataset("changes"), batches, schema.CHANGES_SCHEMA, options
+    )
+    log.info(
+        "changes.staged",
+        since=before,
+        added=counts.added,
+        removed=counts.removed,
+        changed=counts.changed,
+    )
+    return (written,)

@@ -448,6 +448,11 @@ class OutputSettings:
     allow_partial: bool = key(
         False, _boolean, "publish even when some compartments failed (the exit code stays 3)"
     )
+    changes: bool = key(
+        False,
+        _boolean,
+        "also publish the `changes` dataset: images added, removed or changed since the latest complete snapshot before this date",
+    )
     table_format: str = key(
         "",
         _choice("delta", "iceberg", allow_empty=True),

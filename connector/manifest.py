@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow.fs as pafs
 import structlog
 
-from connector import objectstore, publish, storage, tables
+from connector import changes, datasets, objectstore, publish, storage, tables
 from connector.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -26,7 +26,7 @@ from connector.errors import (
     OciApiError,
 )
 from connector.pages import PageError, WorkItem
-from connector.sinks import FileInfo
+from connector.sinks import FileInfo, SinkOptions
 
 if TYPE_CHECKING:
     from connector.config import Settings
@@ -368,7 +368,15 @@ def commit(
     orphans = publish.remove_unlisted(filesystem, layout.staged_partition, listed)
     if orphans:
         log.warning("commit.unlisted_removed", run_id=run_id, files=len(orphans))
-    manifest = replace(manifest, finished_at=publish.utc_now())
+    companions = dict(manifest.datasets)
+    if output.changes:
+        options = SinkOptions(output.format, output.effective_compression)
+        companions["changes"] = changes.stage_changes(
+            filesystem, layout, manifest.files, manifest.rows, table, options
+        )
+    # Before images: when images' marker appears, its companions are in place.
+    beside = datasets.publish_all(filesystem, layout, companions)
+    manifest = replace(manifest, finished_at=publish.utc_now(), datasets=beside)
     if store.is_local and table is None:
         document = manifest.as_dict()
         publish.write_json(filesystem, f"{layout.staged_partition}/_manifest.json", document)

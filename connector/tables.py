@@ -24,6 +24,7 @@ import importlib.util
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
@@ -72,6 +73,9 @@ class TableWriter(Protocol):
 
     def discard(self, run_id: str, snapshot_date: str) -> None:
         """Remove what an uncommitted ``commit`` of ``run_id`` left behind, if anything."""
+
+    def scan(self, snapshot_date: str) -> Iterator[pa.RecordBatch]:
+        """The rows of ``snapshot_date`` as the table holds them now, a batch at a time."""
 
 
 def check(table_format: str, uri: str, catalog: Mapping[str, Any]) -> None:
@@ -190,6 +194,16 @@ class DeltaWriter:
     def discard(self, run_id: str, snapshot_date: str) -> None:
         """Nothing: files of an uncommitted Delta write are unreferenced; VACUUM removes them."""
 
+    def scan(self, snapshot_date: str) -> Iterator[pa.RecordBatch]:
+        """The date's rows, read through the table's current version (partition-pruned)."""
+        import pyarrow.compute as pc
+        from deltalake import DeltaTable
+
+        table = DeltaTable(self.uri, storage_options=self.store.delta_options())
+        dataset = table.to_pyarrow_dataset()
+        day = pa.scalar(date.fromisoformat(snapshot_date), pa.date32())
+        yield from dataset.to_batches(filter=pc.field("_snapshot_date") == day)
+
 
 class IcebergWriter:
     """``output.table_format = "iceberg"`` through pyiceberg and the configured catalog."""
@@ -284,6 +298,22 @@ class IcebergWriter:
         if found is None:
             raise PublishError(f"Iceberg commit to {self.identifier} has no snapshot")
         return found
+
+    def scan(self, snapshot_date: str) -> Iterator[pa.RecordBatch]:
+        """The date's rows, from the data files the table's current snapshot lists for it.
+
+        The files are the connector's own Parquet files (``commit`` adds them as they are),
+        read here with pyarrow: pyiceberg's reader would turn a null list into an empty one.
+        """
+        table = self.table(create=False)
+        if table is None:
+            return
+        scan = table.scan(row_filter=f"_snapshot_date = '{snapshot_date}'")
+        for task in scan.plan_files():
+            location = str(task.file.file_path)
+            path = location.split("://", 1)[1] if "://" in location else location
+            with self.store.fs.open_input_file(path) as raw:
+                yield from pq.ParquetFile(raw).iter_batches(batch_size=65_536)
 
     def discard(self, run_id: str, snapshot_date: str) -> None:
         """Delete the data files a killed, uncommitted run copied into the table."""

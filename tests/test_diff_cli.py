@@ -60,8 +60,14 @@ def evolve(world: World) -> set[tuple[str, str, tuple[str, ...]]]:
 
 @pytest.mark.parametrize(
     "output",
-    [{"format": "parquet"}, {"format": "ndjson"}, {"format": "ndjson", "compression": "gzip"}],
-    ids=["parquet", "ndjson", "ndjson-gzip"],
+    [
+        {"format": "parquet"},
+        {"format": "ndjson"},
+        {"format": "ndjson", "compression": "gzip"},
+        {"table_format": "delta"},
+        {"table_format": "iceberg"},
+    ],
+    ids=["parquet", "ndjson", "ndjson-gzip", "delta", "iceberg"],
 )
 def test_diff_reports_a_days_changes(
     make_emulator: Callable[..., EmulatorServer], tmp_path: Path, output: dict[str, str]
@@ -100,3 +106,65 @@ def test_diff_with_a_bad_date_is_a_usage_error(emulator: EmulatorServer, tmp_pat
     result = oci_images("diff", "--config", str(config), "--from", "yesterday", "--to", DAY2)
     assert 2 == result.returncode
     assert "--from: must be a date YYYY-MM-DD" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        {"format": "parquet"},
+        {"format": "ndjson", "compression": "gzip"},
+        {"table_format": "delta"},
+        {"table_format": "iceberg"},
+    ],
+    ids=["parquet", "ndjson-gzip", "delta", "iceberg"],
+)
+def test_runs_publish_the_changes_dataset(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path, output: dict[str, str]
+) -> None:
+    """With output.changes, each run publishes what changed since the previous snapshot (the
+    first run: everything added), beside images and compartments, on every format."""
+    world = build_world(**WORLD)  # type: ignore[arg-type]
+    server = make_emulator(world)
+    for day in (DAY1, DAY2):
+        config = write_config(
+            tmp_path, server, output={**output, "snapshot_date": day, "changes": True}
+        )
+        result = oci_images("run", "--config", str(config))
+        assert 0 == result.returncode, result.stderr
+        if day == DAY1:
+            expected = evolve(world)
+    lake = tmp_path / "lake"
+    manifests = {
+        name: orjson.loads((lake / name / f"snapshot_date={DAY2}" / "_manifest.json").read_bytes())
+        for name in ("images", "changes", "compartments")
+    }
+    run_ids = {m["run_id"] for m in manifests.values()}
+    assert 1 == len(run_ids), "the three datasets were published by one run"
+    changes = [
+        row
+        for day in (DAY1, DAY2)
+        for row in read_dataset(lake / "changes" / f"snapshot_date={day}", manifests["changes"])
+        if str(row["_snapshot_date"]) == DAY2
+    ]
+    assert expected == {(r["change"], r["id"], tuple(r["changed_fields"])) for r in changes}
+    first = orjson.loads(
+        (lake / "changes" / f"snapshot_date={DAY1}" / "_manifest.json").read_bytes()
+    )
+    images_day1 = orjson.loads(
+        (lake / "images" / f"snapshot_date={DAY1}" / "_manifest.json").read_bytes()
+    )
+    assert images_day1["rows"] == first["rows"], "the first snapshot is all added"
+    assert {"changes", "compartments"} == set(manifests["images"]["datasets"])
+
+
+def read_dataset(partition: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of a companion dataset's partition, following its manifest."""
+    import pyarrow.fs as pafs
+
+    from connector import schema, snapshots
+
+    document = orjson.loads((partition / "_manifest.json").read_bytes())
+    batches = snapshots.read_batches(
+        pafs.LocalFileSystem(), str(partition), document["files"], schema.CHANGES_SCHEMA
+    )
+    return [row for batch in batches for row in batch.to_pylist()]
