@@ -56,7 +56,7 @@ def test_run_succeeds_with_summary_and_json_logs(
     assert 0 == result.returncode, result.stderr
     [summary] = result.stdout.splitlines()
     assert summary.startswith("complete (published): rows=")
-    files = sorted((tmp_path / "lake").rglob("*.parquet"))
+    files = sorted((tmp_path / "lake" / "images").rglob("*.parquet"))
     assert 2 == len({f.parent.name for f in files})  # one directory per region
     for key in (
         "rows=",
