@@ -182,6 +182,12 @@ def _endpoint(key: str, value: Any) -> str:
     return str(text).rstrip("/")
 
 
+def _output_uri(key: str, value: Any) -> str:
+    from connector.safety import check_output_uri
+
+    return check_output_uri(_type(str, "a path or URI")(key, value), key)
+
+
 def _existing_file(key: str, value: Any) -> str:
     text = _type(str, "a file path")(key, value)
     if text and not Path(text).expanduser().is_file():
@@ -248,13 +254,19 @@ KEYS: dict[str, dict[str, Key]] = {
         "max_requests_per_second": Key(0.0, _number(0.0, 10000.0), "client-side cap; 0 = none (still adapts to 429)"),
         "platform_images": Key("once", _choice("once", "every", "skip"), "once per region, every listing, or skip"),
         "workers": Key("auto", _workers, "processes converting and writing pages; 0 = a thread in this process; auto = one per core, at most 4"),
+        "max_pages_per_listing": Key(10_000, _integer(1, 10_000_000), "a listing with more pages fails (endless pagination)"),
+        "max_response_bytes": Key(64 * 1024 * 1024, _integer(1024, 1 << 40), "a response larger on the wire fails its listing"),
+        "max_decompressed_bytes": Key(128 * 1024 * 1024, _integer(1024, 1 << 40), "a response larger once decoded (gzip) fails its listing"),
+        "run_deadline_s": Key(6 * 3600.0, _number(0.0, 30 * 86400.0), "the run fails past this many seconds; 0 = no deadline"),
+        "worker_heartbeat_s": Key(60.0, _number(1.0, 86400.0), "a worker process silent this long while it has work fails the run"),
     },
     "output": {
-        "uri": Key("out", _string(1), "local directory or fsspec URI"),
+        "uri": Key("out", _output_uri, "local directory or fsspec URI"),
         "format": Key("parquet", _choice("parquet", "ndjson"), "parquet or ndjson"),
         "compression": Key("", _choice("zstd", "snappy", "gzip", "none", allow_empty=True), "parquet: zstd|snappy|gzip|none; ndjson: gzip|none"),
         "snapshot_date": Key("", _snapshot_date, "YYYY-MM-DD; default today (UTC)"),
         "allow_partial": Key(False, _boolean, "publish even if some compartments failed"),
+        "min_complete_ratio": Key(0.9, _number(0.0, 1.0), "a partial run with fewer listings complete than this fails (nothing published)"),
     },
 }  # fmt: skip
 

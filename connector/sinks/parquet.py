@@ -78,3 +78,6 @@ class ParquetSeries(RollingFiles):
         self._finished(self._file_rows, size)
         self._writer = None
         self._stream = None
+        # The next file starts empty: without this, the room left after the first full file
+        # would be 0 and the next row group would have no rows.
+        self._file_rows = 0
