@@ -332,6 +332,7 @@ def _ours(pages: list[Any], folder: Path, workers: int | str = "auto") -> float:
     import anyio
 
     from connector import config
+    from connector.auth import Credentials
     from connector.pipeline import Export
 
     class NoSigner:
@@ -339,7 +340,7 @@ def _ours(pages: list[Any], folder: Path, workers: int | str = "auto") -> float:
             raise AssertionError("no requests in this scenario")
 
     overrides = [f'output.uri="{folder}"', f"fetch.workers={orjson.dumps(workers).decode()}"]
-    export = Export(config.load(None, overrides), NoSigner())
+    export = Export(config.load(None, overrides), Credentials(NoSigner()))
 
     async def timed() -> float:
         await export.start_workers()  # as a run does while discovery goes on

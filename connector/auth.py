@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 from urllib.parse import urlsplit
 
 import anyio.to_thread
@@ -27,6 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from connector import signing
 from connector.errors import AuthError, ConfigError
+
+if TYPE_CHECKING:
+    from connector.config import Settings
 
 DEFAULT_CONFIG_FILE = "~/.oci/config"
 DEFAULT_PROFILE = "DEFAULT"
@@ -197,6 +200,16 @@ class SdkSigner:
     def __repr__(self) -> str:
         return f"SdkSigner({self._name})"
 
+    @property
+    def region(self) -> str | None:
+        """The region the principal lives in, as the SDK's signer found it."""
+        return _text(getattr(self._signer, "region", None))
+
+    @property
+    def tenancy(self) -> str | None:
+        """The principal's tenancy, as the SDK's signer found it."""
+        return _text(getattr(self._signer, "tenancy_id", None))
+
     async def sign(self, method: str, url: str, headers: dict[str, str]) -> None:
         """Sign in a worker thread and copy the resulting headers."""
         signed = await anyio.to_thread.run_sync(self._sign_blocking, method, url, dict(headers))
@@ -254,3 +267,77 @@ def make_signer(mode: str, profile: Profile | None) -> RequestSigner:
     if mode in ("instance_principal", "resource_principal"):
         return principal_signer(mode)
     raise ConfigError("oci.auth", f"must be one of {', '.join(AUTH_MODES)}; got {mode!r}")
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A signer and what it tells about where it belongs: its home region and tenancy."""
+
+    signer: RequestSigner
+    home_region: str | None = None
+    tenancy: str | None = None
+
+    @classmethod
+    def from_api_key(
+        cls,
+        *,
+        user: str,
+        fingerprint: str,
+        tenancy: str,
+        region: str,
+        private_key: str | bytes,
+        passphrase: str | None = None,
+    ) -> Credentials:
+        """A user's API key given as PEM text (from a secrets manager, say); no file needed."""
+        data = private_key.encode() if isinstance(private_key, str) else private_key
+        key = signing.load_private_key_pem(data.strip(), passphrase, source="private_key")
+        return cls(ApiKeySigner(f"{tenancy}/{user}/{fingerprint}", key), region, tenancy)
+
+    @classmethod
+    def from_principal(
+        cls, kind: Literal["instance_principal", "resource_principal"]
+    ) -> Credentials:
+        """An instance or resource principal (needs the ``oci`` extra)."""
+        if kind not in ("instance_principal", "resource_principal"):
+            raise ConfigError("oci.auth", f"{kind!r} is not a principal")
+        signer = principal_signer(kind)
+        return cls(signer, signer.region, signer.tenancy)
+
+
+def resolve_credentials(settings: Settings) -> Credentials:
+    """The credentials ``settings.oci`` names (profile, or principal), checked against what the
+    run needs: a region when none is configured, a tenancy when compartments are discovered.
+    Raises ``ConfigError`` before any request."""
+    oci = settings.oci
+    if oci.auth in ("api_key", "security_token"):
+        path, name = resolve_config_location(oci.config_file, oci.profile)
+        profile = load_profile(path, name)
+        try:
+            signer = make_signer(oci.auth, profile)
+        except AuthError as exc:
+            raise ConfigError("oci.profile", str(exc)) from None
+        credentials = Credentials(signer, profile.region, profile.tenancy)
+    else:
+        try:
+            credentials = Credentials.from_principal(
+                cast(Literal["instance_principal", "resource_principal"], oci.auth)
+            )
+        except AuthError as exc:
+            raise ConfigError("oci.profile", str(exc)) from None
+    check_credentials(settings, credentials)
+    return credentials
+
+
+def check_credentials(settings: Settings, credentials: Credentials) -> None:
+    """Fail with ``ConfigError`` unless ``credentials`` and ``settings`` together name a region
+    and, when discovery needs one, a tenancy."""
+    regions = settings.oci.regions
+    if (not regions or regions == ("subscribed",)) and not credentials.home_region:
+        raise ConfigError("oci.regions", "is empty and the OCI profile names no region")
+    needs_tenancy = regions == ("subscribed",) or not settings.scope.compartments
+    if needs_tenancy and not (settings.scope.tenancy or credentials.tenancy):
+        raise ConfigError("scope.tenancy", "is needed for discovery and the profile has none")

@@ -13,15 +13,17 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from connector import __version__
 from connector.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 
 if TYPE_CHECKING:
-    from connector.auth import RequestSigner
+    from connector.auth import Credentials
+    from connector.client import RequestCounters
     from connector.config import Settings
-    from connector.pipeline import Outcome, Progress
+    from connector.manifest import RunOutcome
+    from connector.pipeline import Export, Progress
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,34 +170,12 @@ def _parse_shard(text: str | None) -> tuple[int, int]:
     return index, count
 
 
-def _prepare(args: argparse.Namespace) -> tuple[Settings, RequestSigner, str | None, str | None]:
+def _prepare(args: argparse.Namespace) -> tuple[Settings, Credentials]:
     """Load and validate everything before any request: settings, credentials, region, tenancy."""
-    from connector import auth, config
-    from connector.errors import AuthError, ConfigError
+    from connector import api
 
-    settings = config.load(args.config, args.set)
-    mode = settings["oci.auth"]
-    profile = None
-    if mode in ("api_key", "security_token"):
-        path, name = auth.resolve_config_location(
-            settings["oci.config_file"], settings["oci.profile"]
-        )
-        profile = auth.load_profile(path, name)
-    try:
-        signer = auth.make_signer(mode, profile)
-    except AuthError as exc:
-        raise ConfigError("oci.profile", str(exc)) from None
-    home = profile.region if profile else getattr(getattr(signer, "_signer", None), "region", None)
-    tenancy = settings["scope.tenancy"] or (profile.tenancy if profile else None)
-    if tenancy is None and profile is None:
-        tenancy = getattr(getattr(signer, "_signer", None), "tenancy_id", None)
-    regions = settings["oci.regions"]
-    if (not regions or regions == ("subscribed",)) and not home:
-        raise ConfigError("oci.regions", "is empty and the OCI profile names no region")
-    needs_tenancy = regions == ("subscribed",) or not settings["scope.compartments"]
-    if needs_tenancy and not tenancy:
-        raise ConfigError("scope.tenancy", "is needed for discovery and the profile has none")
-    return settings, signer, home, tenancy
+    settings = api.load_config(args.config, args.set)
+    return settings, api.resolve_credentials(settings)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -204,45 +184,39 @@ def _run(args: argparse.Namespace) -> int:
     shard = _parse_shard(args.shard)
     if args.shard is not None and not args.run_id:
         raise ConfigError("--run-id", "is required with --shard, so that shards and commit agree")
-    settings, signer, home, tenancy = _prepare(args)
+    settings, credentials = _prepare(args)
     show_progress = not args.no_progress and sys.stderr.isatty()
-    outcome = _execute(settings, signer, home, tenancy, args.run_id, shard, show_progress)
+    outcome = _execute(settings, credentials, args.run_id, shard, show_progress)
     return _report(outcome)
 
 
 def _execute(
     settings: Settings,
-    signer: RequestSigner,
-    home: str | None,
-    tenancy: str | None,
+    credentials: Credentials,
     run_id: str | None,
     shard: tuple[int, int],
     show_progress: bool,
-) -> Outcome:
+) -> RunOutcome:
     import anyio
 
-    from connector.config import worker_processes
+    from connector import api
 
     launched = None
-    if processes := worker_processes(settings):
+    if processes := settings.fetch.worker_processes():
         from connector import spawn
 
         # Started now, the workers import pyarrow while this process does the same.
         launched = spawn.launch(processes)
-    from connector.pipeline import Export
-
-    export = Export(
+    # Shard 0 of 1 is the whole run: it publishes, as a run without --shard does.
+    export = api.export(
         settings,
-        signer,
+        shard=None if shard == (0, 1) else shard,
         run_id=run_id,
-        shard=shard,
-        publish_now=shard == (0, 1),
-        home_region=home,
-        tenancy=tenancy,
+        credentials=credentials,
         launched=launched,
     )
 
-    async def go() -> Outcome:
+    async def go() -> RunOutcome:
         if not show_progress:
             return await export.run()
         async with anyio.create_task_group() as group:
@@ -255,7 +229,7 @@ def _execute(
     return anyio.run(go)
 
 
-async def _render_progress(export: Any) -> None:
+async def _render_progress(export: Export) -> None:
     import anyio
 
     while True:
@@ -264,7 +238,7 @@ async def _render_progress(export: Any) -> None:
         await anyio.sleep(0.25)
 
 
-def _progress_line(progress: Progress, counters: Any) -> str:
+def _progress_line(progress: Progress, counters: RequestCounters) -> str:
     total = max(1, progress.listings_total)
     done = progress.listings_done
     width = 24
@@ -276,27 +250,33 @@ def _progress_line(progress: Progress, counters: Any) -> str:
     )
 
 
-def summary_line(outcome: Outcome) -> str:
+def summary_line(outcome: RunOutcome) -> str:
     """The one line a run prints at the end."""
     manifest = outcome.manifest
-    comps = manifest.get("compartments", [])
-    failed = sum(1 for c in comps if c["status"] == "failed")
-    requests = manifest.get("requests", {})
-    rows = manifest.get("rows", 0)
-    rate = rows / outcome.elapsed_s if outcome.elapsed_s else 0.0
+    rate = manifest.rows / outcome.elapsed_s if manifest and outcome.elapsed_s else 0.0
     status = {0: "complete", 1: "failed", 3: "partial"}.get(outcome.exit_code, "failed")
     published = "published" if outcome.published else "not published"
+    if manifest is None:
+        counts = "rows=0 rejects=0 files=0 compartments_ok=0 compartments_failed=0 "
+        counts += "requests=0 retries=0 throttled=0"
+        run_id = "-"
+    else:
+        failed = len(manifest.failed)
+        requests = manifest.requests
+        counts = (
+            f"rows={manifest.rows} rejects={manifest.rejects} files={len(manifest.files)} "
+            f"compartments_ok={len(manifest.compartments) - failed} "
+            f"compartments_failed={failed} requests={requests.sent} "
+            f"retries={requests.retried} throttled={requests.throttled}"
+        )
+        run_id = manifest.run_id
     return (
-        f"{status} ({published}): rows={rows} rejects={manifest.get('rejects', 0)} "
-        f"files={len(manifest.get('files', []))} compartments_ok={len(comps) - failed} "
-        f"compartments_failed={failed} requests={requests.get('sent', 0)} "
-        f"retries={requests.get('retried', 0)} throttled={requests.get('throttled', 0)} "
-        f"rows_per_s={rate:.0f} elapsed_s={outcome.elapsed_s:.2f} "
-        f"run_id={manifest.get('run_id', '-')}"
+        f"{status} ({published}): {counts} "
+        f"rows_per_s={rate:.0f} elapsed_s={outcome.elapsed_s:.2f} run_id={run_id}"
     )
 
 
-def _report(outcome: Outcome) -> int:
+def _report(outcome: RunOutcome) -> int:
     print(summary_line(outcome))
     if outcome.message:
         print(f"oci-images: {outcome.message}", file=sys.stderr)
@@ -304,49 +284,37 @@ def _report(outcome: Outcome) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    import anyio
     import orjson
 
-    from connector.discovery import shard_items
+    from connector import api
     from connector.errors import ConfigError
-    from connector.pipeline import Export, new_run_id
 
     if args.shards < 1:
         raise ConfigError("--shards", "must be at least 1")
-    settings, signer, home, tenancy = _prepare(args)
-    run_id = args.run_id or new_run_id()
-    export = Export(settings, signer, run_id=run_id, home_region=home, tenancy=tenancy)
-
-    async def discover() -> list[Any]:
-        async with export.client:
-            return await export.work_items()
-
-    items = anyio.run(discover)
-    specs = []
-    for index in range(args.shards):
-        mine = shard_items(items, index, args.shards)
-        specs.append(
-            {
-                "index": index,
-                "count": args.shards,
-                "shard": f"{index}/{args.shards}",
-                "run_id": run_id,
-                "listings": len(mine),
-                "regions": sorted({i.region for i in mine}),
-                "args": ["--shard", f"{index}/{args.shards}", "--run-id", run_id],
-            }
-        )
+    settings, credentials = _prepare(args)
+    planned = api.plan(settings, args.shards, run_id=args.run_id, credentials=credentials)
+    specs = [
+        {
+            "index": spec.index,
+            "count": spec.count,
+            "shard": f"{spec.index}/{spec.count}",
+            "run_id": spec.run_id,
+            "listings": spec.listings,
+            "regions": list(spec.regions),
+            "args": ["--shard", f"{spec.index}/{spec.count}", "--run-id", spec.run_id],
+        }
+        for spec in planned.shards
+    ]
     # One line: Airflow's BashOperator pushes the last line of stdout to XCom.
     sys.stdout.write(orjson.dumps(specs).decode() + "\n")
     return EXIT_OK
 
 
 def _commit(args: argparse.Namespace) -> int:
-    from connector import config
-    from connector.pipeline import commit
+    from connector import api
 
-    settings = config.load(args.config, args.set)
-    return _report(commit(settings, args.run_id))
+    settings = api.load_config(args.config, args.set)
+    return _report(api.commit(settings, args.run_id))
 
 
 def demo_config() -> Path:
@@ -377,8 +345,8 @@ def _demo(args: argparse.Namespace) -> int:
                 f'output.uri="{Path(args.output).resolve()}"',
                 *getattr(args, "set", []),
             ]
-            settings, signer, home, tenancy = _prepare(args)
-            outcome = _execute(settings, signer, home, tenancy, None, (0, 1), sys.stderr.isatty())
+            settings, credentials = _prepare(args)
+            outcome = _execute(settings, credentials, None, (0, 1), sys.stderr.isatty())
     code = _report(outcome)
     if outcome.published:
         images = Path(args.output).resolve() / "images"

@@ -7,7 +7,6 @@ lower-level failure is translated here, at one boundary, into ``TransportError``
 
 from __future__ import annotations
 
-import ipaddress
 import platform
 import ssl
 import time
@@ -35,16 +34,6 @@ USER_AGENT = (
 )
 
 log = structlog.get_logger("connector.client")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine (plain http is allowed only there by default)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True, slots=True)

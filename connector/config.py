@@ -1,21 +1,26 @@
 """Configuration: TOML plus ``--set section.key=value`` overrides, validated before any request.
 
-Every key is declared once in ``KEYS`` with its default and its check. Validation is complete
-and happens before the first network call: a bad value raises ``ConfigError`` naming the key
-and the reason, and the command exits 2.
+Every key is declared once, as a field of its section's dataclass below: its type, default,
+check and help text. That declaration drives validation, ``--set``, the typed ``Settings`` the
+rest of the code reads (``settings.fetch.page_size``), the README's configuration table and the
+comments of ``configs/example.toml`` (``scripts/update_readme.py``). Validation is complete and
+happens before the first network call: a bad value raises ``ConfigError`` naming the key and the
+reason, and the command exits 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from connector.errors import ConfigError
@@ -26,17 +31,42 @@ OCID = re.compile(
 REGION = re.compile(r"^[a-z]{2,}-[a-z]+-\d+$")
 IMAGE_LIFECYCLE = ("PROVISIONING", "IMPORTING", "AVAILABLE", "EXPORTING", "DISABLED", "DELETED")
 SORT_BY = ("TIMECREATED", "NAME", "DISPLAYNAME")
+COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "ndjson": ("gzip", "none")}
+"""The codecs each output format accepts."""
 
 Check = Callable[[str, Any], Any]
+"""Validates one key's raw value (from TOML or ``--set``) and returns the value to keep."""
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class Key:
-    """One configuration key: its default and the check that returns its validated value."""
+    """One configuration key: its default, the check that returns its validated value, and the
+    help text the README and ``configs/example.toml`` show."""
 
     default: Any
     check: Check
     help: str
+
+
+def key(default: T, check: Check, help: str) -> T:
+    """Declare a section field as a configuration key (a dataclass field carrying its ``Key``)."""
+    spec = Key(default, check, help)
+    if isinstance(default, dict):  # a table-valued key: each Settings gets its own copy
+        table = dict(default)
+        return cast(T, field(default_factory=lambda: dict(table), metadata={"key": spec}))
+    return field(default=default, metadata={"key": spec})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine (plain http is allowed only there by default)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 # -- checks -----------------------------------------------------------------------------------
@@ -87,20 +117,6 @@ def _integer(low: int, high: int) -> Check:
         return int(number)
 
     return check
-
-
-def worker_processes(settings: Settings) -> int:
-    """``fetch.workers`` as a number: ``auto`` is one per core, at most 4, none on one core."""
-    value = settings["fetch.workers"]
-    if value != "auto":
-        return int(value)
-    if not hasattr(os, "fork"):  # workers are forked (see connector.spawn)
-        return 0
-    if hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0))
-    else:
-        cores = os.cpu_count() or 1
-    return min(4, cores) if cores > 1 else 0
 
 
 def _workers(key: str, value: Any) -> int | str:
@@ -218,98 +234,245 @@ def _suggest(word: str, options: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-# -- the keys ---------------------------------------------------------------------------------
+def _table(key: str, value: Any) -> dict[str, str | int | float | bool]:
+    """A TOML table of scalars (options handed to a library as they are, e.g. storage options)."""
+    table = _type(dict, "a table of keys and values")(key, value)
+    for name, item in table.items():
+        if not isinstance(item, str | int | float | bool):
+            raise ConfigError(
+                f"{key}.{name}", f"must be a string, number or boolean, got {type(item).__name__}"
+            )
+    return dict(table)
+
+
+# -- the keys: one dataclass per section ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OciSettings:
+    """``[oci]``: credentials and endpoints."""
+
+    config_file: str = key(
+        "", _string(), "OCI CLI config file; default OCI_CONFIG_FILE or ~/.oci/config"
+    )
+    profile: str = key("", _string(), "profile in it; default OCI_CLI_PROFILE or DEFAULT")
+    auth: str = key(
+        "api_key",
+        _choice("api_key", "security_token", "instance_principal", "resource_principal"),
+        "how requests are signed",
+    )
+    regions: tuple[str, ...] = key(
+        (), _regions, '[] = the profile\'s region; ["subscribed"] = every READY subscription'
+    )
+    endpoint: str = key("", _endpoint, "Compute endpoint override; {region} is substituted")
+    identity_endpoint: str = key("", _endpoint, "Identity endpoint override; defaults to endpoint")
+    ca_bundle: str = key("", _existing_file, "PEM bundle for appliances with their own CA")
+    allow_insecure_http: bool = key(False, _boolean, "allow plain http:// to non-loopback hosts")
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeSettings:
+    """``[scope]``: which compartments are listed."""
+
+    tenancy: str = key("", _ocid_or_empty("tenancy"), "tenancy OCID; default the profile's")
+    compartments: tuple[str, ...] = key(
+        (), _ocid_list("compartment", "tenancy"), "explicit compartments; if set, no discovery"
+    )
+    discover: bool = key(
+        True, _boolean, "list the tenancy's ACTIVE accessible compartments and the root"
+    )
+    exclude: tuple[str, ...] = key(
+        (), _ocid_list("compartment", "tenancy"), "compartments to leave out (with their subtrees)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FilterSettings:
+    """``[filters]``: ListImages query parameters; "" is no filter."""
+
+    display_name: str = key("", _string(1, 255), "exact display name")
+    lifecycle_state: str = key(
+        "", _choice(*IMAGE_LIFECYCLE, case_insensitive=True, allow_empty=True), "lifecycle state"
+    )
+    operating_system: str = key("", _string(1, 255), "operating system, e.g. Oracle Linux")
+    operating_system_version: str = key("", _string(1, 255), "operating system version, e.g. 9")
+    shape: str = key("", _string(1, 255), "images compatible with this shape")
+    sort_by: str = key(
+        "", _choice(*SORT_BY, case_insensitive=True, allow_empty=True), "TIMECREATED or NAME"
+    )
+    sort_order: str = key(
+        "", _choice("ASC", "DESC", case_insensitive=True, allow_empty=True), "ASC or DESC"
+    )
+
+    def query_params(self) -> dict[str, str]:
+        """The filters that are set, as ListImages query parameters (the keys in camelCase)."""
+        return {
+            _camel(f.name): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != ""
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FetchSettings:
+    """``[fetch]``: requests and the processes that convert pages."""
+
+    concurrency: int = key(16, _integer(1, 256), "requests in flight")
+    page_size: int = key(1000, _integer(1, 1000), "ListImages limit")
+    max_attempts: int = key(8, _integer(1, 50), "attempts per request")
+    request_timeout_s: float = key(60.0, _number(0.0, 3600.0, low_open=True), "per request")
+    max_requests_per_second: float = key(
+        0.0, _number(0.0, 10000.0), "client-side cap; 0 = none (still adapts to 429)"
+    )
+    platform_images: str = key(
+        "once", _choice("once", "every", "skip"), "once per region, every listing, or skip"
+    )
+    workers: int | str = key(
+        "auto",
+        _workers,
+        "processes converting and writing pages; 0 = a thread in this process; auto = one per core, at most 4",
+    )
+    max_pages_per_listing: int = key(
+        10_000, _integer(1, 10_000_000), "a listing with more pages fails (endless pagination)"
+    )
+    max_response_bytes: int = key(
+        64 * 1024 * 1024, _integer(1024, 1 << 40), "a response larger on the wire fails its listing"
+    )
+    max_decompressed_bytes: int = key(
+        128 * 1024 * 1024,
+        _integer(1024, 1 << 40),
+        "a response larger once decoded (gzip) fails its listing",
+    )
+    run_deadline_s: float = key(
+        6 * 3600.0,
+        _number(0.0, 30 * 86400.0),
+        "the run fails past this many seconds; 0 = no deadline",
+    )
+    worker_heartbeat_s: float = key(
+        60.0,
+        _number(1.0, 86400.0),
+        "a worker process silent this long while it has work fails the run",
+    )
+
+    def worker_processes(self) -> int:
+        """``workers`` as a number: ``auto`` is one per core, at most 4, none on one core."""
+        if self.workers != "auto":
+            return int(self.workers)
+        if not hasattr(os, "fork"):  # workers are forked (see connector.workers.spawn)
+            return 0
+        if hasattr(os, "sched_getaffinity"):
+            cores = len(os.sched_getaffinity(0))
+        else:
+            cores = os.cpu_count() or 1
+        return min(4, cores) if cores > 1 else 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSettings:
+    """``[output]``: where and how the snapshot is written."""
+
+    uri: str = key("out", _output_uri, "local directory or fsspec URI")
+    format: str = key("parquet", _choice("parquet", "ndjson"), "parquet or ndjson")
+    compression: str = key(
+        "",
+        _choice("zstd", "snappy", "gzip", "none", allow_empty=True),
+        "parquet: zstd|snappy|gzip|none; ndjson: gzip|none",
+    )
+    snapshot_date: str = key("", _snapshot_date, "YYYY-MM-DD; default today (UTC)")
+    allow_partial: bool = key(False, _boolean, "publish even if some compartments failed")
+    min_complete_ratio: float = key(
+        0.9,
+        _number(0.0, 1.0),
+        "a partial run with fewer listings complete than this fails (nothing published)",
+    )
+
+    @property
+    def effective_compression(self) -> str:
+        """The compression used: the configured one, or the format's default."""
+        if self.compression:
+            return self.compression
+        return "zstd" if self.format == "parquet" else "none"
+
+    @property
+    def effective_snapshot_date(self) -> str:
+        """The snapshot date used: the configured one, or today in UTC."""
+        return self.snapshot_date or datetime.now(UTC).date().isoformat()
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "oci": OciSettings,
+    "scope": ScopeSettings,
+    "filters": FilterSettings,
+    "fetch": FetchSettings,
+    "output": OutputSettings,
+}
+"""Each section's name in the TOML file and its dataclass (a field of ``Settings`` too)."""
 
 KEYS: dict[str, dict[str, Key]] = {
-    "oci": {
-        "config_file": Key("", _string(), "OCI CLI config file; default OCI_CONFIG_FILE or ~/.oci/config"),
-        "profile": Key("", _string(), "profile in it; default OCI_CLI_PROFILE or DEFAULT"),
-        "auth": Key("api_key", _choice("api_key", "security_token", "instance_principal", "resource_principal"), "how requests are signed"),
-        "regions": Key((), _regions, '[] = the profile\'s region; ["subscribed"] = every READY subscription'),
-        "endpoint": Key("", _endpoint, "Compute endpoint override; {region} is substituted"),
-        "identity_endpoint": Key("", _endpoint, "Identity endpoint override; defaults to endpoint"),
-        "ca_bundle": Key("", _existing_file, "PEM bundle for appliances with their own CA"),
-        "allow_insecure_http": Key(False, _boolean, "allow plain http:// to non-loopback hosts"),
-    },
-    "scope": {
-        "tenancy": Key("", _ocid_or_empty("tenancy"), "tenancy OCID; default the profile's"),
-        "compartments": Key((), _ocid_list("compartment", "tenancy"), "explicit compartments; if set, no discovery"),
-        "discover": Key(True, _boolean, "list the tenancy's ACTIVE accessible compartments and the root"),
-        "exclude": Key((), _ocid_list("compartment", "tenancy"), "compartments to leave out (with their subtrees)"),
-    },
-    "filters": {
-        "display_name": Key("", _string(1, 255), "exact display name"),
-        "lifecycle_state": Key("", _choice(*IMAGE_LIFECYCLE, case_insensitive=True, allow_empty=True), "lifecycle state"),
-        "operating_system": Key("", _string(1, 255), "operating system, e.g. Oracle Linux"),
-        "operating_system_version": Key("", _string(1, 255), "operating system version, e.g. 9"),
-        "shape": Key("", _string(1, 255), "images compatible with this shape"),
-        "sort_by": Key("", _choice(*SORT_BY, case_insensitive=True, allow_empty=True), "TIMECREATED or NAME"),
-        "sort_order": Key("", _choice("ASC", "DESC", case_insensitive=True, allow_empty=True), "ASC or DESC"),
-    },
-    "fetch": {
-        "concurrency": Key(16, _integer(1, 256), "requests in flight"),
-        "page_size": Key(1000, _integer(1, 1000), "ListImages limit"),
-        "max_attempts": Key(8, _integer(1, 50), "attempts per request"),
-        "request_timeout_s": Key(60.0, _number(0.0, 3600.0, low_open=True), "per request"),
-        "max_requests_per_second": Key(0.0, _number(0.0, 10000.0), "client-side cap; 0 = none (still adapts to 429)"),
-        "platform_images": Key("once", _choice("once", "every", "skip"), "once per region, every listing, or skip"),
-        "workers": Key("auto", _workers, "processes converting and writing pages; 0 = a thread in this process; auto = one per core, at most 4"),
-        "max_pages_per_listing": Key(10_000, _integer(1, 10_000_000), "a listing with more pages fails (endless pagination)"),
-        "max_response_bytes": Key(64 * 1024 * 1024, _integer(1024, 1 << 40), "a response larger on the wire fails its listing"),
-        "max_decompressed_bytes": Key(128 * 1024 * 1024, _integer(1024, 1 << 40), "a response larger once decoded (gzip) fails its listing"),
-        "run_deadline_s": Key(6 * 3600.0, _number(0.0, 30 * 86400.0), "the run fails past this many seconds; 0 = no deadline"),
-        "worker_heartbeat_s": Key(60.0, _number(1.0, 86400.0), "a worker process silent this long while it has work fails the run"),
-    },
-    "output": {
-        "uri": Key("out", _output_uri, "local directory or fsspec URI"),
-        "format": Key("parquet", _choice("parquet", "ndjson"), "parquet or ndjson"),
-        "compression": Key("", _choice("zstd", "snappy", "gzip", "none", allow_empty=True), "parquet: zstd|snappy|gzip|none; ndjson: gzip|none"),
-        "snapshot_date": Key("", _snapshot_date, "YYYY-MM-DD; default today (UTC)"),
-        "allow_partial": Key(False, _boolean, "publish even if some compartments failed"),
-        "min_complete_ratio": Key(0.9, _number(0.0, 1.0), "a partial run with fewer listings complete than this fails (nothing published)"),
-    },
-}  # fmt: skip
-
-FILTER_PARAMS = {
-    "display_name": "displayName",
-    "lifecycle_state": "lifecycleState",
-    "operating_system": "operatingSystem",
-    "operating_system_version": "operatingSystemVersion",
-    "shape": "shape",
-    "sort_by": "sortBy",
-    "sort_order": "sortOrder",
+    name: {f.name: f.metadata["key"] for f in dataclasses.fields(section)}
+    for name, section in SECTIONS.items()
 }
+"""Every key, by section: derived from the dataclasses, never written by hand."""
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """A validated configuration: ``values[section][key]``."""
+    """A validated configuration, one typed, frozen dataclass per section."""
 
-    values: dict[str, dict[str, Any]]
+    oci: OciSettings = field(default_factory=OciSettings)
+    scope: ScopeSettings = field(default_factory=ScopeSettings)
+    filters: FilterSettings = field(default_factory=FilterSettings)
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
     source: Path | None = None
-    explicit: frozenset[str] = field(default_factory=frozenset)
+    """The file the settings were read from, if any."""
+    explicit: frozenset[str] = frozenset()
+    """The keys (``section.key``) that were set rather than defaulted."""
 
-    def __getitem__(self, dotted: str) -> Any:
-        section, key = dotted.split(".", 1)
-        return self.values[section][key]
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``section.key`` values changed, each validated as if it had been set::
 
-    def filters(self) -> dict[str, str]:
-        """Non-empty filters as ListImages query parameters (camelCase)."""
-        return {FILTER_PARAMS[k]: v for k, v in self.values["filters"].items() if v != ""}
+        settings.replace(**{"output.snapshot_date": "2026-11-27"})
+        """
+        sections: dict[str, Any] = {name: getattr(self, name) for name in SECTIONS}
+        for dotted, value in changes.items():
+            section, name = _split(dotted)
+            checked = KEYS[section][name].check(dotted, value)
+            sections[section] = dataclasses.replace(sections[section], **{name: checked})
+        settings = Settings(
+            **sections, source=self.source, explicit=self.explicit | frozenset(changes)
+        )
+        _cross_checks(settings)
+        return settings
 
-    @property
-    def compression(self) -> str:
-        """The effective compression: the format's default when none was set."""
-        chosen: str = self["output.compression"]
-        if chosen:
-            return chosen
-        return "zstd" if self["output.format"] == "parquet" else "none"
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """Every key's value, by section (TOML- and JSON-safe: lists for tuples)."""
+        return {
+            name: {
+                key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(getattr(self, name)).items()
+            }
+            for name in SECTIONS
+        }
 
-    @property
-    def snapshot_date(self) -> str:
-        """The effective snapshot date: the configured one or today in UTC."""
-        chosen: str = self["output.snapshot_date"]
-        return chosen or datetime.now(UTC).date().isoformat()
+
+def _split(dotted: str) -> tuple[str, str]:
+    section, _, name = dotted.partition(".")
+    if section not in KEYS:
+        raise ConfigError(section, f"unknown section{_suggest(section, list(KEYS))}")
+    if name not in KEYS[section]:
+        raise ConfigError(dotted, f"unknown key{_suggest(name, list(KEYS[section]))}")
+    return section, name
+
+
+def worker_processes(settings: Settings) -> int:
+    """``fetch.workers`` as a number (see ``FetchSettings.worker_processes``)."""
+    return settings.fetch.worker_processes()
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -325,8 +488,17 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def load(path: str | Path | None, overrides: Sequence[str] = ()) -> Settings:
-    """Read, merge and validate; raises ``ConfigError`` for the first problem found."""
+def load(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    values: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Read ``path`` (TOML), merge ``values`` (sections of keys) over it, then ``overrides``
+    (``section.key=value``), and validate; raises ``ConfigError`` for the first problem found.
+
+    ``--set section.table.name=value`` sets one entry of a table-valued key.
+    """
     raw: dict[str, Any] = {}
     source = None
     if path is not None:
@@ -341,68 +513,81 @@ def load(path: str | Path | None, overrides: Sequence[str] = ()) -> Settings:
             raise ConfigError("--config", f"{source} is not valid TOML: {exc}") from None
         except UnicodeDecodeError:
             raise ConfigError("--config", f"{source} is not UTF-8 text") from None
+    for section, given in (values or {}).items():
+        if not isinstance(given, Mapping):
+            raise ConfigError(section, "must be a table of keys")
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(section, "must be a table")
+        table.update(given)
     for text in overrides:
         section, key, value = parse_override(text)
         table = raw.setdefault(section, {})
         if not isinstance(table, dict):
             raise ConfigError(section, "must be a table")
+        name, _, entry = key.partition(".")
+        spec = KEYS.get(section, {}).get(name)
+        if entry and spec is not None and isinstance(spec.default, dict):
+            nested = table.setdefault(name, {})
+            if not isinstance(nested, dict):
+                raise ConfigError(f"{section}.{name}", "must be a table")
+            nested[entry] = value
+            continue
         table[key] = value
     return validate(raw, source)
 
 
-def validate(raw: dict[str, Any], source: Path | None = None) -> Settings:
+def validate(raw: Mapping[str, Any], source: Path | None = None) -> Settings:
     """Check every section and key; fill in defaults."""
-    values: dict[str, dict[str, Any]] = {}
     explicit = set()
     for section, table in raw.items():
         if section not in KEYS:
             raise ConfigError(section, f"unknown section{_suggest(section, list(KEYS))}")
-        if not isinstance(table, dict):
+        if not isinstance(table, Mapping):
             raise ConfigError(section, "must be a table of keys")
         for key in table:
             if key not in KEYS[section]:
                 hint = _suggest(key, list(KEYS[section]))
                 raise ConfigError(f"{section}.{key}", f"unknown key{hint}")
             explicit.add(f"{section}.{key}")
+    sections = {}
     for section, keys in KEYS.items():
         table = raw.get(section, {})
-        values[section] = {
-            key: spec.check(f"{section}.{key}", table[key]) if key in table else spec.default
-            for key, spec in keys.items()
-        }
-    settings = Settings(values, source, frozenset(explicit))
+        sections[section] = SECTIONS[section](
+            **{
+                key: spec.check(f"{section}.{key}", table[key])
+                for key, spec in keys.items()
+                if key in table
+            }
+        )
+    settings = Settings(**sections, source=source, explicit=frozenset(explicit))
     _cross_checks(settings)
     return settings
 
 
 def _cross_checks(settings: Settings) -> None:
-    fmt, compression = settings["output.format"], settings["output.compression"]
-    if compression and compression not in (
-        ("zstd", "snappy", "gzip", "none") if fmt == "parquet" else ("gzip", "none")
-    ):
+    output, scope, oci = settings.output, settings.scope, settings.oci
+    if output.compression and output.compression not in COMPRESSIONS[output.format]:
         raise ConfigError(
-            "output.compression", f"{compression!r} does not apply to {fmt}; use gzip or none"
+            "output.compression",
+            f"{output.compression!r} does not apply to {output.format}; use gzip or none",
         )
-    if (
-        settings["scope.compartments"]
-        and "scope.discover" in settings.explicit
-        and settings["scope.discover"]
-    ):
+    if scope.compartments and "scope.discover" in settings.explicit and scope.discover:
         raise ConfigError(
             "scope.discover", "cannot be true when scope.compartments lists compartments"
         )
-    if not settings["scope.compartments"] and not settings["scope.discover"]:
+    if not scope.compartments and not scope.discover:
         raise ConfigError(
             "scope.compartments", "is empty and scope.discover is false: nothing to export"
         )
-    for key in ("oci.endpoint", "oci.identity_endpoint"):
-        url = settings[key]
-        if url.startswith("http://") and not settings["oci.allow_insecure_http"]:
-            from connector.client import is_loopback
-
+    for name, url in (
+        ("oci.endpoint", oci.endpoint),
+        ("oci.identity_endpoint", oci.identity_endpoint),
+    ):
+        if url.startswith("http://") and not oci.allow_insecure_http:
             host = urlsplit(url.replace("{region}", "region")).hostname or ""
             if not is_loopback(host):
                 raise ConfigError(
-                    key,
+                    name,
                     "plain http:// is allowed only to loopback hosts; set oci.allow_insecure_http = true to override",
                 )

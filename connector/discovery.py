@@ -1,4 +1,9 @@
-"""What to export: regions, compartments, and the endpoints that serve them."""
+"""What to export: regions, compartments, and the endpoints that serve them.
+
+``discover`` asks the service which listings a run has; ``shard_items`` and ``donor_regions``
+divide them among shards without another request, so that ``plan`` and every ``run --shard``
+agree.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
-from connector.errors import ConfigError, PaginationError
+from connector.errors import ConfigError, ConnectorError, PaginationError
+from connector.pages import WorkItem
 
-if TYPE_CHECKING:  # worker processes import WorkItem from here and need no HTTP client
+if TYPE_CHECKING:
+    from connector.auth import Credentials
     from connector.client import OciClient
+    from connector.config import Settings
 
 API_VERSION = "/20160918"
 log = structlog.get_logger("connector.discovery")
@@ -39,14 +47,6 @@ class Endpoints:
     def identity(self, region: str) -> str:
         """Identity's base URL in ``region``."""
         return self.identity_template.replace("{region}", region) + API_VERSION
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class WorkItem:
-    """One listing to fetch: a compartment in a region."""
-
-    region: str
-    compartment_id: str
 
 
 async def paginate(
@@ -131,3 +131,46 @@ def shard_items(items: Sequence[WorkItem], index: int, count: int) -> list[WorkI
     if not 0 <= index < count:
         raise ConfigError("--shard", f"shard {index}/{count} is out of range")
     return sorted(items)[index::count]
+
+
+async def discover(
+    client: OciClient, settings: Settings, credentials: Credentials
+) -> list[WorkItem]:
+    """Every (region, compartment) listing of the run, sorted."""
+    regions = settings.oci.regions
+    home = credentials.home_region or (
+        regions[0] if regions and regions != ("subscribed",) else None
+    )
+    if home is None:
+        raise ConnectorError("no region: set oci.regions or a region in the OCI profile")
+    tenancy = settings.scope.tenancy or credentials.tenancy
+    endpoints = Endpoints.from_settings(settings.oci.endpoint, settings.oci.identity_endpoint)
+
+    def require_tenancy() -> str:
+        if not tenancy:
+            raise ConnectorError("no tenancy: set scope.tenancy (the profile has none)")
+        return tenancy
+
+    if regions == ("subscribed",):
+        regions = tuple(await subscribed_regions(client, endpoints, home, require_tenancy()))
+    elif not regions:
+        regions = (home,)
+    excluded = settings.scope.exclude
+    if settings.scope.compartments:
+        compartments = [c for c in settings.scope.compartments if c not in excluded]
+    else:
+        compartments = await discover_compartments(
+            client, endpoints, home, require_tenancy(), excluded
+        )
+    return sorted(WorkItem(r, c) for r in regions for c in compartments)
+
+
+def donor_regions(items: Sequence[WorkItem], index: int, count: int) -> frozenset[str]:
+    """The regions whose platform images shard ``index`` of ``count`` contributes under
+    ``fetch.platform_images = once``: those whose first listing it holds (within the shard, the
+    first complete listing donates them)."""
+    firsts: dict[str, WorkItem] = {}
+    for item in sorted(items):
+        firsts.setdefault(item.region, item)
+    mine = set(shard_items(items, index, count))
+    return frozenset(region for region, item in firsts.items() if item in mine)

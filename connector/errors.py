@@ -17,13 +17,10 @@ class ConnectorError(Exception):
     """Root of every error raised by the connector."""
 
     retryable: bool = False
-    exit_code: int = EXIT_FAILED
 
 
 class ConfigError(ConnectorError):
     """The configuration or command line is invalid; raised before any request is sent."""
-
-    exit_code = EXIT_CONFIG
 
     def __init__(self, key: str, reason: str) -> None:
         self.key = key
@@ -69,15 +66,6 @@ class OciApiError(ConnectorError):
         self.retryable = retryable
         self.retry_after = retry_after
         super().__init__(f"{status} {code}: {message} (opc-request-id: {opc_request_id or 'none'})")
-
-    def as_dict(self) -> dict[str, object]:
-        """The error as the manifest records it."""
-        return {
-            "status": self.status,
-            "code": self.code,
-            "message": self.message,
-            "opc_request_id": self.opc_request_id,
-        }
 
 
 class PaginationError(ConnectorError):

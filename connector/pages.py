@@ -1,4 +1,4 @@
-"""What the fetcher hands the normalizer, and what the normalizer rejects.
+"""What the fetcher hands the normalizer (listings and their pages), and what it rejects.
 
 These types live apart from ``connector.normalize`` so that the process that only fetches
 (when workers convert pages) does not import the normalizer's machinery.
@@ -19,7 +19,13 @@ from connector.errors import ConnectorError
 class PageError(ConnectorError):
     """A page's body is not a JSON array; the listing it belongs to cannot be trusted."""
 
-    retryable = True
+
+@dataclass(frozen=True, slots=True, order=True)
+class WorkItem:
+    """One listing to fetch: a compartment in a region."""
+
+    region: str
+    compartment_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +38,11 @@ class Page:
     number: int
     fetched_at: datetime
     opc_request_id: str | None
+
+    @property
+    def item(self) -> WorkItem:
+        """The listing this page belongs to."""
+        return WorkItem(self.region, self.compartment_id)
 
 
 @dataclass(frozen=True, slots=True)

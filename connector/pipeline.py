@@ -22,31 +22,23 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any
 
 import anyio
 import anyio.to_thread
-import pyarrow.fs as pafs
 import structlog
 from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from connector import __version__, errors, publish, schema, spawn, workers
-from connector.auth import RequestSigner
+from connector import __version__, discovery, errors, publish, schema, spawn, workers
+from connector.auth import Credentials
 from connector.client import ClientOptions, OciClient
-from connector.config import Settings, worker_processes
-from connector.discovery import (
-    Endpoints,
-    WorkItem,
-    discover_compartments,
-    shard_items,
-    subscribed_regions,
-)
+from connector.config import Settings
+from connector.discovery import Endpoints
 from connector.errors import (
-    EXIT_FAILED,
     EXIT_OK,
     EXIT_PARTIAL,
     ConnectorError,
@@ -55,7 +47,15 @@ from connector.errors import (
     TransportError,
 )
 from connector.lean import quiet_gc
-from connector.pages import Page, RunInfo
+from connector.manifest import (
+    ListingError,
+    ListingRecord,
+    Manifest,
+    RequestCounts,
+    RunOutcome,
+    commit,
+)
+from connector.pages import Page, RunInfo, WorkItem
 from connector.retry import PriorityGate, RetryPolicy
 from connector.sinks import FileInfo, SinkOptions
 from connector.workers import ListingResult, Workers, WorkerSetup
@@ -74,7 +74,7 @@ class ListingEnd:
 
     item: WorkItem
     pages: int
-    error: dict[str, Any] | None
+    error: ListingError | None
 
 
 Producer = Callable[[MemoryObjectSendStream[Page | ListingEnd]], Coroutine[Any, Any, None]]
@@ -93,81 +93,73 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
 
 
-@dataclass(slots=True)
-class Outcome:
-    """How a run (or commit) ended."""
-
-    exit_code: int
-    manifest: dict[str, Any]
-    published: bool
-    elapsed_s: float = 0.0
-    message: str = ""
+def client_for(settings: Settings, credentials: Credentials) -> OciClient:
+    """The HTTP client a run (or a plan) sends its requests with."""
+    fetch = settings.fetch
+    return OciClient(
+        credentials.signer,
+        ClientOptions(
+            concurrency=fetch.concurrency,
+            max_requests_per_second=fetch.max_requests_per_second,
+            request_timeout_s=fetch.request_timeout_s,
+            ca_bundle=settings.oci.ca_bundle,
+            retry=RetryPolicy(max_attempts=fetch.max_attempts),
+        ),
+    )
 
 
 class Export:
-    """One run of the export, or one shard of it."""
+    """One run of the export, or one shard of it: fetch, convert, write, record, clean up."""
 
     def __init__(
         self,
         settings: Settings,
-        signer: RequestSigner,
+        credentials: Credentials,
         *,
         run_id: str | None = None,
         shard: tuple[int, int] = (0, 1),
         publish_now: bool = True,
-        home_region: str | None = None,
-        tenancy: str | None = None,
         launched: spawn.Launched | None = None,
     ) -> None:
         self.settings = settings
-        self.signer = signer
+        self.credentials = credentials
         self.run_id = run_id or new_run_id()
         self.shard = shard
         self.publish_now = publish_now
-        self.home_region = home_region
-        self.tenancy = tenancy or settings["scope.tenancy"]
         self.endpoints = Endpoints.from_settings(
-            settings["oci.endpoint"], settings["oci.identity_endpoint"]
+            settings.oci.endpoint, settings.oci.identity_endpoint
         )
-        self.fs, self.base = publish.resolve(settings["output.uri"])
-        self.layout = publish.Layout(self.base, self.run_id, settings.snapshot_date)
+        output = settings.output
+        self.fs, self.base = publish.resolve(output.uri)
+        self.layout = publish.Layout(self.base, self.run_id, output.effective_snapshot_date)
         self.progress = Progress()
-        self.results: dict[WorkItem, dict[str, Any]] = {}
-        self._run_info = RunInfo(self.run_id, date.fromisoformat(settings.snapshot_date))
-        self._filters = settings.filters()
-        self._platform_mode: str = settings["fetch.platform_images"]
+        self.results: dict[WorkItem, ListingRecord] = {}
+        self._run_info = RunInfo(self.run_id, date.fromisoformat(self.layout.snapshot_date))
+        self._filters = settings.filters.query_params()
+        self._platform_mode = settings.fetch.platform_images
         index, count = shard
         setup = WorkerSetup(
             run=self._run_info,
             platform_mode=self._platform_mode,
             fs=self.fs,
             layout=self.layout,
-            options=SinkOptions(settings["output.format"], settings.compression),
+            options=SinkOptions(output.format, output.effective_compression),
             file_prefix="part-" if count == 1 else f"part-{index:03d}-",
             reject_prefix="" if count == 1 else f"{index:03d}-",
         )
         # Workers the CLI launched early are the ones there are.
-        processes = len(launched.sockets) if launched else worker_processes(settings)
+        processes = len(launched.sockets) if launched else settings.fetch.worker_processes()
         self.workers: Workers = workers.create(setup, processes, self._listing_done, launched)
-        self.client = OciClient(
-            signer,
-            ClientOptions(
-                concurrency=settings["fetch.concurrency"],
-                max_requests_per_second=settings["fetch.max_requests_per_second"],
-                request_timeout_s=settings["fetch.request_timeout_s"],
-                ca_bundle=settings["oci.ca_bundle"],
-                retry=RetryPolicy(max_attempts=settings["fetch.max_attempts"]),
-            ),
-        )
+        self.client = client_for(settings, credentials)
         # Pages fetched but not yet queued: without this bound, tasks that finished a request
         # would each hold a page while waiting for the queue, and memory would grow with the
         # number of compartments. Continuation pages go first, as in the request limiter.
-        in_hand = max(1, settings["fetch.concurrency"])
+        in_hand = max(1, settings.fetch.concurrency)
         self._in_hand = PriorityGate(lambda: in_hand)
 
     # -- the run ----------------------------------------------------------------------------
 
-    async def run(self) -> Outcome:
+    async def run(self) -> RunOutcome:
         """Discover, fetch, write, and (unless sharded) commit."""
         started_at = publish.utc_now()
         restored = publish.recover(self.fs, self.base)
@@ -188,37 +180,27 @@ class Export:
             with quiet_gc():
                 await self._stream(partial(self._fetch_all, items))
             files, reject_files = await self._close()
-        manifest = self._shard_manifest(started_at, files, reject_files)
-        failed = {
-            (r["region"], r["compartment_id"])
-            for r in manifest["compartments"]
-            if r["status"] == "failed"
-        }
-        if failed and self.settings["output.allow_partial"]:
+        failed = {r.item for r in self.results.values() if r.failed}
+        if failed and self.settings.output.allow_partial:
             # Rows of failed listings were written as they streamed; take them out again.
-            for key, count_key, written in (
-                ("files", "rows", files),
-                ("reject_files", "rejects", reject_files),
-            ):
-                kept = await anyio.to_thread.run_sync(
-                    publish.drop_compartments,
-                    self.fs,
-                    self.layout.staged_partition,
-                    written,
-                    failed,
+            drop = {(item.region, item.compartment_id) for item in failed}
+            files, reject_files = [
+                await anyio.to_thread.run_sync(
+                    publish.drop_compartments, self.fs, self.layout.staged_partition, written, drop
                 )
-                manifest[key] = [_file(f) for f in kept]
-                manifest[count_key] = sum(f.rows for f in kept)
+                for written in (files, reject_files)
+            ]
+        manifest = self._shard_manifest(started_at, files, reject_files)
         index, count = self.shard
-        publish.write_json(self.fs, self.layout.shard_manifest(index, count), manifest)
+        publish.write_json(self.fs, self.layout.shard_manifest(index, count), manifest.as_dict())
         if not self.publish_now:
-            code = EXIT_PARTIAL if failed else EXIT_OK
-            return Outcome(
-                code,
-                manifest,
+            return RunOutcome(
+                self.run_id,
+                EXIT_PARTIAL if failed else EXIT_OK,
                 False,
-                time.monotonic() - self.progress.started,
+                manifest,
                 "staged; publish with `commit`",
+                time.monotonic() - self.progress.started,
             )
         return commit(
             self.settings, self.run_id, fs=(self.fs, self.base), started=self.progress.started
@@ -229,43 +211,13 @@ class Export:
         await self.workers.start()
 
     async def work_items(self) -> list[WorkItem]:
-        """The (region, compartment) listings of this run, or of this shard."""
-        settings = self.settings
-        regions: tuple[str, ...] = settings["oci.regions"]
-        home = self.home_region or (regions[0] if regions and regions != ("subscribed",) else None)
-        if home is None:
-            raise ConnectorError("no region: set oci.regions or a region in the OCI profile")
-        if regions == ("subscribed",):
-            regions = tuple(
-                await subscribed_regions(self.client, self.endpoints, home, self._tenancy())
-            )
-        elif not regions:
-            regions = (home,)
-        explicit: tuple[str, ...] = settings["scope.compartments"]
-        excluded = set(settings["scope.exclude"])
-        if explicit:
-            compartments = [c for c in explicit if c not in excluded]
-        else:
-            compartments = await discover_compartments(
-                self.client, self.endpoints, home, self._tenancy(), tuple(excluded)
-            )
-        items = [WorkItem(r, c) for r in regions for c in compartments]
-        mine = shard_items(items, *self.shard)
-        # Under `once`, each region's platform images come from one shard only: the one that
-        # holds the region's first listing. Within it, the first complete listing donates them.
-        firsts: dict[str, WorkItem] = {}
-        for item in sorted(items):
-            firsts.setdefault(item.region, item)
-        owned = set(mine)
-        self.workers.donations.exclude(
-            {region for region, item in firsts.items() if item not in owned}
-        )
-        return mine
-
-    def _tenancy(self) -> str:
-        if not self.tenancy:
-            raise ConnectorError("no tenancy: set scope.tenancy (the profile has none)")
-        return str(self.tenancy)
+        """The (region, compartment) listings of this shard; the shard's platform-image donor
+        regions go to the workers."""
+        items = await discovery.discover(self.client, self.settings, self.credentials)
+        index, count = self.shard
+        donors = discovery.donor_regions(items, index, count)
+        self.workers.donations.exclude({item.region for item in items} - donors)
+        return discovery.shard_items(items, index, count)
 
     async def _stream(self, produce: Producer) -> None:
         """Feed what ``produce`` sends to the workers, each listing to its own worker."""
@@ -284,7 +236,7 @@ class Export:
         """Close the workers; the donor listings of platform images get their rows counted."""
         closed = await self.workers.close()
         for item, rows in closed.donated.items():
-            self.results[item]["rows"] += rows
+            self.results[item] = replace(self.results[item], rows=self.results[item].rows + rows)
             self.progress.rows += rows
         return closed.files, closed.reject_files
 
@@ -300,7 +252,7 @@ class Export:
                 current: WorkItem | None = None
                 count = 0
                 for page in pages:
-                    item = WorkItem(page.region, page.compartment_id)
+                    item = page.item
                     if current is not None and item != current:
                         await send.send(ListingEnd(current, count, None))
                         count = 0
@@ -331,7 +283,7 @@ class Export:
         url = self.endpoints.compute(item.region) + "/images"
         params: dict[str, Any] = {
             "compartmentId": item.compartment_id,
-            "limit": self.settings["fetch.page_size"],
+            "limit": self.settings.fetch.page_size,
             **self._filters,
         }
         tokens: set[str] = set()
@@ -369,7 +321,7 @@ class Export:
                         )
                     tokens.add(token)
             except (OciApiError, TransportError, PaginationError) as exc:
-                await send.send(ListingEnd(item, number, _error(exc)))
+                await send.send(ListingEnd(item, number, ListingError.from_exception(exc)))
             else:
                 await send.send(ListingEnd(item, number, None))
 
@@ -379,16 +331,15 @@ class Export:
         """A worker finished a listing: record it for the manifest, the progress and the log."""
         item = result.item
         error = result.error
-        self.results[item] = {
-            "region": item.region,
-            "compartment_id": item.compartment_id,
-            "status": "failed" if error else "ok",
-            "pages": result.pages,
-            "rows": result.rows,
-            "duplicates_dropped": result.duplicates,
-            "rejects": result.rejects,
-            "error": error,
-        }
+        self.results[item] = ListingRecord(
+            item.region,
+            item.compartment_id,
+            result.pages,
+            result.rows,
+            result.duplicates,
+            result.rejects,
+            error,
+        )
         self.progress.listings_done += 1
         self.progress.rejects += result.rejects
         if error:
@@ -398,8 +349,10 @@ class Export:
                 region=item.region,
                 compartment_id=item.compartment_id,
                 pages=result.pages,
-                **{k: v for k, v in error.items() if k != "message"},
-                reason=error.get("message"),
+                status=error.status,
+                code=error.code,
+                opc_request_id=error.opc_request_id,
+                reason=error.message,
             )
         else:
             self.progress.rows += result.rows
@@ -437,41 +390,31 @@ class Export:
             self.fs.delete_dir(self.layout.staging)
         publish.remove_if_empty(self.fs, f"{self.base}/{publish.STAGING}")
 
-    # -- manifests --------------------------------------------------------------------------
+    # -- the shard's manifest ---------------------------------------------------------------
 
     def _shard_manifest(
         self, started_at: str, files: list[FileInfo], reject_files: list[FileInfo]
-    ) -> dict[str, Any]:
+    ) -> Manifest:
         counters = self.client.counters
-        compartments = sorted(
-            self.results.values(), key=lambda r: (r["region"], r["compartment_id"])
+        compartments = tuple(sorted(self.results.values(), key=lambda r: r.item))
+        return Manifest(
+            run_id=self.run_id,
+            snapshot_date=self.layout.snapshot_date,
+            status="partial" if any(r.failed for r in compartments) else "succeeded",
+            started_at=started_at,
+            finished_at=publish.utc_now(),
+            files=tuple(files),
+            reject_files=tuple(reject_files),
+            compartments=compartments,
+            requests=RequestCounts(counters.sent, counters.retried, counters.throttled),
+            format=self.settings.output.format,
+            compression=self.settings.output.effective_compression,
+            platform_images=self._platform_mode,
+            filters=self._filters,
+            schema_fingerprint=schema.fingerprint(),
+            connector_version=__version__,
+            shard=self.shard,
         )
-        return {
-            "run_id": self.run_id,
-            "snapshot_date": self.layout.snapshot_date,
-            "shard": {"index": self.shard[0], "count": self.shard[1]},
-            "status": "partial"
-            if any(r["status"] == "failed" for r in compartments)
-            else "succeeded",
-            "started_at": started_at,
-            "finished_at": publish.utc_now(),
-            "rows": sum(f.rows for f in files),
-            "rejects": sum(f.rows for f in reject_files),
-            "files": [_file(f) for f in files],
-            "reject_files": [_file(f) for f in reject_files],
-            "compartments": compartments,
-            "requests": {
-                "sent": counters.sent,
-                "retried": counters.retried,
-                "throttled": counters.throttled,
-            },
-            "format": self.settings["output.format"],
-            "compression": self.settings.compression,
-            "platform_images": self._platform_mode,
-            "filters": self._filters,
-            "schema_fingerprint": schema.fingerprint(),
-            "connector_version": __version__,
-        }
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -484,99 +427,3 @@ def _cause(exc: BaseException) -> BaseException:
     if any(isinstance(e, (KeyboardInterrupt, SystemExit)) for e in leaves):
         return exc
     return next((e for e in leaves if isinstance(e, ConnectorError)), exc)
-
-
-def _file(info: FileInfo) -> dict[str, Any]:
-    return {"path": info.path, "rows": info.rows, "bytes": info.bytes}
-
-
-def _error(exc: ConnectorError) -> dict[str, Any]:
-    if isinstance(exc, OciApiError):
-        return exc.as_dict()
-    return {
-        "status": None,
-        "code": type(exc).__name__,
-        "message": str(exc),
-        "opc_request_id": getattr(exc, "opc_request_id", None),
-    }
-
-
-def commit(
-    settings: Settings,
-    run_id: str,
-    *,
-    fs: tuple[pafs.FileSystem, str] | None = None,
-    started: float | None = None,
-) -> Outcome:
-    """Merge the staged shards of ``run_id`` into one manifest and publish the partition."""
-    began = started or time.monotonic()
-    filesystem, base = fs or publish.resolve(settings["output.uri"])
-    shard_dir = f"{base}/{publish.STAGING}/{run_id}/shards"
-    entries = filesystem.get_file_info(pafs.FileSelector(shard_dir, allow_not_found=True))
-    shards = [
-        publish.read_json(filesystem, e.path)
-        for e in sorted(entries, key=lambda e: e.path)
-        if e.path.endswith(".json")
-    ]
-    if not shards:
-        return Outcome(
-            EXIT_FAILED, {}, False, message=f"nothing staged for run {run_id} under {shard_dir}"
-        )
-    count = shards[0]["shard"]["count"]
-    indexes = sorted(s["shard"]["index"] for s in shards)
-    if indexes != list(range(count)) or any(s["shard"]["count"] != count for s in shards):
-        missing = sorted(set(range(count)) - set(indexes))
-        return Outcome(
-            EXIT_FAILED, {}, False, message=f"run {run_id} is missing shards {missing} of {count}"
-        )
-    dates = {s["snapshot_date"] for s in shards}
-    if len(dates) != 1:
-        return Outcome(
-            EXIT_FAILED,
-            {},
-            False,
-            message=f"shards of run {run_id} disagree on snapshot_date: {sorted(dates)}",
-        )
-    layout = publish.Layout(base, run_id, dates.pop())
-    manifest = _merge(shards)
-    partial = manifest["status"] == "partial"
-    elapsed = time.monotonic() - began
-    if partial and not settings["output.allow_partial"]:
-        filesystem.delete_dir(layout.staging)
-        failed = sum(1 for c in manifest["compartments"] if c["status"] == "failed")
-        log.error("run.partial", run_id=run_id, failed=failed, published=False)
-        return Outcome(
-            EXIT_PARTIAL,
-            manifest,
-            False,
-            elapsed,
-            f"{failed} listing(s) failed; nothing published (output.allow_partial = false)",
-        )
-    manifest["finished_at"] = publish.utc_now()
-    publish.write_json(filesystem, f"{layout.staged_partition}/_manifest.json", manifest)
-    with filesystem.open_output_stream(f"{layout.staged_partition}/_SUCCESS", compression=None):
-        pass
-    publish.swap_in(filesystem, layout)
-    log.info(
-        "run.published",
-        run_id=run_id,
-        partition=layout.partition,
-        rows=manifest["rows"],
-        status=manifest["status"],
-    )
-    return Outcome(EXIT_PARTIAL if partial else EXIT_OK, manifest, True, elapsed)
-
-
-def _merge(shards: list[dict[str, Any]]) -> dict[str, Any]:
-    first = shards[0]
-    merged = {k: v for k, v in first.items() if k not in ("shard",)}
-    merged["status"] = "partial" if any(s["status"] == "partial" for s in shards) else "succeeded"
-    merged["started_at"] = min(s["started_at"] for s in shards)
-    merged["finished_at"] = max(s["finished_at"] for s in shards)
-    for key in ("rows", "rejects"):
-        merged[key] = sum(s[key] for s in shards)
-    for key in ("files", "reject_files", "compartments"):
-        merged[key] = [entry for s in shards for entry in s[key]]
-    merged["requests"] = {k: sum(s["requests"][k] for s in shards) for k in first["requests"]}
-    merged["shards"] = len(shards)
-    return merged

@@ -36,10 +36,10 @@ from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from connector import publish, spawn
-from connector.discovery import WorkItem
 from connector.errors import ConnectorError
 from connector.lean import quiet_gc
-from connector.pages import Page, PageError, RunInfo
+from connector.manifest import ListingError
+from connector.pages import Page, PageError, RunInfo, WorkItem
 from connector.sinks import FileInfo, PartitionedSink, SinkOptions
 
 
@@ -69,7 +69,7 @@ class ListingResult:
     rows: int
     duplicates: int
     rejects: int
-    error: dict[str, Any] | None
+    error: ListingError | None
     platform_rows: int
     """Platform rows set aside as this region's candidate (``once``), 0 if none."""
 
@@ -90,7 +90,7 @@ class _Listing:
     rows: int = 0
     duplicates: int = 0
     rejects: int = 0
-    error: dict[str, Any] | None = None
+    error: ListingError | None = None
 
 
 class PageWorker:
@@ -117,19 +117,14 @@ class PageWorker:
 
     def page(self, page: Page) -> None:
         """Convert a page and write its rows."""
-        item = WorkItem(page.region, page.compartment_id)
+        item = page.item
         listing = self._listings.setdefault(item, _Listing())
         if listing.error is not None:
             return
         try:
             result = self._normalize(page, self.setup.run)
         except PageError as exc:
-            listing.error = {
-                "status": None,
-                "code": "InvalidResponse",
-                "message": str(exc),
-                "opc_request_id": page.opc_request_id,
-            }
+            listing.error = ListingError.from_exception(exc, opc_request_id=page.opc_request_id)
             return
         if result.rejects:
             listing.rejects += len(result.rejects)
@@ -146,7 +141,7 @@ class PageWorker:
             listing.rows += batch.num_rows
             self.sink.write(item.region, batch)
 
-    def end(self, item: WorkItem, pages: int, error: dict[str, Any] | None) -> ListingResult:
+    def end(self, item: WorkItem, pages: int, error: ListingError | None) -> ListingResult:
         """The listing is over (``error`` if fetching it failed): its result."""
         listing = self._listings.pop(item, None) or _Listing()
         error = error or listing.error
@@ -251,7 +246,7 @@ class Workers(abc.ABC):
         """Hand a page to the worker that owns its listing; waits while that worker is busy."""
 
     @abc.abstractmethod
-    async def end(self, item: WorkItem, pages: int, error: dict[str, Any] | None) -> None:
+    async def end(self, item: WorkItem, pages: int, error: ListingError | None) -> None:
         """End a listing; its ``ListingResult`` goes to the ``on_result`` callback."""
 
     @abc.abstractmethod
@@ -308,7 +303,7 @@ class ThreadWorkers(Workers):
     async def page(self, page: Page) -> None:
         await anyio.to_thread.run_sync(self._worker.page, page, limiter=self._limiter)
 
-    async def end(self, item: WorkItem, pages: int, error: dict[str, Any] | None) -> None:
+    async def end(self, item: WorkItem, pages: int, error: ListingError | None) -> None:
         result = await anyio.to_thread.run_sync(
             self._worker.end, item, pages, error, limiter=self._limiter
         )
@@ -402,7 +397,7 @@ class ProcessWorkers(Workers):
 
     async def page(self, page: Page) -> None:
         await self.start()
-        item = WorkItem(page.region, page.compartment_id)
+        item = page.item
         worker = self._owner.get(item)
         if worker is None:
             worker = self._owner[item] = min(self._processes, key=lambda w: w.assigned_bytes)
@@ -410,7 +405,7 @@ class ProcessWorkers(Workers):
         fields = (page.region, page.compartment_id, page.number, page.fetched_at)
         await _send(worker, ("page", *fields, page.opc_request_id), page.body)
 
-    async def end(self, item: WorkItem, pages: int, error: dict[str, Any] | None) -> None:
+    async def end(self, item: WorkItem, pages: int, error: ListingError | None) -> None:
         await self.start()
         worker = self._owner.pop(item, None) or min(self._processes, key=lambda w: w.assigned_bytes)
         self._awaiting += 1

@@ -12,7 +12,8 @@ import pytest
 import structlog
 
 from connector import __version__, auth, signing
-from connector.client import ClientOptions, OciClient, RequestCounters, is_loopback
+from connector.client import ClientOptions, OciClient, RequestCounters
+from connector.config import is_loopback
 from connector.emulator import EmulatorServer
 from connector.errors import OciApiError, RequestTimeout
 from connector.retry import RetryPolicy

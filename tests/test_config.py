@@ -102,12 +102,12 @@ def test_set_overrides_are_toml_typed(tmp_path: Path) -> None:
         ],
     )
     assert (4, True, ("us-phoenix-1",), "/tmp/x y") == (
-        settings["fetch.concurrency"],
-        settings["output.allow_partial"],
-        settings["oci.regions"],
-        settings["output.uri"],
+        settings.fetch.concurrency,
+        settings.output.allow_partial,
+        settings.oci.regions,
+        settings.output.uri,
     )
-    assert {"lifecycleState": "AVAILABLE"} == settings.filters()
+    assert {"lifecycleState": "AVAILABLE"} == settings.filters.query_params()
 
 
 def test_set_rejects_malformed_override() -> None:
@@ -121,13 +121,13 @@ def test_defaults_match_the_design() -> None:
     """With no file, every key has DESIGN.md's default."""
     settings = config.load(None)
     assert ("api_key", (), "", True) == (
-        settings["oci.auth"],
-        settings["oci.regions"],
-        settings["oci.endpoint"],
-        settings["scope.discover"],
+        settings.oci.auth,
+        settings.oci.regions,
+        settings.oci.endpoint,
+        settings.scope.discover,
     )
     assert (16, 1000, 8, 60.0, 0.0, "once") == tuple(
-        settings[f"fetch.{k}"]
+        getattr(settings.fetch, k)
         for k in (
             "concurrency",
             "page_size",
@@ -138,20 +138,20 @@ def test_defaults_match_the_design() -> None:
         )
     )
     assert ("out", "parquet", "zstd", False) == (
-        settings["output.uri"],
-        settings["output.format"],
-        settings.compression,
-        settings["output.allow_partial"],
+        settings.output.uri,
+        settings.output.format,
+        settings.output.effective_compression,
+        settings.output.allow_partial,
     )
-    assert "none" == config.load(None, ["output.format=ndjson"]).compression
+    assert "none" == config.load(None, ["output.format=ndjson"]).output.effective_compression
 
 
 def test_example_config_is_valid() -> None:
     """configs/example.toml, every key commented, validates."""
     root = Path(__file__).resolve().parent.parent
     settings = config.load(root / "configs" / "example.toml")
-    assert settings["oci.regions"]
-    assert set(config.KEYS) == set(settings.values)
+    assert settings.oci.regions
+    assert set(config.KEYS) == set(settings.as_dict())
 
 
 def test_readme_documents_every_key() -> None:
@@ -165,8 +165,7 @@ def test_readme_documents_every_key() -> None:
 def test_snapshot_date_accepts_a_toml_date() -> None:
     """--set output.snapshot_date=2026-11-27 (a TOML date, as Airflow's {{ ds }} renders) works."""
     assert (
-        "2026-11-27"
-        == config.load(None, ["output.snapshot_date=2026-11-27"])["output.snapshot_date"]
+        "2026-11-27" == config.load(None, ["output.snapshot_date=2026-11-27"]).output.snapshot_date
     )
 
 

@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from connector import auth, cli, config, errors, publish, workers
-from connector.discovery import WorkItem
 from connector.emulator import EmulatorServer, build_world
-from connector.pages import Page, RunInfo
-from connector.pipeline import Export, Outcome
+from connector.manifest import RunOutcome
+from connector.pages import Page, RunInfo, WorkItem
+from connector.pipeline import Export
 from connector.sinks import SinkOptions
 from connector.workers import ListingResult, WorkerError
 from tests.test_export import write_config
@@ -185,18 +185,10 @@ def test_a_stalled_worker_stops_the_fetching(
     server = make_emulator(world)
     path = write_config(tmp_path, server, fetch={"workers": 1, "page_size": 100, "concurrency": 4})
     settings = config.load(path, [])
-    profile = auth.load_profile(
-        *auth.resolve_config_location(settings["oci.config_file"], settings["oci.profile"])
-    )
-    export = Export(
-        settings,
-        auth.make_signer("api_key", profile),
-        home_region=profile.region,
-        tenancy=profile.tenancy,
-    )
+    export = Export(settings, auth.resolve_credentials(settings))
     seen: list[int] = []
 
-    async def main() -> Outcome:
+    async def main() -> RunOutcome:
         await export.start_workers()
         assert isinstance(export.workers, workers.ProcessWorkers)
         pid = export.workers._processes[0].pid
@@ -204,7 +196,7 @@ def test_a_stalled_worker_stops_the_fetching(
         os.kill(pid, signal.SIGSTOP)
         try:
             async with anyio.create_task_group() as group:
-                outcome: list[Outcome] = []
+                outcome: list[RunOutcome] = []
 
                 async def run() -> None:
                     outcome.append(await export.run())

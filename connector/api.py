@@ -1,0 +1,215 @@
+"""The public Python API: load a configuration, plan shards, run an export or a shard, commit.
+
+``import connector`` re-exports what is listed in ``connector.__all__``. The ``oci-images``
+command is a thin layer over these functions, and so is the Airflow integration::
+
+    settings = connector.load_config("export.toml", ["output.snapshot_date=2026-11-27"])
+    outcome = connector.run(settings)                     # discover, fetch, write, publish
+    plan = connector.plan(settings, shards=4)             # or: shard it
+    for spec in plan.shards:                              # (each in its own task)
+        connector.run(settings, shard=spec)               # stage only
+    connector.commit(settings, plan.run_id)               # then publish, once
+
+Failures that concern the whole run raise ``ConnectorError`` subclasses (``ConfigError`` for a
+bad configuration, before any request); listings that failed make the outcome ``partial``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from connector import auth, config, manifest
+from connector.errors import ConfigError
+
+if TYPE_CHECKING:
+    import os
+
+    from connector.pipeline import Export
+    from connector.spawn import Launched
+
+Settings = config.Settings
+Credentials = auth.Credentials
+RunOutcome = manifest.RunOutcome
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    values: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Read ``path`` (TOML), then ``values`` (``{"section": {"key": value}}``), then
+    ``overrides`` (``"section.key=value"``), each over the one before; validate everything.
+
+    Raises ``ConfigError`` naming the key.
+    """
+    return config.load(path, overrides, values=values)
+
+
+def resolve_credentials(settings: Settings) -> Credentials:
+    """The credentials ``settings.oci`` describes (an OCI config profile, or a principal)."""
+    return auth.resolve_credentials(settings)
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id (UTC time and random hex)."""
+    from connector.pipeline import new_run_id as make
+
+    return make()
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSpec:
+    """One shard of a planned run: what ``run(settings, shard=spec)`` exports."""
+
+    index: int
+    count: int
+    run_id: str
+    listings: int
+    """(region, compartment) listings in the shard when it was planned."""
+    regions: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe (for XCom)."""
+        return {
+            "index": self.index,
+            "count": self.count,
+            "run_id": self.run_id,
+            "listings": self.listings,
+            "regions": list(self.regions),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ShardSpec:
+        """Read back what ``as_dict`` wrote."""
+        return cls(
+            int(data["index"]),
+            int(data["count"]),
+            str(data["run_id"]),
+            int(data["listings"]),
+            tuple(data["regions"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A run divided into shards; every shard and the commit share ``run_id``."""
+
+    run_id: str
+    snapshot_date: str
+    shards: tuple[ShardSpec, ...]
+
+
+def plan(
+    settings: Settings,
+    shards: int,
+    *,
+    run_id: str | None = None,
+    credentials: Credentials | None = None,
+) -> Plan:
+    """Discover the run's listings (a few Identity requests) and divide them into ``shards``."""
+    return anyio.run(_plan, settings, shards, run_id, credentials)
+
+
+async def _plan(
+    settings: Settings, shards: int, run_id: str | None, credentials: Credentials | None
+) -> Plan:
+    from connector import discovery
+    from connector.pipeline import client_for
+
+    if shards < 1:
+        raise ConfigError("--shards", "must be at least 1")
+    credentials = _checked(settings, credentials)
+    run_id = run_id or new_run_id()
+    async with client_for(settings, credentials) as client:
+        items = await discovery.discover(client, settings, credentials)
+    specs = []
+    for index in range(shards):
+        mine = discovery.shard_items(items, index, shards)
+        regions = tuple(sorted({i.region for i in mine}))
+        specs.append(ShardSpec(index, shards, run_id, len(mine), regions))
+    return Plan(run_id, settings.output.effective_snapshot_date, tuple(specs))
+
+
+def run(
+    settings: Settings,
+    *,
+    shard: ShardSpec | tuple[int, int] | None = None,
+    run_id: str | None = None,
+    credentials: Credentials | None = None,
+) -> RunOutcome:
+    """Export: without ``shard``, discover, fetch, write and publish; with one, only stage the
+    shard's files (``commit`` publishes them once every shard has run)."""
+    go = partial(run_async, settings, shard=shard, run_id=run_id, credentials=credentials)
+    return anyio.run(go)
+
+
+async def run_async(
+    settings: Settings,
+    *,
+    shard: ShardSpec | tuple[int, int] | None = None,
+    run_id: str | None = None,
+    credentials: Credentials | None = None,
+) -> RunOutcome:
+    """``run``, in a running event loop (asyncio or trio, through anyio)."""
+    return await export(settings, shard=shard, run_id=run_id, credentials=credentials).run()
+
+
+def commit(settings: Settings, run_id: str) -> RunOutcome:
+    """Merge the staged shards of ``run_id`` and publish the partition."""
+    return manifest.commit(settings, run_id)
+
+
+def export(
+    settings: Settings,
+    *,
+    shard: ShardSpec | tuple[int, int] | None = None,
+    run_id: str | None = None,
+    credentials: Credentials | None = None,
+    launched: Launched | None = None,
+) -> Export:
+    """The ``Export`` that ``run`` runs (the CLI draws its progress bar from it)."""
+    from connector.pipeline import Export
+
+    position, run_id = _shard(shard, run_id)
+    return Export(
+        settings,
+        _checked(settings, credentials),
+        run_id=run_id,
+        shard=position or (0, 1),
+        publish_now=position is None,
+        launched=launched,
+    )
+
+
+def _shard(
+    shard: ShardSpec | tuple[int, int] | None, run_id: str | None
+) -> tuple[tuple[int, int] | None, str | None]:
+    """(index, count) and the run id, checked: every shard of a run needs the same run id."""
+    if shard is None:
+        return None, run_id
+    if isinstance(shard, ShardSpec):
+        if run_id is not None and run_id != shard.run_id:
+            raise ConfigError("run_id", f"{run_id!r} is not the shard's run id {shard.run_id!r}")
+        index, count, run_id = shard.index, shard.count, shard.run_id
+    else:
+        index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(
+            "--shard", f"shard {index}/{count} is out of range: I must be from 0 to N-1"
+        )
+    if not run_id:
+        raise ConfigError("--run-id", "is required with --shard, so that shards and commit agree")
+    return (index, count), run_id
+
+
+def _checked(settings: Settings, credentials: Credentials | None) -> Credentials:
+    if credentials is None:
+        return auth.resolve_credentials(settings)
+    auth.check_credentials(settings, credentials)
+    return credentials

@@ -1,0 +1,332 @@
+"""What a run records, and the commit that publishes it.
+
+Each shard writes a shard manifest into the run's staging (``Manifest`` with ``shard`` set);
+``commit`` merges every shard's manifest into one, decides whether the partition may be
+published (a failed listing blocks it unless ``output.allow_partial``), writes ``_manifest.json``
+and ``_SUCCESS`` last and swaps the partition in (``connector.publish``). The records here are
+typed; ``as_dict`` gives the JSON the manifest file holds, key for key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow.fs as pafs
+import structlog
+
+from connector import publish
+from connector.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    ConnectorError,
+    OciApiError,
+)
+from connector.pages import PageError, WorkItem
+from connector.sinks import FileInfo
+
+if TYPE_CHECKING:
+    from connector.config import Settings
+
+log = structlog.get_logger("connector.manifest")
+
+Status = Literal["succeeded", "partial", "failed"]
+"""How a run, a shard or a commit ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListingError:
+    """Why a listing failed, as the manifest records it (never a secret: the service's code,
+    message and request id, or the connector's error)."""
+
+    status: int | None
+    code: str
+    message: str
+    opc_request_id: str | None
+
+    @classmethod
+    def from_exception(
+        cls, exc: ConnectorError, *, opc_request_id: str | None = None
+    ) -> ListingError:
+        """The record of ``exc``; ``opc_request_id`` is the request that produced it, if known."""
+        if isinstance(exc, OciApiError):
+            return cls(exc.status, exc.code, exc.message, exc.opc_request_id)
+        code = "InvalidResponse" if isinstance(exc, PageError) else type(exc).__name__
+        request_id = getattr(exc, "opc_request_id", None) or opc_request_id
+        return cls(None, code, str(exc), request_id)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The error as the manifest writes it."""
+        return {
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "opc_request_id": self.opc_request_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ListingError:
+        """Read back what ``as_dict`` wrote."""
+        return cls(data["status"], data["code"], data["message"], data["opc_request_id"])
+
+
+@dataclass(frozen=True, slots=True)
+class ListingRecord:
+    """One listing (a compartment in a region) in the manifest."""
+
+    region: str
+    compartment_id: str
+    pages: int
+    rows: int
+    duplicates_dropped: int
+    rejects: int
+    error: ListingError | None = None
+
+    @property
+    def item(self) -> WorkItem:
+        """The listing this record describes."""
+        return WorkItem(self.region, self.compartment_id)
+
+    @property
+    def failed(self) -> bool:
+        """Whether fetching or converting the listing failed (its rows were left out)."""
+        return self.error is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as the manifest writes it."""
+        return {
+            "region": self.region,
+            "compartment_id": self.compartment_id,
+            "status": "failed" if self.failed else "ok",
+            "pages": self.pages,
+            "rows": self.rows,
+            "duplicates_dropped": self.duplicates_dropped,
+            "rejects": self.rejects,
+            "error": self.error.as_dict() if self.error else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ListingRecord:
+        """Read back what ``as_dict`` wrote."""
+        error = data.get("error")
+        return cls(
+            data["region"],
+            data["compartment_id"],
+            data["pages"],
+            data["rows"],
+            data["duplicates_dropped"],
+            data["rejects"],
+            ListingError.from_dict(error) if error else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestCounts:
+    """Requests a run sent, retried, and had throttled."""
+
+    sent: int = 0
+    retried: int = 0
+    throttled: int = 0
+
+    def __add__(self, other: RequestCounts) -> RequestCounts:
+        return RequestCounts(
+            self.sent + other.sent, self.retried + other.retried, self.throttled + other.throttled
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What a shard staged (``shard`` set), or what a commit published (``shards`` set)."""
+
+    run_id: str
+    snapshot_date: str
+    status: Status
+    started_at: str
+    finished_at: str
+    files: tuple[FileInfo, ...]
+    reject_files: tuple[FileInfo, ...]
+    compartments: tuple[ListingRecord, ...]
+    requests: RequestCounts
+    format: str
+    compression: str
+    platform_images: str
+    filters: Mapping[str, str]
+    schema_fingerprint: str
+    connector_version: str
+    shard: tuple[int, int] | None = None
+    """(index, count) of a shard manifest."""
+    shards: int | None = None
+    """How many shards a merged manifest was merged from."""
+
+    @property
+    def rows(self) -> int:
+        """Rows in the data files."""
+        return sum(f.rows for f in self.files)
+
+    @property
+    def rejects(self) -> int:
+        """Records that could not be converted."""
+        return sum(f.rows for f in self.reject_files)
+
+    @property
+    def failed(self) -> tuple[ListingRecord, ...]:
+        """The listings that failed."""
+        return tuple(c for c in self.compartments if c.failed)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The manifest as ``_manifest.json`` (or a shard's manifest) holds it."""
+        document: dict[str, Any] = {"run_id": self.run_id, "snapshot_date": self.snapshot_date}
+        if self.shard is not None:
+            document["shard"] = {"index": self.shard[0], "count": self.shard[1]}
+        document |= {
+            "status": self.status,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "rows": self.rows,
+            "rejects": self.rejects,
+            "files": [_file(f) for f in self.files],
+            "reject_files": [_file(f) for f in self.reject_files],
+            "compartments": [c.as_dict() for c in self.compartments],
+            "requests": {
+                "sent": self.requests.sent,
+                "retried": self.requests.retried,
+                "throttled": self.requests.throttled,
+            },
+            "format": self.format,
+            "compression": self.compression,
+            "platform_images": self.platform_images,
+            "filters": dict(self.filters),
+            "schema_fingerprint": self.schema_fingerprint,
+            "connector_version": self.connector_version,
+        }
+        if self.shards is not None:
+            document["shards"] = self.shards
+        return document
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        """Read back what ``as_dict`` wrote."""
+        shard = data.get("shard")
+        return cls(
+            run_id=data["run_id"],
+            snapshot_date=data["snapshot_date"],
+            status=data["status"],
+            started_at=data["started_at"],
+            finished_at=data["finished_at"],
+            files=tuple(FileInfo(**f) for f in data["files"]),
+            reject_files=tuple(FileInfo(**f) for f in data["reject_files"]),
+            compartments=tuple(ListingRecord.from_dict(c) for c in data["compartments"]),
+            requests=RequestCounts(**data["requests"]),
+            format=data["format"],
+            compression=data["compression"],
+            platform_images=data["platform_images"],
+            filters=dict(data["filters"]),
+            schema_fingerprint=data["schema_fingerprint"],
+            connector_version=data["connector_version"],
+            shard=(shard["index"], shard["count"]) if shard else None,
+            shards=data.get("shards"),
+        )
+
+
+def _file(info: FileInfo) -> dict[str, Any]:
+    return {"path": info.path, "rows": info.rows, "bytes": info.bytes}
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How a run, a shard or a commit ended."""
+
+    run_id: str
+    exit_code: int
+    """The process exit code: 0 complete, 1 failed, 3 partial."""
+    published: bool
+    manifest: Manifest | None
+    """None when there was nothing to merge (a commit that found no shard)."""
+    message: str = ""
+    elapsed_s: float = 0.0
+
+    @property
+    def status(self) -> Status:
+        """``succeeded``, ``partial`` or ``failed``, from the exit code."""
+        if self.exit_code == EXIT_OK:
+            return "succeeded"
+        return "partial" if self.exit_code == EXIT_PARTIAL else "failed"
+
+
+def merge(shards: Sequence[Manifest]) -> Manifest:
+    """One manifest for a run, from its shards' manifests (in shard order)."""
+    first = shards[0]
+    requests = RequestCounts()
+    for shard in shards:
+        requests += shard.requests
+    return replace(
+        first,
+        status="partial" if any(s.status == "partial" for s in shards) else "succeeded",
+        started_at=min(s.started_at for s in shards),
+        finished_at=max(s.finished_at for s in shards),
+        files=tuple(f for s in shards for f in s.files),
+        reject_files=tuple(f for s in shards for f in s.reject_files),
+        compartments=tuple(c for s in shards for c in s.compartments),
+        requests=requests,
+        shard=None,
+        shards=len(shards),
+    )
+
+
+def commit(
+    settings: Settings,
+    run_id: str,
+    *,
+    fs: tuple[pafs.FileSystem, str] | None = None,
+    started: float | None = None,
+) -> RunOutcome:
+    """Merge the staged shards of ``run_id`` into one manifest and publish the partition."""
+    began = started or time.monotonic()
+    filesystem, base = fs or publish.resolve(settings.output.uri)
+    shard_dir = f"{base}/{publish.STAGING}/{run_id}/shards"
+    entries = filesystem.get_file_info(pafs.FileSelector(shard_dir, allow_not_found=True))
+    shards = [
+        Manifest.from_dict(publish.read_json(filesystem, e.path))
+        for e in sorted(entries, key=lambda e: e.path)
+        if e.path.endswith(".json")
+    ]
+    if not shards:
+        message = f"nothing staged for run {run_id} under {shard_dir}"
+        return RunOutcome(run_id, EXIT_FAILED, False, None, message)
+    count = shards[0].shard[1] if shards[0].shard else 1
+    indexes = sorted(s.shard[0] if s.shard else 0 for s in shards)
+    if indexes != list(range(count)) or any(s.shard and s.shard[1] != count for s in shards):
+        missing = sorted(set(range(count)) - set(indexes))
+        message = f"run {run_id} is missing shards {missing} of {count}"
+        return RunOutcome(run_id, EXIT_FAILED, False, None, message)
+    dates = {s.snapshot_date for s in shards}
+    if len(dates) != 1:
+        message = f"shards of run {run_id} disagree on snapshot_date: {sorted(dates)}"
+        return RunOutcome(run_id, EXIT_FAILED, False, None, message)
+    layout = publish.Layout(base, run_id, dates.pop())
+    manifest = merge(shards)
+    partial = manifest.status == "partial"
+    elapsed = time.monotonic() - began
+    if partial and not settings.output.allow_partial:
+        filesystem.delete_dir(layout.staging)
+        failed = len(manifest.failed)
+        log.error("run.partial", run_id=run_id, failed=failed, published=False)
+        message = f"{failed} listing(s) failed; nothing published (output.allow_partial = false)"
+        return RunOutcome(run_id, EXIT_PARTIAL, False, manifest, message, elapsed)
+    manifest = replace(manifest, finished_at=publish.utc_now())
+    publish.write_json(filesystem, f"{layout.staged_partition}/_manifest.json", manifest.as_dict())
+    with filesystem.open_output_stream(f"{layout.staged_partition}/_SUCCESS", compression=None):
+        pass
+    publish.swap_in(filesystem, layout)
+    log.info(
+        "run.published",
+        run_id=run_id,
+        partition=layout.partition,
+        rows=manifest.rows,
+        status=manifest.status,
+    )
+    code = EXIT_PARTIAL if partial else EXIT_OK
+    return RunOutcome(run_id, code, True, manifest, elapsed_s=elapsed)

@@ -1,0 +1,191 @@
+"""The public Python API (``import connector``), as a library user or Airflow calls it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pyarrow.dataset as ds
+import pytest
+
+import connector
+from connector import auth
+from connector.emulator import EmulatorServer
+
+DATE = "2026-11-27"
+
+
+def settings_for(server: EmulatorServer, tmp_path: Path) -> connector.Settings:
+    return connector.load_config(
+        values={
+            "oci": {
+                "config_file": str(server.config_file),
+                "endpoint": server.endpoint_template,
+                "regions": ["subscribed"],
+            },
+            "fetch": {"workers": 0, "concurrency": 8},
+            "output": {"uri": str(tmp_path / "lake"), "snapshot_date": DATE},
+        }
+    )
+
+
+def key_credentials(server: EmulatorServer) -> connector.Credentials:
+    """API-key credentials built from values, as a secrets manager would hand them over."""
+    assert server.config_file is not None
+    profile = auth.load_profile(server.config_file, "DEFAULT")
+    return connector.Credentials.from_api_key(
+        user=str(profile.user),
+        fingerprint=str(profile.fingerprint),
+        tenancy=str(profile.tenancy),
+        region=str(profile.region),
+        private_key=Path(str(profile.key_file)).read_text(),
+    )
+
+
+def published_rows(tmp_path: Path) -> int:
+    partition = tmp_path / "lake" / "images" / f"snapshot_date={DATE}"
+    return ds.dataset(partition, format="parquet", partitioning="hive").count_rows()
+
+
+class TestSurface:
+    def test_every_public_name_resolves(self) -> None:
+        """Each name in ``__all__`` is an attribute of the package."""
+        for name in connector.__all__:
+            assert getattr(connector, name) is not None, name
+
+    def test_the_package_is_typed(self) -> None:
+        """``py.typed`` ships with the package, so type checkers read its annotations."""
+        assert (Path(connector.__file__).parent / "py.typed").is_file()
+
+    def test_import_loads_nothing_heavy(self) -> None:
+        """``import connector`` imports neither pyarrow nor aiohttp (worker processes and
+        ``--help`` rely on it)."""
+        code = "import sys, connector; print(sorted({'pyarrow', 'aiohttp'} & set(sys.modules)))"
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        assert "[]" == out.strip()
+
+    def test_unknown_attribute(self) -> None:
+        """A name the package does not have is an AttributeError, as for any module."""
+        with pytest.raises(AttributeError):
+            _ = connector.no_such_name  # type: ignore[attr-defined]
+
+
+class TestLoadConfig:
+    def test_values_then_overrides_over_the_file(self, tmp_path: Path) -> None:
+        """The file is read first, ``values`` go over it, and ``overrides`` over both."""
+        path = tmp_path / "c.toml"
+        path.write_text("[fetch]\nconcurrency = 4\npage_size = 200\nmax_attempts = 3\n")
+        settings = connector.load_config(
+            path,
+            ["fetch.page_size=300"],
+            values={"fetch": {"page_size": 100, "max_attempts": 5}},
+        )
+        assert (4, 300, 5) == (
+            settings.fetch.concurrency,
+            settings.fetch.page_size,
+            settings.fetch.max_attempts,
+        )
+
+    def test_values_are_validated(self) -> None:
+        """A bad value given in ``values`` is a ConfigError naming the key."""
+        with pytest.raises(connector.ConfigError) as info:
+            connector.load_config(values={"fetch": {"page_size": 5000}})
+        assert "fetch.page_size" == info.value.key
+
+    def test_replace_validates(self) -> None:
+        """``replace`` sets keys as if they had been configured, checks included."""
+        settings = connector.load_config()
+        dated = settings.replace(**{"output.snapshot_date": "2026-11-27"})
+        assert "2026-11-27" == dated.output.snapshot_date
+        assert "" == settings.output.snapshot_date
+        with pytest.raises(connector.ConfigError) as info:
+            settings.replace(**{"output.snapshot_date": "27/11/2026"})
+        assert "output.snapshot_date" == info.value.key
+        with pytest.raises(connector.ConfigError):
+            settings.replace(**{"fetch.pagesize": 10})
+
+
+class TestCredentials:
+    def test_api_key_from_pem_text(self, emulator: EmulatorServer) -> None:
+        """PEM text, no file: the credentials carry the region and tenancy they were given."""
+        credentials = key_credentials(emulator)
+        assert emulator.world.home_region == credentials.home_region
+        assert emulator.world.tenancy_id == credentials.tenancy
+
+    def test_bad_pem_names_no_secret(self) -> None:
+        """A key that is not PEM is an AuthError that does not repeat the text."""
+        with pytest.raises(connector.AuthError) as info:
+            connector.Credentials.from_api_key(
+                user="ocid1.user.oc1..u",
+                fingerprint="aa:bb",
+                tenancy="ocid1.tenancy.oc1..t",
+                region="us-ashburn-1",
+                private_key="not-a-key-SECRET",
+            )
+        assert "SECRET" not in str(info.value)
+
+    def test_credentials_without_a_region(self, emulator: EmulatorServer, tmp_path: Path) -> None:
+        """Credentials that name no region, with no oci.regions configured: a ConfigError
+        naming oci.regions, before any request."""
+        before = emulator.stats()["requests"]
+        settings = settings_for(emulator, tmp_path).replace(**{"oci.regions": []})
+        bare = connector.Credentials(key_credentials(emulator).signer)
+        with pytest.raises(connector.ConfigError) as info:
+            connector.run(settings, credentials=bare)
+        assert "oci.regions" == info.value.key
+        assert before == emulator.stats()["requests"]
+
+
+class TestRun:
+    def test_run_publishes(self, emulator: EmulatorServer, tmp_path: Path) -> None:
+        """``run`` without a shard discovers, fetches, writes and publishes."""
+        outcome = connector.run(settings_for(emulator, tmp_path))
+        assert ("succeeded", 0, True) == (outcome.status, outcome.exit_code, outcome.published)
+        assert outcome.manifest is not None
+        assert outcome.manifest.rows == published_rows(tmp_path)
+        written = orjson.loads(
+            (tmp_path / "lake" / "images" / f"snapshot_date={DATE}" / "_manifest.json").read_bytes()
+        )
+        assert outcome.manifest.as_dict() == written
+
+    def test_plan_shards_then_commit(self, emulator: EmulatorServer, tmp_path: Path) -> None:
+        """Plan three shards, run each from its JSON form (as XCom carries it), then commit:
+        every listing is staged once and the commit publishes them all."""
+        settings = settings_for(emulator, tmp_path)
+        credentials = key_credentials(emulator)
+        plan = connector.plan(settings, 3, credentials=credentials)
+        assert DATE == plan.snapshot_date
+        assert 3 == len(plan.shards)
+        staged = 0
+        for spec in plan.shards:
+            carried = connector.ShardSpec.from_dict(orjson.loads(orjson.dumps(spec.as_dict())))
+            assert spec == carried
+            outcome = connector.run(settings, shard=carried, credentials=credentials)
+            assert (0, False) == (outcome.exit_code, outcome.published)
+            assert outcome.manifest is not None
+            assert spec.listings == len(outcome.manifest.compartments)
+            staged += outcome.manifest.rows
+        assert not (tmp_path / "lake" / "images").exists()
+        committed = connector.commit(settings, plan.run_id)
+        assert (0, True) == (committed.exit_code, committed.published)
+        assert committed.manifest is not None
+        assert 3 == committed.manifest.shards
+        assert sum(s.listings for s in plan.shards) == len(committed.manifest.compartments)
+        assert staged == committed.manifest.rows == published_rows(tmp_path)
+
+    def test_a_shard_needs_a_run_id(self, emulator: EmulatorServer, tmp_path: Path) -> None:
+        """A shard given as (index, count) without a run id is a ConfigError: shards and the
+        commit must agree on one."""
+        with pytest.raises(connector.ConfigError):
+            connector.run(settings_for(emulator, tmp_path), shard=(0, 2))
+
+    def test_commit_without_shards(self, tmp_path: Path) -> None:
+        """Committing a run that staged nothing fails with a message, and no manifest."""
+        settings = connector.load_config(values={"output": {"uri": str(tmp_path)}})
+        outcome = connector.commit(settings, "no-such-run")
+        assert ("failed", 1, None) == (outcome.status, outcome.exit_code, outcome.manifest)
+        assert "nothing staged" in outcome.message
