@@ -11,6 +11,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -526,14 +527,11 @@ def e1(full: bool, repeat: int) -> list[dict[str, Any]]:
 
                 async def walk(compartment: str) -> None:
                     nonlocal served
-                    token = None
-                    while True:
-                        params = {"compartmentId": compartment, "limit": 1000, "page": token}
-                        response = await client.get(emulator.url + "/20160918/images", params)
-                        served += response.body.count(b'"id":')
-                        token = response.next_page
-                        if token is None:
-                            return
+                    params = {"compartmentId": compartment, "limit": 1000}
+                    pages = client.paginate(emulator.url + "/20160918/images", params)
+                    async with aclosing(pages):
+                        async for paged in pages:
+                            served += paged.response.body.count(b'"id":')
 
                 async with anyio.create_task_group() as group:
                     for compartment in compartments:

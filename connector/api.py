@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import os
 
     from connector.pipeline import Export
-    from connector.spawn import Launched
+    from connector.workers.spawn import Launched
 
 Settings = config.Settings
 Credentials = auth.Credentials

@@ -203,7 +203,7 @@ def _execute(
 
     launched = None
     if processes := settings.fetch.worker_processes():
-        from connector import spawn
+        from connector.workers import spawn
 
         # Started now, the workers import pyarrow while this process does the same.
         launched = spawn.launch(processes)

@@ -7,11 +7,13 @@ lower-level failure is translated here, at one boundary, into ``TransportError``
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import ssl
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -25,8 +27,8 @@ from yarl import URL
 
 from connector import __version__
 from connector.auth import RequestSigner
-from connector.errors import OciApiError, RequestTimeout, TransportError
-from connector.retry import AdaptiveLimiter, RetryPolicy, is_retryable_status
+from connector.errors import OciApiError, PaginationError, RequestTimeout, TransportError
+from connector.retry import AdaptiveLimiter, PriorityGate, RetryPolicy, is_retryable_status
 
 USER_AGENT = (
     f"oci-images-connector/{__version__} (Python {platform.python_version()}; "
@@ -46,6 +48,14 @@ class Response:
     next_page: str | None
     elapsed_ms: float
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class PageResponse:
+    """One page of a list call: its number in the listing (from 1) and the response."""
+
+    number: int
+    response: Response
 
 
 @dataclass(slots=True)
@@ -173,6 +183,42 @@ class OciClient:
             )
             await anyio.sleep(delay)
 
+    async def paginate(
+        self,
+        url: str,
+        params: Mapping[str, Any],
+        *,
+        gate: PriorityGate | None = None,
+        **context: Any,
+    ) -> AsyncGenerator[PageResponse, None]:
+        """The pages of a list call, following ``opc-next-page``: the one pagination loop.
+
+        A listing's next page (priority 0) goes ahead of a new listing's first (priority 1),
+        here and in ``gate``, so that listings finish instead of all advancing a page at a
+        time. With ``gate``, a unit is held from each request until the caller asks for the
+        next page: it bounds the pages fetched but not yet handed on. A token the service gave
+        before would make the loop endless: ``PaginationError``. Iterate inside
+        ``contextlib.aclosing`` so that leaving early releases the gate at once.
+        """
+        seen: set[str] = set()
+        token: str | None = None
+        number = 0
+        while True:
+            priority = 0 if token else 1
+            query = {**params, "page": token} if token else params
+            async with _held(gate, priority):
+                response = await self.get(url, query, priority=priority, page=number + 1, **context)
+                number += 1
+                yield PageResponse(number, response)
+            token = response.next_page
+            if token is None:
+                return
+            if token in seen:
+                raise PaginationError(
+                    f"the service repeated page token {token[:16]}… after page {number}"
+                )
+            seen.add(token)
+
     async def _send(
         self, url: str, request_id: str, attempt: int, started: float
     ) -> Response | OciApiError:
@@ -212,6 +258,10 @@ class OciClient:
                 opc_request_id=server_id,
             )
         return Response(status, body, server_id, next_page, elapsed_ms, attempt)
+
+
+def _held(gate: PriorityGate | None, priority: int) -> AbstractAsyncContextManager[None]:
+    return gate.hold(priority) if gate is not None else contextlib.nullcontext()
 
 
 def _with_query(url: str, params: Mapping[str, Any]) -> str:

@@ -7,15 +7,16 @@ agree.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
 
-from connector.errors import ConfigError, ConnectorError, PaginationError
-from connector.pages import WorkItem
+from connector.errors import ConfigError, ConnectorError
+from connector.pages import WorkItem, parse
 
 if TYPE_CHECKING:
     from connector.auth import Credentials
@@ -49,26 +50,6 @@ class Endpoints:
         return self.identity_template.replace("{region}", region) + API_VERSION
 
 
-async def paginate(
-    client: OciClient, url: str, params: dict[str, Any], **context: Any
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """Pages of a list call, following ``opc-next-page``; a repeated token is an error."""
-    seen: set[str] = set()
-    page: str | None = None
-    while True:
-        response = await client.get(url, params | ({"page": page} if page else {}), **context)
-        items = orjson.loads(response.body)
-        if not isinstance(items, list):
-            raise PaginationError(f"{url} returned a JSON {type(items).__name__}, not a list")
-        yield items
-        page = response.next_page
-        if page is None:
-            return
-        if page in seen:
-            raise PaginationError(f"{url} returned the page token {page[:16]}… twice")
-        seen.add(page)
-
-
 async def subscribed_regions(
     client: OciClient, endpoints: Endpoints, home: str, tenancy: str
 ) -> list[str]:
@@ -97,15 +78,26 @@ async def discover_compartments(
         "lifecycleState": "ACTIVE",
         "limit": 1000,
     }
-    async for items in paginate(
-        client, f"{endpoints.identity(region)}/compartments", params, region=region
-    ):
-        for item in items:
-            if (
-                item.get("lifecycleState") == "ACTIVE"
-                and item.get("isAccessible", True) is not False
-            ):
-                parents[item["id"]] = item.get("compartmentId") or tenancy
+    url = f"{endpoints.identity(region)}/compartments"
+    async with aclosing(client.paginate(url, params, region=region)) as pages:
+        async for paged in pages:
+            for item in parse(paged.response.body):
+                if (
+                    item.get("lifecycleState") == "ACTIVE"
+                    and item.get("isAccessible", True) is not False
+                ):
+                    parents[item["id"]] = item.get("compartmentId") or tenancy
+    found = [tenancy, *sorted(parents)]
+    kept = without_subtrees(found, parents, exclude)
+    log.info("discovery.compartments", found=len(found), excluded=len(found) - len(kept))
+    return kept
+
+
+def without_subtrees(
+    compartments: Sequence[str], parents: Mapping[str, str], exclude: Sequence[str]
+) -> list[str]:
+    """``compartments`` without those in ``exclude`` and their descendants (``parents`` maps
+    each compartment to its parent; the walk up is bounded, so a cycle cannot hang it)."""
     excluded = set(exclude)
 
     def is_excluded(compartment: str) -> bool:
@@ -116,10 +108,7 @@ async def discover_compartments(
             compartment, hops = parents[compartment], hops + 1
         return compartment in excluded
 
-    found = [tenancy, *sorted(parents)]
-    kept = [c for c in found if not is_excluded(c)]
-    log.info("discovery.compartments", found=len(found), excluded=len(found) - len(kept))
-    return kept
+    return [c for c in compartments if not is_excluded(c)]
 
 
 def shard_items(items: Sequence[WorkItem], index: int, count: int) -> list[WorkItem]:

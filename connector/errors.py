@@ -72,6 +72,10 @@ class PaginationError(ConnectorError):
     """The service returned a page token that would make the listing loop forever."""
 
 
+class WorkerError(ConnectorError):
+    """A worker process failed or went away; the run cannot be trusted."""
+
+
 class PublishError(ConnectorError):
     """Output could not be staged or published; what was published before is untouched."""
 

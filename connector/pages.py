@@ -83,6 +83,17 @@ class Reject:
             return dump_json(line)
 
 
+def parse(body: bytes) -> list[Any]:
+    """The records of a page; raises ``PageError`` if the body is not a JSON array."""
+    try:
+        records = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise PageError(f"the page is not valid JSON: {exc}") from None
+    if not isinstance(records, list):
+        raise PageError(f"the page is a JSON {type(records).__name__}, not an array")
+    return records
+
+
 def dump_json(value: Any) -> bytes:
     """Compact JSON with sorted keys, for any parsed value.
 

@@ -30,10 +30,9 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import structlog
-from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from connector import __version__, discovery, errors, publish, schema, spawn, workers
+from connector import __version__, discovery, errors, publish, schema
 from connector.auth import Credentials
 from connector.client import ClientOptions, OciClient
 from connector.config import Settings
@@ -42,13 +41,10 @@ from connector.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
     ConnectorError,
-    OciApiError,
-    PaginationError,
-    TransportError,
 )
+from connector.fetch import Fetcher, ListingEnd, Message
 from connector.lean import quiet_gc
 from connector.manifest import (
-    ListingError,
     ListingRecord,
     Manifest,
     RequestCounts,
@@ -56,9 +52,11 @@ from connector.manifest import (
     commit,
 )
 from connector.pages import Page, RunInfo, WorkItem
-from connector.retry import PriorityGate, RetryPolicy
+from connector.retry import RetryPolicy
 from connector.sinks import FileInfo, SinkOptions
-from connector.workers import ListingResult, Workers, WorkerSetup
+from connector.workers import coordinator, spawn
+from connector.workers.coordinator import Workers
+from connector.workers.page import ListingResult, WorkerSetup
 
 log = structlog.get_logger("connector.pipeline")
 
@@ -68,16 +66,7 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-@dataclass(frozen=True, slots=True)
-class ListingEnd:
-    """Sent by a fetch task after its last page, or when it gave up."""
-
-    item: WorkItem
-    pages: int
-    error: ListingError | None
-
-
-Producer = Callable[[MemoryObjectSendStream[Page | ListingEnd]], Coroutine[Any, Any, None]]
+Producer = Callable[[MemoryObjectSendStream[Message]], Coroutine[Any, Any, None]]
 """A coroutine that feeds pages (and the end of each listing) into the pipeline."""
 
 
@@ -149,13 +138,15 @@ class Export:
         )
         # Workers the CLI launched early are the ones there are.
         processes = len(launched.sockets) if launched else settings.fetch.worker_processes()
-        self.workers: Workers = workers.create(setup, processes, self._listing_done, launched)
+        self.workers: Workers = coordinator.create(setup, processes, self._listing_done, launched)
         self.client = client_for(settings, credentials)
-        # Pages fetched but not yet queued: without this bound, tasks that finished a request
-        # would each hold a page while waiting for the queue, and memory would grow with the
-        # number of compartments. Continuation pages go first, as in the request limiter.
-        in_hand = max(1, settings.fetch.concurrency)
-        self._in_hand = PriorityGate(lambda: in_hand)
+        self.fetcher = Fetcher(
+            self.client,
+            self.endpoints,
+            settings.fetch.page_size,
+            self._filters,
+            in_hand=max(1, settings.fetch.concurrency),
+        )
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -178,7 +169,7 @@ class Export:
             items = await self.work_items()
             self.progress.listings_total = len(items)
             with quiet_gc():
-                await self._stream(partial(self._fetch_all, items))
+                await self._stream(partial(self.fetcher.fetch_all, items))
             files, reject_files = await self._close()
         failed = {r.item for r in self.results.values() if r.failed}
         if failed and self.settings.output.allow_partial:
@@ -222,7 +213,7 @@ class Export:
     async def _stream(self, produce: Producer) -> None:
         """Feed what ``produce`` sends to the workers, each listing to its own worker."""
         # A few pages: the workers' sockets hold more, and fetch tasks hold one each.
-        send, receive = anyio.create_memory_object_stream[Page | ListingEnd](4)
+        send, receive = anyio.create_memory_object_stream[Message](4)
         async with anyio.create_task_group() as group:
             group.start_soon(produce, send)
             async with receive:
@@ -247,7 +238,7 @@ class Export:
         benchmarks to measure normalize + write on their own.
         """
 
-        async def replay(send: MemoryObjectSendStream[Page | ListingEnd]) -> None:
+        async def replay(send: MemoryObjectSendStream[Message]) -> None:
             async with send:
                 current: WorkItem | None = None
                 count = 0
@@ -267,63 +258,6 @@ class Export:
                 await self._stream(replay)
             files, _ = await self._close()
         return files
-
-    # -- fetching ---------------------------------------------------------------------------
-
-    async def _fetch_all(
-        self, items: list[WorkItem], send: MemoryObjectSendStream[Page | ListingEnd]
-    ) -> None:
-        async with send, anyio.create_task_group() as group:
-            for item in items:
-                group.start_soon(self._fetch_listing, item, send.clone())
-
-    async def _fetch_listing(
-        self, item: WorkItem, send: ObjectSendStream[Page | ListingEnd]
-    ) -> None:
-        url = self.endpoints.compute(item.region) + "/images"
-        params: dict[str, Any] = {
-            "compartmentId": item.compartment_id,
-            "limit": self.settings.fetch.page_size,
-            **self._filters,
-        }
-        tokens: set[str] = set()
-        token: str | None = None
-        number = 0
-        async with send:
-            try:
-                while True:
-                    priority = 0 if token else 1
-                    async with self._in_hand.hold(priority):
-                        response = await self.client.get(
-                            url,
-                            params | ({"page": token} if token else {}),
-                            priority=priority,
-                            region=item.region,
-                            compartment_id=item.compartment_id,
-                            page=number + 1,
-                        )
-                        number += 1
-                        page = Page(
-                            response.body,
-                            item.region,
-                            item.compartment_id,
-                            number,
-                            datetime.now(UTC),
-                            response.opc_request_id,
-                        )
-                        await send.send(page)
-                    token = response.next_page
-                    if token is None:
-                        break
-                    if token in tokens:
-                        raise PaginationError(
-                            f"the service repeated page token {token[:16]}… after page {number}"
-                        )
-                    tokens.add(token)
-            except (OciApiError, TransportError, PaginationError) as exc:
-                await send.send(ListingEnd(item, number, ListingError.from_exception(exc)))
-            else:
-                await send.send(ListingEnd(item, number, None))
 
     # -- results ----------------------------------------------------------------------------
 

@@ -32,7 +32,6 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from connector.errors import ConfigError, PublishError
-from connector.pages import Reject
 from connector.sinks import FileInfo
 
 STAGING = "_staging"
@@ -93,37 +92,6 @@ class Layout:
     def shard_manifest(self, index: int, count: int) -> str:
         """Where shard ``index`` of ``count`` records what it did."""
         return f"{self.staging}/shards/{index:03d}-of-{count:03d}.json"
-
-
-class RejectWriter:
-    """Appends rejects, as JSON lines, under the staged partition's ``_rejects/``."""
-
-    def __init__(self, fs: pafs.FileSystem, layout: Layout, prefix: str, number: int = 0) -> None:
-        self.fs = fs
-        self.directory = f"{layout.staged_partition}/_rejects"
-        self.name = f"rejects-{prefix}{number:05d}.jsonl"
-        self.count = 0
-        self._stream: Any = None
-
-    def write(self, rejects: Iterable[Reject]) -> None:
-        """Append rejects."""
-        for reject in rejects:
-            if self._stream is None:
-                self.fs.create_dir(self.directory, recursive=True)
-                self._stream = self.fs.open_output_stream(
-                    f"{self.directory}/{self.name}", compression=None
-                )
-            self._stream.write(reject.to_json() + b"\n")
-            self.count += 1
-
-    def close(self) -> list[FileInfo]:
-        """Close; the file written, if any, relative to the partition."""
-        if self._stream is None:
-            return []
-        size = self._stream.tell()
-        self._stream.close()
-        self._stream = None
-        return [FileInfo(f"_rejects/{self.name}", self.count, size)]
 
 
 def utc_now() -> str:

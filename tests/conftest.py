@@ -8,6 +8,7 @@ from typing import Any
 
 import oci
 import pytest
+import structlog
 from oci._vendor import requests
 
 from connector.emulator import Behaviour, EmulatorServer, World, build_world
@@ -18,6 +19,15 @@ SMALL = {
     "regions": ("us-ashburn-1", "eu-frankfurt-1"),
     "platform_images": 15,
 }
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """Each test starts from structlog's defaults: a test that ran the CLI in process (which
+    routes logs to that test's captured stderr, at its level) must not leak into the next."""
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
 
 
 @pytest.fixture(scope="session")

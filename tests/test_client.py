@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +39,12 @@ async def list_all(
 
         async def walk(compartment_id: str) -> None:
             ids: list[str] = []
-            page = None
-            while True:
-                response = await client.get(
-                    server.url + "/20160918/images",
-                    {"compartmentId": compartment_id, "limit": limit, "page": page},
-                    priority=0 if page else 1,
-                )
-                ids += [r["id"] for r in orjson.loads(response.body)]
-                page = response.next_page
-                if page is None:
-                    found[compartment_id] = ids
-                    return
+            params = {"compartmentId": compartment_id, "limit": limit}
+            pages = client.paginate(server.url + "/20160918/images", params)
+            async with aclosing(pages):
+                async for paged in pages:
+                    ids += [r["id"] for r in orjson.loads(paged.response.body)]
+            found[compartment_id] = ids
 
         async with anyio.create_task_group() as group:
             for comp in server.world.listable_compartments():

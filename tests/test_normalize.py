@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from connector import schema
-from connector.normalize import Page, PageError, RunInfo, normalize_page, normalize_records
+from connector.normalize import normalize_page, normalize_records
+from connector.pages import Page, PageError, RunInfo
 from tests import reference
 
 RUN = RunInfo("run-1", date(2026, 11, 27))

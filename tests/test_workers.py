@@ -18,20 +18,22 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from connector import auth, cli, config, errors, publish, workers
+from connector import auth, cli, config, errors, publish
 from connector.emulator import EmulatorServer, build_world
+from connector.errors import WorkerError
 from connector.manifest import RunOutcome
 from connector.pages import Page, RunInfo, WorkItem
 from connector.pipeline import Export
 from connector.sinks import SinkOptions
-from connector.workers import ListingResult, WorkerError
+from connector.workers import coordinator
+from connector.workers.page import Closed, ListingResult, WorkerSetup, shared_budget
 from tests.test_export import write_config
 
 RUN = RunInfo("r-workers", date(2026, 11, 27))
 
 
-def setup(base: Path, mode: str = "once") -> workers.WorkerSetup:
-    return workers.WorkerSetup(
+def setup(base: Path, mode: str = "once") -> WorkerSetup:
+    return WorkerSetup(
         run=RUN,
         platform_mode=mode,
         fs=pafs.LocalFileSystem(),
@@ -75,7 +77,7 @@ def raised(main: Callable[[], Awaitable[None]]) -> list[BaseException]:
     return []
 
 
-async def feed(pool: workers.Workers, groups: list[list[Page]]) -> None:
+async def feed(pool: coordinator.Workers, groups: list[list[Page]]) -> None:
     for pages in groups:
         for page in pages:
             await pool.page(page)
@@ -88,9 +90,9 @@ def test_processes_write_every_row_once(tmp_path: Path) -> None:
     results report every listing."""
     groups = listings(12)
     results: list[ListingResult] = []
-    pool = workers.create(setup(tmp_path), 2, results.append)
+    pool = coordinator.create(setup(tmp_path), 2, results.append)
 
-    async def main() -> workers.Closed:
+    async def main() -> Closed:
         async with anyio.create_task_group() as group:
             group.start_soon(pool.serve)
             await feed(pool, groups)
@@ -122,8 +124,8 @@ def test_processes_write_every_row_once(tmp_path: Path) -> None:
 def test_a_killed_worker_fails_the_run(tmp_path: Path) -> None:
     """A worker that dies (OOM killer, say) is a WorkerError, not a hang or a partial result."""
     groups = listings(4)
-    pool = workers.create(setup(tmp_path), 2, lambda result: None)
-    assert isinstance(pool, workers.ProcessWorkers)
+    pool = coordinator.create(setup(tmp_path), 2, lambda result: None)
+    assert isinstance(pool, coordinator.ProcessWorkers)
 
     async def main() -> None:
         try:
@@ -146,7 +148,7 @@ def test_a_worker_error_is_reported(tmp_path: Path) -> None:
     coordinator raises it."""
     blocker = tmp_path / "_staging"
     blocker.write_text("not a directory")
-    pool = workers.create(setup(tmp_path), 1, lambda result: None)
+    pool = coordinator.create(setup(tmp_path), 1, lambda result: None)
 
     async def main() -> None:
         try:
@@ -164,9 +166,9 @@ def test_a_worker_error_is_reported(tmp_path: Path) -> None:
 def test_row_groups_share_one_writers_budget() -> None:
     """Two workers write row groups of half the size; more workers do not go below 64k rows."""
     options = SinkOptions()
-    assert 128 * 1024 == workers.shared_budget(options, 1).row_group_rows
-    assert 64 * 1024 == workers.shared_budget(options, 2).row_group_rows
-    assert 64 * 1024 == workers.shared_budget(options, 4).row_group_rows
+    assert 128 * 1024 == shared_budget(options, 1).row_group_rows
+    assert 64 * 1024 == shared_budget(options, 2).row_group_rows
+    assert 64 * 1024 == shared_budget(options, 4).row_group_rows
 
 
 def test_a_stalled_worker_stops_the_fetching(
@@ -190,7 +192,7 @@ def test_a_stalled_worker_stops_the_fetching(
 
     async def main() -> RunOutcome:
         await export.start_workers()
-        assert isinstance(export.workers, workers.ProcessWorkers)
+        assert isinstance(export.workers, coordinator.ProcessWorkers)
         pid = export.workers._processes[0].pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
@@ -255,7 +257,7 @@ def test_a_worker_killed_mid_run_fails_the_run_with_its_reason(
     while server.stats()["requests"] < 20 and time.monotonic() < deadline:
         time.sleep(0.02)
     boots = subprocess.run(
-        ["pgrep", "-f", "connector._worker_boot.*", "-P", str(process.pid)],
+        ["pgrep", "-f", "connector.workers.boot.*", "-P", str(process.pid)],
         capture_output=True,
         text=True,
     ).stdout.split()

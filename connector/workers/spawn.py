@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from connector.errors import ConnectorError
 
-BOOT_MODULE = "connector._worker_boot"
+BOOT_MODULE = "connector.workers.boot"
 
 
 @dataclass(slots=True)

@@ -1,0 +1,110 @@
+"""The worker processes' program: ``python -m connector.workers.boot FD [FD ...]``.
+
+It keeps numpy and pandas out (pyarrow imports numpy when it can, and its first ``pa.array``
+call imports pandas when that is installed, only to ask whether the argument is a pandas
+object: about 0.3 s and 40 MB a process for nothing a worker uses), imports the worker code
+once, and forks a worker for each socket it was given but the first, which it serves itself.
+It then waits for the others, and exits with failure if any worker failed.
+
+Nothing heavy is imported at the top of this module: ``keep_out`` must come first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+
+
+def main(fds: list[int]) -> int:
+    from connector import lean
+
+    lean.keep_out("numpy", "pandas")
+    # Loaded once, before forking, and shared by every worker.
+    import connector.normalize
+    import connector.workers.page
+    import connector.workers.protocol  # noqa: F401
+
+    # Ctrl-C reaches the whole process group; the coordinator decides what happens.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if threading.active_count() != 1:  # forking is only safe without other threads
+        raise RuntimeError("worker boot: threads started before forking")
+    children = []
+    for index, fd in enumerate(fds[1:], start=1):
+        pid = os.fork()
+        if pid == 0:
+            _serve_only(fd, index, fds)
+        children.append(pid)
+    # This process is worker 0: one process fewer, and its imported state is not idle.
+    for fd in fds[1:]:
+        os.close(fd)
+    try:
+        serve(fds[0], 0, len(fds))
+    finally:
+        failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
+    return 1 if failed else 0
+
+
+def _serve_only(fd: int, index: int, fds: list[int]) -> None:
+    """A forked worker: serve its socket, then leave without the parent's clean-up."""
+    for other in fds:
+        if other != fd:
+            os.close(other)
+    code = 1
+    try:
+        serve(fd, index, len(fds))
+        code = 0
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve(fd: int, index: int, count: int) -> None:
+    """A worker process's loop: its setup, then pages in, listing results and finally the
+    file list out (see ``connector.workers.protocol``)."""
+    from connector.lean import quiet_gc
+    from connector.pages import Page
+    from connector.workers import protocol
+    from connector.workers.page import PageWorker
+
+    with (
+        quiet_gc(),
+        socket.socket(fileno=fd) as sock,
+        sock.makefile("rb", buffering=1 << 20) as incoming,
+    ):
+        first = protocol.read(incoming)
+        if not isinstance(first, protocol.Setup):
+            return
+        try:
+            worker = PageWorker(first.setup, index, count)
+        except Exception as exc:
+            protocol.write(sock, protocol.Failed(f"{type(exc).__name__}: {exc}"))
+            return
+        protocol.write(sock, protocol.Ready(os.getpid()))
+        while True:
+            message = protocol.read(incoming)
+            if message is None:  # the coordinator went away, or gave up after a failure
+                worker.discard()
+                return
+            try:
+                if isinstance(message, Page):
+                    worker.page(message)
+                elif isinstance(message, protocol.End):
+                    result = worker.end(message.item, message.pages, message.error)
+                    protocol.write(sock, protocol.Result(result))
+                elif isinstance(message, protocol.Close):
+                    protocol.write(sock, protocol.Finished(worker.close(message.donate)))
+                    return
+            except Exception as exc:  # reported to the coordinator, which fails the run
+                worker.discard()
+                protocol.write(sock, protocol.Failed(f"{type(exc).__name__}: {exc}"))
+                return
+
+
+if __name__ == "__main__":
+    code = main([int(fd) for fd in sys.argv[1:]])
+    sys.stderr.flush()
+    os._exit(code)  # nothing left to clean up; the interpreter's teardown would take 50 ms

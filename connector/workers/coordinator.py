@@ -1,0 +1,266 @@
+"""The event loop's side of the workers: it hands each listing's pages to one worker, in order,
+and gathers their results; a worker that fails or goes away fails the run (``WorkerError``).
+
+``ThreadWorkers`` runs one ``PageWorker`` in a thread of this process (``fetch.workers = 0``);
+``ProcessWorkers`` feeds worker processes (``spawn``) over socket pairs (``protocol``), each
+listing to the least loaded worker.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+import anyio.to_thread
+from anyio.abc import SocketStream
+
+from connector.errors import WorkerError
+from connector.manifest import ListingError
+from connector.pages import Page, WorkItem
+from connector.sinks import FileInfo
+from connector.workers import protocol, spawn
+from connector.workers.page import Closed, ListingResult, PageWorker, WorkerSetup
+
+OnResult = Callable[[ListingResult], None]
+
+
+class Workers(abc.ABC):
+    """Hands pages to workers and gathers their results (the event loop's side).
+
+    ``serve`` runs in the pipeline's task group for as long as the workers live: it collects
+    what they send back. ``page`` and ``end`` feed them; ``close`` finishes them.
+    """
+
+    def __init__(self, on_result: OnResult) -> None:
+        self.donations = Donations()
+        self._on_result = on_result
+
+    def _listing_ended(self, worker: int, result: ListingResult) -> None:
+        """A worker's result for a listing: a donor candidate, then the coordinator's."""
+        self.donations.offer(worker, result)
+        self._on_result(result)
+
+    async def start(self) -> None:  # noqa: B027 - nothing to start for a thread
+        """Start the workers early (processes import pyarrow, which takes a moment)."""
+
+    async def serve(self) -> None:  # noqa: B027 - a thread's results come back directly
+        """Collect listing results until every worker has closed."""
+
+    @abc.abstractmethod
+    async def page(self, page: Page) -> None:
+        """Hand a page to the worker that owns its listing; waits while that worker is busy."""
+
+    @abc.abstractmethod
+    async def end(self, item: WorkItem, pages: int, error: ListingError | None) -> None:
+        """End a listing; its ``ListingResult`` goes to the ``on_result`` callback."""
+
+    @abc.abstractmethod
+    async def close(self) -> Closed:
+        """Finish every worker: the files written and the platform rows donated."""
+
+    @abc.abstractmethod
+    async def discard(self) -> None:
+        """Stop every worker after a failure."""
+
+
+def create(
+    setup: WorkerSetup,
+    processes: int,
+    on_result: OnResult,
+    launched: spawn.Launched | None = None,
+) -> Workers:
+    """Workers in ``processes`` processes (``launched`` already, perhaps), or in a thread of
+    this process when 0."""
+    if processes == 0:
+        return ThreadWorkers(setup, on_result)
+    return ProcessWorkers(setup, processes, on_result, launched)
+
+
+class Donations:
+    """Under ``once``: which worker donates each region's platform rows (the first to offer)."""
+
+    def __init__(self) -> None:
+        self._taken: set[str] = set()
+        self._by_worker: dict[int, set[str]] = {}
+
+    def exclude(self, regions: set[str]) -> None:
+        """Regions whose platform images another shard contributes."""
+        self._taken |= regions
+
+    def offer(self, worker: int, result: ListingResult) -> None:
+        region = result.item.region
+        if result.platform_rows and region not in self._taken:
+            self._taken.add(region)
+            self._by_worker.setdefault(worker, set()).add(region)
+
+    def of(self, worker: int) -> frozenset[str]:
+        return frozenset(self._by_worker.get(worker, ()))
+
+
+class ThreadWorkers(Workers):
+    """One ``PageWorker`` in a worker thread of this process."""
+
+    def __init__(self, setup: WorkerSetup, on_result: OnResult) -> None:
+        super().__init__(on_result)
+        self._worker = PageWorker(setup)
+        self._limiter = anyio.CapacityLimiter(1)
+
+    async def page(self, page: Page) -> None:
+        await anyio.to_thread.run_sync(self._worker.page, page, limiter=self._limiter)
+
+    async def end(self, item: WorkItem, pages: int, error: ListingError | None) -> None:
+        result = await anyio.to_thread.run_sync(
+            self._worker.end, item, pages, error, limiter=self._limiter
+        )
+        self._listing_ended(0, result)
+
+    async def close(self) -> Closed:
+        donate = self.donations.of(0)
+        return await anyio.to_thread.run_sync(self._worker.close, donate, limiter=self._limiter)
+
+    async def discard(self) -> None:
+        await anyio.to_thread.run_sync(self._worker.discard, limiter=self._limiter)
+
+
+@dataclass(slots=True)
+class _Process:
+    channel: protocol.Channel
+    pid: int | None = None
+    assigned_bytes: int = 0
+    closed: Closed | None = None
+
+    @property
+    def index(self) -> int:
+        return self.channel.index
+
+
+class ProcessWorkers(Workers):
+    """``PageWorker`` s in processes (see ``connector.spawn``), fed over socket pairs."""
+
+    def __init__(
+        self,
+        setup: WorkerSetup,
+        count: int,
+        on_result: OnResult,
+        launched: spawn.Launched | None = None,
+    ) -> None:
+        super().__init__(on_result)
+        self.setup = setup
+        self.count = count
+        self._launched = launched
+        self._processes: list[_Process] = []
+        self._owner: dict[WorkItem, _Process] = {}
+        self._starting = False
+        self._ready = anyio.Event()
+        self._closed = anyio.Event()
+        self._awaiting = 0  # listings ended whose results have not come back yet
+        self._settled = anyio.Event()
+
+    async def start(self) -> None:
+        if self._starting:
+            await self._ready.wait()
+            return
+        self._starting = True
+        if self._launched is None:
+            self._launched = await anyio.to_thread.run_sync(spawn.launch, self.count)
+        for index, sock in enumerate(self._launched.sockets):
+            channel = protocol.Channel(index, await SocketStream.from_socket(sock))
+            self._processes.append(_Process(channel))
+            await channel.send(protocol.Setup(self.setup))
+        for worker in self._processes:
+            # Each says its pid once it has imported everything: the workers are ready.
+            message = await worker.channel.receive()
+            if not isinstance(message, protocol.Ready):
+                reason = message.reason if isinstance(message, protocol.Failed) else message
+                raise WorkerError(f"worker {worker.index} failed to start: {reason}")
+            worker.pid = message.pid
+        self._ready.set()
+
+    async def serve(self) -> None:
+        await self.start()
+        async with anyio.create_task_group() as group:
+            for worker in self._processes:
+                group.start_soon(self._read, worker)
+
+    async def _read(self, worker: _Process) -> None:
+        """Listing results as the worker finishes each, then its files; an error ends the run."""
+        while True:
+            message = await worker.channel.receive()
+            if isinstance(message, protocol.Result):
+                self._listing_ended(worker.index, message.result)
+                self._awaiting -= 1
+                if self._awaiting == 0:
+                    self._settled.set()
+            elif isinstance(message, protocol.Finished):
+                worker.closed = message.closed
+                if all(w.closed is not None for w in self._processes):
+                    self._closed.set()
+                return
+            else:
+                reason = message.reason if isinstance(message, protocol.Failed) else message
+                raise WorkerError(f"worker {worker.index} failed: {reason}")
+
+    async def page(self, page: Page) -> None:
+        await self.start()
+        item = page.item
+        worker = self._owner.get(item)
+        if worker is None:
+            worker = self._owner[item] = min(self._processes, key=lambda w: w.assigned_bytes)
+        worker.assigned_bytes += len(page.body)
+        await worker.channel.send_page(page)
+
+    async def end(self, item: WorkItem, pages: int, error: ListingError | None) -> None:
+        await self.start()
+        worker = self._owner.pop(item, None) or min(self._processes, key=lambda w: w.assigned_bytes)
+        self._awaiting += 1
+        self._settled = anyio.Event()
+        await worker.channel.send(protocol.End(item, pages, error))
+
+    async def close(self) -> Closed:
+        await self.start()
+        if self._awaiting:
+            await self._settled.wait()  # the donors of platform images are known only then
+        for worker in self._processes:
+            await worker.channel.send(protocol.Close(self.donations.of(worker.index)))
+        await self._closed.wait()
+        files: list[FileInfo] = []
+        rejects: list[FileInfo] = []
+        donated: dict[WorkItem, int] = {}
+        for worker in self._processes:
+            assert worker.closed is not None
+            files += worker.closed.files
+            rejects += worker.closed.reject_files
+            donated |= worker.closed.donated
+        for worker in self._processes:
+            await worker.channel.aclose()
+        await anyio.to_thread.run_sync(self._wait)
+        return Closed(files, rejects, donated)
+
+    async def discard(self) -> None:
+        for worker in self._processes:
+            await worker.channel.aclose()
+        if self._launched is not None:
+            for sock in self._launched.sockets[len(self._processes) :]:
+                sock.close()  # never handed to a stream: the failure came before
+            await anyio.to_thread.run_sync(self._wait, 5.0)
+
+    def _wait(self, timeout: float = 30.0) -> None:
+        """Wait for the workers to exit (they do once their socket closes); kill stragglers."""
+        if self._launched is None:
+            return
+        boot = self._launched.process
+        try:
+            boot.wait(timeout)
+        except subprocess.TimeoutExpired:
+            for worker in self._processes:
+                if worker.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.pid, signal.SIGKILL)
+            boot.kill()
+            boot.wait()

@@ -1,0 +1,188 @@
+"""The page worker: converts a listing's pages and writes them (in a thread or a process).
+
+A worker owns the listings it is given. It parses and converts their pages (``normalize``),
+drops ids a listing repeats, sets platform images aside, and writes rows and rejects into its
+own files under the run's staging directory. It is synchronous and knows nothing of sockets or
+event loops; ``connector.workers.coordinator`` feeds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import cast
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from connector import publish
+from connector.manifest import ListingError
+from connector.pages import Page, PageError, RunInfo, WorkItem
+from connector.sinks import FileInfo, PartitionedSink, SinkOptions
+from connector.sinks.rejects import RejectWriter
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSetup:
+    """What every worker needs to know; sent once, when it starts."""
+
+    run: RunInfo
+    platform_mode: str
+    fs: pafs.FileSystem
+    layout: publish.Layout
+    options: SinkOptions
+    file_prefix: str
+    reject_prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListingResult:
+    """A listing's outcome, as its worker saw it."""
+
+    item: WorkItem
+    pages: int
+    rows: int
+    duplicates: int
+    rejects: int
+    error: ListingError | None
+    platform_rows: int
+    """Platform rows set aside as this region's candidate (``once``), 0 if none."""
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """What a worker wrote, and the platform rows it added for the regions it donated."""
+
+    files: list[FileInfo]
+    reject_files: list[FileInfo]
+    donated: dict[WorkItem, int]
+
+
+@dataclass(slots=True)
+class _Listing:
+    seen: set[str] = field(default_factory=set)
+    platform: list[pa.RecordBatch] = field(default_factory=list)
+    rows: int = 0
+    duplicates: int = 0
+    rejects: int = 0
+    error: ListingError | None = None
+
+
+class PageWorker:
+    """One worker's listings and files. Synchronous: it runs in a thread or its own process."""
+
+    def __init__(self, setup: WorkerSetup, index: int = 0, count: int = 1) -> None:
+        self.setup = setup
+        self.sink = PartitionedSink(
+            setup.fs,
+            setup.layout.staged_partition,
+            shared_budget(setup.options, count),
+            setup.file_prefix,
+            numbering=(index, count),
+        )
+        self.rejects = RejectWriter(setup.fs, setup.layout, setup.reject_prefix, index)
+        # Imported here: a process that only fetches (workers in processes) never needs it.
+        from connector.normalize import normalize_page
+
+        self._normalize = normalize_page
+        self._listings: dict[WorkItem, _Listing] = {}
+        # Under `once`: per region, the first complete listing's platform rows, until the
+        # coordinator says which worker donates them.
+        self._candidates: dict[str, tuple[WorkItem, list[pa.RecordBatch]]] = {}
+
+    def page(self, page: Page) -> None:
+        """Convert a page and write its rows."""
+        item = page.item
+        listing = self._listings.setdefault(item, _Listing())
+        if listing.error is not None:
+            return
+        try:
+            result = self._normalize(page, self.setup.run)
+        except PageError as exc:
+            listing.error = ListingError.from_exception(exc, opc_request_id=page.opc_request_id)
+            return
+        if result.rejects:
+            listing.rejects += len(result.rejects)
+            self.rejects.write(result.rejects)
+        batch = _dedupe(listing, result.batch, result.ids)
+        mode = self.setup.platform_mode
+        if mode != "every":
+            is_platform = cast(pa.BooleanArray, batch.column("_is_platform"))
+            if is_platform.true_count:
+                if mode == "once":
+                    listing.platform.append(batch.filter(is_platform))
+                batch = batch.filter(_invert(is_platform))
+        if batch.num_rows:
+            listing.rows += batch.num_rows
+            self.sink.write(item.region, batch)
+
+    def end(self, item: WorkItem, pages: int, error: ListingError | None) -> ListingResult:
+        """The listing is over (``error`` if fetching it failed): its result."""
+        listing = self._listings.pop(item, None) or _Listing()
+        error = error or listing.error
+        platform_rows = 0
+        if error is None and listing.platform and item.region not in self._candidates:
+            self._candidates[item.region] = (item, listing.platform)
+            platform_rows = sum(b.num_rows for b in listing.platform)
+        return ListingResult(
+            item,
+            pages,
+            listing.rows if error is None else 0,
+            listing.duplicates,
+            listing.rejects,
+            error,
+            platform_rows,
+        )
+
+    def close(self, donate: frozenset[str]) -> Closed:
+        """Write the platform rows of the regions this worker donates; close every file."""
+        donated: dict[WorkItem, int] = {}
+        for region in sorted(donate):
+            item, batches = self._candidates[region]
+            for batch in batches:
+                self.sink.write(region, batch)
+            donated[item] = sum(b.num_rows for b in batches)
+        self._candidates.clear()
+        return Closed(self.sink.close(), self.rejects.close(), donated)
+
+    def discard(self) -> None:
+        """Close files after a failure (the run's staging directory is removed anyway)."""
+        try:
+            self.sink.close()
+        finally:
+            self.rejects.close()
+
+
+def _invert(mask: pa.BooleanArray) -> pa.BooleanArray:
+    import pyarrow.compute as pc  # loaded with the normalizer; not in a fetch-only process
+
+    inverted: pa.BooleanArray = pc.invert(mask)
+    return inverted
+
+
+ROW_GROUP_FLOOR = 64 * 1024
+
+
+def shared_budget(options: SinkOptions, workers: int) -> SinkOptions:
+    """Sink options for one of ``workers`` writers.
+
+    A writer holds a row group in memory (as Arrow, about 600 bytes a row) until it is full,
+    so the workers share the budget of one writer: with two, each writes row groups of half
+    the size (64k rows), and memory stays what it is with one. The floor keeps row groups
+    worth reading when there are more workers.
+    """
+    rows = max(ROW_GROUP_FLOOR, options.row_group_rows // workers)
+    return replace(options, row_group_rows=min(rows, options.row_group_rows))
+
+
+def _dedupe(listing: _Listing, batch: pa.RecordBatch, ids: list[str]) -> pa.RecordBatch:
+    """Drop ids this listing already returned (items shift between pages while paging)."""
+    seen = listing.seen
+    if seen.isdisjoint(ids) and len(set(ids)) == len(ids):
+        seen.update(ids)
+        return batch
+    keep = []
+    for image_id in ids:
+        keep.append(image_id not in seen)
+        seen.add(image_id)
+    listing.duplicates += keep.count(False)
+    return batch.filter(pa.array(keep, pa.bool_()))
