@@ -112,27 +112,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schema":
         return _schema(args)
 
-    from connector import logs
+    from connector import interrupt, logs
     from connector.errors import ConfigError, ConnectorError
 
     logs.configure(args.log_level, args.log_format)
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "plan":
-            return _plan(args)
-        if args.command == "commit":
-            return _commit(args)
+        with interrupt.handle_signals():
+            if args.command == "run":
+                return _run(args)
+            if args.command == "demo":
+                return _demo(args)
+            if args.command == "plan":
+                return _plan(args)
+            if args.command == "commit":
+                return _commit(args)
     except ConfigError as exc:
         print(f"oci-images: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except interrupt.Interrupted as exc:
+        print(f"oci-images: {exc}", file=sys.stderr)
+        return exc.exit_code
     except ConnectorError as exc:
+        signum = interrupt.received()
+        if signum is not None:  # e.g. workers stopped by the same signal: not the news
+            print(f"oci-images: {interrupt.Interrupted(signum)}", file=sys.stderr)
+            return 128 + signum
         print(f"oci-images: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("oci-images: interrupted; nothing published", file=sys.stderr)
+    except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+        if isinstance(exc, BaseExceptionGroup) and not exc.subgroup(KeyboardInterrupt):
+            raise
+        print("oci-images: interrupted by SIGINT; nothing published", file=sys.stderr)
         return 130
     parser.error(f"unknown command {args.command!r}")
     return EXIT_CONFIG
@@ -179,9 +189,12 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, Credentials]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from connector import safety
     from connector.errors import ConfigError
 
     shard = _parse_shard(args.shard)
+    if args.run_id is not None:
+        safety.check_run_id(args.run_id)
     if args.shard is not None and not args.run_id:
         raise ConfigError("--run-id", "is required with --shard, so that shards and commit agree")
     settings, credentials = _prepare(args)
@@ -216,17 +229,29 @@ def _execute(
         launched=launched,
     )
 
-    async def go() -> RunOutcome:
-        if not show_progress:
-            return await export.run()
-        async with anyio.create_task_group() as group:
-            group.start_soon(_render_progress, export)
-            outcome = await export.run()
-            group.cancel_scope.cancel()
-        sys.stderr.write("\r\x1b[K")
-        return outcome
+    return anyio.run(_interruptible, export, show_progress)
 
-    return anyio.run(go)
+
+async def _interruptible(export: Export, show_progress: bool) -> RunOutcome:
+    """Run ``export``; SIGINT or SIGTERM cancels it (its clean-up runs) and raises
+    ``Interrupted`` unless it had published already."""
+    import anyio
+
+    from connector import interrupt
+
+    outcome: RunOutcome | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(interrupt.cancel_on_signal, group.cancel_scope)
+        if show_progress:
+            group.start_soon(_render_progress, export)
+        outcome = await export.run()
+        group.cancel_scope.cancel()
+    if show_progress:
+        sys.stderr.write("\r\x1b[K")
+    signum = interrupt.received()
+    if outcome is None or (signum is not None and not outcome.published):
+        raise interrupt.Interrupted(signum or 2)
+    return outcome
 
 
 async def _render_progress(export: Export) -> None:
@@ -311,8 +336,9 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _commit(args: argparse.Namespace) -> int:
-    from connector import api
+    from connector import api, safety
 
+    safety.check_run_id(args.run_id)
     settings = api.load_config(args.config, args.set)
     return _report(api.commit(settings, args.run_id))
 

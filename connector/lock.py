@@ -222,11 +222,17 @@ def create_exclusive(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
     """Create ``path`` holding ``data`` unless it exists; whether this call created it."""
     parent = path.rsplit("/", 1)[0]
     if isinstance(fs, pafs.LocalFileSystem):
-        os.makedirs(parent, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
+        for _ in range(10):
+            os.makedirs(parent, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                continue  # another process removed the (empty) folder meanwhile
+        else:
+            raise FileNotFoundError(parent)
         try:
             os.write(fd, data)
             os.fsync(fd)
@@ -359,6 +365,9 @@ class Lock:
             log.warning("lock.lost", lock=self.path, run_id=self.owner.run_id)
             return
         safety.guarded_delete(self.fs, self.base, self.path)
+        folder = self.path.rsplit("/", 1)[0]
+        if safety.remove_empty_dir(self.fs, self.base, folder):
+            safety.remove_empty_dir(self.fs, self.base, folder.rsplit("/", 1)[0])
 
     def __enter__(self) -> Lock:
         self.acquire()

@@ -9,7 +9,6 @@ typed; ``as_dict`` gives the JSON the manifest file holds, key for key.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,9 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow.fs as pafs
 import structlog
 
-from connector import publish
 from connector.errors import (
-    EXIT_FAILED,
     EXIT_OK,
     EXIT_PARTIAL,
     ConnectorError,
@@ -160,6 +157,8 @@ class Manifest:
     """(index, count) of a shard manifest."""
     shards: int | None = None
     """How many shards a merged manifest was merged from."""
+    attempt: str | None = None
+    """The staging attempt (folder) that wrote a shard's files."""
 
     @property
     def rows(self) -> int:
@@ -204,6 +203,8 @@ class Manifest:
         }
         if self.shards is not None:
             document["shards"] = self.shards
+        if self.attempt is not None:
+            document["attempt"] = self.attempt
         return document
 
     @classmethod
@@ -228,6 +229,7 @@ class Manifest:
             connector_version=data["connector_version"],
             shard=(shard["index"], shard["count"]) if shard else None,
             shards=data.get("shards"),
+            attempt=data.get("attempt"),
         )
 
 
@@ -273,6 +275,7 @@ def merge(shards: Sequence[Manifest]) -> Manifest:
         requests=requests,
         shard=None,
         shards=len(shards),
+        attempt=None,
     )
 
 
@@ -283,50 +286,8 @@ def commit(
     fs: tuple[pafs.FileSystem, str] | None = None,
     started: float | None = None,
 ) -> RunOutcome:
-    """Merge the staged shards of ``run_id`` into one manifest and publish the partition."""
-    began = started or time.monotonic()
-    filesystem, base = fs or publish.resolve(settings.output.uri)
-    shard_dir = f"{base}/{publish.STAGING}/{run_id}/shards"
-    entries = filesystem.get_file_info(pafs.FileSelector(shard_dir, allow_not_found=True))
-    shards = [
-        Manifest.from_dict(publish.read_json(filesystem, e.path))
-        for e in sorted(entries, key=lambda e: e.path)
-        if e.path.endswith(".json")
-    ]
-    if not shards:
-        message = f"nothing staged for run {run_id} under {shard_dir}"
-        return RunOutcome(run_id, EXIT_FAILED, False, None, message)
-    count = shards[0].shard[1] if shards[0].shard else 1
-    indexes = sorted(s.shard[0] if s.shard else 0 for s in shards)
-    if indexes != list(range(count)) or any(s.shard and s.shard[1] != count for s in shards):
-        missing = sorted(set(range(count)) - set(indexes))
-        message = f"run {run_id} is missing shards {missing} of {count}"
-        return RunOutcome(run_id, EXIT_FAILED, False, None, message)
-    dates = {s.snapshot_date for s in shards}
-    if len(dates) != 1:
-        message = f"shards of run {run_id} disagree on snapshot_date: {sorted(dates)}"
-        return RunOutcome(run_id, EXIT_FAILED, False, None, message)
-    layout = publish.Layout(base, run_id, dates.pop())
-    manifest = merge(shards)
-    partial = manifest.status == "partial"
-    elapsed = time.monotonic() - began
-    if partial and not settings.output.allow_partial:
-        filesystem.delete_dir(layout.staging)
-        failed = len(manifest.failed)
-        log.error("run.partial", run_id=run_id, failed=failed, published=False)
-        message = f"{failed} listing(s) failed; nothing published (output.allow_partial = false)"
-        return RunOutcome(run_id, EXIT_PARTIAL, False, manifest, message, elapsed)
-    manifest = replace(manifest, finished_at=publish.utc_now())
-    publish.write_json(filesystem, f"{layout.staged_partition}/_manifest.json", manifest.as_dict())
-    with filesystem.open_output_stream(f"{layout.staged_partition}/_SUCCESS", compression=None):
-        pass
-    publish.swap_in(filesystem, layout)
-    log.info(
-        "run.published",
-        run_id=run_id,
-        partition=layout.partition,
-        rows=manifest.rows,
-        status=manifest.status,
-    )
-    code = EXIT_PARTIAL if partial else EXIT_OK
-    return RunOutcome(run_id, code, True, manifest, elapsed_s=elapsed)
+    """Merge the staged shards of ``run_id`` into one manifest and publish the partition
+    (``connector.committing``)."""
+    from connector.committing import commit_run
+
+    return commit_run(settings, run_id, fs=fs, started=started)
