@@ -237,15 +237,22 @@ async def _interruptible(export: Export, show_progress: bool) -> RunOutcome:
     ``Interrupted`` unless it had published already."""
     import anyio
 
-    from connector import interrupt
+    from connector import errors, interrupt
 
     outcome: RunOutcome | None = None
-    async with anyio.create_task_group() as group:
-        group.start_soon(interrupt.cancel_on_signal, group.cancel_scope)
-        if show_progress:
-            group.start_soon(_render_progress, export)
-        outcome = await export.run()
-        group.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(interrupt.cancel_on_signal, group.cancel_scope)
+            if show_progress:
+                group.start_soon(_render_progress, export)
+            outcome = await export.run()
+            group.cancel_scope.cancel()
+    except BaseExceptionGroup as failure:
+        # The run's own error, not the task group around it (which only adds a traceback).
+        cause = next((e for e in errors.leaves(failure) if isinstance(e, Exception)), None)
+        if cause is None:
+            raise
+        raise cause from None
     if show_progress:
         sys.stderr.write("\r\x1b[K")
     signum = interrupt.received()

@@ -25,9 +25,10 @@ import orjson
 import structlog
 from yarl import URL
 
-from connector import __version__
+from connector import __version__, diagnose
 from connector.auth import RequestSigner
 from connector.errors import OciApiError, PaginationError, RequestTimeout, TransportError
+from connector.limits import BodyReader, Limits, PageCounter
 from connector.retry import AdaptiveLimiter, PriorityGate, RetryPolicy, is_retryable_status
 
 USER_AGENT = (
@@ -78,6 +79,9 @@ class ClientOptions:
     connect_timeout_s: float = 10.0
     ca_bundle: str = ""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    limits: Limits = field(default_factory=Limits)
+    profile: str = ""
+    """Who signs, for messages: 'DEFAULT of ~/.oci/config'."""
 
 
 class OciClient:
@@ -91,6 +95,11 @@ class OciClient:
         )
         self.counters = RequestCounters()
         self._session: aiohttp.ClientSession | None = None
+        self._answered: set[str] = set()
+        """Hosts that have answered a request of this run (``connector.diagnose``)."""
+        self.aborted: diagnose.RunAbort | None = None
+        """The first error seen that concerns the whole run (TLS, 401, DNS or connection
+        refused before the host ever answered): callers stop the run with it."""
 
     async def __aenter__(self) -> OciClient:
         options = self.options
@@ -108,8 +117,14 @@ class OciClient:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
-            headers={"user-agent": USER_AGENT, "accept": "application/json"},
-            auto_decompress=True,
+            headers={
+                "user-agent": USER_AGENT,
+                "accept": "application/json",
+                "accept-encoding": "gzip, deflate",
+            },
+            # Bodies are decoded by ``limits.BodyReader``, which refuses one that inflates past
+            # fetch.max_decompressed_bytes before inflating the rest.
+            auto_decompress=False,
             read_bufsize=1 << 20,  # a page is about 1 MB
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
@@ -161,8 +176,16 @@ class OciClient:
                     if response.status == 429:
                         self.counters.throttled += 1
                         self.limiter.throttled(ticket)
+            host = urlsplit(full_url).netloc
+            abort = diagnose.whole_run(error, host, host in self._answered, self.options.profile)
+            if abort is not None and self.aborted is None:
+                # Not retried: it is the same for every request. The caller decides what it
+                # means (the run stops; see ``aborted``).
+                self.aborted = abort
+                log.error("run.abort", reason=abort.reason, host=host, hint=abort.hint, **context)
             elapsed = time.monotonic() - started
-            delay = policy.delay(attempt, elapsed, retry_after) if error.retryable else None
+            retry = error.retryable and abort is None
+            delay = policy.delay(attempt, elapsed, retry_after) if retry else None
             if delay is None:
                 self.counters.failed += 1
                 log.warning(
@@ -203,7 +226,9 @@ class OciClient:
         seen: set[str] = set()
         token: str | None = None
         number = 0
+        pages = PageCounter(self.options.limits)
         while True:
+            pages.next_page()
             priority = 0 if token else 1
             query = {**params, "page": token} if token else params
             async with _held(gate, priority):
@@ -232,7 +257,12 @@ class OciClient:
                 URL(url, encoded=True), headers=headers, allow_redirects=False
             ) as raw:
                 server_id = raw.headers.get("opc-request-id")
-                body = await raw.read()
+                self._answered.add(urlsplit(url).netloc)
+                reader = BodyReader(raw.headers.get("content-encoding"), self.options.limits)
+                reader.check_declared(raw.content_length)
+                async for chunk in raw.content.iter_chunked(1 << 16):
+                    reader.feed(chunk)
+                body = reader.finish()
                 status = raw.status
                 retry_after = _retry_after(raw.headers.get("retry-after"))
                 next_page = raw.headers.get("opc-next-page") or None
@@ -247,8 +277,13 @@ class OciClient:
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise TransportError(
-                f"connection failed: {type(exc).__name__}", opc_request_id=server_id
+                f"connection failed: {type(exc).__name__}: {exc}",
+                opc_request_id=server_id,
+                kind=diagnose.kind_of(exc),
             ) from None
+        except TransportError as exc:
+            exc.opc_request_id = exc.opc_request_id or server_id
+            raise
         elapsed_ms = (time.monotonic() - sent) * 1000
         if status >= 400:
             return _api_error(status, body, server_id, retry_after)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import orjson
 import structlog
 
+from connector import safety
 from connector.errors import ConfigError, ConnectorError
 from connector.pages import WorkItem, parse
 
@@ -57,7 +58,12 @@ async def subscribed_regions(
     url = f"{endpoints.identity(home)}/tenancies/{tenancy}/regionSubscriptions"
     response = await client.get(url, None, region=home)
     subscriptions = orjson.loads(response.body)
-    ready = sorted(s["regionName"] for s in subscriptions if s.get("status") == "READY")
+    # A region name becomes a folder name (region=...): one that is not a region is refused.
+    ready = sorted(
+        safety.check_region(s.get("regionName"))
+        for s in subscriptions
+        if s.get("status") == "READY"
+    )
     log.info(
         "discovery.regions",
         regions=ready,

@@ -37,8 +37,11 @@ class TransportError(ConnectorError):
 
     retryable = True
 
-    def __init__(self, message: str, *, opc_request_id: str | None = None) -> None:
+    def __init__(self, message: str, *, opc_request_id: str | None = None, kind: str = "") -> None:
         self.opc_request_id = opc_request_id
+        self.kind = kind
+        """``tls``, ``dns`` or ``refused`` for connection failures that may concern the whole
+        run (``connector.diagnose``), "" otherwise."""
         super().__init__(message)
 
 

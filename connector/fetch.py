@@ -20,6 +20,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from connector.client import OciClient
 from connector.discovery import Endpoints
 from connector.errors import OciApiError, PaginationError, TransportError
+from connector.limits import ResponseTooLarge
 from connector.manifest import ListingError
 from connector.pages import Page, WorkItem
 from connector.retry import PriorityGate
@@ -93,7 +94,9 @@ class Fetcher:
                             response.opc_request_id,
                         )
                         await send.send(page)
-            except (OciApiError, TransportError, PaginationError) as exc:
+            except (OciApiError, TransportError, PaginationError, ResponseTooLarge) as exc:
+                if self.client.aborted is not None:
+                    raise self.client.aborted from None  # the whole run stops, not a listing
                 await send.send(ListingEnd(item, number, ListingError.from_exception(exc)))
             else:
                 await send.send(ListingEnd(item, number, None))

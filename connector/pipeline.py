@@ -39,11 +39,7 @@ from connector.client import ClientOptions, OciClient
 from connector.committing import commit_run, run_record, write_record
 from connector.config import Settings
 from connector.discovery import Endpoints
-from connector.errors import (
-    EXIT_OK,
-    EXIT_PARTIAL,
-    ConnectorError,
-)
+from connector.errors import EXIT_OK, EXIT_PARTIAL, ConnectorError, OciApiError, TransportError
 from connector.fetch import Fetcher, ListingEnd, Message
 from connector.lean import quiet_gc
 from connector.manifest import (
@@ -94,6 +90,14 @@ def client_for(settings: Settings, credentials: Credentials) -> OciClient:
             request_timeout_s=fetch.request_timeout_s,
             ca_bundle=settings.oci.ca_bundle,
             retry=RetryPolicy(max_attempts=fetch.max_attempts),
+            limits=limits.Limits(
+                max_pages_per_listing=fetch.max_pages_per_listing,
+                max_response_bytes=fetch.max_response_bytes,
+                max_decompressed_bytes=fetch.max_decompressed_bytes,
+                run_deadline_s=fetch.run_deadline_s,
+                worker_heartbeat_s=fetch.worker_heartbeat_s,
+            ),
+            profile=" of ".join(filter(None, (settings.oci.profile, settings.oci.config_file))),
         ),
     )
 
@@ -141,6 +145,7 @@ class Export:
             options=SinkOptions(output.format, output.effective_compression),
             file_prefix="part-" if count == 1 else f"part-{index:03d}-",
             reject_prefix="" if count == 1 else f"{index:03d}-",
+            heartbeat_s=settings.fetch.worker_heartbeat_s,
         )
         # Workers the CLI launched early are the ones there are.
         processes = len(launched.sockets) if launched else settings.fetch.worker_processes()
@@ -241,7 +246,12 @@ class Export:
                 ):
                     # Worker processes start (and import pyarrow) while discovery runs.
                     group.start_soon(self.workers.serve)
-                    items = await self.work_items()
+                    try:
+                        items = await self.work_items()
+                    except (OciApiError, TransportError) as exc:
+                        if self.client.aborted is not None:
+                            raise self.client.aborted from None
+                        raise exc from None
                     self.progress.listings_total = len(items)
                     with quiet_gc():
                         await self._stream(partial(self.fetcher.fetch_all, items))

@@ -170,7 +170,7 @@ class TestRun:
             assert spec.listings == len(outcome.manifest.compartments)
             staged += outcome.manifest.rows
         assert not (tmp_path / "lake" / "images").exists()
-        committed = connector.committing(settings, plan.run_id)
+        committed = connector.commit(settings, plan.run_id)
         assert (0, True) == (committed.exit_code, committed.published)
         assert committed.manifest is not None
         assert 3 == committed.manifest.shards
@@ -186,6 +186,6 @@ class TestRun:
     def test_commit_without_shards(self, tmp_path: Path) -> None:
         """Committing a run that staged nothing fails with a message, and no manifest."""
         settings = connector.load_config(values={"output": {"uri": str(tmp_path)}})
-        outcome = connector.committing(settings, "no-such-run")
+        outcome = connector.commit(settings, "no-such-run")
         assert ("failed", 1, None) == (outcome.status, outcome.exit_code, outcome.manifest)
         assert "nothing staged" in outcome.message

@@ -12,6 +12,8 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from connector import safety
+
 FORMATS = ("parquet", "ndjson")
 COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "ndjson": ("gzip", "none")}
 
@@ -126,7 +128,8 @@ class PartitionedSink:
         return files
 
     def _open(self, region: str) -> FileSeries:
-        directory = f"{self.partition_dir}/region={region}"
+        # The last check before a region name becomes a folder (the first is in discovery).
+        directory = f"{self.partition_dir}/region={safety.check_region(region)}"
         self.fs.create_dir(directory, recursive=True)
         place = SeriesPlace(
             self.fs, directory, f"region={region}", self.file_prefix, self.numbering

@@ -13,8 +13,9 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import anyio.to_thread
@@ -134,6 +135,8 @@ class _Process:
     pid: int | None = None
     assigned_bytes: int = 0
     closed: Closed | None = None
+    heard: float = field(default_factory=time.monotonic)
+    """When the worker last sent anything (its heartbeat comes every quarter of the limit)."""
 
     @property
     def index(self) -> int:
@@ -175,11 +178,18 @@ class ProcessWorkers(Workers):
             await channel.send(protocol.Setup(self.setup))
         for worker in self._processes:
             # Each says its pid once it has imported everything: the workers are ready.
-            message = await worker.channel.receive()
+            with anyio.move_on_after(self.setup.heartbeat_s) as waited:
+                message = await worker.channel.receive()
+            if waited.cancelled_caught:
+                raise WorkerError(
+                    f"worker {worker.index} did not start within {self.setup.heartbeat_s:g} s "
+                    "(fetch.worker_heartbeat_s)"
+                )
             if not isinstance(message, protocol.Ready):
                 reason = message.reason if isinstance(message, protocol.Failed) else message
                 raise WorkerError(f"worker {worker.index} failed to start: {reason}")
             worker.pid = message.pid
+            worker.heard = time.monotonic()
         self._ready.set()
 
     async def serve(self) -> None:
@@ -187,11 +197,32 @@ class ProcessWorkers(Workers):
         async with anyio.create_task_group() as group:
             for worker in self._processes:
                 group.start_soon(self._read, worker)
+            await self._watch()
+            group.cancel_scope.cancel()
+
+    async def _watch(self) -> None:
+        """Fail the run when a worker has sent nothing (not even its heartbeat) for
+        ``heartbeat_s``: it was stopped (SIGSTOP) or hangs, and the run would wait forever."""
+        limit = self.setup.heartbeat_s
+        while not self._closed.is_set():
+            now = time.monotonic()
+            for worker in self._processes:
+                if worker.closed is None and now - worker.heard > limit:
+                    raise WorkerError(
+                        f"worker {worker.index} (pid {worker.pid}) has sent nothing for "
+                        f"{now - worker.heard:.0f} s: it is stopped or hung "
+                        f"(fetch.worker_heartbeat_s = {limit:g})"
+                    )
+            with anyio.move_on_after(min(1.0, limit / 4)):
+                await self._closed.wait()
 
     async def _read(self, worker: _Process) -> None:
         """Listing results as the worker finishes each, then its files; an error ends the run."""
         while True:
             message = await worker.channel.receive()
+            worker.heard = time.monotonic()
+            if isinstance(message, protocol.Alive):
+                continue
             if isinstance(message, protocol.Result):
                 self._listing_ended(worker.index, message.result)
                 self._awaiting -= 1

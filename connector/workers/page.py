@@ -32,6 +32,8 @@ class WorkerSetup:
     options: SinkOptions
     file_prefix: str
     reject_prefix: str
+    heartbeat_s: float = 60.0
+    """A worker process says it is alive four times in this span (``fetch.worker_heartbeat_s``)."""
 
 
 @dataclass(frozen=True, slots=True)
