@@ -44,7 +44,7 @@ bench: install
 bench-full: install
 	$(BIN)/python -m benchmarks --full
 
-# Regenerate the README's column table from connector/schema.py.
+# Regenerate the README's tables and configs/example.toml from connector/schema.py and config.py.
 readme: install
 	$(BIN)/python scripts/update_readme.py
 

@@ -72,7 +72,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "pyarrow": pyarrow.__version__,
         "aiohttp": aiohttp.__version__,
-        "orjson": orjson.__version__,  # type: ignore[attr-defined]
+        "orjson": orjson.__version__,
         "pandas": pandas.__version__,
         "oci": oci.__version__,
         "duckdb": duckdb.__version__,

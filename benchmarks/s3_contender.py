@@ -8,6 +8,7 @@ from __future__ import annotations
 import pickle
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import scenarios
@@ -24,7 +25,7 @@ def main() -> None:
 
     logs.configure("warning", "json")
     pages = pickle.loads(pages_file.read_bytes())
-    contenders = {
+    contenders: dict[str, Callable[[], float | None]] = {
         "ours": lambda: scenarios._ours(pages, out, workers="auto"),
         "ours, one thread": lambda: scenarios._ours(pages, out, workers=0),
         "pandas": lambda: scenarios._pandas(pages, out),

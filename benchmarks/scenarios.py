@@ -401,11 +401,11 @@ def s3(full: bool, repeat: int) -> list[dict[str, Any]]:
         for _ in range(repeat):
             for name in contenders:
                 out = Path(tempfile.mkdtemp(dir=temp))
-                result = subprocess.run(
+                done = subprocess.run(
                     [PYTHON, "-m", "benchmarks.s3_contender", name, str(recorded), str(out)],
                     capture_output=True, text=True, check=True, cwd=ROOT,
                 )  # fmt: skip
-                rates[name].append(rows_total / float(result.stdout.strip().splitlines()[-1]))
+                rates[name].append(rows_total / float(done.stdout.strip().splitlines()[-1]))
     ratio = statistics.median(rates["ours"]) / statistics.median(rates["pandas"])
     result = [
         row(

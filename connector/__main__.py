@@ -1,6 +1,6 @@
 """``python -m connector``: the ``oci-images`` command."""
 
-# Guarded: worker processes re-import the main module (as multiprocessing does).
+# Guarded: importing this module (as tools that list a package's modules do) runs nothing.
 if __name__ == "__main__":
     from connector.cli import entry
 

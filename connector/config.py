@@ -15,6 +15,7 @@ import difflib
 import ipaddress
 import os
 import re
+import textwrap
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,17 +43,19 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Key:
-    """One configuration key: its default, the check that returns its validated value, and the
-    help text the README and ``configs/example.toml`` show."""
+    """One configuration key: its default, the check that returns its validated value, the
+    help text the README and ``configs/example.toml`` show, and the value that example shows."""
 
     default: Any
     check: Check
     help: str
+    example: Any = None
+    """What ``configs/example.toml`` sets, when not the default."""
 
 
-def key(default: T, check: Check, help: str) -> T:
+def key(default: T, check: Check, help: str, *, example: Any = None) -> T:
     """Declare a section field as a configuration key (a dataclass field carrying its ``Key``)."""
-    spec = Key(default, check, help)
+    spec = Key(default, check, help, example)
     if isinstance(default, dict):  # a table-valued key: each Settings gets its own copy
         table = dict(default)
         return cast(T, field(default_factory=lambda: dict(table), metadata={"key": spec}))
@@ -250,58 +253,84 @@ def _table(key: str, value: Any) -> dict[str, str | int | float | bool]:
 
 @dataclass(frozen=True, slots=True)
 class OciSettings:
-    """``[oci]``: credentials and endpoints."""
+    """[oci]: credentials and endpoints."""
 
     config_file: str = key(
-        "", _string(), "OCI CLI config file; default OCI_CONFIG_FILE or ~/.oci/config"
+        "", _string(), 'OCI CLI config file; "" = $OCI_CONFIG_FILE or ~/.oci/config'
     )
-    profile: str = key("", _string(), "profile in it; default OCI_CLI_PROFILE or DEFAULT")
+    profile: str = key("", _string(), 'profile in it; "" = $OCI_CLI_PROFILE or DEFAULT')
     auth: str = key(
         "api_key",
         _choice("api_key", "security_token", "instance_principal", "resource_principal"),
-        "how requests are signed",
+        "api_key, security_token (oci session authenticate), instance_principal or resource_principal (these two need the [oci] extra)",
     )
     regions: tuple[str, ...] = key(
-        (), _regions, '[] = the profile\'s region; ["subscribed"] = every READY subscription'
+        (),
+        _regions,
+        '[]: the profile\'s region; ["subscribed"]: every READY region subscription; or a list, e.g. ["us-ashburn-1", "eu-frankfurt-1"]',
+        example=("subscribed",),
     )
-    endpoint: str = key("", _endpoint, "Compute endpoint override; {region} is substituted")
-    identity_endpoint: str = key("", _endpoint, "Identity endpoint override; defaults to endpoint")
-    ca_bundle: str = key("", _existing_file, "PEM bundle for appliances with their own CA")
-    allow_insecure_http: bool = key(False, _boolean, "allow plain http:// to non-loopback hosts")
+    endpoint: str = key(
+        "",
+        _endpoint,
+        'Compute endpoint override, {region} substituted, e.g. a Private Cloud Appliance: "https://iaas.pca.example.com"; "" = public OCI',
+    )
+    identity_endpoint: str = key(
+        "", _endpoint, 'Identity endpoint override; "" = oci.endpoint when set, else public OCI'
+    )
+    ca_bundle: str = key(
+        "", _existing_file, 'PEM bundle for appliances with their own CA; "" = the system\'s CAs'
+    )
+    allow_insecure_http: bool = key(
+        False, _boolean, "allow plain http:// to hosts other than loopback"
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class ScopeSettings:
-    """``[scope]``: which compartments are listed."""
+    """[scope]: which compartments are listed."""
 
-    tenancy: str = key("", _ocid_or_empty("tenancy"), "tenancy OCID; default the profile's")
+    tenancy: str = key("", _ocid_or_empty("tenancy"), 'tenancy OCID; "" = the profile\'s tenancy')
     compartments: tuple[str, ...] = key(
-        (), _ocid_list("compartment", "tenancy"), "explicit compartments; if set, no discovery"
+        (),
+        _ocid_list("compartment", "tenancy"),
+        "explicit compartment OCIDs; when set, there is no discovery",
     )
     discover: bool = key(
-        True, _boolean, "list the tenancy's ACTIVE accessible compartments and the root"
+        True, _boolean, "the root plus ListCompartments(tenancy, subtree, ACCESSIBLE, ACTIVE)"
     )
     exclude: tuple[str, ...] = key(
-        (), _ocid_list("compartment", "tenancy"), "compartments to leave out (with their subtrees)"
+        (),
+        _ocid_list("compartment", "tenancy"),
+        "compartment OCIDs to leave out (with their subtrees when discovered)",
     )
 
 
 @dataclass(frozen=True, slots=True)
 class FilterSettings:
-    """``[filters]``: ListImages query parameters; "" is no filter."""
+    """[filters]: ListImages query parameters; "" = no filter."""
 
-    display_name: str = key("", _string(1, 255), "exact display name")
+    display_name: str = key("", _string(1, 255), "displayName: an exact display name")
     lifecycle_state: str = key(
-        "", _choice(*IMAGE_LIFECYCLE, case_insensitive=True, allow_empty=True), "lifecycle state"
+        "",
+        _choice(*IMAGE_LIFECYCLE, case_insensitive=True, allow_empty=True),
+        "lifecycleState (case-insensitive): " + ", ".join(IMAGE_LIFECYCLE),
+        example="AVAILABLE",
     )
-    operating_system: str = key("", _string(1, 255), "operating system, e.g. Oracle Linux")
-    operating_system_version: str = key("", _string(1, 255), "operating system version, e.g. 9")
-    shape: str = key("", _string(1, 255), "images compatible with this shape")
+    operating_system: str = key("", _string(1, 255), 'operatingSystem, e.g. "Oracle Linux"')
+    operating_system_version: str = key("", _string(1, 255), 'operatingSystemVersion, e.g. "9"')
+    shape: str = key(
+        "", _string(1, 255), 'shape: only images compatible with it, e.g. "VM.Standard.E5.Flex"'
+    )
     sort_by: str = key(
-        "", _choice(*SORT_BY, case_insensitive=True, allow_empty=True), "TIMECREATED or NAME"
+        "",
+        _choice(*SORT_BY, case_insensitive=True, allow_empty=True),
+        "sortBy: TIMECREATED or NAME (DISPLAYNAME, the SDK's spelling, is accepted)",
     )
     sort_order: str = key(
-        "", _choice("ASC", "DESC", case_insensitive=True, allow_empty=True), "ASC or DESC"
+        "",
+        _choice("ASC", "DESC", case_insensitive=True, allow_empty=True),
+        "sortOrder: ASC or DESC",
     )
 
     def query_params(self) -> dict[str, str]:
@@ -315,43 +344,53 @@ class FilterSettings:
 
 @dataclass(frozen=True, slots=True)
 class FetchSettings:
-    """``[fetch]``: requests and the processes that convert pages."""
+    """[fetch]: requests, and the processes that convert pages."""
 
-    concurrency: int = key(16, _integer(1, 256), "requests in flight")
-    page_size: int = key(1000, _integer(1, 1000), "ListImages limit")
-    max_attempts: int = key(8, _integer(1, 50), "attempts per request")
-    request_timeout_s: float = key(60.0, _number(0.0, 3600.0, low_open=True), "per request")
+    concurrency: int = key(
+        16, _integer(1, 256), "requests in flight in this process (adapts down under 429s)"
+    )
+    page_size: int = key(1000, _integer(1, 1000), "ListImages limit, 1..1000")
+    max_attempts: int = key(
+        8, _integer(1, 50), "attempts per request, with full-jitter exponential backoff"
+    )
+    request_timeout_s: float = key(60.0, _number(0.0, 3600.0, low_open=True), "seconds per request")
     max_requests_per_second: float = key(
-        0.0, _number(0.0, 10000.0), "client-side cap; 0 = none (still adapts to 429)"
+        0.0, _number(0.0, 10000.0), "client-side cap; 0 = none (the rate still adapts to 429s)"
     )
     platform_images: str = key(
-        "once", _choice("once", "every", "skip"), "once per region, every listing, or skip"
+        "once",
+        _choice("once", "every", "skip"),
+        "once per region, every listing, or skip (see Platform images)",
     )
     workers: int | str = key(
         "auto",
         _workers,
-        "processes converting and writing pages; 0 = a thread in this process; auto = one per core, at most 4",
+        'processes that convert and write pages beside the fetcher: "auto" = one per core (at most 4; none on one core), 0 = a thread in this process. Each writes its own files; with n workers, row groups hold 128k / n rows (at least 64k), so memory stays that of one writer',
     )
     max_pages_per_listing: int = key(
-        10_000, _integer(1, 10_000_000), "a listing with more pages fails (endless pagination)"
+        10_000,
+        _integer(1, 10_000_000),
+        "a listing that still has more pages after this many fails (a service that paginates forever)",
     )
     max_response_bytes: int = key(
-        64 * 1024 * 1024, _integer(1024, 1 << 40), "a response larger on the wire fails its listing"
+        64 * 1024 * 1024,
+        _integer(1024, 1 << 40),
+        "bytes: a response larger than this on the wire fails its listing (a declared length is refused before reading)",
     )
     max_decompressed_bytes: int = key(
         128 * 1024 * 1024,
         _integer(1024, 1 << 40),
-        "a response larger once decoded (gzip) fails its listing",
+        "bytes: a response larger than this once decoded fails its listing; a gzip bomb is refused after decoding at most this much",
     )
     run_deadline_s: float = key(
         6 * 3600.0,
         _number(0.0, 30 * 86400.0),
-        "the run fails past this many seconds; 0 = no deadline",
+        "seconds: past this the run fails (exit 1, nothing published); 0 = no deadline",
     )
     worker_heartbeat_s: float = key(
         60.0,
         _number(1.0, 86400.0),
-        "a worker process silent this long while it has work fails the run",
+        "seconds: a worker process that sends nothing (not even its heartbeat) for this long fails the run (a stopped or hung worker)",
     )
 
     def worker_processes(self) -> int:
@@ -369,21 +408,32 @@ class FetchSettings:
 
 @dataclass(frozen=True, slots=True)
 class OutputSettings:
-    """``[output]``: where and how the snapshot is written."""
+    """[output]: where and how the snapshot is written."""
 
-    uri: str = key("out", _output_uri, "local directory or fsspec URI")
+    uri: str = key(
+        "out",
+        _output_uri,
+        'local directory or fsspec URI (s3://, gs://, oci://, abfs://); not "" nor a root',
+        example="/data/lake/oci",
+    )
     format: str = key("parquet", _choice("parquet", "ndjson"), "parquet or ndjson")
     compression: str = key(
         "",
         _choice("zstd", "snappy", "gzip", "none", allow_empty=True),
-        "parquet: zstd|snappy|gzip|none; ndjson: gzip|none",
+        '"" = the format\'s default (zstd for parquet, none for ndjson); parquet: zstd, snappy, gzip or none; ndjson: gzip or none',
+        example="zstd",
     )
-    snapshot_date: str = key("", _snapshot_date, "YYYY-MM-DD; default today (UTC)")
-    allow_partial: bool = key(False, _boolean, "publish even if some compartments failed")
+    snapshot_date: str = key(
+        "", _snapshot_date, 'YYYY-MM-DD; "" = today (UTC); Airflow passes {{ ds }}'
+    )
+    allow_partial: bool = key(
+        False, _boolean, "publish even when some compartments failed (the exit code stays 3)"
+    )
     min_complete_ratio: float = key(
         0.9,
         _number(0.0, 1.0),
-        "a partial run with fewer listings complete than this fails (nothing published)",
+        "the share of listings that must complete for a partial run to be published (with "
+        "allow_partial); below it the run fails (exit 1) and nothing is published",
     )
 
     @property
@@ -591,3 +641,60 @@ def _cross_checks(settings: Settings) -> None:
                     name,
                     "plain http:// is allowed only to loopback hosts; set oci.allow_insecure_http = true to override",
                 )
+
+
+# -- documentation: the README's table and configs/example.toml, from the declarations ---------
+
+EXAMPLE_HEADER = """\
+# oci-images-connector: configuration for a real tenancy. Every key is shown with its default
+# unless noted; any key can be overridden on the command line: --set section.key=value.
+# Validate it without sending a request: a bad value exits 2 and names the key.
+# Generated from connector/config.py (`make readme`): edit the help text there.
+"""
+_COMMENT_COLUMN = 33
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as TOML source."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def markdown_table() -> str:
+    """The README's configuration table: every key, its default and its help."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for section, keys in KEYS.items():
+        for name, spec in keys.items():
+            lines.append(f"| `{section}.{name}` | `{toml_value(spec.default)}` | {spec.help} |")
+    return "\n".join(lines)
+
+
+def example_toml() -> str:
+    """``configs/example.toml``: every key, with its help as a comment."""
+    out = [EXAMPLE_HEADER]
+    for section, keys in KEYS.items():
+        about = (SECTIONS[section].__doc__ or "").split(":", 1)[-1].strip().rstrip(".")
+        out.append(_commented(f"[{section}]", about))
+        for name, spec in keys.items():
+            value = spec.default if spec.example is None else spec.example
+            note = spec.help
+            if spec.example is not None:
+                note += f" (default {toml_value(spec.default)})"
+            out.append(_commented(f"{name} = {toml_value(value)}", note))
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _commented(code: str, comment: str) -> str:
+    parts = textwrap.wrap(comment, 100 - _COMMENT_COLUMN - 2)
+    first = code.ljust(_COMMENT_COLUMN - 1) + " " if len(code) < _COMMENT_COLUMN else code + "  "
+    lines = [first + "# " + parts[0]]
+    lines += [" " * _COMMENT_COLUMN + "# " + part for part in parts[1:]]
+    return "\n".join(lines)

@@ -1,15 +1,26 @@
-"""The connector's exception hierarchy.
+"""The connector's exception hierarchy::
 
-Every error the connector raises derives from :class:`ConnectorError`. Lower-level errors
-(aiohttp, OS, pyarrow) are translated at the boundary where they occur, so callers never
-have to know which library produced them. Each error says whether retrying can help.
+    ConnectorError                 root; ``retryable`` says whether trying again can help
+    ├── ConfigError                bad configuration or command line (exit 2), before any request
+    ├── AuthError                  credentials cannot be loaded or used
+    ├── TransportError             no complete HTTP response (retryable)
+    │   └── RequestTimeout
+    ├── OciApiError                the service answered with an error status
+    ├── PaginationError            the service repeated a page token
+    ├── PageError                  a page is not a JSON array (connector.pages)
+    ├── WorkerError                a worker process failed or went away
+    └── PublishError               output could not be staged or published
+
+Lower-level errors (aiohttp, OS, pyarrow) are translated at the boundary where they occur
+(the client, the workers, publishing), so callers never have to know which library produced
+them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-# The process exit codes of DESIGN.md, in one place.
+# The process exit codes (README, "Exit codes"), in one place.
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
 
 

@@ -167,6 +167,12 @@ class Export:
         A run that publishes holds its snapshot date's lock from start to end; a shard holds
         its own (index, count) lock of the run. A failure leaves ``_runs/RUN_ID.json``.
         """
+        # Every log line of the run carries these, from every task it starts.
+        shard = f"{self.shard[0]}/{self.shard[1]}"
+        with structlog.contextvars.bound_contextvars(run_id=self.run_id, shard=shard):
+            return await self._run()
+
+    async def _run(self) -> RunOutcome:
         started_at = publish.utc_now()
         guard = self._lock()
         guard.acquire()
@@ -194,9 +200,7 @@ class Export:
         lock.claim_attempt(self.fs, self.base, self.owner)
         log.info(
             "run.start",
-            run_id=self.run_id,
             attempt=self.owner.attempt,
-            shard=f"{self.shard[0]}/{self.shard[1]}",
             snapshot_date=self.layout.snapshot_date,
             version=__version__,
         )

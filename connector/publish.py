@@ -160,6 +160,8 @@ def _filter_parquet(
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from connector.sinks import parquet
+
     rows = 0
     with fs.open_input_file(source) as raw:
         reader = pq.ParquetFile(raw)
@@ -171,7 +173,7 @@ def _filter_parquet(
         codec = "none" if codec == "uncompressed" else codec
         with (
             fs.open_output_stream(target, compression=None) as out,
-            pq.ParquetWriter(out, reader.schema_arrow, compression=codec, version="2.6") as writer,  # type: ignore[arg-type]
+            parquet.writer(out, codec, reader.schema_arrow) as writer,
         ):
             by_region: dict[str, list[str]] = {}
             for region, compartment in failed:

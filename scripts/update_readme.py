@@ -1,25 +1,34 @@
-"""Regenerate the README's column table from connector/schema.py (`make readme`)."""
+"""Regenerate what is generated from the code (`make readme`): the README's column table
+(connector/schema.py), its configuration table and configs/example.toml (connector/config.py)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from connector import schema
+from connector import config, schema
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+EXAMPLE = ROOT / "configs" / "example.toml"
+
+
+def replace_block(text: str, name: str, content: str) -> str:
+    """``text`` with what is between ``<!-- name:start -->`` and ``<!-- name:end -->`` replaced."""
+    return re.sub(
+        rf"<!-- {name}:start -->\n.*?<!-- {name}:end -->",
+        lambda _: f"<!-- {name}:start -->\n{content}\n<!-- {name}:end -->",
+        text,
+        flags=re.S,
+    )
 
 
 def main() -> None:
     text = README.read_text()
-    table = schema.markdown_table()
-    updated = re.sub(
-        r"<!-- columns:start -->\n.*?<!-- columns:end -->",
-        lambda _: f"<!-- columns:start -->\n{table}\n<!-- columns:end -->",
-        text,
-        flags=re.S,
-    )
-    README.write_text(updated)
+    text = replace_block(text, "columns", schema.markdown_table())
+    text = replace_block(text, "config", config.markdown_table())
+    README.write_text(text)
+    EXAMPLE.write_text(config.example_toml())
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pyarrow.dataset as ds
 import pytest
 
 import connector
-from connector import auth
+from connector import auth, cli
 from connector.emulator import EmulatorServer
 
 DATE = "2026-11-27"
@@ -151,6 +152,7 @@ class TestRun:
             (tmp_path / "lake" / "images" / f"snapshot_date={DATE}" / "_manifest.json").read_bytes()
         )
         assert outcome.manifest.as_dict() == written
+        assert outcome.manifest == connector.Manifest.from_dict(written)
 
     def test_plan_shards_then_commit(self, emulator: EmulatorServer, tmp_path: Path) -> None:
         """Plan three shards, run each from its JSON form (as XCom carries it), then commit:
@@ -177,6 +179,26 @@ class TestRun:
         assert sum(s.listings for s in plan.shards) == len(committed.manifest.compartments)
         assert staged == committed.manifest.rows == published_rows(tmp_path)
 
+    def test_plan_builds_no_export(
+        self, emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`oci-images plan` only discovers: it prepares no export (no output filesystem, no
+        workers), so an output it could not write to does not matter yet."""
+
+        def no_export(*args: object, **kwargs: object) -> None:
+            raise AssertionError("plan built an Export")
+
+        monkeypatch.setattr("connector.pipeline.Export", no_export)
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        config = tmp_path / "plan.toml"
+        config.write_text(
+            f'[oci]\nconfig_file = "{emulator.config_file}"\n'
+            f'endpoint = "{emulator.endpoint_template}"\nregions = ["subscribed"]\n'
+            f'[output]\nuri = "{blocker / "lake"}"\n'
+        )
+        assert 0 == cli.main(["plan", "--config", str(config), "--shards", "2", "--run-id", "r"])
+
     def test_a_shard_needs_a_run_id(self, emulator: EmulatorServer, tmp_path: Path) -> None:
         """A shard given as (index, count) without a run id is a ConfigError: shards and the
         commit must agree on one."""
@@ -189,3 +211,17 @@ class TestRun:
         outcome = connector.commit(settings, "no-such-run")
         assert ("failed", 1, None) == (outcome.status, outcome.exit_code, outcome.manifest)
         assert "nothing staged" in outcome.message
+
+
+class TestLogs:
+    def test_every_line_of_a_run_names_it(self, emulator: EmulatorServer, tmp_path: Path) -> None:
+        """Each log line of a run, from whichever task wrote it, carries run_id and shard."""
+        from connector import logs
+
+        stream = io.StringIO()
+        logs.configure("debug", "json", stream)
+        outcome = connector.run(settings_for(emulator, tmp_path), run_id="r-logged")
+        lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+        assert 0 == outcome.exit_code
+        assert {"run.start", "listing.done", "run.published"} <= {e["event"] for e in lines}
+        assert {("r-logged", "0/1")} == {(e.get("run_id"), e.get("shard")) for e in lines}

@@ -16,7 +16,7 @@ import pytest
 
 from connector import schema
 from connector.emulator import EmulatorServer, build_world
-from tests.test_export import DATE, WORLD, write_config
+from tests.helpers import DATE, WORLD, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -118,7 +119,7 @@ def test_set_rejects_malformed_override() -> None:
 
 
 def test_defaults_match_the_design() -> None:
-    """With no file, every key has DESIGN.md's default."""
+    """With no file, every key has its documented default."""
     settings = config.load(None)
     assert ("api_key", (), "", True) == (
         settings.oci.auth,
@@ -173,3 +174,22 @@ def test_airflow_example_compiles() -> None:
     """configs/airflow_dag.py is valid Python (Airflow itself is not installed here)."""
     source = (Path(__file__).resolve().parent.parent / "configs" / "airflow_dag.py").read_text()
     compile(source, "airflow_dag.py", "exec")
+
+
+def test_generated_docs_are_current() -> None:
+    """The README's configuration table and configs/example.toml are what the key declarations
+    generate (`make readme` regenerates both)."""
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    match = re.search(r"<!-- config:start -->\n(.*?)\n<!-- config:end -->", readme, re.S)
+    assert match is not None
+    assert config.markdown_table() == match.group(1)
+    assert config.example_toml() == (root / "configs" / "example.toml").read_text()
+
+
+def test_dotted_override_of_a_plain_key_is_unknown() -> None:
+    """--set section.key.entry=value is for table-valued keys; under any other key it is an
+    unknown key, named in full."""
+    with pytest.raises(ConfigError) as info:
+        config.load(None, ["fetch.page_size.x=1"])
+    assert "fetch.page_size.x" == info.value.key

@@ -18,48 +18,8 @@ import pytest
 
 from connector import cli, publish
 from connector.emulator import EmulatorServer, build_world
+from tests.helpers import DATE, WORLD, write_config
 from tests.reference import expected_rows, multiset, normalise_actual
-
-DATE = "2026-11-27"
-WORLD = {
-    "seed": 21,
-    "compartments": 40,
-    "regions": ("us-ashburn-1", "eu-frankfurt-1"),
-    "platform_images": 20,
-    "custom_scale": 0.3,
-}
-
-
-def write_config(tmp_path: Path, server: EmulatorServer, **sections: dict[str, Any]) -> Path:
-    """A config pointing at the emulator; ``sections`` override or add keys."""
-    base: dict[str, dict[str, Any]] = {
-        "oci": {
-            "config_file": str(server.config_file),
-            "endpoint": server.endpoint_template,
-            "regions": ["subscribed"],
-        },
-        "fetch": {"concurrency": 8, "page_size": 1000},
-        "output": {"uri": str(tmp_path / "lake"), "snapshot_date": DATE},
-    }
-    for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
-    lines = []
-    for name, values in base.items():
-        lines.append(f"[{name}]")
-        lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
-    path = tmp_path / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return orjson.dumps(value).decode()
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return str(value)
 
 
 def run(config: Path, *extra: str) -> int:

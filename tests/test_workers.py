@@ -27,7 +27,7 @@ from connector.pipeline import Export
 from connector.sinks import SinkOptions
 from connector.workers import coordinator
 from connector.workers.page import Closed, ListingResult, WorkerSetup, shared_budget
-from tests.test_export import write_config
+from tests.helpers import write_config
 
 RUN = RunInfo("r-workers", date(2026, 11, 27))
 

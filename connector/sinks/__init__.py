@@ -14,9 +14,6 @@ import pyarrow.fs as pafs
 
 from connector import safety
 
-FORMATS = ("parquet", "ndjson")
-COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "ndjson": ("gzip", "none")}
-
 
 @dataclass(frozen=True, slots=True)
 class FileInfo:

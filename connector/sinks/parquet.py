@@ -16,6 +16,18 @@ from connector import schema
 from connector.sinks import FileInfo, RollingFiles, SeriesPlace, SinkOptions
 
 
+def writer(sink: pa.NativeFile, compression: str, arrow_schema: pa.Schema) -> pq.ParquetWriter:
+    """A Parquet writer with the connector's settings; every Parquet file is written by one."""
+    return pq.ParquetWriter(
+        sink,
+        arrow_schema,
+        compression=cast(Any, compression),
+        write_statistics=True,
+        use_dictionary=True,
+        version="2.6",
+    )
+
+
 class ParquetSeries(RollingFiles):
     """One region's Parquet files."""
 
@@ -58,14 +70,7 @@ class ParquetSeries(RollingFiles):
 
     def _start_file(self) -> pq.ParquetWriter:
         self._stream = self._open_next()
-        self._writer = pq.ParquetWriter(
-            self._stream,
-            schema.SCHEMA,
-            compression=cast(Any, self.options.compression),
-            write_statistics=True,
-            use_dictionary=True,
-            version="2.6",
-        )
+        self._writer = writer(self._stream, self.options.compression, schema.SCHEMA)
         self._file_rows = 0
         return self._writer
 
@@ -78,6 +83,5 @@ class ParquetSeries(RollingFiles):
         self._finished(self._file_rows, size)
         self._writer = None
         self._stream = None
-        # The next file starts empty: without this, the room left after the first full file
-        # would be 0 and the next row group would have no rows.
+        # The next file starts empty: until it opens, the room left is a whole file's.
         self._file_rows = 0

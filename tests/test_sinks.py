@@ -1,0 +1,103 @@
+"""Sinks: each region's rows roll over into numbered files at the row limit, none lost."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from connector.emulator import build_world
+from connector.normalize import normalize_page
+from connector.pages import Page, RunInfo
+from connector.sinks import FileInfo, PartitionedSink, SinkOptions
+
+RUN = RunInfo("r-sinks", date(2026, 11, 27))
+
+
+@pytest.fixture(scope="module")
+def rows() -> pa.RecordBatch:
+    """45 converted rows of one region."""
+    world = build_world(seed=4, compartments=6)
+    records = [i.json for c in world.listable_compartments()
+               for i in world.listing(world.home_region, c.id)][:45]  # fmt: skip
+    page = Page(b"[" + b",".join(records) + b"]", world.home_region, "c", 1,
+                datetime(2026, 11, 27, tzinfo=UTC), None)  # fmt: skip
+    batch = normalize_page(page, RUN).batch
+    assert 45 == batch.num_rows
+    return batch
+
+
+def write(
+    folder: Path, options: SinkOptions, batch: pa.RecordBatch, numbering: tuple[int, int] = (0, 1)
+) -> list[FileInfo]:
+    sink = PartitionedSink(pafs.LocalFileSystem(), folder.as_posix(), options, numbering=numbering)
+    for start, size in ((0, 7), (7, 30), (37, 8)):  # batches as pages of uneven size
+        sink.write("us-ashburn-1", batch.slice(start, size))
+    return sink.close()
+
+
+class TestParquet:
+    def test_rolls_at_the_row_limit(self, tmp_path: Path, rows: pa.RecordBatch) -> None:
+        """45 rows at 25 a file: two files of 25 and 20 rows, row groups of at most 10, the rows
+        in the order written."""
+        options = SinkOptions("parquet", "zstd", row_group_rows=10, max_rows_per_file=25)
+        files = write(tmp_path, options, rows)
+        assert [
+            ("region=us-ashburn-1/part-00000.parquet", 25),
+            ("region=us-ashburn-1/part-00001.parquet", 20),
+        ] == [(f.path, f.rows) for f in files]
+        ids = []
+        for info in files:
+            path = tmp_path / info.path
+            assert path.stat().st_size == info.bytes
+            metadata = pq.ParquetFile(path).metadata
+            assert all(metadata.row_group(i).num_rows <= 10 for i in range(metadata.num_row_groups))
+            ids += pq.read_table(path, columns=["id"])["id"].to_pylist()
+        assert rows.column("id").to_pylist() == ids
+
+    def test_writers_sharing_a_directory_interleave_numbers(
+        self, tmp_path: Path, rows: pa.RecordBatch
+    ) -> None:
+        """Writer 1 of 2 numbers its files 1, 3, …: workers never collide on a name."""
+        options = SinkOptions("parquet", "zstd", row_group_rows=10, max_rows_per_file=25)
+        files = write(tmp_path, options, rows, numbering=(1, 2))
+        assert [
+            "region=us-ashburn-1/part-00001.parquet",
+            "region=us-ashburn-1/part-00003.parquet",
+        ] == [f.path for f in files]
+
+
+class TestNdjson:
+    @pytest.mark.parametrize(
+        ("compression", "suffix"), [("none", ".ndjson"), ("gzip", ".ndjson.gz")]
+    )
+    def test_rolls_at_the_row_limit(
+        self, tmp_path: Path, rows: pa.RecordBatch, compression: str, suffix: str
+    ) -> None:
+        """45 rows at 25 a file: 25 lines, then 20; gzip files are whole gzip streams."""
+        options = SinkOptions("ndjson", compression, max_rows_per_file=25)
+        files = write(tmp_path, options, rows)
+        assert [
+            (f"region=us-ashburn-1/part-00000{suffix}", 25),
+            (f"region=us-ashburn-1/part-00001{suffix}", 20),
+        ] == [(f.path, f.rows) for f in files]
+        ids = []
+        for info in files:
+            raw = (tmp_path / info.path).read_bytes()
+            assert len(raw) == info.bytes
+            text = gzip.decompress(raw) if compression == "gzip" else raw
+            ids += [orjson.loads(line)["id"] for line in text.splitlines()]
+        assert rows.column("id").to_pylist() == ids
+
+    def test_no_rows_no_file(self, tmp_path: Path, rows: pa.RecordBatch) -> None:
+        """An empty batch opens no file."""
+        sink = PartitionedSink(pafs.LocalFileSystem(), tmp_path.as_posix(), SinkOptions("ndjson"))
+        sink.write("us-ashburn-1", rows.slice(0, 0))
+        assert [] == sink.close()
+        assert [] == list(tmp_path.iterdir())
