@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-out", help="output directory (default: demo-out)")
     demo.add_argument("--compartments", type=int, default=180, help="emulated compartments")
     demo.add_argument("--latency-ms", type=float, default=20.0, help="emulated latency")
+    demo.add_argument(
+        "--dataset",
+        choices=("realistic", "awkward"),
+        default="realistic",
+        help="emulated data: a realistic tenancy, or awkward values that test parsers",
+    )
 
     emulator = commands.add_parser("emulator", help="serve the fake OCI API on loopback")
     from connector.emulator import cli as emulator_cli
@@ -361,7 +367,12 @@ def demo_config() -> Path:
 def _demo(args: argparse.Namespace) -> int:
     from connector.emulator import Behaviour, EmulatorServer, build_world
 
-    world = build_world(compartments=args.compartments, regions=("us-ashburn-1", "eu-frankfurt-1"))
+    world = build_world(
+        compartments=args.compartments,
+        regions=("us-ashburn-1", "eu-frankfurt-1"),
+        dataset=args.dataset,
+        platform_images=150 if args.dataset == "realistic" else 60,
+    )
     with tempfile.TemporaryDirectory(prefix="oci-images-demo-") as folder:
         server = EmulatorServer(world, Behaviour(latency_ms=args.latency_ms), oci_config_dir=folder)
         with server:

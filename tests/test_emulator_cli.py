@@ -8,6 +8,9 @@ from pathlib import Path
 
 import oci
 import orjson
+import pytest
+
+from tests.conftest import make_private_ca
 
 
 def test_emulator_command_serves_the_sdk(tmp_path: Path) -> None:
@@ -38,3 +41,46 @@ def test_emulator_command_serves_the_sdk(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_emulator_command_pca_over_https(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--flavor pca --tls-cert/--tls-key: HTTPS that the SDK verifies with the private CA."""
+    tls = make_private_ca(tmp_path / "tls")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "connector", "emulator", "--port", "0", "--compartments", "3",
+         "--flavor", "pca", "--tls-cert", str(tls.cert_file), "--tls-key", str(tls.key_file),
+         "--oci-config-dir", str(tmp_path / "oci")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        assert line.startswith("listening on https://127.0.0.1:")
+        url = line.removeprefix("listening on ")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls.ca_file))
+        config = oci.config.from_file(str(tmp_path / "oci" / "config"))
+        client = oci.core.ComputeClient(config, service_endpoint=url)
+        images = client.list_images(config["tenancy"], limit=1000).data
+        assert images
+        assert images[0].compartment_id == ""
+        with pytest.raises(oci.exceptions.ServiceError) as info:
+            client.list_images(config["tenancy"], sort_by="DISPLAYNAME")
+        assert (400, "InvalidParameter") == (info.value.status, info.value.code)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_tls_certificate_without_key_exits_2(tmp_path: Path) -> None:
+    """--tls-cert without --tls-key is a usage error, before anything is served."""
+    tls = make_private_ca(tmp_path / "tls")
+    result = subprocess.run(
+        [sys.executable, "-m", "connector", "emulator", "--port", "0", "--tls-cert", str(tls.cert_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--tls-key" in result.stderr

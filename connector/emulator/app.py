@@ -2,8 +2,10 @@
 
 Requests pass through one middleware that does what the real service does around every call,
 in this order: assign an ``opc-request-id``, wait the configured latency, verify the request
-signature, apply the tenancy's rate limit, inject faults. The handlers then validate parameters
-exactly as the API reference says and serve pre-encoded records.
+signature, apply the rate limit of the tenancy in that region, inject faults. The handlers then
+validate parameters as the world's flavor does (commercial OCI and PCA spell sortBy differently)
+and serve encoded records. Hostile behaviours (endless pages, gzip bombs, huge pages, poisoned
+records, cut bodies, 401 for all, hostile region names) are Behaviour knobs, off by default.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import itertools
 import random
 import secrets
+import struct
 import time
-from collections import Counter
+import zlib
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -44,6 +49,16 @@ IMAGE_LIFECYCLE_STATES = (
 )
 COMPARTMENT_LIFECYCLE_STATES = ("CREATING", "ACTIVE", "INACTIVE", "DELETING", "DELETED")
 
+# Records that cannot be parsed on their own, added to the first page of every listing when
+# Behaviour.poison names them: raw bytes that are not UTF-8, a JSON escape of a lone UTF-16
+# surrogate, and nesting deeper than any sane parser's recursion limit.
+POISON_KINDS = ("invalid_utf8", "lone_surrogate", "deep_nesting")
+# Region names a hostile or broken Identity service might return (Behaviour.hostile_regions).
+HOSTILE_REGION_NAMES = ("../x", "us-ashburn-1/../../etc", "..", "eu-frankfurt-1%2F..", "")
+
+# The request id the middleware assigned, for handlers that stream their own response.
+REQUEST_ID = web.RequestKey("opc-request-id", str)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -53,7 +68,7 @@ class Behaviour:
 
     latency_ms: float = 0.0
     jitter: float = 0.5
-    rate: float = 0.0
+    rate: float = 0.0  # requests/s per tenancy and region (path prefix); 0 = unlimited
     burst: float = 10.0
     retry_after: float | None = None
     fault_rate: float = 0.0
@@ -65,6 +80,21 @@ class Behaviour:
     shift_rate: float = 0.0
     max_clock_skew_s: float = 300.0
     default_limit: int = 100
+    # Hostile behaviours, for reliability tests; each off by default.
+    endless_pages: bool = False  # ListImages: past the end, empty pages with ever-new tokens
+    gzip_bomb_mib: int = 0  # ListImages pages gzip-encoded behind this many MiB of whitespace
+    huge_page_mb: float = 0.0  # ListImages pages padded to this size with one extra record
+    poison: tuple[str, ...] = ()  # POISON_KINDS records added to each listing's first page
+    cut_json_rate: float = 0.0  # bodies cut after a } or ], Content-Length matching the cut
+    reject_auth: bool = False  # every API call 401 NotAuthenticated, as with a revoked key
+    hostile_regions: tuple[str, ...] = ()  # extra READY region subscriptions, e.g. "../x"
+
+    def __post_init__(self) -> None:
+        unknown = set(self.poison) - set(POISON_KINDS)
+        if unknown:
+            raise ValueError(
+                f"poison kinds must be among {', '.join(POISON_KINDS)}; got {sorted(unknown)}"
+            )
 
 
 @dataclass(slots=True)
@@ -79,6 +109,8 @@ class Stats:
     faults: Counter[str] = field(default_factory=Counter)
     listed: Counter[str] = field(default_factory=Counter)
     user_agents: Counter[str] = field(default_factory=Counter)
+    regions: Counter[str] = field(default_factory=Counter)
+    throttled_regions: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready snapshot."""
@@ -91,11 +123,17 @@ class Stats:
             "faults": dict(self.faults),
             "listed_compartments": dict(self.listed),
             "user_agents": dict(self.user_agents),
+            "requests_by_region": dict(self.regions),
+            "throttled_by_region": dict(self.throttled_regions),
         }
 
 
 class TokenBucket:
-    """A tenancy's request budget: ``rate`` tokens a second, at most ``burst`` saved up."""
+    """A request budget: ``rate`` tokens a second, at most ``burst`` saved up.
+
+    The emulator keeps one per tenancy and region, as OCI limits each region's API on its own:
+    a tenancy listing four regions may send four times the requests of one.
+    """
 
     def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
         self.rate = rate
@@ -137,7 +175,9 @@ class Emulator:
         self._rng = random.Random(seed)
         self._token_secret = secrets.token_bytes(32)
         self._request_ids = itertools.count(1)
-        self._selections: dict[tuple[object, ...], list[Image]] = {}
+        # Filtered or sorted selections, least recently used first out (unfiltered listings
+        # come straight from the world's own bounded cache).
+        self._selections: OrderedDict[tuple[object, ...], list[Image]] = OrderedDict()
         self._children: dict[str, list[Compartment]] = {}
         for comp in world.compartments[1:]:
             self._children.setdefault(comp.parent_id, []).append(comp)
@@ -161,6 +201,7 @@ class Emulator:
         routes = [
             ("/images", self._list_images),
             ("/compartments", self._list_compartments),
+            ("/compartments/{compartment_id}", self._get_compartment),
             ("/tenancies/{tenancy_id}/regionSubscriptions", self._list_region_subscriptions),
         ]
         for suffix, handler in routes:
@@ -182,6 +223,8 @@ class Emulator:
         server_id = f"{next(self._request_ids):08X}{secrets.token_hex(12).upper()}"
         client_id = request.headers.get("opc-request-id")
         request_id = f"{client_id}/{server_id}" if client_id else server_id
+        request[REQUEST_ID] = request_id
+        stats.regions[self._limit_region(request)] += 1
         try:
             response = await self._serve(request, handler, request_id)
         except ApiError as exc:
@@ -203,13 +246,21 @@ class Emulator:
                 max(0.0, self._rng.uniform(knobs.latency_ms - spread, knobs.latency_ms + spread))
                 / 1000
             )
+        if knobs.reject_auth:
+            raise _not_authenticated(
+                "The required information to complete authentication was not provided "
+                "or was incorrect."
+            )
         tenancy = self._authenticate(request)
         if knobs.rate > 0:
-            bucket = self._buckets.get(tenancy)
+            region = self._limit_region(request)
+            budget = f"{tenancy}/{region}"
+            bucket = self._buckets.get(budget)
             if bucket is None:
-                bucket = self._buckets[tenancy] = TokenBucket(knobs.rate, knobs.burst)
+                bucket = self._buckets[budget] = TokenBucket(knobs.rate, knobs.burst)
             if not bucket.take():
                 self.stats.throttled += 1
+                self.stats.throttled_regions[region] += 1
                 throttled = _error(429, "TooManyRequests", "Too many requests for the tenant.")
                 if knobs.retry_after is not None:
                     throttled.headers["Retry-After"] = f"{knobs.retry_after:g}"
@@ -232,7 +283,17 @@ class Emulator:
         if fault == "truncate" and isinstance(response, web.Response) and response.body:
             self.stats.faults["truncate"] += 1
             return await _truncated(request, response, request_id)
+        if fault == "cut" and isinstance(response, web.Response):
+            cut = _cut_after_bracket(response.body)
+            if cut is not None:
+                self.stats.faults["cut"] += 1
+                response.body = cut
         return response
+
+    def _limit_region(self, request: web.Request) -> str:
+        """The region whose budget a request spends: its path prefix, else the home region."""
+        region = request.match_info.get("region")
+        return region if region in self.world.regions else self.world.home_region
 
     def _pick_fault(self) -> str | None:
         """At most one fault per request, each with its configured probability."""
@@ -244,6 +305,7 @@ class Emulator:
             ("reset", knobs.reset_rate),
             ("stall", knobs.stall_rate),
             ("truncate", knobs.truncate_rate),
+            ("cut", knobs.cut_json_rate),
         ):
             if roll < rate:
                 return name
@@ -315,8 +377,8 @@ class Emulator:
             _enum("lifecycleState", lifecycle, IMAGE_LIFECYCLE_STATES)
         sort_by = _string(query, "sortBy")
         if sort_by is not None:
-            # The reference documents NAME; the official SDK sends DISPLAYNAME. Both mean the same.
-            _enum("sortBy", sort_by, ("TIMECREATED", "NAME", "DISPLAYNAME"))
+            # PCA documents NAME; commercial OCI (and its SDK) DISPLAYNAME. Each refuses the other.
+            _enum("sortBy", sort_by, self.world.sort_by)
         sort_order = _string(query, "sortOrder") or "ASC"
         _enum("sortOrder", sort_order, ("ASC", "DESC"))
         limit = self._limit(query)
@@ -341,20 +403,44 @@ class Emulator:
             sort_by,
             sort_order,
         )
-        selection = self._selections.get(key)
-        if selection is None:
-            selection = self._select_images(region, compartment_id, key[3:])
-            if len(self._selections) > 8192:
-                self._selections.clear()
-            self._selections[key] = selection
+        if all(value is None for value in key[3:9]):
+            selection = self.world.listing(region, compartment_id)
+        else:
+            selection = self._selected(
+                key, lambda: self._select_images(region, compartment_id, key[3:])
+            )
         offset = self._offset(query, key)
         if offset and self._rng.random() < self.behaviour.shift_rate:
             # Items shifted while the client paged: this page repeats the previous page's last.
             self.stats.faults["shift"] += 1
             offset -= 1
         page = selection[offset : offset + limit]
-        body = b"[" + b",".join(img.json for img in page) + b"]"
-        return self._page(body, key, offset, len(page), limit, len(selection))
+        records = [img.json for img in page]
+        knobs = self.behaviour
+        if knobs.poison and offset == 0:
+            self.stats.faults["poison"] += len(knobs.poison)
+            records += [_poison(kind, region, compartment_id) for kind in knobs.poison]
+        body = b"[" + b",".join(records) + b"]"
+        response = self._page(
+            body, key, offset, len(page), limit, len(selection), endless=knobs.endless_pages
+        )
+        if knobs.gzip_bomb_mib > 0:
+            self.stats.faults["gzip_bomb"] += 1
+            return await _gzip_bomb(request, response, body, knobs.gzip_bomb_mib)
+        if knobs.huge_page_mb > 0:
+            self.stats.faults["huge_page"] += 1
+            return await _huge_page(request, response, body, knobs.huge_page_mb)
+        return response
+
+    def _selected(self, key: tuple[object, ...], select: Callable[[], list[Image]]) -> list[Image]:
+        selection = self._selections.get(key)
+        if selection is None:
+            selection = self._selections[key] = select()
+            while len(self._selections) > 64:
+                self._selections.popitem(last=False)
+        else:
+            self._selections.move_to_end(key)
+        return selection
 
     def _select_images(
         self, region: str, compartment_id: str, filters: Sequence[Any]
@@ -378,7 +464,8 @@ class Emulator:
                     reverse=sort_order == "DESC",
                 )
             elif sort_by == "TIMECREATED":
-                chosen.sort(key=lambda i: i.time_created, reverse=sort_order == "DESC")
+                chosen.sort(key=lambda i: i.created_us, reverse=sort_order == "DESC")
+
             result.extend(chosen)
         return result
 
@@ -423,6 +510,20 @@ class Emulator:
         body = orjson.dumps([c.to_api() for c in page])
         return self._page(body, key, offset, len(page), limit, len(selection))
 
+    async def _get_compartment(self, request: web.Request) -> web.StreamResponse:
+        self._region(request)
+        comp = self.world.compartment(request.match_info["compartment_id"])
+        if comp is None or not comp.accessible:
+            raise ApiError(
+                404,
+                "NotAuthorizedOrNotFound",
+                "Authorization failed or requested resource not found.",
+            )
+        body = orjson.dumps(comp.to_api())
+        response = web.Response(body=body, content_type="application/json")
+        response.headers["etag"] = hashlib.sha256(body).hexdigest()[:32]
+        return response
+
     async def _list_region_subscriptions(self, request: web.Request) -> web.StreamResponse:
         self._region(request)
         if request.match_info["tenancy_id"] != self.world.tenancy_id:
@@ -431,8 +532,12 @@ class Emulator:
                 "NotAuthorizedOrNotFound",
                 "Authorization failed or requested resource not found.",
             )
-        body = orjson.dumps([s.to_api() for s in self.world.subscriptions])
-        return web.Response(body=body, content_type="application/json")
+        records = [s.to_api() for s in self.world.subscriptions]
+        records += [
+            {"isHomeRegion": False, "regionKey": "XXX", "regionName": name, "status": "READY"}
+            for name in self.behaviour.hostile_regions
+        ]
+        return web.Response(body=orjson.dumps(records), content_type="application/json")
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         return web.Response(
@@ -482,13 +587,25 @@ class Emulator:
         return offset
 
     def _page(
-        self, body: bytes, key: tuple[object, ...], offset: int, count: int, limit: int, total: int
+        self,
+        body: bytes,
+        key: tuple[object, ...],
+        offset: int,
+        count: int,
+        limit: int,
+        total: int,
+        *,
+        endless: bool = False,
     ) -> web.Response:
         response = web.Response(body=body, content_type="application/json")
         end = offset + count
         more = end < total or (
             self.behaviour.trailing_empty_page and count == limit and end == total
         )
+        if endless and not more:
+            # Past the end, each empty page still points to a new one.
+            self.stats.faults["endless"] += 1
+            more, end = True, max(end, offset + 1)
         if more:
             response.headers["opc-next-page"] = self._token(key, end)
         return response
@@ -548,4 +665,105 @@ async def _truncated(
     await response.write(body[: len(body) // 2])
     if request.transport is not None:
         request.transport.close()
+    return response
+
+
+def _cut_after_bracket(body: bytes | Any) -> bytes | None:
+    """The body cut right after a ``}`` or ``]`` in its first half, as a proxy that lost the
+    rest and recomputed Content-Length would send it: complete at the HTTP level, ending in a
+    closing bracket, and still not the whole JSON text. None if the body has no such point."""
+    if not isinstance(body, bytes) or len(body) < 3:
+        return None
+    end = max(body.rfind(b"}", 0, len(body) // 2 + 1), body.rfind(b"]", 0, len(body) // 2 + 1))
+    if end <= 0:
+        return None
+    return body[: end + 1]
+
+
+def _poison(kind: str, region: str, compartment_id: str) -> bytes:
+    """A record that no strict parser accepts on its own (see POISON_KINDS)."""
+    head = (
+        f'{{"id":"ocid1.image.oc1..poisoned-{kind.replace("_", "-")}",'
+        f'"compartmentId":"{compartment_id}","createImageAllowed":true,'
+        '"lifecycleState":"AVAILABLE","operatingSystem":"Oracle Linux",'
+        f'"operatingSystemVersion":"9","timeCreated":"2026-01-01T00:00:00.000Z","region":"{region}",'
+    ).encode()
+    if kind == "invalid_utf8":
+        return head + b'"displayName":"not \xff\xfe utf-8"}'
+    if kind == "lone_surrogate":
+        return head + b'"displayName":"lone \\ud800 surrogate"}'
+    depth = 5000
+    return head + b'"freeformTags":{"deep":' + b"[" * depth + b"]" * depth + b"}}"
+
+
+_BLOCK = 2**20
+
+
+@functools.cache
+def _bomb_parts(mib: int) -> tuple[bytes, bytes, int]:
+    """The invariant part of a gzip bomb: ``[`` and ``mib`` MiB of JSON whitespace.
+
+    After a full flush deflate starts afresh, so every MiB of spaces compresses to the same
+    bytes; the bomb is those bytes repeated, never the expanded text. Returns the compressed
+    opening, one compressed block, and the CRC-32 of the whole expanded prefix.
+    """
+    spaces = b" " * _BLOCK
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    opening = compressor.compress(b"[") + compressor.flush(zlib.Z_FULL_FLUSH)
+    block = compressor.compress(spaces) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = zlib.crc32(b"[")
+    for _ in range(mib):
+        crc = zlib.crc32(spaces, crc)
+    return opening, block, crc
+
+
+async def _gzip_bomb(
+    request: web.Request, page: web.Response, body: bytes, mib: int
+) -> web.StreamResponse:
+    """The page, gzip-encoded behind ``mib`` MiB of whitespace: a few KB per expanded MiB.
+
+    The expanded text is valid JSON holding the real page (``[`` + spaces + records + ``]``),
+    so only a client that caps decompressed bytes notices anything."""
+    opening, block, crc = await asyncio.to_thread(_bomb_parts, mib)
+    rest = body[1:]
+    tail_compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    tail = tail_compressor.compress(rest) + tail_compressor.flush(zlib.Z_FINISH)
+    crc = zlib.crc32(rest, crc)
+    size = (1 + mib * _BLOCK + len(rest)) % 2**32
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    trailer = struct.pack("<II", crc, size)
+    response = web.StreamResponse(status=200, headers=page.headers)
+    response.headers["opc-request-id"] = request.get(REQUEST_ID, "")
+    response.headers["Content-Encoding"] = "gzip"
+    response.content_type = "application/json"
+    response.content_length = len(header) + len(opening) + mib * len(block) + len(tail) + 8
+    await response.prepare(request)
+    await response.write(header + opening)
+    for _ in range(mib):
+        await response.write(block)
+    await response.write(tail + trailer)
+    await response.write_eof()
+    return response
+
+
+async def _huge_page(
+    request: web.Request, page: web.Response, body: bytes, megabytes: float
+) -> web.StreamResponse:
+    """The page plus one padding record, ``megabytes`` MB in all, streamed in 1 MiB writes."""
+    head = body[:-1] + (b"," if len(body) > 2 else b"")
+    head += b'{"id":"ocid1.image.oc1..padding","freeformTags":{"padding":"'
+    tail = b'"}}]'
+    padding = max(0, int(megabytes * 1_000_000) - len(head) - len(tail))
+    response = web.StreamResponse(status=200, headers=page.headers)
+    response.headers["opc-request-id"] = request.get(REQUEST_ID, "")
+    response.content_type = "application/json"
+    response.content_length = len(head) + padding + len(tail)
+    await response.prepare(request)
+    await response.write(head)
+    chunk = b"x" * _BLOCK
+    while padding > 0:
+        await response.write(chunk[: min(padding, _BLOCK)])
+        padding -= _BLOCK
+    await response.write(tail)
+    await response.write_eof()
     return response

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import sys
+from datetime import date
 from pathlib import Path
 
 
@@ -24,7 +25,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--regions", default="us-ashburn-1", help="comma-separated; the first is the home region"
     )
     parser.add_argument(
-        "--platform-images", type=int, default=60, help="platform images per region"
+        "--platform-images",
+        type=int,
+        default=150,
+        help="platform images per region listing (the newest three builds of each line)",
+    )
+    parser.add_argument(
+        "--flavor",
+        choices=("oci", "pca"),
+        default="oci",
+        help="oci: commercial OCI; pca: Private Cloud Appliance (sortBy NAME, compartmentId '')",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=("realistic", "awkward"),
+        default="realistic",
+        help="realistic names, sizes, dates and tags; or awkward values for testing parsers",
+    )
+    parser.add_argument(
+        "--oci-extras",
+        action="store_true",
+        help="with --flavor oci: defined-tag values of any JSON type, nine-digit fractions",
+    )
+    parser.add_argument(
+        "--reference-date",
+        type=date.fromisoformat,
+        default=None,
+        help="the realistic data set's today, YYYY-MM-DD (default: today, UTC)",
+    )
+    parser.add_argument(
+        "--cache-mb",
+        type=float,
+        default=128.0,
+        help="memory for generated listings (JSON and objects), least recently used out",
     )
     parser.add_argument(
         "--custom-scale", type=float, default=1.0, help="multiplies custom images per compartment"
@@ -37,7 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--jitter", type=float, default=0.5, help="latency spread, as a fraction of the mean"
     )
     parser.add_argument(
-        "--rate", type=float, default=0.0, help="requests/s per tenancy before 429 (0 = unlimited)"
+        "--rate",
+        type=float,
+        default=0.0,
+        help="requests/s per tenancy and region before 429 (0 = unlimited)",
     )
     parser.add_argument("--burst", type=float, default=10.0, help="token-bucket burst for --rate")
     parser.add_argument(
@@ -67,11 +103,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a last full page still carries opc-next-page, leading to an empty page",
     )
+    hostile = parser.add_argument_group("hostile behaviours (reliability testing)")
+    hostile.add_argument(
+        "--endless-pages",
+        action="store_true",
+        help="after the last record, empty pages that each point to another",
+    )
+    hostile.add_argument(
+        "--gzip-bomb-mib",
+        type=int,
+        default=0,
+        help="gzip every ListImages page behind this many MiB of whitespace (1024: 1 MB to 1 GiB)",
+    )
+    hostile.add_argument(
+        "--huge-page-mb", type=float, default=0.0, help="pad every ListImages page to this size"
+    )
+    hostile.add_argument(
+        "--poison",
+        action="append",
+        default=[],
+        choices=("invalid_utf8", "lone_surrogate", "deep_nesting"),
+        help="add a record of this kind to each listing's first page (repeatable)",
+    )
+    hostile.add_argument(
+        "--cut-json-rate",
+        type=float,
+        default=0.0,
+        help="share of bodies cut after a } or ], with a matching Content-Length",
+    )
+    hostile.add_argument(
+        "--reject-auth", action="store_true", help="answer every API call 401 (a bad key)"
+    )
+    hostile.add_argument(
+        "--hostile-region",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also list this READY region subscription, e.g. ../x (repeatable)",
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, default=None, help="serve HTTPS with this PEM certificate chain"
+    )
+    parser.add_argument(
+        "--tls-key", type=Path, default=None, help="the private key of --tls-cert (PEM)"
+    )
     parser.add_argument(
         "--oci-config-dir", type=Path, default=None, help="write key.pem and an OCI config here"
     )
     parser.add_argument(
-        "--truth", type=Path, default=None, help="write the ground truth as NDJSON, then serve"
+        "--truth",
+        type=Path,
+        default=None,
+        help="write the ground truth as NDJSON, then serve (generates every listing first)",
     )
 
 
@@ -81,8 +164,16 @@ def run(args: argparse.Namespace) -> int:
 
     from connector.emulator.app import Behaviour, Emulator
     from connector.emulator.data import build_world
-    from connector.emulator.server import issue_credentials, serve_forever, write_oci_config
+    from connector.emulator.server import (
+        issue_credentials,
+        serve_forever,
+        tls_context,
+        write_oci_config,
+    )
 
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("oci-images emulator: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
     regions = tuple(r.strip() for r in args.regions.split(",") if r.strip())
     world = build_world(
         seed=args.seed,
@@ -91,6 +182,11 @@ def run(args: argparse.Namespace) -> int:
         platform_images=args.platform_images,
         custom_scale=args.custom_scale,
         bad_records=args.bad_records,
+        flavor=args.flavor,
+        dataset=args.dataset,
+        reference_date=args.reference_date,
+        cache_mb=args.cache_mb,
+        oci_extras=args.oci_extras,
     )
     behaviour = Behaviour(
         latency_ms=args.latency_ms,
@@ -106,7 +202,15 @@ def run(args: argparse.Namespace) -> int:
         trailing_empty_page=args.trailing_empty_page,
         shift_rate=args.shift_rate,
         default_limit=args.default_limit,
+        endless_pages=args.endless_pages,
+        gzip_bomb_mib=args.gzip_bomb_mib,
+        huge_page_mb=args.huge_page_mb,
+        poison=tuple(args.poison),
+        cut_json_rate=args.cut_json_rate,
+        reject_auth=args.reject_auth,
+        hostile_regions=tuple(args.hostile_region),
     )
+    context = tls_context(args.tls_cert, args.tls_key)
     emulator = Emulator(world, behaviour, seed=args.seed)
     credentials = issue_credentials(emulator)
     if args.oci_config_dir is not None:
@@ -119,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
     counts = world.counts()
     print(
         f"tenancy {world.tenancy_id}: {counts['compartments']} listable compartments, "
-        f"{counts['listing_rows']} listing rows per region set, regions {','.join(world.regions)}",
+        f"{counts['listing_rows']} listing rows in all, regions {','.join(world.regions)}, "
+        f"flavor {world.flavor}, data set {world.dataset}",
         file=sys.stderr,
     )
 
@@ -127,5 +232,5 @@ def run(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(emulator, args.host, args.port, announce))
+        asyncio.run(serve_forever(emulator, args.host, args.port, announce, context))
     return 0

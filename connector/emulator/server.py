@@ -11,6 +11,7 @@ import asyncio
 import base64
 import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -120,8 +121,12 @@ class EmulatorServer:
         host: str = "127.0.0.1",
         port: int = 0,
         oci_config_dir: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
+        """Serve ``world``; with ``tls_cert`` (a PEM chain) and ``tls_key``, over HTTPS."""
         self.emulator = Emulator(world, behaviour, seed=world.seed)
+        self.ssl_context = tls_context(tls_cert, tls_key)
         self.credentials = issue_credentials(self.emulator)
         self.host = host
         self.port = port
@@ -140,9 +145,14 @@ class EmulatorServer:
         return self.emulator.world
 
     @property
+    def scheme(self) -> str:
+        """``https`` when serving with a certificate, else ``http``."""
+        return "http" if self.ssl_context is None else "https"
+
+    @property
     def url(self) -> str:
         """Base URL of the home region (served at the root)."""
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def endpoint_template(self) -> str:
@@ -201,7 +211,7 @@ class EmulatorServer:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        runner = await start_runner(self.emulator, self.host, self.port)
+        runner = await start_runner(self.emulator, self.host, self.port, self.ssl_context)
         self.port = bound_port(runner)
         self._ready.set()
         try:
@@ -214,14 +224,27 @@ async def _call(function: Callable[[], Any]) -> Any:
     return function()
 
 
-async def start_runner(emulator: Emulator, host: str, port: int) -> web.AppRunner:
-    """Bind and start serving the emulator's application."""
+def tls_context(cert: str | Path | None, key: str | Path | None) -> ssl.SSLContext | None:
+    """A server TLS context from PEM files, or None for plain HTTP; both files or neither."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("serving TLS needs both a certificate and its private key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+async def start_runner(
+    emulator: Emulator, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> web.AppRunner:
+    """Bind and start serving the emulator's application (over TLS with ``ssl_context``)."""
     # Stalled handlers are cut off quickly on shutdown rather than waited for.
     runner = web.AppRunner(
         emulator.app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=1024)
+    site = web.TCPSite(runner, host, port, backlog=1024, ssl_context=ssl_context)
     await site.start()
     return runner
 
@@ -236,12 +259,17 @@ def bound_port(runner: web.AppRunner) -> int:
 
 
 async def serve_forever(
-    emulator: Emulator, host: str, port: int, announce: Callable[[str], None]
+    emulator: Emulator,
+    host: str,
+    port: int,
+    announce: Callable[[str], None],
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     """Serve until cancelled, announcing the bound URL once connections are accepted."""
-    runner = await start_runner(emulator, host, port)
+    runner = await start_runner(emulator, host, port, ssl_context)
+    scheme = "http" if ssl_context is None else "https"
     try:
-        announce(f"listening on http://{host}:{bound_port(runner)}")
+        announce(f"listening on {scheme}://{host}:{bound_port(runner)}")
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()

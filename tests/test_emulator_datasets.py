@@ -1,0 +1,239 @@
+"""The emulator's data sets: the realistic one stays within a real tenancy's ranges, the
+platform catalogue has the real shape, and generation is lazy and bounded at any scale."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connector.emulator import World, build_world
+
+TODAY = datetime.now(UTC).date()
+REGIONS = ("us-ashburn-1", "eu-frankfurt-1")
+NAME = re.compile(
+    r"^(prod|dev|test|staging|dr|sandbox)-[a-z-]+-[a-z]+-[a-z]+[0-9]+-\d{4}-\d{2}-\d{2}(-v\d)?$"
+)
+FREEFORM_KEYS = {"Environment", "Project", "Owner", "CostCenter", "CreatedWith"}
+LAUNCH_MODES = {"NATIVE", "EMULATED", "PARAVIRTUALIZED", "CUSTOM", "ACCELERATEDPV"}
+
+
+@pytest.fixture(scope="module")
+def realistic() -> World:
+    return build_world(
+        seed=8, compartments=120, regions=REGIONS, platform_images=150, dataset="realistic"
+    )
+
+
+def custom_records(world: World) -> list[dict[str, Any]]:
+    return [
+        image.record()
+        for region in world.regions
+        for comp in world.listable_compartments()
+        for image in world.custom.get((region, comp.id), [])
+    ]
+
+
+def parse(stamp: str) -> datetime:
+    head, _, fraction = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(head + "." + fraction[:6] + "+00:00")
+
+
+class TestRealistic:
+    def test_sizes_are_a_few_gb_to_a_few_hundred(self, realistic: World) -> None:
+        """sizeInMBs spans about 8 GB to 500 GB; the billable size never exceeds it."""
+        records = custom_records(realistic)
+        assert len(records) > 1000
+        sizes = [r["sizeInMBs"] for r in records]
+        assert 4 * 1024 <= min(sizes)
+        assert max(sizes) <= 600 * 1024
+        assert len(set(sizes)) >= 8
+        for r in records:
+            assert 1 <= r["billableSizeInGBs"] <= -(-r["sizeInMBs"] // 1024)
+        total_tb = sum(r["billableSizeInGBs"] for r in records) / 1024
+        assert total_tb < len(records)  # on average well under a TB per image
+
+    def test_dates_up_to_today_with_a_recent_bulk(self, realistic: World) -> None:
+        """Every time lies before today's midnight; most images are recent, some years old."""
+        midnight = datetime(TODAY.year, TODAY.month, TODAY.day, tzinfo=UTC)
+        records = custom_records(realistic)
+        times = [parse(r["timeCreated"]) for r in records]
+        platform = [
+            parse(i.record()["timeCreated"]) for r in REGIONS for i in realistic.platform[r]
+        ]
+        assert max(times + platform) < midnight
+        ages = sorted((midnight - t).days for t in times)
+        assert ages[len(ages) // 2] < 120
+        assert ages[-1] > 365
+        old = sum(age > 90 for age in ages) / len(ages)
+        assert 0.1 < old < 0.7
+        created_on = [
+            r["definedTags"]["Oracle-Tags"]["CreatedOn"]
+            for r in records
+            if "Oracle-Tags" in r["definedTags"]
+        ]
+        assert created_on
+        by_id = {r["id"]: r for r in records}
+        assert all(
+            r["definedTags"]["Oracle-Tags"]["CreatedOn"][:23] == r["timeCreated"][:23]
+            for r in by_id.values()
+            if "Oracle-Tags" in r["definedTags"]
+        )
+
+    def test_reference_date_makes_it_deterministic(self) -> None:
+        """Seed and reference date fix the data; another date moves the times with it."""
+        args = {"seed": 3, "compartments": 6, "dataset": "realistic"}
+        first = build_world(**args, reference_date=date(2026, 3, 1))  # type: ignore[arg-type]
+        again = build_world(**args, reference_date=date(2026, 3, 1))  # type: ignore[arg-type]
+        later = build_world(**args, reference_date=date(2026, 4, 1))  # type: ignore[arg-type]
+        assert list(first.truth()) == list(again.truth())
+        stamps = [r["timeCreated"] for r in custom_records(first)]
+        assert max(stamps) < "2026-03-01"
+        assert max(r["timeCreated"] for r in custom_records(later)) > "2026-03-01"
+
+    def test_names_tags_and_enums_look_real(self, realistic: World) -> None:
+        """Names such as prod-payments-web-ol9-2026-10-14, the tags teams set, known enums."""
+        records = custom_records(realistic)
+        for r in records:
+            assert NAME.match(r["displayName"]), r["displayName"]
+            assert set(r["freeformTags"]) <= FREEFORM_KEYS
+            assert set(r["definedTags"]) <= {"Oracle-Tags", "Operations", "Security"}
+            assert r["launchMode"] in LAUNCH_MODES
+            assert r["listingType"] == "NONE"
+        assert sum("Oracle-Tags" in r["definedTags"] for r in records) > len(records) / 2
+        assert sum("CostCenter" in str(r["definedTags"]) for r in records) > len(records) / 10
+        assert {"Environment", "Project", "Owner"} <= {
+            k for r in records for k in r["freeformTags"]
+        }
+
+    def test_compartments_form_a_named_tree(self, realistic: World) -> None:
+        """Departments, then environments, then applications; names unique among siblings."""
+        comps = realistic.compartments
+        depth_one = {c.name for c in comps if c.depth == 1}
+        assert {"Finance", "Engineering"} <= depth_one
+        assert {c.name for c in comps if c.depth == 2} <= {
+            "Prod", "Dev", "Test", "Staging", "DR", "Sandbox",
+        }  # fmt: skip
+        siblings = Counter((c.parent_id, c.name) for c in comps[1:])
+        assert max(siblings.values()) == 1
+        paths = {realistic.path(c.id) for c in comps}
+        assert "root/Finance/Prod" in paths
+        assert all(p == "root" or p.startswith("root/") for p in paths)
+        parents = {c.parent_id for c in comps}
+        gone = [c for c in comps if c.lifecycle_state == "DELETED" or not c.accessible]
+        assert gone
+        assert all(c.id not in parents for c in gone)
+
+
+class TestPlatformCatalogue:
+    def test_three_newest_builds_of_each_line(self, realistic: World) -> None:
+        """150 platform images per region: 50 lines (distribution, version, variant) x 3."""
+        for region in REGIONS:
+            names = [i.display_name or "" for i in realistic.platform[region]]
+            assert len(names) == 150
+            lines = Counter(re.sub(r"-\d{4}\.\d{2}\.\d{2}-\d$", "", n) for n in names)
+            assert set(lines.values()) == {3}
+            assert len(lines) == 50
+            systems = {i.operating_system for i in realistic.platform[region]}
+            assert {"Oracle Linux", "Canonical Ubuntu", "Windows", "Rocky Linux", "CentOS",
+                    "Oracle Autonomous Linux"} <= systems  # fmt: skip
+            assert any("aarch64" in n for n in names)
+            assert any("GPU" in n for n in names)
+            assert any("Minimal" in n for n in names)
+
+    def test_the_same_in_every_listing_of_a_region(self, realistic: World) -> None:
+        """Each listing of a region opens with the region's catalogue, newest first."""
+        for region in REGIONS:
+            platform = realistic.platform[region]
+            for comp in realistic.listable_compartments()[:10]:
+                assert realistic.listing(region, comp.id)[: len(platform)] == platform
+            stamps = [i.created_us for i in platform]
+            assert stamps == sorted(stamps, reverse=True)
+        assert {i.id for i in realistic.platform[REGIONS[0]]}.isdisjoint(
+            {i.id for i in realistic.platform[REGIONS[1]]}
+        )
+
+    @pytest.mark.parametrize("count", [15, 60, 200])
+    def test_any_count(self, count: int) -> None:
+        """A short catalogue still spans distributions; a long one reaches older builds."""
+        world = build_world(seed=1, compartments=1, platform_images=count, dataset="realistic")
+        images = world.platform[world.home_region]
+        assert count == len(images)
+        assert len({i.operating_system for i in images}) >= 2
+        assert len({i.id for i in images}) == count
+
+
+class TestScale:
+    def test_generation_is_lazy_and_bounded(self) -> None:
+        """A 5,000 x 4 world generates nothing up front, and its cache stays within bounds."""
+        world = build_world(
+            seed=5,
+            compartments=5000,
+            regions=("us-ashburn-1", "eu-frankfurt-1", "uk-london-1", "us-phoenix-1"),
+            platform_images=150,
+            dataset="realistic",
+            cache_mb=2,
+        )
+        counts = world.counts()
+        assert counts["compartments"] == 5001
+        assert counts["custom_images"] > 1_000_000
+        assert world.custom.cached_bytes == 0
+        first = world.listable_compartments()[1].id
+        listing = [i.id for i in world.listing("uk-london-1", first)]
+        largest = 0
+        for comp in world.listable_compartments()[:300]:
+            images = world.custom.get(("us-phoenix-1", comp.id), [])
+            # JSON plus the Python objects around it, which take less than the JSON.
+            largest = max(largest, 2 * sum(len(i.json) for i in images))
+            assert world.custom.cached_bytes <= 2 * 2**20 + largest
+        assert listing == [i.id for i in world.listing("uk-london-1", first)]
+
+    def test_truth_streams_what_is_served(self) -> None:
+        """The ground truth regenerates each listing exactly as the emulator serves it."""
+        world = build_world(seed=9, compartments=20, dataset="realistic", cache_mb=0)
+        truth = {(t["region"], t["compartment_id"]): t["images"] for t in world.truth()}
+        for comp in world.listable_compartments():
+            served = [i.record() for i in world.custom.get((world.home_region, comp.id), [])]
+            assert served == truth[(world.home_region, comp.id)]
+
+
+def test_awkward_stays_the_default_for_tests() -> None:
+    """build_world without dataset gives the awkward data set (control characters, 2^33)."""
+    world = build_world(seed=11, compartments=40)
+    assert world.dataset == "awkward"
+    records = [r for listing in world.truth() for r in listing["images"]]
+    assert any(any(ord(ch) < 32 for ch in r.get("displayName") or "") for r in records)
+    assert any((r.get("billableSizeInGBs") or 0) > 2**31 for r in records)
+    assert timedelta(0) < datetime.now(UTC) - world.reference
+
+
+def test_demo_publishes_realistic_data(tmp_path: Path) -> None:
+    """`oci-images demo` runs on the realistic data set: its published rows stay in range."""
+    import pyarrow.dataset as ds
+
+    result = subprocess.run(
+        [sys.executable, "-m", "connector", "demo", "--output", str(tmp_path / "out"),
+         "--compartments", "6", "--latency-ms", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    files = sorted((tmp_path / "out" / "images").rglob("*.parquet"))
+    assert files
+    rows = ds.dataset([str(f) for f in files], format="parquet").to_table().to_pylist()
+    custom = [r for r in rows if not r["_is_platform"]]
+    platform = [r for r in rows if r["_is_platform"]]
+    assert custom
+    assert len(platform) == 2 * 150  # once per region, the real catalogue's shape
+    now = datetime.now(UTC)
+    assert all(r["time_created"] <= now for r in rows)
+    assert all(8 * 1024 <= r["size_in_mbs"] <= 600 * 1024 for r in custom)
+    assert all(NAME.match(r["display_name"]) for r in custom)
+    assert "QUANTUM" not in {r["launch_mode"] for r in rows}
