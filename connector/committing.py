@@ -70,6 +70,10 @@ def commit_run(
     filesystem, base = fs or publish.resolve(settings.output.uri)
     deadline = settings.fetch.run_deadline_s
     owner = held.owner if held else lock.Owner.me(run_id, lock.new_attempt_id(), deadline)
+    if held is None:
+        # Whatever else happens, a swap that an earlier commit left half done is finished or
+        # undone first (each date under its own lock).
+        publish.recover(filesystem, base, owner)
     shards = _read_shards(filesystem, base, run_id)
     if not shards:
         done = _already_published(filesystem, base, run_id)

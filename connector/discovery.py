@@ -56,7 +56,7 @@ async def subscribed_regions(
 ) -> list[str]:
     """The tenancy's READY region subscriptions."""
     url = f"{endpoints.identity(home)}/tenancies/{tenancy}/regionSubscriptions"
-    response = await client.get(url, None, region=home)
+    response = await client.get(url, None, region=home, validate=parse)
     subscriptions = orjson.loads(response.body)
     # A region name becomes a folder name (region=...): one that is not a region is refused.
     ready = sorted(
@@ -85,7 +85,7 @@ async def discover_compartments(
         "limit": 1000,
     }
     url = f"{endpoints.identity(region)}/compartments"
-    async with aclosing(client.paginate(url, params, region=region)) as pages:
+    async with aclosing(client.paginate(url, params, region=region, validate=parse)) as pages:
         async for paged in pages:
             for item in parse(paged.response.body):
                 if (

@@ -157,6 +157,7 @@ class Export:
             settings.fetch.page_size,
             self._filters,
             in_hand=max(1, settings.fetch.concurrency),
+            verdicts=self.workers.verdicts,
         )
 
     # -- the run ----------------------------------------------------------------------------

@@ -94,7 +94,8 @@ def serve(fd: int, index: int, count: int) -> None:
                 return
             try:
                 if isinstance(message, Page):
-                    worker.page(message)
+                    reason = worker.page(message)
+                    protocol.write(sock, protocol.Verdict(message.item, message.number, reason))
                 elif isinstance(message, protocol.End):
                     result = worker.end(message.item, message.pages, message.error)
                     protocol.write(sock, protocol.Result(result))

@@ -40,6 +40,7 @@ class Workers(abc.ABC):
 
     def __init__(self, on_result: OnResult) -> None:
         self.donations = Donations()
+        self.verdicts = Verdicts()
         self._on_result = on_result
 
     def _listing_ended(self, worker: int, result: ListingResult) -> None:
@@ -104,6 +105,42 @@ class Donations:
         return frozenset(self._by_worker.get(worker, ()))
 
 
+class Verdicts:
+    """Whether each page handed to a worker could be parsed, for the fetch task that sent it.
+
+    A page whose JSON is cut short (a proxy that lost the end and sent a Content-Length to
+    match) is recognised only by parsing it, which the workers do anyway: they say so for each
+    page, and the fetch task asks again for the pages that failed before ending its listing.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[WorkItem, dict[int, str | None]] = {}
+        self._waiting: dict[WorkItem, anyio.Event] = {}
+
+    def put(self, item: WorkItem, number: int, reason: str | None) -> None:
+        """A worker's verdict on page ``number`` of ``item``."""
+        self._known.setdefault(item, {})[number] = reason
+        waiting = self._waiting.pop(item, None)
+        if waiting is not None:
+            waiting.set()
+
+    async def collect(self, item: WorkItem, numbers: set[int]) -> dict[int, str | None]:
+        """The verdicts on ``numbers`` once all are in (each is handed out once)."""
+        while True:
+            known = self._known.get(item, {})
+            if numbers <= known.keys():
+                found = {number: known.pop(number) for number in numbers}
+                if not known:
+                    self._known.pop(item, None)
+                return found
+            waiting = self._waiting.setdefault(item, anyio.Event())
+            await waiting.wait()
+
+    def forget(self, item: WorkItem) -> None:
+        """Drop what nobody will collect (pages replayed without a fetch task)."""
+        self._known.pop(item, None)
+
+
 class ThreadWorkers(Workers):
     """One ``PageWorker`` in a worker thread of this process."""
 
@@ -113,9 +150,11 @@ class ThreadWorkers(Workers):
         self._limiter = anyio.CapacityLimiter(1)
 
     async def page(self, page: Page) -> None:
-        await anyio.to_thread.run_sync(self._worker.page, page, limiter=self._limiter)
+        reason = await anyio.to_thread.run_sync(self._worker.page, page, limiter=self._limiter)
+        self.verdicts.put(page.item, page.number, reason)
 
     async def end(self, item: WorkItem, pages: int, error: ListingError | None) -> None:
+        self.verdicts.forget(item)
         result = await anyio.to_thread.run_sync(
             self._worker.end, item, pages, error, limiter=self._limiter
         )
@@ -223,6 +262,9 @@ class ProcessWorkers(Workers):
             worker.heard = time.monotonic()
             if isinstance(message, protocol.Alive):
                 continue
+            if isinstance(message, protocol.Verdict):
+                self.verdicts.put(message.item, message.number, message.reason)
+                continue
             if isinstance(message, protocol.Result):
                 self._listing_ended(worker.index, message.result)
                 self._awaiting -= 1
@@ -249,6 +291,7 @@ class ProcessWorkers(Workers):
     async def end(self, item: WorkItem, pages: int, error: ListingError | None) -> None:
         await self.start()
         worker = self._owner.pop(item, None) or min(self._processes, key=lambda w: w.assigned_bytes)
+        self.verdicts.forget(item)
         self._awaiting += 1
         self._settled = anyio.Event()
         await worker.channel.send(protocol.End(item, pages, error))

@@ -91,17 +91,17 @@ class PageWorker:
         # coordinator says which worker donates them.
         self._candidates: dict[str, tuple[WorkItem, list[pa.RecordBatch]]] = {}
 
-    def page(self, page: Page) -> None:
-        """Convert a page and write its rows."""
+    def page(self, page: Page) -> str | None:
+        """Convert a page and write its rows; or, when the page itself cannot be parsed (cut
+        short), write nothing and say why: the fetcher asks for it again (the verdict)."""
         item = page.item
         listing = self._listings.setdefault(item, _Listing())
         if listing.error is not None:
-            return
+            return None
         try:
             result = self._normalize(page, self.setup.run)
         except PageError as exc:
-            listing.error = ListingError.from_exception(exc, opc_request_id=page.opc_request_id)
-            return
+            return str(exc)
         if result.rejects:
             listing.rejects += len(result.rejects)
             self.rejects.write(result.rejects)
@@ -116,6 +116,7 @@ class PageWorker:
         if batch.num_rows:
             listing.rows += batch.num_rows
             self.sink.write(item.region, batch)
+        return None
 
     def end(self, item: WorkItem, pages: int, error: ListingError | None) -> ListingResult:
         """The listing is over (``error`` if fetching it failed): its result."""

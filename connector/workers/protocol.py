@@ -121,12 +121,21 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a page could be parsed: ``reason`` says why not (cut short), None if it was."""
+
+    item: WorkItem
+    number: int
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Alive:
     """Sent every quarter of ``fetch.worker_heartbeat_s`` by a thread of the worker: a worker
     that sends nothing for the whole span is stopped or hung, and the run fails."""
 
 
-FromWorker = Ready | Result | Finished | Failed | Alive
+FromWorker = Ready | Result | Finished | Failed | Alive | Verdict
 
 
 class Readable(Protocol):
