@@ -209,20 +209,23 @@ def repair(
     return restored
 
 
-def referenced_attempts(fs: pafs.FileSystem, base: str, run_id: str) -> set[str]:
-    """The attempts that a finished shard of ``run_id`` points to (kept for ``commit``)."""
+def referenced_attempts(fs: pafs.FileSystem, base: str, run_id: str) -> dict[str, tuple[str, int]]:
+    """The attempts that a finished shard of ``run_id`` points to: attempt → (the shard
+    manifest's path, the run's shard count)."""
     folder = f"{base}/{safety.STAGING}/{run_id}/shards"
-    attempts: set[str] = set()
+    attempts: dict[str, tuple[str, int]] = {}
     for entry in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
         if not entry.base_name.endswith(".json"):
             continue
         try:
             with fs.open_input_stream(entry.path, compression=None) as stream:
                 manifest = orjson.loads(stream.read())
-        except (OSError, orjson.JSONDecodeError):
+            attempt = manifest["attempt"]
+            count = int((manifest.get("shard") or {}).get("count", 1))
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
-        if isinstance(manifest, dict) and isinstance(manifest.get("attempt"), str):
-            attempts.add(manifest["attempt"])
+        if isinstance(attempt, str):
+            attempts[attempt] = (entry.path, count)
     return attempts
 
 
@@ -230,37 +233,42 @@ def clean_dead_staging(fs: pafs.FileSystem, base: str, *, now: float | None = No
     """Remove the staging of attempts whose owner is gone; returns what was removed.
 
     Kept: attempts whose owner may still run (alive, or on another machine before its expiry),
-    and attempts a finished shard points to, which wait for ``commit`` (for a week at most).
-    An attempt folder with no readable owner file is removed once a minute old (its process
-    died before writing it).
+    and the finished shards of a sharded run, which wait for ``commit`` (for a week at most;
+    a retried shard replaces its own). A whole run (one shard) commits itself: if its owner
+    died, nobody will, and it goes with its manifest. An attempt folder with no readable owner
+    file is removed once a minute old (its process died before writing it).
     """
     moment = now or time.time()
     removed: list[str] = []
-    by_run: dict[str, set[str]] = {}
+    by_run: dict[str, dict[str, tuple[str, int]]] = {}
     for run_id, attempt, folder in list(lock.iter_attempts(fs, base)):
         if run_id not in by_run:
             by_run[run_id] = referenced_attempts(fs, base, run_id)
         info = fs.get_file_info(folder)
         age = moment - info.mtime.timestamp() if info.mtime else 0.0
-        if attempt in by_run[run_id]:
-            if age > STALE_COMPLETED_S:
-                safety.guarded_delete(fs, base, f"{base}/{safety.STAGING}/{run_id}")
-                removed.append(f"{run_id} (finished shards never committed)")
-            continue
         owner = lock.attempt_owner(fs, folder)
         dead = (
             owner.state(moment) == "dead"
             if owner is not None
             else info.mtime is not None and age > lock.UNREADABLE_GRACE_S
         )
+        referenced = by_run[run_id].get(attempt)
+        if referenced is not None:
+            manifest, count = referenced
+            if count > 1 and age <= STALE_COMPLETED_S:
+                continue
+            if count > 1 or dead:
+                safety.guarded_delete(fs, base, manifest)
+                safety.guarded_delete(fs, base, folder)
+                del by_run[run_id][attempt]
+                removed.append(f"{run_id}/{attempt}")
+            continue
         if dead:
             safety.guarded_delete(fs, base, folder)
             removed.append(f"{run_id}/{attempt}")
     for run_id in by_run:
         run_dir = f"{base}/{safety.STAGING}/{run_id}"
-        if not by_run[run_id]:
-            shards = f"{run_dir}/shards"
-            safety.remove_empty_dir(fs, base, shards)
+        safety.remove_empty_dir(fs, base, f"{run_dir}/shards")
         safety.remove_empty_dir(fs, base, run_dir)
     if removed:
         log.info("staging.cleaned", removed=removed)

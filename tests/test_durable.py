@@ -156,9 +156,22 @@ class TestCleanup:
         folder = self.attempt(tmp_path, owner)
         shards = tmp_path / "_staging/run/shards"
         shards.mkdir()
-        (shards / "000-of-002.json").write_bytes(orjson.dumps({"attempt": "att-done"}))
+        manifest = {"attempt": "att-done", "shard": {"index": 0, "count": 2}}
+        (shards / "000-of-002.json").write_bytes(orjson.dumps(manifest))
         assert [] == durable.clean_dead_staging(FS, str(tmp_path))
         assert folder.exists()
+
+    def test_a_dead_whole_run_is_removed_with_its_manifest(self, tmp_path: Path) -> None:
+        """A run that stages and commits itself, killed: nobody will commit it."""
+        owner = replace(lock.Owner.me("run", "att-killed"), pid=dead_pid(), pid_started=None)
+        folder = self.attempt(tmp_path, owner)
+        shards = tmp_path / "_staging/run/shards"
+        shards.mkdir()
+        manifest = {"attempt": "att-killed", "shard": {"index": 0, "count": 1}}
+        (shards / "000-of-001.json").write_bytes(orjson.dumps(manifest))
+        assert ["run/att-killed"] == durable.clean_dead_staging(FS, str(tmp_path))
+        assert not folder.exists()
+        assert not (tmp_path / "_staging/run").exists()
 
     def test_an_attempt_without_owner_file_is_removed_once_old(self, tmp_path: Path) -> None:
         """Killed between creating its folder and writing its owner: removed after a minute."""

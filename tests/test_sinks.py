@@ -43,6 +43,24 @@ def write(
 
 
 class TestParquet:
+    def test_regions_share_one_row_group_budget(self, tmp_path: Path, rows: pa.RecordBatch) -> None:
+        """Four regions interleaved: the rows held in memory, all regions together, never pass
+        one row group (memory does not grow with the number of regions), and none is lost."""
+        options = SinkOptions("parquet", "zstd", row_group_rows=20, max_rows_per_file=1000)
+        sink = PartitionedSink(pafs.LocalFileSystem(), tmp_path.as_posix(), options)
+        regions = ["us-ashburn-1", "eu-frankfurt-1", "uk-london-1", "ap-tokyo-1"]
+        held = []
+        for start in range(0, 45, 3):
+            for region in regions:
+                sink.write(region, rows.slice(start, 3))
+                held.append(sum(s.buffered for s in sink._series.values()))
+        files = sink.close()
+        assert max(held) <= 20
+        assert [45] * 4 == [f.rows for f in sorted(files, key=lambda f: f.path)]
+        for region in regions:
+            table = pq.read_table(tmp_path / f"region={region}")
+            assert rows.column("id").to_pylist() == table.column("id").to_pylist()
+
     def test_rolls_at_the_row_limit(self, tmp_path: Path, rows: pa.RecordBatch) -> None:
         """45 rows at 25 a file: two files of 25 and 20 rows, row groups of at most 10, the rows
         in the order written."""
