@@ -99,6 +99,7 @@ def entry() -> int:
     from connector import lean
 
     lean.keep_out("numpy", "pandas")
+    lean.prompt_allocator()
     code = main()
     # Every file is closed and every result written: skip the interpreter's teardown (freeing
     # pyarrow's and aiohttp's module state, about 60 ms) as the process ends.

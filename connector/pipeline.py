@@ -258,7 +258,7 @@ class Export:
                             raise self.client.aborted from None
                         raise exc from None
                     self.progress.listings_total = len(items)
-                    with quiet_gc():
+                    with self._parsing_here():
                         await self._stream(partial(self.fetcher.fetch_all, items))
                     written = await self._close()
         except TimeoutError:
@@ -267,6 +267,14 @@ class Export:
                 "nothing was published"
             ) from None
         return written
+
+    def _parsing_here(self) -> contextlib.AbstractContextManager[None]:
+        """A quiet GC where pages are parsed in this process (a worker thread). With worker
+        processes this one only fetches: there the raised threshold would only let the
+        reference cycles of thousands of requests pile up (memory that grew with the run)."""
+        if isinstance(self.workers, coordinator.ThreadWorkers):
+            return quiet_gc()
+        return contextlib.nullcontext()
 
     def _write_shard_manifest(self, manifest: Manifest) -> None:
         """Record what this attempt staged; a previous attempt of the same shard, now replaced,

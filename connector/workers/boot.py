@@ -22,6 +22,7 @@ def main(fds: list[int]) -> int:
     from connector import lean
 
     lean.keep_out("numpy", "pandas")
+    lean.prompt_allocator()
     # Loaded once, before forking, and shared by every worker.
     import connector.normalize
     import connector.workers.page
