@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format typecheck pytest bench bench-full readme regions lock clean \
+.PHONY: install demo test lint format typecheck pytest reliability bench bench-full readme regions lock clean \
 	install-airflow test-airflow lock-airflow
 
 install: $(STAMP)
@@ -34,6 +34,11 @@ typecheck: install
 
 pytest: install
 	$(BIN)/pytest -q
+
+# The whole reliability suite (make test runs its fast cases): random SIGKILLs of the command
+# and its workers, kills during the swap, a full disk, hostile servers; about 5 minutes.
+reliability: install
+	$(BIN)/pytest -q -m reliability tests/test_reliability.py
 
 format: install
 	$(BIN)/ruff check --fix connector tests benchmarks scripts

@@ -344,6 +344,13 @@ def resolve_credentials(settings: Settings) -> Credentials:
     if oci.auth in ("api_key", "security_token"):
         path, name = resolve_config_location(oci.config_file, oci.profile)
         profile = load_profile(path, name)
+        from connector import safety
+
+        # As the OCI CLI does: a key others can read is a key others may have copied.
+        safety.warn_if_exposed(path, "OCI config file")
+        for secret in (profile.key_file, profile.security_token_file):
+            if secret:
+                safety.warn_if_exposed(secret, "key file")
         try:
             signer = make_signer(oci.auth, profile)
         except AuthError as exc:

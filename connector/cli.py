@@ -112,6 +112,7 @@ def entry() -> int:
     from connector import lean
 
     lean.keep_out("numpy", "pandas")
+    lean.prompt_allocator()
     code = main()
     # Every file is closed and every result written: skip the interpreter's teardown (freeing
     # pyarrow's and aiohttp's module state, about 60 ms) as the process ends.
@@ -131,29 +132,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schema":
         return _schema(args)
 
-    from connector import logs
+    from connector import interrupt, logs
     from connector.errors import ConfigError, ConnectorError
 
     logs.configure(args.log_level, args.log_format)
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "demo":
-            return _demo(args)
-        if args.command == "plan":
-            return _plan(args)
-        if args.command == "commit":
-            return _commit(args)
-        if args.command == "diff":
-            return _diff(args)
+        with interrupt.handle_signals():
+            if args.command == "run":
+                return _run(args)
+            if args.command == "demo":
+                return _demo(args)
+            if args.command == "plan":
+                return _plan(args)
+            if args.command == "commit":
+                return _commit(args)
+            if args.command == "diff":
+                return _diff(args)
     except ConfigError as exc:
         print(f"oci-images: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except interrupt.Interrupted as exc:
+        print(f"oci-images: {exc}", file=sys.stderr)
+        return exc.exit_code
     except ConnectorError as exc:
+        signum = interrupt.received()
+        if signum is not None:  # e.g. workers stopped by the same signal: not the news
+            print(f"oci-images: {interrupt.Interrupted(signum)}", file=sys.stderr)
+            return 128 + signum
         print(f"oci-images: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("oci-images: interrupted; nothing published", file=sys.stderr)
+    except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+        if isinstance(exc, BaseExceptionGroup) and not exc.subgroup(KeyboardInterrupt):
+            raise
+        print("oci-images: interrupted by SIGINT; nothing published", file=sys.stderr)
         return 130
     parser.error(f"unknown command {args.command!r}")
     return EXIT_CONFIG
@@ -200,9 +211,12 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, Credentials]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from connector import safety
     from connector.errors import ConfigError
 
     shard = _parse_shard(args.shard)
+    if args.run_id is not None:
+        safety.check_run_id(args.run_id)
     if args.shard is not None and not args.run_id:
         raise ConfigError("--run-id", "is required with --shard, so that shards and commit agree")
     settings, credentials = _prepare(args)
@@ -237,17 +251,36 @@ def _execute(
         launched=launched,
     )
 
-    async def go() -> RunOutcome:
-        if not show_progress:
-            return await export.run()
+    return anyio.run(_interruptible, export, show_progress)
+
+
+async def _interruptible(export: Export, show_progress: bool) -> RunOutcome:
+    """Run ``export``; SIGINT or SIGTERM cancels it (its clean-up runs) and raises
+    ``Interrupted`` unless it had published already."""
+    import anyio
+
+    from connector import errors, interrupt
+
+    outcome: RunOutcome | None = None
+    try:
         async with anyio.create_task_group() as group:
-            group.start_soon(_render_progress, export)
+            group.start_soon(interrupt.cancel_on_signal, group.cancel_scope)
+            if show_progress:
+                group.start_soon(_render_progress, export)
             outcome = await export.run()
             group.cancel_scope.cancel()
+    except BaseExceptionGroup as failure:
+        # The run's own error, not the task group around it (which only adds a traceback).
+        cause = next((e for e in errors.leaves(failure) if isinstance(e, Exception)), None)
+        if cause is None:
+            raise
+        raise cause from None
+    if show_progress:
         sys.stderr.write("\r\x1b[K")
-        return outcome
-
-    return anyio.run(go)
+    signum = interrupt.received()
+    if outcome is None or (signum is not None and not outcome.published):
+        raise interrupt.Interrupted(signum or 2)
+    return outcome
 
 
 async def _render_progress(export: Export) -> None:
@@ -332,8 +365,9 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _commit(args: argparse.Namespace) -> int:
-    from connector import api
+    from connector import api, safety
 
+    safety.check_run_id(args.run_id)
     settings = api.load_config(args.config, args.set)
     return _report(api.commit(settings, args.run_id))
 

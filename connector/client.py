@@ -26,7 +26,7 @@ import platform
 import ssl
 import time
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -39,7 +39,7 @@ import orjson
 import structlog
 from yarl import URL
 
-from connector import __version__, troubleshoot
+from connector import __version__, diagnose, troubleshoot
 from connector.auth import Refreshable, RequestSigner
 from connector.errors import (
     ConfigError,
@@ -50,6 +50,8 @@ from connector.errors import (
     TlsError,
     TransportError,
 )
+from connector.limits import BodyReader, Limits, PageCounter
+from connector.pages import PageError
 from connector.proxy import Proxy, proxy_for
 from connector.retry import (
     AdaptiveLimiter,
@@ -86,6 +88,8 @@ class PageResponse:
 
     number: int
     response: Response
+    token: str | None = None
+    """The page token this page was requested with (None for the first): to ask again."""
 
 
 @dataclass(slots=True)
@@ -108,6 +112,7 @@ class ClientOptions:
     connect_timeout_s: float = 10.0
     ca_bundle: str = ""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    limits: Limits = field(default_factory=Limits)
     # Who signs, for messages: 'profile "DEFAULT" of ~/.oci/config', "instance_principal".
     profile: str = ""
     auth: str = "api_key"
@@ -141,6 +146,11 @@ class OciClient:
         self._environ: Mapping[str, str] = {}
         self._ca_source = "the system's trusted CAs"
         self._proxies: dict[tuple[str, str], Proxy | None] = {}
+        self._answered: set[str] = set()
+        """Hosts that have answered a request of this run (``connector.diagnose``)."""
+        self.aborted: diagnose.RunAbort | None = None
+        """The first error seen that concerns the whole run (TLS, 401, DNS or connection
+        refused before the host ever answered): callers stop the run with it."""
 
     async def __aenter__(self) -> OciClient:
         options = self.options
@@ -155,8 +165,14 @@ class OciClient:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
-            headers={"user-agent": USER_AGENT, "accept": "application/json"},
-            auto_decompress=True,
+            headers={
+                "user-agent": USER_AGENT,
+                "accept": "application/json",
+                "accept-encoding": "gzip, deflate",
+            },
+            # Bodies are decoded by ``limits.BodyReader``, which refuses one that inflates past
+            # fetch.max_decompressed_bytes before inflating the rest.
+            auto_decompress=False,
             read_bufsize=1 << 20,  # a page is about 1 MB
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
@@ -178,11 +194,15 @@ class OciClient:
         params: Mapping[str, Any] | None = None,
         *,
         priority: int = 1,
+        validate: Callable[[bytes], object] | None = None,
         **context: Any,
     ) -> Response:
         """GET ``url`` with retries; raises ``OciApiError`` or ``TransportError`` when it gives up.
 
         ``priority`` 0 goes ahead of 1 when requests queue (see ``AdaptiveLimiter``).
+        ``validate`` parses the body (and raises ``PageError`` if it cannot): a body cut short
+        at a bracket, with a Content-Length to match, is then retried like any cut body. The
+        worker processes do this for ListImages pages, where parsing twice would cost.
         ``context`` (region, compartment_id, page, ...) goes into every log line about the call.
         """
         full_url = _with_query(url, params or {})
@@ -203,12 +223,16 @@ class OciClient:
                 else:
                     if isinstance(response, Response):
                         self.limiter.success(ticket)
-                        return response
-                    error = response
-                    retry_after = response.retry_after
-                    if response.status == 429:
-                        self.counters.throttled += 1
-                        self.limiter.throttled(ticket)
+                        problem = _invalid(response, validate)
+                        if problem is None:
+                            return response
+                        error = problem
+                    else:
+                        error = response
+                        retry_after = response.retry_after
+                        if response.status == 429:
+                            self.counters.throttled += 1
+                            self.limiter.throttled(ticket)
             elapsed = self._clock() - started
             if self._should_refresh(error, refreshed):
                 # As the SDK: a principal's token may have been revoked or rotated early.
@@ -218,7 +242,15 @@ class OciClient:
                 assert isinstance(self.signer, Refreshable)
                 await self.signer.refresh()
                 continue
-            delay = policy.delay(attempt, elapsed, retry_after) if error.retryable else None
+            host = urlsplit(full_url).netloc
+            abort = diagnose.whole_run(error, host, host in self._answered, self.options.profile)
+            if abort is not None and self.aborted is None:
+                # Not retried: it is the same for every request. The caller decides what it
+                # means (the run stops; see ``aborted``).
+                self.aborted = abort
+                log.error("run.abort", reason=abort.reason, host=host, hint=abort.hint, **context)
+            retry = error.retryable and abort is None
+            delay = policy.delay(attempt, elapsed, retry_after) if retry else None
             if delay is None:
                 self._explain(error, full_url, context.get("region"))
                 self.counters.failed += 1
@@ -280,6 +312,7 @@ class OciClient:
         params: Mapping[str, Any],
         *,
         gate: PriorityGate | None = None,
+        validate: Callable[[bytes], object] | None = None,
         **context: Any,
     ) -> AsyncGenerator[PageResponse, None]:
         """The pages of a list call, following ``opc-next-page``: the one pagination loop.
@@ -294,13 +327,17 @@ class OciClient:
         seen: set[str] = set()
         token: str | None = None
         number = 0
+        pages = PageCounter(self.options.limits)
         while True:
+            pages.next_page()
             priority = 0 if token else 1
             query = {**params, "page": token} if token else params
             async with _held(gate, priority):
-                response = await self.get(url, query, priority=priority, page=number + 1, **context)
+                response = await self.get(
+                    url, query, priority=priority, validate=validate, page=number + 1, **context
+                )
                 number += 1
-                yield PageResponse(number, response)
+                yield PageResponse(number, response, token)
             token = response.next_page
             if token is None:
                 return
@@ -329,7 +366,12 @@ class OciClient:
                 proxy_headers=proxy.headers if proxy and proxy.headers else None,
             ) as raw:
                 server_id = raw.headers.get("opc-request-id")
-                body = await raw.read()
+                self._answered.add(urlsplit(url).netloc)
+                reader = BodyReader(raw.headers.get("content-encoding"), self.options.limits)
+                reader.check_declared(raw.content_length)
+                async for chunk in raw.content.iter_chunked(1 << 16):
+                    reader.feed(chunk)
+                body = reader.finish()
                 status = raw.status
                 retry_after = _retry_after(raw.headers.get("retry-after"))
                 next_page = raw.headers.get("opc-next-page") or None
@@ -345,7 +387,13 @@ class OciClient:
                 "the response body was cut short", opc_request_id=server_id, host=host
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise self._connection_error(exc, host, proxy) from None
+            failure = self._connection_error(exc, host, proxy)
+            failure.opc_request_id = server_id
+            failure.kind = diagnose.kind_of(exc)
+            raise failure from None
+        except TransportError as exc:
+            exc.opc_request_id = exc.opc_request_id or server_id
+            raise
         elapsed_ms = (time.monotonic() - sent) * 1000
         if status >= 400:
             error = _api_error(status, body, server_id, retry_after)
@@ -457,6 +505,21 @@ def _clock_skew(date_header: str | None) -> float | None:
         return parsedate_to_datetime(date_header).timestamp() - time.time()
     except (TypeError, ValueError):
         return None
+
+
+def _invalid(
+    response: Response, validate: Callable[[bytes], object] | None
+) -> TransportError | None:
+    """A retryable error for a body ``validate`` refuses (cut short), None if it is fine."""
+    if validate is None:
+        return None
+    try:
+        validate(response.body)
+    except PageError as exc:
+        return TransportError(
+            f"the response body is not whole JSON ({exc})", opc_request_id=response.opc_request_id
+        )
+    return None
 
 
 def _held(gate: PriorityGate | None, priority: int) -> AbstractAsyncContextManager[None]:

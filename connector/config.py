@@ -220,6 +220,12 @@ def _endpoint(key: str, value: Any) -> str:
     return str(text).rstrip("/")
 
 
+def _output_uri(key: str, value: Any) -> str:
+    from connector.safety import check_output_uri
+
+    return check_output_uri(_type(str, "a path or URI")(key, value), key)
+
+
 def _existing_file(key: str, value: Any) -> str:
     text = _type(str, "a file path")(key, value)
     if text and not Path(text).expanduser().is_file():
@@ -407,7 +413,32 @@ class FetchSettings:
     workers: int | str = key(
         "auto",
         _workers,
-        'processes that convert and write pages beside the fetcher: "auto" = one per core (at most 4; none on one core), 0 = a thread in this process. Each writes its own files; with n workers, row groups hold 128k / n rows (at least 64k), so memory stays that of one writer',
+        'processes that convert and write pages beside the fetcher: "auto" = one per core (at most 4; none on one core), 0 = a thread in this process. Each writes its own files; a thread writes row groups of 128k rows, n worker processes share a budget of 64k rows held in memory (row groups of 64k / n rows, at least 16k), across all regions',
+    )
+    max_pages_per_listing: int = key(
+        10_000,
+        _integer(1, 10_000_000),
+        "a listing that still has more pages after this many fails (a service that paginates forever)",
+    )
+    max_response_bytes: int = key(
+        64 * 1024 * 1024,
+        _integer(1024, 1 << 40),
+        "bytes: a response larger than this on the wire fails its listing (a declared length is refused before reading)",
+    )
+    max_decompressed_bytes: int = key(
+        128 * 1024 * 1024,
+        _integer(1024, 1 << 40),
+        "bytes: a response larger than this once decoded fails its listing; a gzip bomb is refused after decoding at most this much",
+    )
+    run_deadline_s: float = key(
+        6 * 3600.0,
+        _number(0.0, 30 * 86400.0),
+        "seconds: past this the run fails (exit 1, nothing published); 0 = no deadline",
+    )
+    worker_heartbeat_s: float = key(
+        60.0,
+        _number(1.0, 86400.0),
+        "seconds: a worker process that sends nothing (not even its heartbeat) for this long fails the run (a stopped or hung worker)",
     )
 
     def worker_processes(self) -> int:
@@ -429,8 +460,8 @@ class OutputSettings:
 
     uri: str = key(
         "out",
-        _string(1),
-        "local directory, s3://bucket/prefix (AWS, OCI Object Storage's S3 compatibility endpoint, MinIO), oci://bucket@namespace/prefix, gs://bucket/prefix or abfs://container/prefix",
+        _output_uri,
+        'local directory, s3://bucket/prefix (AWS, OCI Object Storage\'s S3 compatibility endpoint, MinIO), oci://bucket@namespace/prefix, gs://bucket/prefix or abfs://container/prefix; not "" nor a root',
         example="/data/lake/oci",
     )
     format: str = key("parquet", _choice("parquet", "ndjson"), "parquet or ndjson")
@@ -447,6 +478,12 @@ class OutputSettings:
     )
     allow_partial: bool = key(
         False, _boolean, "publish even when some compartments failed (the exit code stays 3)"
+    )
+    min_complete_ratio: float = key(
+        0.9,
+        _number(0.0, 1.0),
+        "the share of listings that must complete for a partial run to be published (with "
+        "allow_partial); below it the run fails (exit 1) and nothing is published",
     )
     changes: bool = key(
         False,

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import orjson
 import structlog
 
-from connector import compartments, regions
+from connector import compartments, regions, safety
 from connector.errors import ConfigError, ConnectorError, OciApiError
 from connector.pages import WorkItem, parse
 
@@ -91,9 +91,14 @@ async def subscribed_regions(
 ) -> list[str]:
     """The tenancy's READY region subscriptions."""
     url = f"{endpoints.identity(home)}/tenancies/{tenancy}/regionSubscriptions"
-    response = await client.get(url, None, region=home)
+    response = await client.get(url, None, region=home, validate=parse)
     subscriptions = orjson.loads(response.body)
-    ready = sorted(s["regionName"] for s in subscriptions if s.get("status") == "READY")
+    # A region name becomes a folder name (region=...): one that is not a region is refused.
+    ready = sorted(
+        safety.check_region(s.get("regionName"))
+        for s in subscriptions
+        if s.get("status") == "READY"
+    )
     log.info(
         "discovery.regions",
         regions=ready,
@@ -121,7 +126,7 @@ async def discover_compartments(
         "limit": 1000,
     }
     url = f"{endpoints.identity(region)}/compartments"
-    async with aclosing(client.paginate(url, params, region=region)) as pages:
+    async with aclosing(client.paginate(url, params, region=region, validate=parse)) as pages:
         async for paged in pages:
             for item in parse(paged.response.body):
                 if records is not None:

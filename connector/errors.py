@@ -87,6 +87,7 @@ class TransportError(_Told, ConnectorError):
         host: str = "",
         hint: str = "",
         retryable: bool | None = None,
+        kind: str = "",
     ) -> None:
         self.opc_request_id = opc_request_id
         self.reason = message
@@ -94,6 +95,9 @@ class TransportError(_Told, ConnectorError):
         self.hint = hint
         if retryable is not None:
             self.retryable = retryable
+        self.kind = kind
+        """``tls``, ``dns`` or ``refused`` for connection failures that may concern the whole
+        run (``connector.diagnose``), "" otherwise."""
         super().__init__(message)
 
     def __str__(self) -> str:

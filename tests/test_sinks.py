@@ -38,19 +38,38 @@ def write(
 ) -> list[FileInfo]:
     sink = PartitionedSink(pafs.LocalFileSystem(), folder.as_posix(), options, numbering=numbering)
     for start, size in ((0, 7), (7, 30), (37, 8)):  # batches as pages of uneven size
-        sink.write("r", batch.slice(start, size))
+        sink.write("us-ashburn-1", batch.slice(start, size))
     return sink.close()
 
 
 class TestParquet:
+    def test_regions_share_one_row_group_budget(self, tmp_path: Path, rows: pa.RecordBatch) -> None:
+        """Four regions interleaved: the rows held in memory, all regions together, never pass
+        one row group (memory does not grow with the number of regions), and none is lost."""
+        options = SinkOptions("parquet", "zstd", row_group_rows=20, max_rows_per_file=1000)
+        sink = PartitionedSink(pafs.LocalFileSystem(), tmp_path.as_posix(), options)
+        regions = ["us-ashburn-1", "eu-frankfurt-1", "uk-london-1", "ap-tokyo-1"]
+        held = []
+        for start in range(0, 45, 3):
+            for region in regions:
+                sink.write(region, rows.slice(start, 3))
+                held.append(sum(s.buffered for s in sink._series.values()))
+        files = sink.close()
+        assert max(held) <= 20
+        assert [45] * 4 == [f.rows for f in sorted(files, key=lambda f: f.path)]
+        for region in regions:
+            table = pq.read_table(tmp_path / f"region={region}")
+            assert rows.column("id").to_pylist() == table.column("id").to_pylist()
+
     def test_rolls_at_the_row_limit(self, tmp_path: Path, rows: pa.RecordBatch) -> None:
         """45 rows at 25 a file: two files of 25 and 20 rows, row groups of at most 10, the rows
         in the order written."""
         options = SinkOptions("parquet", "zstd", row_group_rows=10, max_rows_per_file=25)
         files = write(tmp_path, options, rows)
-        assert [("region=r/part-00000.parquet", 25), ("region=r/part-00001.parquet", 20)] == [
-            (f.path, f.rows) for f in files
-        ]
+        assert [
+            ("region=us-ashburn-1/part-00000.parquet", 25),
+            ("region=us-ashburn-1/part-00001.parquet", 20),
+        ] == [(f.path, f.rows) for f in files]
         ids = []
         for info in files:
             path = tmp_path / info.path
@@ -66,9 +85,10 @@ class TestParquet:
         """Writer 1 of 2 numbers its files 1, 3, …: workers never collide on a name."""
         options = SinkOptions("parquet", "zstd", row_group_rows=10, max_rows_per_file=25)
         files = write(tmp_path, options, rows, numbering=(1, 2))
-        assert ["region=r/part-00001.parquet", "region=r/part-00003.parquet"] == [
-            f.path for f in files
-        ]
+        assert [
+            "region=us-ashburn-1/part-00001.parquet",
+            "region=us-ashburn-1/part-00003.parquet",
+        ] == [f.path for f in files]
 
 
 class TestNdjson:
@@ -81,9 +101,10 @@ class TestNdjson:
         """45 rows at 25 a file: 25 lines, then 20; gzip files are whole gzip streams."""
         options = SinkOptions("ndjson", compression, max_rows_per_file=25)
         files = write(tmp_path, options, rows)
-        assert [(f"region=r/part-00000{suffix}", 25), (f"region=r/part-00001{suffix}", 20)] == [
-            (f.path, f.rows) for f in files
-        ]
+        assert [
+            (f"region=us-ashburn-1/part-00000{suffix}", 25),
+            (f"region=us-ashburn-1/part-00001{suffix}", 20),
+        ] == [(f.path, f.rows) for f in files]
         ids = []
         for info in files:
             raw = (tmp_path / info.path).read_bytes()
@@ -95,6 +116,6 @@ class TestNdjson:
     def test_no_rows_no_file(self, tmp_path: Path, rows: pa.RecordBatch) -> None:
         """An empty batch opens no file."""
         sink = PartitionedSink(pafs.LocalFileSystem(), tmp_path.as_posix(), SinkOptions("ndjson"))
-        sink.write("r", rows.slice(0, 0))
+        sink.write("us-ashburn-1", rows.slice(0, 0))
         assert [] == sink.close()
         assert [] == list(tmp_path.iterdir())

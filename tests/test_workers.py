@@ -164,11 +164,13 @@ def test_a_worker_error_is_reported(tmp_path: Path) -> None:
 
 
 def test_row_groups_share_one_writers_budget() -> None:
-    """Two workers write row groups of half the size; more workers do not go below 64k rows."""
+    """The worker processes share one budget of 64k rows: 32k each for two; more workers do
+    not go below 16k rows."""
     options = SinkOptions()
-    assert 128 * 1024 == shared_budget(options, 1).row_group_rows
-    assert 64 * 1024 == shared_budget(options, 2).row_group_rows
-    assert 64 * 1024 == shared_budget(options, 4).row_group_rows
+    assert 64 * 1024 == shared_budget(options, 1).row_group_rows
+    assert 32 * 1024 == shared_budget(options, 2).row_group_rows
+    assert 16 * 1024 == shared_budget(options, 4).row_group_rows
+    assert 16 * 1024 == shared_budget(options, 8).row_group_rows
 
 
 def test_a_stalled_worker_stops_the_fetching(

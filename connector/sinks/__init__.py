@@ -12,6 +12,8 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from connector import safety
+
 
 @dataclass(frozen=True, slots=True)
 class FileInfo:
@@ -30,6 +32,13 @@ class FileSeries(Protocol):
 
     def close(self) -> list[FileInfo]:
         """Flush, close and describe every file written."""
+
+    @property
+    def buffered(self) -> int:
+        """Rows held in memory, not yet written."""
+
+    def flush(self) -> None:
+        """Write what is held in memory now (a smaller row group)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +122,21 @@ class PartitionedSink:
         if series is None:
             series = self._series[region] = self._open(region)
         series.write(batch)
+        if len(self._series) > 1:
+            self._hold_budget()
+
+    def _hold_budget(self) -> None:
+        """Keep the rows held in memory, all regions together, within one row group.
+
+        Each region's series fills its own row group; with four regions a writer would hold
+        four row groups' worth (about 600 bytes a row, 40 MB each at 64k rows) and memory would
+        grow with the number of regions. Past the budget, the fullest series writes what it
+        holds as a smaller row group.
+        """
+        budget = self.options.row_group_rows
+        while sum(s.buffered for s in self._series.values()) > budget:
+            fullest = max(self._series.values(), key=lambda s: s.buffered)
+            fullest.flush()
 
     def close(self) -> list[FileInfo]:
         """Close every series; the files, relative to the partition directory."""
@@ -123,7 +147,8 @@ class PartitionedSink:
         return files
 
     def _open(self, region: str) -> FileSeries:
-        directory = f"{self.partition_dir}/region={region}"
+        # The last check before a region name becomes a folder (the first is in discovery).
+        directory = f"{self.partition_dir}/region={safety.check_region(region)}"
         self.fs.create_dir(directory, recursive=True)
         place = SeriesPlace(
             self.fs, directory, f"region={region}", self.file_prefix, self.numbering

@@ -42,6 +42,14 @@ class NdjsonSeries(RollingFiles):
             if self._rows >= self.options.max_rows_per_file:
                 self._finish_file()
 
+    @property
+    def buffered(self) -> int:
+        """Nothing is held: lines are written as they come."""
+        return 0
+
+    def flush(self) -> None:
+        """Nothing to write early (see ``buffered``)."""
+
     def close(self) -> list[FileInfo]:
         """Close the current file."""
         self._finish_file()

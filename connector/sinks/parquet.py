@@ -46,6 +46,16 @@ class ParquetSeries(RollingFiles):
         while self._buffered >= self._room():
             self._flush(self._room())
 
+    @property
+    def buffered(self) -> int:
+        """Rows held in memory until their row group is full."""
+        return self._buffered
+
+    def flush(self) -> None:
+        """Write what is held now, as one (smaller) row group."""
+        while self._buffered:
+            self._flush(min(self._buffered, self._room()))
+
     def close(self) -> list[FileInfo]:
         """Write what is buffered and close the current file."""
         while self._buffered:

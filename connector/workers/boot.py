@@ -22,13 +22,16 @@ def main(fds: list[int]) -> int:
     from connector import lean
 
     lean.keep_out("numpy", "pandas")
+    lean.prompt_allocator()
     # Loaded once, before forking, and shared by every worker.
     import connector.normalize
     import connector.workers.page
     import connector.workers.protocol  # noqa: F401
 
-    # Ctrl-C reaches the whole process group; the coordinator decides what happens.
+    # Ctrl-C (and a scheduler's SIGTERM to the process group) reaches every process; the
+    # coordinator decides what happens, and a worker ends when its socket closes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if threading.active_count() != 1:  # forking is only safe without other threads
         raise RuntimeError("worker boot: threads started before forking")
     children = []
@@ -84,6 +87,7 @@ def serve(fd: int, index: int, count: int) -> None:
             protocol.write(sock, protocol.Failed(f"{type(exc).__name__}: {exc}"))
             return
         protocol.write(sock, protocol.Ready(os.getpid()))
+        protocol.heartbeat(sock, first.setup.heartbeat_s / 4)
         while True:
             message = protocol.read(incoming)
             if message is None:  # the coordinator went away, or gave up after a failure
@@ -91,7 +95,8 @@ def serve(fd: int, index: int, count: int) -> None:
                 return
             try:
                 if isinstance(message, Page):
-                    worker.page(message)
+                    reason = worker.page(message)
+                    protocol.write(sock, protocol.Verdict(message.item, message.number, reason))
                 elif isinstance(message, protocol.End):
                     result = worker.end(message.item, message.pages, message.error)
                     protocol.write(sock, protocol.Result(result))

@@ -13,8 +13,9 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import anyio.to_thread
@@ -39,6 +40,7 @@ class Workers(abc.ABC):
 
     def __init__(self, on_result: OnResult) -> None:
         self.donations = Donations()
+        self.verdicts = Verdicts()
         self._on_result = on_result
 
     def _listing_ended(self, worker: int, result: ListingResult) -> None:
@@ -103,6 +105,42 @@ class Donations:
         return frozenset(self._by_worker.get(worker, ()))
 
 
+class Verdicts:
+    """Whether each page handed to a worker could be parsed, for the fetch task that sent it.
+
+    A page whose JSON is cut short (a proxy that lost the end and sent a Content-Length to
+    match) is recognised only by parsing it, which the workers do anyway: they say so for each
+    page, and the fetch task asks again for the pages that failed before ending its listing.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[WorkItem, dict[int, str | None]] = {}
+        self._waiting: dict[WorkItem, anyio.Event] = {}
+
+    def put(self, item: WorkItem, number: int, reason: str | None) -> None:
+        """A worker's verdict on page ``number`` of ``item``."""
+        self._known.setdefault(item, {})[number] = reason
+        waiting = self._waiting.pop(item, None)
+        if waiting is not None:
+            waiting.set()
+
+    async def collect(self, item: WorkItem, numbers: set[int]) -> dict[int, str | None]:
+        """The verdicts on ``numbers`` once all are in (each is handed out once)."""
+        while True:
+            known = self._known.get(item, {})
+            if numbers <= known.keys():
+                found = {number: known.pop(number) for number in numbers}
+                if not known:
+                    self._known.pop(item, None)
+                return found
+            waiting = self._waiting.setdefault(item, anyio.Event())
+            await waiting.wait()
+
+    def forget(self, item: WorkItem) -> None:
+        """Drop what nobody will collect (pages replayed without a fetch task)."""
+        self._known.pop(item, None)
+
+
 class ThreadWorkers(Workers):
     """One ``PageWorker`` in a worker thread of this process."""
 
@@ -112,9 +150,11 @@ class ThreadWorkers(Workers):
         self._limiter = anyio.CapacityLimiter(1)
 
     async def page(self, page: Page) -> None:
-        await anyio.to_thread.run_sync(self._worker.page, page, limiter=self._limiter)
+        reason = await anyio.to_thread.run_sync(self._worker.page, page, limiter=self._limiter)
+        self.verdicts.put(page.item, page.number, reason)
 
     async def end(self, item: WorkItem, pages: int, error: ListingError | None) -> None:
+        self.verdicts.forget(item)
         result = await anyio.to_thread.run_sync(
             self._worker.end, item, pages, error, limiter=self._limiter
         )
@@ -134,6 +174,8 @@ class _Process:
     pid: int | None = None
     assigned_bytes: int = 0
     closed: Closed | None = None
+    heard: float = field(default_factory=time.monotonic)
+    """When the worker last sent anything (its heartbeat comes every quarter of the limit)."""
 
     @property
     def index(self) -> int:
@@ -175,11 +217,18 @@ class ProcessWorkers(Workers):
             await channel.send(protocol.Setup(self.setup))
         for worker in self._processes:
             # Each says its pid once it has imported everything: the workers are ready.
-            message = await worker.channel.receive()
+            with anyio.move_on_after(self.setup.heartbeat_s) as waited:
+                message = await worker.channel.receive()
+            if waited.cancelled_caught:
+                raise WorkerError(
+                    f"worker {worker.index} did not start within {self.setup.heartbeat_s:g} s "
+                    "(fetch.worker_heartbeat_s)"
+                )
             if not isinstance(message, protocol.Ready):
                 reason = message.reason if isinstance(message, protocol.Failed) else message
                 raise WorkerError(f"worker {worker.index} failed to start: {reason}")
             worker.pid = message.pid
+            worker.heard = time.monotonic()
         self._ready.set()
 
     async def serve(self) -> None:
@@ -187,11 +236,35 @@ class ProcessWorkers(Workers):
         async with anyio.create_task_group() as group:
             for worker in self._processes:
                 group.start_soon(self._read, worker)
+            await self._watch()
+            group.cancel_scope.cancel()
+
+    async def _watch(self) -> None:
+        """Fail the run when a worker has sent nothing (not even its heartbeat) for
+        ``heartbeat_s``: it was stopped (SIGSTOP) or hangs, and the run would wait forever."""
+        limit = self.setup.heartbeat_s
+        while not self._closed.is_set():
+            now = time.monotonic()
+            for worker in self._processes:
+                if worker.closed is None and now - worker.heard > limit:
+                    raise WorkerError(
+                        f"worker {worker.index} (pid {worker.pid}) has sent nothing for "
+                        f"{now - worker.heard:.0f} s: it is stopped or hung "
+                        f"(fetch.worker_heartbeat_s = {limit:g})"
+                    )
+            with anyio.move_on_after(min(1.0, limit / 4)):
+                await self._closed.wait()
 
     async def _read(self, worker: _Process) -> None:
         """Listing results as the worker finishes each, then its files; an error ends the run."""
         while True:
             message = await worker.channel.receive()
+            worker.heard = time.monotonic()
+            if isinstance(message, protocol.Alive):
+                continue
+            if isinstance(message, protocol.Verdict):
+                self.verdicts.put(message.item, message.number, message.reason)
+                continue
             if isinstance(message, protocol.Result):
                 self._listing_ended(worker.index, message.result)
                 self._awaiting -= 1
@@ -218,6 +291,7 @@ class ProcessWorkers(Workers):
     async def end(self, item: WorkItem, pages: int, error: ListingError | None) -> None:
         await self.start()
         worker = self._owner.pop(item, None) or min(self._processes, key=lambda w: w.assigned_bytes)
+        self.verdicts.forget(item)
         self._awaiting += 1
         self._settled = anyio.Event()
         await worker.channel.send(protocol.End(item, pages, error))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pickle
 import socket
 import struct
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
@@ -119,7 +120,22 @@ class Failed:
     reason: str
 
 
-FromWorker = Ready | Result | Finished | Failed
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a page could be parsed: ``reason`` says why not (cut short), None if it was."""
+
+    item: WorkItem
+    number: int
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Alive:
+    """Sent every quarter of ``fetch.worker_heartbeat_s`` by a thread of the worker: a worker
+    that sends nothing for the whole span is stopped or hung, and the run fails."""
+
+
+FromWorker = Ready | Result | Finished | Failed | Alive | Verdict
 
 
 class Readable(Protocol):
@@ -186,6 +202,28 @@ def read(incoming: Readable) -> Setup | Page | End | Close | None:
     return message
 
 
+_WRITING = threading.Lock()
+"""The worker's loop and its heartbeat thread share the socket: one frame at a time."""
+
+
 def write(sock: socket.socket, message: FromWorker) -> None:
     """The worker's side: send a message to the coordinator."""
-    sock.sendall(_frame(message))
+    frame = _frame(message)
+    with _WRITING:
+        sock.sendall(frame)
+
+
+def heartbeat(sock: socket.socket, interval_s: float) -> threading.Event:
+    """Start sending ``Alive`` every ``interval_s`` from a daemon thread; set the returned event
+    to stop it. A stopped process (SIGSTOP) stops its thread too, which is the point."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval_s):
+            try:
+                write(sock, Alive())
+            except OSError:
+                return  # the coordinator went away
+
+    threading.Thread(target=beat, name="heartbeat", daemon=True).start()
+    return stop

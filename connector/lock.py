@@ -1,0 +1,440 @@
+"""One writer per output and snapshot date: lock files on a local disk, leases on object stores.
+
+A lock is a small JSON file under ``{uri}/_staging/_locks/`` naming its owner: run id, attempt,
+host, pid (with the process's start time, so a reused pid is not mistaken for the owner), the
+machine's boot id and pid namespace, and when the owner's run deadline expires. It is created
+exclusively: ``O_CREAT | O_EXCL`` on a local disk; on an object store a conditional put
+(``If-None-Match: *``, which AWS S3, MinIO and moto honour, through fsspec's ``mode="create"``).
+
+**A second writer fails at once; it does not wait.** It exits 1 with a message naming the holder
+(run id, pid, host, since when) and the lock file. Waiting would tie up a scheduler slot behind a
+run that may take hours or hang; a scheduler (Airflow's retries, cron's next tick) is the right
+place to try again, and the message says what to do when the holder is truly gone.
+
+A lock whose owner is dead is taken over: on the same machine the owner is dead when its pid is
+gone (or belongs to another process, or the machine rebooted); from another machine nothing can
+be known about the pid, so the lock is trusted until its ``expires_at`` (the owner's start plus
+its run deadline plus a margin) has passed. Taking over goes through a short-lived ``.break``
+file, so two runs that find the same dead lock do not both take it.
+
+Object stores without a conditional put (pyarrow's own S3 client, some S3-compatible services)
+get the same protocol with a check-then-write create: the lock is then advisory, which a warning
+says once; run one scheduler per output there, or use ``s3://`` through fsspec (s3fs) for the
+conditional put.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+import pyarrow.fs as pafs
+import structlog
+
+from connector import safety
+from connector.errors import ConnectorError
+
+log = structlog.get_logger("connector.lock")
+
+LOCKS = "_locks"
+OWNER_FILE = "_owner.json"
+EXPIRY_MARGIN_S = 3600.0
+"""Added to a run's deadline before another machine may consider its lock abandoned."""
+UNREADABLE_GRACE_S = 60.0
+"""A lock file that cannot be parsed (its creator died between creating and writing it) is
+abandoned once it is this old; before that its creator may still be writing it."""
+BREAK_GRACE_S = 30.0
+"""A ``.break`` file older than this was left by a process killed while taking over a lock."""
+
+State = Literal["alive", "dead", "unknown"]
+
+
+class LockHeld(ConnectorError):
+    """Another run holds the lock (one writer per output and snapshot date); try again later."""
+
+    retryable = True
+
+    def __init__(self, message: str, holder: Owner | None = None) -> None:
+        self.holder = holder
+        super().__init__(message)
+
+
+# -- who owns what ---------------------------------------------------------------------------
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks after boot (``/proc/PID/stat`` field 22)."""
+    text = _read_text(f"/proc/{pid}/stat")
+    if not text:
+        return None
+    try:
+        return int(text.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _machine() -> tuple[str, str]:
+    """This machine's boot id and pid namespace: equal on both sides only when a pid seen in a
+    lock file can be checked here (not after a reboot, not from another container)."""
+    boot = _read_text("/proc/sys/kernel/random/boot_id") or ""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return boot, namespace
+
+
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """Whether process ``pid`` exists here and, when ``started`` is known, is the same process."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    if started is not None:
+        now = _process_start(pid)
+        if now is not None and now != started:
+            return False  # the pid was reused by another process
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who holds a lock or a staging attempt."""
+
+    run_id: str
+    attempt: str
+    host: str
+    pid: int
+    pid_started: int | None
+    boot_id: str
+    pid_namespace: str
+    since: str
+    expires_at: float | None
+    """Epoch seconds after which the owner cannot be running any more (None: no deadline)."""
+
+    @classmethod
+    def me(cls, run_id: str, attempt: str, deadline_s: float = 0.0) -> Owner:
+        """This process, for ``run_id``'s ``attempt``."""
+        boot, namespace = _machine()
+        now = time.time()
+        return cls(
+            run_id=run_id,
+            attempt=attempt,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            pid_started=_process_start(os.getpid()),
+            boot_id=boot,
+            pid_namespace=namespace,
+            since=datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+            expires_at=now + deadline_s + EXPIRY_MARGIN_S if deadline_s > 0 else None,
+        )
+
+    def to_json(self) -> bytes:
+        """The lock file's content."""
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2) + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Owner | None:
+        """Parse a lock file; None when it is not one (empty, cut short, foreign)."""
+        try:
+            raw: Any = orjson.loads(data)
+            return cls(
+                run_id=str(raw["run_id"]),
+                attempt=str(raw["attempt"]),
+                host=str(raw["host"]),
+                pid=int(raw["pid"]),
+                pid_started=None if raw.get("pid_started") is None else int(raw["pid_started"]),
+                boot_id=str(raw.get("boot_id", "")),
+                pid_namespace=str(raw.get("pid_namespace", "")),
+                since=str(raw.get("since", "")),
+                expires_at=None if raw.get("expires_at") is None else float(raw["expires_at"]),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+
+    def same_machine(self) -> bool:
+        """Whether this owner's pid can be checked from here."""
+        boot, namespace = _machine()
+        return (
+            self.host == socket.gethostname()
+            and bool(self.boot_id)
+            and self.boot_id == boot
+            and self.pid_namespace == namespace
+        )
+
+    def state(self, now: float | None = None) -> State:
+        """``dead`` when it certainly no longer runs, ``alive`` when it certainly does,
+        ``unknown`` for a process on another machine before its expiry."""
+        if self.expires_at is not None and (now or time.time()) > self.expires_at:
+            return "dead"
+        if self.host == socket.gethostname() and self.boot_id and self.boot_id != _machine()[0]:
+            return "dead"  # this machine rebooted since
+        if not self.same_machine():
+            return "unknown"
+        return "alive" if pid_alive(self.pid, self.pid_started) else "dead"
+
+    def describe(self) -> str:
+        """For messages: run id, pid, host and since when."""
+        return (
+            f"run {self.run_id} (attempt {self.attempt}, pid {self.pid} on {self.host}, "
+            f"since {self.since})"
+        )
+
+
+def new_attempt_id() -> str:
+    """A unique name for one attempt's staging folder: two processes started with the same run
+    id (a retry, a mistake) never write into the same folder."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-p{os.getpid()}-{secrets.token_hex(3)}"
+
+
+# -- exclusive create on each kind of store --------------------------------------------------
+
+_warned_advisory: set[str] = set()
+
+
+def _fsspec_of(fs: pafs.FileSystem) -> Any | None:
+    handler = getattr(fs, "handler", None)
+    return getattr(handler, "fs", None)
+
+
+def create_exclusive(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; whether this call created it."""
+    parent = path.rsplit("/", 1)[0]
+    if isinstance(fs, pafs.LocalFileSystem):
+        for _ in range(10):
+            os.makedirs(parent, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                continue  # another process removed the (empty) folder meanwhile
+        else:
+            raise FileNotFoundError(parent)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(parent)
+        return True
+    store = _fsspec_of(fs)
+    if store is not None:
+        with contextlib.suppress(Exception):
+            store.makedirs(parent, exist_ok=True)
+        try:
+            store.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            # S3 answers a failed If-None-Match with 412 PreconditionFailed, which some
+            # versions of s3fs surface as a plain OSError.
+            if "Precondition" in str(exc) or "412" in str(exc):
+                return False
+            raise
+        return True
+    kind = type(fs).__name__
+    if kind not in _warned_advisory:
+        _warned_advisory.add(kind)
+        log.warning(
+            "lock.advisory",
+            filesystem=kind,
+            reason="this store has no conditional put here; the lock is advisory",
+        )
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        return False
+    with fs.open_output_stream(path, compression=None) as out:
+        out.write(data)
+    return True
+
+
+def _read(fs: pafs.FileSystem, path: str) -> bytes | None:
+    try:
+        with fs.open_input_stream(path, compression=None) as stream:
+            return bytes(stream.read())
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _age_s(fs: pafs.FileSystem, path: str) -> float:
+    info = fs.get_file_info(path)
+    if info.mtime is None:
+        return 0.0
+    return max(0.0, time.time() - info.mtime.timestamp())
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# -- the lock --------------------------------------------------------------------------------
+
+
+class Lock:
+    """An exclusive lock file (see the module docstring); ``with lock:`` holds it."""
+
+    def __init__(self, fs: pafs.FileSystem, base: str, name: str, owner: Owner, what: str) -> None:
+        self.fs = fs
+        self.base = base
+        self.path = f"{base}/{safety.STAGING}/{LOCKS}/{safety.check_component(name)}"
+        self.owner = owner
+        self.what = what
+        self._data = owner.to_json()
+        self.held = False
+
+    def acquire(self) -> None:
+        """Take the lock, taking over a dead owner's; ``LockHeld`` if someone alive has it."""
+        for _ in range(5):
+            if create_exclusive(self.fs, self.path, self._data):
+                self.held = True
+                log.debug("lock.acquired", lock=self.path, run_id=self.owner.run_id)
+                return
+            seen = _read(self.fs, self.path)
+            if seen is None:
+                continue  # released between our create and our read: try again
+            holder = Owner.from_json(seen)
+            if holder is None:
+                if _age_s(self.fs, self.path) < UNREADABLE_GRACE_S:
+                    raise LockHeld(
+                        f"{self.what} is being locked by another process right now "
+                        f"({self.path}); try again in a minute"
+                    )
+            elif holder.state() != "dead":
+                raise LockHeld(
+                    f"{self.what} is being written by {holder.describe()}; this run stops "
+                    f"rather than wait. If that process is gone for good, delete {self.path}",
+                    holder,
+                )
+            self._break(seen, holder)
+        raise LockHeld(f"{self.what}: could not take the lock {self.path} (contended)")
+
+    def _break(self, seen: bytes, holder: Owner | None) -> None:
+        """Remove a dead owner's lock, unless it changed since we read it."""
+        breaker = self.path + ".break"
+        if not create_exclusive(self.fs, breaker, self._data):
+            if _age_s(self.fs, breaker) > BREAK_GRACE_S:
+                safety.guarded_delete(self.fs, self.base, breaker)
+            return
+        try:
+            if _read(self.fs, self.path) == seen:
+                safety.guarded_delete(self.fs, self.base, self.path)
+                log.warning(
+                    "lock.taken_over",
+                    lock=self.path,
+                    dead_owner=holder.describe() if holder else "unreadable lock file",
+                )
+        finally:
+            safety.guarded_delete(self.fs, self.base, breaker)
+
+    def release(self) -> None:
+        """Give the lock back (only if it is still ours)."""
+        if not self.held:
+            return
+        self.held = False
+        current = _read(self.fs, self.path)
+        if current is None:
+            return
+        if current != self._data:
+            log.warning("lock.lost", lock=self.path, run_id=self.owner.run_id)
+            return
+        safety.guarded_delete(self.fs, self.base, self.path)
+        folder = self.path.rsplit("/", 1)[0]
+        if safety.remove_empty_dir(self.fs, self.base, folder):
+            safety.remove_empty_dir(self.fs, self.base, folder.rsplit("/", 1)[0])
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def date_lock(fs: pafs.FileSystem, base: str, snapshot_date: str, owner: Owner) -> Lock:
+    """The lock for publishing ``snapshot_date`` under ``base`` (one writer at a time)."""
+    day = safety.check_snapshot_date(snapshot_date)
+    return Lock(fs, base, f"snapshot_date={day}.lock", owner, f"snapshot date {day} of {base}")
+
+
+def shard_lock(
+    fs: pafs.FileSystem, base: str, run_id: str, index: int, count: int, owner: Owner
+) -> Lock:
+    """The lock for one shard of one run: two attempts of the same shard never run at once."""
+    run = safety.check_run_id(run_id)
+    return Lock(
+        fs,
+        base,
+        f"run={run}.shard={index:03d}-of-{count:03d}.lock",
+        owner,
+        f"shard {index}/{count} of run {run} in {base}",
+    )
+
+
+def holder_of(fs: pafs.FileSystem, base: str, snapshot_date: str) -> Owner | None:
+    """Who holds ``snapshot_date``'s lock, if anyone (and the file is readable)."""
+    path = f"{base}/{safety.STAGING}/{LOCKS}/snapshot_date={snapshot_date}.lock"
+    data = _read(fs, path)
+    return Owner.from_json(data) if data is not None else None
+
+
+# -- staging attempts -------------------------------------------------------------------------
+
+
+def claim_attempt(fs: pafs.FileSystem, base: str, owner: Owner) -> str:
+    """Create ``{base}/_staging/RUN_ID/ATTEMPT/`` with its owner file first; its path.
+
+    The owner file lets the next start tell a dead attempt's leftovers (removed at once) from a
+    live one's (left alone), instead of waiting days.
+    """
+    run = safety.check_run_id(owner.run_id)
+    folder = safety.join(f"{base}/{safety.STAGING}", run, owner.attempt)
+    fs.create_dir(folder, recursive=True)
+    if not create_exclusive(fs, f"{folder}/{OWNER_FILE}", owner.to_json()):
+        raise ConnectorError(f"staging attempt {folder} exists already")
+    return folder
+
+
+def attempt_owner(fs: pafs.FileSystem, folder: str) -> Owner | None:
+    """The owner recorded in an attempt folder, if readable."""
+    data = _read(fs, f"{folder}/{OWNER_FILE}")
+    return Owner.from_json(data) if data is not None else None
+
+
+def iter_attempts(fs: pafs.FileSystem, base: str) -> Iterator[tuple[str, str, str]]:
+    """(run id, attempt, folder) of every staging attempt under ``base``."""
+    root = f"{base}/{safety.STAGING}"
+    for run_dir in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if run_dir.type != pafs.FileType.Directory or not safety.RUN_ID.fullmatch(
+            run_dir.base_name
+        ):
+            continue
+        for entry in fs.get_file_info(pafs.FileSelector(run_dir.path, allow_not_found=True)):
+            if entry.type == pafs.FileType.Directory and entry.base_name != "shards":
+                yield run_dir.base_name, entry.base_name, entry.path
