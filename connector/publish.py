@@ -22,6 +22,8 @@ deletion goes through ``connector.safety.guarded_delete``. On object stores, whi
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -221,6 +223,22 @@ def _lines(stream: Any, chunk_size: int = 1 << 20) -> Iterable[bytes]:
         yield pending
 
 
+RUN_ID_TIME = re.compile(r"^(\d{8}T\d{6}Z)")
+STALE_STAGING_S = 7 * 86400
+
+
+def run_started(run_id: str) -> float | None:
+    """When a run started, from its id (``new_run_id`` puts the UTC time first); None if the
+    id does not carry it."""
+    match = RUN_ID_TIME.match(run_id)
+    if match is None:
+        return None
+    try:
+        return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
 def recover(
     fs: pafs.FileSystem, base: str, owner: lock.Owner | None = None, held: Iterable[str] = ()
 ) -> list[str]:
@@ -228,10 +246,18 @@ def recover(
 
     Returns the partitions put back (``images/snapshot_date=D``). ``owner`` is who asks (for the
     date locks repair takes), ``held`` the dates it holds already. See ``connector.durable``.
+    Besides attempts whose owner is gone, a run's staging whose run id is over a week old goes
+    too: its age comes from the id, never from a modification time, which object stores do not
+    keep for folders (a shard left a week without its commit will not be committed).
     """
     asking = owner or lock.Owner.me("recover", lock.new_attempt_id())
     restored = durable.repair(fs, base, asking, held)
     durable.clean_dead_staging(fs, base)
+    now = time.time()
+    for run_dir in fs.get_file_info(pafs.FileSelector(f"{base}/{STAGING}", allow_not_found=True)):
+        started = run_started(run_dir.base_name)
+        if started is not None and now - started > STALE_STAGING_S:
+            safety.guarded_delete(fs, base, run_dir.path)
     remove_if_empty(fs, base, f"{base}/{STAGING}")
     return restored
 

@@ -187,8 +187,11 @@ def test_publish_replace_read_back(
         described = {f.name: f.doc for f in writer.table(create=False).schema().fields}
         assert "The image OCID." == described["id"]
     if place == "s3":
+        # No staged file is left behind (an empty folder of released date locks may be).
         staging = f"{store.base}/_staging"
-        assert [] == store.fs.get_file_info(pafs.FileSelector(staging, allow_not_found=True))
+        selector = pafs.FileSelector(staging, recursive=True, allow_not_found=True)
+        left = store.fs.get_file_info(selector)
+        assert [] == [f.path for f in left if f.type == pafs.FileType.File]
 
 
 PRELOAD = {"delta": ("deltalake",), "iceberg": ("pyiceberg.catalog.sql", "pyiceberg.table")}
