@@ -25,7 +25,7 @@ COMMON = f"--config {CONFIG} --set output.snapshot_date={{{{ ds }}}}"
 def oci_images_export() -> None:
     plan = BashOperator(
         task_id="plan",
-        bash_command=f"oci-images plan {COMMON} --shards {SHARDS} --run-id '{{{{ run_id }}}}'",
+        bash_command=f"oci-images plan {COMMON} --shards {SHARDS} --run-id '{{{{ ts_nodash }}}}'",
         do_xcom_push=True,
     )
 
@@ -39,7 +39,7 @@ def oci_images_export() -> None:
     )
     commit = BashOperator(
         task_id="commit",
-        bash_command=f"oci-images commit {COMMON} --run-id '{{{{ run_id }}}}'",
+        bash_command=f"oci-images commit {COMMON} --run-id '{{{{ ts_nodash }}}}'",
     )
     shards >> commit
 
