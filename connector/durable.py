@@ -63,12 +63,6 @@ def fsync_file(fs: pafs.FileSystem, path: str) -> None:
         fsync_path(path)
 
 
-def fsync_dir(fs: pafs.FileSystem, path: str) -> None:
-    """fsync a folder on a local disk, so that the names created in it survive a crash."""
-    if is_local(fs):
-        fsync_path(path, directory=True)
-
-
 def fsync_tree(fs: pafs.FileSystem, root: str) -> None:
     """fsync every file and folder below ``root`` (bottom-up), then ``root`` itself."""
     if not is_local(fs):

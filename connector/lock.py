@@ -397,13 +397,6 @@ def shard_lock(
     )
 
 
-def holder_of(fs: pafs.FileSystem, base: str, snapshot_date: str) -> Owner | None:
-    """Who holds ``snapshot_date``'s lock, if anyone (and the file is readable)."""
-    path = f"{base}/{safety.STAGING}/{LOCKS}/snapshot_date={snapshot_date}.lock"
-    data = _read(fs, path)
-    return Owner.from_json(data) if data is not None else None
-
-
 # -- staging attempts -------------------------------------------------------------------------
 
 
