@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint format typecheck pytest reliability bench bench-full readme regions lock clean \
-	install-airflow test-airflow lock-airflow
+	worked-questions install-airflow test-airflow lock-airflow
 
 install: $(STAMP)
 
@@ -49,6 +49,12 @@ bench: install
 
 bench-full: install
 	$(BIN)/python -m benchmarks --full
+
+# The README's three questions, answered with DuckDB from two exports of the emulator's
+# realistic tenancy a day apart. ARGS="--output DIR" keeps the lake, ARGS="--today YYYY-MM-DD"
+# gives the README's output exactly.
+worked-questions: install
+	$(BIN)/python scripts/worked_questions.py $(ARGS)
 
 # Regenerate the README's tables and configs/example.toml from connector/schema.py and config.py.
 readme: install

@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the output schema")
     schema.add_argument("--format", default="markdown", choices=["markdown", "json"])
+    schema.add_argument(
+        "--dataset",
+        default="images",
+        choices=["images", "compartments", "changes"],
+        help="which dataset's columns (default: images)",
+    )
 
     plan = commands.add_parser("plan", help="print N shard specs as JSON (Airflow task mapping)")
     _config_arguments(plan)
@@ -176,14 +182,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _schema(args: argparse.Namespace) -> int:
     from connector import schema
 
+    columns = schema.DATASETS[args.dataset]
     if args.format == "json":
         import orjson
 
         sys.stdout.write(
-            orjson.dumps(schema.describe(), option=orjson.OPT_INDENT_2).decode() + "\n"
+            orjson.dumps(schema.describe(columns), option=orjson.OPT_INDENT_2).decode() + "\n"
         )
     else:
-        print(schema.markdown_table())
+        print(schema.markdown_table(columns))
     return EXIT_OK
 
 

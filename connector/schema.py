@@ -178,7 +178,9 @@ def markdown_table(columns: tuple[Column, ...] = COLUMNS) -> str:
     """A dataset's column table (images by default), as the README embeds it."""
     lines = ["| column | type | from | description |", "|---|---|---|---|"]
     for c in columns:
-        origin = f"`{c.source}`" if c.source else "metadata"
+        # Columns the connector computes (a compartment's path, a change's kind) are not load
+        # metadata, which starts with "_".
+        origin = f"`{c.source}`" if c.source else "metadata" if c.is_metadata else "derived"
         null = "" if c.nullable else ", not null"
         lines.append(f"| `{c.name}` | {type_name(c.type)}{null} | {origin} | {c.description} |")
     return "\n".join(lines)

@@ -1,5 +1,6 @@
-"""Regenerate what is generated from the code (`make readme`): the README's column table
-(connector/schema.py), its configuration table and configs/example.toml (connector/config.py)."""
+"""Regenerate what is generated from the code (`make readme`): the README's column tables, one
+per dataset (connector/schema.py), its configuration table and configs/example.toml
+(connector/config.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ def replace_block(text: str, name: str, content: str) -> str:
 def main() -> None:
     text = README.read_text()
     text = replace_block(text, "columns", schema.markdown_table())
+    for name, columns in schema.DATASETS.items():
+        if name != "images":  # the images table keeps its original marker, "columns"
+            text = replace_block(text, f"{name}-columns", schema.markdown_table(columns))
     text = replace_block(text, "config", config.markdown_table())
     README.write_text(text)
     EXAMPLE.write_text(config.example_toml())

@@ -39,6 +39,25 @@ def test_schema_command_matches_the_schema() -> None:
     assert schema.markdown_table() + "\n" == oci_images("schema").stdout
 
 
+@pytest.mark.parametrize("dataset", ["compartments", "changes"])
+def test_schema_command_prints_each_dataset(dataset: str) -> None:
+    """`schema --dataset NAME` prints that dataset's columns, in JSON or as the README's table."""
+    columns = schema.DATASETS[dataset]
+    as_json = oci_images("schema", "--dataset", dataset, "--format", "json")
+    assert 0 == as_json.returncode
+    assert schema.describe(columns) == orjson.loads(as_json.stdout)
+    assert [c.name for c in columns] == [c["name"] for c in orjson.loads(as_json.stdout)]
+    assert (
+        schema.markdown_table(columns) + "\n" == oci_images("schema", "--dataset", dataset).stdout
+    )
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(
+        rf"<!-- {dataset}-columns:start -->\n(.*?)\n<!-- {dataset}-columns:end -->", readme, re.S
+    )
+    assert match, f"README.md lacks the generated {dataset} column table"
+    assert schema.markdown_table(columns) == match.group(1)
+
+
 def test_readme_column_table_is_the_schema() -> None:
     """The README's column table is generated from the schema and kept in step with it."""
     readme = (ROOT / "README.md").read_text()
