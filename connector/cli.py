@@ -415,6 +415,7 @@ def _demo(args: argparse.Namespace) -> int:
         regions=("us-ashburn-1", "eu-frankfurt-1"),
         dataset=args.dataset,
         platform_images=150 if args.dataset == "realistic" else 60,
+        oci_extras=True,  # typed defined-tag values and nine-digit times, as OCI sends them
     )
     with tempfile.TemporaryDirectory(prefix="oci-images-demo-") as folder:
         server = EmulatorServer(world, Behaviour(latency_ms=args.latency_ms), oci_config_dir=folder)

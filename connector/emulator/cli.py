@@ -44,8 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--oci-extras",
-        action="store_true",
-        help="with --flavor oci: defined-tag values of any JSON type, nine-digit fractions",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --flavor oci: defined-tag values of any JSON type and occasional nine-digit "
+        "fractions, as commercial OCI sends them (default: on)",
     )
     parser.add_argument(
         "--reference-date",
