@@ -61,8 +61,10 @@ def make_emulator(tmp_path: Path) -> Iterator[Callable[..., EmulatorServer]]:
     def start(world: World | None = None, **knobs: Any) -> EmulatorServer:
         folder = tmp_path / f"oci{len(started)}"
         server = EmulatorServer(
-            world or build_world(**SMALL), Behaviour(**knobs), oci_config_dir=folder
-        )  # type: ignore[arg-type]
+            world or build_world(**SMALL),  # type: ignore[arg-type]
+            Behaviour(**knobs),
+            oci_config_dir=folder,
+        )
         started.append(server.start())
         return server
 

@@ -103,7 +103,9 @@ def partition_path(store: storage.Store, date: str) -> str:
     return f"{store.base}/images/snapshot_date={date}"
 
 
-def manifest_rows(store: storage.Store, date: str) -> tuple[dict[str, Any] | None, list[dict]]:
+def manifest_rows(
+    store: storage.Store, date: str
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """What a reader that follows ``_manifest.json`` reads: the manifest and its files' rows."""
     partition = partition_path(store, date)
     manifest = objectstore.published_manifest(store.fs, partition)
@@ -139,7 +141,8 @@ def dataset_table(store: storage.Store, date: str) -> pa.Table:
     files = [f"{partition}/{f['path']}" for f in manifest["files"]]
     if manifest["format"] == "parquet":
         return ds.dataset(files, filesystem=store.fs, format="parquet").to_table()
-    return ds.dataset(files, filesystem=store.fs, format="json").to_table()
+    # JsonFileFormat() is what format="json" means; the stubs' format literal leaves "json" out.
+    return ds.dataset(files, filesystem=store.fs, format=ds.JsonFileFormat()).to_table()
 
 
 def duckdb_by_region(table: Any) -> list[tuple[str, int, int]]:
@@ -160,7 +163,7 @@ def delta_table(store: storage.Store, version: int | None = None) -> Any:
 
 def delta_rows(store: storage.Store, date: str, version: int | None = None) -> pa.Table:
     """deltalake's reader, one date."""
-    data = delta_table(store, version).to_pyarrow_table()
+    data: pa.Table = delta_table(store, version).to_pyarrow_table()
     return data.filter(pc.equal(data["_snapshot_date"], pa.scalar(_date(date))))
 
 
@@ -182,7 +185,7 @@ def iceberg_dataset(
 ) -> pa.Table:
     """pyarrow.dataset over the data files the table's metadata lists for one date."""
     scheme = f"{writer.store.scheme}://"
-    files = [
+    files: list[str] = [
         task.file.file_path.removeprefix(scheme)
         for task in iceberg_scan(writer, date, snapshot_id).plan_files()
     ]

@@ -102,9 +102,9 @@ def expected_row(
     )
     extra = {k: record[k] for k in record if k not in KNOWN_TOP}
     for parent, known in KNOWN_CHILD.items():
-        child = record.get(parent)
-        if isinstance(child, dict) and set(child) - known:
-            extra[parent] = {k: child[k] for k in child if k not in known}
+        nested = record.get(parent)
+        if isinstance(nested, dict) and set(nested) - known:
+            extra[parent] = {k: nested[k] for k in nested if k not in known}
     if typed:
         extra["definedTags"] = typed
     row["_extra"] = extra or None

@@ -72,7 +72,7 @@ class TestSurface:
     def test_unknown_attribute(self) -> None:
         """A name the package does not have is an AttributeError, as for any module."""
         with pytest.raises(AttributeError):
-            _ = connector.no_such_name  # type: ignore[attr-defined]
+            _ = connector.no_such_name
 
 
 class TestLoadConfig:

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 from connector import changes, schema
-from connector.normalize import Page, RunInfo, normalize_records
+from connector.normalize import normalize_records
+from connector.pages import Page, RunInfo
 
 REGION = "us-ashburn-1"
 CUSTOM = "ocid1.compartment.oc1..custom"

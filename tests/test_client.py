@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 from collections.abc import Callable
 from contextlib import aclosing
 from pathlib import Path
@@ -156,7 +157,7 @@ def test_clock_skew_is_rejected(
     monkeypatch.setattr(
         signing,
         "http_date",
-        lambda timestamp=None: signing.email.utils.formatdate(time.time() - 600, usegmt=True),
+        lambda timestamp=None: email.utils.formatdate(time.time() - 600, usegmt=True),
     )
 
     async def one() -> None:

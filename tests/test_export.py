@@ -43,6 +43,7 @@ def arrow_rows(tmp_path: Path) -> list[dict[str, Any]]:
 def duckdb_rows(tmp_path: Path) -> list[dict[str, Any]]:
     glob = tmp_path / "lake" / "images" / "*" / "*" / "*.parquet"
     relation = duckdb.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning = true)")
+    assert relation is not None  # None only for statements that return no rows
     columns = relation.columns
     return [dict(zip(columns, values, strict=True)) for values in relation.fetchall()]
 
@@ -122,9 +123,11 @@ def test_ndjson_gzip_equals_ground_truth(lake_emulator: EmulatorServer, tmp_path
     for row in rows:
         row["time_created"] = datetime.fromisoformat(row["time_created"])
     assert expected == multiset([normalise_actual(r, "once") for r in rows])
-    counted = duckdb.sql(
+    relation = duckdb.sql(
         f"SELECT count(*) FROM read_ndjson('{partition(tmp_path)}/region=*/*.ndjson.gz')"
-    ).fetchall()
+    )
+    assert relation is not None
+    counted = relation.fetchall()
     assert [(len(rows),)] == counted
 
 

@@ -23,6 +23,7 @@ import pytest
 from connector import cli, objectstore, publish, storage, tables
 from connector.emulator import EmulatorServer, build_world
 from connector.pipeline import new_run_id
+from tests.helpers import write_config
 from tests.lake_support import (
     KEY,
     SECRET,
@@ -39,7 +40,6 @@ from tests.lake_support import (
     start_s3,
 )
 from tests.reference import expected_rows, multiset, normalise_actual
-from tests.test_export import write_config
 
 DATE = "2026-11-27"
 WORLD = {

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from connector import limits
 from connector.errors import TransportError
-from connector.normalize import Page, PageError, RunInfo, normalize_page
+from connector.normalize import normalize_page
+from connector.pages import Page, PageError, RunInfo
 from connector.sinks import SeriesPlace, SinkOptions
 from connector.sinks.parquet import ParquetSeries
 

@@ -154,7 +154,7 @@ class TestObjectStoreLease:
     def test_conditional_create_through_fsspec(self) -> None:
         """Through fsspec's mode="create" (If-None-Match on S3), the second create loses."""
         store = fsspec.implementations.memory.MemoryFileSystem()
-        fs = pafs.PyFileSystem(pafs.FSSpecHandler(store))
+        fs = pafs.PyFileSystem(pafs.FSSpecHandler(store))  # type: ignore[abstract]  # stubs miss its methods
         assert lock.create_exclusive(fs, "/bucket/lake/_staging/_locks/x.lock", b"a")
         assert not lock.create_exclusive(fs, "/bucket/lake/_staging/_locks/x.lock", b"b")
         assert b"a" == store.cat_file("/bucket/lake/_staging/_locks/x.lock")
@@ -162,7 +162,7 @@ class TestObjectStoreLease:
     def test_lock_on_an_object_store(self) -> None:
         """The same lock protocol, on a store: held, refused, released."""
         store = fsspec.implementations.memory.MemoryFileSystem()
-        fs = pafs.PyFileSystem(pafs.FSSpecHandler(store))
+        fs = pafs.PyFileSystem(pafs.FSSpecHandler(store))  # type: ignore[abstract]  # stubs miss its methods
         base = "/bucket-lease/lake"
         with lock.date_lock(fs, base, DATE, lock.Owner.me("a", "1")), pytest.raises(lock.LockHeld):
             lock.date_lock(fs, base, DATE, lock.Owner.me("b", "2")).acquire()

@@ -274,7 +274,7 @@ class TestEndToEnd:
     """`oci-images run` against https://iaas.pca.example.com through a proxy, as on a rack."""
 
     def config(self, tmp_path: Path, emulator: EmulatorServer, **oci: Any) -> Path:
-        from tests.test_export import write_config
+        from tests.helpers import write_config
 
         values = {
             "endpoint": f"https://{PCA}",

@@ -329,6 +329,7 @@ def test_whole_run_errors_fail_fast(
 ) -> None:
     """A bad key, an untrusted certificate, nothing listening: exit 1 after one round of
     attempts (never partial), with the reason, the host and what to check."""
+    sections: dict[str, dict[str, Any]]
     if kind == "401":
         server = hostile(reject_auth=True)
         expected, sections = "401 NotAuthenticated", {}

@@ -50,7 +50,9 @@ def partition(lake: Path) -> Path:
 def counted_rows(lake: Path) -> int:
     """Rows in every Parquet file of the published partition, as a reader counts them."""
     glob = f"{partition(lake)}/*/*.parquet"
-    ((count,),) = duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall()
+    relation = duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}')")
+    assert relation is not None  # None only for statements that return no rows
+    ((count,),) = relation.fetchall()
     return int(count)
 
 

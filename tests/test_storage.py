@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
 
-from connector import cli, config, storage, tables
+from connector import cli, config, storage
 from connector.errors import ConfigError
 
 S3_OPTIONS = {
@@ -153,6 +154,7 @@ class TestResolve:
         store = storage.resolve(uri, options)
         assert isinstance(store.fs, pafs.PyFileSystem)
         handler = store.fs.handler
+        assert isinstance(handler, pafs.FSSpecHandler)
         assert module == type(handler.fs).__module__.split(".")[0]
 
     @pytest.mark.parametrize(
@@ -167,7 +169,7 @@ class TestResolve:
         self, uri: str, module: str, extra: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Without the store's package: a ConfigError on output.uri naming the extra."""
-        monkeypatch.setattr(storage.importlib.util, "find_spec", lambda name: None)
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
         with pytest.raises(ConfigError) as caught:
             storage.resolve(uri)
         assert "output.uri" == caught.value.key
@@ -273,7 +275,7 @@ class TestConfigKeys:
         self, table_format: str, extra: str, module: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A table format whose library is missing: a ConfigError naming the extra."""
-        monkeypatch.setattr(tables.importlib.util, "find_spec", lambda name: None)
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
         with pytest.raises(ConfigError) as caught:
             config.load(None, [f"output.table_format={table_format}"])
         assert "output.table_format" == caught.value.key
@@ -290,7 +292,7 @@ class TestConfigKeys:
             '[output]\nuri = "gs://bucket/lake"\n'
         )
         monkeypatch.setitem(sys.modules, "gcsfs", None)
-        monkeypatch.setattr(storage.importlib.util, "find_spec", lambda name: None)
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
         code = cli.main(["run", "--config", str(path)])
         err = capsys.readouterr().err
         assert 2 == code
