@@ -185,8 +185,12 @@ def _incomplete(fs: pafs.FileSystem, base: str, run_id: str, shards: list[Manife
     dates = {s.snapshot_date for s in shards}
     if len(dates) != 1:
         return f"shards of run {run_id} disagree on snapshot_date: {sorted(dates)}"
-    if any(s.run_id != run_id for s in shards):
-        return f"a shard manifest under run {run_id} belongs to another run"
+    foreign = sorted({s.run_id for s in shards} - {run_id})
+    if foreign:
+        return (
+            f"refusing to commit run {run_id}: its staging holds shards of run(s) "
+            f"{', '.join(foreign)}"
+        )
     for index in range(count):
         probe = lock.shard_lock(fs, base, run_id, index, count, _probe_owner(run_id))
         try:

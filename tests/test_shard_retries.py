@@ -34,13 +34,15 @@ def settings_for(server: EmulatorServer, lake: Path, **fetch: object) -> connect
 
 
 def staged(lake: Path, run_id: str) -> dict[str, float]:
-    """The run's staged data and reject files (relative path: modification time)."""
-    root = lake / "_staging" / run_id / "images" / f"snapshot_date={DATE}"
-    return {
-        str(p.relative_to(root)): p.stat().st_mtime_ns
-        for p in root.rglob("*")
-        if p.is_file() and not p.name.startswith("_")
-    }
+    """The run's staged data and reject files, in every attempt's folder (attempt and path
+    within the partition: modification time)."""
+    found = {}
+    for root in (lake / "_staging" / run_id).glob(f"*/images/snapshot_date={DATE}"):
+        attempt = root.parent.parent.name
+        for path in root.rglob("*"):
+            if path.is_file() and not path.name.startswith("_"):
+                found[f"{attempt}/{path.relative_to(root)}"] = path.stat().st_mtime_ns
+    return found
 
 
 def partition(lake: Path) -> Path:
@@ -133,8 +135,8 @@ class TestCommit:
         plan = connector.plan(settings, 2)
         for spec in plan.shards:
             connector.run(settings, shard=spec)
-        root = lake / "_staging" / plan.run_id / "images" / f"snapshot_date={DATE}"
-        listed = next(root.glob("region=*/part-001-*.parquet"))
+        attempts = lake / "_staging" / plan.run_id
+        listed = next(attempts.glob(f"*/images/snapshot_date={DATE}/region=*/part-001-*.parquet"))
         shutil.copy(listed, listed.with_name("part-001-00099.parquet"))
 
         outcome = connector.commit(settings, plan.run_id)

@@ -210,12 +210,13 @@ class TestPartialRuns:
         self, server: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """With allow_partial, the failing shard's task succeeds, and the commit publishes the
-        partial run, marked partial in the manifest and in the asset event."""
+        partial run, marked partial in the manifest and in the asset event (a whole shard of
+        three failing is a third of the listings: the floor is lowered to let it through)."""
         config = write_config(
             tmp_path,
             server,
             fetch={"max_attempts": 2},
-            output={"allow_partial": True},
+            output={"allow_partial": True, "min_complete_ratio": 0.5},
             **no_discovery(server),
         )
         monkeypatch.setenv("OCI_IMAGES_TEST_CONFIG", str(config))
