@@ -151,7 +151,11 @@ def test_unknown_compartment_is_partial(lake_emulator: EmulatorServer, tmp_path:
     # 3 of 4 listings complete is below the default floor (0.9): a failure, nothing published.
     assert 1 == run(config)
     assert not partition(tmp_path).exists()
-    record = orjson.loads(next((tmp_path / "lake" / "_runs").glob("*.json")).read_bytes())
+    # Every run leaves a record; this run's is the newest.
+    records = sorted(
+        (tmp_path / "lake" / "_runs").glob("*.json"), key=lambda p: p.stat().st_mtime_ns
+    )
+    record = orjson.loads(records[-1].read_bytes())
     assert ("failed", False) == (record["status"], record["published"])
     assert "min_complete_ratio" in record["message"]
     config = write_config(
