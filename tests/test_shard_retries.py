@@ -36,7 +36,7 @@ def settings_for(server: EmulatorServer, lake: Path, **fetch: object) -> connect
 def staged(lake: Path, run_id: str) -> dict[str, float]:
     """The run's staged data and reject files, in every attempt's folder (attempt and path
     within the partition: modification time)."""
-    found = {}
+    found: dict[str, float] = {}
     for root in (lake / "_staging" / run_id).glob(f"*/images/snapshot_date={DATE}"):
         attempt = root.parent.parent.name
         for path in root.rglob("*"):
