@@ -59,6 +59,7 @@ from connector.retry import (
     PriorityGate,
     RetryPolicy,
     Sleep,
+    endpoint_key,
     is_retryable_status,
 )
 
@@ -118,6 +119,8 @@ class ClientOptions:
     auth: str = "api_key"
     # The environment proxies and CA bundles are read from (None: this process's).
     environ: Mapping[str, str] | None = None
+    rate_share: float = 1.0
+    """This process's part of the tenancy's request budget (1/N for one of N shards)."""
 
 
 class OciClient:
@@ -139,7 +142,11 @@ class OciClient:
         self._clock = clock
         self._sleep = sleep
         self.limiter = AdaptiveLimiter(
-            self.options.concurrency, self.options.max_requests_per_second or None, clock, sleep
+            self.options.concurrency,
+            self.options.max_requests_per_second or None,
+            clock,
+            sleep,
+            share=self.options.rate_share,
         )
         self.counters = RequestCounters()
         self._session: aiohttp.ClientSession | None = None
@@ -206,6 +213,7 @@ class OciClient:
         ``context`` (region, compartment_id, page, ...) goes into every log line about the call.
         """
         full_url = _with_query(url, params or {})
+        endpoint = endpoint_key(url)
         policy = self.options.retry
         request_id = uuid.uuid4().hex.upper()
         started = self._clock()
@@ -214,7 +222,7 @@ class OciClient:
         while True:
             attempt += 1
             retry_after: float | None = None
-            async with self.limiter.slot(priority) as ticket:
+            async with self.limiter.slot(endpoint, priority) as ticket:
                 self.counters.sent += 1
                 try:
                     response = await self._send(full_url, request_id, attempt, started)

@@ -94,8 +94,9 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
 
 
-def client_for(settings: Settings, credentials: Credentials) -> OciClient:
-    """The HTTP client a run (or a plan) sends its requests with."""
+def client_for(settings: Settings, credentials: Credentials, rate_share: float = 1.0) -> OciClient:
+    """The HTTP client a run (or a plan) sends its requests with; ``rate_share`` is its part
+    of the tenancy's request budget (1/N for one of N shards running in parallel)."""
     fetch = settings.fetch
     return OciClient(
         credentials.signer,
@@ -114,12 +115,18 @@ def client_for(settings: Settings, credentials: Credentials) -> OciClient:
             ),
             profile=credentials.label,
             auth=credentials.auth,
+            rate_share=rate_share,
         ),
     )
 
 
 class Export:
-    """One run of the export, or one shard of it: fetch, convert, write, record, clean up."""
+    """One run of the export, or one shard of it.
+
+    ``rate_share`` is this shard's part of the tenancy's request budget (the client-side cap
+    and the adaptive rate's climb); by default 1/N of N shards, which assumes they run in
+    parallel, as ``plan`` intends.
+    """
 
     def __init__(
         self,
@@ -130,6 +137,7 @@ class Export:
         shard: tuple[int, int] = (0, 1),
         publish_now: bool = True,
         launched: spawn.Launched | None = None,
+        rate_share: float | None = None,
     ) -> None:
         self.settings = settings
         self.credentials = credentials
@@ -176,7 +184,8 @@ class Export:
         # Workers the CLI launched early are the ones there are.
         processes = len(launched.sockets) if launched else settings.fetch.worker_processes()
         self.workers: Workers = coordinator.create(setup, processes, self._listing_done, launched)
-        self.client = client_for(settings, credentials)
+        self.rate_share = rate_share if rate_share is not None else 1.0 / shard[1]
+        self.client = client_for(settings, credentials, self.rate_share)
         self.fetcher = Fetcher(
             self.client,
             self.endpoints,

@@ -24,8 +24,17 @@ in-flight 429s would collapse the rate. The first decrease also bases itself on 
 actually achieved over the last second, so a rate that has grown far past the service's
 (while nothing was throttled) does not take many windows to come down.
 
-``AdaptiveLimiter`` is the thin async shell: an anyio ``CapacityLimiter`` for the in-flight
-bound and paced slots for the rate.
+OCI limits each region's API on its own, so ``AdaptiveLimiter`` keeps one controller per
+endpoint (``endpoint_key``: the host and the path before the API version, so that a proxy or
+the emulator serving several regions under one host still counts each region apart): a region
+that is throttled slows down alone, and the others keep their pace. The bound on requests in
+flight stays global (``fetch.concurrency``), taken only once a request's region has paced it,
+so requests waiting for a slow region never hold capacity that another region could use.
+
+Shards of one run share the tenancy's budget. A shard given the share ``s`` (1/N of N shards)
+caps its rate at ``s`` × the configured rate and climbs ``s`` times as fast after a decrease, so
+N shards in parallel probe the service together as one run does alone. (Slow start and the
+multiplicative decrease are already proportional to each shard's own rate.)
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import heapq
 import itertools
 import math
 import random
+import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -108,9 +118,28 @@ class RetryPolicy:
 
 @dataclass(slots=True)
 class Ticket:
-    """One request's passage through the limiter: when it was sent."""
+    """One request's passage through the limiter: when it was sent, and to which endpoint."""
 
     sent_at: float
+    endpoint: str = ""
+
+
+_API_VERSION = re.compile(r"/\d{8}(?=/|$)")
+
+
+def endpoint_key(url: str) -> str:
+    """The endpoint a URL's rate limit belongs to: everything before the API version.
+
+    ``https://iaas.us-ashburn-1.oraclecloud.com/20160918/images?...`` and
+    ``http://127.0.0.1:8080/us-ashburn-1/20160918/images`` each name one region's Compute; a URL
+    without an API version belongs to its scheme and host.
+    """
+    scheme, _, rest = url.partition("://")
+    rest = rest.split("?", 1)[0]
+    match = _API_VERSION.search(rest)
+    if match is not None:
+        return f"{scheme}://{rest[: match.start()]}"
+    return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
 class RateController:
@@ -126,10 +155,17 @@ class RateController:
     min_span_s = 0.5
 
     def __init__(
-        self, max_concurrency: int, max_rate: float | None = None, clock: Clock = time.monotonic
+        self,
+        max_concurrency: int,
+        max_rate: float | None = None,
+        clock: Clock = time.monotonic,
+        share: float = 1.0,
     ) -> None:
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"share must be in (0, 1], got {share}")
         self.max_concurrency = float(max_concurrency)
         self.max_rate = max_rate or None
+        self.share = share
         self.concurrency = float(max_concurrency)
         self.rate: float | None = self.max_rate
         self.decreases = 0
@@ -166,7 +202,8 @@ class RateController:
         if self._slow_start:
             self.rate += self.slow_start_gain  # +gain·rate per second: doubles every ~0.7 s
         else:
-            self.rate += self.additive_increase / self.rate  # about +3 req/s each second
+            # About +a·share req/s each second: N shards together climb as one run does.
+            self.rate += self.additive_increase * self.share / self.rate
         if self.max_rate is not None:
             self.rate = min(self.rate, self.max_rate)
 
@@ -247,10 +284,22 @@ class PriorityGate:
             raise
 
 
-class AdaptiveLimiter:
-    """Bounds requests in flight and paces them, adapting both to throttling.
+class _Endpoint:
+    """One endpoint's controller, its in-flight gate and its pacing lock."""
 
-    Admission is by priority (``PriorityGate``); pacing uses anyio's FIFO lock.
+    def __init__(self, controller: RateController) -> None:
+        self.controller = controller
+        self.gate = PriorityGate(lambda: controller.in_flight_limit)
+        self.pace_lock = anyio.Lock()
+
+
+class AdaptiveLimiter:
+    """Bounds requests in flight (globally) and paces them per endpoint, adapting to throttling.
+
+    A request first takes its endpoint's adaptive in-flight slot and paced send time, then one
+    of the global slots; admission is by priority (``PriorityGate``), pacing uses anyio's FIFO
+    lock. ``max_rate`` caps each endpoint's rate; ``share`` is this process's part of it (see
+    the module's docstring).
     """
 
     def __init__(
@@ -259,38 +308,62 @@ class AdaptiveLimiter:
         max_rate: float | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
+        share: float = 1.0,
     ) -> None:
-        self.controller = RateController(max_concurrency, max_rate, clock)
+        self.max_concurrency = max(1, max_concurrency)
+        self.max_rate = max_rate * share if max_rate else None
+        self.share = share
         self._clock = clock
         self._sleep = sleep
-        self._pace_lock = anyio.Lock()
-        self._gate = PriorityGate(lambda: self.controller.in_flight_limit)
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._global = PriorityGate(lambda: self.max_concurrency)
         self.in_flight = 0
         self.max_in_flight = 0
 
+    def controller(self, endpoint: str = "") -> RateController:
+        """The rate controller of ``endpoint`` (an ``endpoint_key``), created on first use."""
+        return self._endpoint(endpoint).controller
+
+    @property
+    def controllers(self) -> dict[str, RateController]:
+        """Every endpoint's controller so far."""
+        return {key: value.controller for key, value in self._endpoints.items()}
+
+    def _endpoint(self, key: str) -> _Endpoint:
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            controller = RateController(
+                self.max_concurrency, self.max_rate, self._clock, self.share
+            )
+            endpoint = self._endpoints[key] = _Endpoint(controller)
+        return endpoint
+
     @asynccontextmanager
-    async def slot(self, priority: int = 1) -> AsyncIterator[Ticket]:
-        """Hold an in-flight slot and a paced send time for one request."""
-        async with self._gate.hold(priority):
-            async with self._pace_lock:
-                wait = self.controller.reserve()
+    async def slot(self, endpoint: str = "", priority: int = 1) -> AsyncIterator[Ticket]:
+        """Hold an in-flight slot and a paced send time for one request to ``endpoint``."""
+        state = self._endpoint(endpoint)
+        async with state.gate.hold(priority):
+            async with state.pace_lock:
+                wait = state.controller.reserve()
                 if wait > 0:
                     await self._sleep(wait)
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            try:
-                yield Ticket(sent_at=self._clock())
-            finally:
-                self.in_flight -= 1
+            async with self._global.hold(priority):
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                try:
+                    yield Ticket(self._clock(), endpoint)
+                finally:
+                    self.in_flight -= 1
 
     def success(self, ticket: Ticket) -> None:
         """Report a successful response."""
-        self.controller.on_success(ticket)
-        self._gate.admit()
+        state = self._endpoint(ticket.endpoint)
+        state.controller.on_success(ticket)
+        state.gate.admit()
 
     def throttled(self, ticket: Ticket) -> None:
         """Report a 429."""
-        self.controller.on_throttle(ticket)
+        self._endpoint(ticket.endpoint).controller.on_throttle(ticket)
 
 
 @dataclass(order=True, slots=True)

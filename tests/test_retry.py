@@ -272,3 +272,147 @@ class TestPriorityGate:
                 return gate.held
 
         assert 1 == anyio.run(main)
+
+
+class TestShareOfTheBudget:
+    def test_share_caps_the_rate(self) -> None:
+        """One of four shards paces at a quarter of the configured rate."""
+        from connector.retry import AdaptiveLimiter
+
+        limiter = AdaptiveLimiter(16, max_rate=20, clock=FakeClock(), share=0.25)
+        assert 5.0 == limiter.controller("a").rate
+
+    def test_share_scales_the_additive_increase(self) -> None:
+        """After slow start, a shard with share s climbs a·s req/s per second, so that N shards
+        together climb as fast as one run."""
+        clock = FakeClock()
+        controller = RateController(16, clock=clock, share=0.25)
+        for _ in range(10):
+            clock.advance(0.1)
+            controller.on_success(Ticket(clock.now))
+        controller.on_throttle(Ticket(clock.now))
+        clock.advance(0.5)
+        controller.on_throttle(Ticket(clock.now))
+        assert controller.rate is not None
+        start = controller.rate
+        controller.on_success(Ticket(clock.now))
+        increase = RateController.additive_increase * 0.25 / start
+        assert controller.rate == pytest.approx(start + increase)
+
+    def test_share_must_be_a_fraction(self) -> None:
+        """A share of nothing, or more than the whole budget, is a programming error."""
+        with pytest.raises(ValueError, match="share"):
+            RateController(16, share=0.0)
+        with pytest.raises(ValueError, match="share"):
+            RateController(16, share=1.5)
+
+
+class TestPerEndpoint:
+    @pytest.mark.parametrize(
+        ("url", "key"),
+        [
+            (
+                "https://iaas.us-ashburn-1.oraclecloud.com/20160918/images?compartmentId=x",
+                "https://iaas.us-ashburn-1.oraclecloud.com",
+            ),
+            (
+                "https://identity.eu-frankfurt-1.oci.oraclecloud.com/20160918/compartments",
+                "https://identity.eu-frankfurt-1.oci.oraclecloud.com",
+            ),
+            (
+                "http://127.0.0.1:8080/us-ashburn-1/20160918/images?page=2",
+                "http://127.0.0.1:8080/us-ashburn-1",
+            ),
+            ("http://127.0.0.1:8080/eu-paris-1/20160918", "http://127.0.0.1:8080/eu-paris-1"),
+            ("https://proxy.example.com/images/12345678x", "https://proxy.example.com"),
+        ],
+    )
+    def test_endpoint_key(self, url: str, key: str) -> None:
+        """The key is what comes before the API version, or the host when there is none."""
+        from connector.retry import endpoint_key
+
+        assert key == endpoint_key(url)
+
+    def test_throttling_one_endpoint_leaves_the_others_alone(self) -> None:
+        """A 429 from one region lowers that region's rate and in-flight bound only."""
+        from connector.retry import AdaptiveLimiter
+
+        clock = FakeClock()
+        limiter = AdaptiveLimiter(16, max_rate=20, clock=clock)
+        for _ in range(20):
+            clock.advance(0.05)
+            for key in ("a", "b"):
+                limiter.success(Ticket(clock.now, key))
+        limiter.throttled(Ticket(clock.now, "a"))
+        a, b = limiter.controller("a"), limiter.controller("b")
+        assert a.rate is not None
+        assert a.rate < 20
+        assert 20 == b.rate
+        assert a.in_flight_limit < 16 == b.in_flight_limit
+        assert 1 == a.decreases
+        assert 0 == b.decreases
+        assert {"a", "b"} == set(limiter.controllers)
+
+    def test_pacing_is_per_endpoint(self) -> None:
+        """Two regions at 10 req/s each get two interleaved schedules, not one shared one."""
+        from connector.retry import AdaptiveLimiter
+
+        clock = FakeClock()
+        limiter = AdaptiveLimiter(16, max_rate=10, clock=clock)
+        waits = [limiter.controller(key).reserve() for key in ("a", "b", "a", "b", "a", "b")]
+        assert [0.0, 0.0, 0.1, 0.1, 0.2, 0.2] == pytest.approx(waits)
+
+    def test_a_slow_region_does_not_hold_the_global_slots(self) -> None:
+        """Requests waiting for a throttled region's pace hold no global in-flight slot, so
+        another region's request goes out at once even when the global bound is small."""
+        import anyio
+
+        from connector.retry import AdaptiveLimiter
+
+        clock = FakeClock()  # frozen: region a's queued sends wait 2 s, 4 s, ... (real sleeps)
+        limiter = AdaptiveLimiter(2, clock=clock)
+        limiter.throttled(Ticket(clock.now, "a"))  # a: 0.5 req/s, nothing got through
+        assert limiter.controller("a").rate == RateController.min_rate
+        sent: list[str] = []
+        b_sent = anyio.Event()
+
+        async def request(key: str) -> None:
+            async with limiter.slot(key):
+                sent.append(key)
+                if key == "b":
+                    b_sent.set()
+                await anyio.sleep(10)
+
+        async def main() -> None:
+            async with anyio.create_task_group() as group:
+                for _ in range(3):
+                    group.start_soon(request, "a")
+                await anyio.wait_all_tasks_blocked()
+                with anyio.fail_after(1):
+                    group.start_soon(request, "b")
+                    await b_sent.wait()
+                assert 1 == limiter.in_flight - 1 == sent.count("a")
+                group.cancel_scope.cancel()
+
+        anyio.run(main)
+        assert ["a", "b"] == sent
+
+    def test_in_flight_bound_is_global(self) -> None:
+        """However many regions, no more than max_concurrency requests are in flight."""
+        import anyio
+
+        from connector.retry import AdaptiveLimiter
+
+        limiter = AdaptiveLimiter(3)
+
+        async def request(key: str) -> None:
+            async with limiter.slot(key):
+                await anyio.sleep(0.01)
+
+        async def main() -> None:
+            async with anyio.create_task_group() as group:
+                for n in range(40):
+                    group.start_soon(request, f"region-{n % 4}")
+
+        anyio.run(main)
+        assert 3 == limiter.max_in_flight
