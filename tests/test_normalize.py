@@ -413,3 +413,50 @@ def test_unknown_field_beyond_64_bits_is_kept() -> None:
     result = normalize_records([image(mystery=2**64 + 1)], page_of([]), RUN)
     assert [] == result.rejects
     assert {"mystery": 2**64 + 1} == json.loads(result.batch.column("_extra")[0].as_py())
+
+
+class TestPlatformPreScan:
+    def test_platform_records_are_recognised_before_conversion(self) -> None:
+        """compartmentId null, "" (a Private Cloud Appliance) or absent marks a platform image;
+        everything else, malformed records included, goes on to conversion."""
+        from connector.normalize import custom_records
+
+        custom = image(id="ocid1.image.oc1.iad.custom")
+        absent = {k: v for k, v in image(id="ocid1.image.oc1.iad.absent").items()}
+        del absent["compartmentId"]
+        malformed = [7, image(id="ocid1.image.oc1.iad.zero", compartmentId=0)]
+        records = [
+            image(id="ocid1.image.oc1.iad.null", compartmentId=None),
+            custom,
+            image(id="ocid1.image.oc1.iad.pca", compartmentId=""),
+            absent,
+            *malformed,
+        ]
+        assert [custom, *malformed] == custom_records(records)
+        assert [custom] == custom_records(records[:4])
+        assert [] == custom_records(records[:1])
+        unhashable = image(compartmentId={"not": "a string"})
+        assert [unhashable] == custom_records([unhashable, records[0]])
+
+    def test_custom_rows_are_the_same_without_platform_images(self) -> None:
+        """Leaving platform images out changes nothing else: the custom rows, their ids and the
+        rejects are those of the full conversion."""
+        records: list[Any] = [
+            image(id=f"ocid1.image.oc1.iad.p{n}", compartmentId=None) for n in range(5)
+        ]
+        records += [image(id=f"ocid1.image.oc1.iad.c{n}") for n in range(3)]
+        records += [image(id="ocid1.image.oc1.iad.bad", sizeInMBs="big"), "not an object"]
+        full = normalize_page(page_of(records), RUN)
+        lean = normalize_page(page_of(records), RUN, platform=False)
+        is_custom = [not p for p in full.batch.column("_is_platform").to_pylist()]
+        assert full.batch.filter(pa.array(is_custom)).to_pylist() == lean.batch.to_pylist()
+        assert [i for i, keep in zip(full.ids, is_custom, strict=True) if keep] == lean.ids
+        assert [r.reason for r in full.rejects] == [r.reason for r in lean.rejects]
+        assert 2 == len(lean.rejects)
+
+    def test_a_page_that_is_not_json_still_fails(self) -> None:
+        """Skipping platform images does not skip parsing: a broken page is still an error."""
+        body = orjson.dumps([image(compartmentId=None)])[:-5]
+        page = Page(body, "us-ashburn-1", "ocid1.compartment.oc1..aaaa", 1, FETCHED, None)
+        with pytest.raises(PageError):
+            normalize_page(page, RUN, platform=False)

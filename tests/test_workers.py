@@ -26,7 +26,7 @@ from connector.pages import Page, RunInfo, WorkItem
 from connector.pipeline import Export
 from connector.sinks import SinkOptions
 from connector.workers import coordinator
-from connector.workers.page import Closed, ListingResult, WorkerSetup, shared_budget
+from connector.workers.page import Closed, ListingResult, PageWorker, WorkerSetup, shared_budget
 from tests.helpers import write_config
 
 RUN = RunInfo("r-workers", date(2026, 11, 27))
@@ -271,3 +271,52 @@ def test_a_worker_killed_mid_run_fails_the_run_with_its_reason(
     assert "Traceback" not in err
     assert not (tmp_path / "lake" / "images").exists()
     assert not (tmp_path / "lake" / "_staging").exists()
+
+
+@pytest.mark.parametrize("mode", ["once", "skip", "every"])
+def test_platform_images_are_converted_only_where_they_may_be_kept(
+    tmp_path: Path, mode: str
+) -> None:
+    """Under `once` a worker converts platform images only until it holds a region's candidate
+    listing, under `skip` never, under `every` always; it writes the same rows, and reports the
+    same listings, as a worker that converts every record and drops platform rows after."""
+    from connector import normalize
+
+    groups = listings(6)
+
+    def export(folder: Path, convert_all: bool) -> tuple[list[bool], list[str], list[int]]:
+        worker = PageWorker(setup(folder, mode))
+        flags: list[bool] = []
+
+        def spy(page: Page, run: RunInfo, *, platform: bool = True) -> normalize.Normalized:
+            flags.append(platform)
+            return normalize.normalize_page(page, run, platform=platform or convert_all)
+
+        worker._normalize = spy  # type: ignore[method-assign]
+        rows = []
+        for pages in groups:
+            for page in pages:
+                worker.page(page)
+            item = WorkItem(pages[0].region, pages[0].compartment_id)
+            rows.append(worker.end(item, len(pages), None).rows)
+        donate = frozenset({groups[0][0].region}) if mode == "once" else frozenset()
+        closed = worker.close(donate)
+        partition = setup(folder, mode).layout.staged_partition
+        ids = [
+            i
+            for f in closed.files
+            for i in pq.read_table(f"{partition}/{f.path}", columns=["id"])["id"].to_pylist()
+        ]
+        return flags, sorted(ids), rows
+
+    flags, ids, rows = export(tmp_path / "lean", convert_all=False)
+    _, reference_ids, reference_rows = export(tmp_path / "full", convert_all=True)
+    first_listing = len(groups[0])
+    assert {
+        "once": [True] * first_listing + [False] * (len(flags) - first_listing),
+        "skip": [False] * len(flags),
+        "every": [True] * len(flags),
+    }[mode] == flags
+    assert reference_ids == ids
+    assert reference_rows == rows
+    assert ids

@@ -98,15 +98,18 @@ class PageWorker:
         listing = self._listings.setdefault(item, _Listing())
         if listing.error is not None:
             return None
+        mode = self.setup.platform_mode
+        # Platform rows are needed only from listings that may still donate a region's: under
+        # `once`, until this worker holds a candidate for the region; never under `skip`.
+        keep_platform = mode == "every" or (mode == "once" and item.region not in self._candidates)
         try:
-            result = self._normalize(page, self.setup.run)
+            result = self._normalize(page, self.setup.run, platform=keep_platform)
         except PageError as exc:
             return str(exc)
         if result.rejects:
             listing.rejects += len(result.rejects)
             self.rejects.write(result.rejects)
         batch = _dedupe(listing, result.batch, result.ids)
-        mode = self.setup.platform_mode
         if mode != "every":
             is_platform = cast(pa.BooleanArray, batch.column("_is_platform"))
             if is_platform.true_count:
