@@ -30,11 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--full", action="store_true", help="every baseline and more repeats")
     parser.add_argument("--repeat", type=int, default=None, help="runs per measurement")
-    parser.add_argument("--only", default="S1,S2,S3,S4,E1", help="comma-separated scenario ids")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated scenario ids (default: S1,S2,S3,S4,P1,E1; with --full, S5 too)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest.json"))
     args = parser.parse_args(argv)
-    repeat = args.repeat or 5  # the machine is noisy: medians of five
-    chosen = [s.strip() for s in args.only.split(",")]
+    repeat = args.repeat or 5  # the machine is noisy: medians of five (S5: see DEFAULT_REPEAT)
+    default = "S1,S2,S3,S4,P1,E1" + (",S5" if args.full else "")
+    chosen = [s.strip() for s in (args.only or default).split(",")]
     from connector import logs
 
     logs.configure("warning", "json")  # in-process scenarios (S3, E1) log as a run would
@@ -42,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     for scenario in chosen:
         print(f"== {scenario} ...", file=sys.stderr, flush=True)
-        results += scenarios.RUNNERS[scenario](full=args.full, repeat=repeat)
+        runs = args.repeat or scenarios.DEFAULT_REPEAT.get(scenario, repeat)
+        results += scenarios.RUNNERS[scenario](full=args.full, repeat=runs)
     report = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": machine(),
