@@ -1,4 +1,5 @@
-"""Fetching: a task per listing, each following its pages through the client's pagination loop.
+"""Fetching: tasks per region, each following a listing's pages through the client's pagination
+loop, then the next listing.
 
 Pages go, in order, into the pipeline's bounded stream, followed by a ``ListingEnd`` that says
 how many there were and, if the listing could not be fetched whole, why. A failed listing ends
@@ -7,6 +8,7 @@ only itself; the run goes on (and ends partial).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -24,7 +26,6 @@ from connector.errors import OciApiError, PaginationError, TransportError
 from connector.limits import ResponseTooLarge
 from connector.manifest import ListingError
 from connector.pages import Page, PageError, WorkItem
-from connector.retry import PriorityGate
 from connector.workers.coordinator import Verdicts
 
 
@@ -39,16 +40,20 @@ class ListingEnd:
 
 log = structlog.get_logger("connector.fetch")
 
-LISTINGS_PER_REQUEST = 4
-"""Listings under way per request in flight: enough that a slot freed by one finds the next
-listing ready, few enough that waiting listings cost nothing."""
-
 Message = Page | ListingEnd
 """What flows from the fetch tasks to the workers."""
 
 
 class Fetcher:
-    """Fetches listings of ListImages through one client."""
+    """Fetches listings of ListImages through one client.
+
+    Each region has its own ``per_region`` tasks, each taking the region's listings one after
+    another. Regions are paced on their own (see ``connector.retry``), so a region held back
+    by its rate limit keeps only its own tasks waiting, never another region's. A task holds at
+    most one page that is not handed on yet, so at most regions × ``per_region`` pages are in
+    hand, and the number of tasks does not grow with the number of compartments (20,000
+    waiting tasks, one per listing, would take about 130 MB on their own).
+    """
 
     def __init__(
         self,
@@ -56,7 +61,7 @@ class Fetcher:
         endpoints: Endpoints,
         page_size: int,
         filters: dict[str, str],
-        in_hand: int,
+        per_region: int,
         verdicts: Verdicts | None = None,
     ) -> None:
         self.client = client
@@ -64,35 +69,31 @@ class Fetcher:
         self.endpoints = endpoints
         self.page_size = page_size
         self.filters = filters
-        # Pages fetched but not yet queued: without this bound, tasks that finished a request
-        # would each hold a page while waiting for the queue, and memory would grow with the
-        # number of compartments. Continuation pages go first, as in the request limiter.
-        self._in_hand = PriorityGate(lambda: in_hand)
+        self.per_region = max(1, per_region)
 
     async def fetch_all(
         self, items: Sequence[WorkItem], send: MemoryObjectSendStream[Message]
     ) -> None:
-        """Fetch the listings concurrently: the client bounds the requests in flight, and at
-        most ``LISTINGS_PER_REQUEST`` listings per request slot are under way at once. A task
-        per listing of the whole run (8,000 for 2,000 compartments in 4 regions) would each hold
-        a coroutine, a page generator and a stream while they queue: memory that grew with the
-        tenancy, for no speed."""
-        active = anyio.Semaphore(max(1, self.client.options.concurrency) * LISTINGS_PER_REQUEST)
+        """Fetch every listing, each region's in order, regions side by side."""
+        queues: dict[str, deque[WorkItem]] = {}
+        for item in items:
+            queues.setdefault(item.region, deque()).append(item)
         async with send, anyio.create_task_group() as group:
-            for item in items:
-                await active.acquire()
-                group.start_soon(self._fetch_one, item, send.clone(), active)
+            for queue in queues.values():
+                for _ in range(min(self.per_region, len(queue))):
+                    group.start_soon(self._fetch_from, queue, send.clone())
 
-    async def _fetch_one(
-        self, item: WorkItem, send: ObjectSendStream[Message], active: anyio.Semaphore
-    ) -> None:
-        try:
-            await self.fetch_listing(item, send)
-        finally:
-            active.release()
+    async def _fetch_from(self, queue: deque[WorkItem], send: ObjectSendStream[Message]) -> None:
+        async with send:
+            while queue:
+                await self._listing(queue.popleft(), send)
 
     async def fetch_listing(self, item: WorkItem, send: ObjectSendStream[Message]) -> None:
-        """One listing's pages, then its end."""
+        """One listing's pages, then its end; closes ``send``."""
+        async with send:
+            await self._listing(item, send)
+
+    async def _listing(self, item: WorkItem, send: ObjectSendStream[Message]) -> None:
         url = self.endpoints.compute(item.region) + "/images"
         params: dict[str, Any] = {
             "compartmentId": item.compartment_id,
@@ -100,32 +101,31 @@ class Fetcher:
             **self.filters,
         }
         pages = self.client.paginate(
-            url, params, gate=self._in_hand, region=item.region, compartment_id=item.compartment_id
+            url, params, region=item.region, compartment_id=item.compartment_id
         )
         number = 0
         tokens: dict[int, str | None] = {}
-        async with send:
-            try:
-                async with aclosing(pages):
-                    async for paged in pages:
-                        number = paged.number
-                        tokens[number] = paged.token
-                        await send.send(_page(item, number, paged.response))
-                await self._settle(item, url, params, tokens, send)
-            except (
-                OciApiError,
-                TransportError,
-                PaginationError,
-                ResponseTooLarge,
-                PageError,
-            ) as exc:
-                if self.client.aborted is not None:
-                    raise self.client.aborted from None  # the whole run stops, not a listing
-                if getattr(exc, "concerns_run", False):
-                    raise  # every listing would fail the same way: stop the run, say why
-                await send.send(ListingEnd(item, number, ListingError.from_exception(exc)))
-            else:
-                await send.send(ListingEnd(item, number, None))
+        try:
+            async with aclosing(pages):
+                async for paged in pages:
+                    number = paged.number
+                    tokens[number] = paged.token
+                    await send.send(_page(item, number, paged.response))
+            await self._settle(item, url, params, tokens, send)
+        except (
+            OciApiError,
+            TransportError,
+            PaginationError,
+            ResponseTooLarge,
+            PageError,
+        ) as exc:
+            if self.client.aborted is not None:
+                raise self.client.aborted from None  # the whole run stops, not a listing
+            if getattr(exc, "concerns_run", False):
+                raise  # every listing would fail the same way: stop the run, say why
+            await send.send(ListingEnd(item, number, ListingError.from_exception(exc)))
+        else:
+            await send.send(ListingEnd(item, number, None))
 
     async def _settle(
         self,

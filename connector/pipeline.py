@@ -191,7 +191,7 @@ class Export:
             self.endpoints,
             settings.fetch.page_size,
             self._filters,
-            in_hand=max(1, settings.fetch.concurrency),
+            per_region=settings.fetch.concurrency,
             verdicts=self.workers.verdicts,
         )
 
