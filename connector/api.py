@@ -77,6 +77,16 @@ class ShardSpec:
     listings: int
     """(region, compartment) listings in the shard when it was planned."""
     regions: tuple[str, ...]
+    rate_share: float = 0.0
+    """The shard's part of the tenancy's request budget: of ``fetch.max_requests_per_second``
+    and of the adaptive rate's climb (see ``connector.retry``). ``plan`` gives each of N shards
+    1/N, for N shards that run in parallel; 0 means 1/``count``."""
+
+    def __post_init__(self) -> None:
+        if not self.rate_share:
+            object.__setattr__(self, "rate_share", 1.0 / max(1, self.count))
+        if not 0.0 < self.rate_share <= 1.0:
+            raise ConfigError("rate_share", f"must be in (0, 1], got {self.rate_share}")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe (for XCom)."""
@@ -86,17 +96,20 @@ class ShardSpec:
             "run_id": self.run_id,
             "listings": self.listings,
             "regions": list(self.regions),
+            "rate_share": self.rate_share,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ShardSpec:
-        """Read back what ``as_dict`` wrote."""
+        """Read back what ``as_dict`` wrote (a spec written before ``rate_share`` existed
+        gets 1/``count``)."""
         return cls(
             int(data["index"]),
             int(data["count"]),
             str(data["run_id"]),
             int(data["listings"]),
             tuple(data["regions"]),
+            float(data.get("rate_share") or 0.0),
         )
 
 
@@ -136,7 +149,7 @@ async def _plan(
     for index in range(shards):
         mine = discovery.shard_items(items, index, shards)
         regions = tuple(sorted({i.region for i in mine}))
-        specs.append(ShardSpec(index, shards, run_id, len(mine), regions))
+        specs.append(ShardSpec(index, shards, run_id, len(mine), regions, 1.0 / shards))
     return Plan(run_id, settings.output.effective_snapshot_date, tuple(specs))
 
 
@@ -209,6 +222,7 @@ def export(
         shard=position or (0, 1),
         publish_now=position is None,
         launched=launched,
+        rate_share=shard.rate_share if isinstance(shard, ShardSpec) else None,
     )
 
 

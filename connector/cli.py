@@ -354,14 +354,11 @@ def _plan(args: argparse.Namespace) -> int:
         raise ConfigError("--shards", "must be at least 1")
     settings, credentials = _prepare(args)
     planned = api.plan(settings, args.shards, run_id=args.run_id, credentials=credentials)
+    # `run --shard I/N` takes the same 1/N share of the request budget that rate_share says.
     specs = [
-        {
-            "index": spec.index,
-            "count": spec.count,
+        spec.as_dict()
+        | {
             "shard": f"{spec.index}/{spec.count}",
-            "run_id": spec.run_id,
-            "listings": spec.listings,
-            "regions": list(spec.regions),
             "args": ["--shard", f"{spec.index}/{spec.count}", "--run-id", spec.run_id],
         }
         for spec in planned.shards

@@ -225,3 +225,51 @@ class TestLogs:
         assert 0 == outcome.exit_code
         assert {"run.start", "listing.done", "run.published"} <= {e["event"] for e in lines}
         assert {("r-logged", "0/1")} == {(e.get("run_id"), e.get("shard")) for e in lines}
+
+
+class TestShardsShareTheBudget:
+    def test_plan_gives_each_shard_its_share(
+        self, emulator: EmulatorServer, tmp_path: Path
+    ) -> None:
+        """Each of four shards gets a quarter of the request budget, and a shard run paces at
+        its quarter of fetch.max_requests_per_second."""
+        settings = settings_for(emulator, tmp_path).replace(**{"fetch.max_requests_per_second": 20})
+        credentials = key_credentials(emulator)
+        plan = connector.plan(settings, 4, credentials=credentials)
+        assert [0.25] * 4 == [s.rate_share for s in plan.shards]
+        assert all(s.as_dict()["rate_share"] == 0.25 for s in plan.shards)
+        export = connector.api.export(settings, shard=plan.shards[1], credentials=credentials)
+        assert 5.0 == export.client.limiter.controller("any region").rate
+        alone = connector.api.export(settings, credentials=credentials)
+        assert 20.0 == alone.client.limiter.controller("any region").rate
+
+    def test_a_spec_from_before_the_share_reads_back_with_one_nth(self) -> None:
+        """ShardSpec JSON without rate_share (as older plans wrote it) still reads: 1/count."""
+        old = {"index": 1, "count": 4, "run_id": "r1", "listings": 7, "regions": ["r"]}
+        spec = connector.ShardSpec.from_dict(old)
+        assert 0.25 == spec.rate_share
+        assert old | {"rate_share": 0.25} == spec.as_dict()
+
+    def test_a_share_outside_the_budget_is_refused(self) -> None:
+        with pytest.raises(connector.ConfigError, match="rate_share"):
+            connector.ShardSpec(0, 2, "r1", 1, ("r",), 1.5)
+
+    def test_the_cli_plan_prints_the_share(self, emulator: EmulatorServer, tmp_path: Path) -> None:
+        """`oci-images plan --shards 2` prints each spec with rate_share 0.5 beside its args."""
+        config = tmp_path / "c.toml"
+        config.write_text(
+            "[oci]\n"
+            f'config_file = "{emulator.config_file}"\n'
+            f'endpoint = "{emulator.endpoint_template}"\n'
+            "[output]\n"
+            f'uri = "{tmp_path / "lake"}"\n'
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "connector", "plan", "--config", str(config), "--shards", "2"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        specs = orjson.loads(result.stdout.strip().splitlines()[-1])
+        assert [0.5, 0.5] == [s["rate_share"] for s in specs]
+        assert connector.ShardSpec.from_dict(specs[0]).rate_share == 0.5
