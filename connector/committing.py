@@ -84,7 +84,8 @@ def commit_run(
 
     ``held`` is the date lock when the caller (a run that stages and commits) holds it already.
     """
-    began = started or time.monotonic()
+    committing = time.monotonic()
+    began = started or committing
     run_id = safety.check_run_id(run_id, "run_id")
     output = settings.output
     store = store or storage.resolve(output.uri, output.storage_options)
@@ -142,7 +143,9 @@ def commit_run(
             return _refuse(filesystem, layout, manifest, str(exc), EXIT_FAILED, began)
         manifest = replace(manifest, finished_at=publish.utc_now())
         lock.claim_attempt(filesystem, base, replace(owner, attempt=layout.attempt))
-        manifest = _publish(filesystem, layout, shards, manifest, settings, store, table)
+        manifest = _publish(
+            filesystem, layout, shards, manifest, settings, store, table, committing
+        )
     code = EXIT_PARTIAL if manifest.failed else EXIT_OK
     elapsed = time.monotonic() - began
     _record(filesystem, layout, manifest, "partial" if manifest.failed else "succeeded", True, "")
@@ -223,10 +226,12 @@ def _publish(
     settings: Settings,
     store: Store,
     table: TableWriter | None,
+    committing: float,
 ) -> Manifest:
     """Gather the listed files, publish the datasets beside images, then images: manifest and
     marker and a swap on a local disk, the recoverable copy commit elsewhere. The manifest as
-    published."""
+    published; its ``commit`` timing runs from ``committing`` to the manifest's writing (what
+    follows, a swap or the deletion of superseded files, is not in it)."""
     target = layout.staged_partition
     try:
         seen: set[str] = set()
@@ -260,6 +265,8 @@ def _publish(
         interrupt.check()
         # Before images: when images' marker appears, its companions are in place.
         manifest = replace(manifest, datasets=datasets.publish_all(fs, layout, companions))
+        timings = replace(manifest.timings, commit_s=time.monotonic() - committing)
+        manifest = replace(manifest, timings=timings)
         if store.is_local and table is None:
             publish.write_json(fs, f"{target}/{MANIFEST}", manifest.as_dict())
             marker = PARTIAL if manifest.failed else SUCCESS

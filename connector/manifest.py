@@ -135,6 +135,36 @@ class RequestCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class Timings:
+    """Where a run's time went, in seconds.
+
+    ``discovery``, ``fetch`` and ``commit`` are wall time: listing the compartments, from the
+    first ListImages request to the last page, and publishing. ``convert`` is the time the
+    workers spent converting and writing pages: it overlaps ``fetch`` (workers run beside the
+    fetcher, on the other cores), and with several workers it can exceed it. A merged manifest
+    holds the longest shard's wall times and the sum of their conversion times.
+    """
+
+    discovery_s: float = 0.0
+    fetch_s: float = 0.0
+    convert_s: float = 0.0
+    commit_s: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "discovery_s": self.discovery_s,
+            "fetch_s": self.fetch_s,
+            "convert_s": self.convert_s,
+            "commit_s": self.commit_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Timings:
+        """Read back what ``as_dict`` wrote (a manifest from before timings: zeros)."""
+        return cls(**{k: float(data.get(k, 0.0)) for k in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """What a shard staged (``shard`` set), or what a commit published (``shards`` set)."""
 
@@ -166,6 +196,8 @@ class Manifest:
     ``snapshot_id``)."""
     attempt: str | None = None
     """The staging attempt (folder) that wrote a shard's files."""
+    timings: Timings = Timings()
+    """Where the run's time went (discovery, fetch, convert, commit)."""
 
     @property
     def rows(self) -> int:
@@ -219,6 +251,7 @@ class Manifest:
             document["table"] = dict(self.table)
         if self.attempt is not None:
             document["attempt"] = self.attempt
+        document["timings"] = self.timings.as_dict()
         return document
 
     @classmethod
@@ -249,6 +282,7 @@ class Manifest:
             },
             table=data.get("table"),
             attempt=data.get("attempt"),
+            timings=Timings.from_dict(data.get("timings", {})),
         )
 
 
@@ -296,6 +330,11 @@ def merge(shards: Sequence[Manifest]) -> Manifest:
         shard=None,
         shards=len(shards),
         attempt=None,
+        timings=Timings(
+            discovery_s=max(s.timings.discovery_s for s in shards),
+            fetch_s=max(s.timings.fetch_s for s in shards),
+            convert_s=sum(s.timings.convert_s for s in shards),
+        ),
     )
 
 

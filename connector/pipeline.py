@@ -61,6 +61,7 @@ from connector.manifest import (
     Manifest,
     RequestCounts,
     RunOutcome,
+    Timings,
 )
 from connector.pages import Page, RunInfo, WorkItem
 from connector.retry import RetryPolicy
@@ -92,6 +93,8 @@ class Progress:
     rows: int = 0
     rejects: int = 0
     started: float = field(default_factory=time.monotonic)
+    fetch_started: float | None = None
+    """When the listings were known and fetching began (for the ETA)."""
 
 
 def client_for(settings: Settings, credentials: Credentials, rate_share: float = 1.0) -> OciClient:
@@ -160,6 +163,7 @@ class Export:
         day = safety.check_snapshot_date(output.effective_snapshot_date)
         self.layout = publish.Layout(self.base, self.run_id, day, self.owner.attempt)
         self.progress = Progress()
+        self._timings: dict[str, float] = {}
         self.results: dict[WorkItem, ListingRecord] = {}
         self._run_info = RunInfo(
             self.run_id,
@@ -298,15 +302,18 @@ class Export:
                 ):
                     # Worker processes start (and import pyarrow) while discovery runs.
                     group.start_soon(self.workers.serve)
+                    discovering = time.monotonic()
                     try:
                         items = await self.work_items()
                     except (OciApiError, TransportError) as exc:
                         if self.client.aborted is not None:
                             raise self.client.aborted from None
                         raise exc from None
+                    fetching = self.progress.fetch_started = time.monotonic()
+                    self._timings["discovery_s"] = fetching - discovering
                     self.progress.listings_total = len(items)
                     with self._parsing_here():
-                        await self._stream(partial(self.fetcher.fetch_all, items))
+                        await self._stream(partial(self._fetch_all, items))
                     written = await self._close()
         except TimeoutError:
             raise limits.DeadlineExceeded(
@@ -399,9 +406,17 @@ class Export:
                     else:
                         await self.workers.end(message.item, message.pages, message.error)
 
+    async def _fetch_all(
+        self, items: list[WorkItem], send: MemoryObjectSendStream[Message]
+    ) -> None:
+        started = time.monotonic()
+        await self.fetcher.fetch_all(items, send)
+        self._timings["fetch_s"] = time.monotonic() - started
+
     async def _close(self) -> tuple[list[FileInfo], list[FileInfo]]:
         """Close the workers; the donor listings of platform images get their rows counted."""
         closed = await self.workers.close()
+        self._timings["convert_s"] = closed.busy_s
         for item, rows in closed.donated.items():
             self.results[item] = replace(self.results[item], rows=self.results[item].rows + rows)
             self.progress.rows += rows
@@ -552,6 +567,7 @@ class Export:
             shard=self.shard,
             datasets=datasets,
             attempt=self.owner.attempt,
+            timings=Timings(**self._timings),
         )
 
 

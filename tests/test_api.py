@@ -273,3 +273,38 @@ class TestShardsShareTheBudget:
         specs = orjson.loads(result.stdout.strip().splitlines()[-1])
         assert [0.5, 0.5] == [s["rate_share"] for s in specs]
         assert connector.ShardSpec.from_dict(specs[0]).rate_share == 0.5
+
+
+class TestTimings:
+    def test_the_manifest_records_each_phase(
+        self, emulator: EmulatorServer, tmp_path: Path
+    ) -> None:
+        """The published manifest says how long discovery, fetching, conversion and the commit
+        took; each phase happened, so each took some time."""
+        outcome = connector.run(settings_for(emulator, tmp_path))
+        written = orjson.loads(
+            (tmp_path / "lake" / "images" / f"snapshot_date={DATE}" / "_manifest.json").read_bytes()
+        )
+        timings = written["timings"]
+        assert {"discovery_s", "fetch_s", "convert_s", "commit_s"} == set(timings)
+        assert all(value > 0 for value in timings.values())
+        assert timings["fetch_s"] < outcome.elapsed_s
+        assert outcome.manifest is not None
+        assert timings == outcome.manifest.timings.as_dict()
+
+    def test_shards_merge_their_timings(self, emulator: EmulatorServer, tmp_path: Path) -> None:
+        """A merged manifest has the longest shard's wall times, the sum of the conversion
+        times, and the commit's own time."""
+        settings = settings_for(emulator, tmp_path)
+        credentials = key_credentials(emulator)
+        plan = connector.plan(settings, 2, credentials=credentials)
+        shards = [connector.run(settings, shard=s, credentials=credentials) for s in plan.shards]
+        committed = connector.commit(settings, plan.run_id)
+        assert committed.manifest is not None
+        merged = committed.manifest.timings
+        staged = [s.manifest.timings for s in shards if s.manifest is not None]
+        assert merged.fetch_s == pytest.approx(max(t.fetch_s for t in staged), abs=1e-6)
+        assert merged.discovery_s == pytest.approx(max(t.discovery_s for t in staged), abs=1e-6)
+        assert merged.convert_s == pytest.approx(sum(t.convert_s for t in staged), abs=1e-5)
+        assert merged.commit_s > 0
+        assert all(t.commit_s == 0 for t in staged)

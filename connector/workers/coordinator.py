@@ -314,7 +314,8 @@ class ProcessWorkers(Workers):
         for worker in self._processes:
             await worker.channel.aclose()
         await anyio.to_thread.run_sync(self._wait)
-        return Closed(files, rejects, donated)
+        busy = sum(w.closed.busy_s for w in self._processes if w.closed is not None)
+        return Closed(files, rejects, donated, busy)
 
     async def discard(self) -> None:
         for worker in self._processes:

@@ -8,6 +8,7 @@ event loops; ``connector.workers.coordinator`` feeds it.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import cast
 
@@ -57,6 +58,8 @@ class Closed:
     files: list[FileInfo]
     reject_files: list[FileInfo]
     donated: dict[WorkItem, int]
+    busy_s: float = 0.0
+    """Time spent converting and writing pages (the manifest's ``convert`` timing)."""
 
 
 @dataclass(slots=True)
@@ -90,10 +93,18 @@ class PageWorker:
         # Under `once`: per region, the first complete listing's platform rows, until the
         # coordinator says which worker donates them.
         self._candidates: dict[str, tuple[WorkItem, list[pa.RecordBatch]]] = {}
+        self.busy_s = 0.0
 
     def page(self, page: Page) -> str | None:
         """Convert a page and write its rows; or, when the page itself cannot be parsed (cut
         short), write nothing and say why: the fetcher asks for it again (the verdict)."""
+        started = time.perf_counter()
+        try:
+            return self._page(page)
+        finally:
+            self.busy_s += time.perf_counter() - started
+
+    def _page(self, page: Page) -> str | None:
         item = page.item
         listing = self._listings.setdefault(item, _Listing())
         if listing.error is not None:
@@ -141,6 +152,7 @@ class PageWorker:
 
     def close(self, donate: frozenset[str]) -> Closed:
         """Write the platform rows of the regions this worker donates; close every file."""
+        started = time.perf_counter()
         donated: dict[WorkItem, int] = {}
         for region in sorted(donate):
             item, batches = self._candidates[region]
@@ -148,7 +160,8 @@ class PageWorker:
                 self.sink.write(region, batch)
             donated[item] = sum(b.num_rows for b in batches)
         self._candidates.clear()
-        return Closed(self.sink.close(), self.rejects.close(), donated)
+        files, rejects = self.sink.close(), self.rejects.close()
+        return Closed(files, rejects, donated, self.busy_s + time.perf_counter() - started)
 
     def discard(self) -> None:
         """Close files after a failure (the run's staging directory is removed anyway)."""
