@@ -11,12 +11,14 @@ import argparse
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from connector import __version__
 from connector.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from connector.progress import Snapshot, Terminal, render
 
 if TYPE_CHECKING:
     from connector.auth import Credentials
@@ -33,16 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export OCI Compute images (ListImages) to Parquet or NDJSON in a data lake.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    _logging_arguments(parser, "info", "auto")
+    # The same options after the command (`oci-images run --config c.toml --log-format json`),
+    # as people type them; given there, they win. SUPPRESS: absent, they leave the value
+    # given before the command (or its default) alone.
+    logging_options = argparse.ArgumentParser(add_help=False)
+    _logging_arguments(logging_options, argparse.SUPPRESS, argparse.SUPPRESS)
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=_with_parents(logging_options),
     )
-    parser.add_argument(
-        "--log-format",
-        default="auto",
-        choices=["auto", "json", "console"],
-        help="auto: JSON lines unless stderr is a terminal",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="export (or one shard of the export)")
     _config_arguments(run)
@@ -101,6 +105,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _logging_arguments(parser: argparse.ArgumentParser, level: str, fmt: str) -> None:
+    parser.add_argument("--log-level", default=level, choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-format",
+        default=fmt,
+        choices=["auto", "json", "console"],
+        help="auto: JSON lines unless stderr is a terminal",
+    )
+
+
+def _with_parents(*parents: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
+    """A parser class whose instances (the subcommands) all take ``parents``' options."""
+
+    class Subcommand(argparse.ArgumentParser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["parents"] = [*kwargs.get("parents", ()), *parents]
+            super().__init__(*args, **kwargs)
+
+    return Subcommand
+
+
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, type=Path, help="TOML configuration file")
     parser.add_argument(
@@ -141,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from connector import interrupt, logs
     from connector.errors import ConfigError, ConnectorError
 
-    logs.configure(args.log_level, args.log_format)
+    # On a terminal, log lines go above the progress bar (see connector.progress).
+    args.terminal = Terminal(sys.stderr) if sys.stderr.isatty() else None
+    logs.configure(args.log_level, args.log_format, stream=args.terminal)
     try:
         with interrupt.handle_signals():
             if args.command == "run":
@@ -227,8 +254,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.shard is not None and not args.run_id:
         raise ConfigError("--run-id", "is required with --shard, so that shards and commit agree")
     settings, credentials = _prepare(args)
-    show_progress = not args.no_progress and sys.stderr.isatty()
-    outcome = _execute(settings, credentials, args.run_id, shard, show_progress)
+    terminal = None if args.no_progress else args.terminal
+    outcome = _execute(settings, credentials, args.run_id, shard, terminal)
     return _report(outcome)
 
 
@@ -237,7 +264,7 @@ def _execute(
     credentials: Credentials,
     run_id: str | None,
     shard: tuple[int, int],
-    show_progress: bool,
+    terminal: Terminal | None,
 ) -> RunOutcome:
     import anyio
 
@@ -258,10 +285,10 @@ def _execute(
         launched=launched,
     )
 
-    return anyio.run(_interruptible, export, show_progress)
+    return anyio.run(_interruptible, export, terminal)
 
 
-async def _interruptible(export: Export, show_progress: bool) -> RunOutcome:
+async def _interruptible(export: Export, terminal: Terminal | None) -> RunOutcome:
     """Run ``export``; SIGINT or SIGTERM cancels it (its clean-up runs) and raises
     ``Interrupted`` unless it had published already."""
     import anyio
@@ -272,8 +299,8 @@ async def _interruptible(export: Export, show_progress: bool) -> RunOutcome:
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(interrupt.cancel_on_signal, group.cancel_scope)
-            if show_progress:
-                group.start_soon(_render_progress, export)
+            if terminal is not None:
+                group.start_soon(_render_progress, export, terminal)
             outcome = await export.run()
             group.cancel_scope.cancel()
     except BaseExceptionGroup as failure:
@@ -282,32 +309,35 @@ async def _interruptible(export: Export, show_progress: bool) -> RunOutcome:
         if cause is None:
             raise
         raise cause from None
-    if show_progress:
-        sys.stderr.write("\r\x1b[K")
+    finally:
+        if terminal is not None:
+            terminal.clear()
     signum = interrupt.received()
     if outcome is None or (signum is not None and not outcome.published):
         raise interrupt.Interrupted(signum or 2)
     return outcome
 
 
-async def _render_progress(export: Export) -> None:
+async def _render_progress(export: Export, terminal: Terminal) -> None:
     import anyio
 
     while True:
-        sys.stderr.write("\r\x1b[K" + _progress_line(export.progress, export.client.counters))
-        sys.stderr.flush()
+        terminal.show(render(snapshot(export.progress, export.client.counters), terminal.width()))
         await anyio.sleep(0.25)
 
 
-def _progress_line(progress: Progress, counters: RequestCounters) -> str:
-    total = max(1, progress.listings_total)
-    done = progress.listings_done
-    width = 24
-    filled = int(width * done / total)
-    return (
-        f"[{'#' * filled}{'.' * (width - filled)}] {done}/{progress.listings_total} listings"
-        f" · {progress.rows} rows · {counters.sent} requests · {counters.retried} retries"
-        f" · {counters.throttled} throttled"
+def snapshot(progress: Progress, counters: RequestCounters) -> Snapshot:
+    """What the progress bar shows, from the run's live counters."""
+    now = time.monotonic()
+    return Snapshot(
+        elapsed_s=now - progress.started,
+        listings_total=progress.listings_total,
+        listings_done=progress.listings_done,
+        listings_failed=progress.listings_failed,
+        rows=progress.rows,
+        requests=counters.sent,
+        throttled=counters.throttled,
+        fetch_elapsed_s=now - progress.fetch_started if progress.fetch_started else None,
     )
 
 
@@ -431,7 +461,7 @@ def _demo(args: argparse.Namespace) -> int:
                 *getattr(args, "set", []),
             ]
             settings, credentials = _prepare(args)
-            outcome = _execute(settings, credentials, None, (0, 1), sys.stderr.isatty())
+            outcome = _execute(settings, credentials, None, (0, 1), args.terminal)
     code = _report(outcome)
     if outcome.published:
         images = Path(args.output).resolve() / "images"

@@ -236,3 +236,87 @@ def test_interrupted_run_cleans_up(
     assert "nothing published" in err
     assert not (tmp_path / "lake" / "images").exists()
     assert not list(staging.glob("*"))
+
+
+@pytest.mark.parametrize(
+    ("placement", "fmt"),
+    [
+        (["--log-format", "json", "--log-level", "debug", "run", "--config", "CONFIG"], "json"),
+        (["run", "--config", "CONFIG", "--log-format", "console", "--log-level", "debug"],
+         "console"),
+        (["--log-level", "error", "--log-format", "console", "run", "--config", "CONFIG",
+          "--log-level", "debug", "--log-format", "json"], "json"),
+    ],
+    ids=["before", "after", "after-wins"],
+)  # fmt: skip
+def test_global_options_before_or_after_the_command(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path, placement: list[str], fmt: str
+) -> None:
+    """--log-format and --log-level work before the command and after it, as people type them;
+    given in both places, the one after the command wins."""
+    server = make_emulator(build_world(**WORLD))  # type: ignore[arg-type]
+    config = str(write_config(tmp_path, server))
+    result = oci_images(*[config if a == "CONFIG" else a for a in placement])
+    assert 0 == result.returncode, result.stderr
+    lines = result.stderr.splitlines()
+    assert any("listing.done" in line for line in lines)  # debug level: listing.done is logged
+    if fmt == "json":
+        assert all(orjson.loads(line)["event"] for line in lines)
+    else:
+        assert not any(line.startswith("{") for line in lines)
+
+
+def test_the_progress_bar_on_a_terminal(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """On an 80-column terminal (a real pseudo-terminal): the bar shows elapsed time, ETA and
+    rows/s, never wraps, and the retry warnings printed meanwhile sit whole on their own rows,
+    with no torn copy of the bar left behind."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from tests.test_progress import screen
+
+    server = make_emulator(
+        build_world(seed=5, compartments=60, regions=("us-ashburn-1",)),
+        latency_ms=40.0,
+        fault_rate=0.1,
+    )
+    config = write_config(tmp_path, server, fetch={"concurrency": 2})
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "connector", "run", "--config", str(config), "--log-level",
+         "info", "--log-format", "console"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal, cwd=ROOT,
+        env={**os.environ, "NO_COLOR": "1", "TERM": "xterm"},
+    )  # fmt: skip
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the process closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert 0 == process.wait(timeout=120)
+    os.close(controller)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", output.decode().replace("\r\n", "\n"))
+    bars = [part for part in text.split("\r\x1b[K") if part.startswith("[")]
+    assert bars, "no progress bar was drawn"
+    for bar in bars:
+        line = bar.split("\n")[0]
+        assert len(line) <= 79
+    assert any("ETA" in b and "rows/s" in b for b in bars)
+    rows = screen(text, width=80)
+    retries = [row for row in rows if "request.retry" in row]
+    assert retries, "the emulator's faults should have caused retries"
+    for row in rows:
+        assert len(row) <= 80
+        if "request.retry" in row:  # a whole log line, never the tail of a bar
+            assert not row.startswith("[")
+    assert not any(row.startswith("[") for row in rows)  # the bar is gone at the end
