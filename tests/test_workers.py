@@ -292,7 +292,7 @@ def test_platform_images_are_converted_only_where_they_may_be_kept(
             flags.append(platform)
             return normalize.normalize_page(page, run, platform=platform or convert_all)
 
-        worker._normalize = spy  # type: ignore[method-assign]
+        worker._normalize = spy
         rows = []
         for pages in groups:
             for page in pages:
@@ -303,7 +303,7 @@ def test_platform_images_are_converted_only_where_they_may_be_kept(
         closed = worker.close(donate)
         partition = setup(folder, mode).layout.staged_partition
         ids = [
-            i
+            str(i)
             for f in closed.files
             for i in pq.read_table(f"{partition}/{f.path}", columns=["id"])["id"].to_pylist()
         ]
