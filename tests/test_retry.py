@@ -183,10 +183,12 @@ class TestRateController:
         controller.on_throttle(Ticket(clock.now))
         assert controller.rate == pytest.approx(RateController.decrease * 10)
 
-    def test_additive_increase_after_slow_start(self) -> None:
-        """After the second decrease, each success adds a/rate: about +a req/s per second."""
+    @pytest.mark.parametrize("share", [1.0, 0.25])
+    def test_additive_increase_after_slow_start(self, share: float) -> None:
+        """After the second decrease, each success adds a·s/rate: about +a·s req/s per second,
+        so that N shards of share s = 1/N together climb as fast as one run."""
         clock = FakeClock()
-        controller = RateController(16, clock=clock)
+        controller = RateController(16, clock=clock, share=share)
         for _ in range(10):
             clock.advance(0.1)
             controller.on_success(Ticket(clock.now))
@@ -196,7 +198,8 @@ class TestRateController:
         assert controller.rate is not None
         start = controller.rate
         controller.on_success(Ticket(clock.now))
-        assert controller.rate == pytest.approx(start + RateController.additive_increase / start)
+        increase = RateController.additive_increase * share / start
+        assert controller.rate == pytest.approx(start + increase)
 
     def test_pacing_spaces_sends(self) -> None:
         """With a rate of 10/s, successive reservations are 0.1 s apart."""
@@ -285,23 +288,6 @@ class TestShareOfTheBudget:
 
         limiter = AdaptiveLimiter(16, max_rate=20, clock=FakeClock(), share=0.25)
         assert 5.0 == limiter.controller("a").rate
-
-    def test_share_scales_the_additive_increase(self) -> None:
-        """After slow start, a shard with share s climbs a·s req/s per second, so that N shards
-        together climb as fast as one run."""
-        clock = FakeClock()
-        controller = RateController(16, clock=clock, share=0.25)
-        for _ in range(10):
-            clock.advance(0.1)
-            controller.on_success(Ticket(clock.now))
-        controller.on_throttle(Ticket(clock.now))
-        clock.advance(0.5)
-        controller.on_throttle(Ticket(clock.now))
-        assert controller.rate is not None
-        start = controller.rate
-        controller.on_success(Ticket(clock.now))
-        increase = RateController.additive_increase * 0.25 / start
-        assert controller.rate == pytest.approx(start + increase)
 
     def test_share_must_be_a_fraction(self) -> None:
         """A share of nothing, or more than the whole budget, is a programming error."""
