@@ -144,6 +144,7 @@ def entry() -> int:
 
     lean.keep_out("numpy", "pandas")
     lean.prompt_allocator()
+    lean.fixed_mmap_threshold()
     code = main()
     # Every file is closed and every result written: skip the interpreter's teardown (freeing
     # pyarrow's and aiohttp's module state, about 60 ms) as the process ends.

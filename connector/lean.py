@@ -71,3 +71,29 @@ def prompt_allocator() -> None:
     """
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
     os.environ.setdefault("JE_ARROW_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
+
+
+MMAP_THRESHOLD = 128 * 1024
+"""Blocks at least this large are mapped apart and unmapped when freed (glibc's ``mallopt``)."""
+
+
+def fixed_mmap_threshold() -> None:
+    """Keep glibc from holding on to freed page bodies (a process of this tool's own only).
+
+    glibc raises its mmap threshold to the largest block freed so far, so after the first page
+    body (100 KB to 1 MB) every later one is carved from the heap, and the holes they leave are
+    never given back: measured here, 20 MB more in the fetching process and 10–15 MB more per
+    worker over a run of 8,000 listings. A fixed threshold maps each body apart and unmaps it
+    when freed. Worker processes get the same through the environment (``connector.spawn``).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return
+    m_mmap_threshold = -3
+    mallopt(m_mmap_threshold, MMAP_THRESHOLD)
