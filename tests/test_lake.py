@@ -37,7 +37,6 @@ from tests.lake_support import (
     iceberg_rows,
     manifest_rows,
     partition_path,
-    start_s3,
 )
 from tests.reference import expected_rows, multiset, normalise_actual
 
@@ -55,11 +54,6 @@ KINDS = {
     "delta": {"table_format": "delta"},
     "iceberg": {"table_format": "iceberg"},
 }
-
-
-@pytest.fixture(scope="session")
-def s3() -> Iterator[S3Server]:
-    yield from start_s3()
 
 
 @pytest.fixture(scope="module")
