@@ -56,6 +56,11 @@ from connector import lock, safety
 
 log = structlog.get_logger("connector.durable")
 
+JOURNAL = "_commit.json"
+"""A commit's journal on an object store (``connector.objectstore``): the attempt folder that
+holds one is left to ``objectstore.recover``, which finishes or rolls the commit back, even
+when its owner is dead."""
+
 STALE_COMPLETED_S = 7 * 86400
 """Finished shards whose run was never committed are kept this long for a late ``commit``."""
 
@@ -276,7 +281,9 @@ def clean_dead_staging(fs: pafs.FileSystem, base: str, *, now: float | None = No
     and the finished shards of a sharded run, which wait for ``commit`` (for a week at most;
     a retried shard replaces its own). A whole run (one shard) commits itself: if its owner
     died, nobody will, and it goes with its manifest. An attempt folder with no readable owner
-    file is removed once a minute old (its process died before writing it).
+    file is removed once a minute old (its process died before writing it). A dead commit's
+    folder holding its journal (object stores) stays for ``objectstore.recover``, which
+    finishes or rolls back that commit under the date's lock and then removes it.
     """
     moment = now or time.time()
     removed: list[str] = []
@@ -304,6 +311,8 @@ def clean_dead_staging(fs: pafs.FileSystem, base: str, *, now: float | None = No
                 removed.append(f"{run_id}/{attempt}")
             continue
         if dead:
+            if fs.get_file_info(f"{folder}/{JOURNAL}").type == pafs.FileType.File:
+                continue  # a killed commit: objectstore.recover repairs it, then it goes
             safety.guarded_delete(fs, base, folder)
             removed.append(f"{run_id}/{attempt}")
     for run_id in by_run:
