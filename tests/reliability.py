@@ -67,7 +67,8 @@ def killing_rename(source, target):
 os.rename = killing_rename
 
 # On object stores: SIGKILL at each step of objectstore.publish_partition (the copies, or the
-# table's commit, are done; the manifest is written; the marker is written).
+# table's commit, are done; the manifest is written; the marker is written, before the
+# superseded files are deleted).
 from connector import objectstore, publish
 write_json = publish.write_json
 manifest_written = []
@@ -85,8 +86,8 @@ publish.write_json = killing_write_json
 delete = objectstore._delete
 def killing_delete(fs, paths):
     paths = list(paths)
-    superseded = [p for p in paths if not p.endswith(objectstore.MARKERS)]
-    if fault == "kill-before-cleanup" and manifest_written and superseded:
+    markers = any(p.endswith(objectstore.MARKERS) for p in paths)
+    if fault == "kill-before-cleanup" and manifest_written and not markers:
         os.kill(os.getpid(), signal.SIGKILL)  # the marker is written; the old files remain
     return delete(fs, paths)
 objectstore._delete = killing_delete

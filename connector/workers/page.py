@@ -8,13 +8,14 @@ event loops; ``connector.workers.coordinator`` feeds it.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, replace
 from typing import cast
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from connector import publish
+from connector import publish, safety
 from connector.manifest import ListingError
 from connector.pages import Page, PageError, RunInfo, WorkItem
 from connector.sinks import FileInfo, PartitionedSink, SinkOptions
@@ -148,11 +149,20 @@ class PageWorker:
         return Closed(self.sink.close(), self.rejects.close(), donated)
 
     def discard(self) -> None:
-        """Close files after a failure (the run's staging directory is removed anyway)."""
+        """Close files after a failure, and delete them. The coordinator removes the run's
+        staging without waiting for a worker whose boot process died (killed); on an object
+        store a file closed after that removal (its upload completed) would stay behind."""
+        files: list[FileInfo] = []
         try:
-            self.sink.close()
+            files += self.sink.close()
         finally:
-            self.rejects.close()
+            files += self.rejects.close()
+            layout = self.setup.layout
+            for info in files:
+                with contextlib.suppress(OSError):
+                    safety.guarded_delete(
+                        self.setup.fs, layout.base, f"{layout.staged_partition}/{info.path}"
+                    )
 
 
 def _invert(mask: pa.BooleanArray) -> pa.BooleanArray:
