@@ -185,10 +185,15 @@ def make_lake(s3: S3Server, old_server: EmulatorServer, tmp_path: Path) -> Calla
 # -- each step of the commit -------------------------------------------------------------------
 
 STEPS = ["kill-before-manifest", "kill-after-manifest", "kill-before-cleanup"]
+# make test: every step for plain files, the table's commit point for each table format.
+CASES = [
+    pytest.param(kind, fault, marks=[] if kind == "parquet" or fault == STEPS[0] else [full])
+    for kind in KINDS
+    for fault in STEPS
+]
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-@pytest.mark.parametrize("fault", STEPS)
+@pytest.mark.parametrize(("kind", "fault"), CASES)
 def test_sigkill_at_each_step_of_the_commit(
     make_lake: Callable[..., S3Lake],
     old_world: World,
@@ -266,9 +271,9 @@ def test_sigkill_of_the_command_fast(
     new_world: World,
     slow_server: Callable[[int], EmulatorServer],
 ) -> None:
-    """Three SIGKILLs of the command writing to S3 (the full suite has 20)."""
-    found = _kill_the_command(make_lake, old_world, new_world, slow_server(20), 3, seed=25)
-    assert 3 == sum(found.values())
+    """Two SIGKILLs of the command writing to S3 (the full suite has 20)."""
+    found = _kill_the_command(make_lake, old_world, new_world, slow_server(20), 2, seed=25)
+    assert 2 == sum(found.values())
 
 
 @full
