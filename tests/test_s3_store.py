@@ -186,8 +186,11 @@ def test_the_lock_is_a_conditional_put(store: storage.Store) -> None:
     assert 412 == refused.value.response["ResponseMetadata"]["HTTPStatusCode"]
 
 
-def test_no_advisory_warning_with_botocore(store: storage.Store) -> None:
+def test_no_advisory_warning_with_botocore(
+    store: storage.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With botocore installed the lease is real: no "advisory" warning."""
+    monkeypatch.setattr(lock, "_warned_advisory", set())
     with structlog.testing.capture_logs() as logs:
         owner = lock.Owner.me("run-a", "att-1")
         with lock.date_lock(store.fs, store.base, DATE, owner):
