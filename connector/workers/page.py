@@ -8,7 +8,6 @@ event loops; ``connector.workers.coordinator`` feeds it.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field, replace
 from typing import cast
 
@@ -158,11 +157,8 @@ class PageWorker:
         finally:
             files += self.rejects.close()
             layout = self.setup.layout
-            for info in files:
-                with contextlib.suppress(OSError):
-                    safety.guarded_delete(
-                        self.setup.fs, layout.base, f"{layout.staged_partition}/{info.path}"
-                    )
+            staged = (f"{layout.staged_partition}/{info.path}" for info in files)
+            safety.discard_files(self.setup.fs, layout.base, staged)
 
 
 def _invert(mask: pa.BooleanArray) -> pa.BooleanArray:
