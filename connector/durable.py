@@ -281,7 +281,9 @@ def clean_dead_staging(fs: pafs.FileSystem, base: str, *, now: float | None = No
     and the finished shards of a sharded run, which wait for ``commit`` (for a week at most;
     a retried shard replaces its own). A whole run (one shard) commits itself: if its owner
     died, nobody will, and it goes with its manifest. An attempt folder with no readable owner
-    file is removed once a minute old (its process died before writing it). A dead commit's
+    file is removed once a minute old (its process died before writing it, or a straggler
+    wrote into it after its owner removed it); on object stores, which keep no folder times,
+    its age is its newest file's. A dead commit's
     folder holding its journal (object stores) stays for ``objectstore.recover``, which
     finishes or rolls back that commit under the date's lock and then removes it.
     """
@@ -292,12 +294,15 @@ def clean_dead_staging(fs: pafs.FileSystem, base: str, *, now: float | None = No
         if run_id not in by_run:
             by_run[run_id] = referenced_attempts(fs, base, run_id)
         info = fs.get_file_info(folder)
-        age = moment - info.mtime.timestamp() if info.mtime else 0.0
+        changed = info.mtime.timestamp() if info.mtime else None
         owner = lock.attempt_owner(fs, folder)
+        if owner is None and changed is None:
+            changed = _newest_object(fs, folder)  # object stores keep no folder times
+        age = moment - changed if changed is not None else 0.0
         dead = (
             owner.state(moment) == "dead"
             if owner is not None
-            else info.mtime is not None and age > lock.UNREADABLE_GRACE_S
+            else changed is not None and age > lock.UNREADABLE_GRACE_S
         )
         referenced = by_run[run_id].get(attempt)
         if referenced is not None:
@@ -322,6 +327,13 @@ def clean_dead_staging(fs: pafs.FileSystem, base: str, *, now: float | None = No
     if removed:
         log.info("staging.cleaned", removed=removed)
     return removed
+
+
+def _newest_object(fs: pafs.FileSystem, folder: str) -> float | None:
+    """When the newest file below ``folder`` was written (epoch seconds); None if none is."""
+    selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
+    times = [i.mtime.timestamp() for i in fs.get_file_info(selector) if i.mtime is not None]
+    return max(times, default=None)
 
 
 def _remove_empty_folders(fs: pafs.FileSystem, base: str, top: str) -> None:

@@ -300,3 +300,19 @@ def test_a_live_lock_is_not_broken_by_a_late_breaker(store: storage.Store) -> No
         current: Any = orjson.loads(stream.read())
     assert "winner" == current["run_id"]
     winner.release()
+
+
+def test_ownerless_staging_on_s3_goes_once_a_minute_old(store: storage.Store) -> None:
+    """An attempt folder without an owner file (a straggler wrote into it after its owner had
+    removed it) is removed once its newest file is a minute old: S3 keeps no folder times."""
+    attempt = f"{store.base}/_staging/20261127T000000Z-abcdef/20261127T000000Z-p1-aaaaaa"
+    staged = f"{attempt}/images/snapshot_date={DATE}/region=us-ashburn-1/part-00001.parquet"
+    with store.fs.open_output_stream(staged, compression=None) as out:
+        out.write(b"straggler")
+    now = time.time()
+    assert [] == durable.clean_dead_staging(store.fs, store.base, now=now)
+    assert store.fs.get_file_info(staged).type == pafs.FileType.File
+    later = now + 2 * lock.UNREADABLE_GRACE_S
+    removed = durable.clean_dead_staging(store.fs, store.base, now=later)
+    assert ["20261127T000000Z-abcdef/20261127T000000Z-p1-aaaaaa"] == removed
+    assert store.fs.get_file_info(staged).type == pafs.FileType.NotFound
