@@ -13,14 +13,35 @@ into place is only whole once its own data was flushed first. So, on a local dis
 - the staging left by dead attempts is removed at the next start, as soon as its owner (the pid
   and machine in its ``_owner.json``) is known to be gone: no waiting for days on a full disk.
 
-Object stores need none of this (a put is atomic and durable when it returns); there the
-functions that only make sense on a disk do nothing.
+Object stores need none of this; there the functions that only make sense on a disk do
+nothing. What they need instead concerns whole documents (the manifest, the journal, the run
+records, the lock files):
+
+- **A write appears whole or not at all, with one upload.** pyarrow's S3 output stream uploads
+  every object, however small, as a multipart upload: the key only comes into being with
+  CompleteMultipartUpload, which the client sends after every part was acknowledged. A writer
+  killed mid-upload leaves at most an unfinished upload (invisible, removed by the bucket's
+  lifecycle rule), never a cut object. Under that, a cut request body is not stored by any S3
+  server: a body shorter than its Content-Length, or an ``aws-chunked`` body without its final
+  chunk, is an incomplete request (tests/test_s3_store.py checks both against moto, and our own
+  upload killed at random moments). A temporary key plus a server-side copy would cost two more
+  requests per document and leave keys to clean up after a kill, for no further guarantee.
+  Content-MD5 is no help either: moto, for one, does not check it.
+- **A read can be torn, so documents are read until they parse** (``read_json``). pyarrow's S3
+  input stream asks for the size (HEAD), then for that many bytes (a ranged GET). When the
+  object is replaced in between, it returns the new object's first N bytes, N being the old
+  one's size: a reader that follows ``_manifest.json`` during a commit, or right after a commit
+  was killed while its last request was still in flight on the server, reads a manifest cut
+  short although the store only ever held whole ones. Such a read does not parse (a JSON object
+  cut anywhere before its closing brace is invalid), so it is read again. Any reader of these
+  documents that reads them the same way (HEAD, then ranged GETs) should retry likewise.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
 import secrets
 import time
@@ -34,6 +55,11 @@ import structlog
 from connector import lock, safety
 
 log = structlog.get_logger("connector.durable")
+
+JOURNAL = "_commit.json"
+"""A commit's journal on an object store (``connector.objectstore``): the attempt folder that
+holds one is left to ``objectstore.recover``, which finishes or rolls the commit back, even
+when its owner is dead."""
 
 STALE_COMPLETED_S = 7 * 86400
 """Finished shards whose run was never committed are kept this long for a late ``commit``."""
@@ -77,7 +103,7 @@ def write_durably(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Write a whole file so that a crash leaves the old content or the new, never a part.
 
     Local: a temporary file beside it, fsync, rename over, fsync of the folder. Object stores:
-    one put, which is atomic already.
+    one upload, which creates the object whole when it completes (see the module docstring).
     """
     parent = path.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
@@ -102,6 +128,31 @@ def write_durably(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 def write_json(fs: pafs.FileSystem, path: str, payload: Any) -> None:
     """``write_durably`` a JSON document."""
     write_durably(fs, path, orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+TORN_READ_ATTEMPTS = 8
+"""Reads of a document on an object store before one that does not parse is an error: a torn
+read needs an overwrite between two requests of one read, so a second one is almost always
+whole; the backoff (5 ms doubling, 1.3 s in all) outlasts a burst of overwrites."""
+
+
+def read_json(fs: pafs.FileSystem, path: str) -> Any:
+    """Read a JSON document whole (see the module docstring: reads on object stores can be
+    torn by a concurrent overwrite, and are then repeated)."""
+    for attempt in itertools.count(1):
+        try:
+            with fs.open_input_stream(path, compression=None) as stream:
+                data = stream.read()
+            return orjson.loads(data)
+        except FileNotFoundError:
+            raise
+        except (orjson.JSONDecodeError, OSError):
+            # OSError: the object shrank or went between the size and the bytes.
+            if is_local(fs) or attempt >= TORN_READ_ATTEMPTS:
+                raise
+            log.debug("read.torn", path=path, attempt=attempt)
+            time.sleep(0.005 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def exchange(first: str, second: str) -> bool:
@@ -230,7 +281,11 @@ def clean_dead_staging(fs: pafs.FileSystem, base: str, *, now: float | None = No
     and the finished shards of a sharded run, which wait for ``commit`` (for a week at most;
     a retried shard replaces its own). A whole run (one shard) commits itself: if its owner
     died, nobody will, and it goes with its manifest. An attempt folder with no readable owner
-    file is removed once a minute old (its process died before writing it).
+    file is removed once a minute old (its process died before writing it, or a straggler
+    wrote into it after its owner removed it); on object stores, which keep no folder times,
+    its age is its newest file's. A dead commit's
+    folder holding its journal (object stores) stays for ``objectstore.recover``, which
+    finishes or rolls back that commit under the date's lock and then removes it.
     """
     moment = now or time.time()
     removed: list[str] = []
@@ -239,12 +294,15 @@ def clean_dead_staging(fs: pafs.FileSystem, base: str, *, now: float | None = No
         if run_id not in by_run:
             by_run[run_id] = referenced_attempts(fs, base, run_id)
         info = fs.get_file_info(folder)
-        age = moment - info.mtime.timestamp() if info.mtime else 0.0
+        changed = info.mtime.timestamp() if info.mtime else None
         owner = lock.attempt_owner(fs, folder)
+        if owner is None and changed is None:
+            changed = _newest_object(fs, folder)  # object stores keep no folder times
+        age = moment - changed if changed is not None else 0.0
         dead = (
             owner.state(moment) == "dead"
             if owner is not None
-            else info.mtime is not None and age > lock.UNREADABLE_GRACE_S
+            else changed is not None and age > lock.UNREADABLE_GRACE_S
         )
         referenced = by_run[run_id].get(attempt)
         if referenced is not None:
@@ -258,6 +316,8 @@ def clean_dead_staging(fs: pafs.FileSystem, base: str, *, now: float | None = No
                 removed.append(f"{run_id}/{attempt}")
             continue
         if dead:
+            if fs.get_file_info(f"{folder}/{JOURNAL}").type == pafs.FileType.File:
+                continue  # a killed commit: objectstore.recover repairs it, then it goes
             safety.guarded_delete(fs, base, folder)
             removed.append(f"{run_id}/{attempt}")
     for run_id in by_run:
@@ -267,6 +327,13 @@ def clean_dead_staging(fs: pafs.FileSystem, base: str, *, now: float | None = No
     if removed:
         log.info("staging.cleaned", removed=removed)
     return removed
+
+
+def _newest_object(fs: pafs.FileSystem, folder: str) -> float | None:
+    """When the newest file below ``folder`` was written (epoch seconds); None if none is."""
+    selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
+    times = [i.mtime.timestamp() for i in fs.get_file_info(selector) if i.mtime is not None]
+    return max(times, default=None)
 
 
 def _remove_empty_folders(fs: pafs.FileSystem, base: str, top: str) -> None:

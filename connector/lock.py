@@ -3,8 +3,12 @@
 A lock is a small JSON file under ``{uri}/_staging/_locks/`` naming its owner: run id, attempt,
 host, pid (with the process's start time, so a reused pid is not mistaken for the owner), the
 machine's boot id and pid namespace, and when the owner's run deadline expires. It is created
-exclusively: ``O_CREAT | O_EXCL`` on a local disk; on an object store a conditional put
-(``If-None-Match: *``, which AWS S3, MinIO and moto honour, through fsspec's ``mode="create"``).
+exclusively: ``O_CREAT | O_EXCL`` on a local disk; on an object store a conditional put that the
+store itself refuses when the key exists. On ``s3://`` that is PutObject with
+``If-None-Match: *`` (AWS S3, MinIO, and moto from 5.0.x on answer 412 PreconditionFailed when
+the key exists), sent through botocore (the ``s3`` extra) with the endpoint, region, addressing
+style, CA file and keys of the output's filesystem, since pyarrow's S3 client cannot send it. On
+the fsspec stores it is fsspec's ``mode="create"``.
 
 **A second writer fails at once; it does not wait.** It exits 1 with a message naming the holder
 (run id, pid, host, since when) and the lock file. Waiting would tie up a scheduler slot behind a
@@ -15,12 +19,13 @@ A lock whose owner is dead is taken over: on the same machine the owner is dead 
 gone (or belongs to another process, or the machine rebooted); from another machine nothing can
 be known about the pid, so the lock is trusted until its ``expires_at`` (the owner's start plus
 its run deadline plus a margin) has passed. Taking over goes through a short-lived ``.break``
-file, so two runs that find the same dead lock do not both take it.
+file, itself created exclusively, so two runs that find the same dead lock do not both take it:
+only the holder of ``.break`` deletes the dead lock, and only if it still holds what was read.
 
-Object stores without a conditional put (pyarrow's own S3 client, some S3-compatible services)
-get the same protocol with a check-then-write create: the lock is then advisory, which a warning
-says once; run one scheduler per output there, or use ``s3://`` through fsspec (s3fs) for the
-conditional put.
+Where no conditional put is possible (``s3://`` without botocore installed, a store that answers
+501 NotImplemented to ``If-None-Match``), the same protocol runs with a check-then-write create:
+the lock is then advisory, which a warning says once; install the ``s3`` extra, or run one
+scheduler per output there.
 """
 
 from __future__ import annotations
@@ -240,6 +245,10 @@ def create_exclusive(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
             os.close(fd)
         _fsync_dir(parent)
         return True
+    if isinstance(fs, pafs.S3FileSystem):
+        created = _s3_create(fs, path, data)
+        if created is not None:
+            return created
     store = _fsspec_of(fs)
     if store is not None:
         with contextlib.suppress(Exception):
@@ -258,15 +267,107 @@ def create_exclusive(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
     kind = type(fs).__name__
     if kind not in _warned_advisory:
         _warned_advisory.add(kind)
-        log.warning(
-            "lock.advisory",
-            filesystem=kind,
-            reason="this store has no conditional put here; the lock is advisory",
-        )
+        reason = "this store has no conditional put here; the lock is advisory"
+        if isinstance(fs, pafs.S3FileSystem) and _botocore() is None:
+            reason += " (pip install 'oci-images-connector[s3]' for If-None-Match puts)"
+        log.warning("lock.advisory", filesystem=kind, reason=reason)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         return False
     with fs.open_output_stream(path, compression=None) as out:
         out.write(data)
+    return True
+
+
+def _botocore() -> Any | None:
+    """botocore's session module, or None when the ``s3`` extra is not installed."""
+    try:
+        import botocore.session
+    except ImportError:
+        return None
+    return botocore.session
+
+
+_S3_CLIENTS: dict[tuple[Any, ...], Any] = {}
+_s3_unconditional: set[tuple[Any, ...]] = set()
+"""Stores that answered NotImplemented to If-None-Match: advisory from then on."""
+
+
+def _s3_settings(fs: pafs.S3FileSystem) -> tuple[Any, ...]:
+    """Endpoint, region, keys, addressing and CA file of a pyarrow S3 filesystem, as its own
+    pickling state records them (the only public view of its options)."""
+    reduced: Any = fs.__reduce__()
+    state: dict[str, Any] = reduced[1][0]
+    endpoint = state.get("endpoint_override") or ""
+    return (
+        f"{state.get('scheme') or 'https'}://{endpoint}" if endpoint else None,
+        state.get("region") or None,
+        state.get("access_key") or None,
+        state.get("secret_key") or None,
+        state.get("session_token") or None,
+        bool(state.get("anonymous")),
+        # As pyarrow addresses: virtual-hosted on AWS, path-style behind an endpoint override
+        # unless virtual addressing is forced.
+        "virtual" if not endpoint or state.get("force_virtual_addressing") else "path",
+        state.get("tls_ca_file_path") or None,
+    )
+
+
+def _s3_client(settings: tuple[Any, ...]) -> Any:
+    """A botocore S3 client for these settings (one per process and store)."""
+    client = _S3_CLIENTS.get(settings)
+    if client is None:
+        import botocore
+        import botocore.config
+        import botocore.session
+
+        endpoint, region, key, secret, token, anonymous, addressing, ca_file = settings
+        config = botocore.config.Config(
+            s3={"addressing_style": addressing},
+            retries={"mode": "standard", "max_attempts": 4},
+            signature_version=botocore.UNSIGNED if anonymous else None,
+        )
+        client = botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            aws_session_token=token,
+            verify=ca_file,
+            config=config,
+        )
+        _S3_CLIENTS[settings] = client
+    return client
+
+
+def _s3_create(fs: pafs.S3FileSystem, path: str, data: bytes) -> bool | None:
+    """PutObject with ``If-None-Match: *``: whether it created ``path``; None when no
+    conditional put is possible here (no botocore, or a store that does not implement it)."""
+    if _botocore() is None:
+        return None
+    settings = _s3_settings(fs)
+    if settings in _s3_unconditional:
+        return None
+    import botocore.exceptions
+
+    bucket, _, key = path.partition("/")
+    try:
+        _s3_client(settings).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 412 or code == "PreconditionFailed":
+            return False  # the key exists: held
+        if status == 409 or code == "ConditionalRequestConflict":
+            return False  # another conditional put of this key is under way; it wins or not
+        if status == 501 or code == "NotImplemented":
+            _s3_unconditional.add(settings)
+            return None
+        message = f"creating {path} failed: {code or status} {error.get('Message', '')}"
+        raise OSError(message) from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise OSError(f"creating {path} failed: {type(exc).__name__}: {exc}") from None
     return True
 
 

@@ -4,12 +4,12 @@ A directory "move" on an object store is a copy of every object followed by dele
 useful order: killed halfway, it leaves a partition that is neither the old one nor the new
 one. So nothing is moved. Each commit, in this order:
 
-1. writes a journal, ``_staging/RUN_ID/_commit.json``: the files it will add, the files and
-   the marker of the partition it replaces;
+1. writes a journal, ``_staging/RUN_ID/commit-ATTEMPT/_commit.json``: the files it will add,
+   the files and the marker of the partition it replaces;
 2. copies its staged files into the partition, server-side, under names that carry the run
    id (``region=R/part-00000-RUN_ID.parquet``), so they never overwrite a published file;
 3. deletes the previous marker if the new one differs (``_SUCCESS`` → ``_PARTIAL``);
-4. writes ``_manifest.json``, listing exactly those files: a single PUT, the commit point;
+4. writes ``_manifest.json``, listing exactly those files: one upload, the commit point;
 5. writes ``_SUCCESS`` (or ``_PARTIAL``), strictly last;
 6. deletes the previous run's files, as the previous manifest listed them, and the staging.
 
@@ -20,7 +20,9 @@ sees both runs' files between steps 2 and 6 (the README says so and points to De
 ``recover`` finishes or rolls back a commit that was killed: when the published manifest is
 the journal's run, the commit passed its commit point and steps 5-6 are redone; otherwise the
 copies are deleted and a deleted marker is put back. Both are idempotent, so a recovery that
-is itself killed is repaired by the next one.
+is itself killed is repaired by the next one. The clean-up of dead attempts at each start
+leaves a folder holding a journal alone (``connector.durable``): without its journal, a killed
+commit's copies, or the files it superseded, would stay in the partition for good.
 """
 
 from __future__ import annotations
@@ -32,13 +34,13 @@ from typing import Any
 import pyarrow.fs as pafs
 import structlog
 
-from connector import publish
+from connector import durable, lock, publish, safety
 from connector.errors import PublishError
 from connector.tables import TableWriter
 
 log = structlog.get_logger("connector.objectstore")
 
-JOURNAL = "_commit.json"
+JOURNAL = durable.JOURNAL
 MANIFEST = "_manifest.json"
 MARKERS = ("_SUCCESS", "_PARTIAL")
 
@@ -140,13 +142,9 @@ def recover(
     finds it) even if the manifest was not written yet.
     """
     repaired = []
-    for run_dir in fs.get_file_info(
-        pafs.FileSelector(f"{base}/{publish.STAGING}", allow_not_found=True)
-    ):
-        if run_dir.type != pafs.FileType.Directory:
-            continue
+    for folder in sorted(_journal_folders(fs, base)):
         try:
-            journal: dict[str, Any] = publish.read_json(fs, f"{run_dir.path}/{JOURNAL}")
+            journal: dict[str, Any] = publish.read_json(fs, f"{folder}/{JOURNAL}")
         except FileNotFoundError:
             continue
         if journal["partition"] != partition:
@@ -163,14 +161,29 @@ def recover(
                 committed = True
         if committed:
             log.warning("publish.finishing", run_id=run_id, partition=partition)
-            _finish(fs, run_dir.path, journal)
+            _finish(fs, folder, journal)
         else:
             log.warning("publish.rolling_back", run_id=run_id, partition=partition)
             if table is not None and journal["table_format"] == table.format:
                 table.discard(run_id, journal["manifest"]["snapshot_date"])
-            _roll_back(fs, run_dir.path, journal)
+            _roll_back(fs, base, folder, journal)
         repaired.append(str(run_id))
     return repaired
+
+
+def _journal_folders(fs: pafs.FileSystem, base: str) -> list[str]:
+    """Every folder of ``_staging`` that may hold a journal: a run's folder, and each of its
+    attempts' (a commit journals in its own attempt folder, ``_staging/RUN_ID/commit-...``)."""
+    folders = []
+    top = pafs.FileSelector(f"{base}/{publish.STAGING}", allow_not_found=True)
+    for run_dir in fs.get_file_info(top):
+        if run_dir.type != pafs.FileType.Directory or run_dir.base_name == lock.LOCKS:
+            continue
+        folders.append(run_dir.path)
+        for entry in fs.get_file_info(pafs.FileSelector(run_dir.path, allow_not_found=True)):
+            if entry.type == pafs.FileType.Directory and entry.base_name != "shards":
+                folders.append(entry.path)
+    return folders
 
 
 def _finish(fs: pafs.FileSystem, staging: str, journal: dict[str, Any]) -> None:
@@ -192,9 +205,10 @@ def _finish(fs: pafs.FileSystem, staging: str, journal: dict[str, Any]) -> None:
         ) from None
 
 
-def _roll_back(fs: pafs.FileSystem, staging: str, journal: dict[str, Any]) -> None:
-    """Undo steps 2-3: delete the copies, put back a marker that was deleted. The staging
-    stays, so ``commit`` can be run again; it expires with the run id's age."""
+def _roll_back(fs: pafs.FileSystem, base: str, staging: str, journal: dict[str, Any]) -> None:
+    """Undo steps 2-3: delete the copies, put back a marker that was deleted, then the killed
+    commit's own folder (what it gathered; a new commit gathers again). The run's staging, its
+    shards, stays, so ``commit`` can be run again; it expires with the run id's age."""
     partition = journal["partition"]
     previous = journal["previous"]
     keep = set(previous["files"])
@@ -203,7 +217,10 @@ def _roll_back(fs: pafs.FileSystem, staging: str, journal: dict[str, Any]) -> No
         if not publish.exists(fs, f"{partition}/{marker}"):
             with fs.open_output_stream(f"{partition}/{marker}", compression=None):
                 pass
-    fs.delete_file(f"{staging}/{JOURNAL}")
+    if staging.rsplit("/", 1)[-1].startswith("commit-"):
+        safety.guarded_delete(fs, base, staging)
+    else:  # a journal in the run's own folder, beside its shards (before attempt folders)
+        fs.delete_file(f"{staging}/{JOURNAL}")
 
 
 def _delete(fs: pafs.FileSystem, paths: Iterable[str]) -> None:

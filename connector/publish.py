@@ -118,9 +118,8 @@ def write_json(fs: pafs.FileSystem, path: str, payload: Any) -> None:
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> Any:
-    """Read a JSON document."""
-    with fs.open_input_stream(path) as stream:
-        return orjson.loads(stream.read())
+    """Read a JSON document whole (on object stores a read torn by an overwrite is repeated)."""
+    return durable.read_json(fs, path)
 
 
 def exists(fs: pafs.FileSystem, path: str) -> bool:

@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -245,6 +246,16 @@ def guarded_delete(
         fs.delete_dir(target)
     else:
         fs.delete_file(target)
+
+
+def discard_files(fs: pafs.FileSystem, base: str, targets: Iterable[str]) -> None:
+    """``guarded_delete`` each of ``targets`` while a failure is being handled: an error
+    deleting one (the store unreachable) is logged, never raised over the failure itself."""
+    for target in targets:
+        try:
+            guarded_delete(fs, base, target)
+        except OSError as exc:
+            log.warning("discard.failed", path=target, error=str(exc))
 
 
 def remove_empty_dir(fs: pafs.FileSystem, base: str, target: str) -> bool:

@@ -6,7 +6,7 @@ import importlib.util
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import oci
 import pytest
@@ -14,6 +14,9 @@ import structlog
 from oci._vendor import requests
 
 from connector.emulator import Behaviour, EmulatorServer, World, build_world
+
+if TYPE_CHECKING:
+    from tests.lake_support import S3Server
 
 # tests/airflow run under real Airflow, in its own environment (`make test-airflow`).
 if importlib.util.find_spec("airflow") is None:
@@ -35,6 +38,14 @@ def fresh_logging() -> Iterator[None]:
     yield
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """moto's S3 server on loopback, one for the whole test session."""
+    from tests.lake_support import start_s3
+
+    yield from start_s3()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from typing import cast
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from connector import publish
+from connector import publish, safety
 from connector.manifest import ListingError
 from connector.pages import Page, PageError, RunInfo, WorkItem
 from connector.sinks import FileInfo, PartitionedSink, SinkOptions
@@ -164,11 +164,17 @@ class PageWorker:
         return Closed(files, rejects, donated, self.busy_s + time.perf_counter() - started)
 
     def discard(self) -> None:
-        """Close files after a failure (the run's staging directory is removed anyway)."""
+        """Close files after a failure, and delete them. The coordinator removes the run's
+        staging without waiting for a worker whose boot process died (killed); on an object
+        store a file closed after that removal (its upload completed) would stay behind."""
+        files: list[FileInfo] = []
         try:
-            self.sink.close()
+            files += self.sink.close()
         finally:
-            self.rejects.close()
+            files += self.rejects.close()
+            layout = self.setup.layout
+            staged = (f"{layout.staged_partition}/{info.path}" for info in files)
+            safety.discard_files(self.setup.fs, layout.base, staged)
 
 
 def _invert(mask: pa.BooleanArray) -> pa.BooleanArray:

@@ -1,0 +1,346 @@
+"""Reliability on S3 (moto's S3 server on loopback): kills, concurrent runs, each commit step.
+
+The same cases as ``tests/test_reliability.py`` on local disk, against an output on S3. After
+each fault the published snapshot, read through ``_manifest.json`` (and through the Delta or
+Iceberg reader where the output is a table), is the old one or the new one, equal to its ground
+truth, never a mix; a marker never stands beside missing data; the next run succeeds, publishes
+the new snapshot and leaves nothing in ``_staging``.
+
+``make test`` runs the fast cases; ``make reliability`` the random SIGKILLs, 20 of each.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import pytest
+
+from connector import cli as command_line
+from connector import objectstore, storage, tables
+from connector.emulator import Behaviour, EmulatorServer, World, build_world
+from tests.lake_support import S3Server, delta_rows, iceberg_dataset, manifest_rows
+from tests.reference import multiset, normalise_actual
+from tests.reliability import (
+    cli,
+    kill_group,
+    start,
+    truth,
+    wait_for_requests,
+    write_config,
+)
+
+DATE = "2026-11-27"
+OLD_WORLD = {"seed": 1, "compartments": 10, "regions": ("us-ashburn-1", "eu-frankfurt-1")}
+NEW_WORLD = {"seed": 2, "compartments": 12, "regions": ("us-ashburn-1", "eu-frankfurt-1")}
+SIZES = {"platform_images": 15, "custom_scale": 0.4}
+KINDS: dict[str, dict[str, Any]] = {
+    "parquet": {},
+    "delta": {"table_format": "delta"},
+    "iceberg": {"table_format": "iceberg"},
+}
+
+full = pytest.mark.reliability
+
+
+@pytest.fixture(scope="module")
+def old_world() -> World:
+    return build_world(**OLD_WORLD, **SIZES)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def new_world() -> World:
+    return build_world(**NEW_WORLD, **SIZES)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def old_server(
+    old_world: World, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmulatorServer]:
+    with EmulatorServer(old_world, oci_config_dir=tmp_path_factory.mktemp("old-oci")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def new_server(
+    new_world: World, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmulatorServer]:
+    folder = tmp_path_factory.mktemp("new-oci")
+    with EmulatorServer(new_world, Behaviour(latency_ms=5), oci_config_dir=folder) as server:
+        yield server
+
+
+@pytest.fixture
+def slow_server(new_world: World, tmp_path: Path) -> Iterator[Callable[[int], EmulatorServer]]:
+    """The new tenancy, ``latency_ms`` per request (runs long enough to be killed midway)."""
+    started: list[EmulatorServer] = []
+
+    def serve(latency_ms: int) -> EmulatorServer:
+        folder = tmp_path / f"oci-{len(started)}"
+        server = EmulatorServer(new_world, Behaviour(latency_ms=latency_ms), oci_config_dir=folder)
+        started.append(server.start())
+        return server
+
+    yield serve
+    for server in started:
+        server.stop()
+
+
+class S3Lake:
+    """An output on S3 holding the old snapshot, and the checks every case ends with."""
+
+    def __init__(self, s3: S3Server, folder: Path, kind: str, old_server: EmulatorServer) -> None:
+        self.s3 = s3
+        self.folder = folder
+        self.kind = kind
+        self.uri = f"s3://{s3.new_bucket()}/lake"
+        self.store = storage.resolve(self.uri, s3.options())
+        self.catalog = {"uri": f"sqlite:///{folder}/catalog.db"} if kind == "iceberg" else {}
+        assert 0 == command_line.main(
+            ["--log-level", "error", "run", "--config", str(self.config(old_server))]
+        )
+
+    def config(self, server: EmulatorServer, **sections: Any) -> Path:
+        output = {"uri": self.uri, "snapshot_date": DATE, **KINDS[self.kind]}
+        output.update(sections.pop("output", {}))
+        extra: dict[str, Any] = {"output.storage_options": self.s3.options()}
+        if self.catalog:
+            extra["output.catalog"] = self.catalog
+        return write_config(self.folder, server, self.folder, output=output, **extra, **sections)
+
+    @property
+    def partition(self) -> str:
+        return f"{self.store.base}/images/snapshot_date={DATE}"
+
+    def objects(self, top: str) -> set[str]:
+        """The files below ``{base}/{top}``, relative to it."""
+        root = f"{self.store.base}/{top}"
+        selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+        found = self.store.fs.get_file_info(selector)
+        return {i.path[len(root) + 1 :] for i in found if i.type == pafs.FileType.File}
+
+    def published(self, settled: bool = True) -> tuple[str, Counter[bytes]]:
+        """The published run id and its rows, after checking the partition is whole: the
+        manifest, its marker, every file it lists. For a table the table's own reader is what
+        counts: its rows are one run's, and the manifest names that run, or (``settled``
+        False: a commit was killed between the table's commit and the manifest, which the next
+        commit writes) the run before it."""
+        manifest, rows = manifest_rows(self.store, DATE)
+        assert manifest is not None, "no manifest published"
+        marker = objectstore.marker_of(manifest)
+        objects = self.objects(f"images/snapshot_date={DATE}")
+        assert marker in objects, f"{marker} missing"
+        assert set(objectstore.listed(manifest)) <= objects, "a listed file is missing"
+        if self.kind == "delta":
+            rows = delta_rows(self.store, DATE).to_pylist(maps_as_pydicts="strict")
+        elif self.kind == "iceberg":
+            writer = tables.IcebergWriter(self.store, self.catalog)
+            rows = iceberg_dataset(writer, DATE).to_pylist(maps_as_pydicts="strict")
+        else:
+            assert manifest["rows"] == len(rows)
+        run_ids = {row["_run_id"] for row in rows}
+        assert 1 == len(run_ids), f"rows of several runs: {run_ids}"
+        (run_id,) = run_ids
+        if settled or self.kind == "parquet":
+            assert manifest["run_id"] == run_id, "the manifest names another run"
+        return run_id, multiset([normalise_actual(r, "once") for r in rows])
+
+    def settled(self, old_world: World, new_world: World, server: EmulatorServer) -> str:
+        """Old or new snapshot, exact; then a clean run publishes the new one and leaves
+        nothing behind. Which was found."""
+        _, rows = self.published(settled=False)
+        found = "old" if rows == truth(old_world) else "new" if rows == truth(new_world) else None
+        assert found is not None, "the published snapshot is neither the old nor the new one"
+        result = cli("run", "--config", str(self.config(server)))
+        assert 0 == result.returncode, result.stderr
+        run_id, rows = self.published()
+        assert truth(new_world) == rows
+        manifest = objectstore.published_manifest(self.store.fs, self.partition)
+        assert manifest is not None
+        listed = set(objectstore.listed(manifest)) | {"_manifest.json", "_SUCCESS"}
+        assert listed == self.objects(f"images/snapshot_date={DATE}")
+        assert set() == self.objects("_staging") | self.objects("_trash")
+        assert f"{run_id}.json" in self.objects("_runs")  # its record
+        return found
+
+
+@pytest.fixture
+def make_lake(s3: S3Server, old_server: EmulatorServer, tmp_path: Path) -> Callable[..., S3Lake]:
+    def make(kind: str = "parquet", name: str = "lake") -> S3Lake:
+        folder = tmp_path / name
+        folder.mkdir()
+        return S3Lake(s3, folder, kind, old_server)
+
+    return make
+
+
+# -- each step of the commit -------------------------------------------------------------------
+
+STEPS = ["kill-before-manifest", "kill-after-manifest", "kill-before-cleanup"]
+# make test: every step for plain files, the table's commit point for each table format.
+CASES = [
+    pytest.param(kind, fault, marks=[] if kind == "parquet" or fault == STEPS[0] else [full])
+    for kind in KINDS
+    for fault in STEPS
+]
+
+
+@pytest.mark.parametrize(("kind", "fault"), CASES)
+def test_sigkill_at_each_step_of_the_commit(
+    make_lake: Callable[..., S3Lake],
+    old_world: World,
+    new_world: World,
+    new_server: EmulatorServer,
+    kind: str,
+    fault: str,
+) -> None:
+    """Killed with the copies (or the table's commit) done, with the manifest written, with
+    the marker written: the old snapshot before the commit point, the new one after it (the
+    commit point is the manifest for plain files, the table's commit for a table); the next
+    run finishes or rolls back and publishes."""
+    lake = make_lake(kind)
+    result = cli("run", "--config", str(lake.config(new_server)), fault=fault)
+    assert -signal.SIGKILL == result.returncode, result.stderr
+    expected = "old" if fault == "kill-before-manifest" and kind == "parquet" else "new"
+    assert expected == lake.settled(old_world, new_world, new_server)
+
+
+# -- two runs at once --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("same_run_id", [True, False], ids=["same-run-id", "other-run-ids"])
+def test_two_concurrent_runs_one_writer(
+    make_lake: Callable[..., S3Lake],
+    old_world: World,
+    new_world: World,
+    slow_server: Callable[[int], EmulatorServer],
+    same_run_id: bool,
+) -> None:
+    """Two runs of one date on S3 at once: the date's lease admits one; the other exits 1
+    naming the holder; the published partition is whole and exact."""
+    lake = make_lake()
+    server = slow_server(40)
+    config = lake.config(server)
+    ids = ["twin", "twin"] if same_run_id else ["first", "second"]
+    processes = [start("run", "--config", str(config), "--run-id", run_id) for run_id in ids]
+    results = [p.communicate(timeout=180) for p in processes]
+    codes = [p.returncode for p in processes]
+    assert [0, 1] == sorted(codes), results
+    loser = results[codes.index(1)][1]
+    winner = ids[codes.index(0)]
+    assert f"is being written by run {winner}" in loser
+    assert "_staging/_locks/snapshot_date=" in loser
+    run_id, rows = lake.published()
+    assert (winner, truth(new_world)) == (run_id, rows)
+    assert "new" == lake.settled(old_world, new_world, server)
+
+
+# -- random kills ------------------------------------------------------------------------------
+
+
+def _kill_the_command(
+    make_lake: Callable[..., S3Lake],
+    old_world: World,
+    new_world: World,
+    server: EmulatorServer,
+    kills: int,
+    seed: int,
+) -> Counter[str]:
+    rng = random.Random(seed)
+    found = Counter[str]()
+    for trial in range(kills):
+        lake = make_lake(name=f"t{trial}")
+        process = start("run", "--config", str(lake.config(server)))
+        time.sleep(rng.uniform(0.2, 3.0))
+        kill_group(process)
+        found[lake.settled(old_world, new_world, server)] += 1
+    return found
+
+
+def test_sigkill_of_the_command_fast(
+    make_lake: Callable[..., S3Lake],
+    old_world: World,
+    new_world: World,
+    slow_server: Callable[[int], EmulatorServer],
+) -> None:
+    """Two SIGKILLs of the command writing to S3 (the full suite has 20)."""
+    found = _kill_the_command(make_lake, old_world, new_world, slow_server(20), 2, seed=25)
+    assert 2 == sum(found.values())
+
+
+@full
+def test_sigkill_of_the_command_at_random_points(
+    make_lake: Callable[..., S3Lake],
+    old_world: World,
+    new_world: World,
+    slow_server: Callable[[int], EmulatorServer],
+) -> None:
+    """20 SIGKILLs of the command and its workers writing to S3, from start-up to the commit:
+    every time the old snapshot or the new one; the next run cleans up and succeeds."""
+    found = _kill_the_command(make_lake, old_world, new_world, slow_server(20), 20, seed=15)
+    assert 20 == sum(found.values())
+    print(f"SIGKILL of the command on S3: {dict(found)}")
+
+
+def _kill_a_worker(
+    make_lake: Callable[..., S3Lake],
+    old_world: World,
+    new_world: World,
+    server: EmulatorServer,
+    kills: int,
+    seed: int,
+) -> Counter[str]:
+    rng = random.Random(seed)
+    outcomes = Counter[str]()
+    for trial in range(kills):
+        lake = make_lake(name=f"w{trial}")
+        config = lake.config(server, fetch={"workers": 2})
+        process = start("run", "--config", str(config))
+        wait_for_requests(server, server.stats()["requests"] + rng.randint(1, 40))
+        workers = subprocess.run(
+            ["pgrep", "-f", "connector.workers.boot", "-g", str(process.pid)],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        if workers:
+            os.kill(int(rng.choice(workers)), signal.SIGKILL)
+        _, err = process.communicate(timeout=180)
+        assert process.returncode in (0, 1), err
+        if process.returncode == 1:
+            assert "WorkerError" in err
+        outcomes[f"exit {process.returncode}, {lake.settled(old_world, new_world, server)}"] += 1
+    return outcomes
+
+
+def test_sigkill_of_a_worker_fast(
+    make_lake: Callable[..., S3Lake],
+    old_world: World,
+    new_world: World,
+    slow_server: Callable[[int], EmulatorServer],
+) -> None:
+    """Two SIGKILLs of a worker process writing to S3 (the full suite has 20)."""
+    outcomes = _kill_a_worker(make_lake, old_world, new_world, slow_server(20), 2, seed=26)
+    assert 2 == sum(outcomes.values())
+
+
+@full
+def test_sigkill_of_a_worker_at_random_points(
+    make_lake: Callable[..., S3Lake],
+    old_world: World,
+    new_world: World,
+    slow_server: Callable[[int], EmulatorServer],
+) -> None:
+    """20 SIGKILLs of a worker mid-run on S3: the run fails (exit 1, nothing published) or,
+    killed after its last listing, succeeds; the old snapshot or the new one; the next run
+    succeeds."""
+    outcomes = _kill_a_worker(make_lake, old_world, new_world, slow_server(20), 20, seed=16)
+    assert 20 == sum(outcomes.values())
+    print(f"SIGKILL of a worker on S3: {dict(outcomes)}")
