@@ -117,7 +117,8 @@ class TestResolve:
         monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
         monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
         store = storage.resolve("s3://bucket/p", {"profile": "nightly"})
-        assert "eu-frankfurt-1" == store.fs.region  # type: ignore[attr-defined]
+        assert isinstance(store.fs, pafs.S3FileSystem)
+        assert "eu-frankfurt-1" == store.fs.region
         options = store.delta_options()
         assert ("AKIAPROFILE", "s3cr3t") == (
             options["AWS_ACCESS_KEY_ID"],
