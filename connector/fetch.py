@@ -88,12 +88,8 @@ class Fetcher:
             while queue:
                 await self._listing(queue.popleft(), send)
 
-    async def fetch_listing(self, item: WorkItem, send: ObjectSendStream[Message]) -> None:
-        """One listing's pages, then its end; closes ``send``."""
-        async with send:
-            await self._listing(item, send)
-
     async def _listing(self, item: WorkItem, send: ObjectSendStream[Message]) -> None:
+        """One listing's pages, then its end (or why it could not be fetched whole)."""
         url = self.endpoints.compute(item.region) + "/images"
         params: dict[str, Any] = {
             "compartmentId": item.compartment_id,
