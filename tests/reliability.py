@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pyarrow.dataset as ds
 
-from connector.emulator import EmulatorServer, World
+from connector.emulator import EmulatorServer, World, build_world
 from tests.helpers import DATE, _toml
 from tests.reference import expected_rows, multiset, normalise_actual
 
@@ -95,6 +95,23 @@ objectstore._delete = killing_delete
 from connector.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+
+
+REGIONS = ("us-ashburn-1", "eu-frankfurt-1")
+
+
+def build_old_world() -> World:
+    """The tenancy published before each case (the snapshot a fault must leave intact)."""
+    return build_world(
+        seed=1, compartments=10, regions=REGIONS, platform_images=15, custom_scale=0.4
+    )
+
+
+def build_new_world() -> World:
+    """The tenancy each case exports over it."""
+    return build_world(
+        seed=2, compartments=12, regions=REGIONS, platform_images=15, custom_scale=0.4
+    )
 
 
 def write_config(folder: Path, server: EmulatorServer, lake: Path, **sections: Any) -> Path:

@@ -26,10 +26,12 @@ from typing import Any
 
 import pytest
 
-from connector.emulator import Behaviour, EmulatorServer, World, build_world
+from connector.emulator import Behaviour, EmulatorServer, World
 from tests.conftest import PrivateCA
 from tests.reliability import (
     Lake,
+    build_new_world,
+    build_old_world,
     cli,
     kill_group,
     start,
@@ -39,21 +41,17 @@ from tests.reliability import (
     write_config,
 )
 
-OLD_WORLD = {"seed": 1, "compartments": 10, "regions": ("us-ashburn-1", "eu-frankfurt-1")}
-NEW_WORLD = {"seed": 2, "compartments": 12, "regions": ("us-ashburn-1", "eu-frankfurt-1")}
-SIZES = {"platform_images": 15, "custom_scale": 0.4}
-
 full = pytest.mark.reliability
 
 
 @pytest.fixture(scope="module")
 def old_world() -> World:
-    return build_world(**OLD_WORLD, **SIZES)  # type: ignore[arg-type]
+    return build_old_world()
 
 
 @pytest.fixture(scope="module")
 def new_world() -> World:
-    return build_world(**NEW_WORLD, **SIZES)  # type: ignore[arg-type]
+    return build_new_world()
 
 
 @pytest.fixture(scope="module")

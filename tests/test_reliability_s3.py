@@ -26,10 +26,12 @@ import pytest
 
 from connector import cli as command_line
 from connector import objectstore, storage, tables
-from connector.emulator import Behaviour, EmulatorServer, World, build_world
+from connector.emulator import Behaviour, EmulatorServer, World
 from tests.lake_support import S3Server, delta_rows, iceberg_dataset, manifest_rows
 from tests.reference import multiset, normalise_actual
 from tests.reliability import (
+    build_new_world,
+    build_old_world,
     cli,
     kill_group,
     start,
@@ -39,9 +41,6 @@ from tests.reliability import (
 )
 
 DATE = "2026-11-27"
-OLD_WORLD = {"seed": 1, "compartments": 10, "regions": ("us-ashburn-1", "eu-frankfurt-1")}
-NEW_WORLD = {"seed": 2, "compartments": 12, "regions": ("us-ashburn-1", "eu-frankfurt-1")}
-SIZES = {"platform_images": 15, "custom_scale": 0.4}
 KINDS: dict[str, dict[str, Any]] = {
     "parquet": {},
     "delta": {"table_format": "delta"},
@@ -53,12 +52,12 @@ full = pytest.mark.reliability
 
 @pytest.fixture(scope="module")
 def old_world() -> World:
-    return build_world(**OLD_WORLD, **SIZES)  # type: ignore[arg-type]
+    return build_old_world()
 
 
 @pytest.fixture(scope="module")
 def new_world() -> World:
-    return build_world(**NEW_WORLD, **SIZES)  # type: ignore[arg-type]
+    return build_new_world()
 
 
 @pytest.fixture(scope="module")
