@@ -57,6 +57,7 @@ from connector.retry import (
     AdaptiveLimiter,
     Clock,
     PriorityGate,
+    RateState,
     RetryPolicy,
     Sleep,
     endpoint_key,
@@ -121,6 +122,8 @@ class ClientOptions:
     environ: Mapping[str, str] | None = None
     rate_share: float = 1.0
     """This process's part of the tenancy's request budget (1/N for one of N shards)."""
+    rate_states: Callable[[str], RateState | None] | None = None
+    """Each endpoint's pacing state, where the run's shards share it (``connector.sharedrate``)."""
 
 
 class OciClient:
@@ -147,6 +150,7 @@ class OciClient:
             clock,
             sleep,
             share=self.options.rate_share,
+            states=self.options.rate_states,
         )
         self.counters = RequestCounters()
         self._session: aiohttp.ClientSession | None = None

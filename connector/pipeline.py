@@ -64,7 +64,8 @@ from connector.manifest import (
     Timings,
 )
 from connector.pages import Page, RunInfo, WorkItem
-from connector.retry import RetryPolicy
+from connector.retry import RateState, RetryPolicy
+from connector.sharedrate import SharedRates
 from connector.sinks import FileInfo, SinkOptions
 from connector.sinks.table import write_batches
 from connector.workers import coordinator, spawn
@@ -97,9 +98,15 @@ class Progress:
     """When the listings were known and fetching began (for the ETA)."""
 
 
-def client_for(settings: Settings, credentials: Credentials, rate_share: float = 1.0) -> OciClient:
+def client_for(
+    settings: Settings,
+    credentials: Credentials,
+    rate_share: float = 1.0,
+    rate_states: Callable[[str], RateState | None] | None = None,
+) -> OciClient:
     """The HTTP client a run (or a plan) sends its requests with; ``rate_share`` is its part
-    of the tenancy's request budget (1/N for one of N shards running in parallel)."""
+    of the tenancy's request budget (1/N for one of N shards running in parallel), and
+    ``rate_states`` the pacing states it shares with the run's other shards on this machine."""
     fetch = settings.fetch
     return OciClient(
         credentials.signer,
@@ -119,6 +126,7 @@ def client_for(settings: Settings, credentials: Credentials, rate_share: float =
             profile=credentials.label,
             auth=credentials.auth,
             rate_share=rate_share,
+            rate_states=rate_states,
         ),
     )
 
@@ -189,7 +197,16 @@ class Export:
         processes = len(launched.sockets) if launched else settings.fetch.worker_processes()
         self.workers: Workers = coordinator.create(setup, processes, self._listing_done, launched)
         self.rate_share = rate_share if rate_share is not None else 1.0 / shard[1]
-        self.client = client_for(settings, credentials, self.rate_share)
+        # Shards of the run on this machine pace and adapt as one (opened in ``_stage``).
+        self.shared_rates = (
+            SharedRates(self.run_id, shard[0], shard[1], self.rate_share) if shard[1] > 1 else None
+        )
+        self.client = client_for(
+            settings,
+            credentials,
+            self.rate_share,
+            self.shared_rates.state if self.shared_rates is not None else None,
+        )
         self.fetcher = Fetcher(
             self.client,
             self.endpoints,
@@ -294,7 +311,10 @@ class Export:
         """Fetch, convert and write into this attempt's staging, within the run's deadline."""
         deadline = self.settings.fetch.run_deadline_s
         try:
-            with anyio.fail_after(deadline or None):
+            with (
+                anyio.fail_after(deadline or None),
+                self.shared_rates or contextlib.nullcontext(),
+            ):
                 async with (
                     self._discarded_on_failure(),
                     self.client,

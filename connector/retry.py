@@ -34,7 +34,9 @@ so requests waiting for a slow region never hold capacity that another region co
 Shards of one run share the tenancy's budget. A shard given the share ``s`` (1/N of N shards)
 caps its rate at ``s`` × the configured rate and climbs ``s`` times as fast after a decrease, so
 N shards in parallel probe the service together as one run does alone. (Slow start and the
-multiplicative decrease are already proportional to each shard's own rate.)
+multiplicative decrease are already proportional to each shard's own rate.) Shards on one
+machine do better: they keep one ``RateState`` per endpoint in a shared file
+(``connector.sharedrate``), whose share is the sum of theirs, and so pace and adapt as one run.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 
 import anyio
@@ -142,8 +144,54 @@ def endpoint_key(url: str) -> str:
     return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
+class RateState:
+    """What a controller paces and adapts by: the rate, the next send slot, the last decrease,
+    the recent successes. This one lives in the process; ``connector.sharedrate`` keeps the same
+    state in a file that the shards of a run on one machine map together, so that they pace and
+    adapt as one controller.
+
+    ``share`` is the part of the tenancy's budget the state speaks for: of the configured cap and
+    of the additive climb. Read and change the state only inside ``held()``.
+    """
+
+    def __init__(self, share: float = 1.0) -> None:
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"share must be in (0, 1], got {share}")
+        self.share = share
+        self.rate: float | None = None
+        self.next_slot = -math.inf
+        self.last_decrease = -math.inf
+        self.slow_start = True
+        self.decreases = 0
+        self.started: float | None = None
+        self._successes: deque[float] = deque()
+
+    @contextmanager
+    def held(self) -> Iterator[RateState]:
+        """The state, to read and change (one process: nothing to lock)."""
+        yield self
+
+    def count_success(self, now: float, window_s: float) -> None:
+        """Remember a success at ``now``."""
+        self._successes.append(now)
+        self._forget(now, window_s)
+
+    def successes(self, now: float, window_s: float) -> int:
+        """Successes in the last ``window_s``."""
+        self._forget(now, window_s)
+        return len(self._successes)
+
+    def _forget(self, now: float, window_s: float) -> None:
+        while self._successes and self._successes[0] < now - window_s:
+            self._successes.popleft()
+
+
 class RateController:
-    """Adaptive pacing rate and in-flight bound; pure, with the clock injected."""
+    """Adaptive pacing rate and in-flight bound; pure, with the clock injected.
+
+    The pacing state is a ``RateState``: this process's own, or one shared with other shards
+    (``state``). The in-flight bound is always the process's own.
+    """
 
     decrease = 0.8
     concurrency_decrease = 0.7
@@ -160,21 +208,33 @@ class RateController:
         max_rate: float | None = None,
         clock: Clock = time.monotonic,
         share: float = 1.0,
+        state: RateState | None = None,
     ) -> None:
-        if not 0.0 < share <= 1.0:
-            raise ValueError(f"share must be in (0, 1], got {share}")
         self.max_concurrency = float(max_concurrency)
-        self.max_rate = max_rate or None
-        self.share = share
+        self.full_rate = max_rate or None
+        """The configured cap for the whole tenancy; this controller's is ``state.share`` of it."""
         self.concurrency = float(max_concurrency)
-        self.rate: float | None = self.max_rate
-        self.decreases = 0
         self._clock = clock
-        self._next_slot = -math.inf
-        self._last_decrease = -math.inf
-        self._slow_start = True
-        self._successes: deque[float] = deque()
-        self._started = clock()
+        self.state = state if state is not None else RateState(share)
+        with self.state.held() as st:
+            if st.started is None:
+                st.started = clock()
+                st.rate = self._cap(st)
+
+    def _cap(self, st: RateState) -> float | None:
+        return None if self.full_rate is None else self.full_rate * st.share
+
+    @property
+    def rate(self) -> float | None:
+        """The pacing rate in requests/s (None: unpaced, nothing throttled yet)."""
+        with self.state.held() as st:
+            return st.rate
+
+    @property
+    def decreases(self) -> int:
+        """How many times the rate came down."""
+        with self.state.held() as st:
+            return st.decreases
 
     @property
     def in_flight_limit(self) -> int:
@@ -184,51 +244,53 @@ class RateController:
     def reserve(self) -> float:
         """Claim the next send slot; returns how long to wait for it (0 when unpaced)."""
         now = self._clock()
-        if self.rate is None:
-            return 0.0
-        slot = max(now, self._next_slot)
-        self._next_slot = slot + 1.0 / self.rate
-        return slot - now
+        with self.state.held() as st:
+            if st.rate is None:
+                return 0.0
+            slot = max(now, st.next_slot)
+            st.next_slot = slot + 1.0 / st.rate
+            return slot - now
 
     def on_success(self, ticket: Ticket) -> None:
         """A request succeeded: count it and grow the bounds."""
         now = self._clock()
-        self._successes.append(now)
-        while self._successes and self._successes[0] < now - self.window_s:
-            self._successes.popleft()
         self.concurrency = min(self.max_concurrency, self.concurrency + 1.0 / self.concurrency)
-        if self.rate is None:
-            return
-        if self._slow_start:
-            self.rate += self.slow_start_gain  # +gain·rate per second: doubles every ~0.7 s
-        else:
-            # About +a·share req/s each second: N shards together climb as one run does.
-            self.rate += self.additive_increase * self.share / self.rate
-        if self.max_rate is not None:
-            self.rate = min(self.rate, self.max_rate)
+        with self.state.held() as st:
+            st.count_success(now, self.window_s)
+            if st.rate is None:
+                return
+            if st.slow_start:
+                st.rate += self.slow_start_gain  # +gain·rate per second: doubles every ~0.7 s
+            else:
+                # About +a·share req/s each second: N shards together climb as one run does.
+                st.rate += self.additive_increase * st.share / st.rate
+            cap = self._cap(st)
+            if cap is not None:
+                st.rate = min(st.rate, cap)
 
     def on_throttle(self, ticket: Ticket) -> bool:
         """A request was throttled; decrease unless this window already did. Returns whether."""
         now = self._clock()
-        if ticket.sent_at < self._last_decrease:
-            return False
-        while self._successes and self._successes[0] < now - self.window_s:
-            self._successes.popleft()
-        # Early in a run, the window is not full yet: divide by the time actually observed, but
-        # by no less than min_span_s, so that an initial burst is not mistaken for the rate.
-        span = min(self.window_s, max(self.min_span_s, now - self._started))
-        achieved = max(self.min_rate, len(self._successes) / span)
-        if self.rate is None:
-            # First signal: start from what actually got through, then probe upwards quickly.
-            self.rate = achieved
-        else:
-            self.rate = max(self.min_rate, self.decrease * min(self.rate, achieved))
-            self._slow_start = False
+        with self.state.held() as st:
+            if ticket.sent_at < st.last_decrease:
+                return False
+            # Early in a run, the window is not full yet: divide by the time actually observed,
+            # but by no less than min_span_s, so that an initial burst is not mistaken for the
+            # rate.
+            started = now if st.started is None else st.started
+            span = min(self.window_s, max(self.min_span_s, now - started))
+            achieved = max(self.min_rate, st.successes(now, self.window_s) / span)
+            if st.rate is None:
+                # First signal: start from what actually got through, then probe upwards quickly.
+                st.rate = achieved
+            else:
+                st.rate = max(self.min_rate, self.decrease * min(st.rate, achieved))
+                st.slow_start = False
+            st.last_decrease = now
+            st.next_slot = max(st.next_slot, now)
+            st.decreases += 1
         self.concurrency = max(self.min_concurrency, self.concurrency * self.concurrency_decrease)
         self.concurrency = min(self.concurrency, self.max_concurrency)
-        self._last_decrease = now
-        self._next_slot = max(self._next_slot, now)
-        self.decreases += 1
         return True
 
 
@@ -299,7 +361,9 @@ class AdaptiveLimiter:
     A request first takes its endpoint's adaptive in-flight slot and paced send time, then one
     of the global slots; admission is by priority (``PriorityGate``), pacing uses anyio's FIFO
     lock. ``max_rate`` caps each endpoint's rate; ``share`` is this process's part of it (see
-    the module's docstring).
+    the module's docstring). ``states``, when given, supplies each endpoint's pacing state (the
+    one shared by the shards of a run, from ``connector.sharedrate``); without it, or when it
+    has none for an endpoint, the process keeps its own.
     """
 
     def __init__(
@@ -309,10 +373,12 @@ class AdaptiveLimiter:
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
         share: float = 1.0,
+        states: Callable[[str], RateState | None] | None = None,
     ) -> None:
         self.max_concurrency = max(1, max_concurrency)
-        self.max_rate = max_rate * share if max_rate else None
+        self.max_rate = max_rate or None
         self.share = share
+        self._states = states
         self._clock = clock
         self._sleep = sleep
         self._endpoints: dict[str, _Endpoint] = {}
@@ -332,8 +398,9 @@ class AdaptiveLimiter:
     def _endpoint(self, key: str) -> _Endpoint:
         endpoint = self._endpoints.get(key)
         if endpoint is None:
+            shared = self._states(key) if self._states is not None else None
             controller = RateController(
-                self.max_concurrency, self.max_rate, self._clock, self.share
+                self.max_concurrency, self.max_rate, self._clock, self.share, shared
             )
             endpoint = self._endpoints[key] = _Endpoint(controller)
         return endpoint

@@ -243,6 +243,44 @@ class TestShardsShareTheBudget:
         alone = connector.api.export(settings, credentials=credentials)
         assert 20.0 == alone.client.limiter.controller("any region").rate
 
+    def test_shards_on_one_machine_pace_through_one_file(
+        self, emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Two shards of a plan running side by side join one rate file (the run's), with their
+        shares summed to the whole budget, and keep one state per region in it."""
+        import tempfile
+
+        import anyio
+
+        from connector import sharedrate
+
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+        settings = settings_for(emulator, tmp_path)
+        credentials = key_credentials(emulator)
+        plan = connector.plan(settings, 2, credentials=credentials)
+        exports = [
+            connector.api.export(settings, shard=spec, credentials=credentials)
+            for spec in plan.shards
+        ]
+
+        async def side_by_side() -> None:
+            async with anyio.create_task_group() as group:
+                for export in exports:
+                    group.start_soon(export.run)
+
+        anyio.run(side_by_side)
+        (rates,) = (tmp_path / "tmp").glob("oci-images-rates-*/*.rates")
+        data = rates.read_bytes()
+        _, _, share, joined, _ = sharedrate._HEADER.unpack_from(data)
+        assert (1.0, 2) == (share, joined)
+        regions = {region for spec in plan.shards for region in spec.regions}
+        digests = {
+            data[offset : offset + 16]
+            for offset in range(sharedrate._HEADER.size, len(data), sharedrate._SLOT.size)
+        } - {bytes(16)}
+        assert len(regions) == len(digests)
+        assert 0 == connector.commit(settings, plan.run_id).exit_code
+
     def test_a_spec_from_before_the_share_reads_back_with_one_nth(self) -> None:
         """ShardSpec JSON without rate_share (as older plans wrote it) still reads: 1/count."""
         old = {"index": 1, "count": 4, "run_id": "r1", "listings": 7, "regions": ["r"]}

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from connector.emulator import World, build_world
+from connector.emulator.data import Image
 
 TODAY = datetime.now(UTC).date()
 REGIONS = ("us-ashburn-1", "eu-frankfurt-1")
@@ -193,6 +194,36 @@ class TestScale:
             largest = max(largest, 2 * sum(len(i.json) for i in images))
             assert world.custom.cached_bytes <= 2 * 2**20 + largest
         assert listing == [i.id for i in world.listing("uk-london-1", first)]
+
+    def test_listings_served_whole_are_evicted_first(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Listings still being paged stay cached; those whose last page went out leave first."""
+        probe = build_world(seed=5, compartments=60, dataset="realistic")
+        region = probe.home_region
+        first, second, third = [
+            c.id for c in probe.listable_compartments() if probe.custom.count(region, c.id)
+        ][:3]
+        for cid in (first, second, third):
+            probe.custom[(region, cid)]
+        # Room for all three but one byte: inserting the third evicts exactly one listing.
+        room = probe.custom.cached_bytes - 1
+        world = build_world(seed=5, compartments=60, dataset="realistic", cache_mb=room / 2**20)
+        generated: list[str] = []
+        generate = World.generate_custom
+
+        def counting(self: World, region: str, compartment_id: str) -> list[Image]:
+            generated.append(compartment_id)
+            return generate(self, region, compartment_id)
+
+        monkeypatch.setattr(World, "generate_custom", counting)
+        world.custom[(region, first)]
+        world.custom[(region, second)]
+        world.custom.served((region, second))  # its last page went out
+        world.custom[(region, third)]
+        assert generated == [first, second, third]
+        world.custom[(region, first)]  # used before second, but still being paged: kept
+        assert generated == [first, second, third]
+        world.custom[(region, second)]
+        assert generated == [first, second, third, second]
 
     def test_truth_streams_what_is_served(self) -> None:
         """The ground truth regenerates each listing exactly as the emulator serves it."""

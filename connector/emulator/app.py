@@ -403,7 +403,12 @@ class Emulator:
             sort_by,
             sort_order,
         )
-        if all(value is None for value in key[3:9]):
+        if not self.world.custom.ready((region, compartment_id)):
+            # A large listing takes tens of milliseconds to generate: in a thread, so that the
+            # event loop goes on answering the other requests meanwhile, as a service would.
+            await asyncio.to_thread(self.world.custom.get, (region, compartment_id))
+        default = all(value is None for value in key[3:9])
+        if default:
             selection = self.world.listing(region, compartment_id)
         else:
             selection = self._selected(
@@ -415,6 +420,8 @@ class Emulator:
             self.stats.faults["shift"] += 1
             offset -= 1
         page = selection[offset : offset + limit]
+        if default and offset + limit >= len(selection):
+            self.world.custom.served((region, compartment_id))
         records = [img.json for img in page]
         knobs = self.behaviour
         if knobs.poison and offset == 0:

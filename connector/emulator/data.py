@@ -167,7 +167,10 @@ class CustomImages(Mapping[tuple[str, str], list[Image]]):
 
     Behaves as the dict it replaces: keys are the listings that hold at least one custom image.
     The cache is bounded by the memory its images take, JSON and Python objects (least recently
-    used first out); an evicted listing is regenerated identically when asked for again.
+    used first out); an evicted listing is regenerated identically when asked for again. A
+    listing whose last page was served (``served``) goes first: clients page through a listing
+    once, and what a service keeps for the listings still being paged must not be pushed out by
+    those already done, or every page of a large listing would generate it again.
     """
 
     def __init__(self, world: World, cache_bytes: int) -> None:
@@ -218,6 +221,17 @@ class CustomImages(Mapping[tuple[str, str], list[Image]]):
                     _, (_, dropped) = self._cache.popitem(last=False)
                     self._held -= dropped
         return images
+
+    def ready(self, key: tuple[str, str]) -> bool:
+        """Whether the listing can be served without generating it first."""
+        with self._lock:
+            return key in self._cache or not self.count(*key)
+
+    def served(self, key: tuple[str, str]) -> None:
+        """The listing's last page went out: make it the first to be evicted."""
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key, last=False)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         for region in self._world.regions:

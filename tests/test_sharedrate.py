@@ -1,0 +1,207 @@
+"""Shards of one run on one machine pace and adapt as one, through a shared file."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from connector import sharedrate
+from connector.retry import AdaptiveLimiter, RateController, Ticket
+from connector.sharedrate import SharedRates
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("fcntl") is None, reason="needs fcntl (POSIX)"
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def shard(tmp_path: Path, index: int, count: int = 2, run_id: str = "r1") -> SharedRates:
+    return SharedRates(run_id, index, count, 1.0 / count, where=tmp_path).__enter__()
+
+
+def limiter(rates: SharedRates, clock: FakeClock, max_rate: float | None = None) -> AdaptiveLimiter:
+    return AdaptiveLimiter(16, max_rate, clock, share=rates.share, states=rates.state)
+
+
+class TestOneState:
+    def test_shards_reserve_slots_on_one_timeline(self, tmp_path: Path) -> None:
+        """Two shards of two at 10 req/s together send 10 req/s, not 5 each on two clocks."""
+        clock = FakeClock()
+        a, b = shard(tmp_path, 0), shard(tmp_path, 1)
+        first, second = limiter(a, clock, 10).controller("x"), limiter(b, clock, 10).controller("x")
+        waits = [c.reserve() for c in (first, second, first, second)]
+        assert [0.0, 0.1, 0.2, 0.3] == pytest.approx(waits)
+
+    def test_a_throttle_in_one_shard_slows_both_once(self, tmp_path: Path) -> None:
+        """A 429 seen by one shard lowers the rate both pace at; the other shard's 429 for a
+        request sent before that decrease changes nothing (one decrease per window for all)."""
+        clock = FakeClock()
+        a, b = shard(tmp_path, 0), shard(tmp_path, 1)
+        first, second = limiter(a, clock).controller("x"), limiter(b, clock).controller("x")
+        for _ in range(10):
+            clock.advance(0.1)
+            first.on_success(Ticket(clock.now))
+            second.on_success(Ticket(clock.now))
+        in_flight = Ticket(clock.now)
+        clock.advance(0.01)
+        assert first.on_throttle(Ticket(clock.now))
+        assert second.rate == first.rate == pytest.approx(20.0)  # both shards' successes
+        assert not second.on_throttle(in_flight)
+        assert 1 == second.decreases == first.decreases
+        clock.advance(0.5)
+        assert second.on_throttle(Ticket(clock.now - 0.1))
+        assert first.rate == pytest.approx(RateController.decrease * 10.0)
+
+    def test_successes_of_every_shard_climb_the_one_rate(self, tmp_path: Path) -> None:
+        """After slow start each success adds a·share/rate, share being the shards joined: two
+        of two climb as one run does."""
+        clock = FakeClock()
+        a, b = shard(tmp_path, 0), shard(tmp_path, 1)
+        first, second = limiter(a, clock).controller("x"), limiter(b, clock).controller("x")
+        for _ in range(10):
+            clock.advance(0.1)
+            first.on_success(Ticket(clock.now))
+        first.on_throttle(Ticket(clock.now))
+        clock.advance(0.5)
+        second.on_throttle(Ticket(clock.now))
+        start = first.rate
+        assert start is not None
+        second.on_success(Ticket(clock.now))
+        assert first.rate == pytest.approx(start + RateController.additive_increase / start)
+
+    def test_the_cap_is_the_share_of_the_shards_joined(self, tmp_path: Path) -> None:
+        """Two of four shards here pace at half of fetch.max_requests_per_second (the other two
+        may run on another machine with their own half); a shard joining twice counts once."""
+        clock = FakeClock()
+        a = shard(tmp_path, 0, count=4)
+        shard(tmp_path, 0, count=4).close()
+        assert 5.0 == limiter(a, clock, 20).controller("x").rate
+        b = shard(tmp_path, 3, count=4)
+        controller = limiter(b, clock, 20).controller("x")
+        for _ in range(100):
+            clock.advance(0.1)
+            controller.on_success(Ticket(clock.now))
+        assert 10.0 == controller.rate
+
+    def test_regions_keep_states_apart(self, tmp_path: Path) -> None:
+        """Each endpoint has its own state in the file."""
+        clock = FakeClock()
+        rates = shard(tmp_path, 0)
+        limits = limiter(rates, clock, 10)
+        waits = [limits.controller(key).reserve() for key in ("a", "b", "a", "b")]
+        assert [0.0, 0.0, 0.2, 0.2] == pytest.approx(waits)
+
+    def test_endpoints_past_the_file_are_paced_alone(self, tmp_path: Path) -> None:
+        """Beyond ENDPOINTS the controller keeps its own state."""
+        rates = shard(tmp_path, 0)
+        states = [rates.state(f"https://host-{n}") for n in range(sharedrate.ENDPOINTS + 2)]
+        assert all(s is not None for s in states[: sharedrate.ENDPOINTS])
+        assert [None, None] == states[sharedrate.ENDPOINTS :]
+
+    def test_another_run_has_its_own_file(self, tmp_path: Path) -> None:
+        clock = FakeClock()
+        one = limiter(shard(tmp_path, 0, run_id="r1"), clock, 10).controller("x")
+        other = limiter(shard(tmp_path, 1, run_id="r2"), clock, 10).controller("x")
+        assert [0.0, 0.0] == [one.reserve(), other.reserve()]
+
+
+class TestFile:
+    def test_a_file_from_before_a_restart_starts_over(self, tmp_path: Path) -> None:
+        """Monotonic time starts again at boot: a state from before would hold slots far in the
+        future. The file records the boot moment and is cleared when it differs."""
+        clock = FakeClock()
+        rates = shard(tmp_path, 0)
+        controller = limiter(rates, clock, 1).controller("x")
+        for _ in range(5):
+            controller.reserve()  # next slot 5 s ahead
+        rates.close()
+        with rates.path.open("r+b") as file:
+            file.seek(8)
+            file.write(struct.pack("<d", 12345.0))  # another boot
+        again = limiter(shard(tmp_path, 0), clock, 1).controller("x")
+        assert 0.0 == again.reserve()
+
+    def test_runs_untouched_for_a_week_are_removed(self, tmp_path: Path) -> None:
+        old = tmp_path / "0123.rates"
+        old.write_bytes(b"")
+        week = time.time() - sharedrate.STALE_S - 60
+        os.utime(old, (week, week))
+        recent = tmp_path / "4567.rates"
+        recent.write_bytes(b"")
+        shard(tmp_path, 0).close()
+        assert not old.exists()
+        assert recent.exists()
+
+    def test_a_folder_that_cannot_be_written_falls_back(self, tmp_path: Path) -> None:
+        """Nothing to share through: each shard keeps its own state, and the run goes on."""
+        blocked = tmp_path / "file"
+        blocked.write_text("not a folder")
+        rates = SharedRates("r1", 0, 2, 0.5, where=blocked / "rates").__enter__()
+        assert rates.state("x") is None
+        controller = AdaptiveLimiter(16, 10, share=0.5, states=rates.state).controller("x")
+        assert 5.0 == controller.rate
+
+    def test_closed_rates_fall_back(self, tmp_path: Path) -> None:
+        rates = SharedRates("r1", 0, 2, 0.5, where=tmp_path)
+        assert rates.state("x") is None
+
+
+PACE = """
+import sys, time
+from pathlib import Path
+from connector.retry import AdaptiveLimiter
+from connector.sharedrate import SharedRates
+
+index, start = int(sys.argv[1]), float(sys.argv[2])
+with SharedRates("race", index, 2, 0.5, where=Path(sys.argv[3])) as rates:
+    time.sleep(max(0.0, start - time.monotonic()))  # both have joined by then
+    controller = AdaptiveLimiter(16, 40, share=0.5, states=rates.state).controller("x")
+    for _ in range(20):
+        time.sleep(controller.reserve())
+        print("sent", time.monotonic())
+"""
+
+
+def test_two_processes_pace_together(tmp_path: Path) -> None:
+    """Two shard processes racing for slots at 40 req/s (both joined: the whole rate) send 40
+    requests in about a second, one every 25 ms: one timeline. Each pacing alone at its half
+    would send in pairs, two at a time every 50 ms."""
+    start = time.monotonic() + 1.0
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", PACE, str(index), str(start), str(tmp_path)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for index in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=60)[0] for p in processes]
+    sends = sorted(
+        float(line.split()[1])
+        for out in outputs
+        for line in out.splitlines()
+        if line[:5] == "sent "
+    )
+    assert 40 == len(sends)
+    span = sends[-1] - sends[0]
+    assert span > 39 * 0.025 * 0.9
+    gaps = [b - a for a, b in itertools.pairwise(sends)]
+    assert sum(1 for gap in gaps if gap < 0.010) <= 2  # slots are not handed out twice
