@@ -188,6 +188,9 @@ class _SharedState(RateState):
     @contextmanager
     def held(self) -> Iterator[RateState]:
         rates = self._rates
+        if rates._map is None:
+            yield self  # the file was closed: go on from the last values, alone
+            return
         with rates._locked():
             mapped = rates._map
             assert mapped is not None

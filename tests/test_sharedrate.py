@@ -160,8 +160,15 @@ class TestFile:
         assert 5.0 == controller.rate
 
     def test_closed_rates_fall_back(self, tmp_path: Path) -> None:
-        rates = SharedRates("r1", 0, 2, 0.5, where=tmp_path)
-        assert rates.state("x") is None
+        """Not opened: no state to share. Closed under a controller: it goes on alone from the
+        values it last saw."""
+        assert SharedRates("r1", 0, 2, 0.5, where=tmp_path).state("x") is None
+        clock = FakeClock()
+        rates = shard(tmp_path, 0)
+        controller = limiter(rates, clock, 10).controller("x")
+        assert [0.0, 0.2] == pytest.approx([controller.reserve(), controller.reserve()])
+        rates.close()
+        assert [0.4, 0.6] == pytest.approx([controller.reserve(), controller.reserve()])
 
 
 PACE = """
