@@ -139,10 +139,12 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def entry() -> int:
     """The ``oci-images`` executable. The process is this tool's alone, so it keeps out numpy
-    and pandas, which pyarrow would otherwise import behind its back (see ``connector.lean``)."""
+    and pandas, which pyarrow would otherwise import behind its back, and the rich that
+    structlog would load for tracebacks it never renders (see ``connector.lean``)."""
     from connector import lean
 
-    lean.keep_out("numpy", "pandas")
+    lean.keep_out(*lean.UNUSED)
+    lean.import_without("structlog", "rich", "pygments")
     lean.prompt_allocator()
     lean.fixed_mmap_threshold()
     code = main()

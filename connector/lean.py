@@ -8,6 +8,12 @@ Neither is used here (pyarrow works without both), and in an environment that ha
 Airflow worker, say) they cost the CLI about 0.3 s and 50 MB, pandas in the middle of a run.
 Only processes that are entirely this tool's (the CLI and its worker processes) call
 ``keep_out``; a library user's process is left alone.
+
+Likewise structlog imports rich (and pygments) at start-up when rich is installed (pyiceberg,
+the ``iceberg`` extra, brings it), for its console's pretty tracebacks: about 75 ms before the
+first request, for output this tool never asks for (without rich, structlog renders plain
+tracebacks). rich stays importable (pyiceberg uses it to explain a schema mismatch); only
+structlog's first import is made without it (``import_without``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import ModuleType
+
+UNUSED = ("numpy", "pandas")
+"""What the CLI's and the workers' processes keep out."""
 
 
 class _KeepOut:
@@ -39,6 +48,17 @@ def keep_out(*names: str) -> None:
     absent = frozenset(n for n in names if n not in sys.modules)
     if absent and not any(isinstance(f, _KeepOut) for f in sys.meta_path):
         sys.meta_path.insert(0, _KeepOut(absent))
+
+
+def import_without(name: str, *hidden: str) -> None:
+    """Import ``name`` while ``hidden`` cannot be imported (those already imported excepted),
+    then make them importable again."""
+    finder = _KeepOut(frozenset(h for h in hidden if h not in sys.modules))
+    sys.meta_path.insert(0, finder)
+    try:
+        __import__(name)
+    finally:
+        sys.meta_path.remove(finder)
 
 
 @contextmanager

@@ -21,7 +21,8 @@ import threading
 def main(fds: list[int]) -> int:
     from connector import lean
 
-    lean.keep_out("numpy", "pandas")
+    lean.keep_out(*lean.UNUSED)
+    lean.import_without("structlog", "rich", "pygments")
     lean.prompt_allocator()
     # Loaded once, before forking, and shared by every worker.
     import connector.normalize
