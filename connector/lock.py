@@ -94,10 +94,15 @@ def _process_start(pid: int) -> int | None:
         return None
 
 
+def boot_id() -> str:
+    """The kernel's id of this boot (Linux), or "" where there is none."""
+    return _read_text("/proc/sys/kernel/random/boot_id") or ""
+
+
 def _machine() -> tuple[str, str]:
     """This machine's boot id and pid namespace: equal on both sides only when a pid seen in a
     lock file can be checked here (not after a reboot, not from another container)."""
-    boot = _read_text("/proc/sys/kernel/random/boot_id") or ""
+    boot = boot_id()
     try:
         namespace = os.readlink("/proc/self/ns/pid")
     except OSError:

@@ -199,7 +199,7 @@ class Export:
         self.rate_share = rate_share if rate_share is not None else 1.0 / shard[1]
         # Shards of the run on this machine pace and adapt as one (opened in ``_stage``).
         self.shared_rates = (
-            SharedRates(self.run_id, shard[0], shard[1], self.rate_share) if shard[1] > 1 else None
+            SharedRates(self.run_id, shard[0], self.rate_share) if shard[1] > 1 else None
         )
         self.client = client_for(
             settings,

@@ -217,9 +217,13 @@ class RateController:
         self._clock = clock
         self.state = state if state is not None else RateState(share)
         with self.state.held() as st:
-            if st.started is None:
-                st.started = clock()
-                st.rate = self._cap(st)
+            self._begin(st)
+
+    def _begin(self, st: RateState) -> None:
+        """Start a state that has not started (new, or started over where it is shared)."""
+        if st.started is None:
+            st.started = self._clock()
+            st.rate = self._cap(st)
 
     def _cap(self, st: RateState) -> float | None:
         return None if self.full_rate is None else self.full_rate * st.share
@@ -245,6 +249,7 @@ class RateController:
         """Claim the next send slot; returns how long to wait for it (0 when unpaced)."""
         now = self._clock()
         with self.state.held() as st:
+            self._begin(st)
             if st.rate is None:
                 return 0.0
             slot = max(now, st.next_slot)
@@ -256,6 +261,7 @@ class RateController:
         now = self._clock()
         self.concurrency = min(self.max_concurrency, self.concurrency + 1.0 / self.concurrency)
         with self.state.held() as st:
+            self._begin(st)
             st.count_success(now, self.window_s)
             if st.rate is None:
                 return
@@ -272,13 +278,14 @@ class RateController:
         """A request was throttled; decrease unless this window already did. Returns whether."""
         now = self._clock()
         with self.state.held() as st:
+            self._begin(st)
             if ticket.sent_at < st.last_decrease:
                 return False
             # Early in a run, the window is not full yet: divide by the time actually observed,
             # but by no less than min_span_s, so that an initial burst is not mistaken for the
             # rate.
-            started = now if st.started is None else st.started
-            span = min(self.window_s, max(self.min_span_s, now - started))
+            assert st.started is not None
+            span = min(self.window_s, max(self.min_span_s, now - st.started))
             achieved = max(self.min_rate, st.successes(now, self.window_s) / span)
             if st.rate is None:
                 # First signal: start from what actually got through, then probe upwards quickly.

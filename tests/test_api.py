@@ -243,11 +243,12 @@ class TestShardsShareTheBudget:
         alone = connector.api.export(settings, credentials=credentials)
         assert 20.0 == alone.client.limiter.controller("any region").rate
 
-    def test_shards_on_one_machine_pace_through_one_file(
+    def test_shards_on_one_machine_join_one_rate_file(
         self, emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Two shards of a plan running side by side join one rate file (the run's), with their
-        shares summed to the whole budget, and keep one state per region in it."""
+        shares summed to the whole budget, and keep one state per region in it (that states in
+        one file pace as one: tests/test_sharedrate.py)."""
         import tempfile
 
         import anyio
@@ -271,7 +272,7 @@ class TestShardsShareTheBudget:
         anyio.run(side_by_side)
         (rates,) = (tmp_path / "tmp").glob("oci-images-rates-*/*.rates")
         data = rates.read_bytes()
-        _, _, share, joined, _ = sharedrate._HEADER.unpack_from(data)
+        _, _, _, share, joined, _ = sharedrate._HEADER.unpack_from(data)
         assert (1.0, 2) == (share, joined)
         regions = {region for spec in plan.shards for region in spec.regions}
         digests = {

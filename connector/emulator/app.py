@@ -403,17 +403,15 @@ class Emulator:
             sort_by,
             sort_order,
         )
-        if not self.world.custom.ready((region, compartment_id)):
-            # A large listing takes tens of milliseconds to generate: in a thread, so that the
-            # event loop goes on answering the other requests meanwhile, as a service would.
-            await asyncio.to_thread(self.world.custom.get, (region, compartment_id))
         default = all(value is None for value in key[3:9])
-        if default:
-            selection = self.world.listing(region, compartment_id)
-        else:
-            selection = self._selected(
-                key, lambda: self._select_images(region, compartment_id, key[3:])
-            )
+        selection = None if default else self._selected(key)
+        if selection is None:
+            custom = await self._custom(region, compartment_id)
+            if default:
+                selection = self.world.platform[region] + custom
+            else:
+                selection = self._select_images(region, custom, key[3:])
+                self._remember(key, selection)
         offset = self._offset(query, key)
         if offset and self._rng.random() < self.behaviour.shift_rate:
             # Items shifted while the client paged: this page repeats the previous page's last.
@@ -439,21 +437,31 @@ class Emulator:
             return await _huge_page(request, response, body, knobs.huge_page_mb)
         return response
 
-    def _selected(self, key: tuple[object, ...], select: Callable[[], list[Image]]) -> list[Image]:
+    async def _custom(self, region: str, compartment_id: str) -> list[Image]:
+        """A listing's custom images. One not cached takes tens of milliseconds to generate when
+        it is large: in a thread, so that the event loop goes on answering the other requests
+        meanwhile, as a service would."""
+        key = (region, compartment_id)
+        if self.world.custom.ready(key):
+            return self.world.custom.get(key, [])
+        return await asyncio.to_thread(self.world.custom.get, key, [])
+
+    def _selected(self, key: tuple[object, ...]) -> list[Image] | None:
         selection = self._selections.get(key)
-        if selection is None:
-            selection = self._selections[key] = select()
-            while len(self._selections) > 64:
-                self._selections.popitem(last=False)
-        else:
+        if selection is not None:
             self._selections.move_to_end(key)
         return selection
 
+    def _remember(self, key: tuple[object, ...], selection: list[Image]) -> None:
+        self._selections[key] = selection
+        while len(self._selections) > 64:
+            self._selections.popitem(last=False)
+
     def _select_images(
-        self, region: str, compartment_id: str, filters: Sequence[Any]
+        self, region: str, custom: list[Image], filters: Sequence[Any]
     ) -> list[Image]:
         display_name, operating_system, os_version, shape, lifecycle, sort_by, sort_order = filters
-        groups = [self.world.platform[region], self.world.custom.get((region, compartment_id), [])]
+        groups = [self.world.platform[region], custom]
         result: list[Image] = []
         for group in groups:
             chosen = [
