@@ -10,17 +10,7 @@ import pytest
 
 from connector.emulator import EmulatorServer
 from connector.retry import RateController, RetryPolicy, Ticket, is_retryable_status
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.helpers import FakeClock
 
 
 @pytest.mark.parametrize(

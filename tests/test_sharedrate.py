@@ -17,21 +17,11 @@ import pytest
 from connector import sharedrate
 from connector.retry import AdaptiveLimiter, RateController, Ticket
 from connector.sharedrate import SharedRates
+from tests.helpers import FakeClock
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("fcntl") is None, reason="needs fcntl (POSIX)"
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 _OPENED: list[SharedRates] = []
@@ -55,6 +45,17 @@ def limiter(rates: SharedRates, clock: FakeClock, max_rate: float | None = None)
     return AdaptiveLimiter(16, max_rate, clock, share=rates.share, states=rates.state)
 
 
+def two_shards(tmp_path: Path, clock: FakeClock) -> tuple[RateController, RateController]:
+    """Endpoint x's controllers in shards 0 and 1 of two, the second just slow-started by
+    successes of the first only, ten in a second."""
+    first = limiter(shard(tmp_path, 0), clock).controller("x")
+    second = limiter(shard(tmp_path, 1), clock).controller("x")
+    for _ in range(10):
+        clock.advance(0.1)
+        first.on_success(Ticket(clock.now))
+    return first, second
+
+
 class TestOneState:
     def test_shards_reserve_slots_on_one_timeline(self, tmp_path: Path) -> None:
         """Two shards of two at 10 req/s together send 10 req/s, not 5 each on two clocks."""
@@ -68,11 +69,8 @@ class TestOneState:
         """A 429 seen by one shard lowers the rate both pace at; the other shard's 429 for a
         request sent before that decrease changes nothing (one decrease per window for all)."""
         clock = FakeClock()
-        a, b = shard(tmp_path, 0), shard(tmp_path, 1)
-        first, second = limiter(a, clock).controller("x"), limiter(b, clock).controller("x")
+        first, second = two_shards(tmp_path, clock)
         for _ in range(10):
-            clock.advance(0.1)
-            first.on_success(Ticket(clock.now))
             second.on_success(Ticket(clock.now))
         in_flight = Ticket(clock.now)
         clock.advance(0.01)
@@ -82,17 +80,14 @@ class TestOneState:
         assert 1 == second.decreases == first.decreases
         clock.advance(0.5)
         assert second.on_throttle(Ticket(clock.now - 0.1))
-        assert first.rate == pytest.approx(RateController.decrease * 10.0)
+        # The last second holds 5 successes of the first shard and 10 of the second.
+        assert first.rate == pytest.approx(RateController.decrease * 15.0)
 
     def test_successes_of_every_shard_climb_the_one_rate(self, tmp_path: Path) -> None:
         """After slow start each success adds a·share/rate, share being the shards joined: two
         of two climb as one run does."""
         clock = FakeClock()
-        a, b = shard(tmp_path, 0), shard(tmp_path, 1)
-        first, second = limiter(a, clock).controller("x"), limiter(b, clock).controller("x")
-        for _ in range(10):
-            clock.advance(0.1)
-            first.on_success(Ticket(clock.now))
+        first, second = two_shards(tmp_path, clock)
         first.on_throttle(Ticket(clock.now))
         clock.advance(0.5)
         second.on_throttle(Ticket(clock.now))
