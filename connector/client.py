@@ -20,14 +20,12 @@ Network set-up follows the official SDK (whose sessions are requests sessions):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import ssl
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -56,7 +54,6 @@ from connector.proxy import Proxy, proxy_for
 from connector.retry import (
     AdaptiveLimiter,
     Clock,
-    PriorityGate,
     RateState,
     RetryPolicy,
     Sleep,
@@ -323,18 +320,15 @@ class OciClient:
         url: str,
         params: Mapping[str, Any],
         *,
-        gate: PriorityGate | None = None,
         validate: Callable[[bytes], object] | None = None,
         **context: Any,
     ) -> AsyncGenerator[PageResponse, None]:
         """The pages of a list call, following ``opc-next-page``: the one pagination loop.
 
-        A listing's next page (priority 0) goes ahead of a new listing's first (priority 1),
-        here and in ``gate``, so that listings finish instead of all advancing a page at a
-        time. With ``gate``, a unit is held from each request until the caller asks for the
-        next page: it bounds the pages fetched but not yet handed on. A token the service gave
-        before would make the loop endless: ``PaginationError``. Iterate inside
-        ``contextlib.aclosing`` so that leaving early releases the gate at once.
+        A listing's next page (priority 0) goes ahead of a new listing's first (priority 1) in
+        the limiter, so that listings finish instead of all advancing a page at a time. A token
+        the service gave before would make the loop endless: ``PaginationError``. Iterate
+        inside ``contextlib.aclosing``, so that leaving early closes the loop at once.
         """
         seen: set[str] = set()
         token: str | None = None
@@ -344,12 +338,11 @@ class OciClient:
             pages.next_page()
             priority = 0 if token else 1
             query = {**params, "page": token} if token else params
-            async with _held(gate, priority):
-                response = await self.get(
-                    url, query, priority=priority, validate=validate, page=number + 1, **context
-                )
-                number += 1
-                yield PageResponse(number, response, token)
+            response = await self.get(
+                url, query, priority=priority, validate=validate, page=number + 1, **context
+            )
+            number += 1
+            yield PageResponse(number, response, token)
             token = response.next_page
             if token is None:
                 return
@@ -532,10 +525,6 @@ def _invalid(
             f"the response body is not whole JSON ({exc})", opc_request_id=response.opc_request_id
         )
     return None
-
-
-def _held(gate: PriorityGate | None, priority: int) -> AbstractAsyncContextManager[None]:
-    return gate.hold(priority) if gate is not None else contextlib.nullcontext()
 
 
 def _with_query(url: str, params: Mapping[str, Any]) -> str:
