@@ -69,6 +69,9 @@ STALE_S = 7 * 86400.0
 
 # magic, boot id, boot moment, total share, shards joined, bitmap of the shards joined
 _HEADER = struct.Struct(f"<8s16sddq{MAX_SHARDS // 8}s")
+_TOTAL = struct.Struct("<d")
+_TOTAL_AT = struct.calcsize("<8s16sd")
+"""Where the total share is: read on every use of a state, without the bitmap."""
 # rate (NaN: unpaced), next slot, last decrease, started (NaN: not yet), last touched,
 # slow start, decreases, newest bucket's number, the buckets
 _FIELDS = struct.Struct(f"<dddddqqq{BUCKETS}I")
@@ -207,7 +210,7 @@ class SharedRates:
 
     def _share(self) -> float:
         assert self._map is not None
-        total = _HEADER.unpack_from(self._map, 0)[3]
+        (total,) = _TOTAL.unpack_from(self._map, _TOTAL_AT)
         return float(min(1.0, max(total, self.share)))
 
 
