@@ -9,7 +9,7 @@ only itself; the run goes on (and ends partial).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -72,11 +72,15 @@ class Fetcher:
         self.per_region = max(1, per_region)
 
     async def fetch_all(
-        self, items: Sequence[WorkItem], send: MemoryObjectSendStream[Message]
+        self,
+        items: Sequence[WorkItem],
+        send: MemoryObjectSendStream[Message],
+        expected_pages: Mapping[WorkItem, int] | None = None,
     ) -> None:
-        """Fetch every listing, each region's in order, regions side by side."""
+        """Fetch every listing, regions side by side; each region's in the order of
+        ``largest_first``."""
         queues: dict[str, deque[WorkItem]] = {}
-        for item in items:
+        for item in largest_first(items, expected_pages or {}):
             queues.setdefault(item.region, deque()).append(item)
         async with send, anyio.create_task_group() as group:
             for queue in queues.values():
@@ -166,6 +170,19 @@ class Fetcher:
                 )
                 await send.send(_page(item, number, response))
             bad = _failed(await self.verdicts.collect(item, set(bad)))
+
+
+def largest_first(items: Sequence[WorkItem], pages: Mapping[WorkItem, int]) -> list[WorkItem]:
+    """``items`` with the listings expected to take most pages first (``pages``: from the last
+    snapshot, see ``snapshots.listing_pages``), the others in their order.
+
+    A listing's pages come one after another (each page's token is in the one before), so a
+    listing of many pages taken last runs alone at the end of the fetch while the other
+    requests in flight have nothing left to do. Taken first, it runs beside the short ones.
+    """
+    if not pages:
+        return list(items)
+    return sorted(items, key=lambda item: -pages.get(item, 1))
 
 
 def _page(item: WorkItem, number: int, response: Response) -> Page:

@@ -45,6 +45,7 @@ from connector import (
     regions,
     safety,
     schema,
+    snapshots,
     storage,
     tables,
 )
@@ -182,6 +183,7 @@ class Export:
         self._platform_mode = settings.fetch.platform_images
         self._sink_options = SinkOptions(output.format, output.effective_compression)
         self.discovery: discovery.Discovery | None = None
+        self._listing_pages: dict[WorkItem, int] = {}
         data_prefix, reject_prefix = publish.shard_prefixes(*shard)
         setup = WorkerSetup(
             run=self._run_info,
@@ -322,6 +324,8 @@ class Export:
                 ):
                     # Worker processes start (and import pyarrow) while discovery runs.
                     group.start_soon(self.workers.serve)
+                    self._listing_pages_read = anyio.Event()
+                    group.start_soon(self._read_listing_pages)
                     discovering = time.monotonic()
                     try:
                         items = await self.work_items()
@@ -332,6 +336,7 @@ class Export:
                     fetching = self.progress.fetch_started = time.monotonic()
                     self._timings["discovery_s"] = fetching - discovering
                     self.progress.listings_total = len(items)
+                    await self._listing_pages_read.wait()
                     with self._parsing_here():
                         await self._stream(partial(self._fetch_all, items))
                     written = await self._close()
@@ -426,11 +431,19 @@ class Export:
                     else:
                         await self.workers.end(message.item, message.pages, message.error)
 
+    async def _read_listing_pages(self) -> None:
+        """The pages each listing took in the last snapshot, read while discovery runs: the
+        fetch takes the longest listings first (``fetch.largest_first``)."""
+        self._listing_pages = await anyio.to_thread.run_sync(
+            snapshots.listing_pages, self.fs, self.base
+        )
+        self._listing_pages_read.set()
+
     async def _fetch_all(
         self, items: list[WorkItem], send: MemoryObjectSendStream[Message]
     ) -> None:
         started = time.monotonic()
-        await self.fetcher.fetch_all(items, send)
+        await self.fetcher.fetch_all(items, send, self._listing_pages)
         self._timings["fetch_s"] = time.monotonic() - started
 
     async def _close(self) -> tuple[list[FileInfo], list[FileInfo]]:

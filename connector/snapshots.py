@@ -16,6 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from connector.errors import PublishError
+from connector.pages import WorkItem
 from connector.publish import exists, read_json
 
 _DATE_DIR = re.compile(r"^snapshot_date=(\d{4}-\d{2}-\d{2})$")
@@ -47,6 +48,36 @@ def manifest(fs: pafs.FileSystem, base: str, snapshot_date: str, dataset: str = 
     if not exists(fs, path):
         raise PublishError(f"no published snapshot of {dataset} for {snapshot_date} ({path})")
     return read_json(fs, path)
+
+
+def listing_pages(fs: pafs.FileSystem, base: str) -> dict[WorkItem, int]:
+    """How many pages each listing took in the newest snapshot of ``images`` (complete or
+    partial), for listings of more than one page: what the next run orders its listings by.
+
+    A hint, never a reason to fail: no snapshot yet, a manifest that cannot be read, or entries
+    of another shape give fewer hints or none.
+    """
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(f"{base}/images", allow_not_found=True))
+    except OSError:
+        return {}
+    days = sorted((e.base_name for e in entries if _DATE_DIR.match(e.base_name)), reverse=True)
+    for day in days[:2]:  # the newest may be a partition a killed commit left without manifest
+        try:
+            document = read_json(fs, f"{base}/images/{day}/_manifest.json")
+        except (OSError, ValueError):
+            continue
+        listings = document.get("compartments") if isinstance(document, dict) else None
+        pages: dict[WorkItem, int] = {}
+        for entry in listings if isinstance(listings, list) else ():
+            if not isinstance(entry, dict):
+                continue
+            region, compartment = entry.get("region"), entry.get("compartment_id")
+            count = entry.get("pages")
+            if isinstance(region, str) and isinstance(compartment, str) and type(count) is int:
+                pages[WorkItem(region, compartment)] = count
+        return {item: count for item, count in pages.items() if count > 1}
+    return {}
 
 
 def read_batches(

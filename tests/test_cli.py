@@ -320,3 +320,46 @@ def test_the_progress_bar_on_a_terminal(
         if "request.retry" in row:  # a whole log line, never the tail of a bar
             assert not row.startswith("[")
     assert not any(row.startswith("[") for row in rows)  # the bar is gone at the end
+
+
+def _worker_processes() -> list[int]:
+    """Worker processes of this tool running now (their boot module in the command line)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"connector.workers.boot" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_exit_2_for_credentials_leaves_no_worker_behind(tmp_path: Path) -> None:
+    """The workers start once the configuration is valid, before the credentials load (they
+    import pyarrow meanwhile); credentials that cannot load still exit 2, naming the problem,
+    and the workers are gone by the time the command returns."""
+    profile = tmp_path / "oci-config"
+    profile.write_text(
+        "[DEFAULT]\nuser=ocid1.user.oc1..u\nfingerprint=aa:bb\ntenancy=ocid1.tenancy.oc1..t\n"
+        f"region=us-ashburn-1\nkey_file={tmp_path / 'missing.pem'}\n"
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[oci]\nconfig_file = "{profile}"\n[fetch]\nworkers = 2\n'
+        f'[output]\nuri = "{tmp_path / "lake"}"\n'
+    )
+    assert [] == _worker_processes()
+    # Output to a file: a pipe would make the wait last until every process holding it ended.
+    with (tmp_path / "stderr").open("w+") as stderr:
+        code = subprocess.call(
+            [sys.executable, "-m", "connector", "run", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=ROOT,
+            timeout=60,
+        )
+        assert [] == _worker_processes()
+        stderr.seek(0)
+        assert 2 == code
+        assert "missing.pem" in stderr.read()

@@ -120,3 +120,23 @@ def test_builds_from_a_bigger_world() -> None:
     tree = Tree.of(world.tenancy_id, listed)
     paths = [tree.path(c.id) for c in world.compartments]
     assert all(p == "root" or p.startswith("root/") for p in paths)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-02-03T04:05:06Z", datetime(2024, 2, 3, 4, 5, 6, tzinfo=UTC)),
+        ("2024-02-03t04:05:06.5z", datetime(2024, 2, 3, 4, 5, 6, 500000, tzinfo=UTC)),
+        ("2024-02-03 06:05:06+02:00", datetime(2024, 2, 3, 4, 5, 6, tzinfo=UTC)),
+        ("2024-02-03T04:05:06", None),  # no offset: no moment
+        ("2024-02-03T04:05Z", None),  # RFC 3339 has seconds
+        ("2024-02-30T04:05:06Z", None),
+        ("0001-01-01T00:00:00+01:00", None),  # before year 1 in UTC
+        (20240203, None),
+    ],
+)
+def test_times_are_rfc_3339_in_utc(text: object, expected: datetime | None) -> None:
+    tree = Tree.of(TENANCY, [{**FINANCE, "timeCreated": text}])
+    table = compartments.table(tree, frozenset(), {}, snapshot_date=DAY, run_id="r")
+    row = next(r for r in table.to_pylist() if r["id"] == FINANCE["id"])
+    assert expected == row["time_created"]

@@ -14,10 +14,13 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pytest
 
-from connector import cli, publish, storage
+from connector import cli, publish, snapshots, storage
 from connector.emulator import EmulatorServer, build_world
+from connector.fetch import largest_first
+from connector.pages import WorkItem
 from tests.helpers import DATE, WORLD, write_config
 from tests.reference import expected_rows, multiset, normalise_actual
 
@@ -407,3 +410,61 @@ def test_explicit_compartments_and_exclude(lake_emulator: EmulatorServer, tmp_pa
     assert "scope.exclude" == rows[chosen[0]]["_excluded_reason"]
     assert all(rows[c]["_exported"] for c in chosen[1:])
     assert all(world.path(c) == rows[c]["path"] for c in described)
+
+
+def test_a_rerun_takes_the_longest_listings_first(
+    lake_emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """Each region's listings that took most pages in the last snapshot are fetched first: a
+    listing's pages come one after another, and taken last it would run alone at the end."""
+    config = write_config(tmp_path, lake_emulator, fetch={"concurrency": 1, "page_size": 10})
+    assert 0 == run(config)
+    first = lake_emulator.stats()["listed_compartments"]
+    pages = {
+        f"{c['region']}/{c['compartment_id']}": c["pages"]
+        for c in manifest_of(tmp_path)["compartments"]
+    }
+    lake_emulator.call(lake_emulator.emulator.reset_stats)
+    assert 0 == run(config)
+    second = list(lake_emulator.stats()["listed_compartments"])
+    for region in lake_emulator.world.regions:
+        before = [key for key in first if key.startswith(f"{region}/")]
+        after = [key for key in second if key.startswith(f"{region}/")]
+        assert sorted(before) == sorted(after)
+        assert [pages[key] for key in after] == sorted((pages[k] for k in after), reverse=True)
+        # Ties keep the order of the first run (discovery's order).
+        assert after == sorted(before, key=lambda key: -pages[key])
+        assert max(pages[key] for key in after) > 1
+        assert after != before  # the first run's order was discovery's, not this one
+
+
+def test_listing_pages_are_only_a_hint(tmp_path: Path) -> None:
+    """What the last snapshot says about its listings orders the next run; a lake without one,
+    a manifest that cannot be read, or entries of another shape never fail it."""
+    fs, base = pafs.LocalFileSystem(), str(tmp_path / "lake")
+    assert {} == snapshots.listing_pages(fs, base)
+    older = tmp_path / "lake" / "images" / "snapshot_date=2026-11-25"
+    older.mkdir(parents=True)
+    listings = [
+        {"region": "r1", "compartment_id": "c1", "pages": 3},
+        {"region": "r1", "compartment_id": "c2", "pages": 1},
+        {"region": "r2", "compartment_id": "c1", "pages": 2},
+        {"region": "r2", "compartment_id": "c3", "pages": "2"},
+        {"region": None, "compartment_id": "c4", "pages": 5},
+        ["r3", "c5", 4],
+    ]
+    (older / "_manifest.json").write_bytes(orjson.dumps({"compartments": listings}))
+    # The newest partition's manifest is cut short (a disk that filled up): the one before serves.
+    newer = tmp_path / "lake" / "images" / "snapshot_date=2026-11-26"
+    newer.mkdir()
+    (newer / "_manifest.json").write_bytes(b'{"compartments": [')
+    assert {WorkItem("r1", "c1"): 3, WorkItem("r2", "c1"): 2} == snapshots.listing_pages(fs, base)
+    (older / "_manifest.json").write_bytes(b'{"compartments": {"r1": 3}}')
+    assert {} == snapshots.listing_pages(fs, base)
+
+
+def test_largest_first_keeps_the_order_of_the_rest() -> None:
+    items = [WorkItem("r", c) for c in ("a", "b", "c", "d")]
+    assert items == largest_first(items, {})
+    hint = {WorkItem("r", "c"): 4, WorkItem("r", "d"): 2, WorkItem("x", "a"): 9}
+    assert ["c", "d", "a", "b"] == [i.compartment_id for i in largest_first(items, hint)]

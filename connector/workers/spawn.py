@@ -57,3 +57,14 @@ def launch(count: int) -> Launched:
     for _, end in pairs:
         end.close()
     return Launched(process, [ours for ours, _ in pairs])
+
+
+def abandon(launched: Launched) -> None:
+    """Stop workers that will not be used: closing their sockets ends them; wait for that."""
+    for sock in launched.sockets:
+        sock.close()
+    try:
+        launched.process.wait(5.0)
+    except subprocess.TimeoutExpired:
+        launched.process.kill()
+        launched.process.wait()
