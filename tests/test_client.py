@@ -256,3 +256,51 @@ def test_secrets_never_reach_logs_or_errors(
 def test_loopback_detection(host: str, expected: bool) -> None:
     """Plain http is allowed by default only to loopback addresses."""
     assert expected == is_loopback(host)
+
+
+def test_a_fetch_task_goes_on_while_its_listing_waits_for_verdicts(
+    make_emulator: Callable[..., EmulatorServer],
+) -> None:
+    """A listing ends once the workers have parsed its pages; meanwhile its fetch task takes
+    the next listing (here the only task: without that, the two would wait on each other)."""
+    from connector.discovery import Endpoints
+    from connector.fetch import Fetcher, ListingEnd
+    from connector.pages import Page, WorkItem
+    from connector.workers.coordinator import Verdicts
+
+    server = make_emulator()
+    region = server.world.home_region
+    first, second = (WorkItem(region, c.id) for c in server.world.listable_compartments()[:2])
+    verdicts = Verdicts()
+    seen: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        async with OciClient(signer_for(server), ClientOptions(retry=FAST_RETRY)) as client:
+            endpoints = Endpoints(server.endpoint_template, "", region)
+            fetcher = Fetcher(client, endpoints, 1000, {}, per_region=1, verdicts=verdicts)
+            send, receive = anyio.create_memory_object_stream[Page | ListingEnd](4)
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(fetcher.fetch_all, [first, second], send)
+                    held: list[int] = []
+                    async with receive:
+                        async for message in receive:
+                            kind = "page" if isinstance(message, Page) else "end"
+                            seen.append((kind, message.item.compartment_id))
+                            if not isinstance(message, Page):
+                                continue
+                            if message.item == first:
+                                held.append(message.number)
+                                continue
+                            for number in held:  # the first listing's pages, parsed only now
+                                verdicts.put(first, number, None)
+                            held.clear()
+                            verdicts.put(second, message.number, None)
+
+    anyio.run(main)
+    one, two = first.compartment_id, second.compartment_id
+    pages = [c for kind, c in seen if kind == "page"]
+    assert pages == sorted(pages, key=[one, two].index)  # one listing after the other
+    ends = [c for kind, c in seen if kind == "end"]
+    assert sorted([one, two]) == sorted(ends)
+    assert seen.index(("end", one)) > seen.index(("page", two))
