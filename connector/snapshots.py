@@ -21,6 +21,7 @@ from connector.publish import exists, read_json
 
 _DATE_DIR = re.compile(r"^snapshot_date=(\d{4}-\d{2}-\d{2})$")
 _LINES_PER_BATCH = 16_384
+_PLAIN = re.compile(r"[^\t\n]*")
 
 
 def published_dates(fs: pafs.FileSystem, base: str, dataset: str = "images") -> list[str]:
@@ -64,20 +65,36 @@ def listing_pages(fs: pafs.FileSystem, base: str) -> dict[WorkItem, int]:
     days = sorted((e.base_name for e in entries if _DATE_DIR.match(e.base_name)), reverse=True)
     for day in days[:2]:  # the newest may be a partition a killed commit left without manifest
         try:
-            document = read_json(fs, f"{base}/images/{day}/_manifest.json")
+            kept = _longer_listings(read_json(fs, f"{base}/images/{day}/_manifest.json"))
         except (OSError, ValueError):
             continue
-        listings = document.get("compartments") if isinstance(document, dict) else None
-        pages: dict[WorkItem, int] = {}
-        for entry in listings if isinstance(listings, list) else ():
-            if not isinstance(entry, dict):
-                continue
-            region, compartment = entry.get("region"), entry.get("compartment_id")
-            count = entry.get("pages")
-            if isinstance(region, str) and isinstance(compartment, str) and type(count) is int:
-                pages[WorkItem(region, compartment)] = count
-        return {item: count for item, count in pages.items() if count > 1}
+        pages = {}
+        for line in kept.split("\n") if kept else ():
+            region, compartment, count = line.split("\t")
+            pages[WorkItem(region, compartment)] = int(count)
+        return pages
     return {}
+
+
+def _longer_listings(manifest: Any) -> str:
+    """``region\tcompartment\tpages`` lines for the manifest's listings of more than one page.
+
+    One text, so that nothing made while the parsed manifest lives outlives it: objects kept
+    from among its own would pin the memory of all of it, which the process never gives back
+    (about 15 MB for 20,000 listings; 3 MB this way).
+    """
+    listings = manifest.get("compartments") if isinstance(manifest, dict) else None
+    lines = []
+    for entry in listings if isinstance(listings, list) else ():
+        if not isinstance(entry, dict):
+            continue
+        region, compartment = entry.get("region"), entry.get("compartment_id")
+        count = entry.get("pages")
+        if not (isinstance(region, str) and isinstance(compartment, str)):
+            continue
+        if type(count) is int and count > 1 and _PLAIN.fullmatch(region + compartment):
+            lines.append(f"{region}\t{compartment}\t{count}")
+    return "\n".join(lines)
 
 
 def read_batches(
