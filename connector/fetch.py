@@ -84,10 +84,10 @@ class Fetcher:
         send: MemoryObjectSendStream[Message],
         expected_pages: Mapping[WorkItem, int] | None = None,
     ) -> None:
-        """Fetch every listing, regions side by side; each region's in the order of
-        ``largest_first``."""
+        """Fetch every listing, regions side by side; each region's long listings first
+        (``largest_first``)."""
         queues: dict[str, deque[WorkItem]] = {}
-        for item in largest_first(items, expected_pages or {}):
+        for item in largest_first(items, expected_pages or {}, self.per_region):
             queues.setdefault(item.region, deque()).append(item)
         async with (
             send,
@@ -219,17 +219,40 @@ _LISTING_ERRORS = (OciApiError, TransportError, PaginationError, ResponseTooLarg
 """What ends one listing as failed (unless it ``concerns_run``); anything else ends the run."""
 
 
-def largest_first(items: Sequence[WorkItem], pages: Mapping[WorkItem, int]) -> list[WorkItem]:
-    """``items`` with the listings expected to take most pages first (``pages``: from the last
-    snapshot, see ``snapshots.listing_pages``), the others in their order.
+def largest_first(
+    items: Sequence[WorkItem], pages: Mapping[WorkItem, int], tasks: int
+) -> list[WorkItem]:
+    """``items`` with each region's long listings spread over the first half of its queue,
+    longest first, and the others in their order. ``pages`` says how many pages a listing
+    took last time (``snapshots.listing_pages``; one, if it does not say); ``tasks`` is how
+    many fetch tasks a region has.
 
     A listing's pages come one after another (each page's token is in the one before), so a
-    listing of many pages taken last runs alone at the end of the fetch while the other
-    requests in flight have nothing left to do. Taken first, it runs beside the short ones.
+    long listing taken last runs alone at the end of the fetch while the other tasks have
+    nothing left to do. Long means more than a quarter of what each task fetches in all: in S1,
+    the listings of four to six pages, of the region's 220 on 16 tasks. All of them at the very
+    start instead would put the heaviest conversion at the start of every shard at once: four
+    shards on one machine then fell behind the rate limit (S5 at 1,000 compartments: 1.25x the
+    rate bound, against 1.08x in discovery's order; spread, 1.10x against 1.10x), and S1 gained
+    less (1.42x the bare client, against 1.31x spread and 1.47x in discovery's order).
     """
     if not pages:
         return list(items)
-    return sorted(items, key=lambda item: -pages.get(item, 1))
+    regions: dict[str, list[WorkItem]] = {}
+    for item in items:
+        regions.setdefault(item.region, []).append(item)
+    ordered: list[WorkItem] = []
+    for listings in regions.values():
+        quarter = sum(pages.get(item, 1) for item in listings) / max(1, tasks) / 4
+        long = sorted((i for i in listings if pages.get(i, 1) > quarter), key=lambda i: -pages[i])
+        rest = [item for item in listings if pages.get(item, 1) <= quarter]
+        # Spread over the first half of the queue, one every `step` of the others.
+        step = len(rest) // 2 // max(1, len(long))
+        for n, item in enumerate(long):
+            ordered.append(item)
+            ordered += rest[n * step : (n + 1) * step]
+        ordered += rest[len(long) * step :]
+    return ordered
 
 
 def _page(item: WorkItem, number: int, response: Response) -> Page:

@@ -412,30 +412,37 @@ def test_explicit_compartments_and_exclude(lake_emulator: EmulatorServer, tmp_pa
     assert all(world.path(c) == rows[c]["path"] for c in described)
 
 
-def test_a_rerun_takes_the_longest_listings_first(
+def test_a_run_starts_with_the_long_listings_of_the_last_snapshot(
     lake_emulator: EmulatorServer, tmp_path: Path
 ) -> None:
-    """Each region's listings that took most pages in the last snapshot are fetched first: a
-    listing's pages come one after another, and taken last it would run alone at the end."""
-    config = write_config(tmp_path, lake_emulator, fetch={"concurrency": 1, "page_size": 10})
-    assert 0 == run(config)
-    first = lake_emulator.stats()["listed_compartments"]
-    pages = {
-        f"{c['region']}/{c['compartment_id']}": c["pages"]
-        for c in manifest_of(tmp_path)["compartments"]
-    }
+    """The newest snapshot's manifest says how many pages each listing took; the long ones go
+    first, spread over the first half of the region's queue (a long listing taken last would
+    run alone at the end of the fetch)."""
+    config = write_config(tmp_path, lake_emulator, fetch={"concurrency": 1})
+    assert 0 == run(config)  # a lake without a snapshot: discovery's order
+    discovered = list(lake_emulator.stats()["listed_compartments"])
+    region = lake_emulator.world.home_region
+    mine = [key for key in discovered if key.startswith(f"{region}/")]
+    longest, long = mine[-1], mine[-2]
+    # Another lake, whose snapshot of the day before says those two took many pages.
+    lake = tmp_path / "other-lake"
+    day = lake / "images" / "snapshot_date=2026-01-01"
+    day.mkdir(parents=True)
+    hint = [
+        {"region": region, "compartment_id": key.split("/", 1)[1], "pages": pages}
+        for key, pages in ((long, 200), (longest, 300))
+    ]
+    (day / "_manifest.json").write_bytes(orjson.dumps({"compartments": hint}))
+    config = write_config(
+        tmp_path, lake_emulator, fetch={"concurrency": 1}, output={"uri": str(lake)}
+    )
     lake_emulator.call(lake_emulator.emulator.reset_stats)
     assert 0 == run(config)
-    second = list(lake_emulator.stats()["listed_compartments"])
-    for region in lake_emulator.world.regions:
-        before = [key for key in first if key.startswith(f"{region}/")]
-        after = [key for key in second if key.startswith(f"{region}/")]
-        assert sorted(before) == sorted(after)
-        assert [pages[key] for key in after] == sorted((pages[k] for k in after), reverse=True)
-        # Ties keep the order of the first run (discovery's order).
-        assert after == sorted(before, key=lambda key: -pages[key])
-        assert max(pages[key] for key in after) > 1
-        assert after != before  # the first run's order was discovery's, not this one
+    order = [k for k in lake_emulator.stats()["listed_compartments"] if k.startswith(f"{region}/")]
+    rest = mine[:-2]
+    step = len(rest) // 2 // 2
+    assert [longest, *rest[:step], long, *rest[step:]] == order
+    assert step > 1
 
 
 def test_listing_pages_are_only_a_hint(tmp_path: Path) -> None:
@@ -463,8 +470,13 @@ def test_listing_pages_are_only_a_hint(tmp_path: Path) -> None:
     assert {} == snapshots.listing_pages(fs, base)
 
 
-def test_largest_first_keeps_the_order_of_the_rest() -> None:
-    items = [WorkItem("r", c) for c in ("a", "b", "c", "d")]
-    assert items == largest_first(items, {})
-    hint = {WorkItem("r", "c"): 4, WorkItem("r", "d"): 2, WorkItem("x", "a"): 9}
-    assert ["c", "d", "a", "b"] == [i.compartment_id for i in largest_first(items, hint)]
+def test_largest_first_spreads_the_long_listings() -> None:
+    """Long: more than a quarter of what each of the region's tasks fetches in all."""
+    items = [WorkItem("r", f"c{n:02d}") for n in range(20)] + [WorkItem("x", "a")]
+    assert items == largest_first(items, {}, 2)
+    hint = {items[15]: 9, items[3]: 5, items[19]: 2, WorkItem("x", "a"): 9}
+    # r: 9 + 5 + 2 + 17 pages on 2 tasks, a quarter of each task's 16.5 is 4.1 pages: c15 and
+    # c03 are long, c19 is not; the first half of the 18 others is spread between them.
+    rest = [item for item in items[:20] if item not in (items[15], items[3])]
+    expected = [items[15], *rest[:4], items[3], *rest[4:], WorkItem("x", "a")]
+    assert expected == largest_first(items, hint, 2)
