@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -123,40 +123,31 @@ class Fetcher:
         pages = self.client.paginate(
             url, params, region=item.region, compartment_id=item.compartment_id
         )
-        number = 0
-        tokens: dict[int, str | None] = {}
+        sent = _Sent(item, url, params)
         try:
             async with aclosing(pages):
                 async for paged in pages:
-                    number = paged.number
-                    tokens[number] = paged.token
-                    await send.send(_page(item, number, paged.response))
+                    sent.tokens[paged.number] = paged.token
+                    await send.send(_page(item, paged.number, paged.response))
         except _LISTING_ERRORS as exc:
-            await self._failed(item, number, exc, send)
+            await self._failed(item, sent.pages, exc, send)
             return
         await ahead.acquire()
-        ending.start_soon(self._end, item, url, params, tokens, number, send.clone(), ahead)
+        ending.start_soon(self._end, sent, send.clone(), ahead)
 
     async def _end(
-        self,
-        item: WorkItem,
-        url: str,
-        params: dict[str, Any],
-        tokens: dict[int, str | None],
-        number: int,
-        send: ObjectSendStream[Message],
-        ahead: anyio.Semaphore,
+        self, sent: _Sent, send: ObjectSendStream[Message], ahead: anyio.Semaphore
     ) -> None:
-        """End a listing whose ``number`` pages were all sent: once the workers' verdicts are
-        in and the pages they could not parse were fetched again (``_settle``)."""
+        """End a listing whose pages were all sent: once the workers' verdicts are in and the
+        pages they could not parse were fetched again (``_settle``)."""
         try:
             async with send:
                 try:
-                    await self._settle(item, url, params, tokens, send)
+                    await self._settle(sent, send)
                 except _LISTING_ERRORS as exc:
-                    await self._failed(item, number, exc, send)
+                    await self._failed(sent.item, sent.pages, exc, send)
                 else:
-                    await send.send(ListingEnd(item, number, None))
+                    await send.send(ListingEnd(sent.item, sent.pages, None))
         finally:
             ahead.release()
 
@@ -170,21 +161,15 @@ class Fetcher:
             raise exc  # every listing would fail the same way: stop the run, say why
         await send.send(ListingEnd(item, number, ListingError.from_exception(exc)))
 
-    async def _settle(
-        self,
-        item: WorkItem,
-        url: str,
-        params: dict[str, Any],
-        tokens: dict[int, str | None],
-        send: ObjectSendStream[Message],
-    ) -> None:
+    async def _settle(self, sent: _Sent, send: ObjectSendStream[Message]) -> None:
         """Wait for the workers' verdicts on the listing's pages; ask again for those that could
         not be parsed (cut short), with the same page token, a few times. ``PageError`` if one
         never comes whole."""
-        if self.verdicts is None or not tokens:
+        if self.verdicts is None or not sent.tokens:
             return
+        item = sent.item
         policy = self.client.options.retry
-        bad = _failed(await self.verdicts.collect(item, set(tokens)))
+        bad = _failed(await self.verdicts.collect(item, set(sent.tokens)))
         attempt = 1
         while bad:
             if attempt >= policy.max_attempts:
@@ -201,10 +186,10 @@ class Fetcher:
                     attempt=attempt,
                     reason=reason,
                 )
-                token = tokens[number]
-                query = {**params, "page": token} if token else params
+                token = sent.tokens[number]
+                query = {**sent.params, "page": token} if token else sent.params
                 response = await self.client.get(
-                    url,
+                    sent.url,
                     query,
                     priority=0,
                     region=item.region,
@@ -213,6 +198,21 @@ class Fetcher:
                 )
                 await send.send(_page(item, number, response))
             bad = _failed(await self.verdicts.collect(item, set(bad)))
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A listing whose pages went to the workers: what its end needs to ask for one again."""
+
+    item: WorkItem
+    url: str
+    params: dict[str, Any]
+    tokens: dict[int, str | None] = field(default_factory=dict)
+    """The token each page was asked for with (None for the first), by page number."""
+
+    @property
+    def pages(self) -> int:
+        return len(self.tokens)
 
 
 _LISTING_ERRORS = (OciApiError, TransportError, PaginationError, ResponseTooLarge, PageError)
@@ -244,7 +244,8 @@ def largest_first(
     ordered: list[WorkItem] = []
     for listings in regions.values():
         quarter = sum(pages.get(item, 1) for item in listings) / max(1, tasks) / 4
-        long = sorted((i for i in listings if pages.get(i, 1) > quarter), key=lambda i: -pages[i])
+        long = [item for item in listings if pages.get(item, 1) > quarter]
+        long.sort(key=lambda item: -pages.get(item, 1))
         rest = [item for item in listings if pages.get(item, 1) <= quarter]
         # Spread over the first half of the queue, one every `step` of the others.
         step = len(rest) // 2 // max(1, len(long))

@@ -480,3 +480,11 @@ def test_largest_first_spreads_the_long_listings() -> None:
     rest = [item for item in items[:20] if item not in (items[15], items[3])]
     expected = [items[15], *rest[:4], items[3], *rest[4:], WorkItem("x", "a")]
     assert expected == largest_first(items, hint, 2)
+
+
+def test_largest_first_with_more_tasks_than_pages() -> None:
+    """Where each task has less than a page to fetch, every listing counts as long: those the
+    hint names first, the others (one page, as far as anyone knows) after, in their order."""
+    items = [WorkItem("r", c) for c in ("a", "b", "c", "d")]
+    hint = {items[2]: 3}
+    assert ["c", "a", "b", "d"] == [i.compartment_id for i in largest_first(items, hint, 16)]
