@@ -233,13 +233,23 @@ from pathlib import Path
 from connector.retry import AdaptiveLimiter
 from connector.sharedrate import SharedRates
 
+read: list[float] = []  # the clock's readings: the reserved slot is the first plus the wait
+
+
+def clock() -> float:
+    read.append(time.monotonic())
+    return read[-1]
+
+
 with SharedRates("race", int(sys.argv[1]), 0.5, where=Path(sys.argv[2])) as rates:
     print("joined", flush=True)
     sys.stdin.readline()  # both have joined
-    controller = AdaptiveLimiter(16, 40, share=0.5, states=rates.state).controller("x")
+    limiter = AdaptiveLimiter(16, 40, clock=clock, share=0.5, states=rates.state)
+    controller = limiter.controller("x")
     for _ in range(20):
+        read.clear()
         wait = controller.reserve()
-        print("slot", time.monotonic() + wait, flush=True)
+        print("slot", read[0] + wait, flush=True)
         time.sleep(wait)
 """
 
