@@ -433,7 +433,7 @@ class Export:
 
     async def _read_listing_pages(self) -> None:
         """The pages each listing took in the last snapshot, read while discovery runs: the
-        fetch takes the long ones early (``fetch.largest_first``)."""
+        fetch takes the long ones early (``fetch.long_listings_early``)."""
         self._listing_pages = await anyio.to_thread.run_sync(
             snapshots.listing_pages, self.fs, self.base
         )

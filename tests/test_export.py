@@ -19,7 +19,7 @@ import pytest
 
 from connector import cli, publish, snapshots, storage
 from connector.emulator import EmulatorServer, build_world
-from connector.fetch import largest_first
+from connector.fetch import long_listings_early
 from connector.pages import WorkItem
 from tests.helpers import DATE, WORLD, write_config
 from tests.reference import expected_rows, multiset, normalise_actual
@@ -470,21 +470,23 @@ def test_listing_pages_are_only_a_hint(tmp_path: Path) -> None:
     assert {} == snapshots.listing_pages(fs, base)
 
 
-def test_largest_first_spreads_the_long_listings() -> None:
+def test_long_listings_are_spread_over_the_first_half() -> None:
     """Long: more than a quarter of what each of the region's tasks fetches in all."""
-    items = [WorkItem("r", f"c{n:02d}") for n in range(20)] + [WorkItem("x", "a")]
-    assert items == largest_first(items, {}, 2)
+    items = [WorkItem("r", f"c{n:02d}") for n in range(20)]
+    assert items == long_listings_early(items, {}, 2)
     hint = {items[15]: 9, items[3]: 5, items[19]: 2, WorkItem("x", "a"): 9}
-    # r: 9 + 5 + 2 + 17 pages on 2 tasks, a quarter of each task's 16.5 is 4.1 pages: c15 and
-    # c03 are long, c19 is not; the first half of the 18 others is spread between them.
-    rest = [item for item in items[:20] if item not in (items[15], items[3])]
-    expected = [items[15], *rest[:4], items[3], *rest[4:], WorkItem("x", "a")]
-    assert expected == largest_first(items, hint, 2)
+    # 9 + 5 + 2 + 17 pages on 2 tasks, a quarter of each task's 16.5 is 4.1 pages: c15 and c03
+    # are long, c19 is not; the first half of the 18 others is spread between them. A hint for
+    # a listing of another region changes nothing.
+    rest = [item for item in items if item not in (items[15], items[3])]
+    expected = [items[15], *rest[:4], items[3], *rest[4:]]
+    assert expected == long_listings_early(items, hint, 2)
 
 
-def test_largest_first_with_more_tasks_than_pages() -> None:
+def test_long_listings_with_more_tasks_than_pages() -> None:
     """Where each task has less than a page to fetch, every listing counts as long: those the
     hint names first, the others (one page, as far as anyone knows) after, in their order."""
     items = [WorkItem("r", c) for c in ("a", "b", "c", "d")]
     hint = {items[2]: 3}
-    assert ["c", "a", "b", "d"] == [i.compartment_id for i in largest_first(items, hint, 16)]
+    ordered = long_listings_early(items, hint, 16)
+    assert ["c", "a", "b", "d"] == [i.compartment_id for i in ordered]
