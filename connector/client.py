@@ -464,7 +464,9 @@ def _ssl_context(ca_bundle: str, environ: Mapping[str, str]) -> tuple[ssl.SSLCon
     """The verifying TLS context and, for messages, where its CAs come from.
 
     Without any bundle, aiohttp's own verifying context (built when it is imported) serves;
-    building another would load the system's certificates a second time.
+    building another would load the system's certificates a second time (about 20 ms). So it
+    does for a bundle that is the very file OpenSSL loads by default, as ``REQUESTS_CA_BUNDLE``
+    often names it (``/etc/ssl/certs/ca-certificates.crt`` on Debian and Ubuntu).
     """
     key, path = "oci.ca_bundle", ca_bundle
     if not path:
@@ -475,6 +477,8 @@ def _ssl_context(ca_bundle: str, environ: Mapping[str, str]) -> tuple[ssl.SSLCon
     if not path:
         return True, "the system's trusted CAs"
     location = os.path.expanduser(path)
+    if _is_default_bundle(location):
+        return True, f"the CA file {path} ({key})"
     try:
         if os.path.isdir(location):
             context = ssl.create_default_context(capath=location)
@@ -486,6 +490,16 @@ def _ssl_context(ca_bundle: str, environ: Mapping[str, str]) -> tuple[ssl.SSLCon
             key, f"{path} is not a readable PEM bundle of CA certificates ({reason})"
         ) from None
     return context, f"the CA file {path} ({key})"
+
+
+def _is_default_bundle(location: str) -> bool:
+    """Whether ``location`` is the CA file a default verifying context loads."""
+    default = ssl.get_default_verify_paths().cafile
+    return (
+        default is not None
+        and os.path.isfile(location)
+        and os.path.realpath(location) == os.path.realpath(default)
+    )
 
 
 def _certificate_reason(exc: BaseException) -> str:

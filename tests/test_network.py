@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,6 +153,64 @@ class TestPrivateCa:
         environ = {"HTTPS_PROXY": network["proxy"].url, "REQUESTS_CA_BUNDLE": str(pki.ca_file)}
         ids, _ = fetch(emulator, f"https://{PCA}", environ)
         assert ids
+
+    def test_the_default_bundle_is_not_loaded_again(
+        self, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A bundle that is the file OpenSSL loads by default (here through a symlink, as
+        /usr/lib/ssl/cert.pem is) reuses aiohttp's verifying context; any other file is loaded."""
+        from connector.client import _ssl_context
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
+        link = tmp_path / "cert.pem"
+        link.symlink_to(pki.ca_file)
+        context, source = _ssl_context("", {"REQUESTS_CA_BUNDLE": str(link)})
+        assert context is True
+        assert f"the CA file {link} (REQUESTS_CA_BUNDLE)" == source
+        other = make_private_ca(tmp_path / "other", (PCA,))
+        context, source = _ssl_context(str(other.ca_file), {})
+        assert isinstance(context, ssl.SSLContext)
+        assert f"the CA file {other.ca_file} (oci.ca_bundle)" == source
+
+    @pytest.mark.parametrize("trusted", [True, False])
+    def test_default_bundle_as_a_user_runs_it(
+        self,
+        emulator: EmulatorServer,
+        network: dict[str, Any],
+        pki: Pki,
+        tmp_path: Path,
+        trusted: bool,
+    ) -> None:
+        """`oci-images run` in a process whose OpenSSL default is the appliance's CA
+        (SSL_CERT_FILE): REQUESTS_CA_BUNDLE naming that file verifies the appliance; naming
+        another CA fails on the certificate, so that bundle was the one that counted."""
+        from tests.helpers import write_config
+
+        bundle = pki.ca_file if trusted else make_private_ca(tmp_path / "other", (PCA,)).ca_file
+        config = write_config(
+            tmp_path,
+            emulator,
+            oci={"endpoint": f"https://{PCA}", "regions": [emulator.world.home_region]},
+            scope={"compartments": [emulator.world.tenancy_id]},
+        )
+        environ = {
+            **os.environ,
+            "SSL_CERT_FILE": str(pki.ca_file),
+            "REQUESTS_CA_BUNDLE": str(bundle),
+            "HTTPS_PROXY": network["proxy"].url,
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "connector", "run", "--config", str(config), "--no-progress"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=environ,
+        )
+        if trusted:
+            assert 0 == result.returncode, result.stderr
+        else:
+            assert 1 == result.returncode
+            assert str(bundle) in result.stderr
 
     def test_unreadable_bundle_is_a_config_error(
         self, emulator: EmulatorServer, tmp_path: Path
