@@ -38,9 +38,15 @@ class ListingEnd:
     error: ListingError | None
 
 
+@dataclass(frozen=True, slots=True)
+class AllStarted:
+    """Sent once, when the last listing has started: what follows are its pages and the ends
+    of the listings still under way."""
+
+
 log = structlog.get_logger("connector.fetch")
 
-Message = Page | ListingEnd
+Message = Page | ListingEnd | AllStarted
 """What flows from the fetch tasks to the workers."""
 
 
@@ -94,6 +100,7 @@ class Fetcher:
             deque(long_listings_early(listings, pages, self.per_region))
             for listings in regions.values()
         ]
+        started = _Started(queues)
         async with (
             send,
             anyio.create_task_group() as ending,
@@ -101,15 +108,22 @@ class Fetcher:
         ):
             for queue in queues:
                 for _ in range(min(self.per_region, len(queue))):
-                    fetching.start_soon(self._fetch_from, queue, send.clone(), ending)
+                    fetching.start_soon(self._fetch_from, queue, started, send.clone(), ending)
 
     async def _fetch_from(
-        self, queue: deque[WorkItem], send: MemoryObjectSendStream[Message], ending: TaskGroup
+        self,
+        queue: deque[WorkItem],
+        started: _Started,
+        send: MemoryObjectSendStream[Message],
+        ending: TaskGroup,
     ) -> None:
         ahead = anyio.Semaphore(self.ENDS_AHEAD)
         async with send:
             while queue:
-                await self._listing(queue.popleft(), send, ending, ahead)
+                item = queue.popleft()
+                if started.last():
+                    await send.send(AllStarted())
+                await self._listing(item, send, ending, ahead)
 
     async def _listing(
         self,
@@ -222,6 +236,21 @@ class _Sent:
 
 _LISTING_ERRORS = (OciApiError, TransportError, PaginationError, ResponseTooLarge, PageError)
 """What ends one listing as failed (unless it ``concerns_run``); anything else ends the run."""
+
+
+@dataclass(slots=True)
+class _Started:
+    """The regions' queues of listings, and whether the last listing has started."""
+
+    queues: list[deque[WorkItem]]
+    done: bool = False
+
+    def last(self) -> bool:
+        """True once, for the task that takes the last listing of every queue."""
+        if self.done or any(self.queues):
+            return False
+        self.done = True
+        return True
 
 
 def long_listings_early(

@@ -4,7 +4,7 @@ Data flows one way through bounded anyio memory streams, so a slow stage slows t
 before it and memory stays flat however large the tenancy::
 
     fetch tasks (one per region × compartment, paged sequentially, bounded by the limiter)
-        │  Page / ListingEnd
+        │  Page / ListingEnd, and AllStarted once the last listing has begun
         ▼
     dispatcher (hands each listing's pages, in order, to the worker that owns the listing)
         │
@@ -55,7 +55,7 @@ from connector.committing import commit_run, run_record, write_record
 from connector.config import Settings
 from connector.discovery import Endpoints
 from connector.errors import EXIT_OK, EXIT_PARTIAL, ConnectorError, OciApiError, TransportError
-from connector.fetch import Fetcher, ListingEnd, Message
+from connector.fetch import AllStarted, Fetcher, ListingEnd, Message
 from connector.lean import quiet_gc
 from connector.manifest import (
     ListingRecord,
@@ -428,6 +428,8 @@ class Export:
                 async for message in receive:
                     if isinstance(message, Page):
                         await self.workers.page(message)
+                    elif isinstance(message, AllStarted):
+                        await self.workers.flush()
                     else:
                         await self.workers.end(message.item, message.pages, message.error)
 

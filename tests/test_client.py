@@ -264,7 +264,7 @@ def test_a_fetch_task_goes_on_while_its_listing_waits_for_verdicts(
     """A listing ends once the workers have parsed its pages; meanwhile its fetch task takes
     the next listing (here the only task: without that, the two would wait on each other)."""
     from connector.discovery import Endpoints
-    from connector.fetch import Fetcher, ListingEnd
+    from connector.fetch import AllStarted, Fetcher, Message
     from connector.pages import Page, WorkItem
     from connector.workers.coordinator import Verdicts
 
@@ -278,13 +278,15 @@ def test_a_fetch_task_goes_on_while_its_listing_waits_for_verdicts(
         async with OciClient(signer_for(server), ClientOptions(retry=FAST_RETRY)) as client:
             endpoints = Endpoints(server.endpoint_template, "", region)
             fetcher = Fetcher(client, endpoints, 1000, {}, per_region=1, verdicts=verdicts)
-            send, receive = anyio.create_memory_object_stream[Page | ListingEnd](4)
+            send, receive = anyio.create_memory_object_stream[Message](4)
             with anyio.fail_after(10):
                 async with anyio.create_task_group() as group:
                     group.start_soon(fetcher.fetch_all, [first, second], send)
                     held: list[int] = []
                     async with receive:
                         async for message in receive:
+                            if isinstance(message, AllStarted):
+                                continue
                             kind = "page" if isinstance(message, Page) else "end"
                             seen.append((kind, message.item.compartment_id))
                             if not isinstance(message, Page):
@@ -304,3 +306,37 @@ def test_a_fetch_task_goes_on_while_its_listing_waits_for_verdicts(
     ends = [c for kind, c in seen if kind == "end"]
     assert sorted([one, two]) == sorted(ends)
     assert seen.index(("end", one)) > seen.index(("page", two))
+
+
+def test_the_last_listing_to_start_is_announced_once(
+    make_emulator: Callable[..., EmulatorServer],
+) -> None:
+    """`AllStarted` comes once, when the last listing is taken: after the pages of every
+    listing taken before it and before its own (one fetch task takes them in order), so that
+    the workers can write what they hold while the last pages are on their way."""
+    from connector.discovery import Endpoints
+    from connector.fetch import AllStarted, Fetcher, ListingEnd, Message
+    from connector.pages import Page, WorkItem
+
+    server = make_emulator()
+    region = server.world.home_region
+    items = [WorkItem(region, c.id) for c in server.world.listable_compartments()[:4]]
+    seen: list[Message] = []
+
+    async def main() -> None:
+        async with OciClient(signer_for(server), ClientOptions(retry=FAST_RETRY)) as client:
+            endpoints = Endpoints(server.endpoint_template, "", region)
+            fetcher = Fetcher(client, endpoints, 1000, {}, per_region=1)
+            send, receive = anyio.create_memory_object_stream[Message](4)
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(fetcher.fetch_all, items, send)
+                    async with receive:
+                        seen.extend([message async for message in receive])
+
+    anyio.run(main)
+    [announced] = [i for i, m in enumerate(seen) if isinstance(m, AllStarted)]
+    pages = [(i, m.item) for i, m in enumerate(seen) if isinstance(m, Page)]
+    assert all(i < announced for i, item in pages if item != items[-1])
+    assert all(i > announced for i, item in pages if item == items[-1])
+    assert sorted(items) == sorted(m.item for m in seen if isinstance(m, ListingEnd))

@@ -121,6 +121,30 @@ def test_processes_write_every_row_once(tmp_path: Path) -> None:
     }
 
 
+def test_flush_writes_the_rows_held_before_close(tmp_path: Path) -> None:
+    """`Flush` (every listing has started) makes a worker process write the rows it holds: the
+    file has a row group of the listings before it and one of those after, and every row."""
+    groups = listings(6)
+    pool = coordinator.create(setup(tmp_path, "every"), 1, lambda result: None)
+
+    async def main() -> Closed:
+        async with anyio.create_task_group() as group:
+            group.start_soon(pool.serve)
+            await feed(pool, groups[:4])
+            await pool.flush()
+            await feed(pool, groups[4:])
+            closed = await pool.close()
+        return closed
+
+    closed = anyio.run(main)
+    [written] = closed.files
+    parquet = pq.ParquetFile(f"{setup(tmp_path).layout.staged_partition}/{written.path}")
+    before = sum(len(orjson.loads(p.body)) for pages in groups[:4] for p in pages)
+    after = sum(len(orjson.loads(p.body)) for pages in groups[4:] for p in pages)
+    sizes = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+    assert [before, after] == sizes
+
+
 def test_a_killed_worker_fails_the_run(tmp_path: Path) -> None:
     """A worker that dies (OOM killer, say) is a WorkerError, not a hang or a partial result."""
     groups = listings(4)

@@ -138,6 +138,11 @@ class PartitionedSink:
             fullest = max(self._series.values(), key=lambda s: s.buffered)
             fullest.flush()
 
+    def flush(self) -> None:
+        """Write what every series holds now."""
+        for series in self._series.values():
+            series.flush()
+
     def close(self) -> list[FileInfo]:
         """Close every series; the files, relative to the partition directory."""
         files: list[FileInfo] = []

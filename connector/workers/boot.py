@@ -101,6 +101,8 @@ def serve(fd: int, index: int, count: int) -> None:
                 elif isinstance(message, protocol.End):
                     result = worker.end(message.item, message.pages, message.error)
                     protocol.write(sock, protocol.Result(result))
+                elif isinstance(message, protocol.Flush):
+                    worker.flush()
                 elif isinstance(message, protocol.Close):
                     protocol.write(sock, protocol.Finished(worker.close(message.donate)))
                     return

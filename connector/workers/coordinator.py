@@ -62,6 +62,10 @@ class Workers(abc.ABC):
     async def end(self, item: WorkItem, pages: int, error: ListingError | None) -> None:
         """End a listing; its ``ListingResult`` goes to the ``on_result`` callback."""
 
+    async def flush(self) -> None:  # noqa: B027 - a thread shares this process's cores
+        """Every listing has started: workers write the rows they hold now, while the last
+        pages are still on their way (worker processes; a thread writes at ``close``)."""
+
     @abc.abstractmethod
     async def close(self) -> Closed:
         """Finish every worker: the files written and the platform rows donated."""
@@ -295,6 +299,11 @@ class ProcessWorkers(Workers):
         self._awaiting += 1
         self._settled = anyio.Event()
         await worker.channel.send(protocol.End(item, pages, error))
+
+    async def flush(self) -> None:
+        await self.start()
+        for worker in self._processes:
+            await worker.channel.send(protocol.Flush())
 
     async def close(self) -> Closed:
         await self.start()

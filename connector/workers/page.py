@@ -150,6 +150,12 @@ class PageWorker:
             platform_rows,
         )
 
+    def flush(self) -> None:
+        """Write the rows held for row groups now (``Flush``), as smaller row groups."""
+        started = time.perf_counter()
+        self.sink.flush()
+        self.busy_s += time.perf_counter() - started
+
     def close(self, donate: frozenset[str]) -> Closed:
         """Write the platform rows of the regions this worker donates; close every file."""
         started = time.perf_counter()

@@ -5,8 +5,9 @@ is: a page's JSON travels without being pickled or copied into the message. The 
 is private to this process and the children it started, so unpickling is safe.
 
 The conversation: ``Setup`` → ``Ready``; then ``PageHead`` (with its body) and ``End`` for each
-listing, each ``End`` answered by a ``Result``; finally ``Close`` → ``Finished``. A worker that
-fails says ``Failed`` and stops.
+listing, each ``End`` answered by a ``Result``; once, ``Flush`` (unanswered) when the last
+listing has started; finally ``Close`` → ``Finished``. A worker that fails says ``Failed`` and
+stops.
 """
 
 from __future__ import annotations
@@ -87,7 +88,13 @@ class Close:
     donate: frozenset[str]
 
 
-ToWorker = Setup | PageHead | End | Close
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Every listing has started: write the rows held for row groups now, while the last pages
+    are still on their way, rather than all at ``Close``."""
+
+
+ToWorker = Setup | PageHead | End | Flush | Close
 
 # -- from a worker -------------------------------------------------------------------------------
 
@@ -185,7 +192,7 @@ class Channel:
         await self._stream.aclose()
 
 
-def read(incoming: Readable) -> Setup | Page | End | Close | None:
+def read(incoming: Readable) -> Setup | Page | End | Flush | Close | None:
     """The worker's side: the next message, a page already joined to its body; None at the
     end (the coordinator went away, or gave up after a failure)."""
     header = incoming.read(_HEADER.size)
