@@ -503,6 +503,33 @@ def shard_lock(
     )
 
 
+def remove_dead_locks(fs: pafs.FileSystem, base: str, asking: Owner) -> list[str]:
+    """Remove the lock files whose owner certainly no longer runs; their names.
+
+    The next run of a date takes over a dead owner's date lock, and a shard's next attempt its
+    shard lock. A lock that nobody will ask for again stays otherwise: a shard's lock after its
+    run was committed or given up, or the probe ``commit`` takes of each shard's lock, left by
+    a process killed in the moment it held it. Owners that may still run (alive, or on another
+    machine before their expiry) and unreadable files (being written right now, perhaps) are
+    left; a file that changed since it was read is not removed (``Lock._break``).
+    """
+    folder = f"{base}/{safety.STAGING}/{LOCKS}"
+    removed: list[str] = []
+    for entry in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+        if entry.type != pafs.FileType.File or not entry.base_name.endswith(".lock"):
+            continue
+        seen = _read(fs, entry.path)
+        holder = Owner.from_json(seen) if seen is not None else None
+        if seen is None or holder is None or holder.state() != "dead":
+            continue
+        Lock(fs, base, entry.base_name, asking, entry.base_name)._break(seen, holder)
+        if fs.get_file_info(entry.path).type == pafs.FileType.NotFound:
+            removed.append(entry.base_name)
+    if safety.remove_empty_dir(fs, base, folder):
+        safety.remove_empty_dir(fs, base, folder.rsplit("/", 1)[0])
+    return removed
+
+
 # -- staging attempts -------------------------------------------------------------------------
 
 

@@ -241,7 +241,8 @@ def run_started(run_id: str) -> float | None:
 def recover(
     fs: pafs.FileSystem, base: str, owner: lock.Owner | None = None, held: Iterable[str] = ()
 ) -> list[str]:
-    """At each start: repair interrupted swaps and remove the staging of dead attempts.
+    """At each start: repair interrupted swaps, remove the staging of dead attempts and the
+    locks of dead owners.
 
     Returns the partitions put back (``images/snapshot_date=D``). ``owner`` is who asks (for the
     date locks repair takes), ``held`` the dates it holds already. See ``connector.durable``.
@@ -252,6 +253,7 @@ def recover(
     asking = owner or lock.Owner.me("recover", lock.new_attempt_id())
     restored = durable.repair(fs, base, asking, held)
     durable.clean_dead_staging(fs, base)
+    lock.remove_dead_locks(fs, base, asking)
     now = time.time()
     for run_dir in fs.get_file_info(pafs.FileSelector(f"{base}/{STAGING}", allow_not_found=True)):
         started = run_started(run_dir.base_name)

@@ -187,3 +187,43 @@ class TestCleanup:
         with lock.date_lock(FS, str(tmp_path), DATE, lock.Owner.me("r", "a")):
             assert [] == durable.clean_dead_staging(FS, str(tmp_path))
             assert (tmp_path / "_staging/_locks").exists()
+
+
+class TestDeadLocks:
+    def test_locks_of_dead_owners_go_and_the_others_stay(self, tmp_path: Path) -> None:
+        """A shard's lock (here `commit`'s probe of it) left by a killed process goes at the
+        next start; a live owner's, another machine's before its expiry and one being written
+        stay. Only the sweep's own date lock is held by the asking run."""
+        base = str(tmp_path / "lake")
+        me = lock.Owner.me("asking", "att-me")
+        dead = replace(lock.Owner.me("killed", "commit-probe"), pid=dead_pid(), pid_started=None)
+        elsewhere = replace(
+            lock.Owner.me("remote", "att-remote"), host="elsewhere", expires_at=time.time() + 600
+        )
+        lock.shard_lock(FS, base, "20261127T000000Z-aaaaaa", 0, 1, dead).acquire()
+        live = lock.shard_lock(FS, base, "20261127T000000Z-bbbbbb", 0, 2, me)
+        live.acquire()
+        lock.shard_lock(FS, base, "20261127T000000Z-cccccc", 1, 2, elsewhere).acquire()
+        folder = tmp_path / "lake/_staging/_locks"
+        (folder / "run=20261127T000000Z-dddddd.shard=000-of-001.lock").write_text("")
+        with lock.date_lock(FS, base, DATE, me):
+            assert ["run=20261127T000000Z-aaaaaa.shard=000-of-001.lock"] == (
+                lock.remove_dead_locks(FS, base, me)
+            )
+            assert {
+                f"snapshot_date={DATE}.lock",
+                "run=20261127T000000Z-bbbbbb.shard=000-of-002.lock",
+                "run=20261127T000000Z-cccccc.shard=001-of-002.lock",
+                "run=20261127T000000Z-dddddd.shard=000-of-001.lock",
+            } == {p.name for p in folder.iterdir()}
+
+    def test_each_start_removes_them(self, tmp_path: Path) -> None:
+        """`publish.recover`, which every run calls at its start, sweeps dead owners' locks,
+        and the folders they leave empty."""
+        from connector import publish
+
+        base = str(tmp_path / "lake")
+        dead = replace(lock.Owner.me("killed", "commit-probe"), pid=dead_pid(), pid_started=None)
+        lock.shard_lock(FS, base, "20261127T000000Z-aaaaaa", 0, 1, dead).acquire()
+        publish.recover(FS, base, lock.Owner.me("next", "att"))
+        assert not (tmp_path / "lake/_staging").exists()
