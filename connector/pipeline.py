@@ -243,6 +243,8 @@ class Export:
             self._record_failure(started_at, exc)
             raise
         finally:
+            with anyio.CancelScope(shield=True):
+                await self.workers.reap()
             guard.release()
 
     def _lock(self) -> lock.Lock:
@@ -483,6 +485,7 @@ class Export:
             with quiet_gc():
                 await self._stream(replay)
             files, _ = await self._close()
+        await self.workers.reap()
         return files
 
     # -- results ----------------------------------------------------------------------------

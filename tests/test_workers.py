@@ -145,6 +145,24 @@ def test_flush_writes_the_rows_held_before_close(tmp_path: Path) -> None:
     assert [before, after] == sizes
 
 
+def test_reap_waits_for_the_processes_that_close_let_go(tmp_path: Path) -> None:
+    """`close` returns once the workers have closed their files; their exit overlaps the commit
+    and `reap` collects it (a run reaps its workers before it ends)."""
+    pool = coordinator.create(setup(tmp_path), 2, lambda result: None)
+    assert isinstance(pool, coordinator.ProcessWorkers)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(pool.serve)
+            await feed(pool, listings(2))
+            await pool.close()
+        await pool.reap()
+
+    anyio.run(main)
+    assert pool._launched is not None
+    assert 0 == pool._launched.process.returncode
+
+
 def test_a_killed_worker_fails_the_run(tmp_path: Path) -> None:
     """A worker that dies (OOM killer, say) is a WorkerError, not a hang or a partial result."""
     groups = listings(4)

@@ -74,6 +74,11 @@ class Workers(abc.ABC):
     async def discard(self) -> None:
         """Stop every worker after a failure."""
 
+    async def reap(self) -> None:  # noqa: B027 - a thread has no process to wait for
+        """After ``close``: wait for the worker processes to exit. They have closed their files
+        before they answered ``close``; their exit (the kernel freeing their memory) overlaps
+        what the run does next, the commit."""
+
 
 def create(
     setup: WorkerSetup,
@@ -207,6 +212,7 @@ class ProcessWorkers(Workers):
         self._closed = anyio.Event()
         self._awaiting = 0  # listings ended whose results have not come back yet
         self._settled = anyio.Event()
+        self._exiting = False  # closed: the processes exit on their own (``reap``)
 
     async def start(self) -> None:
         if self._starting:
@@ -322,9 +328,14 @@ class ProcessWorkers(Workers):
             donated |= worker.closed.donated
         for worker in self._processes:
             await worker.channel.aclose()
-        await anyio.to_thread.run_sync(self._wait)
+        self._exiting = True
         busy = sum(w.closed.busy_s for w in self._processes if w.closed is not None)
         return Closed(files, rejects, donated, busy)
+
+    async def reap(self) -> None:
+        if self._exiting:
+            self._exiting = False
+            await anyio.to_thread.run_sync(self._wait)
 
     async def discard(self) -> None:
         for worker in self._processes:
