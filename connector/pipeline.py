@@ -3,7 +3,7 @@
 Data flows one way through bounded anyio memory streams, so a slow stage slows the ones
 before it and memory stays flat however large the tenancy::
 
-    fetch tasks (one per region × compartment, paged sequentially, bounded by the limiter)
+    fetch tasks (a pool per region, each listing paged in order, bounded by the limiter)
         │  Page / ListingEnd, and AllStarted once the last listing has begun
         ▼
     dispatcher (hands each listing's pages, in order, to the worker that owns the listing)
