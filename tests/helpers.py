@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +22,38 @@ WORLD = {
 
 def write_config(tmp_path: Path, server: EmulatorServer, **sections: dict[str, Any]) -> Path:
     """A config pointing at the emulator; ``sections`` override or add keys."""
-    base: dict[str, dict[str, Any]] = {
-        "oci": {
-            "config_file": str(server.config_file),
-            "endpoint": server.endpoint_template,
-            "regions": ["subscribed"],
-        },
-        "fetch": {"concurrency": 8, "page_size": 1000},
-        "output": {"uri": str(tmp_path / "lake"), "snapshot_date": DATE},
+    base = emulator_config(
+        server,
+        fetch={"concurrency": 8, "page_size": 1000},
+        output={"uri": str(tmp_path / "lake"), "snapshot_date": DATE},
+    )
+    return write_toml(tmp_path / "config.toml", base, sections)
+
+
+def emulator_config(
+    server: EmulatorServer, **sections: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Settings that point at ``server`` (every subscribed region), then ``sections``."""
+    oci = {
+        "config_file": str(server.config_file),
+        "endpoint": server.endpoint_template,
+        "regions": ["subscribed"],
     }
+    return {"oci": oci, **sections}
+
+
+def write_toml(
+    path: Path, base: dict[str, dict[str, Any]], sections: Mapping[str, Mapping[str, Any]]
+) -> Path:
+    """``base`` with ``sections`` laid over it key by key, written as TOML to ``path``."""
+    merged = {name: dict(values) for name, values in base.items()}
     for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
+        merged.setdefault(name, {}).update(values)
     lines = []
-    for name, values in base.items():
+    for name, values in merged.items():
         lines.append(f"[{name}]")
         lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
-    path = tmp_path / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -19,7 +19,7 @@ import orjson
 import pyarrow.dataset as ds
 
 from connector.emulator import EmulatorServer, World, build_world
-from tests.helpers import DATE, _toml
+from tests.helpers import DATE, emulator_config, write_toml
 from tests.reference import expected_rows, multiset, normalise_actual
 
 # Injected faults, run inside the command's own process (see ``FAULTS``): disk full at one
@@ -116,25 +116,12 @@ def build_new_world() -> World:
 
 def write_config(folder: Path, server: EmulatorServer, lake: Path, **sections: Any) -> Path:
     """A config in ``folder`` pointing at ``server`` and publishing to ``lake``."""
-    base: dict[str, dict[str, Any]] = {
-        "oci": {
-            "config_file": str(server.config_file),
-            "endpoint": server.endpoint_template,
-            "regions": ["subscribed"],
-        },
-        "fetch": {"concurrency": 8, "page_size": 100, "max_attempts": 4},
-        "output": {"uri": str(lake), "snapshot_date": DATE},
-    }
-    for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
-    lines = []
-    for name, values in base.items():
-        lines.append(f"[{name}]")
-        lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"config-{time.monotonic_ns()}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    base = emulator_config(
+        server,
+        fetch={"concurrency": 8, "page_size": 100, "max_attempts": 4},
+        output={"uri": str(lake), "snapshot_date": DATE},
+    )
+    return write_toml(folder / f"config-{time.monotonic_ns()}.toml", base, sections)
 
 
 def command(*args: str, fault: str | None = None) -> list[str]:

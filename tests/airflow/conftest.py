@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +34,7 @@ os.environ.update(
 )
 
 from connector.emulator import EmulatorServer  # noqa: E402
+from tests.helpers import emulator_config, write_toml  # noqa: E402
 
 DATE = "2026-11-27"
 
@@ -106,21 +106,9 @@ def asset_events(uri: str) -> list[dict[str, Any]]:
 
 def write_config(tmp_path: Path, server: EmulatorServer, **sections: dict[str, Any]) -> Path:
     """An export configuration for the emulator; ``sections`` override or add keys."""
-    base: dict[str, dict[str, Any]] = {
-        "oci": {
-            "config_file": str(server.config_file),
-            "endpoint": server.endpoint_template,
-            "regions": ["subscribed"],
-        },
-        "fetch": {"concurrency": 8, "page_size": 100, "workers": 0},
-        "output": {"uri": str(tmp_path / "lake")},
-    }
-    for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
-    lines = []
-    for name, values in base.items():
-        lines.append(f"[{name}]")
-        lines += [f"{key} = {orjson.dumps(value).decode()}" for key, value in values.items()]
-    path = tmp_path / "export.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    base = emulator_config(
+        server,
+        fetch={"concurrency": 8, "page_size": 100, "workers": 0},
+        output={"uri": str(tmp_path / "lake")},
+    )
+    return write_toml(tmp_path / "export.toml", base, sections)
