@@ -9,6 +9,8 @@ event loops; ``connector.workers.coordinator`` feeds it.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import cast
 
@@ -98,9 +100,15 @@ class PageWorker:
     def page(self, page: Page) -> str | None:
         """Convert a page and write its rows; or, when the page itself cannot be parsed (cut
         short), write nothing and say why: the fetcher asks for it again (the verdict)."""
+        with self._busy():
+            return self._page(page)
+
+    @contextmanager
+    def _busy(self) -> Iterator[None]:
+        """Count the time inside as converting and writing (``busy_s``)."""
         started = time.perf_counter()
         try:
-            return self._page(page)
+            yield
         finally:
             self.busy_s += time.perf_counter() - started
 
@@ -152,22 +160,21 @@ class PageWorker:
 
     def flush(self) -> None:
         """Write the rows held for row groups now (``Flush``), as smaller row groups."""
-        started = time.perf_counter()
-        self.sink.flush()
-        self.busy_s += time.perf_counter() - started
+        with self._busy():
+            self.sink.flush()
 
     def close(self, donate: frozenset[str]) -> Closed:
         """Write the platform rows of the regions this worker donates; close every file."""
-        started = time.perf_counter()
         donated: dict[WorkItem, int] = {}
-        for region in sorted(donate):
-            item, batches = self._candidates[region]
-            for batch in batches:
-                self.sink.write(region, batch)
-            donated[item] = sum(b.num_rows for b in batches)
-        self._candidates.clear()
-        files, rejects = self.sink.close(), self.rejects.close()
-        return Closed(files, rejects, donated, self.busy_s + time.perf_counter() - started)
+        with self._busy():
+            for region in sorted(donate):
+                item, batches = self._candidates[region]
+                for batch in batches:
+                    self.sink.write(region, batch)
+                donated[item] = sum(b.num_rows for b in batches)
+            self._candidates.clear()
+            files, rejects = self.sink.close(), self.rejects.close()
+        return Closed(files, rejects, donated, self.busy_s)
 
     def discard(self) -> None:
         """Close files after a failure, and delete them. The coordinator removes the run's
