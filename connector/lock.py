@@ -441,21 +441,23 @@ class Lock:
             self._break(seen, holder)
         raise LockHeld(f"{self.what}: could not take the lock {self.path} (contended)")
 
-    def _break(self, seen: bytes, holder: Owner | None) -> None:
-        """Remove a dead owner's lock, unless it changed since we read it."""
+    def _break(self, seen: bytes, holder: Owner | None) -> bool:
+        """Remove a dead owner's lock, unless it changed since we read it; whether it was."""
         breaker = self.path + ".break"
         if not create_exclusive(self.fs, breaker, self._data):
             if _age_s(self.fs, breaker) > BREAK_GRACE_S:
                 safety.guarded_delete(self.fs, self.base, breaker)
-            return
+            return False
         try:
-            if _read(self.fs, self.path) == seen:
-                safety.guarded_delete(self.fs, self.base, self.path)
-                log.warning(
-                    "lock.taken_over",
-                    lock=self.path,
-                    dead_owner=holder.describe() if holder else "unreadable lock file",
-                )
+            if _read(self.fs, self.path) != seen:
+                return False
+            safety.guarded_delete(self.fs, self.base, self.path)
+            log.warning(
+                "lock.taken_over",
+                lock=self.path,
+                dead_owner=holder.describe() if holder else "unreadable lock file",
+            )
+            return True
         finally:
             safety.guarded_delete(self.fs, self.base, breaker)
 
@@ -522,8 +524,7 @@ def remove_dead_locks(fs: pafs.FileSystem, base: str, asking: Owner) -> list[str
         holder = Owner.from_json(seen) if seen is not None else None
         if seen is None or holder is None or holder.state() != "dead":
             continue
-        Lock(fs, base, entry.base_name, asking, entry.base_name)._break(seen, holder)
-        if fs.get_file_info(entry.path).type == pafs.FileType.NotFound:
+        if Lock(fs, base, entry.base_name, asking, entry.base_name)._break(seen, holder):
             removed.append(entry.base_name)
     if safety.remove_empty_dir(fs, base, folder):
         safety.remove_empty_dir(fs, base, folder.rsplit("/", 1)[0])
