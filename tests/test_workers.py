@@ -18,14 +18,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from connector import auth, cli, config, errors, publish
+from connector import auth, cli, config, errors, lean, publish
 from connector.emulator import EmulatorServer, build_world
 from connector.errors import WorkerError
 from connector.manifest import RunOutcome
 from connector.pages import Page, RunInfo, WorkItem
 from connector.pipeline import Export
 from connector.sinks import SinkOptions
-from connector.workers import coordinator
+from connector.workers import coordinator, spawn
 from connector.workers.page import Closed, ListingResult, PageWorker, WorkerSetup, shared_budget
 from tests.helpers import write_config
 
@@ -161,6 +161,22 @@ def test_reap_waits_for_the_processes_that_close_let_go(tmp_path: Path) -> None:
     anyio.run(main)
     assert pool._launched is not None
     assert 0 == pool._launched.process.returncode
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_get_their_allocator_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker processes start with glibc's settings for parsing pages (``lean``), except
+    where the user set one."""
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    launched = spawn.launch(1)
+    try:
+        raw = Path(f"/proc/{launched.process.pid}/environ").read_bytes()
+        environ = dict(item.partition("=")[::2] for item in raw.decode().split("\0") if item)
+    finally:
+        spawn.abandon(launched)
+    assert environ["MALLOC_MMAP_THRESHOLD_"] == lean.WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"]
+    assert environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
 
 
 def test_a_killed_worker_fails_the_run(tmp_path: Path) -> None:

@@ -38,8 +38,8 @@ def launch(count: int) -> Launched:
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 << 20)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # import what this process does
-    # glibc's fixed mmap threshold, as lean.fixed_mmap_threshold gives this process.
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(lean.MMAP_THRESHOLD))
+    for name, value in lean.WORKER_MALLOC.items():  # a setting the user made is kept
+        env.setdefault(name, value)
     try:
         process = subprocess.Popen(
             [sys.executable, "-m", BOOT_MODULE, *map(str, theirs)],
