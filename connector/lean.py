@@ -126,17 +126,21 @@ WORKER_MALLOC = {
 }
 """glibc's settings for the worker processes, through their environment (``connector.spawn``).
 
-A worker parses every page with orjson, which takes one block of about nine times the page's
-size for its document (9 MB for a page of 1,000 images), touches 2 MB of it, and frees it
-after the page. Mapped apart (the fetching process's threshold), each block was a new mapping
-and every page of it touched faulted in: about 450 page faults a page, and with them 30–45 %
-of the CPU that converting a page of 1,000 images takes (10.5 against 7.2 ms here). glibc's
-default threshold would adapt to the blocks, but it also carves the page bodies from the heap
-and leaves its holes behind (``fixed_mmap_threshold``).
+A worker parses every page with orjson, which takes one block of about twelve times the
+page's size for its document (12 MB for a page of 1,000 images), touches 2 MB of it, and frees
+it after the page. Mapped apart (the fetching process's threshold), each block was a new
+mapping and every page of it touched faulted in, about 450 page faults a page, and unmapping
+it cost more system time. glibc's default threshold would adapt to the blocks, but it also
+carves the page bodies from the heap and leaves its holes behind (``fixed_mmap_threshold``).
 
 So the workers map apart only blocks of 32 MB and more (glibc's largest threshold), and keep
 up to 16 MB free at the heap's top instead of returning it after each page, where the next
-page's document reuses it. Measured here: the connector ran 2,000 compartments x 4 regions
-(2.7 million rows) in 72 s instead of 80 s, at 284 MB of peak PSS for the process tree instead
-of 274 MB (S4's goal: 300 MB); S1 went from 1.17x to 1.13x the bare client.
+page's document reuses it (pages of up to about 1.3 MB; a larger page's block goes back, and
+the next one faults in, as before). Measured here:
+
+- converting and writing 100 pages of 1,000 images in two workers (S3): 127,000 → 59,000 page
+  faults, 1.56 → 1.33 CPU s (0.39 → 0.23 of it system time);
+- 2,000 compartments x 4 regions (2.7 million rows): 80 → 72 s, at 274 → 284 MB of peak PSS
+  for the process tree (S4's goal: 300 MB);
+- S1: 1.17x → 1.13x the bare client.
 """
