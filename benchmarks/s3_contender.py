@@ -17,10 +17,15 @@ from benchmarks import scenarios
 def main() -> None:
     name, pages_file, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     if name.startswith("ours"):
-        # As the oci-images executable does (connector.cli.entry), before pyarrow is imported.
+        # As the oci-images executable does (connector.cli.entry, and without worker processes
+        # connector.cli._execute), before pyarrow is imported.
         from connector import lean
 
         lean.keep_out("numpy", "pandas")
+        lean.prompt_allocator()
+        lean.fixed_mmap_threshold()
+        if name == "ours, one thread":
+            lean.parsing_heap()
     from connector import logs
 
     logs.configure("warning", "json")

@@ -283,6 +283,10 @@ def _execute(
         from connector.workers import spawn
 
         launched = spawn.launch(processes)
+    else:  # this process parses the pages itself
+        from connector import lean
+
+        lean.parsing_heap()
     try:
         from connector import api
 

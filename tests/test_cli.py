@@ -363,3 +363,23 @@ def test_exit_2_for_credentials_leaves_no_worker_behind(tmp_path: Path) -> None:
         stderr.seek(0)
         assert 2 == code
         assert "missing.pem" in stderr.read()
+
+
+@pytest.mark.parametrize(("workers", "parses_here"), [(0, True), (1, False)])
+def test_the_run_tunes_the_heap_where_it_parses(
+    make_emulator: Callable[..., EmulatorServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: int,
+    parses_here: bool,
+) -> None:
+    """Without worker processes the CLI's own process parses the pages and takes the workers'
+    heap settings (``lean.parsing_heap``); with them it only fetches and keeps its own."""
+    from connector import cli, lean
+
+    calls: list[None] = []
+    monkeypatch.setattr(lean, "parsing_heap", lambda: calls.append(None))
+    server = make_emulator(build_world(seed=5, compartments=3))
+    path = write_config(tmp_path, server, fetch={"workers": workers})
+    assert 0 == cli.main(["--log-level", "warning", "run", "--config", str(path)])
+    assert calls == ([None] if parses_here else [])

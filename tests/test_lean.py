@@ -1,0 +1,62 @@
+"""Process economies: glibc's settings for the fetching process and for parsing."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from connector import lean
+
+glibc = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="glibc's mallopt",
+)
+
+FAULTS = """
+import resource, sys
+from connector import lean
+
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = b"x" * (4 << 20)  # a block like orjson's document for a page, touched
+    del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+lean.fixed_mmap_threshold()
+faults()
+mapped = faults()
+lean.parsing_heap()
+faults()
+print(mapped, faults())
+"""
+
+
+@glibc
+def test_a_freed_block_is_reused_where_pages_are_parsed() -> None:
+    """With the fetching process's threshold a 4 MB block is a new mapping each time (1,024
+    pages to fault in); with ``parsing_heap`` the next one reuses the memory of the last."""
+    done = subprocess.run(
+        [sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True
+    )
+    mapped, reused = map(int, done.stdout.split())
+    assert mapped > 900
+    assert reused < 100
+
+
+def test_parsing_heap_leaves_a_library_users_process_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only a process whose allocator this tool already tunes (the CLI's) gets the settings."""
+    calls: list[dict[int, int]] = []
+    monkeypatch.setattr(lean, "_mallopt", lambda settings: calls.append(settings) or True)
+    monkeypatch.setattr(lean, "_tuned", False)
+    lean.parsing_heap()
+    assert calls == []
+    lean.fixed_mmap_threshold()
+    lean.parsing_heap()
+    thresholds = sorted(calls[-1].values())
+    assert thresholds == [lean.PARSING_TRIM_THRESHOLD, lean.PARSING_MMAP_THRESHOLD]
+    assert str(lean.PARSING_MMAP_THRESHOLD) == lean.WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"]
