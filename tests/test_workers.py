@@ -171,7 +171,13 @@ def test_workers_get_their_allocator_settings(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     launched = spawn.launch(1)
     try:
-        raw = Path(f"/proc/{launched.process.pid}/environ").read_bytes()
+        process = Path(f"/proc/{launched.process.pid}")
+        deadline = time.monotonic() + 30
+        # Until the child has started the boot module, /proc shows the environment it forked with.
+        while spawn.BOOT_MODULE.encode() not in (process / "cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the boot process did not start"
+            time.sleep(0.01)
+        raw = (process / "environ").read_bytes()
         environ = dict(item.partition("=")[::2] for item in raw.decode().split("\0") if item)
     finally:
         spawn.abandon(launched)
