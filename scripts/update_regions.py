@@ -34,7 +34,7 @@ def _client_kwargs(module: Any, client_class: str) -> dict[str, Any]:
     """The keyword arguments a service client passes to its BaseClient."""
     with mock.patch.object(module, "BaseClient") as recorder:
         getattr(module, client_class)(DUMMY_CONFIG, signer=object())
-    kwargs: dict[str, Any] = recorder.call_args.kwargs
+    kwargs: dict[str, Any] = dict(recorder.call_args.kwargs)
     return kwargs
 
 

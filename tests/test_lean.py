@@ -51,7 +51,12 @@ def test_parsing_heap_leaves_a_library_users_process_alone(
 ) -> None:
     """Only a process whose allocator this tool already tunes (the CLI's) gets the settings."""
     calls: list[dict[int, int]] = []
-    monkeypatch.setattr(lean, "_mallopt", lambda settings: calls.append(settings) or True)
+
+    def record(settings: dict[int, int]) -> bool:
+        calls.append(settings)
+        return True
+
+    monkeypatch.setattr(lean, "_mallopt", record)
     monkeypatch.setattr(lean, "_tuned", False)
     lean.parsing_heap()
     assert calls == []
