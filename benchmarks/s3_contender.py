@@ -21,8 +21,7 @@ def main() -> None:
         # connector.cli._execute), before pyarrow is imported.
         from connector import lean
 
-        lean.keep_out("numpy", "pandas")
-        lean.prompt_allocator()
+        lean.own_process()
         lean.fixed_mmap_threshold()
         if name == "ours, one thread":
             lean.parsing_heap()

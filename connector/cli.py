@@ -143,9 +143,7 @@ def entry() -> int:
     structlog would load for tracebacks it never renders (see ``connector.lean``)."""
     from connector import lean
 
-    lean.keep_out(*lean.UNUSED)
-    lean.import_without("structlog", "rich", "pygments")
-    lean.prompt_allocator()
+    lean.own_process()
     lean.fixed_mmap_threshold()
     code = main()
     # Every file is closed and every result written: skip the interpreter's teardown (freeing

@@ -50,6 +50,15 @@ def keep_out(*names: str) -> None:
         sys.meta_path.insert(0, _KeepOut(absent))
 
 
+def own_process() -> None:
+    """Set up a process that is entirely this tool's (the CLI's, the workers'), before pyarrow
+    is imported: numpy and pandas kept out, structlog imported without rich, pyarrow's
+    allocator returning freed memory at once."""
+    keep_out(*UNUSED)
+    import_without("structlog", "rich", "pygments")
+    prompt_allocator()
+
+
 def import_without(name: str, *hidden: str) -> None:
     """Import ``name`` while ``hidden`` cannot be imported (those already imported excepted),
     then make them importable again."""

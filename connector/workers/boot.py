@@ -21,9 +21,7 @@ import threading
 def main(fds: list[int]) -> int:
     from connector import lean
 
-    lean.keep_out(*lean.UNUSED)
-    lean.import_without("structlog", "rich", "pygments")
-    lean.prompt_allocator()
+    lean.own_process()
     # Loaded once, before forking, and shared by every worker.
     import connector.normalize
     import connector.workers.page
