@@ -27,8 +27,14 @@ LAUNCH_MODES = {"NATIVE", "EMULATED", "PARAVIRTUALIZED", "CUSTOM", "ACCELERATEDP
 
 @pytest.fixture(scope="module")
 def realistic() -> World:
+    # TODAY is taken once: a run that crosses midnight must not build the world on another day.
     return build_world(
-        seed=8, compartments=120, regions=REGIONS, platform_images=150, dataset="realistic"
+        seed=8,
+        compartments=120,
+        regions=REGIONS,
+        platform_images=150,
+        dataset="realistic",
+        reference_date=TODAY,
     )
 
 
@@ -97,6 +103,14 @@ class TestRealistic:
         stamps = [r["timeCreated"] for r in custom_records(first)]
         assert max(stamps) < "2026-03-01"
         assert max(r["timeCreated"] for r in custom_records(later)) > "2026-03-01"
+
+    def test_today_is_the_default_reference(self) -> None:
+        """Without a reference date, the realistic data set ends at today's midnight (UTC)."""
+        before = datetime.now(UTC).date()
+        world = build_world(seed=3, compartments=2, dataset="realistic")
+        after = datetime.now(UTC).date()
+        assert world.reference.date() in {before, after}
+        assert (world.reference.hour, world.reference.minute, world.reference.second) == (0, 0, 0)
 
     def test_names_tags_and_enums_look_real(self, realistic: World) -> None:
         """Names such as prod-payments-web-ol9-2026-10-14, the tags teams set, known enums."""
