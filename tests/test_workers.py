@@ -228,11 +228,12 @@ def test_a_worker_error_is_reported(tmp_path: Path) -> None:
 
 
 def test_row_groups_share_one_writers_budget() -> None:
-    """The worker processes share one budget of 64k rows: 32k each for two; more workers do
+    """The worker processes share one budget of 48k rows: 24k each for two; more workers do
     not go below 16k rows."""
     options = SinkOptions()
-    assert 64 * 1024 == shared_budget(options, 1).row_group_rows
-    assert 32 * 1024 == shared_budget(options, 2).row_group_rows
+    assert 48 * 1024 == shared_budget(options, 1).row_group_rows
+    assert 24 * 1024 == shared_budget(options, 2).row_group_rows
+    assert 16 * 1024 == shared_budget(options, 3).row_group_rows
     assert 16 * 1024 == shared_budget(options, 4).row_group_rows
     assert 16 * 1024 == shared_budget(options, 8).row_group_rows
 

@@ -198,7 +198,7 @@ def _invert(mask: pa.BooleanArray) -> pa.BooleanArray:
 
 
 ROW_GROUP_FLOOR = 16 * 1024
-PROCESS_ROW_BUDGET = 64 * 1024
+PROCESS_ROW_BUDGET = 48 * 1024
 """Rows the worker processes hold in memory together (about 600 bytes a row as Arrow)."""
 
 
@@ -207,9 +207,13 @@ def shared_budget(options: SinkOptions, workers: int) -> SinkOptions:
 
     A writer holds a row group in memory until it is full (and its regions share that budget,
     see ``PartitionedSink``), so the processes share one budget of ``PROCESS_ROW_BUDGET`` rows:
-    with two, each writes row groups of 32k rows. Measured at 2,000 compartments in 4 regions,
-    64k rows each kept the process tree at 315 MB of PSS, above the 300 MB it must stay under.
-    The floor keeps row groups worth reading when there are many workers.
+    with two, each writes row groups of 24k rows. The floor keeps row groups worth reading when
+    there are many workers (16k rows with three or four). Measured, the peak PSS of the process
+    tree, whose goal is 300 MB:
+
+    - 2,000 compartments in 4 regions, 64k rows for each worker: 315 MB;
+    - S5 (5,000 compartments in 4 regions), a budget of 64k rows: 287 and 289 MB; of 48k rows:
+      279 and 270 MB, at the same wall time (the rate limit's).
     """
     rows = max(ROW_GROUP_FLOOR, PROCESS_ROW_BUDGET // workers)
     return replace(options, row_group_rows=min(rows, options.row_group_rows))
