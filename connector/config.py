@@ -413,7 +413,7 @@ class FetchSettings:
     workers: int | str = key(
         "auto",
         _workers,
-        'processes that convert and write pages beside the fetcher: "auto" = one per core (at most 4; none on one core), 0 = a thread in this process. Each writes its own files; a thread writes row groups of 128k rows, n worker processes share a budget of 64k rows held in memory (row groups of 64k / n rows, at least 16k), across all regions',
+        'processes that convert and write pages beside the fetcher: "auto" = one per core (at most 4; none on one core), 0 = a thread in this process. Each writes its own files; a thread writes row groups of 128k rows, n worker processes share a budget of 48k rows held in memory (row groups of 48k / n rows, at least 16k), across all regions',
     )
     max_pages_per_listing: int = key(
         10_000,
