@@ -68,7 +68,7 @@ bench-tools: .venv-oci-cli/bin/oci
 readme: install
 	$(BIN)/python scripts/update_readme.py
 
-# Regenerate connector/_region_table.py from the installed official SDK (after upgrading oci).
+# Regenerate connector/oci/_region_table.py from the installed official SDK (after upgrading oci).
 regions: install
 	$(BIN)/python scripts/update_regions.py
 

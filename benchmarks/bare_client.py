@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from connector.auth import ApiKeySigner, load_profile
+from connector.oci.auth import ApiKeySigner, load_profile
 
 
 async def fetch_all(config: str, endpoint: str, concurrency: int) -> int:

@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 
 from connector.emulator import build_world
 from connector.lean import quiet_gc
-from connector.normalize import normalize_page
 from connector.pages import Page, RunInfo
+from connector.workers.normalize import normalize_page
 
 RUN = RunInfo("bench-platform", date(2026, 11, 27))
 

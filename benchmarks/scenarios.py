@@ -468,7 +468,7 @@ def _ours(pages: list[Any], folder: Path, workers: int | str = "auto") -> float:
     import anyio
 
     from connector import config
-    from connector.auth import Credentials
+    from connector.oci.auth import Credentials
     from connector.pipeline import Export
 
     class NoSigner:
@@ -821,9 +821,9 @@ def e1(full: bool, repeat: int) -> list[dict[str, Any]]:
     """Records served per CPU second of the emulator process (one core), 1000-record pages."""
     import anyio
 
-    from connector import auth
-    from connector.client import ClientOptions, OciClient
     from connector.emulator import build_world
+    from connector.oci import auth
+    from connector.oci.client import ClientOptions, OciClient
 
     world = build_world(seed=12, compartments=180)
     compartments = [c.id for c in world.listable_compartments()]

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
         run,
         run_async,
     )
-    from connector.auth import Credentials
     from connector.config import Settings
     from connector.errors import (
         AuthError,
@@ -42,7 +41,8 @@ if TYPE_CHECKING:
         RequestTimeout,
         TransportError,
     )
-    from connector.manifest import ListingError, ListingRecord, Manifest, RunOutcome
+    from connector.lake.manifest import ListingError, ListingRecord, Manifest, RunOutcome
+    from connector.oci.auth import Credentials
 
 __all__ = [
     "AuthError",
@@ -85,7 +85,7 @@ _HOMES = {
         "run",
         "run_async",
     ),
-    "connector.auth": ("Credentials",),
+    "connector.oci.auth": ("Credentials",),
     "connector.config": ("Settings",),
     "connector.errors": (
         "AuthError",
@@ -97,7 +97,7 @@ _HOMES = {
         "RequestTimeout",
         "TransportError",
     ),
-    "connector.manifest": ("ListingError", "ListingRecord", "Manifest", "RunOutcome"),
+    "connector.lake.manifest": ("ListingError", "ListingRecord", "Manifest", "RunOutcome"),
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 

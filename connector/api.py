@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from connector import auth, config, manifest
+from connector import config
 from connector.errors import ConfigError
+from connector.lake import manifest
+from connector.oci import auth
 
 if TYPE_CHECKING:
     import os
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 
     import pyarrow as pa
 
-    from connector.changes import ChangeCounts
+    from connector.lake.changes import ChangeCounts
     from connector.pipeline import Export
     from connector.workers.spawn import Launched
 
@@ -79,7 +81,7 @@ class ShardSpec:
     regions: tuple[str, ...]
     rate_share: float = 0.0
     """The shard's part of the tenancy's request budget: of ``fetch.max_requests_per_second``
-    and of the adaptive rate's climb (see ``connector.retry``). ``plan`` gives each of N shards
+    and of the adaptive rate's climb (see ``connector.oci.retry``). ``plan`` gives each of N shards
     1/N, for N shards that run in parallel; 0 means 1/``count``."""
 
     def __post_init__(self) -> None:
@@ -136,7 +138,7 @@ def plan(
 async def _plan(
     settings: Settings, shards: int, run_id: str | None, credentials: Credentials | None
 ) -> Plan:
-    from connector import discovery
+    from connector.oci import discovery
     from connector.pipeline import client_for
 
     if shards < 1:
@@ -192,7 +194,11 @@ def diff(
     """Images added, removed or changed between two published snapshots of
     ``settings.output.uri``, as record batches of ``schema.CHANGES_SCHEMA``; ``counts``, when
     given, is filled in as the batches stream. Memory stays flat however large the snapshots."""
-    from connector import changes, storage, tables
+    from connector.lake import (
+        changes,
+        storage,
+        tables,
+    )
 
     older = config.check_snapshot_date("--from", from_date)
     newer = config.check_snapshot_date("--to", to_date)

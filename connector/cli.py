@@ -21,10 +21,10 @@ from connector.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from connector.progress import Snapshot, Terminal, render
 
 if TYPE_CHECKING:
-    from connector.auth import Credentials
-    from connector.client import RequestCounters
     from connector.config import Settings
-    from connector.manifest import RunOutcome
+    from connector.lake.manifest import RunOutcome
+    from connector.oci.auth import Credentials
+    from connector.oci.client import RequestCounters
     from connector.pipeline import Export, Progress
 
 
@@ -246,12 +246,12 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, Credentials]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from connector import safety
+    from connector import names
     from connector.errors import ConfigError
 
     shard = _parse_shard(args.shard)
     if args.run_id is not None:
-        safety.check_run_id(args.run_id)
+        names.check_run_id(args.run_id)
     if args.shard is not None and not args.run_id:
         raise ConfigError("--run-id", "is required with --shard, so that shards and commit agree")
     terminal = None if args.no_progress else args.terminal
@@ -415,16 +415,16 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _commit(args: argparse.Namespace) -> int:
-    from connector import api, safety
+    from connector import api, names
 
-    safety.check_run_id(args.run_id)
+    names.check_run_id(args.run_id)
     settings = api.load_config(args.config, args.set)
     return _report(api.commit(settings, args.run_id))
 
 
 def _diff(args: argparse.Namespace) -> int:
     from connector import api
-    from connector.changes import ChangeCounts
+    from connector.lake.changes import ChangeCounts
     from connector.sinks.ndjson import encode_rows
 
     settings = api.load_config(args.config, args.set)

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from connector import regions as realms
 from connector.errors import ConfigError
+from connector.oci import regions as realms
 
 OCID = re.compile(
     r"^ocid1\.([a-z0-9]+)\.([a-z0-9-]+)\.([a-z0-9-]*)(\.[a-z0-9-]+)?\.([a-z0-9]{1,255})$"
@@ -221,7 +221,7 @@ def _endpoint(key: str, value: Any) -> str:
 
 
 def _output_uri(key: str, value: Any) -> str:
-    from connector.safety import check_output_uri
+    from connector.names import check_output_uri
 
     return check_output_uri(_type(str, "a path or URI")(key, value), key)
 
@@ -710,11 +710,11 @@ def _cross_checks(settings: Settings) -> None:
         )
     if output.catalog and output.table_format != "iceberg":
         raise ConfigError("output.catalog", 'applies to output.table_format = "iceberg" only')
-    from connector import storage
+    from connector.lake import storage
 
     storage.check(output.uri, output.storage_options)
     if output.table_format:
-        from connector import tables
+        from connector.lake import tables
 
         tables.check(output.table_format, output.uri, output.catalog)
     for name, url in (

@@ -97,7 +97,7 @@ class TransportError(_Told, ConnectorError):
             self.retryable = retryable
         self.kind = kind
         """``tls``, ``dns`` or ``refused`` for connection failures that may concern the whole
-        run (``connector.diagnose``), "" otherwise."""
+        run (``connector.oci.diagnose``), "" otherwise."""
         super().__init__(message)
 
     def __str__(self) -> str:

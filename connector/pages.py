@@ -1,6 +1,6 @@
 """What the fetcher hands the normalizer (listings and their pages), and what it rejects.
 
-These types live apart from ``connector.normalize`` so that the process that only fetches
+These types live apart from ``connector.workers.normalize`` so that the process that only fetches
 (when workers convert pages) does not import the normalizer's machinery.
 """
 

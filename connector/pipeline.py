@@ -35,40 +35,46 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from connector import (
     __version__,
-    compartments,
-    discovery,
     errors,
     limits,
+    names,
+    schema,
+)
+from connector.config import Settings
+from connector.errors import EXIT_OK, EXIT_PARTIAL, ConnectorError, OciApiError, TransportError
+from connector.lake import (
+    door,
     lock,
     objectstore,
     publish,
-    regions,
-    safety,
-    schema,
+    rewrite,
     snapshots,
     storage,
     tables,
 )
-from connector.auth import Credentials
-from connector.client import ClientOptions, OciClient
-from connector.committing import commit_run, run_record, write_record
-from connector.config import Settings
-from connector.discovery import Endpoints
-from connector.errors import EXIT_OK, EXIT_PARTIAL, ConnectorError, OciApiError, TransportError
-from connector.fetch import AllStarted, Fetcher, ListingEnd, Message
-from connector.lean import quiet_gc
-from connector.manifest import (
+from connector.lake.committing import commit_run, run_record, write_record
+from connector.lake.manifest import (
     ListingRecord,
     Manifest,
     RequestCounts,
     RunOutcome,
     Timings,
 )
+from connector.lean import quiet_gc
+from connector.oci import (
+    compartments,
+    discovery,
+    regions,
+)
+from connector.oci.auth import Credentials
+from connector.oci.client import ClientOptions, OciClient
+from connector.oci.discovery import Endpoints
+from connector.oci.fetch import AllStarted, Fetcher, ListingEnd, Message
+from connector.oci.retry import RateState, RetryPolicy
+from connector.oci.sharedrate import SharedRates
 from connector.pages import Page, RunInfo, WorkItem
-from connector.retry import RateState, RetryPolicy
-from connector.sharedrate import SharedRates
 from connector.sinks import FileInfo, SinkOptions
-from connector.sinks.table import write_batches
+from connector.sinks.dataset import write_batches
 from connector.workers import coordinator, spawn
 from connector.workers.coordinator import Workers
 from connector.workers.page import ListingResult, WorkerSetup
@@ -153,7 +159,7 @@ class Export:
     ) -> None:
         self.settings = settings
         self.credentials = credentials
-        self.run_id = safety.check_run_id(run_id) if run_id is not None else new_run_id()
+        self.run_id = names.check_run_id(run_id) if run_id is not None else new_run_id()
         self.shard = shard
         self.publish_now = publish_now
         home = credentials.home_region
@@ -169,7 +175,7 @@ class Export:
         self.owner = lock.Owner.me(
             self.run_id, lock.new_attempt_id(), settings.fetch.run_deadline_s
         )
-        day = safety.check_snapshot_date(output.effective_snapshot_date)
+        day = names.check_snapshot_date(output.effective_snapshot_date)
         self.layout = publish.Layout(self.base, self.run_id, day, self.owner.attempt)
         self.progress = Progress()
         self._timings: dict[str, float] = {}
@@ -277,7 +283,7 @@ class Export:
             drop = {(item.region, item.compartment_id) for item in failed}
             files, reject_files = [
                 await anyio.to_thread.run_sync(
-                    publish.drop_compartments, self.fs, self.layout.staged_partition, written, drop
+                    rewrite.drop_compartments, self.fs, self.layout.staged_partition, written, drop
                 )
                 for written in (files, reject_files)
             ]
@@ -367,9 +373,9 @@ class Export:
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 previous = publish.read_json(self.fs, path).get("attempt")
         publish.write_json(self.fs, path, manifest.as_dict())
-        if previous and previous != self.owner.attempt and safety.RUN_ID.fullmatch(previous):
+        if previous and previous != self.owner.attempt and names.RUN_ID.fullmatch(previous):
             old = publish.Layout(self.base, self.run_id, self.layout.snapshot_date, previous)
-            safety.guarded_delete(self.fs, self.base, old.staging)
+            door.guarded_delete(self.fs, self.base, old.staging)
 
     def _discard_attempt(self) -> None:
         """After a failure anywhere in the run: this attempt's files go, and so does a shard
@@ -381,7 +387,7 @@ class Export:
                 and publish.exists(self.fs, path)
                 and publish.read_json(self.fs, path).get("attempt") == self.owner.attempt
             ):
-                safety.guarded_delete(self.fs, self.base, path)
+                door.guarded_delete(self.fs, self.base, path)
             self._remove_staging()
         except (OSError, ValueError, ConnectorError) as exc:
             log.warning("staging.not_removed", path=self.layout.staging, reason=str(exc))
@@ -550,7 +556,7 @@ class Export:
 
     def _remove_staging(self) -> None:
         """Remove this attempt's folder (and the run's and ``_staging`` if now empty)."""
-        safety.guarded_delete(self.fs, self.base, self.layout.staging)
+        door.guarded_delete(self.fs, self.base, self.layout.staging)
         publish.remove_if_empty(self.fs, self.base, f"{self.layout.run_staging}/shards")
         publish.remove_if_empty(self.fs, self.base, self.layout.run_staging)
         publish.remove_if_empty(self.fs, self.base, f"{self.base}/{publish.STAGING}")

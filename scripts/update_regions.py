@@ -1,4 +1,4 @@
-"""Regenerate connector/_region_table.py from the installed official OCI SDK.
+"""Regenerate connector/oci/_region_table.py from the installed official OCI SDK.
 
 The connector must not depend on the SDK at run time, yet must know every region and realm the
 SDK knows and build the same Compute and Identity endpoints. This script copies the SDK's
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-TARGET = Path(__file__).resolve().parent.parent / "connector" / "_region_table.py"
+TARGET = Path(__file__).resolve().parent.parent / "connector" / "oci" / "_region_table.py"
 # A config the SDK's validate_config accepts; the clients never send anything.
 DUMMY_CONFIG = {
     "region": "us-ashburn-1",

@@ -23,7 +23,11 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from connector import objectstore, storage, tables
+from connector.lake import (
+    objectstore,
+    storage,
+    tables,
+)
 
 KEY, SECRET, REGION = "lake-test-key", "lake-test-secret", "us-east-1"
 
@@ -200,7 +204,14 @@ def _date(text: str) -> Any:
 
 COMMITTER = """
 import os, sys
-from connector import cli, pipeline, storage, tables  # imported once; each commit forks
+from connector import (
+    cli,
+    pipeline,
+)
+from connector.lake import (
+    storage,
+    tables,
+)
 import pyarrow.parquet
 for name in sys.argv[2:]:
     __import__(name)

@@ -26,7 +26,7 @@ from tests.reference import expected_rows, multiset, normalise_actual
 # moment of the commit, or SIGKILL at one point of the swap.
 FAULTS = r"""
 import errno, os, signal, sys
-from connector import durable
+from connector.lake import durable
 fault = os.environ["RELIABILITY_FAULT"]
 
 def enospc(path):
@@ -69,7 +69,10 @@ os.rename = killing_rename
 # On object stores: SIGKILL at each step of objectstore.publish_partition (the copies, or the
 # table's commit, are done; the manifest is written; the marker is written, before the
 # superseded files are deleted).
-from connector import objectstore, publish
+from connector.lake import (
+    objectstore,
+    publish,
+)
 write_json = publish.write_json
 manifest_written = []
 def killing_write_json(fs, path, payload):

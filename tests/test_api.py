@@ -12,8 +12,9 @@ import pyarrow.dataset as ds
 import pytest
 
 import connector
-from connector import auth, cli
+from connector import cli
 from connector.emulator import EmulatorServer
+from connector.oci import auth
 
 DATE = "2026-11-27"
 
@@ -253,7 +254,7 @@ class TestShardsShareTheBudget:
 
         import anyio
 
-        from connector import sharedrate
+        from connector.oci import sharedrate
 
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
         settings = settings_for(emulator, tmp_path)

@@ -11,9 +11,10 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from connector import changes, schema
-from connector.normalize import normalize_records
+from connector import schema
+from connector.lake import changes
 from connector.pages import Page, RunInfo
+from connector.workers.normalize import normalize_records
 
 REGION = "us-ashburn-1"
 CUSTOM = "ocid1.compartment.oc1..custom"

@@ -13,12 +13,16 @@ import orjson
 import pytest
 import structlog
 
-from connector import __version__, auth, signing
-from connector.client import ClientOptions, OciClient, RequestCounters
+from connector import __version__
 from connector.config import is_loopback
 from connector.emulator import EmulatorServer
 from connector.errors import OciApiError, RequestTimeout
-from connector.retry import RetryPolicy
+from connector.oci import (
+    auth,
+    signing,
+)
+from connector.oci.client import ClientOptions, OciClient, RequestCounters
+from connector.oci.retry import RetryPolicy
 
 FAST_RETRY = RetryPolicy(max_attempts=8, base_s=0.01, cap_s=0.1, jitter_s=0.01)
 
@@ -263,8 +267,8 @@ def test_a_fetch_task_goes_on_while_its_listing_waits_for_verdicts(
 ) -> None:
     """A listing ends once the workers have parsed its pages; meanwhile its fetch task takes
     the next listing (here the only task: without that, the two would wait on each other)."""
-    from connector.discovery import Endpoints
-    from connector.fetch import AllStarted, Fetcher, Message
+    from connector.oci.discovery import Endpoints
+    from connector.oci.fetch import AllStarted, Fetcher, Message
     from connector.pages import Page, WorkItem
     from connector.workers.coordinator import Verdicts
 
@@ -314,8 +318,8 @@ def test_the_last_listing_to_start_is_announced_once(
     """`AllStarted` comes once, when the last listing is taken: after the pages of every
     listing taken before it and before its own (one fetch task takes them in order), so that
     the workers can write what they hold while the last pages are on their way."""
-    from connector.discovery import Endpoints
-    from connector.fetch import AllStarted, Fetcher, ListingEnd, Message
+    from connector.oci.discovery import Endpoints
+    from connector.oci.fetch import AllStarted, Fetcher, ListingEnd, Message
     from connector.pages import Page, WorkItem
 
     server = make_emulator()

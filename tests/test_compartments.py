@@ -6,9 +6,10 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from connector import compartments, schema
-from connector.compartments import Tree
+from connector import schema
 from connector.emulator import World, build_world
+from connector.oci import compartments
+from connector.oci.compartments import Tree
 
 TENANCY = "ocid1.tenancy.oc1..root"
 DAY = date(2026, 11, 27)

@@ -161,7 +161,8 @@ def read_dataset(partition: Path, manifest: dict[str, Any]) -> list[dict[str, An
     """Rows of a companion dataset's partition, following its manifest."""
     import pyarrow.fs as pafs
 
-    from connector import schema, snapshots
+    from connector import schema
+    from connector.lake import snapshots
 
     document = orjson.loads((partition / "_manifest.json").read_bytes())
     batches = snapshots.read_batches(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from connector.discovery import donor_regions, shard_items, without_subtrees
 from connector.errors import ConfigError
+from connector.oci.discovery import donor_regions, shard_items, without_subtrees
 from connector.pages import WorkItem
 
 ROOT = "ocid1.tenancy.oc1..root"

@@ -13,7 +13,10 @@ import orjson
 import pyarrow.fs as pafs
 import pytest
 
-from connector import durable, lock
+from connector.lake import (
+    durable,
+    lock,
+)
 
 FS = pafs.LocalFileSystem()
 DATE = "2026-11-27"
@@ -220,7 +223,7 @@ class TestDeadLocks:
     def test_each_start_removes_them(self, tmp_path: Path) -> None:
         """`publish.recover`, which every run calls at its start, sweeps dead owners' locks,
         and the folders they leave empty."""
-        from connector import publish
+        from connector.lake import publish
 
         base = str(tmp_path / "lake")
         dead = replace(lock.Owner.me("killed", "commit-probe"), pid=dead_pid(), pid_started=None)

@@ -17,9 +17,14 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
 
-from connector import cli, publish, snapshots, storage
+from connector import cli
 from connector.emulator import EmulatorServer, build_world
-from connector.fetch import long_listings_early
+from connector.lake import (
+    publish,
+    snapshots,
+    storage,
+)
+from connector.oci.fetch import long_listings_early
 from connector.pages import WorkItem
 from tests.helpers import DATE, WORLD, write_config
 from tests.reference import expected_rows, multiset, normalise_actual

@@ -20,8 +20,14 @@ import orjson
 import pyarrow.fs as pafs
 import pytest
 
-from connector import cli, objectstore, publish, storage, tables
+from connector import cli
 from connector.emulator import EmulatorServer, build_world
+from connector.lake import (
+    objectstore,
+    publish,
+    storage,
+    tables,
+)
 from connector.pipeline import new_run_id
 from tests.helpers import write_config
 from tests.lake_support import (

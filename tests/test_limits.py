@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from connector import limits
 from connector.errors import TransportError
-from connector.normalize import normalize_page
 from connector.pages import Page, PageError, RunInfo
 from connector.sinks import SeriesPlace, SinkOptions
 from connector.sinks.parquet import ParquetSeries
+from connector.workers.normalize import normalize_page
 
 MiB = 1 << 20
 

@@ -15,7 +15,7 @@ import orjson
 import pyarrow.fs as pafs
 import pytest
 
-from connector import lock
+from connector.lake import lock
 
 DATE = "2026-11-27"
 
@@ -129,7 +129,7 @@ class TestLocalLock:
         late may win after the first released it, which is allowed: holdings never overlap."""
         script = (
             "import sys, time, pyarrow.fs as pafs\n"
-            "from connector import lock\n"
+            "from connector.lake import lock\n"
             "owner = lock.Owner.me('r' + sys.argv[2], 'a')\n"
             "start = float(sys.argv[3])\n"
             "time.sleep(max(0.0, start - time.time()))\n"

@@ -15,12 +15,12 @@ import orjson
 import pytest
 from oci._vendor.requests import utils as requests_utils
 
-from connector import auth
-from connector.client import ClientOptions, OciClient, RequestCounters
 from connector.emulator import EmulatorServer
 from connector.errors import ConfigError, OciApiError, ProxyError, TlsError, TransportError
-from connector.proxy import proxy_for
-from connector.retry import RetryPolicy
+from connector.oci import auth
+from connector.oci.client import ClientOptions, OciClient, RequestCounters
+from connector.oci.proxy import proxy_for
+from connector.oci.retry import RetryPolicy
 from tests.conftest import PrivateCA as Pki
 from tests.conftest import make_private_ca
 from tests.netfixtures import ConnectProxy, LoopThread, TlsFront, started
@@ -159,7 +159,7 @@ class TestPrivateCa:
     ) -> None:
         """A bundle that is the file OpenSSL loads by default (here through a symlink, as
         /usr/lib/ssl/cert.pem is) reuses aiohttp's verifying context; any other file is loaded."""
-        from connector.client import _ssl_context
+        from connector.oci.client import _ssl_context
 
         monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
         link = tmp_path / "cert.pem"

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from connector import schema
-from connector.normalize import decode_defined_tags, normalize_page, normalize_records
 from connector.pages import Page, PageError, RunInfo
+from connector.workers.normalize import decode_defined_tags, normalize_page, normalize_records
 from tests import reference
 
 RUN = RunInfo("run-1", date(2026, 11, 27))
@@ -419,7 +419,7 @@ class TestPlatformPreScan:
     def test_platform_records_are_recognised_before_conversion(self) -> None:
         """compartmentId null, "" (a Private Cloud Appliance) or absent marks a platform image;
         everything else, malformed records included, goes on to conversion."""
-        from connector.normalize import custom_records
+        from connector.workers.normalize import custom_records
 
         custom = image(id="ocid1.image.oc1.iad.custom")
         absent = {k: v for k, v in image(id="ocid1.image.oc1.iad.absent").items()}

@@ -10,8 +10,11 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from connector import lock, publish
 from connector.errors import PublishError
+from connector.lake import (
+    lock,
+    publish,
+)
 
 FS = pafs.LocalFileSystem()
 DATE = "2026-11-27"

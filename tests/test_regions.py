@@ -11,8 +11,11 @@ import oci
 import orjson
 import pytest
 
-from connector import _region_table, regions
-from connector.regions import Catalog, Region, UnknownRegion
+from connector.oci import (
+    _region_table,
+    regions,
+)
+from connector.oci.regions import Catalog, Region, UnknownRegion
 
 ROOT = Path(__file__).resolve().parent.parent
 DUMMY_CONFIG = {

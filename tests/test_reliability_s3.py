@@ -25,8 +25,12 @@ import pyarrow.fs as pafs
 import pytest
 
 from connector import cli as command_line
-from connector import objectstore, storage, tables
 from connector.emulator import Behaviour, EmulatorServer, World
+from connector.lake import (
+    objectstore,
+    storage,
+    tables,
+)
 from tests.lake_support import S3Server, delta_rows, iceberg_dataset, manifest_rows
 from tests.reference import multiset, normalise_actual
 from tests.reliability import (

@@ -9,7 +9,7 @@ import oci
 import pytest
 
 from connector.emulator import EmulatorServer
-from connector.retry import RateController, RetryPolicy, Ticket, is_retryable_status
+from connector.oci.retry import RateController, RetryPolicy, Ticket, is_retryable_status
 from tests.helpers import FakeClock
 
 
@@ -226,7 +226,7 @@ class TestPriorityGate:
         """With the gate full, a later priority-0 waiter goes before earlier priority-1 ones."""
         import anyio
 
-        from connector.retry import PriorityGate
+        from connector.oci.retry import PriorityGate
 
         order: list[str] = []
 
@@ -257,7 +257,7 @@ class TestPriorityGate:
         """A waiter cancelled while queued does not take capacity from the next one."""
         import anyio
 
-        from connector.retry import PriorityGate
+        from connector.oci.retry import PriorityGate
 
         async def main() -> int:
             gate = PriorityGate(lambda: 1)
@@ -274,7 +274,7 @@ class TestPriorityGate:
 class TestShareOfTheBudget:
     def test_share_caps_the_rate(self) -> None:
         """One of four shards paces at a quarter of the configured rate."""
-        from connector.retry import AdaptiveLimiter
+        from connector.oci.retry import AdaptiveLimiter
 
         limiter = AdaptiveLimiter(16, max_rate=20, clock=FakeClock(), share=0.25)
         assert 5.0 == limiter.controller("a").rate
@@ -309,13 +309,13 @@ class TestPerEndpoint:
     )
     def test_endpoint_key(self, url: str, key: str) -> None:
         """The key is what comes before the API version, or the host when there is none."""
-        from connector.retry import endpoint_key
+        from connector.oci.retry import endpoint_key
 
         assert key == endpoint_key(url)
 
     def test_throttling_one_endpoint_leaves_the_others_alone(self) -> None:
         """A 429 from one region lowers that region's rate and in-flight bound only."""
-        from connector.retry import AdaptiveLimiter
+        from connector.oci.retry import AdaptiveLimiter
 
         clock = FakeClock()
         limiter = AdaptiveLimiter(16, max_rate=20, clock=clock)
@@ -335,7 +335,7 @@ class TestPerEndpoint:
 
     def test_pacing_is_per_endpoint(self) -> None:
         """Two regions at 10 req/s each get two interleaved schedules, not one shared one."""
-        from connector.retry import AdaptiveLimiter
+        from connector.oci.retry import AdaptiveLimiter
 
         clock = FakeClock()
         limiter = AdaptiveLimiter(16, max_rate=10, clock=clock)
@@ -347,7 +347,7 @@ class TestPerEndpoint:
         another region's request goes out at once even when the global bound is small."""
         import anyio
 
-        from connector.retry import AdaptiveLimiter
+        from connector.oci.retry import AdaptiveLimiter
 
         clock = FakeClock()  # frozen: region a's queued sends wait 2 s, 4 s, ... (real sleeps)
         limiter = AdaptiveLimiter(2, clock=clock)
@@ -381,7 +381,7 @@ class TestPerEndpoint:
         """However many regions, no more than max_concurrency requests are in flight."""
         import anyio
 
-        from connector.retry import AdaptiveLimiter
+        from connector.oci.retry import AdaptiveLimiter
 
         limiter = AdaptiveLimiter(3)
 

@@ -2,8 +2,8 @@
 
 - A document the commit publishes (``_manifest.json``, the journal, ``_runs/RUN_ID.json``, the
   lock files) is stored whole or not at all, even when its writer dies mid-upload; a reader
-  reads it whole even while it is being replaced (``connector.durable``).
-- The date lock is a real lease: PutObject with ``If-None-Match: *`` (``connector.lock``).
+  reads it whole even while it is being replaced (``connector.lake.durable``).
+- The date lock is a real lease: PutObject with ``If-None-Match: *`` (``connector.lake.lock``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ import pyarrow.fs as pafs
 import pytest
 import structlog
 
-from connector import durable, lock, storage
+from connector.lake import (
+    durable,
+    lock,
+    storage,
+)
 from tests.lake_support import S3Server
 
 DATE = "2026-11-27"
@@ -70,7 +74,10 @@ def test_a_cut_upload_is_not_stored(s3: S3Server, store: storage.Store) -> None:
 
 WRITER = """
 import sys, itertools
-from connector import durable, storage
+from connector.lake import (
+    durable,
+    storage,
+)
 import orjson
 store = storage.resolve(sys.argv[1], orjson.loads(sys.argv[2]))
 path = store.base + "/_manifest.json"
@@ -239,7 +246,10 @@ def _dead(owner: lock.Owner) -> lock.Owner:
 RACER = """
 import sys, time
 import orjson
-from connector import lock, storage
+from connector.lake import (
+    lock,
+    storage,
+)
 store = storage.resolve(sys.argv[1], orjson.loads(sys.argv[2]))
 owner = lock.Owner.me("r" + sys.argv[3], "a")
 time.sleep(max(0.0, float(sys.argv[4]) - time.time()))

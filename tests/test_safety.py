@@ -8,8 +8,10 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from connector import safety
+from connector import names
 from connector.errors import ConfigError
+from connector.lake import door
+from connector.oci import auth
 
 HOSTILE_RUN_IDS = [
     "../images",
@@ -69,13 +71,13 @@ class TestRunIds:
     )
     def test_safe_run_ids_pass(self, run_id: str) -> None:
         """Letters, digits, dot, underscore and dash, up to 128 characters, are accepted."""
-        assert run_id == safety.check_run_id(run_id)
+        assert run_id == names.check_run_id(run_id)
 
     @pytest.mark.parametrize("run_id", HOSTILE_RUN_IDS, ids=repr)
     def test_hostile_run_ids_are_refused_naming_the_key(self, run_id: str) -> None:
         """Separators, dot segments, hidden names and odd characters are a ConfigError."""
         with pytest.raises(ConfigError) as caught:
-            safety.check_run_id(run_id)
+            names.check_run_id(run_id)
         assert "--run-id" == caught.value.key
 
     @pytest.mark.parametrize(
@@ -90,31 +92,31 @@ class TestRunIds:
     )
     def test_run_id_from_any_text_is_valid_and_stable(self, text: str) -> None:
         """Any text maps to a valid run id, the same each time."""
-        derived = safety.run_id_from(text)
-        assert derived == safety.check_run_id(derived)
-        assert derived == safety.run_id_from(text)
+        derived = names.run_id_from(text)
+        assert derived == names.check_run_id(derived)
+        assert derived == names.run_id_from(text)
 
     def test_run_id_from_keeps_distinct_inputs_distinct(self) -> None:
         """Two texts that clean up alike still give two run ids."""
-        assert safety.run_id_from("a:b") != safety.run_id_from("a+b")
+        assert names.run_id_from("a:b") != names.run_id_from("a+b")
 
 
 class TestRegions:
     @pytest.mark.parametrize("region", REGIONS)
     def test_real_region_names_pass(self, region: str) -> None:
         """Every realm's spelling (gov, dcc, one-word) follows the grammar."""
-        assert region == safety.check_region(region)
+        assert region == names.check_region(region)
 
     @pytest.mark.parametrize("region", HOSTILE_REGIONS, ids=repr)
     def test_bad_region_from_the_service_is_unsafe(self, region: object) -> None:
         """A region from the API that is not a region name never becomes a path."""
-        with pytest.raises(safety.UnsafeNameError):
-            safety.check_region(region)
+        with pytest.raises(names.UnsafeNameError):
+            names.check_region(region)
 
     def test_bad_region_from_the_config_is_a_config_error(self) -> None:
         """From the config, the error names the key."""
         with pytest.raises(ConfigError) as caught:
-            safety.check_region("../x", key="oci.regions[0]")
+            names.check_region("../x", key="oci.regions[0]")
         assert "oci.regions[0]" == caught.value.key
 
 
@@ -123,34 +125,34 @@ class TestOtherNames:
     def test_snapshot_dates_must_be_real_dates(self, value: object) -> None:
         """Only a real YYYY-MM-DD date is a snapshot date."""
         with pytest.raises(ConfigError):
-            safety.check_snapshot_date(value)
+            names.check_snapshot_date(value)
 
     @pytest.mark.parametrize("value", [".", "..", "a/b", "", "a\x00", "a\\b", "é" * 200])
     def test_unsafe_components_are_refused(self, value: str) -> None:
         """A path component is one plain name of at most 255 bytes."""
-        with pytest.raises(safety.UnsafeNameError):
-            safety.check_component(value)
+        with pytest.raises(names.UnsafeNameError):
+            names.check_component(value)
 
     def test_relative_paths_are_checked_component_by_component(self) -> None:
         """Manifest paths cannot climb out of their partition."""
-        assert "region=us-ashburn-1/part-00000.parquet" == safety.check_relative(
+        assert "region=us-ashburn-1/part-00000.parquet" == names.check_relative(
             "region=us-ashburn-1/part-00000.parquet"
         )
         for bad in ("../x.parquet", "/etc/passwd", "region=a//b", "a/./b"):
-            with pytest.raises(safety.UnsafeNameError):
-                safety.check_relative(bad)
+            with pytest.raises(names.UnsafeNameError):
+                names.check_relative(bad)
 
     @pytest.mark.parametrize("uri", ["", "   ", "/", "//", "/..", "file:///", "s3://", "s3:///"])
     def test_root_and_empty_outputs_are_refused(self, uri: str) -> None:
         """output.uri may not be empty or the root of a disk or store."""
         with pytest.raises(ConfigError) as caught:
-            safety.check_output_uri(uri)
+            names.check_output_uri(uri)
         assert "output.uri" == caught.value.key
 
     @pytest.mark.parametrize("uri", ["out", "/tmp/lake", "s3://bucket/prefix", "s3://bucket"])
     def test_ordinary_outputs_pass(self, uri: str) -> None:
         """Folders and bucket paths are fine."""
-        assert uri == safety.check_output_uri(uri)
+        assert uri == names.check_output_uri(uri)
 
 
 @pytest.fixture
@@ -177,8 +179,8 @@ class TestGuardedDelete:
     def test_staging_and_trash_may_be_deleted(self, lake: Path) -> None:
         """What lives in _staging and _trash is ours to delete."""
         fs = pafs.LocalFileSystem()
-        safety.guarded_delete(fs, str(lake), f"{lake}/_staging/run-1")
-        safety.guarded_delete(fs, str(lake), f"{lake}/_trash/run-1")
+        door.guarded_delete(fs, str(lake), f"{lake}/_staging/run-1")
+        door.guarded_delete(fs, str(lake), f"{lake}/_trash/run-1")
         assert not (lake / "_staging/run-1").exists()
         assert not (lake / "_trash/run-1").exists()
         assert published(lake).exists()
@@ -203,8 +205,8 @@ class TestGuardedDelete:
     )
     def test_anything_else_is_refused_and_nothing_is_deleted(self, lake: Path, target: str) -> None:
         """Roots, published data, dot segments and siblings are never deleted."""
-        with pytest.raises(safety.DeletionRefused):
-            safety.guarded_delete(pafs.LocalFileSystem(), str(lake), target.format(base=lake))
+        with pytest.raises(door.DeletionRefused):
+            door.guarded_delete(pafs.LocalFileSystem(), str(lake), target.format(base=lake))
         assert published(lake).exists()
         assert (lake / "_staging/run-1/attempt/images/f").exists()
         assert (lake.parent / "sibling/data").exists()
@@ -212,10 +214,10 @@ class TestGuardedDelete:
     def test_a_link_planted_in_staging_is_not_followed(self, lake: Path) -> None:
         """A symbolic link inside _staging pointing elsewhere cannot carry a deletion there."""
         os.symlink(lake.parent / "sibling", lake / "_staging/evil")
-        with pytest.raises(safety.DeletionRefused):
-            safety.guarded_delete(pafs.LocalFileSystem(), str(lake), f"{lake}/_staging/evil/data")
+        with pytest.raises(door.DeletionRefused):
+            door.guarded_delete(pafs.LocalFileSystem(), str(lake), f"{lake}/_staging/evil/data")
         # The link itself may go; its target stays.
-        safety.guarded_delete(pafs.LocalFileSystem(), str(lake), f"{lake}/_staging/evil")
+        door.guarded_delete(pafs.LocalFileSystem(), str(lake), f"{lake}/_staging/evil")
         assert not (lake / "_staging/evil").is_symlink()
         assert "precious" == (lake.parent / "sibling/data").read_text()
 
@@ -223,39 +225,39 @@ class TestGuardedDelete:
         """An object-store commit may delete exactly the old files it lists."""
         partition = f"{lake}/images/snapshot_date=2026-11-26"
         old = f"{partition}/region=us-ashburn-1/f"
-        superseded = safety.Superseded(partition, frozenset({old}))
-        safety.guarded_delete(pafs.LocalFileSystem(), str(lake), old, superseded=superseded)
+        superseded = door.Superseded(partition, frozenset({old}))
+        door.guarded_delete(pafs.LocalFileSystem(), str(lake), old, superseded=superseded)
         assert not published(lake).exists()
 
     def test_superseded_must_stay_inside_a_published_partition(self, lake: Path) -> None:
         """A superseded list cannot name files elsewhere, or a partition that is not one."""
         fs = pafs.LocalFileSystem()
         outside = f"{lake}/../sibling/data"
-        with pytest.raises(safety.DeletionRefused):
-            safety.guarded_delete(
+        with pytest.raises(door.DeletionRefused):
+            door.guarded_delete(
                 fs,
                 str(lake),
                 outside,
-                superseded=safety.Superseded(f"{lake}/images", frozenset({outside})),
+                superseded=door.Superseded(f"{lake}/images", frozenset({outside})),
             )
         fake = f"{lake}/images/region=x/f"
-        with pytest.raises(safety.DeletionRefused):
-            safety.guarded_delete(
+        with pytest.raises(door.DeletionRefused):
+            door.guarded_delete(
                 fs,
                 str(lake),
                 fake,
-                superseded=safety.Superseded(f"{lake}/images", frozenset({fake})),
+                superseded=door.Superseded(f"{lake}/images", frozenset({fake})),
             )
         assert (lake.parent / "sibling/data").exists()
 
     def test_empty_staging_folders_are_removed_only_when_empty(self, lake: Path) -> None:
         """rmdir semantics: a folder with something in it stays."""
         fs = pafs.LocalFileSystem()
-        assert not safety.remove_empty_dir(fs, str(lake), f"{lake}/_staging")
+        assert not door.remove_empty_dir(fs, str(lake), f"{lake}/_staging")
         (lake / "_staging/empty").mkdir()
-        assert safety.remove_empty_dir(fs, str(lake), f"{lake}/_staging/empty")
-        with pytest.raises(safety.DeletionRefused):
-            safety.remove_empty_dir(fs, str(lake), f"{lake}/images")
+        assert door.remove_empty_dir(fs, str(lake), f"{lake}/_staging/empty")
+        with pytest.raises(door.DeletionRefused):
+            door.remove_empty_dir(fs, str(lake), f"{lake}/images")
 
 
 class TestPermissions:
@@ -264,7 +266,7 @@ class TestPermissions:
         key = tmp_path / "key.pem"
         key.write_text("not a real key")
         key.chmod(0o644)
-        message = safety.warn_if_exposed(key, "API key")
+        message = auth.warn_if_exposed(key, "API key")
         assert message is not None
         assert f"chmod 600 {key}" in message
 
@@ -273,4 +275,4 @@ class TestPermissions:
         key = tmp_path / "key.pem"
         key.write_text("not a real key")
         key.chmod(0o600)
-        assert safety.warn_if_exposed(key, "API key") is None
+        assert auth.warn_if_exposed(key, "API key") is None

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from connector import sharedrate
-from connector.retry import AdaptiveLimiter, RateController, Ticket
-from connector.sharedrate import SharedRates
+from connector.oci import sharedrate
+from connector.oci.retry import AdaptiveLimiter, RateController, Ticket
+from connector.oci.sharedrate import SharedRates
 from tests.helpers import FakeClock
 
 pytestmark = pytest.mark.skipif(
@@ -230,8 +230,8 @@ class TestFile:
 PACE = """
 import sys, time
 from pathlib import Path
-from connector.retry import AdaptiveLimiter
-from connector.sharedrate import SharedRates
+from connector.oci.retry import AdaptiveLimiter
+from connector.oci.sharedrate import SharedRates
 
 read: list[float] = []  # the clock's readings: the reserved slot is the first plus the wait
 

@@ -13,10 +13,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from oci._vendor import requests
 
-from connector import auth, signing
-from connector.client import OciClient
 from connector.emulator import EmulatorServer
 from connector.errors import AuthError, ConfigError
+from connector.oci import (
+    auth,
+    signing,
+)
+from connector.oci.client import OciClient
 
 DATE = "Thu, 05 Jan 2014 21:31:40 GMT"
 

@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from connector.emulator import build_world
-from connector.normalize import normalize_page
 from connector.pages import Page, RunInfo
 from connector.sinks import FileInfo, PartitionedSink, SinkOptions
+from connector.workers.normalize import normalize_page
 
 RUN = RunInfo("r-sinks", date(2026, 11, 27))
 

@@ -9,8 +9,12 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 
-from connector import cli, config, storage
+from connector import (
+    cli,
+    config,
+)
 from connector.errors import ConfigError
+from connector.lake import storage
 
 S3_OPTIONS = {
     "endpoint_url": "https://axaxnpcrorw5.compat.objectstorage.us-ashburn-1.oraclecloud.com",

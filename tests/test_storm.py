@@ -22,10 +22,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from connector.auth import SdkSigner
-from connector.client import ClientOptions, OciClient
 from connector.errors import OciApiError
-from connector.retry import RetryPolicy
+from connector.oci.auth import SdkSigner
+from connector.oci.client import ClientOptions, OciClient
+from connector.oci.retry import RetryPolicy
 from tests.netfixtures import LoopThread
 
 COMPARTMENTS = [f"ocid1.compartment.oc1..storm{i:02d}" for i in range(10)]

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from connector import config
-from connector.discovery import Endpoints
 from connector.emulator import EmulatorServer, build_world
 from connector.errors import ConfigError
+from connector.oci.discovery import Endpoints
 from tests.helpers import WORLD, write_config
 from tests.reference import expected_rows, multiset, normalise_actual
 from tests.test_export import arrow_rows, manifest_of, run

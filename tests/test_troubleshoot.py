@@ -8,11 +8,14 @@ import time
 import anyio
 import pytest
 
-from connector import auth, troubleshoot
-from connector.client import ClientOptions, OciClient, _clock_skew
 from connector.emulator import EmulatorServer
 from connector.errors import OciApiError, TransportError
-from connector.retry import RetryPolicy
+from connector.oci import (
+    auth,
+    troubleshoot,
+)
+from connector.oci.client import ClientOptions, OciClient, _clock_skew
+from connector.oci.retry import RetryPolicy
 
 FAST = RetryPolicy(max_attempts=2, base_s=0.01, cap_s=0.02, jitter_s=0.01)
 PROFILE = 'profile "DEFAULT" of /etc/oci/config'

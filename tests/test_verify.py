@@ -12,7 +12,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from connector import verify
+from connector.lake import verify
 
 FS = pafs.LocalFileSystem()
 

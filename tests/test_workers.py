@@ -18,10 +18,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from connector import auth, cli, config, errors, lean, publish
+from connector import (
+    cli,
+    config,
+    errors,
+    lean,
+)
 from connector.emulator import EmulatorServer, build_world
 from connector.errors import WorkerError
-from connector.manifest import RunOutcome
+from connector.lake import publish
+from connector.lake.manifest import RunOutcome
+from connector.oci import auth
 from connector.pages import Page, RunInfo, WorkItem
 from connector.pipeline import Export
 from connector.sinks import SinkOptions
@@ -345,7 +352,7 @@ def test_platform_images_are_converted_only_where_they_may_be_kept(
     """Under `once` a worker converts platform images only until it holds a region's candidate
     listing, under `skip` never, under `every` always; it writes the same rows, and reports the
     same listings, as a worker that converts every record and drops platform rows after."""
-    from connector import normalize
+    from connector.workers import normalize
 
     groups = listings(6)
 

@@ -32,8 +32,8 @@ import orjson
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from connector import signing
 from connector.emulator.data import Compartment, Image, World
+from connector.oci import signing
 
 API = "/20160918"
 STATS_PATH = "/_emulator/stats"

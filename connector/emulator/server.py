@@ -25,9 +25,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from connector import signing
 from connector.emulator.app import Behaviour, Emulator
 from connector.emulator.data import World, ocid
+from connector.oci import signing
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """Sinks: write record batches as they arrive, one file series per region partition.
 
 Both formats write through ``pyarrow.fs`` into the run's staging directory; publishing (the
-swap into the lake) is ``connector.publish``'s job.
+swap into the lake) is ``connector.lake.publish``'s job.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from connector import safety
+from connector import names
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +153,7 @@ class PartitionedSink:
 
     def _open(self, region: str) -> FileSeries:
         # The last check before a region name becomes a folder (the first is in discovery).
-        directory = f"{self.partition_dir}/region={safety.check_region(region)}"
+        directory = f"{self.partition_dir}/region={names.check_region(region)}"
         self.fs.create_dir(directory, recursive=True)
         place = SeriesPlace(
             self.fs, directory, f"region={region}", self.file_prefix, self.numbering

@@ -15,7 +15,7 @@ from connector.pages import Reject
 from connector.sinks import FileInfo
 
 if TYPE_CHECKING:
-    from connector.publish import Layout
+    from connector.lake.publish import Layout
 
 
 class RejectWriter:

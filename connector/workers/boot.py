@@ -23,7 +23,7 @@ def main(fds: list[int]) -> int:
 
     lean.own_process()
     # Loaded once, before forking, and shared by every worker.
-    import connector.normalize
+    import connector.workers.normalize
     import connector.workers.page
     import connector.workers.protocol  # noqa: F401
 

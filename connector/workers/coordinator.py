@@ -22,7 +22,7 @@ import anyio.to_thread
 from anyio.abc import SocketStream
 
 from connector.errors import WorkerError
-from connector.manifest import ListingError
+from connector.lake.manifest import ListingError
 from connector.pages import Page, WorkItem
 from connector.sinks import FileInfo
 from connector.workers import protocol, spawn

@@ -17,8 +17,8 @@ from typing import cast
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from connector import publish, safety
-from connector.manifest import ListingError
+from connector.lake import door, publish
+from connector.lake.manifest import ListingError
 from connector.pages import Page, PageError, RunInfo, WorkItem
 from connector.sinks import FileInfo, PartitionedSink, SinkOptions
 from connector.sinks.rejects import RejectWriter
@@ -88,7 +88,7 @@ class PageWorker:
         )
         self.rejects = RejectWriter(setup.fs, setup.layout, setup.reject_prefix, index)
         # Imported here: a process that only fetches (workers in processes) never needs it.
-        from connector.normalize import normalize_page
+        from connector.workers.normalize import normalize_page
 
         self._normalize = normalize_page
         self._listings: dict[WorkItem, _Listing] = {}
@@ -187,7 +187,7 @@ class PageWorker:
             files += self.rejects.close()
             layout = self.setup.layout
             staged = (f"{layout.staged_partition}/{info.path}" for info in files)
-            safety.discard_files(self.setup.fs, layout.base, staged)
+            door.discard_files(self.setup.fs, layout.base, staged)
 
 
 def _invert(mask: pa.BooleanArray) -> pa.BooleanArray:

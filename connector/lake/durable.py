@@ -52,12 +52,13 @@ import orjson
 import pyarrow.fs as pafs
 import structlog
 
-from connector import lock, safety
+from connector import names
+from connector.lake import door, lock
 
-log = structlog.get_logger("connector.durable")
+log = structlog.get_logger("connector.lake.durable")
 
 JOURNAL = "_commit.json"
-"""A commit's journal on an object store (``connector.objectstore``): the attempt folder that
+"""A commit's journal on an object store (``connector.lake.objectstore``): the attempt folder that
 holds one is left to ``objectstore.recover``, which finishes or rolls the commit back, even
 when its owner is dead."""
 
@@ -194,7 +195,7 @@ def swap_in(fs: pafs.FileSystem, base: str, staged: str, published: str, trash: 
         # The old partition now sits at the staged path, inside this run's staging.
         fsync_path(parent, directory=True)
         fsync_path(staged.rsplit("/", 1)[0], directory=True)
-        safety.guarded_delete(fs, base, staged)
+        door.guarded_delete(fs, base, staged)
         return
     if os.path.isdir(published):
         os.makedirs(trash.rsplit("/", 1)[0], exist_ok=True)
@@ -204,16 +205,16 @@ def swap_in(fs: pafs.FileSystem, base: str, staged: str, published: str, trash: 
     os.rename(staged, published)
     fsync_path(parent, directory=True)
     if os.path.isdir(trash):
-        safety.guarded_delete(fs, base, trash)
+        door.guarded_delete(fs, base, trash)
 
 
 def _trash_partitions(fs: pafs.FileSystem, base: str) -> Iterator[tuple[str, str]]:
     """(dataset, path) of every partition waiting in ``_trash`` (any depth)."""
-    selector = pafs.FileSelector(f"{base}/{safety.TRASH}", allow_not_found=True, recursive=True)
+    selector = pafs.FileSelector(f"{base}/{door.TRASH}", allow_not_found=True, recursive=True)
     for entry in fs.get_file_info(selector):
-        if entry.type == pafs.FileType.Directory and safety.PARTITION.fullmatch(entry.base_name):
+        if entry.type == pafs.FileType.Directory and names.PARTITION.fullmatch(entry.base_name):
             dataset = entry.path.rsplit("/", 2)[-2]
-            yield (dataset if dataset in safety.DATASETS else "images"), entry.path
+            yield (dataset if dataset in names.DATASETS else "images"), entry.path
 
 
 def repair(
@@ -241,7 +242,7 @@ def repair(
                 if not os.path.isdir(path):
                     continue
                 if os.path.isdir(published):
-                    safety.guarded_delete(fs, base, path)
+                    door.guarded_delete(fs, base, path)
                 else:
                     os.makedirs(published.rsplit("/", 1)[0], exist_ok=True)
                     os.rename(path, published)
@@ -250,14 +251,14 @@ def repair(
                     log.warning("publish.restored", partition=published)
         except lock.LockHeld:
             continue
-    _remove_empty_folders(fs, base, safety.TRASH)
+    _remove_empty_folders(fs, base, door.TRASH)
     return restored
 
 
 def referenced_attempts(fs: pafs.FileSystem, base: str, run_id: str) -> dict[str, tuple[str, int]]:
     """The attempts that a finished shard of ``run_id`` points to: attempt → (the shard
     manifest's path, the run's shard count)."""
-    folder = f"{base}/{safety.STAGING}/{run_id}/shards"
+    folder = f"{base}/{door.STAGING}/{run_id}/shards"
     attempts: dict[str, tuple[str, int]] = {}
     for entry in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
         if not entry.base_name.endswith(".json"):
@@ -310,20 +311,20 @@ def clean_dead_staging(fs: pafs.FileSystem, base: str, *, now: float | None = No
             if count > 1 and age <= STALE_COMPLETED_S:
                 continue
             if count > 1 or dead:
-                safety.guarded_delete(fs, base, manifest)
-                safety.guarded_delete(fs, base, folder)
+                door.guarded_delete(fs, base, manifest)
+                door.guarded_delete(fs, base, folder)
                 del by_run[run_id][attempt]
                 removed.append(f"{run_id}/{attempt}")
             continue
         if dead:
             if fs.get_file_info(f"{folder}/{JOURNAL}").type == pafs.FileType.File:
                 continue  # a killed commit: objectstore.recover repairs it, then it goes
-            safety.guarded_delete(fs, base, folder)
+            door.guarded_delete(fs, base, folder)
             removed.append(f"{run_id}/{attempt}")
     for run_id in by_run:
-        run_dir = f"{base}/{safety.STAGING}/{run_id}"
-        safety.remove_empty_dir(fs, base, f"{run_dir}/shards")
-        safety.remove_empty_dir(fs, base, run_dir)
+        run_dir = f"{base}/{door.STAGING}/{run_id}"
+        door.remove_empty_dir(fs, base, f"{run_dir}/shards")
+        door.remove_empty_dir(fs, base, run_dir)
     if removed:
         log.info("staging.cleaned", removed=removed)
     return removed
@@ -342,4 +343,4 @@ def _remove_empty_folders(fs: pafs.FileSystem, base: str, top: str) -> None:
     if not is_local(fs) or not os.path.isdir(root):
         return
     for folder, _dirs, _files in os.walk(root, topdown=False):
-        safety.remove_empty_dir(fs, base, folder)
+        door.remove_empty_dir(fs, base, folder)

@@ -36,7 +36,7 @@ caps its rate at ``s`` × the configured rate and climbs ``s`` times as fast aft
 N shards in parallel probe the service together as one run does alone. (Slow start and the
 multiplicative decrease are already proportional to each shard's own rate.) Shards on one
 machine do better: they keep one ``RateState`` per endpoint in a shared file
-(``connector.sharedrate``), whose share is the sum of theirs, and so pace and adapt as one run.
+(``connector.oci.sharedrate``), whose share is the sum of theirs, and so pace and adapt as one run.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def endpoint_key(url: str) -> str:
 
 class RateState:
     """What a controller paces and adapts by: the rate, the next send slot, the last decrease,
-    the recent successes. This one lives in the process; ``connector.sharedrate`` keeps the same
+    the recent successes. This one lives in the process; ``connector.oci.sharedrate`` keeps the same
     state in a file that the shards of a run on one machine map together, so that they pace and
     adapt as one controller.
 
@@ -369,7 +369,7 @@ class AdaptiveLimiter:
     of the global slots; admission is by priority (``PriorityGate``), pacing uses anyio's FIFO
     lock. ``max_rate`` caps each endpoint's rate; ``share`` is this process's part of it (see
     the module's docstring). ``states``, when given, supplies each endpoint's pacing state (the
-    one shared by the shards of a run, from ``connector.sharedrate``); without it, or when it
+    one shared by the shards of a run, from ``connector.oci.sharedrate``); without it, or when it
     has none for an endpoint, the process keeps its own.
     """
 

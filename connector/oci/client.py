@@ -4,12 +4,12 @@ One ``OciClient`` (one aiohttp session, one connection pool) serves a whole run.
 lower-level failure is translated here, at one boundary, into ``TransportError`` (``TlsError``,
 ``ProxyError``, ``RequestTimeout``) or ``OciApiError``; nothing from aiohttp leaks to callers.
 Errors the client gives up on name the call, the host, the credentials and the next step
-(``connector.troubleshoot``).
+(``connector.oci.troubleshoot``).
 
 Network set-up follows the official SDK (whose sessions are requests sessions):
 
 - proxies from ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and ``NO_PROXY``, resolved per host
-  by ``connector.proxy`` with requests' rules (aiohttp's own ``trust_env`` would also read
+  by ``connector.oci.proxy`` with requests' rules (aiohttp's own ``trust_env`` would also read
   ``~/.netrc`` and differs on ``NO_PROXY`` networks);
 - certificates verified always: against ``oci.ca_bundle`` when set (that file only, as requests'
   ``verify=path``), else ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` as requests reads them,
@@ -37,8 +37,7 @@ import orjson
 import structlog
 from yarl import URL
 
-from connector import __version__, diagnose, troubleshoot
-from connector.auth import Refreshable, RequestSigner
+from connector import __version__
 from connector.errors import (
     ConfigError,
     OciApiError,
@@ -49,9 +48,13 @@ from connector.errors import (
     TransportError,
 )
 from connector.limits import BodyReader, Limits, PageCounter
-from connector.pages import PageError
-from connector.proxy import Proxy, proxy_for
-from connector.retry import (
+from connector.oci import (
+    diagnose,
+    troubleshoot,
+)
+from connector.oci.auth import Refreshable, RequestSigner
+from connector.oci.proxy import Proxy, proxy_for
+from connector.oci.retry import (
     AdaptiveLimiter,
     Clock,
     RateState,
@@ -60,13 +63,14 @@ from connector.retry import (
     endpoint_key,
     is_retryable_status,
 )
+from connector.pages import PageError
 
 USER_AGENT = (
     f"oci-images-connector/{__version__} (Python {platform.python_version()}; "
     f"aiohttp {aiohttp.__version__})"
 )
 
-log = structlog.get_logger("connector.client")
+log = structlog.get_logger("connector.oci.client")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +124,8 @@ class ClientOptions:
     rate_share: float = 1.0
     """This process's part of the tenancy's request budget (1/N for one of N shards)."""
     rate_states: Callable[[str], RateState | None] | None = None
-    """Each endpoint's pacing state, where the run's shards share it (``connector.sharedrate``)."""
+    """Each endpoint's pacing state, where the run's shards share it
+    (``connector.oci.sharedrate``)."""
 
 
 class OciClient:
@@ -155,7 +160,7 @@ class OciClient:
         self._ca_source = "the system's trusted CAs"
         self._proxies: dict[tuple[str, str], Proxy | None] = {}
         self._answered: set[str] = set()
-        """Hosts that have answered a request of this run (``connector.diagnose``)."""
+        """Hosts that have answered a request of this run (``connector.oci.diagnose``)."""
         self.aborted: diagnose.RunAbort | None = None
         """The first error seen that concerns the whole run (TLS, 401, DNS or connection
         refused before the host ever answered): callers stop the run with it."""

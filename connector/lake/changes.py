@@ -32,10 +32,10 @@ from connector import schema
 from connector.sinks import FileInfo, SinkOptions
 
 if TYPE_CHECKING:
-    from connector.publish import Layout
-    from connector.tables import TableWriter
+    from connector.lake.publish import Layout
+    from connector.lake.tables import TableWriter
 
-log = structlog.get_logger("connector.changes")
+log = structlog.get_logger("connector.lake.changes")
 
 KEY = ("_region", "id", "compartment_id")
 COMPARED: tuple[str, ...] = tuple(
@@ -366,7 +366,7 @@ def diff_published(
     """Changes between two published snapshots of ``images`` under ``base``, read through
     their manifests (or, with a table format, from the table). Raises ``PublishError`` when
     either snapshot is not published."""
-    from connector import snapshots
+    from connector.lake import snapshots
 
     old = snapshots.manifest(fs, base, from_date)
     new = snapshots.manifest(fs, base, to_date)
@@ -398,8 +398,8 @@ def stage_changes(
     """The ``changes`` dataset of a run being committed: its staged ``images`` files against
     the latest complete snapshot published before its date (from the table, with a table
     format), written into the run's staging."""
-    from connector import snapshots
-    from connector.sinks.table import write_batches
+    from connector.lake import snapshots
+    from connector.sinks.dataset import write_batches
 
     before = snapshots.previous_date(fs, layout.base, layout.snapshot_date)
     context = DiffContext(

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from connector import schema
 from connector.errors import ConfigError, PublishError
-from connector.storage import Store
+from connector.lake.storage import Store
 
 if TYPE_CHECKING:
     from connector.config import OutputSettings

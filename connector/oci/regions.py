@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from connector import _region_table
+from connector.oci import _region_table
 
 REGION_METADATA_ENV = "OCI_REGION_METADATA"
 DEFAULT_REALM_ENV = "OCI_DEFAULT_REALM"

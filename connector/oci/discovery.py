@@ -16,17 +16,21 @@ from urllib.parse import urlsplit
 import orjson
 import structlog
 
-from connector import compartments, regions, safety
+from connector import names
 from connector.errors import ConfigError, ConnectorError, OciApiError
+from connector.oci import (
+    compartments,
+    regions,
+)
 from connector.pages import WorkItem, parse
 
 if TYPE_CHECKING:
-    from connector.auth import Credentials
-    from connector.client import OciClient
     from connector.config import OciSettings, Settings
+    from connector.oci.auth import Credentials
+    from connector.oci.client import OciClient
 
 API_VERSION = "/20160918"
-log = structlog.get_logger("connector.discovery")
+log = structlog.get_logger("connector.oci.discovery")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +38,7 @@ class Endpoints:
     """Base URLs of Compute and Identity, per region.
 
     A template (``oci.endpoint``, ``oci.identity_endpoint``) has ``{region}`` substituted; an
-    empty one means the region's public endpoint in its realm (``connector.regions``). Regions
+    empty one means the region's public endpoint in its realm (``connector.oci.regions``). Regions
     newer than the table, learnt from the tenancy's subscriptions, take the home region's realm.
     """
 
@@ -95,9 +99,7 @@ async def subscribed_regions(
     subscriptions = orjson.loads(response.body)
     # A region name becomes a folder name (region=...): one that is not a region is refused.
     ready = sorted(
-        safety.check_region(s.get("regionName"))
-        for s in subscriptions
-        if s.get("status") == "READY"
+        names.check_region(s.get("regionName")) for s in subscriptions if s.get("status") == "READY"
     )
     log.info(
         "discovery.regions",

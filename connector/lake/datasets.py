@@ -23,11 +23,11 @@ from typing import Any
 import pyarrow.fs as pafs
 import structlog
 
-from connector import publish
 from connector.errors import PublishError
+from connector.lake import publish
 from connector.sinks import FileInfo
 
-log = structlog.get_logger("connector.datasets")
+log = structlog.get_logger("connector.lake.datasets")
 
 MANIFEST = "_manifest.json"
 MARKER = "_SUCCESS"

@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from connector import durable, safety
+from connector import names
 from connector.errors import ConnectorError
+from connector.lake import durable
 
 
 class VerificationError(ConnectorError):
@@ -72,8 +73,8 @@ def verify_files(
     for entry in files:
         relative = str(entry.get("path", ""))
         try:
-            safety.check_relative(relative, "listed file")
-        except safety.UnsafeNameError as exc:
+            names.check_relative(relative, "listed file")
+        except names.UnsafeNameError as exc:
             raise VerificationError(shard, relative or "(no path)", str(exc)) from None
         path = f"{root}/{relative}"
         info = fs.get_file_info(path)

@@ -16,8 +16,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from connector.errors import PublishError
+from connector.lake.publish import exists, read_json
 from connector.pages import WorkItem
-from connector.publish import exists, read_json
 
 _DATE_DIR = re.compile(r"^snapshot_date=(\d{4}-\d{2}-\d{2})$")
 _LINES_PER_BATCH = 16_384

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, runtime_checkabl
 from urllib.parse import urlsplit
 
 import anyio.to_thread
+import structlog
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from connector import signing
 from connector.errors import AuthError, ConfigError
+from connector.oci import signing
+
+log = structlog.get_logger("connector.oci.auth")
 
 if TYPE_CHECKING:
     from connector.config import Settings
@@ -344,13 +348,12 @@ def resolve_credentials(settings: Settings) -> Credentials:
     if oci.auth in ("api_key", "security_token"):
         path, name = resolve_config_location(oci.config_file, oci.profile)
         profile = load_profile(path, name)
-        from connector import safety
 
         # As the OCI CLI does: a key others can read is a key others may have copied.
-        safety.warn_if_exposed(path, "OCI config file")
+        warn_if_exposed(path, "OCI config file")
         for secret in (profile.key_file, profile.security_token_file):
             if secret:
-                safety.warn_if_exposed(secret, "key file")
+                warn_if_exposed(secret, "key file")
         try:
             signer = make_signer(oci.auth, profile)
         except AuthError as exc:
@@ -385,3 +388,26 @@ def check_credentials(settings: Settings, credentials: Credentials) -> None:
     tenancy = settings.scope.tenancy or credentials.tenancy
     if tenancy and tenancy in settings.scope.exclude:
         raise ConfigError("scope.exclude", config.EXCLUDES_ROOT)
+
+
+def warn_if_exposed(path: str | os.PathLike[str], what: str) -> str | None:
+    """Warn, as the OCI CLI does, when a key or config file is readable by group or others.
+
+    Returns the warning (None when the permissions are fine, the file is missing, or the
+    platform has no POSIX permissions). The content is never read here.
+    """
+    if os.name != "posix":
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if not mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return None
+    message = (
+        f"permissions on {what} {os.fspath(path)} are too open "
+        f"({stat.filemode(mode)}): it is readable or writable by group or others; "
+        f"fix with: chmod 600 {os.fspath(path)}"
+    )
+    log.warning("permissions.too_open", file=os.fspath(path), what=what, mode=oct(mode & 0o777))
+    return message

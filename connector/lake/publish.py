@@ -7,17 +7,17 @@ Layout under the output URI::
     images/snapshot_date=D/_manifest.json                 written after the data
     images/snapshot_date=D/_SUCCESS (or _PARTIAL)         written last
     _runs/RUN_ID.json                                     every run's record, failed ones too
-    _staging/_locks/snapshot_date=D.lock                  one writer per date (connector.lock)
+    _staging/_locks/snapshot_date=D.lock                  one writer per date (connector.lake.lock)
     _staging/RUN_ID/ATTEMPT/...                           one attempt's files until commit
     _staging/RUN_ID/shards/III-of-NNN.json                what each finished shard staged
     _trash/RUN_ID/ATTEMPT/images/snapshot_date=D          the previous partition, mid-swap
 
 Each attempt (a process running a run or a shard, even under a run id used before) writes only
 below its own ``_staging/RUN_ID/ATTEMPT``, which no reader of ``images/`` looks at. Commit
-checks every file the shard manifests list (``connector.verify``), gathers them into one
-partition, writes the manifest and the marker, and swaps it in (``connector.durable``). Every
-deletion goes through ``connector.safety.guarded_delete``. On object stores, which cannot rename,
-``connector.objectstore`` publishes by copies and a manifest instead.
+checks every file the shard manifests list (``connector.lake.verify``), gathers them into one
+partition, writes the manifest and the marker, and swaps it in (``connector.lake.durable``). Every
+deletion goes through ``connector.lake.door.guarded_delete``. On object stores, which cannot rename,
+``connector.lake.objectstore`` publishes by copies and a manifest instead.
 """
 
 from __future__ import annotations
@@ -29,16 +29,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from connector import durable, lock, safety
 from connector.errors import PublishError
-from connector.sinks import FileInfo
+from connector.lake import (
+    door,
+    durable,
+    lock,
+)
 
-STAGING = safety.STAGING
-TRASH = safety.TRASH
+STAGING = door.STAGING
+TRASH = door.TRASH
 RUNS = "_runs"
 
 
@@ -127,101 +128,6 @@ def exists(fs: pafs.FileSystem, path: str) -> bool:
     return bool(fs.get_file_info(path).type != pafs.FileType.NotFound)
 
 
-def drop_compartments(
-    fs: pafs.FileSystem, partition: str, files: list[FileInfo], failed: set[tuple[str, str]]
-) -> list[FileInfo]:
-    """Rewrite staged files without the rows of failed (region, compartment) listings.
-
-    Rows stream to disk as pages arrive, before a listing is known to be complete; when some
-    listing fails and a partial result is still published, its rows come out here, a row group
-    (or line) at a time, so memory stays flat.
-    """
-    kept: list[FileInfo] = []
-    for info in files:
-        path = f"{partition}/{info.path}"
-        temporary = path + ".filtering"
-        if info.path.endswith(".parquet"):
-            rows = _filter_parquet(fs, path, temporary, failed)
-        else:
-            rows = _filter_lines(fs, path, temporary, failed, info.path.endswith(".gz"))
-        fs.move(temporary, path)
-        kept.append(FileInfo(info.path, rows, fs.get_file_info(path).size or 0))
-    return kept
-
-
-def _filter_parquet(
-    fs: pafs.FileSystem, source: str, target: str, failed: set[tuple[str, str]]
-) -> int:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from connector.sinks import parquet
-
-    rows = 0
-    with fs.open_input_file(source) as raw:
-        reader = pq.ParquetFile(raw)
-        metadata = reader.metadata
-        compression = (
-            metadata.row_group(0).column(0).compression if metadata.num_row_groups else "ZSTD"
-        )
-        codec = str(compression).lower()
-        codec = "none" if codec == "uncompressed" else codec
-        with (
-            fs.open_output_stream(target, compression=None) as out,
-            parquet.writer(out, codec, reader.schema_arrow) as writer,
-        ):
-            by_region: dict[str, list[str]] = {}
-            for region, compartment in failed:
-                by_region.setdefault(region, []).append(compartment)
-            for index in range(metadata.num_row_groups):
-                table = reader.read_row_group(index)
-                drop: Any = pa.repeat(False, table.num_rows)
-                for region, compartments in by_region.items():
-                    listed = pc.is_in(
-                        table["_source_compartment_id"], value_set=pa.array(compartments)
-                    )
-                    drop = pc.or_(
-                        drop, pc.and_(pc.equal(table["_region"], pa.scalar(region)), listed)
-                    )
-                table = table.filter(pc.invert(drop))
-                if table.num_rows:
-                    writer.write_table(table, row_group_size=table.num_rows)
-                    rows += table.num_rows
-    return rows
-
-
-def _filter_lines(
-    fs: pafs.FileSystem, source: str, target: str, failed: set[tuple[str, str]], gzip: bool
-) -> int:
-    import pyarrow as pa
-
-    rows = 0
-    with fs.open_input_stream(source, compression="gzip" if gzip else None) as src:
-        raw = fs.open_output_stream(target, compression=None)
-        out = pa.CompressedOutputStream(raw, "gzip") if gzip else raw
-        with out:
-            for line in _lines(src):
-                row = orjson.loads(line)
-                region = row.get("_region", row.get("region"))
-                compartment = row.get("_source_compartment_id", row.get("compartment_id"))
-                if (region, compartment) in failed:
-                    continue
-                out.write(line + b"\n")
-                rows += 1
-    return rows
-
-
-def _lines(stream: Any, chunk_size: int = 1 << 20) -> Iterable[bytes]:
-    """Lines of a pyarrow input stream, read a chunk at a time."""
-    pending = b""
-    while chunk := stream.read(chunk_size):
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        yield from (line for line in complete if line)
-    if pending:
-        yield pending
-
-
 RUN_ID_TIME = re.compile(r"^(\d{8}T\d{6}Z)")
 STALE_STAGING_S = 7 * 86400
 
@@ -245,7 +151,7 @@ def recover(
     locks of dead owners.
 
     Returns the partitions put back (``images/snapshot_date=D``). ``owner`` is who asks (for the
-    date locks repair takes), ``held`` the dates it holds already. See ``connector.durable``.
+    date locks repair takes), ``held`` the dates it holds already. See ``connector.lake.durable``.
     Besides attempts whose owner is gone, a run's staging whose run id is over a week old goes
     too: its age comes from the id, never from a modification time, which object stores do not
     keep for folders (a shard left a week without its commit will not be committed).
@@ -258,7 +164,7 @@ def recover(
     for run_dir in fs.get_file_info(pafs.FileSelector(f"{base}/{STAGING}", allow_not_found=True)):
         started = run_started(run_dir.base_name)
         if started is not None and now - started > STALE_STAGING_S:
-            safety.guarded_delete(fs, base, run_dir.path)
+            door.guarded_delete(fs, base, run_dir.path)
     remove_if_empty(fs, base, f"{base}/{STAGING}")
     return restored
 
@@ -286,9 +192,9 @@ def _move_in(fs: pafs.FileSystem, layout: Layout, source: str) -> None:
         fs.create_dir(layout.trash.rsplit("/", 1)[0], recursive=True)
         fs.move(layout.partition, layout.trash)
     fs.move(source, layout.partition)
-    safety.guarded_delete(fs, layout.base, layout.trash)
+    door.guarded_delete(fs, layout.base, layout.trash)
 
 
 def remove_if_empty(fs: pafs.FileSystem, base: str, path: str) -> None:
     """Remove ``_staging`` or ``_trash`` (or a folder in them) if nothing is left in it."""
-    safety.remove_empty_dir(fs, base, path)
+    door.remove_empty_dir(fs, base, path)

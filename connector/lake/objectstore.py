@@ -21,7 +21,7 @@ sees both runs' files between steps 2 and 6 (the README says so and points to De
 the journal's run, the commit passed its commit point and steps 5-6 are redone; otherwise the
 copies are deleted and a deleted marker is put back. Both are idempotent, so a recovery that
 is itself killed is repaired by the next one. The clean-up of dead attempts at each start
-leaves a folder holding a journal alone (``connector.durable``): without its journal, a killed
+leaves a folder holding a journal alone (``connector.lake.durable``): without its journal, a killed
 commit's copies, or the files it superseded, would stay in the partition for good.
 """
 
@@ -34,11 +34,16 @@ from typing import Any
 import pyarrow.fs as pafs
 import structlog
 
-from connector import durable, lock, publish, safety
 from connector.errors import PublishError
-from connector.tables import TableWriter
+from connector.lake import (
+    door,
+    durable,
+    lock,
+    publish,
+)
+from connector.lake.tables import TableWriter
 
-log = structlog.get_logger("connector.objectstore")
+log = structlog.get_logger("connector.lake.objectstore")
 
 JOURNAL = durable.JOURNAL
 MANIFEST = "_manifest.json"
@@ -218,7 +223,7 @@ def _roll_back(fs: pafs.FileSystem, base: str, staging: str, journal: dict[str, 
             with fs.open_output_stream(f"{partition}/{marker}", compression=None):
                 pass
     if staging.rsplit("/", 1)[-1].startswith("commit-"):
-        safety.guarded_delete(fs, base, staging)
+        door.guarded_delete(fs, base, staging)
     else:  # a journal in the run's own folder, beside its shards (before attempt folders)
         fs.delete_file(f"{staging}/{JOURNAL}")
 

@@ -20,11 +20,11 @@ import structlog
 from anyio.abc import ObjectSendStream, TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from connector.client import OciClient, Response
-from connector.discovery import Endpoints
 from connector.errors import ConnectorError, OciApiError, PaginationError, TransportError
+from connector.lake.manifest import ListingError
 from connector.limits import ResponseTooLarge
-from connector.manifest import ListingError
+from connector.oci.client import OciClient, Response
+from connector.oci.discovery import Endpoints
 from connector.pages import Page, PageError, WorkItem
 from connector.workers.coordinator import Verdicts
 
@@ -44,7 +44,7 @@ class AllStarted:
     of the listings still under way."""
 
 
-log = structlog.get_logger("connector.fetch")
+log = structlog.get_logger("connector.oci.fetch")
 
 Message = Page | ListingEnd | AllStarted
 """What flows from the fetch tasks to the workers."""
@@ -54,7 +54,7 @@ class Fetcher:
     """Fetches listings of ListImages through one client.
 
     Each region has its own ``per_region`` tasks, each taking the region's listings one after
-    another. Regions are paced on their own (see ``connector.retry``), so a region held back
+    another. Regions are paced on their own (see ``connector.oci.retry``), so a region held back
     by its rate limit keeps only its own tasks waiting, never another region's. A task holds at
     most one page that is not handed on yet, so at most regions × ``per_region`` pages are in
     hand, and the number of tasks does not grow with the number of compartments (20,000

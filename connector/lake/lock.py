@@ -44,10 +44,11 @@ import orjson
 import pyarrow.fs as pafs
 import structlog
 
-from connector import safety
+from connector import names
 from connector.errors import ConnectorError
+from connector.lake import door
 
-log = structlog.get_logger("connector.lock")
+log = structlog.get_logger("connector.lake.lock")
 
 LOCKS = "_locks"
 OWNER_FILE = "_owner.json"
@@ -409,7 +410,7 @@ class Lock:
     def __init__(self, fs: pafs.FileSystem, base: str, name: str, owner: Owner, what: str) -> None:
         self.fs = fs
         self.base = base
-        self.path = f"{base}/{safety.STAGING}/{LOCKS}/{safety.check_component(name)}"
+        self.path = f"{base}/{door.STAGING}/{LOCKS}/{names.check_component(name)}"
         self.owner = owner
         self.what = what
         self._data = owner.to_json()
@@ -446,12 +447,12 @@ class Lock:
         breaker = self.path + ".break"
         if not create_exclusive(self.fs, breaker, self._data):
             if _age_s(self.fs, breaker) > BREAK_GRACE_S:
-                safety.guarded_delete(self.fs, self.base, breaker)
+                door.guarded_delete(self.fs, self.base, breaker)
             return False
         try:
             if _read(self.fs, self.path) != seen:
                 return False
-            safety.guarded_delete(self.fs, self.base, self.path)
+            door.guarded_delete(self.fs, self.base, self.path)
             log.warning(
                 "lock.taken_over",
                 lock=self.path,
@@ -459,7 +460,7 @@ class Lock:
             )
             return True
         finally:
-            safety.guarded_delete(self.fs, self.base, breaker)
+            door.guarded_delete(self.fs, self.base, breaker)
 
     def release(self) -> None:
         """Give the lock back (only if it is still ours)."""
@@ -472,10 +473,10 @@ class Lock:
         if current != self._data:
             log.warning("lock.lost", lock=self.path, run_id=self.owner.run_id)
             return
-        safety.guarded_delete(self.fs, self.base, self.path)
+        door.guarded_delete(self.fs, self.base, self.path)
         folder = self.path.rsplit("/", 1)[0]
-        if safety.remove_empty_dir(self.fs, self.base, folder):
-            safety.remove_empty_dir(self.fs, self.base, folder.rsplit("/", 1)[0])
+        if door.remove_empty_dir(self.fs, self.base, folder):
+            door.remove_empty_dir(self.fs, self.base, folder.rsplit("/", 1)[0])
 
     def __enter__(self) -> Lock:
         self.acquire()
@@ -487,7 +488,7 @@ class Lock:
 
 def date_lock(fs: pafs.FileSystem, base: str, snapshot_date: str, owner: Owner) -> Lock:
     """The lock for publishing ``snapshot_date`` under ``base`` (one writer at a time)."""
-    day = safety.check_snapshot_date(snapshot_date)
+    day = names.check_snapshot_date(snapshot_date)
     return Lock(fs, base, f"snapshot_date={day}.lock", owner, f"snapshot date {day} of {base}")
 
 
@@ -495,7 +496,7 @@ def shard_lock(
     fs: pafs.FileSystem, base: str, run_id: str, index: int, count: int, owner: Owner
 ) -> Lock:
     """The lock for one shard of one run: two attempts of the same shard never run at once."""
-    run = safety.check_run_id(run_id)
+    run = names.check_run_id(run_id)
     return Lock(
         fs,
         base,
@@ -515,7 +516,7 @@ def remove_dead_locks(fs: pafs.FileSystem, base: str, asking: Owner) -> list[str
     machine before their expiry) and unreadable files (being written right now, perhaps) are
     left; a file that changed since it was read is not removed (``Lock._break``).
     """
-    folder = f"{base}/{safety.STAGING}/{LOCKS}"
+    folder = f"{base}/{door.STAGING}/{LOCKS}"
     removed: list[str] = []
     for entry in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
         if entry.type != pafs.FileType.File or not entry.base_name.endswith(".lock"):
@@ -526,8 +527,8 @@ def remove_dead_locks(fs: pafs.FileSystem, base: str, asking: Owner) -> list[str
             continue
         if Lock(fs, base, entry.base_name, asking, entry.base_name)._break(seen, holder):
             removed.append(entry.base_name)
-    if safety.remove_empty_dir(fs, base, folder):
-        safety.remove_empty_dir(fs, base, folder.rsplit("/", 1)[0])
+    if door.remove_empty_dir(fs, base, folder):
+        door.remove_empty_dir(fs, base, folder.rsplit("/", 1)[0])
     return removed
 
 
@@ -540,8 +541,8 @@ def claim_attempt(fs: pafs.FileSystem, base: str, owner: Owner) -> str:
     The owner file lets the next start tell a dead attempt's leftovers (removed at once) from a
     live one's (left alone), instead of waiting days.
     """
-    run = safety.check_run_id(owner.run_id)
-    folder = safety.join(f"{base}/{safety.STAGING}", run, owner.attempt)
+    run = names.check_run_id(owner.run_id)
+    folder = names.join(f"{base}/{door.STAGING}", run, owner.attempt)
     fs.create_dir(folder, recursive=True)
     if not create_exclusive(fs, f"{folder}/{OWNER_FILE}", owner.to_json()):
         raise ConnectorError(f"staging attempt {folder} exists already")
@@ -556,11 +557,9 @@ def attempt_owner(fs: pafs.FileSystem, folder: str) -> Owner | None:
 
 def iter_attempts(fs: pafs.FileSystem, base: str) -> Iterator[tuple[str, str, str]]:
     """(run id, attempt, folder) of every staging attempt under ``base``."""
-    root = f"{base}/{safety.STAGING}"
+    root = f"{base}/{door.STAGING}"
     for run_dir in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
-        if run_dir.type != pafs.FileType.Directory or not safety.RUN_ID.fullmatch(
-            run_dir.base_name
-        ):
+        if run_dir.type != pafs.FileType.Directory or not names.RUN_ID.fullmatch(run_dir.base_name):
             continue
         for entry in fs.get_file_info(pafs.FileSelector(run_dir.path, allow_not_found=True)):
             if entry.type == pafs.FileType.Directory and entry.base_name != "shards":

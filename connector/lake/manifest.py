@@ -3,7 +3,7 @@
 Each shard writes a shard manifest into the run's staging (``Manifest`` with ``shard`` set);
 ``commit`` merges every shard's manifest into one, decides whether the partition may be
 published (a failed listing blocks it unless ``output.allow_partial``), writes ``_manifest.json``
-and ``_SUCCESS`` last and swaps the partition in (``connector.publish``). The records here are
+and ``_SUCCESS`` last and swaps the partition in (``connector.lake.publish``). The records here are
 typed; ``as_dict`` gives the JSON the manifest file holds, key for key.
 """
 
@@ -26,9 +26,9 @@ from connector.sinks import FileInfo
 
 if TYPE_CHECKING:
     from connector.config import Settings
-    from connector.storage import Store
+    from connector.lake.storage import Store
 
-log = structlog.get_logger("connector.manifest")
+log = structlog.get_logger("connector.lake.manifest")
 
 Status = Literal["succeeded", "partial", "failed"]
 """How a run, a shard or a commit ended."""
@@ -346,7 +346,7 @@ def commit(
     started: float | None = None,
 ) -> RunOutcome:
     """Merge the staged shards of ``run_id`` into one manifest and publish the partition
-    (``connector.committing``)."""
-    from connector.committing import commit_run
+    (``connector.lake.committing``)."""
+    from connector.lake.committing import commit_run
 
     return commit_run(settings, run_id, store=store, started=started)

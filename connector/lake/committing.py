@@ -1,17 +1,17 @@
 """Commit: publish a run's staged shards as one partition, or nothing, and record it either way.
 
-In order, under the snapshot date's lock (``connector.lock``):
+In order, under the snapshot date's lock (``connector.lake.lock``):
 
-1. repair interrupted swaps and remove dead attempts' staging (``connector.durable``);
+1. repair interrupted swaps and remove dead attempts' staging (``connector.lake.durable``);
 2. read every shard's manifest; all shards present, one snapshot date, no shard still running;
 3. decide: a partial run is published only with ``output.allow_partial`` and when at least
    ``output.min_complete_ratio`` of its listings are complete; below that floor it fails
    (exit 1) whatever ``allow_partial`` says, so a run in which every listing failed (a lost
    policy, a wrong region) can never replace a good partition with an empty one;
-4. verify every file the manifests list: present, its size, its rows (``connector.verify``);
+4. verify every file the manifests list: present, its size, its rows (``connector.lake.verify``);
 5. gather exactly those files into one partition (hard links on a local disk), with the
    datasets published beside ``images`` (``compartments``; ``changes``, computed here, with
-   ``output.changes``), and publish those first (``connector.datasets``);
+   ``output.changes``), and publish those first (``connector.lake.datasets``);
 6. publish ``images``: on a local disk, plain files get ``_manifest.json``, then ``_SUCCESS``
    (complete) or ``_PARTIAL`` (published partial), all fsynced, and are swapped in; on object
    stores, and for Delta and Iceberg tables, ``objectstore.publish_partition`` publishes by
@@ -37,29 +37,29 @@ import orjson
 import pyarrow.fs as pafs
 import structlog
 
-from connector import (
+from connector import interrupt, names
+from connector.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, ConnectorError, PublishError
+from connector.lake import (
     changes,
     datasets,
+    door,
     durable,
-    interrupt,
     lock,
     objectstore,
     publish,
-    safety,
     storage,
     tables,
     verify,
 )
-from connector.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, ConnectorError, PublishError
-from connector.manifest import Manifest, RunOutcome, merge
+from connector.lake.manifest import Manifest, RunOutcome, merge
 from connector.sinks import FileInfo, SinkOptions
 
 if TYPE_CHECKING:
     from connector.config import Settings
-    from connector.storage import Store
-    from connector.tables import TableWriter
+    from connector.lake.storage import Store
+    from connector.lake.tables import TableWriter
 
-log = structlog.get_logger("connector.committing")
+log = structlog.get_logger("connector.lake.committing")
 
 SUCCESS = "_SUCCESS"
 PARTIAL = "_PARTIAL"
@@ -86,7 +86,7 @@ def commit_run(
     """
     committing = time.monotonic()
     began = started or committing
-    run_id = safety.check_run_id(run_id, "run_id")
+    run_id = names.check_run_id(run_id, "run_id")
     output = settings.output
     store = store or storage.resolve(output.uri, output.storage_options)
     table = tables.for_output(output, store)
@@ -150,7 +150,7 @@ def commit_run(
     elapsed = time.monotonic() - began
     _record(filesystem, layout, manifest, "partial" if manifest.failed else "succeeded", True, "")
     with contextlib.suppress(OSError):
-        safety.guarded_delete(filesystem, base, layout.run_staging)
+        door.guarded_delete(filesystem, base, layout.run_staging)
         publish.remove_if_empty(filesystem, base, f"{base}/{publish.STAGING}")
     log.info(
         "run.published",
@@ -280,7 +280,7 @@ def _publish(
             manifest = Manifest.from_dict(document)
     except BaseException:
         with contextlib.suppress(OSError, ConnectorError):
-            safety.guarded_delete(fs, layout.base, layout.staging)
+            door.guarded_delete(fs, layout.base, layout.staging)
         raise
     return manifest
 
@@ -381,7 +381,7 @@ def _already_published(
         return RunOutcome(run_id, code, True, published, "already published")
     try:
         record = publish.read_json(fs, record_path)
-        day = safety.check_snapshot_date(record.get("snapshot_date"))
+        day = names.check_snapshot_date(record.get("snapshot_date"))
         partition = publish.Layout(base, run_id, day).partition
         published = Manifest.from_dict(publish.read_json(fs, f"{partition}/{MANIFEST}"))
     except (OSError, KeyError, TypeError, ValueError, ConnectorError):

@@ -44,15 +44,15 @@ from types import TracebackType
 
 import structlog
 
-from connector.lock import boot_id
-from connector.retry import RateState
+from connector.lake.lock import boot_id
+from connector.oci.retry import RateState
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-log = structlog.get_logger("connector.sharedrate")
+log = structlog.get_logger("connector.oci.sharedrate")
 
 MAGIC = b"OCIRATE2"
 MAX_SHARDS = 4096

@@ -1,0 +1,191 @@
+"""The one door every deletion under the output goes through.
+
+Deleting is the one irreversible thing the connector does, so it has one function,
+``guarded_delete``. It refuses anything that is not strictly inside ``{uri}/_staging/`` or
+``{uri}/_trash/`` (or a superseded file of the partition being replaced, listed by the caller),
+and on a local disk it refuses to follow a symbolic link out of those folders. A bug elsewhere
+then fails loudly instead of removing a sibling team's data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import structlog
+
+from connector.errors import ConnectorError
+from connector.names import DATASETS, PARTITION
+
+log = structlog.get_logger("connector.lake.door")
+
+STAGING = "_staging"
+TRASH = "_trash"
+
+
+class DeletionRefused(ConnectorError):
+    """A deletion outside the connector's own folders was attempted; nothing was deleted.
+
+    This is a bug or a hostile input, never an operating condition: the run stops.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Superseded:
+    """Files of a published partition that its replacement no longer lists.
+
+    On object stores, where a partition cannot be renamed away, the commit writes the new files
+    beside the old ones and then deletes exactly these.
+    """
+
+    partition: str
+    """``{base}/{dataset}/snapshot_date=YYYY-MM-DD``."""
+    files: frozenset[str]
+    """Full paths, each inside ``partition``."""
+
+
+def guarded_delete(
+    fs: pafs.FileSystem,
+    base: str,
+    target: str,
+    *,
+    superseded: Superseded | None = None,
+    missing_ok: bool = True,
+) -> None:
+    """Delete ``target`` (a folder with all it holds, or a file), if it is ours to delete.
+
+    Allowed: anything strictly inside ``{base}/_staging/`` or ``{base}/_trash/``; or, with
+    ``superseded``, one of the files it lists. Anything else raises ``DeletionRefused`` and
+    nothing is deleted. Every deletion in the connector goes through here.
+    """
+    check_base(base)
+    relative = _inside(base, target)
+    parts = relative.split("/")
+    if parts[0] in (STAGING, TRASH) and len(parts) >= 2:
+        pass
+    elif superseded is not None and target in superseded.files:
+        _check_superseded(base, superseded, target)
+    else:
+        raise DeletionRefused(
+            f"refusing to delete {target!r}: only {base}/{STAGING}/…, {base}/{TRASH}/… and "
+            "superseded files of the partition being replaced may be deleted"
+        )
+    if isinstance(fs, pafs.LocalFileSystem):
+        _delete_local(base, relative, target, missing_ok)
+        return
+    info = fs.get_file_info(target)
+    if info.type == pafs.FileType.NotFound:
+        if not missing_ok:
+            raise FileNotFoundError(target)
+        return
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(target)
+    else:
+        fs.delete_file(target)
+
+
+def discard_files(fs: pafs.FileSystem, base: str, targets: Iterable[str]) -> None:
+    """``guarded_delete`` each of ``targets`` while a failure is being handled: an error
+    deleting one (the store unreachable) is logged, never raised over the failure itself."""
+    for target in targets:
+        try:
+            guarded_delete(fs, base, target)
+        except OSError as exc:
+            log.warning("discard.failed", path=target, error=str(exc))
+
+
+def remove_empty_dir(fs: pafs.FileSystem, base: str, target: str) -> bool:
+    """Remove ``target`` if it is an empty folder at or below ``_staging`` or ``_trash``.
+
+    Only where that is one atomic step (``rmdir`` on a local disk): checking for emptiness and
+    then deleting would race with another run creating its staging there. Object stores keep no
+    empty folders anyway. Returns whether it was removed.
+    """
+    check_base(base)
+    relative = _inside(base, target)
+    if relative.split("/")[0] not in (STAGING, TRASH):
+        raise DeletionRefused(f"refusing to remove {target!r}: not below {STAGING} or {TRASH}")
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return False
+    try:
+        os.rmdir(target)
+    except OSError:  # not empty, already gone, or not a folder
+        return False
+    return True
+
+
+def check_base(base: str) -> str:
+    """The output base path is absolute-looking, normalized and not a root."""
+    stripped = base.rstrip("/")
+    if not stripped or stripped in (".", "..") or _has_dot_segments(stripped):
+        raise DeletionRefused(f"refusing to work under the output base {base!r}")
+    return stripped
+
+
+def _inside(base: str, target: str) -> str:
+    """``target`` relative to ``base``; refuses ``.``/``..``/empty segments and anything outside."""
+    prefix = base.rstrip("/") + "/"
+    if not target.startswith(prefix) or _has_dot_segments(target[len(prefix) :]):
+        raise DeletionRefused(f"refusing to delete {target!r}: it is not inside {base!r}")
+    relative = target[len(prefix) :].rstrip("/")
+    if not relative:
+        raise DeletionRefused(f"refusing to delete the output base {base!r}")
+    return relative
+
+
+def _has_dot_segments(path: str) -> bool:
+    parts = path.split("/")
+    inner = parts[1:] if path.startswith("/") else parts
+    return any(p in ("", ".", "..") for p in inner) or "\x00" in path or "\\" in path
+
+
+def _check_superseded(base: str, superseded: Superseded, target: str) -> None:
+    partition = superseded.partition.rstrip("/")
+    dataset_and_date = _inside(base, partition).split("/")
+    if (
+        len(dataset_and_date) != 2
+        or dataset_and_date[0] not in DATASETS
+        or not PARTITION.fullmatch(dataset_and_date[1])
+    ):
+        raise DeletionRefused(f"refusing to delete in {partition!r}: not a published partition")
+    if not target.startswith(partition + "/") or _has_dot_segments(target[len(partition) + 1 :]):
+        raise DeletionRefused(f"refusing to delete {target!r}: not inside {partition!r}")
+
+
+def _delete_local(base: str, relative: str, target: str, missing_ok: bool) -> None:
+    """Delete on a local disk without following a symbolic link anywhere on the way.
+
+    Each folder from the base down to the target must be a real folder (a link planted at
+    ``_staging`` or at a run's folder would otherwise carry the deletion elsewhere); the target
+    itself, if a link, is unlinked, never followed; ``shutil.rmtree`` does not follow links
+    inside the tree.
+    """
+    current = Path(base)
+    for part in relative.split("/")[:-1]:
+        current = current / part
+        try:
+            mode = current.lstat().st_mode
+        except FileNotFoundError:
+            if missing_ok:
+                return
+            raise
+        if not stat.S_ISDIR(mode):
+            raise DeletionRefused(
+                f"refusing to delete {target!r}: {current} is a link or not a folder"
+            )
+    path = Path(target)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        if missing_ok:
+            return
+        raise
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=missing_ok)

@@ -1,0 +1,2 @@
+"""The OCI side: signed requests, credentials, regions and realms, retries and rate control,
+and the listings of images and compartments."""
