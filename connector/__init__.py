@@ -41,8 +41,9 @@ if TYPE_CHECKING:
         RequestTimeout,
         TransportError,
     )
-    from connector.lake.manifest import ListingError, ListingRecord, Manifest, RunOutcome
+    from connector.lake.manifest import ListingRecord, Manifest, RunOutcome
     from connector.oci.auth import Credentials
+    from connector.pages import ListingError
 
 __all__ = [
     "AuthError",
@@ -97,7 +98,8 @@ _HOMES = {
         "RequestTimeout",
         "TransportError",
     ),
-    "connector.lake.manifest": ("ListingError", "ListingRecord", "Manifest", "RunOutcome"),
+    "connector.lake.manifest": ("ListingRecord", "Manifest", "RunOutcome"),
+    "connector.pages": ("ListingError",),
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 

@@ -7,13 +7,14 @@ These types live apart from ``connector.workers.normalize`` so that the process 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
 import orjson
 
-from connector.errors import ConnectorError
+from connector.errors import ConnectorError, OciApiError
 
 
 class PageError(ConnectorError):
@@ -111,3 +112,39 @@ def dump_json(value: Any) -> bytes:
         # orjson parses up to 1,024 levels, more than Python's encoder can write back.
         raise ValueError("the value is nested too deeply to be written as JSON") from None
     return text.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class ListingError:
+    """Why a listing failed, as the manifest records it (never a secret: the service's code,
+    message and request id, or the connector's error)."""
+
+    status: int | None
+    code: str
+    message: str
+    opc_request_id: str | None
+
+    @classmethod
+    def from_exception(
+        cls, exc: ConnectorError, *, opc_request_id: str | None = None
+    ) -> ListingError:
+        """The record of ``exc``; ``opc_request_id`` is the request that produced it, if known."""
+        if isinstance(exc, OciApiError):
+            return cls(exc.status, exc.code, exc.message, exc.opc_request_id)
+        code = "InvalidResponse" if isinstance(exc, PageError) else type(exc).__name__
+        request_id = getattr(exc, "opc_request_id", None) or opc_request_id
+        return cls(None, code, str(exc), request_id)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The error as the manifest writes it."""
+        return {
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "opc_request_id": self.opc_request_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ListingError:
+        """Read back what ``as_dict`` wrote."""
+        return cls(data["status"], data["code"], data["message"], data["opc_request_id"])

@@ -44,21 +44,24 @@ from connector.config import Settings
 from connector.errors import EXIT_OK, EXIT_PARTIAL, ConnectorError, OciApiError, TransportError
 from connector.lake import (
     door,
+    durable,
+    housekeeping,
+    layout,
     lock,
-    objectstore,
-    publish,
     rewrite,
     snapshots,
     storage,
     tables,
 )
 from connector.lake.committing import commit_run, run_record, write_record
+from connector.lake.layout import Layout
 from connector.lake.manifest import (
     ListingRecord,
     Manifest,
     RequestCounts,
     RunOutcome,
     Timings,
+    utc_now,
 )
 from connector.lean import quiet_gc
 from connector.oci import (
@@ -176,7 +179,7 @@ class Export:
             self.run_id, lock.new_attempt_id(), settings.fetch.run_deadline_s
         )
         day = names.check_snapshot_date(output.effective_snapshot_date)
-        self.layout = publish.Layout(self.base, self.run_id, day, self.owner.attempt)
+        self.layout = Layout(self.base, self.run_id, day, self.owner.attempt)
         self.progress = Progress()
         self._timings: dict[str, float] = {}
         self.results: dict[WorkItem, ListingRecord] = {}
@@ -190,7 +193,7 @@ class Export:
         self._sink_options = SinkOptions(output.format, output.effective_compression)
         self.discovery: discovery.Discovery | None = None
         self._listing_pages: dict[WorkItem, int] = {}
-        data_prefix, reject_prefix = publish.shard_prefixes(*shard)
+        data_prefix, reject_prefix = layout.shard_prefixes(*shard)
         setup = WorkerSetup(
             run=self._run_info,
             platform_mode=self._platform_mode,
@@ -238,7 +241,7 @@ class Export:
             return await self._run()
 
     async def _run(self) -> RunOutcome:
-        started_at = publish.utc_now()
+        started_at = utc_now()
         guard = self._lock()
         guard.acquire()
         try:
@@ -261,14 +264,9 @@ class Export:
 
     async def _locked_run(self, started_at: str, guard: lock.Lock) -> RunOutcome:
         held = (self.layout.snapshot_date,) if self.publish_now else ()
-        restored = publish.recover(self.fs, self.base, self.owner, held)
-        if restored:
-            log.warning("publish.recovered", partitions=restored)
-        if not self.store.is_local or self.table is not None:
-            # A commit of this date killed on a store without rename: finish or roll it back.
-            await anyio.to_thread.run_sync(
-                objectstore.recover, self.fs, self.base, self.layout.partition, self.table
-            )
+        await anyio.to_thread.run_sync(
+            partial(housekeeping.start, self.store, self.owner, held=held, table=self.table)
+        )
         lock.claim_attempt(self.fs, self.base, self.owner)
         log.info(
             "run.start",
@@ -369,13 +367,12 @@ class Export:
         index, count = self.shard
         path = self.layout.shard_manifest(index, count)
         previous: str | None = None
-        if publish.exists(self.fs, path):
+        if layout.exists(self.fs, path):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                previous = publish.read_json(self.fs, path).get("attempt")
-        publish.write_json(self.fs, path, manifest.as_dict())
+                previous = durable.read_json(self.fs, path).get("attempt")
+        durable.write_json(self.fs, path, manifest.as_dict())
         if previous and previous != self.owner.attempt and names.RUN_ID.fullmatch(previous):
-            old = publish.Layout(self.base, self.run_id, self.layout.snapshot_date, previous)
-            door.guarded_delete(self.fs, self.base, old.staging)
+            door.guarded_delete(self.fs, self.base, self.layout.with_attempt(previous).staging)
 
     def _discard_attempt(self) -> None:
         """After a failure anywhere in the run: this attempt's files go, and so does a shard
@@ -384,8 +381,8 @@ class Export:
             path = self.layout.shard_manifest(*self.shard)
             if (
                 self.publish_now
-                and publish.exists(self.fs, path)
-                and publish.read_json(self.fs, path).get("attempt") == self.owner.attempt
+                and layout.exists(self.fs, path)
+                and durable.read_json(self.fs, path).get("attempt") == self.owner.attempt
             ):
                 door.guarded_delete(self.fs, self.base, path)
             self._remove_staging()
@@ -557,9 +554,9 @@ class Export:
     def _remove_staging(self) -> None:
         """Remove this attempt's folder (and the run's and ``_staging`` if now empty)."""
         door.guarded_delete(self.fs, self.base, self.layout.staging)
-        publish.remove_if_empty(self.fs, self.base, f"{self.layout.run_staging}/shards")
-        publish.remove_if_empty(self.fs, self.base, self.layout.run_staging)
-        publish.remove_if_empty(self.fs, self.base, f"{self.base}/{publish.STAGING}")
+        door.remove_empty_dir(self.fs, self.base, self.layout.shards)
+        door.remove_empty_dir(self.fs, self.base, self.layout.run_staging)
+        door.remove_empty_dir(self.fs, self.base, layout.staging_root(self.base))
 
     # -- the shard's manifest ---------------------------------------------------------------
 
@@ -597,7 +594,7 @@ class Export:
             snapshot_date=self.layout.snapshot_date,
             status="partial" if any(r.failed for r in compartments) else "succeeded",
             started_at=started_at,
-            finished_at=publish.utc_now(),
+            finished_at=utc_now(),
             files=tuple(files),
             reject_files=tuple(reject_files),
             compartments=compartments,

@@ -23,11 +23,8 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from connector.lake import (
-    objectstore,
-    storage,
-    tables,
-)
+from connector.lake import storage, tables
+from connector.lake.manifest import read_document
 
 KEY, SECRET, REGION = "lake-test-key", "lake-test-secret", "us-east-1"
 
@@ -112,7 +109,7 @@ def manifest_rows(
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """What a reader that follows ``_manifest.json`` reads: the manifest and its files' rows."""
     partition = partition_path(store, date)
-    manifest = objectstore.published_manifest(store.fs, partition)
+    manifest = read_document(store.fs, partition)
     if manifest is None:
         return None, []
     rows: list[dict[str, Any]] = []
@@ -140,7 +137,7 @@ def _ndjson(fs: pafs.FileSystem, path: str) -> list[dict[str, Any]]:
 def dataset_table(store: storage.Store, date: str) -> pa.Table:
     """pyarrow.dataset over the files the manifest lists (Parquet or NDJSON)."""
     partition = partition_path(store, date)
-    manifest = objectstore.published_manifest(store.fs, partition)
+    manifest = read_document(store.fs, partition)
     assert manifest is not None
     files = [f"{partition}/{f['path']}" for f in manifest["files"]]
     if manifest["format"] == "parquet":

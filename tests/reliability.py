@@ -66,17 +66,18 @@ def killing_rename(source, target):
         os.kill(os.getpid(), signal.SIGKILL)
 os.rename = killing_rename
 
-# On object stores: SIGKILL at each step of objectstore.publish_partition (the copies, or the
-# table's commit, are done; the manifest is written; the marker is written, before the
-# superseded files are deleted).
-from connector.lake import (
-    objectstore,
-    publish,
-)
-write_json = publish.write_json
+# On object stores: SIGKILL at each step of the journaled copy (the copies, or the table's
+# commit, are done; the manifest is written; the markers are written, before the superseded
+# files are deleted).
+from connector.lake import durable as durable_module, publisher
+write_json = durable_module.write_json
 manifest_written = []
 def killing_write_json(fs, path, payload):
-    published = "/images/snapshot_date=" in path and path.endswith("/_manifest.json")
+    published = (
+        "/images/snapshot_date=" in path
+        and path.endswith("/_manifest.json")
+        and "/_staging/" not in path
+    )
     if fault == "kill-before-manifest" and published:
         os.kill(os.getpid(), signal.SIGKILL)
     write_json(fs, path, payload)
@@ -84,16 +85,16 @@ def killing_write_json(fs, path, payload):
         manifest_written.append(path)
     if fault == "kill-after-manifest" and published:
         os.kill(os.getpid(), signal.SIGKILL)
-publish.write_json = killing_write_json
+durable_module.write_json = killing_write_json
 
-delete = objectstore._delete
-def killing_delete(fs, paths):
-    paths = list(paths)
-    markers = any(p.endswith(objectstore.MARKERS) for p in paths)
+delete = publisher.JournaledCopy._delete
+def killing_delete(self, partition, relative):
+    relative = list(relative)
+    markers = any(p.endswith(("_SUCCESS", "_PARTIAL")) for p in relative)
     if fault == "kill-before-cleanup" and manifest_written and not markers:
-        os.kill(os.getpid(), signal.SIGKILL)  # the marker is written; the old files remain
-    return delete(fs, paths)
-objectstore._delete = killing_delete
+        os.kill(os.getpid(), signal.SIGKILL)  # the markers are written; the old files remain
+    return delete(self, partition, relative)
+publisher.JournaledCopy._delete = killing_delete
 
 from connector.cli import main
 sys.exit(main(sys.argv[1:]))

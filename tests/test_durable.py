@@ -13,10 +13,7 @@ import orjson
 import pyarrow.fs as pafs
 import pytest
 
-from connector.lake import (
-    durable,
-    lock,
-)
+from connector.lake import durable, housekeeping, lock, storage
 
 FS = pafs.LocalFileSystem()
 DATE = "2026-11-27"
@@ -101,7 +98,7 @@ class TestRepair:
         base = tmp_path / "lake"
         trash = base / "_trash/run/att/images" / f"snapshot_date={DATE}"
         make_partition(trash, "old")
-        restored = durable.repair(FS, str(base), lock.Owner.me("next", "a"))
+        restored = housekeeping.start(storage.resolve(str(base)), lock.Owner.me("next", "a"))
         assert [f"images/snapshot_date={DATE}"] == restored
         assert "old" == (base / "images" / f"snapshot_date={DATE}" / "_manifest.json").read_text()
         assert not (base / "_trash").exists()
@@ -110,7 +107,7 @@ class TestRepair:
         """_trash/RUN/snapshot_date=D (images, as earlier versions wrote it) is recognised."""
         base = tmp_path / "lake"
         make_partition(base / "_trash/run" / f"snapshot_date={DATE}", "old")
-        durable.repair(FS, str(base), lock.Owner.me("next", "a"))
+        housekeeping.start(storage.resolve(str(base)), lock.Owner.me("next", "a"))
         assert (base / "images" / f"snapshot_date={DATE}" / "_SUCCESS").exists()
 
     def test_leftover_trash_after_a_finished_swap_is_deleted(self, tmp_path: Path) -> None:
@@ -118,7 +115,7 @@ class TestRepair:
         base = tmp_path / "lake"
         make_partition(base / "images" / f"snapshot_date={DATE}", "new")
         make_partition(base / "_trash/run/att/images" / f"snapshot_date={DATE}", "old")
-        assert [] == durable.repair(FS, str(base), lock.Owner.me("next", "a"))
+        assert [] == housekeeping.start(storage.resolve(str(base)), lock.Owner.me("next", "a"))
         assert "new" == (base / "images" / f"snapshot_date={DATE}" / "_manifest.json").read_text()
         assert not (base / "_trash").exists()
 
@@ -128,7 +125,7 @@ class TestRepair:
         trash = base / "_trash/run/att/images" / f"snapshot_date={DATE}"
         make_partition(trash, "old")
         with lock.date_lock(FS, str(base), DATE, lock.Owner.me("swapping", "a")):
-            assert [] == durable.repair(FS, str(base), lock.Owner.me("other", "b"))
+            assert [] == housekeeping.start(storage.resolve(str(base)), lock.Owner.me("other", "b"))
         assert trash.exists()
 
 
@@ -143,14 +140,14 @@ class TestCleanup:
         """Its owner's pid is gone: no need to wait days."""
         owner = replace(lock.Owner.me("run", "att-dead"), pid=dead_pid(), pid_started=None)
         folder = self.attempt(tmp_path, owner)
-        assert ["run/att-dead"] == durable.clean_dead_staging(FS, str(tmp_path))
+        assert ["run/att-dead"] == housekeeping.clean_dead_staging(FS, str(tmp_path))
         assert not folder.exists()
         assert not (tmp_path / "_staging" / "run").exists()
 
     def test_a_live_attempt_is_left_alone(self, tmp_path: Path) -> None:
         """This process is alive: its staging stays."""
         folder = self.attempt(tmp_path, lock.Owner.me("run", "att-live"))
-        assert [] == durable.clean_dead_staging(FS, str(tmp_path))
+        assert [] == housekeeping.clean_dead_staging(FS, str(tmp_path))
         assert folder.exists()
 
     def test_a_finished_shard_waiting_for_commit_is_kept(self, tmp_path: Path) -> None:
@@ -161,7 +158,7 @@ class TestCleanup:
         shards.mkdir()
         manifest = {"attempt": "att-done", "shard": {"index": 0, "count": 2}}
         (shards / "000-of-002.json").write_bytes(orjson.dumps(manifest))
-        assert [] == durable.clean_dead_staging(FS, str(tmp_path))
+        assert [] == housekeeping.clean_dead_staging(FS, str(tmp_path))
         assert folder.exists()
 
     def test_a_dead_whole_run_is_removed_with_its_manifest(self, tmp_path: Path) -> None:
@@ -172,7 +169,7 @@ class TestCleanup:
         shards.mkdir()
         manifest = {"attempt": "att-killed", "shard": {"index": 0, "count": 1}}
         (shards / "000-of-001.json").write_bytes(orjson.dumps(manifest))
-        assert ["run/att-killed"] == durable.clean_dead_staging(FS, str(tmp_path))
+        assert ["run/att-killed"] == housekeeping.clean_dead_staging(FS, str(tmp_path))
         assert not folder.exists()
         assert not (tmp_path / "_staging/run").exists()
 
@@ -180,15 +177,15 @@ class TestCleanup:
         """Killed between creating its folder and writing its owner: removed after a minute."""
         folder = tmp_path / "_staging/run/att-x"
         folder.mkdir(parents=True)
-        assert [] == durable.clean_dead_staging(FS, str(tmp_path))
+        assert [] == housekeeping.clean_dead_staging(FS, str(tmp_path))
         old = time.time() - 2 * lock.UNREADABLE_GRACE_S
         os.utime(folder, (old, old))
-        assert ["run/att-x"] == durable.clean_dead_staging(FS, str(tmp_path))
+        assert ["run/att-x"] == housekeeping.clean_dead_staging(FS, str(tmp_path))
 
     def test_locks_folder_is_not_mistaken_for_a_run(self, tmp_path: Path) -> None:
         """_staging/_locks holds lock files, not attempts."""
         with lock.date_lock(FS, str(tmp_path), DATE, lock.Owner.me("r", "a")):
-            assert [] == durable.clean_dead_staging(FS, str(tmp_path))
+            assert [] == housekeeping.clean_dead_staging(FS, str(tmp_path))
             assert (tmp_path / "_staging/_locks").exists()
 
 
@@ -221,12 +218,10 @@ class TestDeadLocks:
             } == {p.name for p in folder.iterdir()}
 
     def test_each_start_removes_them(self, tmp_path: Path) -> None:
-        """`publish.recover`, which every run calls at its start, sweeps dead owners' locks,
+        """`housekeeping.start`, which every run calls at its start, sweeps dead owners' locks,
         and the folders they leave empty."""
-        from connector.lake import publish
-
         base = str(tmp_path / "lake")
         dead = replace(lock.Owner.me("killed", "commit-probe"), pid=dead_pid(), pid_started=None)
         lock.shard_lock(FS, base, "20261127T000000Z-aaaaaa", 0, 1, dead).acquire()
-        publish.recover(FS, base, lock.Owner.me("next", "att"))
+        housekeeping.start(storage.resolve(base), lock.Owner.me("next", "att"))
         assert not (tmp_path / "lake/_staging").exists()

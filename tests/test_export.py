@@ -19,11 +19,7 @@ import pytest
 
 from connector import cli
 from connector.emulator import EmulatorServer, build_world
-from connector.lake import (
-    publish,
-    snapshots,
-    storage,
-)
+from connector.lake import housekeeping, snapshots, storage
 from connector.oci.fetch import long_listings_early
 from connector.pages import WorkItem
 from tests.helpers import DATE, WORLD, write_config
@@ -331,8 +327,7 @@ def test_interrupted_swap_is_repaired(tmp_path: Path) -> None:
     trash.mkdir(parents=True)
     old.rename(trash / old.name)
     store = storage.resolve(str(lake))
-    fs, base = store.fs, store.base
-    assert [f"images/{old.name}"] == publish.recover(fs, base)
+    assert [f"images/{old.name}"] == housekeeping.start(store)
     assert (old / "_SUCCESS").exists()
     assert not (lake / "_trash" / "r-1").exists()
 

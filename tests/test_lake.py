@@ -22,12 +22,8 @@ import pytest
 
 from connector import cli
 from connector.emulator import EmulatorServer, build_world
-from connector.lake import (
-    objectstore,
-    publish,
-    storage,
-    tables,
-)
+from connector.lake import housekeeping, storage, tables
+from connector.lake.manifest import read_document
 from connector.pipeline import new_run_id
 from tests.helpers import write_config
 from tests.lake_support import (
@@ -140,7 +136,7 @@ def test_publish_replace_read_back(
     published: list[dict[str, Any]] = []
     for attempt in range(2):
         assert 0 == run(config)
-        manifest = objectstore.published_manifest(store.fs, partition_path(store, DATE))
+        manifest = read_document(store.fs, partition_path(store, DATE))
         assert manifest is not None
         published.append(manifest)
         rows, run_ids = read_all(kind, store, catalog)
@@ -260,7 +256,7 @@ def _kill_commits(
         assert truth == actual(rows), f"kill {attempt}: rows differ from the ground truth"
         objects = partition_objects(store)
         if "_SUCCESS" in objects:
-            manifest = objectstore.published_manifest(store.fs, partition_path(store, DATE))
+            manifest = read_document(store.fs, partition_path(store, DATE))
             assert manifest is not None
             assert {f["path"] for f in manifest["files"]} <= objects
             if kind == "parquet":
@@ -275,7 +271,7 @@ def _kill_commits(
         )
         rows, run_ids = read_all(kind, store, catalog)
         assert ({run_id}, truth) == (run_ids, actual(rows))
-        manifest = objectstore.published_manifest(store.fs, partition_path(store, DATE))
+        manifest = read_document(store.fs, partition_path(store, DATE))
         assert manifest is not None
         assert run_id == manifest["run_id"]
         names = {f["path"] for f in manifest["files"] + manifest["reject_files"]}
@@ -315,7 +311,7 @@ def _kill_commits(
 
 
 def _published_run(store: storage.Store) -> str:
-    manifest = objectstore.published_manifest(store.fs, partition_path(store, DATE))
+    manifest = read_document(store.fs, partition_path(store, DATE))
     assert manifest is not None
     return str(manifest["run_id"])
 
@@ -346,7 +342,7 @@ def test_staging_expires_by_the_run_ids_time(s3: S3Server, tmp_path: Path, place
         store.fs.create_dir(path.rpartition("/")[0], recursive=True)
         with store.fs.open_output_stream(path) as out:
             out.write(b"staged")  # written just now: a modification time would keep it
-    publish.recover(store.fs, store.base)
+    housekeeping.start(store)
     selector = pafs.FileSelector(f"{store.base}/_staging", allow_not_found=True)
     left = {info.base_name for info in store.fs.get_file_info(selector)}
     assert {ids["young"], ids["untimed"]} == left
@@ -365,7 +361,7 @@ def test_rejects_stay_files_beside_the_table(
     listed += [i for images in world.custom.values() for i in images]
     for _ in range(2):
         assert 0 == run(config)
-        manifest = objectstore.published_manifest(store.fs, partition_path(store, DATE))
+        manifest = read_document(store.fs, partition_path(store, DATE))
         assert manifest is not None
         reject_paths = [f["path"] for f in manifest["reject_files"]]
         assert reject_paths
@@ -420,7 +416,7 @@ def test_cli_writes_a_table_to_s3(
     catalog = {"uri": f"sqlite:///{tmp_path}/catalog.db"} if kind == "iceberg" else {}
     rows, run_ids = read_all(kind, store, catalog)
     assert expected(lake_emulator) == actual(rows)
-    manifest = objectstore.published_manifest(store.fs, partition_path(store, DATE))
+    manifest = read_document(store.fs, partition_path(store, DATE))
     assert manifest is not None
     assert {manifest["run_id"]} == run_ids
     assert kind == manifest["table"]["format"]

@@ -15,7 +15,7 @@ import orjson
 import pyarrow.fs as pafs
 import pytest
 
-from connector.lake import lock
+from connector.lake import layout, lock, storage
 
 DATE = "2026-11-27"
 
@@ -164,8 +164,8 @@ class TestObjectStoreLease:
         """Through fsspec's mode="create" (If-None-Match on S3), the second create loses."""
         store = fsspec.implementations.memory.MemoryFileSystem()
         fs = pafs.PyFileSystem(pafs.FSSpecHandler(store))  # type: ignore[abstract]  # stubs miss its methods
-        assert lock.create_exclusive(fs, "/bucket/lake/_staging/_locks/x.lock", b"a")
-        assert not lock.create_exclusive(fs, "/bucket/lake/_staging/_locks/x.lock", b"b")
+        assert storage.create_exclusive(fs, "/bucket/lake/_staging/_locks/x.lock", b"a")
+        assert not storage.create_exclusive(fs, "/bucket/lake/_staging/_locks/x.lock", b"b")
         assert b"a" == store.cat_file("/bucket/lake/_staging/_locks/x.lock")
 
     def test_lock_on_an_object_store(self) -> None:
@@ -188,7 +188,7 @@ class TestAttempts:
         assert first.attempt != second.attempt
         folders = {lock.claim_attempt(fs, str(tmp_path), o) for o in (first, second)}
         assert 2 == len(folders)
-        found = sorted(lock.iter_attempts(fs, str(tmp_path)))
+        found = sorted((a.run_id, a.name, a.folder) for a in layout.attempts(fs, str(tmp_path)))
         assert sorted(("run-1", o.attempt) for o in (first, second)) == [f[:2] for f in found]
         for _run, attempt, folder in found:
             owner = lock.attempt_owner(fs, folder)

@@ -25,11 +25,7 @@ import pyarrow.fs as pafs
 import pytest
 import structlog
 
-from connector.lake import (
-    durable,
-    lock,
-    storage,
-)
+from connector.lake import durable, housekeeping, lock, storage
 from tests.lake_support import S3Server
 
 DATE = "2026-11-27"
@@ -179,15 +175,15 @@ def test_the_lock_is_a_conditional_put(store: storage.Store) -> None:
     """Creating an existing key is refused by the store (412), not by a check beforehand: the
     second create loses and the first one's content stays."""
     path = _lock_path(store)
-    assert lock._s3_create(store.fs, path, b"first")  # type: ignore[arg-type]
-    assert not lock._s3_create(store.fs, path, b"second")  # type: ignore[arg-type]
-    assert not lock.create_exclusive(store.fs, path, b"second")
+    assert storage._s3_create(store.fs, path, b"first")  # type: ignore[arg-type]
+    assert not storage._s3_create(store.fs, path, b"second")  # type: ignore[arg-type]
+    assert not storage.create_exclusive(store.fs, path, b"second")
     with store.fs.open_input_stream(path, compression=None) as stream:
         assert b"first" == stream.read()
     # The refusal is the store's: a check-then-write would have been fooled by this race.
-    settings = lock._s3_settings(store.fs)  # type: ignore[arg-type]
+    settings = storage._s3_settings(store.fs)  # type: ignore[arg-type]
     bucket, _, key = path.partition("/")
-    client = lock._s3_client(settings)
+    client = storage._s3_client(settings)
     with pytest.raises(client.exceptions.ClientError) as refused:
         client.put_object(Bucket=bucket, Key=key, Body=b"third", IfNoneMatch="*")
     assert 412 == refused.value.response["ResponseMetadata"]["HTTPStatusCode"]
@@ -197,7 +193,7 @@ def test_no_advisory_warning_with_botocore(
     store: storage.Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With botocore installed the lease is real: no "advisory" warning."""
-    monkeypatch.setattr(lock, "_warned_advisory", set())
+    monkeypatch.setattr(storage, "_warned_advisory", set())
     with structlog.testing.capture_logs() as logs:
         owner = lock.Owner.me("run-a", "att-1")
         with lock.date_lock(store.fs, store.base, DATE, owner):
@@ -210,8 +206,8 @@ def test_without_botocore_the_lock_is_advisory_and_says_so(
 ) -> None:
     """No conditional put possible: the same protocol with a check-then-write, and one warning
     naming the extra that makes it a lease."""
-    monkeypatch.setattr(lock, "_botocore", lambda: None)
-    monkeypatch.setattr(lock, "_warned_advisory", set())
+    monkeypatch.setattr(storage, "_botocore", lambda: None)
+    monkeypatch.setattr(storage, "_warned_advisory", set())
     with structlog.testing.capture_logs() as logs:
         with (
             lock.date_lock(store.fs, store.base, DATE, lock.Owner.me("a", "1")),
@@ -320,9 +316,9 @@ def test_ownerless_staging_on_s3_goes_once_a_minute_old(store: storage.Store) ->
     with store.fs.open_output_stream(staged, compression=None) as out:
         out.write(b"straggler")
     now = time.time()
-    assert [] == durable.clean_dead_staging(store.fs, store.base, now=now)
+    assert [] == housekeeping.clean_dead_staging(store.fs, store.base, now=now)
     assert store.fs.get_file_info(staged).type == pafs.FileType.File
     later = now + 2 * lock.UNREADABLE_GRACE_S
-    removed = durable.clean_dead_staging(store.fs, store.base, now=later)
+    removed = housekeeping.clean_dead_staging(store.fs, store.base, now=later)
     assert ["20261127T000000Z-abcdef/20261127T000000Z-p1-aaaaaa"] == removed
     assert store.fs.get_file_info(staged).type == pafs.FileType.NotFound

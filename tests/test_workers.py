@@ -26,7 +26,7 @@ from connector import (
 )
 from connector.emulator import EmulatorServer, build_world
 from connector.errors import WorkerError
-from connector.lake import publish
+from connector.lake import layout
 from connector.lake.manifest import RunOutcome
 from connector.oci import auth
 from connector.pages import Page, RunInfo, WorkItem
@@ -44,7 +44,7 @@ def setup(base: Path, mode: str = "once") -> WorkerSetup:
         run=RUN,
         platform_mode=mode,
         fs=pafs.LocalFileSystem(),
-        layout=publish.Layout(str(base), RUN.run_id, "2026-11-27"),
+        layout=layout.Layout(str(base), RUN.run_id, "2026-11-27"),
         options=SinkOptions(),
         file_prefix="part-",
         reject_prefix="",

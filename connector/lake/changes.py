@@ -32,7 +32,7 @@ from connector import schema
 from connector.sinks import FileInfo, SinkOptions
 
 if TYPE_CHECKING:
-    from connector.lake.publish import Layout
+    from connector.lake.layout import Layout
     from connector.lake.tables import TableWriter
 
 log = structlog.get_logger("connector.lake.changes")

@@ -1,26 +1,26 @@
-"""Commit: publish a run's staged shards as one partition, or nothing, and record it either way.
+"""Commit: publish a run's staged shards as one snapshot date, or nothing, and record it either way.
 
 In order, under the snapshot date's lock (``connector.lake.lock``):
 
-1. repair interrupted swaps and remove dead attempts' staging (``connector.lake.durable``);
-2. read every shard's manifest; all shards present, one snapshot date, no shard still running;
-3. decide: a partial run is published only with ``output.allow_partial`` and when at least
-   ``output.min_complete_ratio`` of its listings are complete; below that floor it fails
+1. ``housekeeping.start``: interrupted swaps and killed commits repaired, dead staging removed;
+2. a run whose commit already published it (a retry, perhaps after a kill during its
+   clean-up) succeeds again, unchanged, and only its clean-up is redone;
+3. read every shard's manifest and ``decide``: all shards present, of this run, of one snapshot
+   date; a partial run is published only with ``output.allow_partial`` and when at least
+   ``output.min_complete_ratio`` of its listings are complete. Below that floor it fails
    (exit 1) whatever ``allow_partial`` says, so a run in which every listing failed (a lost
    policy, a wrong region) can never replace a good partition with an empty one;
-4. verify every file the manifests list: present, its size, its rows (``connector.lake.verify``);
-5. gather exactly those files into one partition (hard links on a local disk), with the
-   datasets published beside ``images`` (``compartments``; ``changes``, computed here, with
-   ``output.changes``), and publish those first (``connector.lake.datasets``);
-6. publish ``images``: on a local disk, plain files get ``_manifest.json``, then ``_SUCCESS``
-   (complete) or ``_PARTIAL`` (published partial), all fsynced, and are swapped in; on object
-   stores, and for Delta and Iceberg tables, ``objectstore.publish_partition`` publishes by
-   copies (or the table's commit), the manifest, then the marker, recoverably;
+4. no shard still running (each shard's lock is free);
+5. verify every file the manifests list: present, its size, its rows (``verify``);
+6. gather exactly those files into the commit's own staging (hard links on a local disk), with
+   the companion datasets (``compartments``; ``changes``, computed here, with
+   ``output.changes``), and hand them to the output's ``Publisher``, which makes every dataset
+   of the date visible behind one commit point;
 7. write ``_runs/RUN_ID.json``; remove the run's staging.
 
-Any failure before the swap leaves the published partition as it was. A failed or unpublished
-run still gets its ``_runs/RUN_ID.json`` (status ``failed``, with each listing's error). A
-second commit of a run that is published already succeeds and changes nothing.
+Any failure before the commit point leaves every published partition as it was. A failed or
+unpublished run still gets its ``_runs/RUN_ID.json`` (status ``failed``, with each listing's
+error).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import contextlib
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -41,35 +41,85 @@ from connector import interrupt, names
 from connector.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, ConnectorError, PublishError
 from connector.lake import (
     changes,
-    datasets,
     door,
     durable,
+    housekeeping,
+    layout,
     lock,
-    objectstore,
-    publish,
+    publisher,
     storage,
     tables,
     verify,
 )
-from connector.lake.manifest import Manifest, RunOutcome, merge
+from connector.lake.layout import Layout
+from connector.lake.manifest import Manifest, RunOutcome, merge, read_manifest, utc_now
 from connector.sinks import FileInfo, SinkOptions
 
 if TYPE_CHECKING:
-    from connector.config import Settings
+    from connector.config import OutputSettings, Settings
     from connector.lake.storage import Store
-    from connector.lake.tables import TableWriter
 
 log = structlog.get_logger("connector.lake.committing")
-
-SUCCESS = "_SUCCESS"
-PARTIAL = "_PARTIAL"
-MANIFEST = "_manifest.json"
 
 
 def complete_ratio(manifest: Manifest) -> float:
     """The share of the run's listings that completed (1.0 for a run with none)."""
     total = len(manifest.compartments)
     return 1.0 if total == 0 else (total - len(manifest.failed)) / total
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Whether a run's shards may be published, and if not, why and with which exit code."""
+
+    manifest: Manifest | None
+    """The shards merged (None when they cannot be: none, or not one run's set)."""
+    refusal: str = ""
+    exit_code: int = EXIT_OK
+
+    @property
+    def publish(self) -> bool:
+        """Whether the commit goes on to verify and publish."""
+        return not self.refusal
+
+
+def decide(run_id: str, shards: Sequence[Manifest], output: OutputSettings) -> Decision:
+    """What a commit does with ``shards``, from their manifests and the output settings alone."""
+    if not shards:
+        return Decision(None, f"nothing staged for run {run_id}", EXIT_FAILED)
+    count = shards[0].shard[1] if shards[0].shard else 1
+    indexes = sorted(s.shard[0] if s.shard else 0 for s in shards)
+    if indexes != list(range(count)) or any(s.shard and s.shard[1] != count for s in shards):
+        missing = sorted(set(range(count)) - set(indexes))
+        return Decision(None, f"run {run_id} is missing shards {missing} of {count}", EXIT_FAILED)
+    dates = {s.snapshot_date for s in shards}
+    if len(dates) != 1:
+        message = f"shards of run {run_id} disagree on snapshot_date: {sorted(dates)}"
+        return Decision(None, message, EXIT_FAILED)
+    foreign = sorted({s.run_id for s in shards} - {run_id})
+    if foreign:
+        message = (
+            f"refusing to commit run {run_id}: its staging holds shards of run(s) "
+            f"{', '.join(foreign)}"
+        )
+        return Decision(None, message, EXIT_FAILED)
+    manifest = merge(shards)
+    if manifest.failed and not output.allow_partial:
+        message = (
+            f"{len(manifest.failed)} listing(s) failed; nothing published "
+            "(output.allow_partial = false)"
+        )
+        return Decision(manifest, message, EXIT_PARTIAL)
+    ratio = complete_ratio(manifest)
+    floor = output.min_complete_ratio
+    if manifest.failed and ratio < floor:
+        message = (
+            f"only {ratio:.0%} of the listings completed ({len(manifest.failed)} of "
+            f"{len(manifest.compartments)} failed), below output.min_complete_ratio = "
+            f"{floor:g}; nothing published"
+        )
+        return Decision(manifest, message, EXIT_FAILED)
+    return Decision(manifest)
 
 
 def commit_run(
@@ -82,7 +132,8 @@ def commit_run(
 ) -> RunOutcome:
     """Publish the staged shards of ``run_id`` (see the module docstring).
 
-    ``held`` is the date lock when the caller (a run that stages and commits) holds it already.
+    ``held`` is the date lock when the caller (a run that stages and commits) holds it already,
+    and has put the output in order (``housekeeping.start``) under it.
     """
     committing = time.monotonic()
     began = started or committing
@@ -90,112 +141,81 @@ def commit_run(
     output = settings.output
     store = store or storage.resolve(output.uri, output.storage_options)
     table = tables.for_output(output, store)
-    filesystem, base = store.fs, store.base
-    deadline = settings.fetch.run_deadline_s
-    owner = held.owner if held else lock.Owner.me(run_id, lock.new_attempt_id(), deadline)
+    fs, base = store.fs, store.base
+    owner = held.owner if held else lock.Owner.me(run_id, lock.new_attempt_id(), 0.0)
     if held is None:
-        # Whatever else happens, a swap that an earlier commit left half done is finished or
-        # undone first (each date under its own lock).
-        publish.recover(filesystem, base, owner)
-    shards = _read_shards(filesystem, base, run_id)
+        housekeeping.start(store, owner, table=table)
+    shards = read_shards(fs, base, run_id)
+    day = shards[0].snapshot_date if shards else output.effective_snapshot_date
+    done = _already_published(store, run_id, day, shards)
+    if done is not None:
+        return done
     if not shards:
-        done = _already_published(filesystem, base, run_id, store, table, settings)
-        if done is not None:
-            return done
-        message = f"nothing staged for run {run_id} under {base}/{publish.STAGING}/{run_id}"
+        message = f"nothing staged for run {run_id} under {layout.staging_root(base)}/{run_id}"
         return RunOutcome(run_id, EXIT_FAILED, False, None, message, time.monotonic() - began)
-    day = shards[0].snapshot_date
-    layout = publish.Layout(base, run_id, day, f"commit-{lock.new_attempt_id()}")
+    staged = Layout(base, run_id, day, f"{layout.COMMIT_PREFIX}{lock.new_attempt_id()}")
     guard: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if held is None:
-        guard = lock.date_lock(filesystem, base, day, owner)
+        guard = lock.date_lock(fs, base, day, owner)
     with guard:
-        publish.recover(filesystem, base, owner, held=(day,))
-        if not store.is_local or table is not None:
-            # A commit of this date killed on a store without rename: finish or roll it back.
-            objectstore.recover(filesystem, base, layout.partition, table)
-        shards = _read_shards(filesystem, base, run_id)  # as they are now, under the lock
-        problem = _incomplete(filesystem, base, run_id, shards)
+        if held is None:
+            housekeeping.start(store, owner, held=(day,), table=table)
+        shards = read_shards(fs, base, run_id)  # as they are now, under the lock
+        if held is None:
+            done = _already_published(store, run_id, day, shards)
+            if done is not None:
+                return done
+        decision = decide(run_id, shards, output)
+        if not decision.publish or decision.manifest is None:
+            return _refuse(
+                fs, staged, decision.manifest, decision.refusal, decision.exit_code, began
+            )
+        manifest = decision.manifest
+        problem = _still_running(fs, base, run_id, len(shards)) or _unverified(fs, staged, shards)
         if problem:
-            return _refuse(filesystem, layout, None, problem, EXIT_FAILED, began)
-        manifest = merge(shards)
-        ratio = complete_ratio(manifest)
-        floor = settings.output.min_complete_ratio
-        if manifest.failed and not settings.output.allow_partial:
-            message = (
-                f"{len(manifest.failed)} listing(s) failed; nothing published "
-                "(output.allow_partial = false)"
-            )
-            return _refuse(filesystem, layout, manifest, message, EXIT_PARTIAL, began)
-        if manifest.failed and ratio < floor:
-            message = (
-                f"only {ratio:.0%} of the listings completed ({len(manifest.failed)} of "
-                f"{len(manifest.compartments)} failed), below output.min_complete_ratio = "
-                f"{floor:g}; nothing published"
-            )
-            return _refuse(filesystem, layout, manifest, message, EXIT_FAILED, began)
+            return _refuse(fs, staged, manifest, problem, EXIT_FAILED, began)
+        manifest = replace(manifest, finished_at=utc_now())
+        lock.claim_attempt(fs, base, replace(owner, attempt=staged.attempt))
         try:
-            for shard in shards:
-                root = _shard_root(base, run_id, shard)
-                name = f"{shard.shard[0]}/{shard.shard[1]}" if shard.shard else "0/1"
-                verify.verify_files(filesystem, root, _entries(shard), name)
-        except verify.VerificationError as exc:
-            return _refuse(filesystem, layout, manifest, str(exc), EXIT_FAILED, began)
-        manifest = replace(manifest, finished_at=publish.utc_now())
-        lock.claim_attempt(filesystem, base, replace(owner, attempt=layout.attempt))
-        manifest = _publish(
-            filesystem, layout, shards, manifest, settings, store, table, committing
-        )
-    code = EXIT_PARTIAL if manifest.failed else EXIT_OK
-    elapsed = time.monotonic() - began
-    _record(filesystem, layout, manifest, "partial" if manifest.failed else "succeeded", True, "")
-    with contextlib.suppress(OSError):
-        door.guarded_delete(filesystem, base, layout.run_staging)
-        publish.remove_if_empty(filesystem, base, f"{base}/{publish.STAGING}")
+            manifest = _gather(fs, staged, shards, manifest, output, table)
+            interrupt.check()
+            timings = replace(manifest.timings, commit_s=time.monotonic() - committing)
+            manifest = replace(manifest, timings=timings)
+            manifest = publisher.for_store(store, table).publish(staged, manifest)
+        except BaseException:
+            if layout.exists(fs, staged.journal):
+                raise  # past its journal: recovery finishes or rolls back this commit
+            with contextlib.suppress(OSError, ConnectorError):
+                door.guarded_delete(fs, base, staged.staging)
+            raise
+    _record(fs, staged, manifest, manifest.status, True, "")
+    _clean_up(fs, staged)
     log.info(
         "run.published",
         run_id=run_id,
-        partition=layout.partition,
+        partition=staged.partition,
         rows=manifest.rows,
         status=manifest.status,
     )
-    return RunOutcome(run_id, code, True, manifest, elapsed_s=elapsed)
+    code = EXIT_PARTIAL if manifest.failed else EXIT_OK
+    return RunOutcome(run_id, code, True, manifest, elapsed_s=time.monotonic() - began)
 
 
-def _read_shards(fs: pafs.FileSystem, base: str, run_id: str) -> list[Manifest]:
-    folder = f"{base}/{publish.STAGING}/{run_id}/shards"
-    entries = fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+def read_shards(fs: pafs.FileSystem, base: str, run_id: str) -> list[Manifest]:
+    """The manifests the run's finished shards wrote, in shard order."""
     shards = []
-    for entry in sorted(entries, key=lambda e: e.path):
-        if not entry.base_name.endswith(".json"):
-            continue
+    for path in layout.shard_manifests(fs, base, run_id):
         try:
-            shards.append(Manifest.from_dict(publish.read_json(fs, entry.path)))
+            shards.append(Manifest.from_dict(durable.read_json(fs, path)))
         except (OSError, KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
-            raise PublishError(f"the shard manifest {entry.path} cannot be read: {exc}") from None
+            raise PublishError(f"the shard manifest {path} cannot be read: {exc}") from None
     return shards
 
 
-def _incomplete(fs: pafs.FileSystem, base: str, run_id: str, shards: list[Manifest]) -> str | None:
-    """Why the shards cannot be committed as they are, if they cannot."""
-    if not shards:
-        return f"nothing staged for run {run_id}"
-    count = shards[0].shard[1] if shards[0].shard else 1
-    indexes = sorted(s.shard[0] if s.shard else 0 for s in shards)
-    if indexes != list(range(count)) or any(s.shard and s.shard[1] != count for s in shards):
-        missing = sorted(set(range(count)) - set(indexes))
-        return f"run {run_id} is missing shards {missing} of {count}"
-    dates = {s.snapshot_date for s in shards}
-    if len(dates) != 1:
-        return f"shards of run {run_id} disagree on snapshot_date: {sorted(dates)}"
-    foreign = sorted({s.run_id for s in shards} - {run_id})
-    if foreign:
-        return (
-            f"refusing to commit run {run_id}: its staging holds shards of run(s) "
-            f"{', '.join(foreign)}"
-        )
+def _still_running(fs: pafs.FileSystem, base: str, run_id: str, count: int) -> str | None:
+    """Why the run cannot be committed now, if one of its shards still holds its lock."""
     for index in range(count):
-        probe = lock.shard_lock(fs, base, run_id, index, count, _probe_owner(run_id))
+        probe = lock.shard_lock(fs, base, run_id, index, count, lock.Owner.me(run_id, "probe"))
         try:
             probe.acquire()
         except lock.LockHeld as exc:
@@ -204,13 +224,22 @@ def _incomplete(fs: pafs.FileSystem, base: str, run_id: str, shards: list[Manife
     return None
 
 
-def _probe_owner(run_id: str) -> lock.Owner:
-    return lock.Owner.me(run_id, "commit-probe")
+def _unverified(fs: pafs.FileSystem, staged: Layout, shards: Sequence[Manifest]) -> str | None:
+    """Why a file the shards list cannot be published, if one cannot."""
+    try:
+        for shard in shards:
+            name = f"{shard.shard[0]}/{shard.shard[1]}" if shard.shard else "0/1"
+            verify.verify_files(
+                fs, _shard_layout(staged, shard).staged_partition, _entries(shard), name
+            )
+    except verify.VerificationError as exc:
+        return str(exc)
+    return None
 
 
-def _shard_root(base: str, run_id: str, shard: Manifest) -> str:
-    """Where a shard's partition was staged (its attempt's folder)."""
-    return publish.Layout(base, run_id, shard.snapshot_date, shard.attempt or "").staged_partition
+def _shard_layout(staged: Layout, shard: Manifest) -> Layout:
+    """Where a shard's attempt staged its files."""
+    return staged.with_attempt(shard.attempt or "")
 
 
 def _entries(shard: Manifest) -> Iterator[Mapping[str, Any]]:
@@ -218,78 +247,49 @@ def _entries(shard: Manifest) -> Iterator[Mapping[str, Any]]:
         yield {"path": info.path, "rows": info.rows, "bytes": info.bytes}
 
 
-def _publish(
+def _gather(
     fs: pafs.FileSystem,
-    layout: publish.Layout,
-    shards: list[Manifest],
+    staged: Layout,
+    shards: Sequence[Manifest],
     manifest: Manifest,
-    settings: Settings,
-    store: Store,
-    table: TableWriter | None,
-    committing: float,
+    output: OutputSettings,
+    table: tables.TableWriter | None,
 ) -> Manifest:
-    """Gather the listed files, publish the datasets beside images, then images: manifest and
-    marker and a swap on a local disk, the recoverable copy commit elsewhere. The manifest as
-    published; its ``commit`` timing runs from ``committing`` to the manifest's writing (what
-    follows, a swap or the deletion of superseded files, is not in it)."""
-    target = layout.staged_partition
-    try:
-        seen: set[str] = set()
-        companions: dict[str, tuple[FileInfo, ...]] = {}
-        for shard in shards:
-            root = _shard_root(layout.base, layout.run_id, shard)
-            for entry in _entries(shard):
-                relative = str(entry["path"])
-                if relative in seen:
-                    raise PublishError(f"two shards list the same file {relative}")
-                seen.add(relative)
-                _gather(fs, f"{root}/{relative}", f"{target}/{relative}")
-            shard_layout = publish.Layout(
-                layout.base, layout.run_id, shard.snapshot_date, shard.attempt or ""
+    """Put the listed files of every shard into the commit's staging, with the companion
+    datasets; the manifest with the companions' files."""
+    seen: set[str] = set()
+    companions: dict[str, tuple[FileInfo, ...]] = {}
+    for shard in shards:
+        source = _shard_layout(staged, shard)
+        for entry in _entries(shard):
+            relative = str(entry["path"])
+            if relative in seen:
+                raise PublishError(f"two shards list the same file {relative}")
+            seen.add(relative)
+            _link(
+                fs, f"{source.staged_partition}/{relative}", f"{staged.staged_partition}/{relative}"
             )
-            for name, files in shard.datasets.items():
-                for info in files:
-                    _gather(
-                        fs,
-                        f"{shard_layout.staged_dataset(name)}/{info.path}",
-                        f"{layout.staged_dataset(name)}/{info.path}",
-                    )
-                companions[name] = companions.get(name, ()) + files
-        fs.create_dir(target, recursive=True)
-        output = settings.output
-        if output.changes:
-            options = SinkOptions(output.format, output.effective_compression)
-            companions["changes"] = changes.stage_changes(
-                fs, layout, manifest.files, manifest.rows, table, options
-            )
-        interrupt.check()
-        # Before images: when images' marker appears, its companions are in place.
-        manifest = replace(manifest, datasets=datasets.publish_all(fs, layout, companions))
-        timings = replace(manifest.timings, commit_s=time.monotonic() - committing)
-        manifest = replace(manifest, timings=timings)
-        if store.is_local and table is None:
-            publish.write_json(fs, f"{target}/{MANIFEST}", manifest.as_dict())
-            marker = PARTIAL if manifest.failed else SUCCESS
-            durable.write_durably(fs, f"{target}/{marker}", b"")
-            interrupt.check()
-            publish.swap_in(fs, layout, target)
-        else:
-            document = objectstore.publish_partition(
-                fs, layout, manifest.as_dict(), layout.partition, table
-            )
-            manifest = Manifest.from_dict(document)
-    except BaseException:
-        with contextlib.suppress(OSError, ConnectorError):
-            door.guarded_delete(fs, layout.base, layout.staging)
-        raise
-    return manifest
+        for name, files in shard.datasets.items():
+            for info in files:
+                _link(
+                    fs,
+                    f"{source.staged_dataset(name)}/{info.path}",
+                    f"{staged.staged_dataset(name)}/{info.path}",
+                )
+            companions[name] = companions.get(name, ()) + files
+    fs.create_dir(staged.staged_partition, recursive=True)
+    if output.changes:
+        options = SinkOptions(output.format, output.effective_compression)
+        companions["changes"] = changes.stage_changes(
+            fs, staged, manifest.files, manifest.rows, table, options
+        )
+    return replace(manifest, datasets=companions)
 
 
-def _gather(fs: pafs.FileSystem, source: str, target: str) -> None:
-    """Put a staged file into the partition being built: a hard link on a local disk (the
-    shard's copy stays, so a failed commit can be retried), a copy elsewhere."""
-    parent = target.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
+def _link(fs: pafs.FileSystem, source: str, target: str) -> None:
+    """Put a staged file into the commit's staging: a hard link on a local disk (the shard's
+    copy stays, so a failed commit can be retried), a copy elsewhere."""
+    fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
     if not durable.is_local(fs):
         fs.copy_file(source, target)
         return
@@ -302,17 +302,25 @@ def _gather(fs: pafs.FileSystem, source: str, target: str) -> None:
 
 def _refuse(
     fs: pafs.FileSystem,
-    layout: publish.Layout,
+    staged: Layout,
     manifest: Manifest | None,
     message: str,
     code: int,
     began: float,
 ) -> RunOutcome:
     """Publish nothing; record why."""
-    log.error("run.not_published", run_id=layout.run_id, reason=message)
-    _record(fs, layout, manifest, "failed", False, message)
+    log.error("run.not_published", run_id=staged.run_id, reason=message)
+    _record(fs, staged, manifest, "failed", False, message)
     elapsed = time.monotonic() - began
-    return RunOutcome(layout.run_id, code, False, manifest, message, elapsed)
+    return RunOutcome(staged.run_id, code, False, manifest, message, elapsed)
+
+
+def _clean_up(fs: pafs.FileSystem, staged: Layout) -> None:
+    """After the commit point: the run's staging goes. Idempotent, and a failure here changes
+    nothing published (the next start removes what is left)."""
+    with contextlib.suppress(OSError, ConnectorError):
+        door.guarded_delete(fs, staged.base, staged.run_staging)
+        door.remove_empty_dir(fs, staged.base, layout.staging_root(staged.base))
 
 
 def run_record(
@@ -331,62 +339,58 @@ def run_record(
     document["status"] = status
     document["published"] = published
     document["message"] = message
-    document["recorded_at"] = publish.utc_now()
+    document["recorded_at"] = utc_now()
     return document
 
 
 def _record(
     fs: pafs.FileSystem,
-    layout: publish.Layout,
+    staged: Layout,
     manifest: Manifest | None,
     status: str,
     published: bool,
     message: str,
 ) -> None:
-    document = run_record(layout.run_id, layout.snapshot_date, manifest, status, published, message)
-    write_record(fs, layout.run_record(), document)
+    document = run_record(staged.run_id, staged.snapshot_date, manifest, status, published, message)
+    write_record(fs, staged.run_record(), document)
 
 
 def write_record(fs: pafs.FileSystem, path: str, document: Mapping[str, Any]) -> None:
     """Write a run's record; a failure to write it is logged, never raised (the outcome the
     record describes has happened either way)."""
     try:
-        publish.write_json(fs, path, document)
+        durable.write_json(fs, path, document)
     except OSError as exc:
         log.error("run.record_failed", path=path, reason=str(exc))
 
 
 def _already_published(
-    fs: pafs.FileSystem,
-    base: str,
-    run_id: str,
-    store: Store,
-    table: TableWriter | None,
-    settings: Settings,
+    store: Store, run_id: str, day: str, shards: Sequence[Manifest]
 ) -> RunOutcome | None:
-    """A repeated commit of a published run: its record says so, and the partition it names
-    still holds this run's manifest. On a store without rename, a commit killed past its
-    commit point (no record written yet) is finished first and counts as published."""
-    record_path = f"{base}/{publish.RUNS}/{run_id}.json"
-    if not publish.exists(fs, record_path):
-        if store.is_local and table is None:
-            return None
-        place = publish.Layout(base, run_id, settings.output.effective_snapshot_date).partition
-        objectstore.recover(fs, base, place, table)
-        document = objectstore.published_manifest(fs, place)
-        if document is None or document.get("run_id") != run_id:
-            return None
-        published = Manifest.from_dict(document)
+    """A repeated commit of a published run: the partition of its date holds this run's
+    manifest, and what is staged (if anything is left) is what it published, not a new attempt
+    under the same run id. It succeeds unchanged; its record is written again if a kill left it
+    unwritten or a failed retry overwrote it, and the clean-up after the commit point is redone."""
+    fs, base = store.fs, store.base
+    candidates = [day]
+    record_path = layout.run_record(base, run_id)
+    recorded: Any = None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+        recorded = durable.read_json(fs, record_path)
+        candidates.insert(0, names.check_snapshot_date(recorded.get("snapshot_date")))
+    for candidate in dict.fromkeys(candidates):
+        staged = Layout(base, run_id, candidate)
+        try:
+            published = read_manifest(fs, staged.partition)
+        except (OSError, KeyError, TypeError, ValueError):
+            continue
+        if published is None or published.run_id != run_id:
+            continue
+        if shards and min(s.started_at for s in shards) != published.started_at:
+            return None  # staged anew under the same run id: commit that
+        if not isinstance(recorded, dict) or recorded.get("published") is not True:
+            _record(fs, staged, published, published.status, True, "")
+        _clean_up(fs, staged)
         code = EXIT_PARTIAL if published.failed else EXIT_OK
         return RunOutcome(run_id, code, True, published, "already published")
-    try:
-        record = publish.read_json(fs, record_path)
-        day = names.check_snapshot_date(record.get("snapshot_date"))
-        partition = publish.Layout(base, run_id, day).partition
-        published = Manifest.from_dict(publish.read_json(fs, f"{partition}/{MANIFEST}"))
-    except (OSError, KeyError, TypeError, ValueError, ConnectorError):
-        return None
-    if not record.get("published") or published.run_id != run_id:
-        return None
-    code = EXIT_PARTIAL if published.failed else EXIT_OK
-    return RunOutcome(run_id, code, True, published, "already published")
+    return None

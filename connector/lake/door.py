@@ -9,7 +9,9 @@ then fails loudly instead of removing a sibling team's data.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import stat
 from collections.abc import Iterable
@@ -20,12 +22,10 @@ import pyarrow.fs as pafs
 import structlog
 
 from connector.errors import ConnectorError
+from connector.lake.layout import STAGING, TRASH
 from connector.names import DATASETS, PARTITION
 
 log = structlog.get_logger("connector.lake.door")
-
-STAGING = "_staging"
-TRASH = "_trash"
 
 
 class DeletionRefused(ConnectorError):
@@ -189,3 +189,15 @@ def _delete_local(base: str, relative: str, target: str, missing_ok: bool) -> No
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=missing_ok)
+
+
+_TEMPORARY = re.compile(r".+\.tmp-[0-9a-f]{8}")
+
+
+def discard_temporary(path: str) -> None:
+    """Remove the temporary file a durable write left beside its target when it failed
+    (``NAME.tmp-XXXXXXXX``, local disk only); an error doing so is not raised over the failure."""
+    if not _TEMPORARY.fullmatch(os.path.basename(path)):
+        raise DeletionRefused(f"refusing to delete {path!r}: not a temporary file")
+    with contextlib.suppress(OSError):
+        os.unlink(path)

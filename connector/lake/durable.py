@@ -39,31 +39,20 @@ records, the lock files):
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import itertools
 import os
 import secrets
 import time
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
 import pyarrow.fs as pafs
 import structlog
 
-from connector import names
-from connector.lake import door, lock
+from connector.lake import door
 
 log = structlog.get_logger("connector.lake.durable")
-
-JOURNAL = "_commit.json"
-"""A commit's journal on an object store (``connector.lake.objectstore``): the attempt folder that
-holds one is left to ``objectstore.recover``, which finishes or rolls the commit back, even
-when its owner is dead."""
-
-STALE_COMPLETED_S = 7 * 86400
-"""Finished shards whose run was never committed are kept this long for a late ``commit``."""
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -120,8 +109,7 @@ def write_durably(fs: pafs.FileSystem, path: str, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+        door.discard_temporary(temporary)
         raise
     fsync_path(parent, directory=True)
 
@@ -206,141 +194,3 @@ def swap_in(fs: pafs.FileSystem, base: str, staged: str, published: str, trash: 
     fsync_path(parent, directory=True)
     if os.path.isdir(trash):
         door.guarded_delete(fs, base, trash)
-
-
-def _trash_partitions(fs: pafs.FileSystem, base: str) -> Iterator[tuple[str, str]]:
-    """(dataset, path) of every partition waiting in ``_trash`` (any depth)."""
-    selector = pafs.FileSelector(f"{base}/{door.TRASH}", allow_not_found=True, recursive=True)
-    for entry in fs.get_file_info(selector):
-        if entry.type == pafs.FileType.Directory and names.PARTITION.fullmatch(entry.base_name):
-            dataset = entry.path.rsplit("/", 2)[-2]
-            yield (dataset if dataset in names.DATASETS else "images"), entry.path
-
-
-def repair(
-    fs: pafs.FileSystem, base: str, owner: lock.Owner, held: Iterable[str] = ()
-) -> list[str]:
-    """Finish or undo interrupted swaps; returns the partitions put back.
-
-    A partition in ``_trash`` whose published place is empty was moved aside by a swap that
-    died before its second rename: it goes back. One whose place is filled is leftover of a
-    finished swap: it is deleted. Each date is handled under its lock (``held``: the dates this
-    process holds already); a date another live run holds is left to that run.
-    """
-    restored: list[str] = []
-    if not is_local(fs):
-        return restored
-    held_dates = set(held)
-    for dataset, path in sorted(_trash_partitions(fs, base)):
-        day = path.rsplit("=", 1)[1]
-        published = f"{base}/{dataset}/snapshot_date={day}"
-        guard: Any = contextlib.nullcontext()
-        if day not in held_dates:
-            guard = lock.date_lock(fs, base, day, owner)
-        try:
-            with guard:
-                if not os.path.isdir(path):
-                    continue
-                if os.path.isdir(published):
-                    door.guarded_delete(fs, base, path)
-                else:
-                    os.makedirs(published.rsplit("/", 1)[0], exist_ok=True)
-                    os.rename(path, published)
-                    fsync_path(published.rsplit("/", 1)[0], directory=True)
-                    restored.append(f"{dataset}/snapshot_date={day}")
-                    log.warning("publish.restored", partition=published)
-        except lock.LockHeld:
-            continue
-    _remove_empty_folders(fs, base, door.TRASH)
-    return restored
-
-
-def referenced_attempts(fs: pafs.FileSystem, base: str, run_id: str) -> dict[str, tuple[str, int]]:
-    """The attempts that a finished shard of ``run_id`` points to: attempt → (the shard
-    manifest's path, the run's shard count)."""
-    folder = f"{base}/{door.STAGING}/{run_id}/shards"
-    attempts: dict[str, tuple[str, int]] = {}
-    for entry in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-        if not entry.base_name.endswith(".json"):
-            continue
-        try:
-            with fs.open_input_stream(entry.path, compression=None) as stream:
-                manifest = orjson.loads(stream.read())
-            attempt = manifest["attempt"]
-            count = int((manifest.get("shard") or {}).get("count", 1))
-        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-        if isinstance(attempt, str):
-            attempts[attempt] = (entry.path, count)
-    return attempts
-
-
-def clean_dead_staging(fs: pafs.FileSystem, base: str, *, now: float | None = None) -> list[str]:
-    """Remove the staging of attempts whose owner is gone; returns what was removed.
-
-    Kept: attempts whose owner may still run (alive, or on another machine before its expiry),
-    and the finished shards of a sharded run, which wait for ``commit`` (for a week at most;
-    a retried shard replaces its own). A whole run (one shard) commits itself: if its owner
-    died, nobody will, and it goes with its manifest. An attempt folder with no readable owner
-    file is removed once a minute old (its process died before writing it, or a straggler
-    wrote into it after its owner removed it); on object stores, which keep no folder times,
-    its age is its newest file's. A dead commit's
-    folder holding its journal (object stores) stays for ``objectstore.recover``, which
-    finishes or rolls back that commit under the date's lock and then removes it.
-    """
-    moment = now or time.time()
-    removed: list[str] = []
-    by_run: dict[str, dict[str, tuple[str, int]]] = {}
-    for run_id, attempt, folder in list(lock.iter_attempts(fs, base)):
-        if run_id not in by_run:
-            by_run[run_id] = referenced_attempts(fs, base, run_id)
-        info = fs.get_file_info(folder)
-        changed = info.mtime.timestamp() if info.mtime else None
-        owner = lock.attempt_owner(fs, folder)
-        if owner is None and changed is None:
-            changed = _newest_object(fs, folder)  # object stores keep no folder times
-        age = moment - changed if changed is not None else 0.0
-        dead = (
-            owner.state(moment) == "dead"
-            if owner is not None
-            else changed is not None and age > lock.UNREADABLE_GRACE_S
-        )
-        referenced = by_run[run_id].get(attempt)
-        if referenced is not None:
-            manifest, count = referenced
-            if count > 1 and age <= STALE_COMPLETED_S:
-                continue
-            if count > 1 or dead:
-                door.guarded_delete(fs, base, manifest)
-                door.guarded_delete(fs, base, folder)
-                del by_run[run_id][attempt]
-                removed.append(f"{run_id}/{attempt}")
-            continue
-        if dead:
-            if fs.get_file_info(f"{folder}/{JOURNAL}").type == pafs.FileType.File:
-                continue  # a killed commit: objectstore.recover repairs it, then it goes
-            door.guarded_delete(fs, base, folder)
-            removed.append(f"{run_id}/{attempt}")
-    for run_id in by_run:
-        run_dir = f"{base}/{door.STAGING}/{run_id}"
-        door.remove_empty_dir(fs, base, f"{run_dir}/shards")
-        door.remove_empty_dir(fs, base, run_dir)
-    if removed:
-        log.info("staging.cleaned", removed=removed)
-    return removed
-
-
-def _newest_object(fs: pafs.FileSystem, folder: str) -> float | None:
-    """When the newest file below ``folder`` was written (epoch seconds); None if none is."""
-    selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
-    times = [i.mtime.timestamp() for i in fs.get_file_info(selector) if i.mtime is not None]
-    return max(times, default=None)
-
-
-def _remove_empty_folders(fs: pafs.FileSystem, base: str, top: str) -> None:
-    """Remove empty folders below ``{base}/{top}`` and ``top`` itself (local disk only)."""
-    root = f"{base}/{top}"
-    if not is_local(fs) or not os.path.isdir(root):
-        return
-    for folder, _dirs, _files in os.walk(root, topdown=False):
-        door.remove_empty_dir(fs, base, folder)

@@ -2,13 +2,9 @@
 
 A lock is a small JSON file under ``{uri}/_staging/_locks/`` naming its owner: run id, attempt,
 host, pid (with the process's start time, so a reused pid is not mistaken for the owner), the
-machine's boot id and pid namespace, and when the owner's run deadline expires. It is created
-exclusively: ``O_CREAT | O_EXCL`` on a local disk; on an object store a conditional put that the
-store itself refuses when the key exists. On ``s3://`` that is PutObject with
-``If-None-Match: *`` (AWS S3, MinIO, and moto from 5.0.x on answer 412 PreconditionFailed when
-the key exists), sent through botocore (the ``s3`` extra) with the endpoint, region, addressing
-style, CA file and keys of the output's filesystem, since pyarrow's S3 client cannot send it. On
-the fsspec stores it is fsspec's ``mode="create"``.
+machine's boot id and pid namespace (``connector.machine``), and when the owner's run deadline
+expires. It is created exclusively, by the store (``storage.create_exclusive``: ``O_EXCL`` on a
+local disk, a conditional put on an object store).
 
 **A second writer fails at once; it does not wait.** It exits 1 with a message naming the holder
 (run id, pid, host, since when) and the lock file. Waiting would tie up a scheduler slot behind a
@@ -22,20 +18,16 @@ its run deadline plus a margin) has passed. Taking over goes through a short-liv
 file, itself created exclusively, so two runs that find the same dead lock do not both take it:
 only the holder of ``.break`` deletes the dead lock, and only if it still holds what was read.
 
-Where no conditional put is possible (``s3://`` without botocore installed, a store that answers
-501 NotImplemented to ``If-None-Match``), the same protocol runs with a check-then-write create:
-the lock is then advisory, which a warning says once; install the ``s3`` extra, or run one
-scheduler per output there.
+Where the store has no conditional put, the lock is advisory (``storage.create_exclusive`` says
+so once in a warning).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -44,14 +36,12 @@ import orjson
 import pyarrow.fs as pafs
 import structlog
 
-from connector import names
+from connector import machine, names
 from connector.errors import ConnectorError
-from connector.lake import door
+from connector.lake import door, layout, storage
 
 log = structlog.get_logger("connector.lake.lock")
 
-LOCKS = "_locks"
-OWNER_FILE = "_owner.json"
 EXPIRY_MARGIN_S = 3600.0
 """Added to a run's deadline before another machine may consider its lock abandoned."""
 UNREADABLE_GRACE_S = 60.0
@@ -76,58 +66,6 @@ class LockHeld(ConnectorError):
 # -- who owns what ---------------------------------------------------------------------------
 
 
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            return handle.read().strip()
-    except OSError:
-        return None
-
-
-def _process_start(pid: int) -> int | None:
-    """The process's start time in clock ticks after boot (``/proc/PID/stat`` field 22)."""
-    text = _read_text(f"/proc/{pid}/stat")
-    if not text:
-        return None
-    try:
-        return int(text.rsplit(")", 1)[1].split()[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def boot_id() -> str:
-    """The kernel's id of this boot (Linux), or "" where there is none."""
-    return _read_text("/proc/sys/kernel/random/boot_id") or ""
-
-
-def _machine() -> tuple[str, str]:
-    """This machine's boot id and pid namespace: equal on both sides only when a pid seen in a
-    lock file can be checked here (not after a reboot, not from another container)."""
-    boot = boot_id()
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        namespace = ""
-    return boot, namespace
-
-
-def pid_alive(pid: int, started: int | None = None) -> bool:
-    """Whether process ``pid`` exists here and, when ``started`` is known, is the same process."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, owned by someone else
-    if started is not None:
-        now = _process_start(pid)
-        if now is not None and now != started:
-            return False  # the pid was reused by another process
-    return True
-
-
 @dataclass(frozen=True, slots=True)
 class Owner:
     """Who holds a lock or a staging attempt."""
@@ -146,14 +84,14 @@ class Owner:
     @classmethod
     def me(cls, run_id: str, attempt: str, deadline_s: float = 0.0) -> Owner:
         """This process, for ``run_id``'s ``attempt``."""
-        boot, namespace = _machine()
+        boot, namespace = machine.identity()
         now = time.time()
         return cls(
             run_id=run_id,
             attempt=attempt,
             host=socket.gethostname(),
             pid=os.getpid(),
-            pid_started=_process_start(os.getpid()),
+            pid_started=machine.process_start(os.getpid()),
             boot_id=boot,
             pid_namespace=namespace,
             since=datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
@@ -185,7 +123,7 @@ class Owner:
 
     def same_machine(self) -> bool:
         """Whether this owner's pid can be checked from here."""
-        boot, namespace = _machine()
+        boot, namespace = machine.identity()
         return (
             self.host == socket.gethostname()
             and bool(self.boot_id)
@@ -198,11 +136,15 @@ class Owner:
         ``unknown`` for a process on another machine before its expiry."""
         if self.expires_at is not None and (now or time.time()) > self.expires_at:
             return "dead"
-        if self.host == socket.gethostname() and self.boot_id and self.boot_id != _machine()[0]:
+        if (
+            self.host == socket.gethostname()
+            and self.boot_id
+            and self.boot_id != machine.identity()[0]
+        ):
             return "dead"  # this machine rebooted since
         if not self.same_machine():
             return "unknown"
-        return "alive" if pid_alive(self.pid, self.pid_started) else "dead"
+        return "alive" if machine.pid_alive(self.pid, self.pid_started) else "dead"
 
     def describe(self) -> str:
         """For messages: run id, pid, host and since when."""
@@ -217,164 +159,6 @@ def new_attempt_id() -> str:
     id (a retry, a mistake) never write into the same folder."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-p{os.getpid()}-{secrets.token_hex(3)}"
-
-
-# -- exclusive create on each kind of store --------------------------------------------------
-
-_warned_advisory: set[str] = set()
-
-
-def _fsspec_of(fs: pafs.FileSystem) -> Any | None:
-    handler = getattr(fs, "handler", None)
-    return getattr(handler, "fs", None)
-
-
-def create_exclusive(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
-    """Create ``path`` holding ``data`` unless it exists; whether this call created it."""
-    parent = path.rsplit("/", 1)[0]
-    if isinstance(fs, pafs.LocalFileSystem):
-        for _ in range(10):
-            os.makedirs(parent, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                break
-            except FileExistsError:
-                return False
-            except FileNotFoundError:
-                continue  # another process removed the (empty) folder meanwhile
-        else:
-            raise FileNotFoundError(parent)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(parent)
-        return True
-    if isinstance(fs, pafs.S3FileSystem):
-        created = _s3_create(fs, path, data)
-        if created is not None:
-            return created
-    store = _fsspec_of(fs)
-    if store is not None:
-        with contextlib.suppress(Exception):
-            store.makedirs(parent, exist_ok=True)
-        try:
-            store.pipe_file(path, data, mode="create")
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            # S3 answers a failed If-None-Match with 412 PreconditionFailed, which some
-            # versions of s3fs surface as a plain OSError.
-            if "Precondition" in str(exc) or "412" in str(exc):
-                return False
-            raise
-        return True
-    kind = type(fs).__name__
-    if kind not in _warned_advisory:
-        _warned_advisory.add(kind)
-        reason = "this store has no conditional put here; the lock is advisory"
-        if isinstance(fs, pafs.S3FileSystem) and _botocore() is None:
-            reason += " (pip install 'oci-images-connector[s3]' for If-None-Match puts)"
-        log.warning("lock.advisory", filesystem=kind, reason=reason)
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        return False
-    with fs.open_output_stream(path, compression=None) as out:
-        out.write(data)
-    return True
-
-
-def _botocore() -> Any | None:
-    """botocore's session module, or None when the ``s3`` extra is not installed."""
-    try:
-        import botocore.session
-    except ImportError:
-        return None
-    return botocore.session
-
-
-_S3_CLIENTS: dict[tuple[Any, ...], Any] = {}
-_s3_unconditional: set[tuple[Any, ...]] = set()
-"""Stores that answered NotImplemented to If-None-Match: advisory from then on."""
-
-
-def _s3_settings(fs: pafs.S3FileSystem) -> tuple[Any, ...]:
-    """Endpoint, region, keys, addressing and CA file of a pyarrow S3 filesystem, as its own
-    pickling state records them (the only public view of its options)."""
-    reduced: Any = fs.__reduce__()
-    state: dict[str, Any] = reduced[1][0]
-    endpoint = state.get("endpoint_override") or ""
-    return (
-        f"{state.get('scheme') or 'https'}://{endpoint}" if endpoint else None,
-        state.get("region") or None,
-        state.get("access_key") or None,
-        state.get("secret_key") or None,
-        state.get("session_token") or None,
-        bool(state.get("anonymous")),
-        # As pyarrow addresses: virtual-hosted on AWS, path-style behind an endpoint override
-        # unless virtual addressing is forced.
-        "virtual" if not endpoint or state.get("force_virtual_addressing") else "path",
-        state.get("tls_ca_file_path") or None,
-    )
-
-
-def _s3_client(settings: tuple[Any, ...]) -> Any:
-    """A botocore S3 client for these settings (one per process and store)."""
-    client = _S3_CLIENTS.get(settings)
-    if client is None:
-        import botocore
-        import botocore.config
-        import botocore.session
-
-        endpoint, region, key, secret, token, anonymous, addressing, ca_file = settings
-        config = botocore.config.Config(
-            s3={"addressing_style": addressing},
-            retries={"mode": "standard", "max_attempts": 4},
-            signature_version=botocore.UNSIGNED if anonymous else None,
-        )
-        client = botocore.session.get_session().create_client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=region,
-            aws_access_key_id=key,
-            aws_secret_access_key=secret,
-            aws_session_token=token,
-            verify=ca_file,
-            config=config,
-        )
-        _S3_CLIENTS[settings] = client
-    return client
-
-
-def _s3_create(fs: pafs.S3FileSystem, path: str, data: bytes) -> bool | None:
-    """PutObject with ``If-None-Match: *``: whether it created ``path``; None when no
-    conditional put is possible here (no botocore, or a store that does not implement it)."""
-    if _botocore() is None:
-        return None
-    settings = _s3_settings(fs)
-    if settings in _s3_unconditional:
-        return None
-    import botocore.exceptions
-
-    bucket, _, key = path.partition("/")
-    try:
-        _s3_client(settings).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-    except botocore.exceptions.ClientError as exc:
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if status == 412 or code == "PreconditionFailed":
-            return False  # the key exists: held
-        if status == 409 or code == "ConditionalRequestConflict":
-            return False  # another conditional put of this key is under way; it wins or not
-        if status == 501 or code == "NotImplemented":
-            _s3_unconditional.add(settings)
-            return None
-        message = f"creating {path} failed: {code or status} {error.get('Message', '')}"
-        raise OSError(message) from None
-    except botocore.exceptions.BotoCoreError as exc:
-        raise OSError(f"creating {path} failed: {type(exc).__name__}: {exc}") from None
-    return True
 
 
 def _read(fs: pafs.FileSystem, path: str) -> bytes | None:
@@ -392,25 +176,13 @@ def _age_s(fs: pafs.FileSystem, path: str) -> float:
     return max(0.0, time.time() - info.mtime.timestamp())
 
 
-def _fsync_dir(path: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-# -- the lock --------------------------------------------------------------------------------
-
-
 class Lock:
     """An exclusive lock file (see the module docstring); ``with lock:`` holds it."""
 
     def __init__(self, fs: pafs.FileSystem, base: str, name: str, owner: Owner, what: str) -> None:
         self.fs = fs
         self.base = base
-        self.path = f"{base}/{door.STAGING}/{LOCKS}/{names.check_component(name)}"
+        self.path = layout.lock_file(base, name)
         self.owner = owner
         self.what = what
         self._data = owner.to_json()
@@ -419,7 +191,7 @@ class Lock:
     def acquire(self) -> None:
         """Take the lock, taking over a dead owner's; ``LockHeld`` if someone alive has it."""
         for _ in range(5):
-            if create_exclusive(self.fs, self.path, self._data):
+            if storage.create_exclusive(self.fs, self.path, self._data):
                 self.held = True
                 log.debug("lock.acquired", lock=self.path, run_id=self.owner.run_id)
                 return
@@ -445,7 +217,7 @@ class Lock:
     def _break(self, seen: bytes, holder: Owner | None) -> bool:
         """Remove a dead owner's lock, unless it changed since we read it; whether it was."""
         breaker = self.path + ".break"
-        if not create_exclusive(self.fs, breaker, self._data):
+        if not storage.create_exclusive(self.fs, breaker, self._data):
             if _age_s(self.fs, breaker) > BREAK_GRACE_S:
                 door.guarded_delete(self.fs, self.base, breaker)
             return False
@@ -488,22 +260,16 @@ class Lock:
 
 def date_lock(fs: pafs.FileSystem, base: str, snapshot_date: str, owner: Owner) -> Lock:
     """The lock for publishing ``snapshot_date`` under ``base`` (one writer at a time)."""
-    day = names.check_snapshot_date(snapshot_date)
-    return Lock(fs, base, f"snapshot_date={day}.lock", owner, f"snapshot date {day} of {base}")
+    name = layout.date_lock_name(snapshot_date)
+    return Lock(fs, base, name, owner, f"snapshot date {snapshot_date} of {base}")
 
 
 def shard_lock(
     fs: pafs.FileSystem, base: str, run_id: str, index: int, count: int, owner: Owner
 ) -> Lock:
     """The lock for one shard of one run: two attempts of the same shard never run at once."""
-    run = names.check_run_id(run_id)
-    return Lock(
-        fs,
-        base,
-        f"run={run}.shard={index:03d}-of-{count:03d}.lock",
-        owner,
-        f"shard {index}/{count} of run {run} in {base}",
-    )
+    name = layout.shard_lock_name(run_id, index, count)
+    return Lock(fs, base, name, owner, f"shard {index}/{count} of run {run_id} in {base}")
 
 
 def remove_dead_locks(fs: pafs.FileSystem, base: str, asking: Owner) -> list[str]:
@@ -516,7 +282,7 @@ def remove_dead_locks(fs: pafs.FileSystem, base: str, asking: Owner) -> list[str
     machine before their expiry) and unreadable files (being written right now, perhaps) are
     left; a file that changed since it was read is not removed (``Lock._break``).
     """
-    folder = f"{base}/{door.STAGING}/{LOCKS}"
+    folder = layout.locks_folder(base)
     removed: list[str] = []
     for entry in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
         if entry.type != pafs.FileType.File or not entry.base_name.endswith(".lock"):
@@ -542,25 +308,14 @@ def claim_attempt(fs: pafs.FileSystem, base: str, owner: Owner) -> str:
     live one's (left alone), instead of waiting days.
     """
     run = names.check_run_id(owner.run_id)
-    folder = names.join(f"{base}/{door.STAGING}", run, owner.attempt)
+    folder = names.join(layout.staging_root(base), run, owner.attempt)
     fs.create_dir(folder, recursive=True)
-    if not create_exclusive(fs, f"{folder}/{OWNER_FILE}", owner.to_json()):
+    if not storage.create_exclusive(fs, f"{folder}/{layout.OWNER_FILE}", owner.to_json()):
         raise ConnectorError(f"staging attempt {folder} exists already")
     return folder
 
 
 def attempt_owner(fs: pafs.FileSystem, folder: str) -> Owner | None:
     """The owner recorded in an attempt folder, if readable."""
-    data = _read(fs, f"{folder}/{OWNER_FILE}")
+    data = _read(fs, f"{folder}/{layout.OWNER_FILE}")
     return Owner.from_json(data) if data is not None else None
-
-
-def iter_attempts(fs: pafs.FileSystem, base: str) -> Iterator[tuple[str, str, str]]:
-    """(run id, attempt, folder) of every staging attempt under ``base``."""
-    root = f"{base}/{door.STAGING}"
-    for run_dir in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
-        if run_dir.type != pafs.FileType.Directory or not names.RUN_ID.fullmatch(run_dir.base_name):
-            continue
-        for entry in fs.get_file_info(pafs.FileSelector(run_dir.path, allow_not_found=True)):
-            if entry.type == pafs.FileType.Directory and entry.base_name != "shards":
-                yield run_dir.base_name, entry.base_name, entry.path

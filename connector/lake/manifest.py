@@ -11,17 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+import pyarrow.fs as pafs
 import structlog
 
 from connector.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
-    ConnectorError,
-    OciApiError,
 )
-from connector.pages import PageError, WorkItem
+from connector.lake import durable
+from connector.lake.layout import MANIFEST
+from connector.pages import ListingError, WorkItem
 from connector.sinks import FileInfo
 
 if TYPE_CHECKING:
@@ -32,42 +34,6 @@ log = structlog.get_logger("connector.lake.manifest")
 
 Status = Literal["succeeded", "partial", "failed"]
 """How a run, a shard or a commit ended."""
-
-
-@dataclass(frozen=True, slots=True)
-class ListingError:
-    """Why a listing failed, as the manifest records it (never a secret: the service's code,
-    message and request id, or the connector's error)."""
-
-    status: int | None
-    code: str
-    message: str
-    opc_request_id: str | None
-
-    @classmethod
-    def from_exception(
-        cls, exc: ConnectorError, *, opc_request_id: str | None = None
-    ) -> ListingError:
-        """The record of ``exc``; ``opc_request_id`` is the request that produced it, if known."""
-        if isinstance(exc, OciApiError):
-            return cls(exc.status, exc.code, exc.message, exc.opc_request_id)
-        code = "InvalidResponse" if isinstance(exc, PageError) else type(exc).__name__
-        request_id = getattr(exc, "opc_request_id", None) or opc_request_id
-        return cls(None, code, str(exc), request_id)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The error as the manifest writes it."""
-        return {
-            "status": self.status,
-            "code": self.code,
-            "message": self.message,
-            "opc_request_id": self.opc_request_id,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ListingError:
-        """Read back what ``as_dict`` wrote."""
-        return cls(data["status"], data["code"], data["message"], data["opc_request_id"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +275,28 @@ class RunOutcome:
         if self.exit_code == EXIT_OK:
             return "succeeded"
         return "partial" if self.exit_code == EXIT_PARTIAL else "failed"
+
+
+def utc_now() -> str:
+    """Now, as manifests write times."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def read_document(fs: pafs.FileSystem, partition: str) -> dict[str, Any] | None:
+    """A published partition's ``_manifest.json`` as JSON (any dataset's), or None where
+    there is none. On object stores a read torn by a concurrent overwrite is repeated
+    (``durable.read_json``)."""
+    try:
+        document = durable.read_json(fs, f"{partition}/{MANIFEST}")
+    except FileNotFoundError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def read_manifest(fs: pafs.FileSystem, partition: str) -> Manifest | None:
+    """The manifest of a published ``images`` partition, typed; None where there is none."""
+    document = read_document(fs, partition)
+    return Manifest.from_dict(document) if document is not None else None
 
 
 def merge(shards: Sequence[Manifest]) -> Manifest:

@@ -16,7 +16,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from connector.errors import PublishError
-from connector.lake.publish import exists, read_json
+from connector.lake.durable import read_json
+from connector.lake.layout import exists
 from connector.pages import WorkItem
 
 _DATE_DIR = re.compile(r"^snapshot_date=(\d{4}-\d{2}-\d{2})$")

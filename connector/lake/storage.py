@@ -28,8 +28,10 @@ own keyword arguments (ocifs: ``config``, ``profile``, ``region``; gcsfs: ``proj
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +39,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
+import structlog
 
 from connector.errors import ConfigError
+
+log = structlog.get_logger("connector.lake.storage")
 
 URI_KEY = "output.uri"
 OPTIONS_KEY = "output.storage_options"
@@ -325,3 +330,171 @@ def _fsspec(uri: str, scheme: str, store: FsspecStore, options: dict[str, Any]) 
         raise ConfigError(OPTIONS_KEY, f"{store.module}: {exc}") from None
     handler = pafs.FSSpecHandler(filesystem)  # type: ignore[abstract]  # stubs miss its methods
     return Store(pafs.PyFileSystem(handler), location, scheme)
+
+
+_warned_advisory: set[str] = set()
+
+
+def _fsspec_of(fs: pafs.FileSystem) -> Any | None:
+    handler = getattr(fs, "handler", None)
+    return getattr(handler, "fs", None)
+
+
+def create_exclusive(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; whether this call created it."""
+    parent = path.rsplit("/", 1)[0]
+    if isinstance(fs, pafs.LocalFileSystem):
+        for _ in range(10):
+            os.makedirs(parent, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                continue  # another process removed the (empty) folder meanwhile
+        else:
+            raise FileNotFoundError(parent)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(parent)
+        return True
+    if isinstance(fs, pafs.S3FileSystem):
+        created = _s3_create(fs, path, data)
+        if created is not None:
+            return created
+    store = _fsspec_of(fs)
+    if store is not None:
+        with contextlib.suppress(Exception):
+            store.makedirs(parent, exist_ok=True)
+        try:
+            store.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            # S3 answers a failed If-None-Match with 412 PreconditionFailed, which some
+            # versions of s3fs surface as a plain OSError.
+            if "Precondition" in str(exc) or "412" in str(exc):
+                return False
+            raise
+        return True
+    kind = type(fs).__name__
+    if kind not in _warned_advisory:
+        _warned_advisory.add(kind)
+        reason = "this store has no conditional put here; the lock is advisory"
+        if isinstance(fs, pafs.S3FileSystem) and _botocore() is None:
+            reason += " (pip install 'oci-images-connector[s3]' for If-None-Match puts)"
+        log.warning("lock.advisory", filesystem=kind, reason=reason)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        return False
+    with fs.open_output_stream(path, compression=None) as out:
+        out.write(data)
+    return True
+
+
+def _botocore() -> Any | None:
+    """botocore's session module, or None when the ``s3`` extra is not installed."""
+    try:
+        import botocore.session
+    except ImportError:
+        return None
+    return botocore.session
+
+
+_S3_CLIENTS: dict[tuple[Any, ...], Any] = {}
+_s3_unconditional: set[tuple[Any, ...]] = set()
+"""Stores that answered NotImplemented to If-None-Match: advisory from then on."""
+
+
+def _s3_settings(fs: pafs.S3FileSystem) -> tuple[Any, ...]:
+    """Endpoint, region, keys, addressing and CA file of a pyarrow S3 filesystem, as its own
+    pickling state records them (the only public view of its options)."""
+    reduced: Any = fs.__reduce__()
+    state: dict[str, Any] = reduced[1][0]
+    endpoint = state.get("endpoint_override") or ""
+    return (
+        f"{state.get('scheme') or 'https'}://{endpoint}" if endpoint else None,
+        state.get("region") or None,
+        state.get("access_key") or None,
+        state.get("secret_key") or None,
+        state.get("session_token") or None,
+        bool(state.get("anonymous")),
+        # As pyarrow addresses: virtual-hosted on AWS, path-style behind an endpoint override
+        # unless virtual addressing is forced.
+        "virtual" if not endpoint or state.get("force_virtual_addressing") else "path",
+        state.get("tls_ca_file_path") or None,
+    )
+
+
+def _s3_client(settings: tuple[Any, ...]) -> Any:
+    """A botocore S3 client for these settings (one per process and store)."""
+    client = _S3_CLIENTS.get(settings)
+    if client is None:
+        import botocore
+        import botocore.config
+        import botocore.session
+
+        endpoint, region, key, secret, token, anonymous, addressing, ca_file = settings
+        config = botocore.config.Config(
+            s3={"addressing_style": addressing},
+            retries={"mode": "standard", "max_attempts": 4},
+            signature_version=botocore.UNSIGNED if anonymous else None,
+        )
+        client = botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            aws_session_token=token,
+            verify=ca_file,
+            config=config,
+        )
+        _S3_CLIENTS[settings] = client
+    return client
+
+
+def _s3_create(fs: pafs.S3FileSystem, path: str, data: bytes) -> bool | None:
+    """PutObject with ``If-None-Match: *``: whether it created ``path``; None when no
+    conditional put is possible here (no botocore, or a store that does not implement it)."""
+    if _botocore() is None:
+        return None
+    settings = _s3_settings(fs)
+    if settings in _s3_unconditional:
+        return None
+    import botocore.exceptions
+
+    bucket, _, key = path.partition("/")
+    try:
+        _s3_client(settings).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 412 or code == "PreconditionFailed":
+            return False  # the key exists: held
+        if status == 409 or code == "ConditionalRequestConflict":
+            return False  # another conditional put of this key is under way; it wins or not
+        if status == 501 or code == "NotImplemented":
+            _s3_unconditional.add(settings)
+            return None
+        message = f"creating {path} failed: {code or status} {error.get('Message', '')}"
+        raise OSError(message) from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise OSError(f"creating {path} failed: {type(exc).__name__}: {exc}") from None
+    return True
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# -- the lock --------------------------------------------------------------------------------

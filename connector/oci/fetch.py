@@ -21,11 +21,10 @@ from anyio.abc import ObjectSendStream, TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from connector.errors import ConnectorError, OciApiError, PaginationError, TransportError
-from connector.lake.manifest import ListingError
 from connector.limits import ResponseTooLarge
 from connector.oci.client import OciClient, Response
 from connector.oci.discovery import Endpoints
-from connector.pages import Page, PageError, WorkItem
+from connector.pages import ListingError, Page, PageError, WorkItem
 from connector.workers.coordinator import Verdicts
 
 

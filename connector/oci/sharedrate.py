@@ -44,7 +44,7 @@ from types import TracebackType
 
 import structlog
 
-from connector.lake.lock import boot_id
+from connector.machine import boot_id
 from connector.oci.retry import RateState
 
 try:

@@ -7,23 +7,20 @@ that it can be reported upstream; see ``connector.pages.Reject``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow.fs as pafs
 
 from connector.pages import Reject
 from connector.sinks import FileInfo
 
-if TYPE_CHECKING:
-    from connector.lake.publish import Layout
-
 
 class RejectWriter:
     """Appends rejects, as JSON lines, under the staged partition's ``_rejects/``."""
 
-    def __init__(self, fs: pafs.FileSystem, layout: Layout, prefix: str, number: int = 0) -> None:
+    def __init__(self, fs: pafs.FileSystem, partition: str, prefix: str, number: int = 0) -> None:
         self.fs = fs
-        self.directory = f"{layout.staged_partition}/_rejects"
+        self.directory = f"{partition}/_rejects"
         self.name = f"rejects-{prefix}{number:05d}.jsonl"
         self.count = 0
         self._stream: Any = None

@@ -22,8 +22,7 @@ import anyio.to_thread
 from anyio.abc import SocketStream
 
 from connector.errors import WorkerError
-from connector.lake.manifest import ListingError
-from connector.pages import Page, WorkItem
+from connector.pages import ListingError, Page, WorkItem
 from connector.sinks import FileInfo
 from connector.workers import protocol, spawn
 from connector.workers.page import Closed, ListingResult, PageWorker, WorkerSetup

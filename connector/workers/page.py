@@ -17,9 +17,9 @@ from typing import cast
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from connector.lake import door, publish
-from connector.lake.manifest import ListingError
-from connector.pages import Page, PageError, RunInfo, WorkItem
+from connector.lake import door
+from connector.lake.layout import Layout
+from connector.pages import ListingError, Page, PageError, RunInfo, WorkItem
 from connector.sinks import FileInfo, PartitionedSink, SinkOptions
 from connector.sinks.rejects import RejectWriter
 
@@ -31,7 +31,7 @@ class WorkerSetup:
     run: RunInfo
     platform_mode: str
     fs: pafs.FileSystem
-    layout: publish.Layout
+    layout: Layout
     options: SinkOptions
     file_prefix: str
     reject_prefix: str
@@ -86,7 +86,9 @@ class PageWorker:
             setup.file_prefix,
             numbering=(index, count),
         )
-        self.rejects = RejectWriter(setup.fs, setup.layout, setup.reject_prefix, index)
+        self.rejects = RejectWriter(
+            setup.fs, setup.layout.staged_partition, setup.reject_prefix, index
+        )
         # Imported here: a process that only fetches (workers in processes) never needs it.
         from connector.workers.normalize import normalize_page
 

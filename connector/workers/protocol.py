@@ -28,7 +28,7 @@ from connector.errors import WorkerError
 from connector.pages import Page, WorkItem
 
 if TYPE_CHECKING:
-    from connector.lake.manifest import ListingError
+    from connector.pages import ListingError
     from connector.workers.page import Closed, ListingResult, WorkerSetup
 
 _HEADER = struct.Struct("<QQ")
