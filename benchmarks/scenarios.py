@@ -463,25 +463,51 @@ def recorded_pages(count: int = 100) -> list[Any]:
 
 
 def _ours(pages: list[Any], folder: Path, workers: int | str = "auto") -> float:
-    """Seconds to normalize and write ``pages``, worker processes already started (in a run
-    they start while discovery goes on)."""
+    """Seconds to normalize and write ``pages`` through the run's own stages (the dispatcher
+    and the workers), worker processes already started (in a run they start while discovery
+    goes on)."""
     import anyio
 
     from connector import config
+    from connector.lean import quiet_gc
     from connector.oci.auth import Credentials
-    from connector.pipeline import Export
+    from connector.oci.fetch import ListingEnd
+    from connector.pipeline import feed
+    from connector.prepare import prepare
+    from connector.workers import coordinator
 
     class NoSigner:
         async def sign(self, method: str, url: str, headers: dict[str, str]) -> None:
             raise AssertionError("no requests in this scenario")
 
     overrides = [f'output.uri="{folder}"', f"fetch.workers={orjson.dumps(workers).decode()}"]
-    export = Export(config.load(None, overrides), Credentials(NoSigner()))
+    settings = config.load(None, overrides)
+    context = prepare(settings, Credentials(NoSigner()))
+    processes = settings.fetch.worker_processes()
+    pool = coordinator.create(context.workers, processes, lambda result: None)
+
+    async def replay(send: Any) -> None:
+        """Each listing's pages in order, then its end, as the fetcher sends them."""
+        async with send:
+            current, count = None, 0
+            for page in pages:
+                if current is not None and page.item != current:
+                    await send.send(ListingEnd(current, count, None))
+                    count = 0
+                current, count = page.item, count + 1
+                await send.send(page)
+            if current is not None:
+                await send.send(ListingEnd(current, count, None))
 
     async def timed() -> float:
-        await export.start_workers()  # as a run does while discovery goes on
+        await pool.start()  # as a run does while discovery goes on
         started = time.perf_counter()
-        await export.write_pages(pages)
+        async with anyio.create_task_group() as group:
+            group.start_soon(pool.serve)
+            with quiet_gc():
+                await feed(pool, replay)
+            await pool.close()
+        await pool.reap()
         return time.perf_counter() - started
 
     return anyio.run(timed)

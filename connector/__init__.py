@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from connector.lake.manifest import ListingRecord, Manifest, RunOutcome
     from connector.oci.auth import Credentials
     from connector.pages import ListingError
+    from connector.tally import Progress
 
 __all__ = [
     "AuthError",
@@ -56,6 +57,7 @@ __all__ = [
     "OciApiError",
     "PaginationError",
     "Plan",
+    "Progress",
     "PublishError",
     "RequestTimeout",
     "RunOutcome",
@@ -100,6 +102,7 @@ _HOMES = {
     ),
     "connector.lake.manifest": ("ListingRecord", "Manifest", "RunOutcome"),
     "connector.pages": ("ListingError",),
+    "connector.tally": ("Progress",),
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 

@@ -16,7 +16,7 @@ bad configuration, before any request); listings that failed make the outcome ``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from connector.lake.changes import ChangeCounts
     from connector.pipeline import Export
+    from connector.tally import Progress
     from connector.workers.spawn import Launched
 
 Settings = config.Settings
@@ -64,7 +65,7 @@ def resolve_credentials(settings: Settings) -> Credentials:
 
 def new_run_id() -> str:
     """A sortable, unique run id (UTC time and random hex)."""
-    from connector.pipeline import new_run_id as make
+    from connector.prepare import new_run_id as make
 
     return make()
 
@@ -139,7 +140,7 @@ async def _plan(
     settings: Settings, shards: int, run_id: str | None, credentials: Credentials | None
 ) -> Plan:
     from connector.oci import discovery
-    from connector.pipeline import client_for
+    from connector.prepare import client_for
 
     if shards < 1:
         raise ConfigError("--shards", "must be at least 1")
@@ -161,10 +162,14 @@ def run(
     shard: ShardSpec | tuple[int, int] | None = None,
     run_id: str | None = None,
     credentials: Credentials | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> RunOutcome:
     """Export: without ``shard``, discover, fetch, write and publish; with one, only stage the
-    shard's files (``commit`` publishes them once every shard has run)."""
-    go = partial(run_async, settings, shard=shard, run_id=run_id, credentials=credentials)
+    shard's files (``commit`` publishes them once every shard has run). ``progress``, when
+    given, is called with a ``Progress`` every quarter second while the run fetches."""
+    go = partial(
+        run_async, settings, shard=shard, run_id=run_id, credentials=credentials, progress=progress
+    )
     return anyio.run(go)
 
 
@@ -174,9 +179,28 @@ async def run_async(
     shard: ShardSpec | tuple[int, int] | None = None,
     run_id: str | None = None,
     credentials: Credentials | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    launched: Launched | None = None,
 ) -> RunOutcome:
-    """``run``, in a running event loop (asyncio or trio, through anyio)."""
-    return await export(settings, shard=shard, run_id=run_id, credentials=credentials).run()
+    """``run``, in a running event loop (asyncio or trio, through anyio). ``launched``: worker
+    processes started earlier (``connector.workers.spawn.launch``), as the command line starts
+    them before it imports the rest."""
+    try:
+        built = export(
+            settings,
+            shard=shard,
+            run_id=run_id,
+            credentials=credentials,
+            launched=launched,
+            progress=progress,
+        )
+    except BaseException:
+        if launched is not None:
+            from connector.workers import spawn
+
+            spawn.abandon(launched)
+        raise
+    return await built.run()
 
 
 def commit(settings: Settings, run_id: str) -> RunOutcome:
@@ -216,20 +240,22 @@ def export(
     run_id: str | None = None,
     credentials: Credentials | None = None,
     launched: Launched | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> Export:
-    """The ``Export`` that ``run`` runs (the CLI draws its progress bar from it)."""
+    """The ``Export`` that ``run`` runs."""
     from connector.pipeline import Export
+    from connector.prepare import prepare
 
     position, run_id = _shard(shard, run_id)
-    return Export(
+    context = prepare(
         settings,
         _checked(settings, credentials),
+        position or (0, 1),
         run_id=run_id,
-        shard=position or (0, 1),
         publish_now=position is None,
-        launched=launched,
         rate_share=shard.rate_share if isinstance(shard, ShardSpec) else None,
     )
+    return Export(context, launched=launched, progress=progress)
 
 
 def _shard(

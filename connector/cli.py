@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,11 +20,11 @@ from connector.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from connector.progress import Snapshot, Terminal, render
 
 if TYPE_CHECKING:
+    from connector import Credentials
     from connector.config import Settings
     from connector.lake.manifest import RunOutcome
-    from connector.oci.auth import Credentials
-    from connector.oci.client import RequestCounters
-    from connector.pipeline import Export, Progress
+    from connector.tally import Progress
+    from connector.workers.spawn import Launched
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,39 +284,38 @@ def _execute(
         from connector import lean
 
         lean.parsing_heap()
-    try:
-        from connector import api
-
-        credentials = api.resolve_credentials(settings)
-        # Shard 0 of 1 is the whole run: it publishes, as a run without --shard does.
-        export = api.export(
-            settings,
-            shard=None if shard == (0, 1) else shard,
-            run_id=run_id,
-            credentials=credentials,
-            launched=launched,
-        )
-    except BaseException:
-        if launched is not None:
-            spawn.abandon(launched)
-        raise
-    return anyio.run(_interruptible, export, terminal)
+    return anyio.run(_interruptible, settings, shard, run_id, launched, terminal)
 
 
-async def _interruptible(export: Export, terminal: Terminal | None) -> RunOutcome:
-    """Run ``export``; SIGINT or SIGTERM cancels it (its clean-up runs) and raises
+async def _interruptible(
+    settings: Settings,
+    shard: tuple[int, int],
+    run_id: str | None,
+    launched: Launched | None,
+    terminal: Terminal | None,
+) -> RunOutcome:
+    """Run the export; SIGINT or SIGTERM cancels it (its clean-up runs) and raises
     ``Interrupted`` unless it had published already."""
     import anyio
 
-    from connector import errors, interrupt
+    from connector import api, errors, interrupt
+
+    def draw(progress: Progress) -> None:
+        if terminal is not None:
+            terminal.show(render(snapshot(progress), terminal.width()))
 
     outcome: RunOutcome | None = None
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(interrupt.cancel_on_signal, group.cancel_scope)
-            if terminal is not None:
-                group.start_soon(_render_progress, export, terminal)
-            outcome = await export.run()
+            outcome = await api.run_async(
+                settings,
+                # Shard 0 of 1 is the whole run: it publishes, as a run without --shard does.
+                shard=None if shard == (0, 1) else shard,
+                run_id=run_id,
+                launched=launched,
+                progress=draw if terminal is not None else None,
+            )
             group.cancel_scope.cancel()
     except BaseExceptionGroup as failure:
         # The run's own error, not the task group around it (which only adds a traceback).
@@ -334,26 +332,17 @@ async def _interruptible(export: Export, terminal: Terminal | None) -> RunOutcom
     return outcome
 
 
-async def _render_progress(export: Export, terminal: Terminal) -> None:
-    import anyio
-
-    while True:
-        terminal.show(render(snapshot(export.progress, export.client.counters), terminal.width()))
-        await anyio.sleep(0.25)
-
-
-def snapshot(progress: Progress, counters: RequestCounters) -> Snapshot:
-    """What the progress bar shows, from the run's live counters."""
-    now = time.monotonic()
+def snapshot(progress: Progress) -> Snapshot:
+    """What the progress bar shows, from the run's progress."""
     return Snapshot(
-        elapsed_s=now - progress.started,
+        elapsed_s=progress.elapsed_s,
         listings_total=progress.listings_total,
         listings_done=progress.listings_done,
         listings_failed=progress.listings_failed,
         rows=progress.rows,
-        requests=counters.sent,
-        throttled=counters.throttled,
-        fetch_elapsed_s=now - progress.fetch_started if progress.fetch_started else None,
+        requests=progress.requests,
+        throttled=progress.throttled,
+        fetch_elapsed_s=progress.fetch_elapsed_s,
     )
 
 
@@ -371,7 +360,7 @@ def summary_line(outcome: RunOutcome) -> str:
         failed = len(manifest.failed)
         requests = manifest.requests
         counts = (
-            f"rows={manifest.rows} rejects={manifest.rejects} files={len(manifest.files)} "
+            f"rows={manifest.rows} rejects={manifest.rejects} files={manifest.file_count} "
             f"compartments_ok={len(manifest.compartments) - failed} "
             f"compartments_failed={failed} requests={requests.sent} "
             f"retries={requests.retried} throttled={requests.throttled}"

@@ -31,6 +31,7 @@ from connector.lake.manifest import RunOutcome
 from connector.oci import auth
 from connector.pages import Page, RunInfo, WorkItem
 from connector.pipeline import Export
+from connector.prepare import prepare
 from connector.sinks import SinkOptions
 from connector.workers import coordinator, spawn
 from connector.workers.page import Closed, ListingResult, PageWorker, WorkerSetup, shared_budget
@@ -261,7 +262,7 @@ def test_a_stalled_worker_stops_the_fetching(
     server = make_emulator(world)
     path = write_config(tmp_path, server, fetch={"workers": 1, "page_size": 100, "concurrency": 4})
     settings = config.load(path, [])
-    export = Export(settings, auth.resolve_credentials(settings))
+    export = Export(prepare(settings, auth.resolve_credentials(settings)))
     seen: list[int] = []
 
     async def main() -> RunOutcome:

@@ -242,7 +242,7 @@ def _summary(outcome: RunOutcome) -> dict[str, Any]:
         "published": outcome.published,
         "rows": manifest.rows if manifest else 0,
         "rejects": manifest.rejects if manifest else 0,
-        "files": len(manifest.files) if manifest else 0,
+        "files": manifest.file_count if manifest else 0,
         "listings": len(manifest.compartments) if manifest else 0,
         "listings_failed": len(manifest.failed) if manifest else 0,
         "elapsed_s": round(outcome.elapsed_s, 3),

@@ -167,8 +167,17 @@ class Manifest:
 
     @property
     def rows(self) -> int:
-        """Rows in the data files."""
+        """Rows in the data files (with a table format, in the table's commit)."""
+        if self.table is not None and "rows" in self.table:
+            return int(self.table["rows"])
         return sum(f.rows for f in self.files)
+
+    @property
+    def file_count(self) -> int:
+        """Data files published (with a table format, added by the table's commit)."""
+        if self.table is not None and "files" in self.table:
+            return int(self.table["files"])
+        return len(self.files)
 
     @property
     def rejects(self) -> int:

@@ -275,6 +275,7 @@ class JournaledCopy:
             "snapshot_date": staged.snapshot_date,
             "table_format": self.table.format if self.table else None,
             "manifest": renamed.as_dict(),
+            "table_counts": {"rows": manifest.rows, "files": len(manifest.files)},
             "datasets": entries,
         }
         images = entries[layout.IMAGES]
@@ -293,7 +294,7 @@ class JournaledCopy:
             if self.table is not None:
                 data = [f"{staged.staged_partition}/{f.path}" for f in manifest.files]
                 committed = self.table.commit(run_id, staged.snapshot_date, data)
-                renamed = replace(renamed, table=committed)
+                renamed = replace(renamed, table={**committed, **journal["table_counts"]})
                 journal["manifest"] = renamed.as_dict()
             durable.write_json(fs, f"{images['partition']}/{layout.MANIFEST}", journal["manifest"])
         except OSError as exc:
@@ -310,7 +311,9 @@ class JournaledCopy:
         if not committed and table is not None:
             found = table.find(run_id)
             if found is not None:
-                document = dict(journal["manifest"], table=found)
+                counts = journal.get("table_counts", {})
+                recorded = Manifest.from_dict(journal["manifest"])
+                document = replace(recorded, table={**found, **counts}).as_dict()
                 durable.write_json(self.fs, f"{images['partition']}/{layout.MANIFEST}", document)
                 committed = True
         if committed:

@@ -72,7 +72,7 @@ class Fetcher:
         client: OciClient,
         endpoints: Endpoints,
         page_size: int,
-        filters: dict[str, str],
+        filters: Mapping[str, str],
         per_region: int,
         verdicts: Verdicts | None = None,
     ) -> None:
