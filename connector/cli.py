@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from connector import __version__
+from connector._version import __version__
 from connector.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from connector.progress import Snapshot, Terminal, render
 

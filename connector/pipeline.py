@@ -34,12 +34,12 @@ import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
 from connector import (
-    __version__,
     errors,
     limits,
     names,
     schema,
 )
+from connector._version import __version__
 from connector.config import Settings
 from connector.errors import EXIT_OK, EXIT_PARTIAL, ConnectorError, OciApiError, TransportError
 from connector.lake import (
