@@ -16,7 +16,7 @@ import pytest
 
 from connector import names, schema
 from connector.emulator import EmulatorServer, build_world
-from tests.helpers import DATE, WORLD, write_config
+from tests.helpers import DATE, WORLD, screen, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -276,8 +276,6 @@ def test_the_progress_bar_on_a_terminal(
     import pty
     import struct
     import termios
-
-    from tests.test_progress import screen
 
     server = make_emulator(
         build_world(seed=5, compartments=60, regions=("us-ashburn-1",)),
