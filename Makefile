@@ -28,6 +28,7 @@ test: lint typecheck pytest test-airflow
 lint: install
 	$(BIN)/ruff check connector tests benchmarks scripts
 	$(BIN)/ruff format --check connector tests benchmarks scripts
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

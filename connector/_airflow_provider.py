@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from connector import __version__
+from connector._version import __version__
 
 
 def get_provider_info() -> dict[str, Any]:

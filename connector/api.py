@@ -205,7 +205,9 @@ async def run_async(
 
 def commit(settings: Settings, run_id: str) -> RunOutcome:
     """Merge the staged shards of ``run_id`` and publish the partition."""
-    return manifest.commit(settings, run_id)
+    from connector.lake.committing import commit_run
+
+    return commit_run(settings, run_id)
 
 
 def diff(

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from connector import __version__
+from connector._version import __version__
 from connector.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from connector.names import DATASETS
 from connector.progress import Snapshot, Terminal, render
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema.add_argument(
         "--dataset",
         default="images",
-        choices=["images", "compartments", "changes"],
+        choices=DATASETS,
         help="which dataset's columns (default: images)",
     )
 

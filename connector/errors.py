@@ -1,19 +1,34 @@
-"""The connector's exception hierarchy::
+"""The connector's exception hierarchy, and when each is raised::
 
-    ConnectorError                 root; ``retryable`` says whether trying again can help
-    ├── ConfigError                bad configuration or command line (exit 2), before any request
-    ├── AuthError                  credentials cannot be loaded or used
-    ├── TransportError             no complete HTTP response (retryable)
-    │   └── RequestTimeout
-    ├── OciApiError                the service answered with an error status
-    ├── PaginationError            the service repeated a page token
-    ├── PageError                  a page is not a JSON array (connector.pages)
-    ├── WorkerError                a worker process failed or went away
-    └── PublishError               output could not be staged or published
+    ConnectorError         root of all; ``retryable`` says whether trying again can help
+    ├── ConfigError        the configuration or command line is invalid (exit 2), before any request
+    ├── AuthError          credentials cannot be loaded, or cannot sign a request
+    ├── TransportError     a request got no complete HTTP response (reset, truncated); retryable
+    │   ├── RequestTimeout     a connect or read timeout expired
+    │   ├── TlsError           the server's certificate was refused; never retried
+    │   └── ProxyError         the proxy cannot be reached, or refuses the tunnel to the service
+    ├── OciApiError        the service answered with an error status (status, code, opc-request-id)
+    ├── PaginationError    the service returned a page token that would make a listing loop
+    ├── LimitExceeded      a configured limit was reached; names the key that sets it [limits]
+    │   ├── ResponseTooLarge   a response, or its decompressed body, is too large [limits]
+    │   ├── TooManyPages       a listing passed fetch.max_pages_per_listing [limits]
+    │   └── DeadlineExceeded   the run passed fetch.run_deadline_s [limits]
+    ├── RunAbort           the failure concerns the whole run (TLS, 401, DNS) [oci.diagnose]
+    ├── PageError          a page's body is not JSON, or not an array; its listing fails [pages]
+    ├── WorkerError        a worker process failed or went away; the run cannot be trusted
+    ├── UnsafeNameError    a name from outside (the service, a manifest) cannot be a path [names]
+    ├── LockHeld           another run holds the output's lock for that date; retryable [lake.lock]
+    ├── VerificationError  a staged file is missing or differs from its manifest [lake.verify]
+    ├── PublishError       output could not be staged or published; what was published stands
+    ├── DeletionRefused    a deletion outside the connector's own folders (a bug) [lake.door]
+    └── Interrupted        SIGINT or SIGTERM stopped the run; nothing published [interrupt]
 
-Lower-level errors (aiohttp, OS, pyarrow) are translated at the boundary where they occur
-(the client, the workers, publishing), so callers never have to know which library produced
-them.
+Classes defined outside this module name their module in brackets (under ``connector.``): they
+live beside the code that raises them. ``TooManyPages`` is also a ``PaginationError``.
+Lower-level errors (aiohttp, OS, pyarrow) are translated at the boundary where they occur (the
+client, the workers, publishing), so callers never have to know which library produced them.
+``tests/test_errors.py`` checks that this tree lists every subclass of ``ConnectorError`` in the
+package, under one of its bases.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ from pathlib import Path
 from connector.errors import ConfigError, ConnectorError
 
 DATASETS = ("images", "compartments", "changes")
-"""The datasets a commit publishes, one folder each under the output URI."""
+"""The datasets a commit publishes, one folder each under the output URI: the one list of their
+names (``connector.schema.DATASETS`` pairs each with its columns; the ``schema`` command's
+``--dataset`` choices are these)."""
 
 RUN_ID_MAX = 128
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -33,7 +33,8 @@ import anyio.to_thread
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from connector import __version__, errors, limits
+from connector import errors, limits
+from connector._version import __version__
 from connector.errors import EXIT_OK, EXIT_PARTIAL, ConnectorError, OciApiError, TransportError
 from connector.lake import committing, housekeeping, lock, snapshots
 from connector.lake.attempt import Staging

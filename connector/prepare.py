@@ -10,7 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from connector import __version__, limits, names, schema
+from connector import limits, names, schema
+from connector._version import __version__
 from connector.config import Settings
 from connector.lake import layout, lock, storage, tables
 from connector.lake.layout import Layout

@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from connector import names
+
 UTC_MICROS = pa.timestamp("us", tz="UTC")
 
 DATA_VOLUME = pa.struct(
@@ -233,9 +235,8 @@ CHANGE_COLUMNS: tuple[Column, ...] = (
 )  # fmt: skip
 CHANGES_SCHEMA = _schema_of(CHANGE_COLUMNS)
 
-DATASETS: dict[str, tuple[Column, ...]] = {
-    "images": COLUMNS,
-    "compartments": COMPARTMENT_COLUMNS,
-    "changes": CHANGE_COLUMNS,
-}
-"""Every dataset the connector publishes, by name, with its columns."""
+DATASETS: dict[str, tuple[Column, ...]] = dict(
+    zip(names.DATASETS, (COLUMNS, COMPARTMENT_COLUMNS, CHANGE_COLUMNS), strict=True)
+)
+"""Every dataset the connector publishes, with its columns. The names are written once, in
+``connector.names.DATASETS`` (images, compartments, changes: the columns follow that order)."""

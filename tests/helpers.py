@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow.dataset as ds
 
+from connector import cli
 from connector.emulator import EmulatorServer
 
 DATE = "2026-11-27"
@@ -20,42 +23,49 @@ WORLD = {
 }
 
 
-def write_config(tmp_path: Path, server: EmulatorServer, **sections: dict[str, Any]) -> Path:
-    """A config pointing at the emulator; ``sections`` override or add keys."""
-    base = emulator_config(
-        server,
-        fetch={"concurrency": 8, "page_size": 1000},
-        output={"uri": str(tmp_path / "lake"), "snapshot_date": DATE},
-    )
-    return write_toml(tmp_path / "config.toml", base, sections)
-
-
-def emulator_config(
-    server: EmulatorServer, **sections: dict[str, Any]
-) -> dict[str, dict[str, Any]]:
-    """Settings that point at ``server`` (every subscribed region), then ``sections``."""
-    oci = {
-        "config_file": str(server.config_file),
-        "endpoint": server.endpoint_template,
-        "regions": ["subscribed"],
-    }
-    return {"oci": oci, **sections}
-
-
-def write_toml(
-    path: Path, base: dict[str, dict[str, Any]], sections: Mapping[str, Mapping[str, Any]]
+def write_config(
+    folder: Path,
+    server: EmulatorServer,
+    *,
+    lake: Path | None = None,
+    snapshot_date: str | None = DATE,
+    **sections: Mapping[str, Any],
 ) -> Path:
-    """``base`` with ``sections`` laid over it key by key, written as TOML to ``path``."""
-    merged = {name: dict(values) for name, values in base.items()}
+    """A configuration file in ``folder`` for an export from ``server`` (every subscribed
+    region, 8 requests in flight, pages of 1,000) into ``lake`` (``folder / "lake"`` unless
+    given) for ``snapshot_date`` (``None``: the run's own, as Airflow's logical date gives it).
+
+    ``sections`` override or add keys, key by key: ``fetch={"workers": 2}`` keeps the other
+    fetch keys. The unit, reliability and Airflow tests all write their configurations here;
+    each suite passes what it needs beyond that (``tests.reliability.FETCH``, the Airflow
+    tests' ``FETCH``). Each call writes a file of its own, so a test may write several in one
+    folder and each keeps its settings.
+    """
+    output: dict[str, Any] = {"uri": str(lake if lake is not None else folder / "lake")}
+    if snapshot_date is not None:
+        output["snapshot_date"] = snapshot_date
+    merged: dict[str, dict[str, Any]] = {
+        "oci": {
+            "config_file": str(server.config_file),
+            "endpoint": server.endpoint_template,
+            "regions": ["subscribed"],
+        },
+        "fetch": {"concurrency": 8, "page_size": 1000},
+        "output": output,
+    }
     for name, values in sections.items():
         merged.setdefault(name, {}).update(values)
     lines = []
     for name, values in merged.items():
         lines.append(f"[{name}]")
         lines += [f"{key} = {_toml(value)}" for key, value in values.items()]
+    path = folder / f"config-{next(_CONFIGS)}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+_CONFIGS = itertools.count()
 
 
 def _toml(value: Any) -> str:
@@ -66,6 +76,57 @@ def _toml(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return str(value)
+
+
+def run(config: Path, *extra: str) -> int:
+    """``oci-images run --config CONFIG EXTRA...`` in this process; its exit code."""
+    return cli.main(["--log-level", "warning", "run", "--config", str(config), *extra])
+
+
+def partition(folder: Path) -> Path:
+    """The published images partition of ``DATE`` in ``folder``'s lake (``write_config``'s
+    default output)."""
+    return folder / "lake" / "images" / f"snapshot_date={DATE}"
+
+
+def manifest_of(folder: Path) -> dict[str, Any]:
+    """The manifest of that partition."""
+    result: dict[str, Any] = orjson.loads((partition(folder) / "_manifest.json").read_bytes())
+    return result
+
+
+def arrow_rows(folder: Path) -> list[dict[str, Any]]:
+    """Every published image row of ``folder``'s lake, read back with pyarrow.dataset."""
+    dataset = ds.dataset(folder / "lake" / "images", format="parquet", partitioning="hive")
+    return dataset.to_table().to_pylist(maps_as_pydicts="strict")
+
+
+def screen(output: str, width: int = 80) -> list[str]:
+    """What a terminal shows after ``output``: carriage returns, erase-line and newlines are
+    obeyed, and a row longer than ``width`` wraps onto the next, as a terminal does."""
+    rows = [""]
+    column = 0
+    i = 0
+    while i < len(output):
+        if output.startswith("\x1b[K", i):
+            rows[-1] = rows[-1][:column]
+            i += 3
+            continue
+        char = output[i]
+        if char == "\r":
+            column = 0
+        elif char == "\n":
+            rows.append("")
+            column = 0
+        else:
+            if column == width:
+                rows.append("")
+                column = 0
+            row = rows[-1]
+            rows[-1] = row[:column] + char + row[column + 1 :]
+            column += 1
+        i += 1
+    return rows
 
 
 class FakeClock:

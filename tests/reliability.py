@@ -19,7 +19,7 @@ import orjson
 import pyarrow.dataset as ds
 
 from connector.emulator import EmulatorServer, World, build_world
-from tests.helpers import DATE, emulator_config, write_toml
+from tests.helpers import DATE
 from tests.reference import expected_rows, multiset, normalise_actual
 
 # Injected faults, run inside the command's own process (see ``FAULTS``): disk full at one
@@ -103,6 +103,11 @@ sys.exit(main(sys.argv[1:]))
 
 REGIONS = ("us-ashburn-1", "eu-frankfurt-1")
 
+FETCH = {"page_size": 100, "max_attempts": 4}
+"""What every case's configuration sets beyond ``tests.helpers.write_config``'s defaults:
+pages of 100, so that a kill lands in the middle of a listing; four attempts, so that a hostile
+server ends a run in seconds rather than minutes of back-off."""
+
 
 def build_old_world() -> World:
     """The tenancy published before each case (the snapshot a fault must leave intact)."""
@@ -116,16 +121,6 @@ def build_new_world() -> World:
     return build_world(
         seed=2, compartments=12, regions=REGIONS, platform_images=15, custom_scale=0.4
     )
-
-
-def write_config(folder: Path, server: EmulatorServer, lake: Path, **sections: Any) -> Path:
-    """A config in ``folder`` pointing at ``server`` and publishing to ``lake``."""
-    base = emulator_config(
-        server,
-        fetch={"concurrency": 8, "page_size": 100, "max_attempts": 4},
-        output={"uri": str(lake), "snapshot_date": DATE},
-    )
-    return write_toml(folder / f"config-{time.monotonic_ns()}.toml", base, sections)
 
 
 def command(*args: str, fault: str | None = None) -> list[str]:

@@ -14,9 +14,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connector import schema
+from connector import names, schema
 from connector.emulator import EmulatorServer, build_world
-from tests.helpers import DATE, WORLD, write_config
+from tests.helpers import DATE, WORLD, screen, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ def test_schema_command_matches_the_schema() -> None:
     assert schema.markdown_table() + "\n" == oci_images("schema").stdout
 
 
-@pytest.mark.parametrize("dataset", ["compartments", "changes"])
+@pytest.mark.parametrize("dataset", [name for name in names.DATASETS if name != "images"])
 def test_schema_command_prints_each_dataset(dataset: str) -> None:
     """`schema --dataset NAME` prints that dataset's columns, in JSON or as the README's table."""
     columns = schema.DATASETS[dataset]
@@ -276,8 +276,6 @@ def test_the_progress_bar_on_a_terminal(
     import pty
     import struct
     import termios
-
-    from tests.test_progress import screen
 
     server = make_emulator(
         build_world(seed=5, compartments=60, regions=("us-ashburn-1",)),

@@ -22,26 +22,8 @@ from connector.emulator import EmulatorServer, build_world
 from connector.lake import housekeeping, snapshots, storage
 from connector.oci.fetch import long_listings_early
 from connector.pages import WorkItem
-from tests.helpers import DATE, WORLD, write_config
+from tests.helpers import DATE, WORLD, arrow_rows, manifest_of, partition, run, write_config
 from tests.reference import expected_rows, multiset, normalise_actual
-
-
-def run(config: Path, *extra: str) -> int:
-    return cli.main(["--log-level", "warning", "run", "--config", str(config), *extra])
-
-
-def partition(tmp_path: Path) -> Path:
-    return tmp_path / "lake" / "images" / f"snapshot_date={DATE}"
-
-
-def manifest_of(tmp_path: Path) -> dict[str, Any]:
-    result: dict[str, Any] = orjson.loads((partition(tmp_path) / "_manifest.json").read_bytes())
-    return result
-
-
-def arrow_rows(tmp_path: Path) -> list[dict[str, Any]]:
-    dataset = ds.dataset(tmp_path / "lake" / "images", format="parquet", partitioning="hive")
-    return dataset.to_table().to_pylist(maps_as_pydicts="strict")
 
 
 def duckdb_rows(tmp_path: Path) -> list[dict[str, Any]]:

@@ -15,9 +15,8 @@ import orjson
 import pytest
 
 from connector.emulator import EmulatorServer, build_world
-from tests.helpers import WORLD, write_config
+from tests.helpers import WORLD, arrow_rows, manifest_of, run, write_config
 from tests.reference import expected_rows, multiset, normalise_actual
-from tests.test_export import arrow_rows, manifest_of, run
 
 
 def flavored(flavor: str) -> dict[str, object]:

@@ -69,7 +69,8 @@ def lake_config(
     tmp_path: Path, server: EmulatorServer, kind: str, place: str, s3: S3Server | None
 ) -> tuple[Path, storage.Store, dict[str, Any]]:
     """A config for ``kind`` at ``place``; the store it writes to and its catalog table."""
-    sections: dict[str, dict[str, Any]] = {
+    # Any: the sections are passed on as keyword arguments beside write_config's own.
+    sections: dict[str, Any] = {
         "output": {"snapshot_date": DATE, **KINDS[kind]},
         "fetch": {"workers": 0},
     }

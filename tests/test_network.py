@@ -355,8 +355,8 @@ class TestEndToEnd:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Discovery at identity.<domain>, listings at iaas.<domain>: the rows are exact."""
+        from tests.helpers import arrow_rows, run
         from tests.reference import expected_rows, multiset, normalise_actual
-        from tests.test_export import arrow_rows, run
 
         proxy = network["proxy"]
         monkeypatch.setenv("HTTPS_PROXY", proxy.url)
@@ -379,7 +379,7 @@ class TestEndToEnd:
         capsys: pytest.CaptureFixture[str],
     ) -> None:
         """Exit 1, the host and the CA file named, a handful of tunnels, not eight per listing."""
-        from tests.test_export import run
+        from tests.helpers import run
 
         other = make_private_ca(tmp_path / "other", (PCA,))
         proxy = network["proxy"]

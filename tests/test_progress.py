@@ -8,34 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connector.progress import Snapshot, Terminal, compact, duration, render
-
-
-def screen(output: str, width: int = 80) -> list[str]:
-    """What a terminal shows after ``output``: carriage returns, erase-line and newlines are
-    obeyed, and a row longer than ``width`` wraps onto the next, as a terminal does."""
-    rows = [""]
-    column = 0
-    i = 0
-    while i < len(output):
-        if output.startswith("\x1b[K", i):
-            rows[-1] = rows[-1][:column]
-            i += 3
-            continue
-        char = output[i]
-        if char == "\r":
-            column = 0
-        elif char == "\n":
-            rows.append("")
-            column = 0
-        else:
-            if column == width:
-                rows.append("")
-                column = 0
-            row = rows[-1]
-            rows[-1] = row[:column] + char + row[column + 1 :]
-            column += 1
-        i += 1
-    return rows
+from tests.helpers import screen
 
 
 def snapshot(**changes: float) -> Snapshot:

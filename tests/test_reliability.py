@@ -28,7 +28,9 @@ import pytest
 
 from connector.emulator import Behaviour, EmulatorServer, World
 from tests.conftest import PrivateCA
+from tests.helpers import write_config
 from tests.reliability import (
+    FETCH,
     Lake,
     build_new_world,
     build_old_world,
@@ -38,7 +40,6 @@ from tests.reliability import (
     summary_run_id,
     truth,
     wait_for_requests,
-    write_config,
 )
 
 full = pytest.mark.reliability
@@ -69,7 +70,9 @@ def old_lake(old_world: World, tmp_path_factory: pytest.TempPathFactory) -> Path
     """A lake holding the old snapshot (exported once, copied into each case)."""
     folder = tmp_path_factory.mktemp("old")
     with EmulatorServer(old_world, oci_config_dir=folder / "oci") as server:
-        result = cli("run", "--config", str(write_config(folder, server, folder / "lake")))
+        result = cli(
+            "run", "--config", str(write_config(folder, server, lake=folder / "lake", fetch=FETCH))
+        )
     assert 0 == result.returncode, result.stderr
     return folder / "lake"
 
@@ -106,7 +109,7 @@ def settled(
         _key(published) if published is not None else None, "corrupt"
     )
     assert found in ("old", "new"), f"the published snapshot is {found}"
-    config = write_config(tmp_path, server, lake.root)
+    config = write_config(tmp_path, server, lake=lake.root, fetch=FETCH)
     result = cli("run", "--config", str(config))
     assert 0 == result.returncode, result.stderr
     assert truth(new_world) == lake.published()
@@ -135,7 +138,7 @@ def _hostile_run_ids(
     sibling = lake.root.parent / "sibling-team"
     sibling.mkdir()
     (sibling / "data.parquet").write_text("theirs")
-    config = write_config(tmp_path, new_server, lake.root)
+    config = write_config(tmp_path, new_server, lake=lake.root, fetch=FETCH)
     for run_id in run_ids:
         for args in (("run", "--run-id", run_id), ("run", "--shard", "0/2", "--run-id", run_id)):
             result = cli(*args, "--config", str(config))
@@ -175,7 +178,9 @@ def test_hostile_region_names_from_the_service(
     """Region subscriptions named /../ or ../../x: the run stops (exit 1) before writing
     anything anywhere; the old snapshot stays."""
     server = hostile(hostile_regions=("/../", "../../escaped", "us-ashburn-1/../../x"))
-    result = cli("run", "--config", str(write_config(tmp_path, server, lake.root)))
+    result = cli(
+        "run", "--config", str(write_config(tmp_path, server, lake=lake.root, fetch=FETCH))
+    )
     assert 1 == result.returncode
     assert "UnsafeNameError" in result.stderr
     assert truth(old_world) == lake.published()
@@ -199,7 +204,7 @@ def test_two_concurrent_runs_one_writer(
     """Two runs of one date at once: one publishes, the other fails at once naming the first;
     the partition is whole and exact."""
     server = hostile(latency_ms=40)
-    config = write_config(tmp_path, server, lake.root)
+    config = write_config(tmp_path, server, lake=lake.root, fetch=FETCH)
     ids = ["twin", "twin"] if same_run_id else ["first", "second"]
     processes = [start("run", "--config", str(config), "--run-id", run_id) for run_id in ids]
     results = [p.communicate(timeout=120) for p in processes]
@@ -224,7 +229,8 @@ def _failed_fast(
     expected: str,
     **sections: Any,
 ) -> subprocess.CompletedProcess[str]:
-    config = write_config(tmp_path, server, lake.root, **sections)
+    fetch = {**FETCH, **sections.pop("fetch", {})}
+    config = write_config(tmp_path, server, lake=lake.root, fetch=fetch, **sections)
     result = cli("run", "--config", str(config))
     assert 1 == result.returncode, result.stderr
     assert expected in result.stderr
@@ -374,7 +380,7 @@ def test_cut_json_and_poisoned_records_give_the_exact_rows(
     cut: 0.2^8, about 3e-6 a page, and the world has 51 pages (at 0.3, one run in 300 failed
     so; one did)."""
     server = hostile(cut_json_rate=0.2, poison=("invalid_utf8", "lone_surrogate", "deep_nesting"))
-    config = write_config(tmp_path, server, lake.root, fetch={"max_attempts": 8})
+    config = write_config(tmp_path, server, lake=lake.root, fetch={**FETCH, "max_attempts": 8})
     result = cli("run", "--config", str(config))
     assert 0 == result.returncode, result.stderr
     assert truth(new_world) == lake.published()
@@ -401,7 +407,9 @@ def test_signals_stop_the_run_cleanly(
     """SIGTERM (Airflow's) exits 143, SIGINT 130: the run's staging is removed, the old
     snapshot stays, no traceback."""
     server = hostile(latency_ms=100)
-    process = start("run", "--config", str(write_config(tmp_path, server, lake.root)))
+    process = start(
+        "run", "--config", str(write_config(tmp_path, server, lake=lake.root, fetch=FETCH))
+    )
     wait_for_requests(server, 5)
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
@@ -428,7 +436,7 @@ def test_sigkill_of_the_command_at_random_points(
     rng = random.Random(15)
     found = Counter[str]()
     for trial in range(20):
-        config = write_config(tmp_path / f"t{trial}", server, lake.root)
+        config = write_config(tmp_path / f"t{trial}", server, lake=lake.root, fetch=FETCH)
         process = start("run", "--config", str(config))
         time.sleep(rng.uniform(0.2, 3.0))
         kill_group(process)
@@ -453,7 +461,7 @@ def test_sigkill_of_a_worker_at_random_points(
     rng = random.Random(16)
     for trial in range(10):
         folder = tmp_path / f"w{trial}"
-        config = write_config(folder, server, lake.root, fetch={"workers": 2})
+        config = write_config(folder, server, lake=lake.root, fetch={**FETCH, "workers": 2})
         process = start("run", "--config", str(config))
         wait_for_requests(server, server.stats()["requests"] + rng.randint(1, 40))
         workers = subprocess.run(
@@ -484,7 +492,7 @@ def test_sigkill_during_the_swap(
 ) -> None:
     """Killed at each point of the swap (an exchange, or two renames where the kernel cannot
     exchange): the next run or commit finds the old or the new snapshot, never none."""
-    config = write_config(tmp_path, new_server, lake.root)
+    config = write_config(tmp_path, new_server, lake=lake.root, fetch=FETCH)
     result = cli("run", "--config", str(config), fault=fault)
     assert -signal.SIGKILL == result.returncode, result.stderr
     if fault == "kill-between-renames":
@@ -507,7 +515,7 @@ def test_a_shard_rerun_killed_then_commit(
     """Three shards staged; shard 1 re-run and killed after 0.9 s; commit publishes the
     finished attempt of every shard, verified, exact."""
     server = hostile(latency_ms=30)
-    config = write_config(tmp_path, server, lake.root)
+    config = write_config(tmp_path, server, lake=lake.root, fetch=FETCH)
     for index in range(3):
         result = cli("run", "--config", str(config), "--shard", f"{index}/3", "--run-id", "r3")
         assert 0 == result.returncode, result.stderr
@@ -533,7 +541,7 @@ def test_a_tampered_shard_file_stops_the_commit(
 ) -> None:
     """A staged file cut short after its shard finished: commit exits 1 naming the shard and
     the file, and nothing changes."""
-    config = write_config(tmp_path, new_server, lake.root)
+    config = write_config(tmp_path, new_server, lake=lake.root, fetch=FETCH)
     for index in range(2):
         result = cli("run", "--config", str(config), "--shard", f"{index}/2", "--run-id", "r2")
         assert 0 == result.returncode, result.stderr
@@ -566,7 +574,7 @@ def test_a_full_disk(
 ) -> None:
     """No space left when writing data, the manifest or _SUCCESS: exit 1, the old snapshot
     stays, this run's staging is gone at once (not in 7 days)."""
-    config = write_config(tmp_path, new_server, lake.root, fetch={"workers": 0})
+    config = write_config(tmp_path, new_server, lake=lake.root, fetch={**FETCH, "workers": 0})
     result = cli("run", "--config", str(config), fault=fault)
     assert 1 == result.returncode, result.stderr
     assert "No space left on device" in result.stderr
@@ -587,7 +595,7 @@ def test_a_stopped_worker_fails_the_run(
     fetch.worker_heartbeat_s instead of hanging, and publishes nothing."""
     server = hostile(latency_ms=20)
     config = write_config(
-        tmp_path, server, lake.root, fetch={"workers": 2, "worker_heartbeat_s": 3}
+        tmp_path, server, lake=lake.root, fetch={**FETCH, "workers": 2, "worker_heartbeat_s": 3}
     )
     process = start("run", "--config", str(config))
     wait_for_requests(server, 10)

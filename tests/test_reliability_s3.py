@@ -28,9 +28,11 @@ from connector import cli as command_line
 from connector.emulator import Behaviour, EmulatorServer, World
 from connector.lake import publisher, storage, tables
 from connector.lake.manifest import read_document
+from tests.helpers import DATE, write_config
 from tests.lake_support import S3Server, delta_rows, iceberg_dataset, manifest_rows
 from tests.reference import multiset, normalise_actual
 from tests.reliability import (
+    FETCH,
     build_new_world,
     build_old_world,
     cli,
@@ -38,10 +40,8 @@ from tests.reliability import (
     start,
     truth,
     wait_for_requests,
-    write_config,
 )
 
-DATE = "2026-11-27"
 KINDS: dict[str, dict[str, Any]] = {
     "parquet": {},
     "delta": {"table_format": "delta"},
@@ -109,12 +109,13 @@ class S3Lake:
         )
 
     def config(self, server: EmulatorServer, **sections: Any) -> Path:
-        output = {"uri": self.uri, "snapshot_date": DATE, **KINDS[self.kind]}
+        output = {"uri": self.uri, **KINDS[self.kind]}
         output.update(sections.pop("output", {}))
+        fetch = {**FETCH, **sections.pop("fetch", {})}
         extra: dict[str, Any] = {"output.storage_options": self.s3.options()}
         if self.catalog:
             extra["output.catalog"] = self.catalog
-        return write_config(self.folder, server, self.folder, output=output, **extra, **sections)
+        return write_config(self.folder, server, output=output, fetch=fetch, **extra, **sections)
 
     @property
     def partition(self) -> str:

@@ -16,9 +16,8 @@ from connector import config
 from connector.emulator import EmulatorServer, build_world
 from connector.errors import ConfigError
 from connector.oci.discovery import Endpoints
-from tests.helpers import WORLD, write_config
+from tests.helpers import WORLD, arrow_rows, manifest_of, run, write_config
 from tests.reference import expected_rows, multiset, normalise_actual
-from tests.test_export import arrow_rows, manifest_of, run
 
 
 def settings(**sections: dict[str, Any]) -> config.Settings:

@@ -1,10 +1,11 @@
-"""What a run records, and the commit that publishes it.
+"""What a run records: the typed records of its manifests.
 
 Each shard writes a shard manifest into the run's staging (``Manifest`` with ``shard`` set);
-``commit`` merges every shard's manifest into one, decides whether the partition may be
-published (a failed listing blocks it unless ``output.allow_partial``), writes ``_manifest.json``
-and ``_SUCCESS`` last and swaps the partition in (``connector.lake.publish``). The records here are
-typed; ``as_dict`` gives the JSON the manifest file holds, key for key.
+``merge`` makes one of every shard's manifest. The commit that then decides whether the
+partition may be published (a failed listing blocks it unless ``output.allow_partial``), writes
+``_manifest.json`` and ``_SUCCESS`` last and swaps the partition in is
+``connector.lake.committing.commit_run``; it imports this module, not the other way round. The
+records here are typed; ``as_dict`` gives the JSON the manifest file holds, key for key.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import pyarrow.fs as pafs
 import structlog
@@ -25,10 +26,6 @@ from connector.lake import durable
 from connector.lake.layout import MANIFEST
 from connector.pages import ListingError, WorkItem
 from connector.sinks import FileInfo
-
-if TYPE_CHECKING:
-    from connector.config import Settings
-    from connector.lake.storage import Store
 
 log = structlog.get_logger("connector.lake.manifest")
 
@@ -333,17 +330,3 @@ def merge(shards: Sequence[Manifest]) -> Manifest:
             convert_s=sum(s.timings.convert_s for s in shards),
         ),
     )
-
-
-def commit(
-    settings: Settings,
-    run_id: str,
-    *,
-    store: Store | None = None,
-    started: float | None = None,
-) -> RunOutcome:
-    """Merge the staged shards of ``run_id`` into one manifest and publish the partition
-    (``connector.lake.committing``)."""
-    from connector.lake.committing import commit_run
-
-    return commit_run(settings, run_id, store=store, started=started)

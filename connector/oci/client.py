@@ -37,7 +37,7 @@ import orjson
 import structlog
 from yarl import URL
 
-from connector import __version__
+from connector._version import __version__
 from connector.errors import (
     ConfigError,
     OciApiError,

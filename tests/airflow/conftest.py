@@ -33,10 +33,10 @@ os.environ.update(
     }
 )
 
-from connector.emulator import EmulatorServer  # noqa: E402
-from tests.helpers import emulator_config, write_toml  # noqa: E402
-
-DATE = "2026-11-27"
+FETCH = {"page_size": 100, "workers": 0}
+"""What the DAGs' configurations set beyond ``tests.helpers.write_config``'s defaults (they
+leave ``output.snapshot_date`` to the run, ``snapshot_date=None``): pages of 100, and the rows
+converted in a thread, since ``dag.test()`` runs every task in this process."""
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -102,13 +102,3 @@ def asset_events(uri: str) -> list[dict[str, Any]]:
             .where(AssetModel.uri == uri)
         ).scalars()
         return [{"extra": e.extra, "partition_key": e.partition_key} for e in rows]
-
-
-def write_config(tmp_path: Path, server: EmulatorServer, **sections: dict[str, Any]) -> Path:
-    """An export configuration for the emulator; ``sections`` override or add keys."""
-    base = emulator_config(
-        server,
-        fetch={"concurrency": 8, "page_size": 100, "workers": 0},
-        output={"uri": str(tmp_path / "lake")},
-    )
-    return write_toml(tmp_path / "export.toml", base, sections)

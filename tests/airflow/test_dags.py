@@ -25,13 +25,13 @@ from connector.emulator import EmulatorServer
 from tests.airflow import faults
 from tests.airflow.conftest import (
     DAGS,
-    DATE,
+    FETCH,
     asset_events,
     load_dag,
     task_states,
     tries,
-    write_config,
 )
+from tests.helpers import DATE, write_config
 
 RUN_SPECIFIC = ("_run_id", "_fetched_at")
 
@@ -100,7 +100,9 @@ class TestExampleDag:
     ) -> None:
         """A run for a logical date plans, exports three shards, commits one partition for
         that date with the rows of an unsharded run, and emits the dataset's asset event."""
-        config = write_config(tmp_path, server, fetch={"workers": "auto"})
+        config = write_config(
+            tmp_path, server, snapshot_date=None, fetch={**FETCH, "workers": "auto"}
+        )
         monkeypatch.setenv("OCI_IMAGES_CONFIG", str(config))
         monkeypatch.setenv("OCI_IMAGES_SHARDS", "3")
         dag = load_dag("airflow_dag.py", "oci_images_export")
@@ -126,7 +128,10 @@ class TestExampleDag:
         self, server: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A manual run has no logical date; the snapshot date is the day it was triggered."""
-        monkeypatch.setenv("OCI_IMAGES_CONFIG", str(write_config(tmp_path, server)))
+        monkeypatch.setenv(
+            "OCI_IMAGES_CONFIG",
+            str(write_config(tmp_path, server, snapshot_date=None, fetch=FETCH)),
+        )
         monkeypatch.delenv("OCI_IMAGES_SHARDS", raising=False)
         dag = load_dag("airflow_dag.py", "oci_images_export")
         run_after = datetime(2026, 11, 28, 6, 30, tzinfo=UTC)
@@ -167,7 +172,13 @@ class TestRetries:
     ) -> None:
         """Shard 1 meets a failing service on its first try and fails (partial, and partial
         runs are not allowed); its retry completes it, and the run publishes every row."""
-        config = write_config(tmp_path, server, fetch={"max_attempts": 2}, **no_discovery(server))
+        config = write_config(
+            tmp_path,
+            server,
+            snapshot_date=None,
+            fetch={**FETCH, "max_attempts": 2},
+            **no_discovery(server),
+        )
         monkeypatch.setenv("OCI_IMAGES_TEST_CONFIG", str(config))
         faults.fail_shard(1, tries=1)
         dag = load_dag("oci_images_test_dags.py", "shard_fault")
@@ -185,7 +196,7 @@ class TestRetries:
     ) -> None:
         """A commit that published and then lost its worker is retried: the retry finds the
         run published, succeeds, and leaves the partition as the first try wrote it."""
-        config = write_config(tmp_path, server)
+        config = write_config(tmp_path, server, snapshot_date=None, fetch=FETCH)
         monkeypatch.setenv("OCI_IMAGES_TEST_CONFIG", str(config))
         dag = load_dag("oci_images_test_dags.py", "commit_retry")
         lake = str(tmp_path / "lake")
@@ -215,7 +226,8 @@ class TestPartialRuns:
         config = write_config(
             tmp_path,
             server,
-            fetch={"max_attempts": 2},
+            snapshot_date=None,
+            fetch={**FETCH, "max_attempts": 2},
             output={"allow_partial": True, "min_complete_ratio": 0.5},
             **no_discovery(server),
         )
@@ -241,7 +253,13 @@ class TestPartialRuns:
     ) -> None:
         """Without allow_partial, a shard that stays partial fails after its retries; the
         commit never runs and no partition appears."""
-        config = write_config(tmp_path, server, fetch={"max_attempts": 2}, **no_discovery(server))
+        config = write_config(
+            tmp_path,
+            server,
+            snapshot_date=None,
+            fetch={**FETCH, "max_attempts": 2},
+            **no_discovery(server),
+        )
         monkeypatch.setenv("OCI_IMAGES_TEST_CONFIG", str(config))
         faults.fail_shard(1, tries=99)
         dag = load_dag("oci_images_test_dags.py", "shard_fault")
