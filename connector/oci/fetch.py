@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -25,7 +25,15 @@ from connector.limits import ResponseTooLarge
 from connector.oci.client import OciClient, Response
 from connector.oci.discovery import Endpoints
 from connector.pages import ListingError, Page, PageError, WorkItem
-from connector.workers.coordinator import Verdicts
+
+
+class Verdicts(Protocol):
+    """Whether each page handed to the workers could be parsed (the workers' coordinator keeps
+    them): a page cut short is recognised only by parsing it, and is then asked for again."""
+
+    async def collect(self, item: WorkItem, numbers: set[int]) -> dict[int, str | None]:
+        """The verdicts on pages ``numbers`` of ``item``, once all are in."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
