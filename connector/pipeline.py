@@ -73,7 +73,7 @@ from connector.oci.fetch import AllStarted, Fetcher, ListingEnd, Message
 from connector.oci.retry import RateState, RetryPolicy
 from connector.oci.sharedrate import SharedRates
 from connector.pages import Page, RunInfo, WorkItem
-from connector.sinks import FileInfo, SinkOptions
+from connector.sinks import FileInfo, SinkOptions, formats
 from connector.sinks.dataset import write_batches
 from connector.workers import coordinator, spawn
 from connector.workers.coordinator import Workers
@@ -187,7 +187,7 @@ class Export:
         )
         self._filters = settings.filters.query_params(settings.oci.flavor)
         self._platform_mode = settings.fetch.platform_images
-        self._sink_options = SinkOptions(output.format, output.effective_compression)
+        self._sink_options = SinkOptions(formats.get(output.format), output.effective_compression)
         self.discovery: discovery.Discovery | None = None
         self._listing_pages: dict[WorkItem, int] = {}
         data_prefix, reject_prefix = publish.shard_prefixes(*shard)

@@ -52,7 +52,7 @@ from connector.lake import (
     verify,
 )
 from connector.lake.manifest import Manifest, RunOutcome, merge
-from connector.sinks import FileInfo, SinkOptions
+from connector.sinks import FileInfo, SinkOptions, formats
 
 if TYPE_CHECKING:
     from connector.config import Settings
@@ -258,7 +258,7 @@ def _publish(
         fs.create_dir(target, recursive=True)
         output = settings.output
         if output.changes:
-            options = SinkOptions(output.format, output.effective_compression)
+            options = SinkOptions(formats.get(output.format), output.effective_compression)
             companions["changes"] = changes.stage_changes(
                 fs, layout, manifest.files, manifest.rows, table, options
             )
