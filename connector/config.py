@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from connector.errors import ConfigError
 from connector.oci import regions as realms
+from connector.sinks import formats
 
 OCID = re.compile(
     r"^ocid1\.([a-z0-9]+)\.([a-z0-9-]+)\.([a-z0-9-]*)(\.[a-z0-9-]+)?\.([a-z0-9]{1,255})$"
@@ -36,8 +37,6 @@ FLAVORS = ("oci", "pca")
 # How each flavor spells ListImages' sortBy by name: OCI's SDK refuses NAME; a Private Cloud
 # Appliance (and Compute Cloud@Customer) answers 400 to DISPLAYNAME.
 SORT_BY_NAME = {"oci": "DISPLAYNAME", "pca": "NAME"}
-COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "ndjson": ("gzip", "none")}
-"""The codecs each output format accepts."""
 
 Check = Callable[[str, Any], Any]
 """Validates one key's raw value (from TOML or ``--set``) and returns the value to keep."""
@@ -114,6 +113,32 @@ def _choice(*allowed: str, case_insensitive: bool = False, allow_empty: bool = F
         return str(candidate)
 
     return check
+
+
+def _alternatives(words: Sequence[str]) -> str:
+    """``a, b or c``."""
+    return " or ".join(filter(None, (", ".join(words[:-1]), words[-1])))
+
+
+def _output_format(key: str, value: Any) -> str:
+    """A registered output format (``connector.sinks.formats``): asked at each check, so that a
+    format registered after this module was imported counts."""
+    return str(_choice(*(f.name for f in formats.registered()))(key, value))
+
+
+def _compression(key: str, value: Any) -> str:
+    """A compression that some format takes, or "" (the format's default); whether it is one
+    the chosen format takes is a cross-check."""
+    known = dict.fromkeys(c for f in formats.registered() for c in f.compressions)
+    return str(_choice(*known, allow_empty=True)(key, value))
+
+
+def _compression_help() -> str:
+    """What the docs say of ``output.compression``: each built-in format's default and choices."""
+    builtin = formats.registered()
+    defaults = ", ".join(f"{f.default_compression} for {f.name}" for f in builtin)
+    choices = "; ".join(f"{f.name}: {_alternatives(f.compressions)}" for f in builtin)
+    return f'"" = the format\'s default ({defaults}); {choices}'
 
 
 def _integer(low: int, high: int) -> Check:
@@ -464,13 +489,12 @@ class OutputSettings:
         'local directory, s3://bucket/prefix (AWS, OCI Object Storage\'s S3 compatibility endpoint, MinIO), oci://bucket@namespace/prefix, gs://bucket/prefix or abfs://container/prefix; not "" nor a root',
         example="/data/lake/oci",
     )
-    format: str = key("parquet", _choice("parquet", "ndjson"), "parquet or ndjson")
-    compression: str = key(
-        "",
-        _choice("zstd", "snappy", "gzip", "none", allow_empty=True),
-        '"" = the format\'s default (zstd for parquet, none for ndjson); parquet: zstd, snappy, gzip or none; ndjson: gzip or none',
-        example="zstd",
+    format: str = key(
+        formats.PARQUET.name,
+        _output_format,
+        _alternatives([f.name for f in formats.registered()]),
     )
+    compression: str = key("", _compression, _compression_help(), example="zstd")
     snapshot_date: str = key(
         "",
         _snapshot_date,
@@ -509,9 +533,7 @@ class OutputSettings:
     @property
     def effective_compression(self) -> str:
         """The compression used: the configured one, or the format's default."""
-        if self.compression:
-            return self.compression
-        return "zstd" if self.format == "parquet" else "none"
+        return self.compression or formats.get(self.format).default_compression
 
     @property
     def effective_snapshot_date(self) -> str:
@@ -687,10 +709,12 @@ def validate(raw: Mapping[str, Any], source: Path | None = None) -> Settings:
 
 def _cross_checks(settings: Settings) -> None:
     output, scope, oci = settings.output, settings.scope, settings.oci
-    if output.compression and output.compression not in COMPRESSIONS[output.format]:
+    written_as = formats.get(output.format)
+    if output.compression and output.compression not in written_as.compressions:
         raise ConfigError(
             "output.compression",
-            f"{output.compression!r} does not apply to {output.format}; use gzip or none",
+            f"{output.compression!r} does not apply to {output.format}; "
+            f"use {_alternatives(written_as.compressions)}",
         )
     if scope.compartments and "scope.discover" in settings.explicit and scope.discover:
         raise ConfigError(
@@ -703,7 +727,7 @@ def _cross_checks(settings: Settings) -> None:
     _check_regions(settings)
     if scope.tenancy and scope.tenancy in scope.exclude:
         raise ConfigError("scope.exclude", EXCLUDES_ROOT)
-    if output.table_format and output.format != "parquet":
+    if output.table_format and output.format != formats.PARQUET.name:
         raise ConfigError(
             "output.format",
             f"{output.table_format} tables store Parquet; leave output.format = parquet",

@@ -24,7 +24,7 @@ from connector.oci.client import ClientOptions, OciClient
 from connector.oci.discovery import Endpoints
 from connector.oci.retry import RateState, RetryPolicy
 from connector.pages import RunInfo
-from connector.sinks import FileInfo, SinkOptions
+from connector.sinks import FileInfo, SinkOptions, formats
 from connector.workers.page import WorkerSetup
 
 
@@ -122,7 +122,7 @@ def prepare(
         platform_mode=settings.fetch.platform_images,
         fs=store.fs,
         layout=staged,
-        options=SinkOptions(output.format, output.effective_compression),
+        options=SinkOptions(formats.get(output.format), output.effective_compression),
         file_prefix=data_prefix,
         reject_prefix=reject_prefix.removeprefix("rejects-"),
         heartbeat_s=settings.fetch.worker_heartbeat_s,

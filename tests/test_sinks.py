@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from connector.emulator import build_world
 from connector.pages import Page, RunInfo
-from connector.sinks import FileInfo, PartitionedSink, SinkOptions
+from connector.sinks import FileInfo, PartitionedSink, SinkOptions, formats, ndjson
 from connector.workers.normalize import normalize_page
 
 RUN = RunInfo("r-sinks", date(2026, 11, 27))
@@ -46,7 +47,7 @@ class TestParquet:
     def test_regions_share_one_row_group_budget(self, tmp_path: Path, rows: pa.RecordBatch) -> None:
         """Four regions interleaved: the rows held in memory, all regions together, never pass
         one row group (memory does not grow with the number of regions), and none is lost."""
-        options = SinkOptions("parquet", "zstd", row_group_rows=20, max_rows_per_file=1000)
+        options = SinkOptions(formats.PARQUET, "zstd", row_group_rows=20, max_rows_per_file=1000)
         sink = PartitionedSink(pafs.LocalFileSystem(), tmp_path.as_posix(), options)
         regions = ["us-ashburn-1", "eu-frankfurt-1", "uk-london-1", "ap-tokyo-1"]
         held = []
@@ -64,7 +65,7 @@ class TestParquet:
     def test_rolls_at_the_row_limit(self, tmp_path: Path, rows: pa.RecordBatch) -> None:
         """45 rows at 25 a file: two files of 25 and 20 rows, row groups of at most 10, the rows
         in the order written."""
-        options = SinkOptions("parquet", "zstd", row_group_rows=10, max_rows_per_file=25)
+        options = SinkOptions(formats.PARQUET, "zstd", row_group_rows=10, max_rows_per_file=25)
         files = write(tmp_path, options, rows)
         assert [
             ("region=us-ashburn-1/part-00000.parquet", 25),
@@ -83,7 +84,7 @@ class TestParquet:
         self, tmp_path: Path, rows: pa.RecordBatch
     ) -> None:
         """Writer 1 of 2 numbers its files 1, 3, …: workers never collide on a name."""
-        options = SinkOptions("parquet", "zstd", row_group_rows=10, max_rows_per_file=25)
+        options = SinkOptions(formats.PARQUET, "zstd", row_group_rows=10, max_rows_per_file=25)
         files = write(tmp_path, options, rows, numbering=(1, 2))
         assert [
             "region=us-ashburn-1/part-00001.parquet",
@@ -99,7 +100,7 @@ class TestNdjson:
         self, tmp_path: Path, rows: pa.RecordBatch, compression: str, suffix: str
     ) -> None:
         """45 rows at 25 a file: 25 lines, then 20; gzip files are whole gzip streams."""
-        options = SinkOptions("ndjson", compression, max_rows_per_file=25)
+        options = SinkOptions(formats.NDJSON, compression, max_rows_per_file=25)
         files = write(tmp_path, options, rows)
         assert [
             (f"region=us-ashburn-1/part-00000{suffix}", 25),
@@ -115,7 +116,30 @@ class TestNdjson:
 
     def test_no_rows_no_file(self, tmp_path: Path, rows: pa.RecordBatch) -> None:
         """An empty batch opens no file."""
-        sink = PartitionedSink(pafs.LocalFileSystem(), tmp_path.as_posix(), SinkOptions("ndjson"))
+        sink = PartitionedSink(
+            pafs.LocalFileSystem(), tmp_path.as_posix(), SinkOptions(formats.NDJSON)
+        )
         sink.write("us-ashburn-1", rows.slice(0, 0))
         assert [] == sink.close()
         assert [] == list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("data", "lines"),
+    [
+        (b"", []),
+        (b"a", [b"a"]),
+        (b"a\n", [b"a"]),
+        (b"a\nb", [b"a", b"b"]),
+        (b"a\nbc\n", [b"a", b"bc"]),
+        (b"\n" * 5, []),
+        (b"a\n\nb\n", [b"a", b"b"]),
+    ],
+)
+def test_read_lines(data: bytes, lines: list[bytes]) -> None:
+    """Lines are newline-terminated; a last line without one still counts, an empty line is no
+    row (what commit counts is what a reader reads), whatever the chunks' boundaries."""
+    for chunk_size in (1, 2, 1 << 20):
+        read = [line for chunk in ndjson.read_lines(io.BytesIO(data), chunk_size) for line in chunk]
+        assert lines == read
+    assert len(lines) == ndjson.count_lines(io.BytesIO(data))

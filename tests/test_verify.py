@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +88,17 @@ class TestVerify:
         with pytest.raises(verify.VerificationError, match="cannot be a file"):
             verify.verify_files(FS, str(tmp_path), [{"path": "../x", "rows": 0, "bytes": 0}], "0/1")
 
+    def test_rejects_are_counted_as_lines(self, tmp_path: Path) -> None:
+        """A rejects file (``.jsonl``, whatever the format) holds as many rejects as lines."""
+        entry = ndjson_file(tmp_path / "_rejects" / "rejects-00000.jsonl", 4, False)
+        entry["path"] = "_rejects/rejects-00000.jsonl"
+        assert 4 == verify.verify_files(FS, str(tmp_path), [entry], "0/1").rows
 
-@pytest.mark.parametrize(
-    ("data", "lines"),
-    [(b"", 0), (b"a", 1), (b"a\n", 1), (b"a\nb", 2), (b"a\nb\n", 2), (b"\n" * 5, 5)],
-)
-def test_count_lines(data: bytes, lines: int) -> None:
-    """Lines are newline-terminated; a last line without one still counts."""
-    assert lines == verify.count_lines(io.BytesIO(data), chunk_size=2)
+    def test_a_file_of_no_known_format_fails(self, tmp_path: Path) -> None:
+        """A listed file that no registered format names so cannot be counted: it stops the
+        commit rather than being taken for another format."""
+        path = tmp_path / "a.csv"
+        path.write_bytes(b"id\n1\n")
+        entry = {"path": "a.csv", "rows": 1, "bytes": path.stat().st_size}
+        with pytest.raises(verify.VerificationError, match="no registered output format"):
+            verify.verify_files(FS, str(tmp_path), [entry], "0/1")

@@ -53,7 +53,7 @@ from connector.lake import (
 )
 from connector.lake.layout import Layout
 from connector.lake.manifest import Manifest, RunOutcome, merge, read_manifest, utc_now
-from connector.sinks import FileInfo, SinkOptions
+from connector.sinks import FileInfo, SinkOptions, formats
 
 if TYPE_CHECKING:
     from connector.config import OutputSettings, Settings
@@ -279,7 +279,7 @@ def _gather(
             companions[name] = companions.get(name, ()) + files
     fs.create_dir(staged.staged_partition, recursive=True)
     if output.changes:
-        options = SinkOptions(output.format, output.effective_compression)
+        options = SinkOptions(formats.get(output.format), output.effective_compression)
         companions["changes"] = changes.stage_changes(
             fs, staged, manifest.files, manifest.rows, table, options
         )

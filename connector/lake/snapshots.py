@@ -13,15 +13,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from connector.errors import PublishError
 from connector.lake.durable import read_json
 from connector.lake.layout import exists
 from connector.pages import WorkItem
+from connector.sinks import formats
 
 _DATE_DIR = re.compile(r"^snapshot_date=(\d{4}-\d{2}-\d{2})$")
-_LINES_PER_BATCH = 16_384
 _PLAIN = re.compile(r"[^\t\n]*")
 
 
@@ -101,27 +100,8 @@ def _longer_listings(manifest: Any) -> str:
 def read_batches(
     fs: pafs.FileSystem, partition: str, files: list[dict[str, Any]], schema: pa.Schema
 ) -> Iterator[pa.RecordBatch]:
-    """The rows of the data files a manifest lists, under ``partition``, a batch at a time."""
-    from connector.sinks.ndjson import decode_rows
-
+    """The rows of the data files a manifest lists, under ``partition``, a batch at a time
+    (read by each file's format)."""
     for entry in files:
         path = f"{partition}/{entry['path']}"
-        if path.endswith(".parquet"):
-            with fs.open_input_file(path) as raw:
-                yield from pq.ParquetFile(raw).iter_batches(batch_size=65_536)
-            continue
-        compression = "gzip" if path.endswith(".gz") else None
-        with fs.open_input_stream(path, compression=compression) as stream:
-            pending = b""
-            lines: list[bytes] = []
-            while chunk := stream.read(1 << 20):
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                lines.extend(line for line in complete if line)
-                if len(lines) >= _LINES_PER_BATCH:
-                    yield decode_rows(lines, schema)
-                    lines = []
-            if pending.strip():
-                lines.append(pending)
-            if lines:
-                yield decode_rows(lines, schema)
+        yield from formats.for_path(path).read_batches(fs, path, schema)

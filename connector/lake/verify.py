@@ -1,12 +1,13 @@
 """Commit trusts nothing it has not read: every file a shard manifest lists is checked first.
 
 A shard's manifest says which files it wrote, with their size and row count. Before ``commit``
-publishes anything, each file must exist with exactly that size and hold exactly that many rows:
-the Parquet footer's row count (the footer is at the end of the file, so a file cut short has
-none), or the number of lines of an NDJSON file (gzip included, read to its end so that a cut
-gzip stream fails its CRC). A file that fails stops the commit, which names the shard and the
-file; nothing is published. On a local disk the same pass fsyncs each file, so the data is on
-the disk before the swap makes it visible.
+publishes anything, each file must exist with exactly that size and hold exactly that many rows,
+as its format counts them (``connector.sinks.formats``): the Parquet footer's row count (the
+footer is at the end of the file, so a file cut short has none), or the number of lines of an
+NDJSON or rejects file (gzip included, read to its end so that a cut gzip stream fails its CRC).
+A file that fails stops the commit, which names the shard and the file; nothing is published.
+On a local disk the same pass fsyncs each file, so the data is on the disk before the swap makes
+it visible.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
 from connector import names
 from connector.errors import ConnectorError
 from connector.lake import durable
+from connector.sinks import formats, rejects
 
 
 class VerificationError(ConnectorError):
@@ -44,24 +45,11 @@ class Checked:
     bytes: int
 
 
-def count_lines(stream: Any, chunk_size: int = 1 << 20) -> int:
-    """Lines of a stream (a last line without a newline counts), a chunk at a time."""
-    lines = 0
-    last = b"\n"
-    while chunk := stream.read(chunk_size):
-        lines += bytes(chunk).count(b"\n")
-        last = bytes(chunk[-1:])
-    return lines + (last != b"\n")
-
-
 def rows_of(fs: pafs.FileSystem, path: str) -> int:
-    """Rows in a data or rejects file: the Parquet footer, or the lines of (gzipped) NDJSON."""
-    if path.endswith(".parquet"):
-        with fs.open_input_file(path) as handle:
-            return int(pq.ParquetFile(handle).metadata.num_rows)
-    compression = "gzip" if path.endswith(".gz") else None
-    with fs.open_input_stream(path, compression=compression) as stream:
-        return count_lines(stream)
+    """Rows in a data or rejects file, as its format counts them from the file itself."""
+    if rejects.is_rejects(path):
+        return rejects.count_rows(fs, path)
+    return formats.for_path(path).count_rows(fs, path)
 
 
 def verify_files(

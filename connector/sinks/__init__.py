@@ -1,18 +1,22 @@
 """Sinks: write record batches as they arrive, one file series per region partition.
 
-Both formats write through ``pyarrow.fs`` into the run's staging directory; publishing (the
-swap into the lake) is ``connector.lake.publish``'s job.
+Every format (``connector.sinks.formats``) writes through ``pyarrow.fs`` into the run's staging
+directory; publishing (the swap into the lake) is ``connector.lake.publish``'s job. pyarrow is
+imported here for types only: ``connector.config`` imports the formats' registry from this
+package.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
-
-import pyarrow as pa
-import pyarrow.fs as pafs
+from typing import TYPE_CHECKING, Protocol
 
 from connector import names
+from connector.sinks.formats import PARQUET, FileWriter, Format
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.fs as pafs
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +49,7 @@ class FileSeries(Protocol):
 class SinkOptions:
     """How files are written."""
 
-    format: str = "parquet"
+    format: Format = PARQUET
     compression: str = "zstd"
     row_group_rows: int = 128 * 1024
     max_rows_per_file: int = 1024 * 1024
@@ -65,7 +69,8 @@ class SeriesPlace:
 
 
 class RollingFiles:
-    """What both formats share: where one region's files go, their names, what was written."""
+    """What every format's series shares: where one region's files go, their names, what was
+    written."""
 
     def __init__(self, place: SeriesPlace, options: SinkOptions) -> None:
         self.place = place
@@ -82,18 +87,77 @@ class RollingFiles:
         """Open the next file of the series (part-NNNNN plus the format's extension)."""
         first, step = self.place.numbering
         number = first + step * len(self._files)
-        self._name = f"{self.place.prefix}{number:05d}{extension(self.options)}"
+        extension = self.options.format.extension(self.options.compression)
+        self._name = f"{self.place.prefix}{number:05d}{extension}"
         return self.place.fs.open_output_stream(self._path, compression=None)
 
     def _finished(self, rows: int, size: int) -> None:
         self._files.append(FileInfo(f"{self.place.relative}/{self._name}", rows, size))
 
 
-def extension(options: SinkOptions) -> str:
-    """The data files' extension: .parquet, .ndjson or .ndjson.gz."""
-    if options.format == "parquet":
-        return ".parquet"
-    return ".ndjson.gz" if options.compression == "gzip" else ".ndjson"
+def closed_size(fs: pafs.FileSystem, path: str, stream: pa.NativeFile) -> int:
+    """Close ``stream``, whose writer has finished its file; the file's size.
+
+    A writer that compresses (gzip) closes the stream beneath it as it writes its trailer; the
+    store then tells the size.
+    """
+    if stream.closed:
+        return fs.get_file_info(path).size or 0
+    size = stream.tell()
+    stream.close()
+    return size
+
+
+class StreamedSeries(RollingFiles):
+    """One region's files in a format that writes each batch as it comes (its
+    ``open_writer``), rolling to a new file at the row limit; NDJSON's."""
+
+    def __init__(self, place: SeriesPlace, options: SinkOptions) -> None:
+        super().__init__(place, options)
+        self._stream: pa.NativeFile | None = None
+        self._writer: FileWriter | None = None
+        self._rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Append the batch's rows, rolling to a new file at the row limit."""
+        start = 0
+        while start < batch.num_rows:
+            writer = self._writer or self._start_file(batch.schema)
+            take = min(batch.num_rows - start, self.options.max_rows_per_file - self._rows)
+            writer.write(batch.slice(start, take))
+            self._rows += take
+            start += take
+            if self._rows >= self.options.max_rows_per_file:
+                self._finish_file()
+
+    @property
+    def buffered(self) -> int:
+        """Nothing is held: rows are written as they come."""
+        return 0
+
+    def flush(self) -> None:
+        """Nothing to write early (see ``buffered``)."""
+
+    def close(self) -> list[FileInfo]:
+        """Finish the current file."""
+        self._finish_file()
+        return self._files
+
+    def _start_file(self, arrow_schema: pa.Schema) -> FileWriter:
+        self._stream = self._open_next()
+        self._writer = self.options.format.open_writer(
+            self._stream, self.options.compression, arrow_schema
+        )
+        self._rows = 0
+        return self._writer
+
+    def _finish_file(self) -> None:
+        if self._writer is None or self._stream is None:
+            return
+        self._writer.close()
+        self._finished(self._rows, closed_size(self.place.fs, self._path, self._stream))
+        self._writer = None
+        self._stream = None
 
 
 class PartitionedSink:
@@ -158,10 +222,4 @@ class PartitionedSink:
         place = SeriesPlace(
             self.fs, directory, f"region={region}", self.file_prefix, self.numbering
         )
-        if self.options.format == "parquet":
-            from connector.sinks.parquet import ParquetSeries
-
-            return ParquetSeries(place, self.options)
-        from connector.sinks.ndjson import NdjsonSeries
-
-        return NdjsonSeries(place, self.options)
+        return self.options.format.open_series(place, self.options)

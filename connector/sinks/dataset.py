@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from connector.sinks import FileInfo, SinkOptions, extension
+from connector.sinks import FileInfo, SinkOptions, closed_size
 
 
 def write_batches(
@@ -26,23 +26,17 @@ def write_batches(
     """Stream ``batches`` into ``directory/name`` plus the format's extension (a file with no
     rows when there are none, so that readers find the dataset's schema)."""
     fs.create_dir(directory, recursive=True)
-    file_name = name + extension(options)
+    file_name = name + options.format.extension(options.compression)
     path = f"{directory}/{file_name}"
     rows = 0
     raw = fs.open_output_stream(path, compression=None)
-    if options.format == "parquet":
-        from connector.sinks.parquet import writer
-
-        with raw, writer(raw, options.compression, arrow_schema) as parquet:
-            for batch in batches:
-                parquet.write_batch(batch)
-                rows += batch.num_rows
-    else:
-        from connector.sinks.ndjson import encode_rows
-
-        out = pa.CompressedOutputStream(raw, "gzip") if options.compression == "gzip" else raw
-        with out:  # closing the gzip stream writes its trailer and closes the file
-            for batch in batches:
-                out.write(encode_rows(batch))
-                rows += batch.num_rows
-    return FileInfo(file_name, rows, fs.get_file_info(path).size or 0)
+    try:
+        writer = options.format.open_writer(raw, options.compression, arrow_schema)
+        for batch in batches:
+            writer.write(batch)
+            rows += batch.num_rows
+        writer.close()
+    except BaseException:
+        raw.close()
+        raise
+    return FileInfo(file_name, rows, closed_size(fs, path, raw))

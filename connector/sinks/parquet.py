@@ -2,18 +2,25 @@
 
 ``ParquetWriter.write_batch`` closes a row group on every call, so batches (one per page) are
 buffered until a row group is full and then written as one table. Encoding and compression run
-in C++ with the GIL released, so they overlap with parsing on the other core.
+in C++ with the GIL released, so they overlap with parsing on the other core. What the format
+registry (``connector.sinks.formats``) asks of Parquet files is here too: their rows counted
+from the footer, read back, and rewritten without some rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from connector import schema
 from connector.sinks import FileInfo, RollingFiles, SeriesPlace, SinkOptions
+from connector.sinks.formats import RowPredicate
+
+_BATCH_ROWS = 65_536
 
 
 def writer(sink: pa.NativeFile, compression: str, arrow_schema: pa.Schema) -> pq.ParquetWriter:
@@ -95,3 +102,42 @@ class ParquetSeries(RollingFiles):
         self._stream = None
         # The next file starts empty: until it opens, the room left is a whole file's.
         self._file_rows = 0
+
+
+def count_rows(fs: pafs.FileSystem, path: str) -> int:
+    """The rows the footer counts (a file cut short has no footer, and cannot be read)."""
+    with fs.open_input_file(path) as handle:
+        return int(pq.ParquetFile(handle).metadata.num_rows)
+
+
+def read_batches(
+    fs: pafs.FileSystem, path: str, arrow_schema: pa.Schema
+) -> Iterator[pa.RecordBatch]:
+    """The file's rows, a batch at a time, in the schema the file carries."""
+    with fs.open_input_file(path) as raw:
+        yield from pq.ParquetFile(raw).iter_batches(batch_size=_BATCH_ROWS)
+
+
+def filter_rows(fs: pafs.FileSystem, source: str, target: str, drop: RowPredicate) -> int:
+    """Write ``target``: ``source`` without the rows ``drop`` selects, a row group at a time,
+    with the source's codec; the rows kept."""
+    rows = 0
+    with fs.open_input_file(source) as raw:
+        reader = pq.ParquetFile(raw)
+        metadata = reader.metadata
+        compression = (
+            metadata.row_group(0).column(0).compression if metadata.num_row_groups else "ZSTD"
+        )
+        codec = str(compression).lower()
+        codec = "none" if codec == "uncompressed" else codec
+        with (
+            fs.open_output_stream(target, compression=None) as out,
+            writer(out, codec, reader.schema_arrow) as parquet,
+        ):
+            for index in range(metadata.num_row_groups):
+                table = reader.read_row_group(index)
+                table = table.filter(drop.keep(table))
+                if table.num_rows:
+                    parquet.write_table(table, row_group_size=table.num_rows)
+                    rows += table.num_rows
+    return rows

@@ -1,7 +1,10 @@
 """Rejects: records that could not be converted, as JSON lines under the partition's ``_rejects/``.
 
 Each one carries why and where it came from (region, compartment, page, opc-request-id), so
-that it can be reported upstream; see ``connector.pages.Reject``.
+that it can be reported upstream; see ``connector.pages.Reject``. Rejects are no output format
+(whatever ``output.format`` is, they are JSON lines): commit's verification and the
+partial-result rewrite know them by their extension, ``.jsonl``, which no format's files may
+have, and read them as NDJSON's lines are read.
 """
 
 from __future__ import annotations
@@ -12,7 +15,25 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from connector.pages import Reject
-from connector.sinks import FileInfo
+from connector.sinks import FileInfo, ndjson
+from connector.sinks.formats import REJECTS_EXTENSION, RowPredicate
+
+
+def is_rejects(path: str) -> bool:
+    """Whether ``path`` names a rejects file (``.jsonl``, not ``.ndjson``: a ``*.ndjson`` glob
+    over the data never picks rejects up)."""
+    return path.endswith(REJECTS_EXTENSION)
+
+
+def count_rows(fs: pafs.FileSystem, path: str) -> int:
+    """The rejects a file holds: its lines."""
+    with fs.open_input_stream(path, compression=None) as stream:
+        return ndjson.count_lines(stream)
+
+
+def filter_rows(fs: pafs.FileSystem, source: str, target: str, drop: RowPredicate) -> int:
+    """Write ``target``: the rejects of ``source`` that ``drop`` does not select."""
+    return ndjson.filter_lines(fs, source, target, drop, None)
 
 
 class RejectWriter:
@@ -21,7 +42,7 @@ class RejectWriter:
     def __init__(self, fs: pafs.FileSystem, partition: str, prefix: str, number: int = 0) -> None:
         self.fs = fs
         self.directory = f"{partition}/_rejects"
-        self.name = f"rejects-{prefix}{number:05d}.jsonl"
+        self.name = f"rejects-{prefix}{number:05d}{REJECTS_EXTENSION}"
         self.count = 0
         self._stream: Any = None
 
