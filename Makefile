@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint format typecheck pytest reliability bench bench-full bench-tools readme \
-	regions lock clean worked-questions install-airflow test-airflow lock-airflow
+	docs regions lock clean worked-questions install-airflow test-airflow lock-airflow
 
 install: $(STAMP)
 
@@ -23,7 +23,7 @@ $(STAMP): requirements.lock pyproject.toml
 demo: install
 	$(BIN)/oci-images demo --output demo-out
 
-test: lint typecheck pytest test-airflow
+test: lint typecheck docs pytest test-airflow
 
 lint: install
 	$(BIN)/ruff check connector tests benchmarks scripts
@@ -51,9 +51,9 @@ bench: install
 bench-full: install bench-tools
 	$(BIN)/python -m benchmarks --full
 
-# The README's three questions, answered with DuckDB from two exports of the emulator's
-# realistic tenancy a day apart. ARGS="--output DIR" keeps the lake, ARGS="--today YYYY-MM-DD"
-# gives the README's output exactly.
+# The three questions of docs/guides/querying.md, answered with DuckDB from two exports of the
+# emulator's realistic tenancy a day apart. ARGS="--output DIR" keeps the lake,
+# ARGS="--today YYYY-MM-DD" gives the guide's output exactly.
 worked-questions: install
 	$(BIN)/python scripts/worked_questions.py $(ARGS)
 
@@ -65,9 +65,16 @@ bench-tools: .venv-oci-cli/bin/oci
 	$(PYTHON) -m venv .venv-oci-cli
 	.venv-oci-cli/bin/python -m pip install --quiet oci-cli==3.95.1
 
-# Regenerate the README's tables and configs/example.toml from connector/schema.py and config.py.
+# Regenerate the documentation's reference pages (docs/reference/: configuration keys, columns,
+# command line) and configs/example.toml from connector/config.py, schema.py and cli.py.
 readme: install
 	$(BIN)/python scripts/update_readme.py
+
+# The documentation site, into site/: fails when a generated page is stale (`make readme`), or
+# when a link, an anchor or a page of the navigation is missing (--strict).
+docs: install
+	$(BIN)/python scripts/update_readme.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Regenerate connector/oci/_region_table.py from the installed official SDK (after upgrading oci).
 regions: install
@@ -107,4 +114,4 @@ lock-airflow:
 		--generate-hashes --python-version 3.11 --no-header --quiet -o requirements-airflow.lock
 
 clean:
-	rm -rf $(VENV) $(AF_VENV) .venv-oci-cli .mypy_cache .ruff_cache .pytest_cache demo-out
+	rm -rf $(VENV) $(AF_VENV) .venv-oci-cli .mypy_cache .ruff_cache .pytest_cache demo-out site

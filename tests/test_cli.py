@@ -32,7 +32,7 @@ def oci_images(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[
 
 
 def test_schema_command_matches_the_schema() -> None:
-    """`schema --format json` prints the one schema; markdown prints the README's table."""
+    """`schema --format json` prints the one schema; markdown prints the reference's table."""
     as_json = oci_images("schema", "--format", "json")
     assert 0 == as_json.returncode
     assert schema.describe() == orjson.loads(as_json.stdout)
@@ -41,7 +41,7 @@ def test_schema_command_matches_the_schema() -> None:
 
 @pytest.mark.parametrize("dataset", [name for name in names.DATASETS if name != "images"])
 def test_schema_command_prints_each_dataset(dataset: str) -> None:
-    """`schema --dataset NAME` prints that dataset's columns, in JSON or as the README's table."""
+    """`schema --dataset NAME` prints that dataset's columns, in JSON or as the reference's table."""
     columns = schema.DATASETS[dataset]
     as_json = oci_images("schema", "--dataset", dataset, "--format", "json")
     assert 0 == as_json.returncode
@@ -50,20 +50,6 @@ def test_schema_command_prints_each_dataset(dataset: str) -> None:
     assert (
         schema.markdown_table(columns) + "\n" == oci_images("schema", "--dataset", dataset).stdout
     )
-    readme = (ROOT / "README.md").read_text()
-    match = re.search(
-        rf"<!-- {dataset}-columns:start -->\n(.*?)\n<!-- {dataset}-columns:end -->", readme, re.S
-    )
-    assert match, f"README.md lacks the generated {dataset} column table"
-    assert schema.markdown_table(columns) == match.group(1)
-
-
-def test_readme_column_table_is_the_schema() -> None:
-    """The README's column table is generated from the schema and kept in step with it."""
-    readme = (ROOT / "README.md").read_text()
-    match = re.search(r"<!-- columns:start -->\n(.*?)\n<!-- columns:end -->", readme, re.S)
-    assert match, "README.md lacks the generated column table"
-    assert schema.markdown_table() == match.group(1)
 
 
 def test_run_succeeds_with_summary_and_json_logs(

@@ -14,7 +14,7 @@ import csv
 import gzip
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import IO, Any, cast
@@ -167,7 +167,7 @@ def csv_format() -> Iterator[formats.Format]:
 # -- exports against the emulator ---------------------------------------------------------------
 
 
-def export(folder: Path, server: EmulatorServer, **sections: Mapping[str, Any]) -> int:
+def export(folder: Path, server: EmulatorServer, **sections: Any) -> int:
     config_path = write_config(folder, server, **sections)
     return cli.main(["--log-level", "warning", "run", "--config", str(config_path)])
 
