@@ -471,8 +471,7 @@ def _ours(pages: list[Any], folder: Path, workers: int | str = "auto") -> float:
     from connector import config
     from connector.lean import quiet_gc
     from connector.oci.auth import Credentials
-    from connector.oci.fetch import ListingEnd
-    from connector.pipeline import feed
+    from connector.pages import ListingEnd
     from connector.prepare import prepare
     from connector.workers import coordinator
 
@@ -505,7 +504,7 @@ def _ours(pages: list[Any], folder: Path, workers: int | str = "auto") -> float:
         async with anyio.create_task_group() as group:
             group.start_soon(pool.serve)
             with quiet_gc():
-                await feed(pool, replay)
+                await pool.feed(replay)
             await pool.close()
         await pool.reap()
         return time.perf_counter() - started

@@ -140,13 +140,13 @@ async def _plan(
     settings: Settings, shards: int, run_id: str | None, credentials: Credentials | None
 ) -> Plan:
     from connector.oci import discovery
-    from connector.prepare import client_for
+    from connector.oci.client import for_settings
 
     if shards < 1:
         raise ConfigError("--shards", "must be at least 1")
     credentials = _checked(settings, credentials)
     run_id = run_id or new_run_id()
-    async with client_for(settings, credentials) as client:
+    async with for_settings(settings, credentials) as client:
         items = await discovery.discover(client, settings, credentials)
     specs = []
     for index in range(shards):

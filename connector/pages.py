@@ -148,3 +148,22 @@ class ListingError:
     def from_dict(cls, data: Mapping[str, Any]) -> ListingError:
         """Read back what ``as_dict`` wrote."""
         return cls(data["status"], data["code"], data["message"], data["opc_request_id"])
+
+
+@dataclass(frozen=True, slots=True)
+class ListingEnd:
+    """Sent by a fetch task after its last page, or when it gave up."""
+
+    item: WorkItem
+    pages: int
+    error: ListingError | None
+
+
+@dataclass(frozen=True, slots=True)
+class AllStarted:
+    """Sent once, when the last listing has started: what follows are its pages and the ends
+    of the listings still under way."""
+
+
+Message = Page | ListingEnd | AllStarted
+"""What flows from the fetch tasks to the workers."""

@@ -6,7 +6,7 @@ before it and memory stays flat however large the tenancy::
     fetch tasks (a pool per region, each listing paged in order, bounded by the limiter)
         │  Page / ListingEnd, and AllStarted once the last listing has begun
         ▼
-    dispatcher (``feed``: hands each listing's pages, in order, to the worker that owns it)
+    dispatcher (``Workers.feed``: each listing's pages, in order, to the worker that owns it)
         │
         ▼
     workers (processes, one per core, or a thread: JSON → Arrow, per-listing de-duplication
@@ -21,57 +21,35 @@ What the run is made of is decided before it starts (``connector.prepare``); wha
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, nullcontext
 from functools import partial
-from typing import Any
 
 import anyio
 import anyio.to_thread
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from connector import errors, limits
-from connector._version import __version__
+from connector import errors
 from connector.errors import EXIT_OK, EXIT_PARTIAL, ConnectorError, OciApiError, TransportError
-from connector.lake import committing, housekeeping, lock, snapshots
+from connector.lake import committing
 from connector.lake.attempt import Staging
 from connector.lake.manifest import Manifest, RequestCounts, RunOutcome, Timings, utc_now
-from connector.lean import quiet_gc
-from connector.oci import compartments, discovery
-from connector.oci.fetch import AllStarted, Fetcher, Message
-from connector.oci.sharedrate import SharedRates
-from connector.pages import Page, WorkItem
-from connector.prepare import RunContext, client_for
+from connector.limits import DeadlineExceeded
+from connector.oci import discovery, fetch
+from connector.pages import Message, WorkItem
+from connector.prepare import RunContext
 from connector.sinks import FileInfo
 from connector.tally import Progress, Tally
-from connector.workers import coordinator, spawn
-from connector.workers.coordinator import Workers
+from connector.workers import coordinator
 
 log = structlog.get_logger("connector.pipeline")
 
-Producer = Callable[[MemoryObjectSendStream[Message]], Coroutine[Any, Any, None]]
-"""A coroutine that feeds pages (and the end of each listing) into the pipeline."""
-
 PROGRESS_EVERY_S = 0.25
 
-
-async def feed(workers: Workers, produce: Producer) -> None:
-    """Hand what ``produce`` sends to the workers, each listing to its own worker."""
-    # A few pages: the workers' sockets hold more, and fetch tasks hold one each.
-    send, receive = anyio.create_memory_object_stream[Message](4)
-    async with anyio.create_task_group() as group:
-        group.start_soon(produce, send)
-        async with receive:
-            async for message in receive:
-                if isinstance(message, Page):
-                    await workers.page(message)
-                elif isinstance(message, AllStarted):
-                    await workers.flush()
-                else:
-                    await workers.end(message.item, message.pages, message.error)
+Files = list[FileInfo]
+Companions = dict[str, tuple[FileInfo, ...]]
 
 
 class Export:
@@ -82,51 +60,34 @@ class Export:
         self,
         context: RunContext,
         *,
-        launched: spawn.Launched | None = None,
+        launched: coordinator.Launched | None = None,
         progress: Callable[[Progress], None] | None = None,
     ) -> None:
         self.context = context
-        settings = context.settings
         self.tally = Tally()
         self.staging = Staging(context.store, context.layout, context.owner, context.shard)
         self.discovery: discovery.Discovery | None = None
         self._progress = progress
         self._timings: dict[str, float] = {}
-        self._listing_pages: dict[WorkItem, int] = {}
         # Workers the CLI launched early are the ones there are.
-        processes = len(launched.sockets) if launched else settings.fetch.worker_processes()
-        self.workers = coordinator.create(
-            context.workers, processes, self.tally.listing_done, launched
-        )
-        index, count = context.shard
-        # Shards of the run on this machine pace and adapt as one (opened in ``_stage``).
-        self.shared_rates = (
-            SharedRates(context.run_id, index, context.rate_share) if count > 1 else None
-        )
-        rates = self.shared_rates.state if self.shared_rates is not None else None
-        self.client = client_for(settings, context.credentials, context.rate_share, rates)
-        self.fetcher = Fetcher(
-            self.client,
+        count = len(launched.sockets) if launched else context.settings.fetch.worker_processes()
+        self.workers = coordinator.create(context.workers, count, self.tally.listing_done, launched)
+        self.session = fetch.Session.for_run(
+            context.settings,
+            context.credentials,
             context.endpoints,
-            settings.fetch.page_size,
             context.filters,
-            per_region=settings.fetch.concurrency,
+            run_id=context.run_id,
+            shard=context.shard,
+            rate_share=context.rate_share,
             verdicts=self.workers.verdicts,
         )
-
-    @property
-    def run_id(self) -> str:
-        """The run's id (shared by its shards)."""
-        return self.context.run_id
+        self.client = self.session.client
 
     def progress(self) -> Progress:
         """Where the run stands now."""
         counters = self.client.counters
         return self.tally.snapshot(counters.sent, counters.throttled)
-
-    async def start_workers(self) -> None:
-        """Start the worker processes now rather than with the first page."""
-        await self.workers.start()
 
     async def run(self) -> RunOutcome:
         """Discover, fetch, write, and (unless sharded) commit; one writer at a time.
@@ -134,43 +95,27 @@ class Export:
         A run that publishes holds its snapshot date's lock from start to end; a shard holds
         its own (index, count) lock of the run. A failure leaves ``_runs/RUN_ID.json``.
         """
-        index, count = self.context.shard
+        ctx = self.context
+        shard = f"{ctx.shard[0]}/{ctx.shard[1]}"
         # Every log line of the run carries these, from every task it starts.
-        with structlog.contextvars.bound_contextvars(run_id=self.run_id, shard=f"{index}/{count}"):
+        with structlog.contextvars.bound_contextvars(run_id=ctx.run_id, shard=shard):
             started_at = utc_now()
-            guard = self._lock()
-            guard.acquire()
+            self.staging.acquire(ctx.publish_now)
             try:
-                return await self._locked_run(started_at, guard)
+                return await self._locked_run(started_at)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self.staging.discard, self.context.publish_now)
-                if not isinstance(exc, lock.LockHeld):  # the holder's record is its own
-                    self.staging.record_failure(self._manifest(started_at, [], []), _reason(exc))
+                    await anyio.to_thread.run_sync(self.staging.discard, ctx.publish_now)
+                self.staging.record_failure(self._manifest(started_at, [], []), _reason(exc))
                 raise
             finally:
                 with anyio.CancelScope(shield=True):
                     await self.workers.reap()
-                guard.release()
+                self.staging.release()
 
-    def _lock(self) -> lock.Lock:
+    async def _locked_run(self, started_at: str) -> RunOutcome:
         ctx = self.context
-        if ctx.publish_now:
-            return lock.date_lock(ctx.store.fs, ctx.store.base, ctx.snapshot_date, ctx.owner)
-        return lock.shard_lock(ctx.store.fs, ctx.store.base, ctx.run_id, *ctx.shard, ctx.owner)
-
-    async def _locked_run(self, started_at: str, guard: lock.Lock) -> RunOutcome:
-        ctx = self.context
-        held = (ctx.snapshot_date,) if ctx.publish_now else ()
-        tidy = partial(housekeeping.start, ctx.store, ctx.owner, held=held, table=ctx.table)
-        await anyio.to_thread.run_sync(tidy)
-        self.staging.claim()
-        log.info(
-            "run.start",
-            attempt=ctx.owner.attempt,
-            snapshot_date=ctx.snapshot_date,
-            version=__version__,
-        )
+        await anyio.to_thread.run_sync(self.staging.begin, ctx.publish_now, ctx.table)
         files, rejects = await self._stage()
         failed = self.tally.failed
         if failed and ctx.settings.output.allow_partial:
@@ -182,45 +127,46 @@ class Export:
         if not ctx.publish_now:
             code = EXIT_PARTIAL if failed else EXIT_OK
             elapsed = time.monotonic() - self.tally.started
-            return RunOutcome(
-                ctx.run_id, code, False, manifest, "staged; publish with `commit`", elapsed
-            )
+            staged = "staged; publish with `commit`"
+            return RunOutcome(ctx.run_id, code, False, manifest, staged, elapsed)
         outcome = committing.commit_run(
-            ctx.settings, ctx.run_id, store=ctx.store, held=guard, started=self.tally.started
+            ctx.settings,
+            ctx.run_id,
+            store=ctx.store,
+            held=self.staging.held,
+            started=self.tally.started,
         )
         if not outcome.published:
             # Nothing can commit this attempt later (it was the whole run): remove it now.
             self.staging.discard(whole_run=True)
         return outcome
 
-    async def _stage(self) -> tuple[list[FileInfo], list[FileInfo]]:
+    async def _stage(self) -> tuple[Files, Files]:
         """Fetch, convert and write into this attempt's staging, within the run's deadline."""
         deadline = self.context.settings.fetch.run_deadline_s
         reporting = anyio.CancelScope()
         try:
-            with anyio.fail_after(deadline or None), self.shared_rates or contextlib.nullcontext():
+            with anyio.fail_after(deadline or None), self.session.shared_rates or nullcontext():
                 async with (
                     self._discarded_on_failure(),
                     self.client,
-                    anyio.create_task_group() as g,
+                    anyio.create_task_group() as group,
                 ):
                     # Worker processes start (and import pyarrow) while discovery runs.
-                    g.start_soon(self.workers.serve)
-                    g.start_soon(self._report_progress, reporting)
-                    read = anyio.Event()
-                    g.start_soon(self._read_listing_pages, read)
+                    group.start_soon(self.workers.serve)
+                    group.start_soon(self._report_progress, reporting)
+                    hint = await anyio.to_thread.run_sync(self.staging.listing_pages)
                     discovering = time.monotonic()
                     items = await self.work_items()
                     fetching = self.tally.fetch_started = time.monotonic()
                     self._timings["discovery_s"] = fetching - discovering
                     self.tally.listings_total = len(items)
-                    await read.wait()
-                    with self._parsing_here():
-                        await feed(self.workers, partial(self._fetch_all, items))
+                    with self.workers.parsing():
+                        await self.workers.feed(partial(self._fetch_all, items, hint))
                     written = await self._close()
                     reporting.cancel()
         except TimeoutError:
-            raise limits.DeadlineExceeded(
+            raise DeadlineExceeded(
                 f"the run passed its deadline of {deadline:g} s (fetch.run_deadline_s); "
                 "nothing was published"
             ) from None
@@ -231,14 +177,6 @@ class Export:
             while self._progress is not None:
                 self._progress(self.progress())
                 await anyio.sleep(PROGRESS_EVERY_S)
-
-    def _parsing_here(self) -> contextlib.AbstractContextManager[None]:
-        """A quiet GC where pages are parsed in this process (a worker thread); with worker
-        processes this one only fetches, and a raised threshold would let the reference cycles
-        of thousands of requests pile up (``docs/performance.md``)."""
-        if isinstance(self.workers, coordinator.ThreadWorkers):
-            return quiet_gc()
-        return contextlib.nullcontext()
 
     async def work_items(self) -> list[WorkItem]:
         """The (region, compartment) listings of this shard; the shard's platform-image donor
@@ -255,23 +193,17 @@ class Export:
         self.workers.donations.exclude({item.region for item in found.items} - donors)
         return discovery.shard_items(found.items, *ctx.shard)
 
-    async def _read_listing_pages(self, done: anyio.Event) -> None:
-        """The pages each listing took in the last snapshot, read while discovery runs: the
-        fetch takes the long ones early (``fetch.long_listings_early``)."""
-        store = self.context.store
-        self._listing_pages = await anyio.to_thread.run_sync(
-            snapshots.listing_pages, store.fs, store.base
-        )
-        done.set()
-
     async def _fetch_all(
-        self, items: list[WorkItem], send: MemoryObjectSendStream[Message]
+        self,
+        items: list[WorkItem],
+        hint: dict[WorkItem, int],
+        send: MemoryObjectSendStream[Message],
     ) -> None:
         started = time.monotonic()
-        await self.fetcher.fetch_all(items, send, self._listing_pages)
+        await self.session.fetcher.fetch_all(items, send, hint)
         self._timings["fetch_s"] = time.monotonic() - started
 
-    async def _close(self) -> tuple[list[FileInfo], list[FileInfo]]:
+    async def _close(self) -> tuple[Files, Files]:
         """Close the workers; the donor listings of platform images get their rows counted."""
         closed = await self.workers.close()
         self._timings["convert_s"] = closed.busy_s
@@ -296,39 +228,25 @@ class Export:
                 raise
             raise cause from None
 
-    def _stage_companions(self) -> dict[str, tuple[FileInfo, ...]]:
-        """The ``compartments`` dataset of this run, staged by one shard (every shard
-        discovered the same tree)."""
+    def _stage_companions(self) -> Companions:
+        """The ``compartments`` dataset, staged by shard 0 (every shard discovered the same
+        tree)."""
+        setup = self.context.workers
         found = self.discovery
-        if self.context.shard[0] != 0 or found is None or found.tree is None:
+        rows = found.compartments(setup.run.snapshot_date, self.context.run_id) if found else None
+        if self.context.shard[0] != 0 or rows is None:
             return {}
-        table = compartments.table(
-            found.tree,
-            frozenset(item.compartment_id for item in found.items),
-            found.reasons,
-            snapshot_date=self.context.workers.run.snapshot_date,
-            run_id=self.run_id,
-        )
-        options = self.context.workers.options
-        return {"compartments": self.staging.stage_dataset("compartments", table, options)}
+        return {"compartments": self.staging.stage_dataset("compartments", rows, setup.options)}
 
     def _manifest(
-        self,
-        started_at: str,
-        files: list[FileInfo],
-        rejects: list[FileInfo],
-        companions: dict[str, tuple[FileInfo, ...]] | None = None,
+        self, started: str, files: Files, rejects: Files, companions: Companions | None = None
     ) -> Manifest:
-        counters = self.client.counters
-        requests = RequestCounts(counters.sent, counters.retried, counters.throttled)
+        sent = self.client.counters
+        requests = RequestCounts(sent.sent, sent.retried, sent.throttled)
+        timings = Timings(**self._timings)
+        listings = self.tally.listings()
         return self.context.manifest(
-            started_at,
-            files,
-            rejects,
-            companions or {},
-            self.tally.listings(),
-            requests,
-            Timings(**self._timings),
+            started, files, rejects, companions or {}, listings, requests, timings
         )
 
 

@@ -6,11 +6,11 @@ cannot be used here) fails before any request; and the manifest a shard writes a
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from connector import limits, names, schema
+from connector import names, schema
 from connector._version import __version__
 from connector.config import Settings
 from connector.lake import layout, lock, storage, tables
@@ -20,9 +20,7 @@ from connector.lake.storage import Store
 from connector.lake.tables import TableWriter
 from connector.oci import regions
 from connector.oci.auth import Credentials
-from connector.oci.client import ClientOptions, OciClient
 from connector.oci.discovery import Endpoints
-from connector.oci.retry import RateState, RetryPolicy
 from connector.pages import RunInfo
 from connector.sinks import FileInfo, SinkOptions, formats
 from connector.workers.page import WorkerSetup
@@ -141,37 +139,4 @@ def prepare(
         endpoints=endpoints,
         filters=settings.filters.query_params(settings.oci.flavor),
         workers=workers,
-    )
-
-
-def client_for(
-    settings: Settings,
-    credentials: Credentials,
-    rate_share: float = 1.0,
-    rate_states: Callable[[str], RateState | None] | None = None,
-) -> OciClient:
-    """The HTTP client a run (or a plan) sends its requests with; ``rate_share`` is its part
-    of the tenancy's request budget (1/N for one of N shards running in parallel), and
-    ``rate_states`` the pacing states it shares with the run's other shards on this machine."""
-    fetch = settings.fetch
-    return OciClient(
-        credentials.signer,
-        ClientOptions(
-            concurrency=fetch.concurrency,
-            max_requests_per_second=fetch.max_requests_per_second,
-            request_timeout_s=fetch.request_timeout_s,
-            ca_bundle=settings.oci.ca_bundle,
-            retry=RetryPolicy(max_attempts=fetch.max_attempts),
-            limits=limits.Limits(
-                max_pages_per_listing=fetch.max_pages_per_listing,
-                max_response_bytes=fetch.max_response_bytes,
-                max_decompressed_bytes=fetch.max_decompressed_bytes,
-                run_deadline_s=fetch.run_deadline_s,
-                worker_heartbeat_s=fetch.worker_heartbeat_s,
-            ),
-            profile=credentials.label,
-            auth=credentials.auth,
-            rate_share=rate_share,
-            rate_states=rate_states,
-        ),
     )

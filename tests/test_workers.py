@@ -266,7 +266,7 @@ def test_a_stalled_worker_stops_the_fetching(
     seen: list[int] = []
 
     async def main() -> RunOutcome:
-        await export.start_workers()
+        await export.workers.start()
         assert isinstance(export.workers, coordinator.ProcessWorkers)
         pid = export.workers._processes[0].pid
         assert pid is not None

@@ -10,10 +10,12 @@ import pyarrow as pa
 import structlog
 
 from connector import names
+from connector._version import __version__
 from connector.errors import ConnectorError
-from connector.lake import committing, door, durable, layout, lock, rewrite
+from connector.lake import committing, door, durable, housekeeping, layout, lock, rewrite, snapshots
 from connector.lake.manifest import Manifest
 from connector.lake.storage import Store
+from connector.lake.tables import TableWriter
 from connector.pages import WorkItem
 from connector.sinks import FileInfo, SinkOptions
 from connector.sinks.dataset import write_batches
@@ -32,10 +34,42 @@ class Staging:
         self.layout = staged
         self.owner = owner
         self.shard = shard
+        self.held: lock.Lock | None = None
 
-    def claim(self) -> None:
-        """Create the attempt's folder with its owner file first (``lock.claim_attempt``)."""
+    def acquire(self, whole_run: bool) -> lock.Lock:
+        """Take the lock this attempt holds while it runs: its snapshot date's for a whole run
+        (one writer per date), its shard's for one shard of a run. ``LockHeld`` if another
+        live process has it."""
+        fs, base, owner = self.fs, self.store.base, self.owner
+        if whole_run:
+            guard = lock.date_lock(fs, base, self.layout.snapshot_date, owner)
+        else:
+            guard = lock.shard_lock(fs, base, self.layout.run_id, *self.shard, owner)
+        guard.acquire()
+        self.held = guard
+        return guard
+
+    def release(self) -> None:
+        """Give the lock back."""
+        if self.held is not None:
+            self.held.release()
+
+    def begin(self, whole_run: bool, table: TableWriter | None) -> None:
+        """Under the attempt's lock: put the output in order (``housekeeping.start``; a whole
+        run holds its date), then claim the attempt's folder, its owner file first."""
+        held = (self.layout.snapshot_date,) if whole_run else ()
+        housekeeping.start(self.store, self.owner, held=held, table=table)
         lock.claim_attempt(self.fs, self.store.base, self.owner)
+        log.info(
+            "run.start",
+            attempt=self.owner.attempt,
+            snapshot_date=self.layout.snapshot_date,
+            version=__version__,
+        )
+
+    def listing_pages(self) -> dict[WorkItem, int]:
+        """How many pages each long listing took in the last snapshot (a hint for the fetch)."""
+        return snapshots.listing_pages(self.fs, self.store.base)
 
     def drop_listings(
         self, files: list[FileInfo], rejects: list[FileInfo], failed: set[WorkItem]
@@ -94,7 +128,10 @@ class Staging:
         door.remove_empty_dir(self.fs, base, layout.staging_root(base))
 
     def record_failure(self, manifest: Manifest, reason: str) -> None:
-        """Leave ``_runs/RUN_ID.json`` (status failed, the reason, each listing's error)."""
+        """Leave ``_runs/RUN_ID.json`` (status failed, the reason, each listing's error); not
+        when the lock was another run's, whose record it is to write."""
+        if self.held is None:
+            return
         document = committing.run_record(
             self.layout.run_id, self.layout.snapshot_date, manifest, "failed", False, reason
         )

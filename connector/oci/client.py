@@ -28,7 +28,7 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
@@ -36,6 +36,10 @@ import anyio
 import orjson
 import structlog
 from yarl import URL
+
+if TYPE_CHECKING:
+    from connector.config import Settings
+    from connector.oci.auth import Credentials
 
 from connector._version import __version__
 from connector.errors import (
@@ -614,3 +618,36 @@ def _describe(error: TransportError | OciApiError) -> dict[str, Any]:
         "host": error.host or None,
         "opc_request_id": error.opc_request_id,
     }
+
+
+def for_settings(
+    settings: Settings,
+    credentials: Credentials,
+    rate_share: float = 1.0,
+    rate_states: Callable[[str], RateState | None] | None = None,
+) -> OciClient:
+    """The HTTP client a run (or a plan) sends its requests with; ``rate_share`` is its part
+    of the tenancy's request budget (1/N for one of N shards running in parallel), and
+    ``rate_states`` the pacing states it shares with the run's other shards on this machine."""
+    fetch = settings.fetch
+    return OciClient(
+        credentials.signer,
+        ClientOptions(
+            concurrency=fetch.concurrency,
+            max_requests_per_second=fetch.max_requests_per_second,
+            request_timeout_s=fetch.request_timeout_s,
+            ca_bundle=settings.oci.ca_bundle,
+            retry=RetryPolicy(max_attempts=fetch.max_attempts),
+            limits=Limits(
+                max_pages_per_listing=fetch.max_pages_per_listing,
+                max_response_bytes=fetch.max_response_bytes,
+                max_decompressed_bytes=fetch.max_decompressed_bytes,
+                run_deadline_s=fetch.run_deadline_s,
+                worker_heartbeat_s=fetch.worker_heartbeat_s,
+            ),
+            profile=credentials.label,
+            auth=credentials.auth,
+            rate_share=rate_share,
+            rate_states=rate_states,
+        ),
+    )

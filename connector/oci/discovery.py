@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from datetime import date
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -25,6 +26,8 @@ from connector.oci import (
 from connector.pages import WorkItem, parse
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from connector.config import OciSettings, Settings
     from connector.oci.auth import Credentials
     from connector.oci.client import OciClient
@@ -189,6 +192,16 @@ class Discovery:
     """Identity's compartment records (None when the tenancy is unknown)."""
     reasons: dict[str, str]
     """Why each compartment of ``tree`` that is not exported was left out."""
+
+    def compartments(self, snapshot_date: date, run_id: str) -> pa.Table | None:
+        """The ``compartments`` dataset's rows: every compartment of the tree, exported or not
+        (and why); None when the tree is unknown."""
+        if self.tree is None:
+            return None
+        exported = frozenset(item.compartment_id for item in self.items)
+        return compartments.table(
+            self.tree, exported, self.reasons, snapshot_date=snapshot_date, run_id=run_id
+        )
 
 
 async def discover_run(

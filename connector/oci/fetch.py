@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import structlog
@@ -22,9 +22,14 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from connector.errors import ConnectorError, OciApiError, PaginationError, TransportError
 from connector.limits import ResponseTooLarge
-from connector.oci.client import OciClient, Response
+from connector.oci.client import OciClient, Response, for_settings
 from connector.oci.discovery import Endpoints
-from connector.pages import ListingError, Page, PageError, WorkItem
+from connector.oci.sharedrate import SharedRates
+from connector.pages import AllStarted, ListingEnd, ListingError, Message, Page, PageError, WorkItem
+
+if TYPE_CHECKING:
+    from connector.config import Settings
+    from connector.oci.auth import Credentials
 
 
 class Verdicts(Protocol):
@@ -36,25 +41,7 @@ class Verdicts(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class ListingEnd:
-    """Sent by a fetch task after its last page, or when it gave up."""
-
-    item: WorkItem
-    pages: int
-    error: ListingError | None
-
-
-@dataclass(frozen=True, slots=True)
-class AllStarted:
-    """Sent once, when the last listing has started: what follows are its pages and the ends
-    of the listings still under way."""
-
-
 log = structlog.get_logger("connector.oci.fetch")
-
-Message = Page | ListingEnd | AllStarted
-"""What flows from the fetch tasks to the workers."""
 
 
 class Fetcher:
@@ -305,3 +292,43 @@ def _page(item: WorkItem, number: int, response: Response) -> Page:
 
 def _failed(verdicts: dict[int, str | None]) -> dict[int, str]:
     return {number: reason for number, reason in verdicts.items() if reason is not None}
+
+
+@dataclass(slots=True)
+class Session:
+    """The OCI side of one run: its client, its fetcher and, for one shard of several, the
+    pacing state it shares with the run's other shards on this machine (opened while the run
+    fetches: ``with session.shared_rates or nullcontext()``)."""
+
+    client: OciClient
+    fetcher: Fetcher
+    shared_rates: SharedRates | None
+
+    @classmethod
+    def for_run(
+        cls,
+        settings: Settings,
+        credentials: Credentials,
+        endpoints: Endpoints,
+        filters: Mapping[str, str],
+        *,
+        run_id: str,
+        shard: tuple[int, int],
+        rate_share: float,
+        verdicts: Verdicts | None,
+    ) -> Session:
+        """The session of ``run_id``'s shard ``shard``, with ``rate_share`` of the budget."""
+        index, count = shard
+        shared = SharedRates(run_id, index, rate_share) if count > 1 else None
+        states = shared.state if shared is not None else None
+        client = for_settings(settings, credentials, rate_share, states)
+        fetch = settings.fetch
+        fetcher = Fetcher(
+            client,
+            endpoints,
+            fetch.page_size,
+            filters,
+            per_region=fetch.concurrency,
+            verdicts=verdicts,
+        )
+        return cls(client, fetcher, shared)

@@ -14,20 +14,26 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import anyio.to_thread
 from anyio.abc import SocketStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from connector.errors import WorkerError
-from connector.pages import ListingError, Page, WorkItem
+from connector.lean import quiet_gc
+from connector.pages import AllStarted, ListingError, Message, Page, WorkItem
 from connector.sinks import FileInfo
 from connector.workers import protocol, spawn
 from connector.workers.page import Closed, ListingResult, PageWorker, WorkerSetup
 
 OnResult = Callable[[ListingResult], None]
+Producer = Callable[[MemoryObjectSendStream[Message]], Coroutine[Any, Any, None]]
+"""A coroutine that feeds pages (and the end of each listing) to the workers."""
+Launched = spawn.Launched
 
 
 class Workers(abc.ABC):
@@ -47,8 +53,28 @@ class Workers(abc.ABC):
         self.donations.offer(worker, result)
         self._on_result(result)
 
+    async def feed(self, produce: Producer) -> None:
+        """Hand what ``produce`` sends (pages, the end of each listing, and ``AllStarted``
+        once the last listing has begun) to the workers, each listing to its own worker."""
+        # A few pages: the workers' sockets hold more, and fetch tasks hold one each.
+        send, receive = anyio.create_memory_object_stream[Message](4)
+        async with anyio.create_task_group() as group:
+            group.start_soon(produce, send)
+            async with receive:
+                async for message in receive:
+                    if isinstance(message, Page):
+                        await self.page(message)
+                    elif isinstance(message, AllStarted):
+                        await self.flush()
+                    else:
+                        await self.end(message.item, message.pages, message.error)
+
     async def start(self) -> None:  # noqa: B027 - nothing to start for a thread
         """Start the workers early (processes import pyarrow, which takes a moment)."""
+
+    def parsing(self) -> contextlib.AbstractContextManager[None]:
+        """Around the feeding of pages: nothing where processes parse them."""
+        return contextlib.nullcontext()
 
     async def serve(self) -> None:  # noqa: B027 - a thread's results come back directly
         """Collect listing results until every worker has closed."""
@@ -167,6 +193,12 @@ class ThreadWorkers(Workers):
             self._worker.end, item, pages, error, limiter=self._limiter
         )
         self._listing_ended(0, result)
+
+    def parsing(self) -> contextlib.AbstractContextManager[None]:
+        """A quiet GC while pages are parsed in this process (a worker thread). With worker
+        processes the run's own process only fetches, and a raised threshold there would let
+        the reference cycles of thousands of requests pile up (``docs/performance.md``)."""
+        return quiet_gc()
 
     async def close(self) -> Closed:
         donate = self.donations.of(0)
