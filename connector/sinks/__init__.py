@@ -1,71 +1,38 @@
 """Sinks: write record batches as they arrive, one file series per region partition.
 
 Every format (``connector.sinks.formats``) writes through ``pyarrow.fs`` into the run's staging
-directory; publishing (the swap into the lake) is ``connector.lake.publish``'s job. pyarrow is
+directory; publishing (the swap into the lake) is ``connector.lake.publisher``'s job. pyarrow is
 imported here for types only: ``connector.config`` imports the formats' registry from this
 package.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from connector import names
-from connector.sinks.formats import PARQUET, FileWriter, Format
+from connector.sinks.formats import (
+    FileInfo,
+    FileSeries,
+    FileWriter,
+    SeriesPlace,
+    SinkOptions,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-
-@dataclass(frozen=True, slots=True)
-class FileInfo:
-    """A finished data file, relative to the partition directory."""
-
-    path: str
-    rows: int
-    bytes: int
-
-
-class FileSeries(Protocol):
-    """Writes one region's batches into rolling files."""
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        """Append rows (may buffer them)."""
-
-    def close(self) -> list[FileInfo]:
-        """Flush, close and describe every file written."""
-
-    @property
-    def buffered(self) -> int:
-        """Rows held in memory, not yet written."""
-
-    def flush(self) -> None:
-        """Write what is held in memory now (a smaller row group)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SinkOptions:
-    """How files are written."""
-
-    format: Format = PARQUET
-    compression: str = "zstd"
-    row_group_rows: int = 128 * 1024
-    max_rows_per_file: int = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class SeriesPlace:
-    """Where one writer puts one region's files, and how it numbers them."""
-
-    fs: pafs.FileSystem
-    directory: str
-    relative: str
-    """``directory`` relative to the partition, as the manifest lists files."""
-    prefix: str
-    numbering: tuple[int, int] = (0, 1)
-    """(first, step): writers that share a directory number their files first, first + step …"""
+__all__ = [
+    "FileInfo",
+    "FileSeries",
+    "PartitionedSink",
+    "RollingFiles",
+    "SeriesPlace",
+    "SinkOptions",
+    "StreamedSeries",
+    "closed_size",
+]
 
 
 class RollingFiles:

@@ -19,15 +19,63 @@ functions and classes that a worker can import (it has the same ``sys.path``).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-    from connector.sinks import FileSeries, SeriesPlace, SinkOptions
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """A finished data file, relative to the partition directory."""
+
+    path: str
+    rows: int
+    bytes: int
+
+
+class FileSeries(Protocol):
+    """Writes one region's batches into rolling files."""
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Append rows (may buffer them)."""
+
+    def close(self) -> list[FileInfo]:
+        """Flush, close and describe every file written."""
+
+    @property
+    def buffered(self) -> int:
+        """Rows held in memory, not yet written."""
+
+    def flush(self) -> None:
+        """Write what is held in memory now (a smaller row group)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SinkOptions:
+    """How files are written."""
+
+    format: Format = field(default_factory=lambda: get("parquet"))
+    compression: str = "zstd"
+    row_group_rows: int = 128 * 1024
+    max_rows_per_file: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPlace:
+    """Where one writer puts one region's files, and how it numbers them."""
+
+    fs: pafs.FileSystem
+    directory: str
+    relative: str
+    """``directory`` relative to the partition, as the manifest lists files."""
+    prefix: str
+    numbering: tuple[int, int] = (0, 1)
+    """(first, step): writers that share a directory number their files first, first + step …"""
 
 
 class FileWriter(Protocol):
@@ -83,12 +131,22 @@ class RowPredicate:
         return cast("Mask", pc.invert(pc.fill_null(drop, False)))
 
 
-def streamed_series(place: SeriesPlace, options: SinkOptions) -> FileSeries:
-    """A series that writes each batch through the format's ``open_writer`` as it comes
-    (``connector.sinks.StreamedSeries``): the default, for formats that hold nothing back."""
-    from connector.sinks import StreamedSeries
+@dataclass(frozen=True, slots=True)
+class Lazy:
+    """A function (or class) of a module that is imported at its first call: the built-in
+    formats' code, and pyarrow with it, loads only in a process that writes or reads files.
+    It pickles by its names, so worker processes receive it as it is."""
 
-    return StreamedSeries(place, options)
+    module: str
+    name: str
+
+    def __call__(self, *args: Any) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)(*args)
+
+
+streamed_series = Lazy("connector.sinks", "StreamedSeries")
+"""A series that writes each batch through the format's ``open_writer`` as it comes
+(``connector.sinks.StreamedSeries``): the default, for formats that hold nothing back."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -203,60 +261,6 @@ def for_path(path: str) -> Format:
 # -- the built-in formats: their code is imported when first used (see the module's docstring) --
 
 
-def _parquet_writer(stream: pa.NativeFile, compression: str, schema: pa.Schema) -> FileWriter:
-    from connector.sinks import parquet
-
-    return parquet.writer(stream, compression, schema)
-
-
-def _parquet_series(place: SeriesPlace, options: SinkOptions) -> FileSeries:
-    from connector.sinks import parquet
-
-    return parquet.ParquetSeries(place, options)
-
-
-def _parquet_rows(fs: pafs.FileSystem, path: str) -> int:
-    from connector.sinks import parquet
-
-    return parquet.count_rows(fs, path)
-
-
-def _parquet_batches(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    from connector.sinks import parquet
-
-    return parquet.read_batches(fs, path, schema)
-
-
-def _parquet_filter(fs: pafs.FileSystem, source: str, target: str, drop: RowPredicate) -> int:
-    from connector.sinks import parquet
-
-    return parquet.filter_rows(fs, source, target, drop)
-
-
-def _ndjson_writer(stream: pa.NativeFile, compression: str, schema: pa.Schema) -> FileWriter:
-    from connector.sinks import ndjson
-
-    return ndjson.NdjsonWriter(stream, compression, schema)
-
-
-def _ndjson_rows(fs: pafs.FileSystem, path: str) -> int:
-    from connector.sinks import ndjson
-
-    return ndjson.count_rows(fs, path)
-
-
-def _ndjson_batches(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    from connector.sinks import ndjson
-
-    return ndjson.read_batches(fs, path, schema)
-
-
-def _ndjson_filter(fs: pafs.FileSystem, source: str, target: str, drop: RowPredicate) -> int:
-    from connector.sinks import ndjson
-
-    return ndjson.filter_rows(fs, source, target, drop)
-
-
 PARQUET = register(
     Format(
         name="parquet",
@@ -267,11 +271,11 @@ PARQUET = register(
             "none": ".parquet",
         },
         default_compression="zstd",
-        open_writer=_parquet_writer,
-        count_rows=_parquet_rows,
-        read_batches=_parquet_batches,
-        filter_rows=_parquet_filter,
-        open_series=_parquet_series,
+        open_writer=Lazy("connector.sinks.parquet", "writer"),
+        count_rows=Lazy("connector.sinks.parquet", "count_rows"),
+        read_batches=Lazy("connector.sinks.parquet", "read_batches"),
+        filter_rows=Lazy("connector.sinks.parquet", "filter_rows"),
+        open_series=Lazy("connector.sinks.parquet", "ParquetSeries"),
     )
 )
 """Parquet: the codec is inside the file (every compression has the one extension)."""
@@ -281,10 +285,10 @@ NDJSON = register(
         name="ndjson",
         extensions={"gzip": ".ndjson.gz", "none": ".ndjson"},
         default_compression="none",
-        open_writer=_ndjson_writer,
-        count_rows=_ndjson_rows,
-        read_batches=_ndjson_batches,
-        filter_rows=_ndjson_filter,
+        open_writer=Lazy("connector.sinks.ndjson", "NdjsonWriter"),
+        count_rows=Lazy("connector.sinks.ndjson", "count_rows"),
+        read_batches=Lazy("connector.sinks.ndjson", "read_batches"),
+        filter_rows=Lazy("connector.sinks.ndjson", "filter_rows"),
     )
 )
 """NDJSON: one JSON object a line, the Parquet columns' names and nesting; gzip optional."""
