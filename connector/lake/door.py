@@ -37,7 +37,8 @@ class DeletionRefused(ConnectorError):
 
 @dataclass(frozen=True, slots=True)
 class Superseded:
-    """Files of a published partition that its replacement no longer lists.
+    """Files of a published partition that no manifest in force lists: the previous run's,
+    once a new run's manifest replaced it, or a killed commit's copies, rolled back.
 
     On object stores, where a partition cannot be renamed away, the commit writes the new files
     beside the old ones and then deletes exactly these.
@@ -146,12 +147,11 @@ def _has_dot_segments(path: str) -> bool:
 
 def _check_superseded(base: str, superseded: Superseded, target: str) -> None:
     partition = superseded.partition.rstrip("/")
-    dataset_and_date = _inside(base, partition).split("/")
-    if (
-        len(dataset_and_date) != 2
-        or dataset_and_date[0] not in DATASETS
-        or not PARTITION.fullmatch(dataset_and_date[1])
-    ):
+    parts = _inside(base, partition).split("/")
+    plain = len(parts) == 2 and bool(PARTITION.fullmatch(parts[-1]))
+    # A table's data files of one date: {dataset}/data/_snapshot_date=D (Iceberg's layout).
+    table = len(parts) == 3 and parts[1] == "data" and bool(PARTITION.fullmatch(parts[-1][1:]))
+    if parts[0] not in DATASETS or not (plain or table):
         raise DeletionRefused(f"refusing to delete in {partition!r}: not a published partition")
     if not target.startswith(partition + "/") or _has_dot_segments(target[len(partition) + 1 :]):
         raise DeletionRefused(f"refusing to delete {target!r}: not inside {partition!r}")

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from connector import schema
 from connector.errors import ConfigError, PublishError
+from connector.lake import door
 from connector.lake.storage import Store
 
 if TYPE_CHECKING:
@@ -317,11 +318,17 @@ class IcebergWriter:
 
     def discard(self, run_id: str, snapshot_date: str) -> None:
         """Delete the data files a killed, uncommitted run copied into the table."""
-        folder = f"{self.store.base}/{TABLE}/data/_snapshot_date={snapshot_date}"
+        fs, base = self.store.fs, self.store.base
+        folder = f"{base}/{TABLE}/data/_snapshot_date={snapshot_date}"
         selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
-        for info in self.store.fs.get_file_info(selector):
-            if info.type == pafs.FileType.File and f"-{run_id}." in info.base_name:
-                self.store.fs.delete_file(info.path)
+        copies = frozenset(
+            info.path
+            for info in fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and f"-{run_id}." in info.base_name
+        )
+        superseded = door.Superseded(folder, copies)
+        for path in sorted(copies):
+            door.guarded_delete(fs, base, path, superseded=superseded)
 
     def find(self, run_id: str) -> dict[str, Any] | None:
         """The last snapshot committed by ``run_id``."""
