@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from connector import config
+from connector import config, names
 from connector.errors import ConfigError
 from connector.lake import manifest
 from connector.oci import auth
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from connector.workers.spawn import Launched
 
 Settings = config.Settings
+DATASETS = names.DATASETS
+"""The datasets a run publishes: ``images`` and its companions."""
 Credentials = auth.Credentials
 RunOutcome = manifest.RunOutcome
 
@@ -233,6 +235,47 @@ def diff(
     return changes.diff_published(
         store.fs, store.base, older, newer, run_id=new_run_id(), table=table, counts=counts
     )
+
+
+def start_workers(settings: Settings) -> Launched | None:
+    """Start the worker processes a run of ``settings`` converts pages in, now: they import
+    pyarrow and the normalizer while the caller loads credentials. Pass them to ``run_async``
+    (``launched``); None where pages are parsed in the run's own process (``fetch.workers = 0``),
+    which then gets the heap settings the workers would have."""
+    if processes := settings.fetch.worker_processes():
+        from connector.workers import spawn
+
+        return spawn.launch(processes)
+    from connector import lean
+
+    lean.parsing_heap()
+    return None
+
+
+def check_run_id(run_id: object, key: str = "run_id") -> str:
+    """``run_id`` if it can name a run (it becomes a folder name); ``ConfigError(key)`` else."""
+    from connector import names
+
+    return names.check_run_id(run_id, key)
+
+
+def schema_of(dataset: str, form: str = "markdown") -> str:
+    """The columns of ``dataset`` (one of ``DATASETS``) as a Markdown table, or as JSON."""
+    from connector import schema
+
+    columns = schema.DATASETS[dataset]
+    if form == "json":
+        import orjson
+
+        return orjson.dumps(schema.describe(columns), option=orjson.OPT_INDENT_2).decode()
+    return schema.markdown_table(columns)
+
+
+def to_ndjson(batch: pa.RecordBatch) -> bytes:
+    """Rows as NDJSON lines, encoded as the ``ndjson`` output format writes them."""
+    from connector.sinks.ndjson import encode_rows
+
+    return encode_rows(batch)
 
 
 def export(

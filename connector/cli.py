@@ -21,10 +21,7 @@ from connector.names import DATASETS
 from connector.progress import Snapshot, Terminal, render
 
 if TYPE_CHECKING:
-    from connector import Credentials
-    from connector.config import Settings
-    from connector.lake.manifest import RunOutcome
-    from connector.tally import Progress
+    from connector import Credentials, Progress, RunOutcome, Settings
     from connector.workers.spawn import Launched
 
 
@@ -208,17 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    from connector import schema
+    from connector import api
 
-    columns = schema.DATASETS[args.dataset]
-    if args.format == "json":
-        import orjson
-
-        sys.stdout.write(
-            orjson.dumps(schema.describe(columns), option=orjson.OPT_INDENT_2).decode() + "\n"
-        )
-    else:
-        print(schema.markdown_table(columns))
+    print(api.schema_of(args.dataset, args.format))
     return EXIT_OK
 
 
@@ -246,12 +235,12 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, Credentials]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from connector import names
+    from connector import api
     from connector.errors import ConfigError
 
     shard = _parse_shard(args.shard)
     if args.run_id is not None:
-        names.check_run_id(args.run_id)
+        api.check_run_id(args.run_id, "--run-id")
     if args.shard is not None and not args.run_id:
         raise ConfigError("--run-id", "is required with --shard, so that shards and commit agree")
     terminal = None if args.no_progress else args.terminal
@@ -273,18 +262,10 @@ def _execute(
     """
     import anyio
 
-    from connector import config
+    from connector import api
 
-    settings = config.load(args.config, args.set)
-    launched = None
-    if processes := settings.fetch.worker_processes():
-        from connector.workers import spawn
-
-        launched = spawn.launch(processes)
-    else:  # this process parses the pages itself
-        from connector import lean
-
-        lean.parsing_heap()
+    settings = api.load_config(args.config, args.set)
+    launched = api.start_workers(settings)
     return anyio.run(_interruptible, settings, shard, run_id, launched, terminal)
 
 
@@ -405,24 +386,22 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _commit(args: argparse.Namespace) -> int:
-    from connector import api, names
+    from connector import api
 
-    names.check_run_id(args.run_id)
+    api.check_run_id(args.run_id, "--run-id")
     settings = api.load_config(args.config, args.set)
     return _report(api.commit(settings, args.run_id))
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from connector import api
-    from connector.lake.changes import ChangeCounts
-    from connector.sinks.ndjson import encode_rows
+    from connector import ChangeCounts, api
 
     settings = api.load_config(args.config, args.set)
     counts = ChangeCounts()
     out = sys.stdout.buffer
     for batch in api.diff(settings, args.from_date, args.to_date, counts=counts):
         if args.format == "ndjson":
-            out.write(encode_rows(batch))
+            out.write(api.to_ndjson(batch))
     out.flush()
     print(
         f"diff {args.from_date} → {args.to_date}: added={counts.added} "
