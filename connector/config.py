@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
+from connector import flavors
 from connector.errors import ConfigError
 from connector.oci import regions as realms
 
@@ -31,11 +32,7 @@ OCID = re.compile(
     r"^ocid1\.([a-z0-9]+)\.([a-z0-9-]+)\.([a-z0-9-]*)(\.[a-z0-9-]+)?\.([a-z0-9]{1,255})$"
 )
 IMAGE_LIFECYCLE = ("PROVISIONING", "IMPORTING", "AVAILABLE", "EXPORTING", "DISABLED", "DELETED")
-SORT_BY = ("TIMECREATED", "NAME", "DISPLAYNAME")
-FLAVORS = ("oci", "pca")
-# How each flavor spells ListImages' sortBy by name: OCI's SDK refuses NAME; a Private Cloud
-# Appliance (and Compute Cloud@Customer) answers 400 to DISPLAYNAME.
-SORT_BY_NAME = {"oci": "DISPLAYNAME", "pca": "NAME"}
+SORT_BY = ("TIMECREATED", *flavors.SORT_BY_NAME)
 COMPRESSIONS = {"parquet": ("zstd", "snappy", "gzip", "none"), "ndjson": ("gzip", "none")}
 """The codecs each output format accepts."""
 
@@ -315,10 +312,11 @@ class OciSettings:
         False, _boolean, "allow plain http:// to hosts other than loopback"
     )
     flavor: str = key(
-        "oci",
-        _choice(*FLAVORS),
-        "oci, or pca (Private Cloud Appliance, Compute Cloud@Customer): the API's spelling "
-        "differences (sortBy, platform images, Identity at identity.<domain>)",
+        flavors.DEFAULT.name,
+        _choice(*flavors.FLAVORS),
+        ", or ".join(f"{f.name} ({f.platform})" for f in flavors.FLAVORS.values())
+        + ": the API's spelling differences (sortBy, platform images, Identity at "
+        "identity.<domain>)",
     )
 
 
@@ -366,8 +364,8 @@ class FilterSettings:
     sort_by: str = key(
         "",
         _choice(*SORT_BY, case_insensitive=True, allow_empty=True),
-        "sortBy: TIMECREATED, DISPLAYNAME or NAME; by name is sent as oci.flavor spells it "
-        "(DISPLAYNAME on OCI, NAME on a PCA)",
+        f"sortBy: {', '.join(SORT_BY[:-1])} or {SORT_BY[-1]}; by name is sent as oci.flavor "
+        f"spells it ({flavors.sort_by_spellings()})",
     )
     sort_order: str = key(
         "",
@@ -375,7 +373,7 @@ class FilterSettings:
         "sortOrder: ASC or DESC",
     )
 
-    def query_params(self, flavor: str = "oci") -> dict[str, str]:
+    def query_params(self, flavor: str = flavors.DEFAULT.name) -> dict[str, str]:
         """The filters that are set, as ListImages query parameters (the keys in camelCase),
         with ``sortBy`` by name spelt as ``flavor`` wants it."""
         params = {
@@ -383,8 +381,8 @@ class FilterSettings:
             for f in dataclasses.fields(self)
             if getattr(self, f.name) != ""
         }
-        if params.get("sortBy") in ("NAME", "DISPLAYNAME"):
-            params["sortBy"] = SORT_BY_NAME[flavor]
+        if params.get("sortBy") in flavors.SORT_BY_NAME:
+            params["sortBy"] = flavors.named(flavor).sort_by_name
         return params
 
 
@@ -761,7 +759,7 @@ def _check_regions(settings: Settings) -> None:
                 resolved = catalog.resolve(region)
             except realms.UnknownRegion as exc:
                 raise ConfigError(f"oci.regions[{i}]", str(exc)) from None
-            _require_pca_endpoint(settings, resolved)
+            _require_endpoint(settings, resolved)
 
 
 def check_home_region(settings: Settings, region: str | None, origin: str) -> None:
@@ -772,18 +770,18 @@ def check_home_region(settings: Settings, region: str | None, origin: str) -> No
         resolved = realms.Catalog.load().resolve(region)
     except realms.UnknownRegion as exc:
         raise ConfigError("oci.profile", f"the region of {origin}: {exc}") from None
-    _require_pca_endpoint(settings, resolved)
+    _require_endpoint(settings, resolved)
 
 
-_PCA_WITHOUT_ENDPOINT = (
-    "is empty, and a Private Cloud Appliance has no public endpoint: set it to "
-    "https://iaas.<appliance domain> (or name the region by that domain)"
-)
-
-
-def _require_pca_endpoint(settings: Settings, region: realms.Region) -> None:
-    if settings.oci.flavor == "pca" and not region.is_domain:
-        raise ConfigError("oci.endpoint", _PCA_WITHOUT_ENDPOINT)
+def _require_endpoint(settings: Settings, region: realms.Region) -> None:
+    """A flavor without public endpoints is reached at ``oci.endpoint`` or by its domain."""
+    flavor = flavors.named(settings.oci.flavor)
+    if not flavor.public_endpoints and not region.is_domain:
+        raise ConfigError(
+            "oci.endpoint",
+            f"is empty, and {flavor.platform} has no public endpoint: set it to "
+            "https://iaas.<appliance domain> (or name the region by that domain)",
+        )
 
 
 # -- documentation: the README's table and configs/example.toml, from the declarations ---------

@@ -3,12 +3,15 @@
 Each failure the client gives up on is told with the call (ListImages ...), the host, the
 credentials (profile or principal) and, from here, the next step. The advice is the checklist
 an OCI administrator runs through for that status, narrowed by what the response itself shows
-(the server's clock, the code, the authentication mode).
+(the server's clock, the code, the authentication mode). What is particular to a flavor is
+worded in its record (``connector.flavors``).
 """
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
+
+from connector import flavors
 
 # Identity's and Compute's list calls, by the last segment of their path.
 CALLS = {
@@ -60,11 +63,7 @@ def for_status(
             "raise the tenancy's limit"
         )
     if status == 400 and code in ("InvalidParameter", "MissingParameter"):
-        return (
-            "a filter or parameter was refused: check [filters] (filters.sort_by: the appliance "
-            'spells it NAME, OCI DISPLAYNAME; set oci.flavor = "pca" for a Private Cloud '
-            "Appliance or Compute Cloud@Customer)"
-        )
+        return f"a filter or parameter was refused: check [filters] ({flavors.sort_by_advice()})"
     return ""
 
 
