@@ -273,9 +273,9 @@ def _execute(
     """
     import anyio
 
-    from connector import config
+    from connector import config, validation
 
-    settings = config.load(args.config, args.set)
+    settings = validation.check(config.load(args.config, args.set))
     launched = None
     if processes := settings.fetch.worker_processes():
         from connector.workers import spawn

@@ -6,6 +6,11 @@ rest of the code reads (``settings.fetch.page_size``), the README's configuratio
 comments of ``configs/example.toml`` (``scripts/update_readme.py``). Validation is complete and
 happens before the first network call: a bad value raises ``ConfigError`` naming the key and the
 reason, and the command exits 2.
+
+This module is in the base layer: it imports nothing from ``connector.oci``, ``connector.lake``,
+``connector.sinks`` or ``connector.workers``. The checks that need them (the authentication
+mode, regions against the realm tables, the store and the table format) are in
+``connector.validation``, which ``connector.load_config`` applies after ``load``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from urllib.parse import urlsplit
 
 from connector import flavors
 from connector.errors import ConfigError
-from connector.oci import regions as realms
 
 OCID = re.compile(
     r"^ocid1\.([a-z0-9]+)\.([a-z0-9-]+)\.([a-z0-9-]*)(\.[a-z0-9-]+)?\.([a-z0-9]{1,255})$"
@@ -176,33 +180,16 @@ def _ocid_list(*kinds: str) -> Check:
 
 
 def _regions(key: str, value: Any) -> tuple[str, ...]:
-    """Region names (any realm), short codes (``iad``, made full names) or appliance domains.
+    """A list of region names, short codes or appliance domains, in lower case.
 
-    Whether each is known is checked with the endpoints (``_cross_checks``): with an
-    ``oci.endpoint`` override, a region is only a label and a ``{region}`` substitution.
+    What each names is checked against the realm tables by ``connector.validation``, which
+    also makes short codes (``iad``) full names: with an ``oci.endpoint`` override, a region is
+    only a label and a ``{region}`` substitution.
     """
     items = _type(list, "a list of region names")(key, value)
-    if items == ["subscribed"]:
-        return ("subscribed",)
-    catalog = realms.Catalog.load()
-    names = []
     for i, item in enumerate(items):
-        text = item.strip().lower() if isinstance(item, str) else ""
-        if not (
-            realms.REGION_NAME.match(text)
-            or realms.SHORT_CODE.match(text)
-            or realms.DOMAIN.match(text)
-            or text in catalog.short_names
-        ):
-            raise ConfigError(
-                f"{key}[{i}]",
-                f"{item!r} is not a region name like us-ashburn-1 or us-gov-ashburn-1, a short "
-                'code like iad, or an appliance domain (or use ["subscribed"])',
-            )
-        names.append(catalog.short_names.get(text, text))
-    if len(set(names)) != len(names):
-        raise ConfigError(key, "lists the same region twice")
-    return tuple(names)
+        _type(str, "a region name")(f"{key}[{i}]", item)
+    return tuple(item.strip().lower() for item in items)
 
 
 def _endpoint(key: str, value: Any) -> str:
@@ -284,7 +271,7 @@ class OciSettings:
     profile: str = key("", _string(), 'profile in it; "" = $OCI_CLI_PROFILE or DEFAULT')
     auth: str = key(
         "api_key",
-        _choice("api_key", "security_token", "instance_principal", "resource_principal"),
+        _string(),  # one of connector.oci.auth.MODES, checked by connector.validation
         "api_key, security_token (oci session authenticate), instance_principal or resource_principal (these two need the [oci] extra)",
     )
     regions: tuple[str, ...] = key(
@@ -556,6 +543,9 @@ class Settings:
         """A copy with ``section.key`` values changed, each validated as if it had been set::
 
         settings.replace(**{"output.snapshot_date": "2026-11-27"})
+
+        The checks that need the other layers (``connector.validation``) run when the copy is
+        used: ``connector.run``, ``plan`` and ``api.export`` apply them before any request.
         """
         sections: dict[str, Any] = {name: getattr(self, name) for name in SECTIONS}
         for dotted, value in changes.items():
@@ -684,6 +674,8 @@ def validate(raw: Mapping[str, Any], source: Path | None = None) -> Settings:
 
 
 def _cross_checks(settings: Settings) -> None:
+    """How keys go together. What needs more than the configuration (the realm tables, the
+    stores, the authentication modes) is checked by ``connector.validation``."""
     output, scope, oci = settings.output, settings.scope, settings.oci
     if output.compression and output.compression not in COMPRESSIONS[output.format]:
         raise ConfigError(
@@ -708,13 +700,6 @@ def _cross_checks(settings: Settings) -> None:
         )
     if output.catalog and output.table_format != "iceberg":
         raise ConfigError("output.catalog", 'applies to output.table_format = "iceberg" only')
-    from connector.lake import storage
-
-    storage.check(output.uri, output.storage_options)
-    if output.table_format:
-        from connector.lake import tables
-
-        tables.check(output.table_format, output.uri, output.catalog)
     for name, url in (
         ("oci.endpoint", oci.endpoint),
         ("oci.identity_endpoint", oci.identity_endpoint),
@@ -749,38 +734,6 @@ def _check_regions(settings: Settings) -> None:
             f"has no {{region}} but oci.regions asks for {listed}: all would be fetched from one "
             "host and labelled as different regions; put {region} in the URL, or list exactly "
             "one region in oci.regions",
-        )
-    if not oci.endpoint:
-        catalog = realms.Catalog.load()
-        for i, region in enumerate(oci.regions):
-            if region == "subscribed":
-                continue
-            try:
-                resolved = catalog.resolve(region)
-            except realms.UnknownRegion as exc:
-                raise ConfigError(f"oci.regions[{i}]", str(exc)) from None
-            _require_endpoint(settings, resolved)
-
-
-def check_home_region(settings: Settings, region: str | None, origin: str) -> None:
-    """The credentials' region (``origin`` says whose) must be known when no endpoint is set."""
-    if region is None or settings.oci.endpoint:
-        return
-    try:
-        resolved = realms.Catalog.load().resolve(region)
-    except realms.UnknownRegion as exc:
-        raise ConfigError("oci.profile", f"the region of {origin}: {exc}") from None
-    _require_endpoint(settings, resolved)
-
-
-def _require_endpoint(settings: Settings, region: realms.Region) -> None:
-    """A flavor without public endpoints is reached at ``oci.endpoint`` or by its domain."""
-    flavor = flavors.named(settings.oci.flavor)
-    if not flavor.public_endpoints and not region.is_domain:
-        raise ConfigError(
-            "oci.endpoint",
-            f"is empty, and {flavor.platform} has no public endpoint: set it to "
-            "https://iaas.<appliance domain> (or name the region by that domain)",
         )
 
 

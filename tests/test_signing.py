@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from oci._vendor import requests
 
-from connector import config
+from connector import config, validation
 from connector.emulator import EmulatorServer
 from connector.errors import AuthError, ConfigError
 from connector.oci import (
@@ -187,6 +187,16 @@ class TestRegistry:
         for mode in auth.MODES.values():
             assert mode.name in spec.help
             assert not mode.extra or f"[{mode.extra}] extra" in spec.help
+
+    def test_unknown_mode_is_refused_with_the_modes(self) -> None:
+        """oci.auth is checked against the registry: the modes are listed, a near miss named."""
+        settings = config.load(values={"oci": {"auth": "api-key"}})
+        with pytest.raises(ConfigError) as info:
+            validation.check(settings)
+        assert "oci.auth" == info.value.key
+        assert "did you mean 'api_key'" in info.value.reason
+        for mode in auth.MODES.values():
+            assert f"{mode.name} ({mode.description}" in info.value.reason
 
     def test_a_profile_mode_without_a_profile(self) -> None:
         """A mode that signs with a profile, given none, says so on oci.profile."""

@@ -10,9 +10,9 @@ needs, how its signer is built, what to check when the service refuses it):
   extra), called through their public path so that their token refresh happens, off the event
   loop because refreshing does blocking I/O.
 
-An Airflow Connection's ``auth`` is checked against ``MODES``; ``troubleshoot`` takes each
-mode's advice from its record. (``oci.auth``'s help and the ``Principal`` type name the modes
-too: tests hold both to ``MODES``.)
+``oci.auth`` is checked against ``MODES`` (``connector.validation``), and so is the ``auth`` of
+an Airflow Connection; ``troubleshoot`` takes each mode's advice from its record. (``oci.auth``'s
+help and the ``Principal`` type name the modes too: tests hold both to ``MODES``.)
 
 Nothing here logs or repeats a secret: errors name files and keys, never their content.
 """
@@ -437,9 +437,9 @@ class Credentials:
 
 
 def resolve_credentials(settings: Settings) -> Credentials:
-    """The credentials ``settings.oci`` names (profile, or principal), checked against what the
-    run needs: a region when none is configured, a tenancy when compartments are discovered.
-    Raises ``ConfigError`` before any request."""
+    """The credentials ``settings.oci`` names (profile, or principal). Raises ``ConfigError``
+    before any request; whether they suit the run (a region, a tenancy) is
+    ``connector.validation.check_credentials``."""
     oci = settings.oci
     mode = mode_named(oci.auth)
     if mode.uses_profile:
@@ -456,33 +456,11 @@ def resolve_credentials(settings: Settings) -> Credentials:
         except AuthError as exc:
             raise ConfigError("oci.profile", str(exc)) from None
         label = f'profile "{profile.name}" of {profile.source}'
-        credentials = Credentials(signer, profile.region, profile.tenancy, label, mode.name)
-    else:
-        try:
-            credentials = Credentials.from_principal(cast(Principal, mode.name))
-        except AuthError as exc:
-            raise ConfigError("oci.profile", str(exc)) from None
-    check_credentials(settings, credentials)
-    return credentials
-
-
-def check_credentials(settings: Settings, credentials: Credentials) -> None:
-    """Fail with ``ConfigError`` unless ``credentials`` and ``settings`` together name a region
-    and, when discovery needs one, a tenancy."""
-    regions = settings.oci.regions
-    if (not regions or regions == ("subscribed",)) and not credentials.home_region:
-        raise ConfigError("oci.regions", "is empty and the OCI profile names no region")
-    needs_tenancy = regions == ("subscribed",) or not settings.scope.compartments
-    if needs_tenancy and not (settings.scope.tenancy or credentials.tenancy):
-        raise ConfigError("scope.tenancy", "is needed for discovery and the profile has none")
-    from connector import config
-
-    config.check_home_region(
-        settings, credentials.home_region, credentials.label or "the credentials"
-    )
-    tenancy = settings.scope.tenancy or credentials.tenancy
-    if tenancy and tenancy in settings.scope.exclude:
-        raise ConfigError("scope.exclude", config.EXCLUDES_ROOT)
+        return Credentials(signer, profile.region, profile.tenancy, label, mode.name)
+    try:
+        return Credentials.from_principal(cast(Principal, mode.name))
+    except AuthError as exc:
+        raise ConfigError("oci.profile", str(exc)) from None
 
 
 def warn_if_exposed(path: str | os.PathLike[str], what: str) -> str | None:
