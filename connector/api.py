@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from connector import config, names
+from connector import config, names, validation
 from connector.errors import ConfigError
 from connector.lake import manifest
 from connector.oci import auth
@@ -53,16 +53,21 @@ def load_config(
     values: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Settings:
     """Read ``path`` (TOML), then ``values`` (``{"section": {"key": value}}``), then
-    ``overrides`` (``"section.key=value"``), each over the one before; validate everything.
+    ``overrides`` (``"section.key=value"``), each over the one before; validate everything
+    (``config.load``, then ``connector.validation.check``).
 
     Raises ``ConfigError`` naming the key.
     """
-    return config.load(path, overrides, values=values)
+    return validation.check(config.load(path, overrides, values=values))
 
 
 def resolve_credentials(settings: Settings) -> Credentials:
-    """The credentials ``settings.oci`` describes (an OCI config profile, or a principal)."""
-    return auth.resolve_credentials(settings)
+    """The credentials ``settings.oci`` describes (an OCI config profile, or a principal),
+    checked against what the run needs: a region when none is configured, a tenancy when
+    compartments are discovered."""
+    credentials = auth.resolve_credentials(settings)
+    validation.check_credentials(settings, credentials)
+    return credentials
 
 
 def new_run_id() -> str:
@@ -146,6 +151,7 @@ async def _plan(
 
     if shards < 1:
         raise ConfigError("--shards", "must be at least 1")
+    settings = validation.check(settings)
     credentials = _checked(settings, credentials)
     run_id = run_id or new_run_id()
     async with for_settings(settings, credentials) as client:
@@ -292,6 +298,7 @@ def export(
     from connector.prepare import prepare
 
     position, run_id = _shard(shard, run_id)
+    settings = validation.check(settings)
     context = prepare(
         settings,
         _checked(settings, credentials),
@@ -326,6 +333,6 @@ def _shard(
 
 def _checked(settings: Settings, credentials: Credentials | None) -> Credentials:
     if credentials is None:
-        return auth.resolve_credentials(settings)
-    auth.check_credentials(settings, credentials)
+        return resolve_credentials(settings)
+    validation.check_credentials(settings, credentials)
     return credentials

@@ -6,6 +6,11 @@ rest of the code reads (``settings.fetch.page_size``), the README's configuratio
 comments of ``configs/example.toml`` (``scripts/update_readme.py``). Validation is complete and
 happens before the first network call: a bad value raises ``ConfigError`` naming the key and the
 reason, and the command exits 2.
+
+This module is in the base layer: it imports nothing from ``connector.oci``, ``connector.lake``,
+``connector.sinks`` or ``connector.workers``. The checks that need them (the authentication
+mode, regions against the realm tables, the store and the table format) are in
+``connector.validation``, which ``connector.load_config`` applies after ``load``.
 """
 
 from __future__ import annotations
@@ -24,19 +29,14 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
+from connector import flavors, formats
 from connector.errors import ConfigError
-from connector.oci import regions as realms
-from connector.sinks import formats
 
 OCID = re.compile(
     r"^ocid1\.([a-z0-9]+)\.([a-z0-9-]+)\.([a-z0-9-]*)(\.[a-z0-9-]+)?\.([a-z0-9]{1,255})$"
 )
 IMAGE_LIFECYCLE = ("PROVISIONING", "IMPORTING", "AVAILABLE", "EXPORTING", "DISABLED", "DELETED")
-SORT_BY = ("TIMECREATED", "NAME", "DISPLAYNAME")
-FLAVORS = ("oci", "pca")
-# How each flavor spells ListImages' sortBy by name: OCI's SDK refuses NAME; a Private Cloud
-# Appliance (and Compute Cloud@Customer) answers 400 to DISPLAYNAME.
-SORT_BY_NAME = {"oci": "DISPLAYNAME", "pca": "NAME"}
+SORT_BY = ("TIMECREATED", *flavors.SORT_BY_NAME)
 
 Check = Callable[[str, Any], Any]
 """Validates one key's raw value (from TOML or ``--set``) and returns the value to keep."""
@@ -121,7 +121,7 @@ def _alternatives(words: Sequence[str]) -> str:
 
 
 def _output_format(key: str, value: Any) -> str:
-    """A registered output format (``connector.sinks.formats``): asked at each check, so that a
+    """A registered output format (``connector.formats``): asked at each check, so that a
     format registered after this module was imported counts."""
     return str(_choice(*(f.name for f in formats.registered()))(key, value))
 
@@ -204,33 +204,16 @@ def _ocid_list(*kinds: str) -> Check:
 
 
 def _regions(key: str, value: Any) -> tuple[str, ...]:
-    """Region names (any realm), short codes (``iad``, made full names) or appliance domains.
+    """A list of region names, short codes or appliance domains, in lower case.
 
-    Whether each is known is checked with the endpoints (``_cross_checks``): with an
-    ``oci.endpoint`` override, a region is only a label and a ``{region}`` substitution.
+    What each names is checked against the realm tables by ``connector.validation``, which
+    also makes short codes (``iad``) full names: with an ``oci.endpoint`` override, a region is
+    only a label and a ``{region}`` substitution.
     """
     items = _type(list, "a list of region names")(key, value)
-    if items == ["subscribed"]:
-        return ("subscribed",)
-    catalog = realms.Catalog.load()
-    names = []
     for i, item in enumerate(items):
-        text = item.strip().lower() if isinstance(item, str) else ""
-        if not (
-            realms.REGION_NAME.match(text)
-            or realms.SHORT_CODE.match(text)
-            or realms.DOMAIN.match(text)
-            or text in catalog.short_names
-        ):
-            raise ConfigError(
-                f"{key}[{i}]",
-                f"{item!r} is not a region name like us-ashburn-1 or us-gov-ashburn-1, a short "
-                'code like iad, or an appliance domain (or use ["subscribed"])',
-            )
-        names.append(catalog.short_names.get(text, text))
-    if len(set(names)) != len(names):
-        raise ConfigError(key, "lists the same region twice")
-    return tuple(names)
+        _type(str, "a region name")(f"{key}[{i}]", item)
+    return tuple(item.strip().lower() for item in items)
 
 
 def _endpoint(key: str, value: Any) -> str:
@@ -312,7 +295,7 @@ class OciSettings:
     profile: str = key("", _string(), 'profile in it; "" = $OCI_CLI_PROFILE or DEFAULT')
     auth: str = key(
         "api_key",
-        _choice("api_key", "security_token", "instance_principal", "resource_principal"),
+        _string(),  # one of connector.oci.auth.MODES, checked by connector.validation
         "api_key, security_token (oci session authenticate), instance_principal or resource_principal (these two need the [oci] extra)",
     )
     regions: tuple[str, ...] = key(
@@ -340,10 +323,11 @@ class OciSettings:
         False, _boolean, "allow plain http:// to hosts other than loopback"
     )
     flavor: str = key(
-        "oci",
-        _choice(*FLAVORS),
-        "oci, or pca (Private Cloud Appliance, Compute Cloud@Customer): the API's spelling "
-        "differences (sortBy, platform images, Identity at identity.<domain>)",
+        flavors.DEFAULT.name,
+        _choice(*flavors.FLAVORS),
+        ", or ".join(f"{f.name} ({f.platform})" for f in flavors.FLAVORS.values())
+        + ": the API's spelling differences (sortBy, platform images, Identity at "
+        "identity.<domain>)",
     )
 
 
@@ -391,8 +375,8 @@ class FilterSettings:
     sort_by: str = key(
         "",
         _choice(*SORT_BY, case_insensitive=True, allow_empty=True),
-        "sortBy: TIMECREATED, DISPLAYNAME or NAME; by name is sent as oci.flavor spells it "
-        "(DISPLAYNAME on OCI, NAME on a PCA)",
+        f"sortBy: {', '.join(SORT_BY[:-1])} or {SORT_BY[-1]}; by name is sent as oci.flavor "
+        f"spells it ({flavors.sort_by_spellings()})",
     )
     sort_order: str = key(
         "",
@@ -400,7 +384,7 @@ class FilterSettings:
         "sortOrder: ASC or DESC",
     )
 
-    def query_params(self, flavor: str = "oci") -> dict[str, str]:
+    def query_params(self, flavor: str = flavors.DEFAULT.name) -> dict[str, str]:
         """The filters that are set, as ListImages query parameters (the keys in camelCase),
         with ``sortBy`` by name spelt as ``flavor`` wants it."""
         params = {
@@ -408,8 +392,8 @@ class FilterSettings:
             for f in dataclasses.fields(self)
             if getattr(self, f.name) != ""
         }
-        if params.get("sortBy") in ("NAME", "DISPLAYNAME"):
-            params["sortBy"] = SORT_BY_NAME[flavor]
+        if params.get("sortBy") in flavors.SORT_BY_NAME:
+            params["sortBy"] = flavors.named(flavor).sort_by_name
         return params
 
 
@@ -580,6 +564,9 @@ class Settings:
         """A copy with ``section.key`` values changed, each validated as if it had been set::
 
         settings.replace(**{"output.snapshot_date": "2026-11-27"})
+
+        The checks that need the other layers (``connector.validation``) run when the copy is
+        used: ``connector.run``, ``plan`` and ``api.export`` apply them before any request.
         """
         sections: dict[str, Any] = {name: getattr(self, name) for name in SECTIONS}
         for dotted, value in changes.items():
@@ -708,6 +695,8 @@ def validate(raw: Mapping[str, Any], source: Path | None = None) -> Settings:
 
 
 def _cross_checks(settings: Settings) -> None:
+    """How keys go together. What needs more than the configuration (the realm tables, the
+    stores, the authentication modes) is checked by ``connector.validation``."""
     output, scope, oci = settings.output, settings.scope, settings.oci
     written_as = formats.get(output.format)
     if output.compression and output.compression not in written_as.compressions:
@@ -734,13 +723,6 @@ def _cross_checks(settings: Settings) -> None:
         )
     if output.catalog and output.table_format != "iceberg":
         raise ConfigError("output.catalog", 'applies to output.table_format = "iceberg" only')
-    from connector.lake import storage
-
-    storage.check(output.uri, output.storage_options)
-    if output.table_format:
-        from connector.lake import tables
-
-        tables.check(output.table_format, output.uri, output.catalog)
     for name, url in (
         ("oci.endpoint", oci.endpoint),
         ("oci.identity_endpoint", oci.identity_endpoint),
@@ -776,38 +758,6 @@ def _check_regions(settings: Settings) -> None:
             "host and labelled as different regions; put {region} in the URL, or list exactly "
             "one region in oci.regions",
         )
-    if not oci.endpoint:
-        catalog = realms.Catalog.load()
-        for i, region in enumerate(oci.regions):
-            if region == "subscribed":
-                continue
-            try:
-                resolved = catalog.resolve(region)
-            except realms.UnknownRegion as exc:
-                raise ConfigError(f"oci.regions[{i}]", str(exc)) from None
-            _require_pca_endpoint(settings, resolved)
-
-
-def check_home_region(settings: Settings, region: str | None, origin: str) -> None:
-    """The credentials' region (``origin`` says whose) must be known when no endpoint is set."""
-    if region is None or settings.oci.endpoint:
-        return
-    try:
-        resolved = realms.Catalog.load().resolve(region)
-    except realms.UnknownRegion as exc:
-        raise ConfigError("oci.profile", f"the region of {origin}: {exc}") from None
-    _require_pca_endpoint(settings, resolved)
-
-
-_PCA_WITHOUT_ENDPOINT = (
-    "is empty, and a Private Cloud Appliance has no public endpoint: set it to "
-    "https://iaas.<appliance domain> (or name the region by that domain)"
-)
-
-
-def _require_pca_endpoint(settings: Settings, region: realms.Region) -> None:
-    if settings.oci.flavor == "pca" and not region.is_domain:
-        raise ConfigError("oci.endpoint", _PCA_WITHOUT_ENDPOINT)
 
 
 # -- documentation: the README's table and configs/example.toml, from the declarations ---------

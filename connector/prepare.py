@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from connector import names, schema
+from connector import formats, names, schema
 from connector._version import __version__
 from connector.config import Settings
 from connector.lake import layout, lock, storage, tables
@@ -22,7 +22,7 @@ from connector.oci import regions
 from connector.oci.auth import Credentials
 from connector.oci.discovery import Endpoints
 from connector.pages import RunInfo
-from connector.sinks import FileInfo, SinkOptions, formats
+from connector.sinks import FileInfo, SinkOptions
 from connector.workers.page import WorkerSetup
 
 

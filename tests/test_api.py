@@ -110,6 +110,29 @@ class TestLoadConfig:
         with pytest.raises(connector.ConfigError):
             settings.replace(**{"fetch.pagesize": 10})
 
+    def test_run_checks_a_replaced_copy_in_full(
+        self, emulator: EmulatorServer, tmp_path: Path
+    ) -> None:
+        """What ``replace`` cannot check (here: a region no realm table knows, with no endpoint
+        to go to) is checked when the copy is run: a ConfigError naming the key, before any
+        request."""
+        before = emulator.stats()["requests"]
+        settings = settings_for(emulator, tmp_path).replace(
+            **{"oci.endpoint": "", "oci.regions": ["us-ashburm-1"]}
+        )
+        with pytest.raises(connector.ConfigError) as info:
+            connector.run(settings, credentials=key_credentials(emulator))
+        assert "oci.regions[0]" == info.value.key
+        assert before == emulator.stats()["requests"]
+
+    def test_short_codes_of_a_replaced_copy_become_region_names(
+        self, emulator: EmulatorServer, tmp_path: Path
+    ) -> None:
+        """A region set by its short code through ``replace`` is exported under its name."""
+        settings = settings_for(emulator, tmp_path).replace(**{"oci.regions": ["IAD"]})
+        export = connector.api.export(settings, credentials=key_credentials(emulator))
+        assert ("us-ashburn-1",) == export.context.settings.oci.regions
+
 
 class TestCredentials:
     def test_api_key_from_pem_text(self, emulator: EmulatorServer) -> None:

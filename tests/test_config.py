@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -165,6 +167,24 @@ def test_airflow_example_compiles() -> None:
     """configs/airflow_dag.py is valid Python (Airflow itself is not installed here)."""
     source = (Path(__file__).resolve().parent.parent / "configs" / "airflow_dag.py").read_text()
     compile(source, "airflow_dag.py", "exec")
+
+
+def test_configuration_imports_no_layer_above_it() -> None:
+    """Loading any configuration imports nothing from the OCI side, the lake, the sinks or the
+    workers: the checks that need them are connector.validation's."""
+    code = (
+        "import sys\n"
+        "from connector import config\n"
+        "config.load(None, ['output.uri=s3://b/lake', 'output.table_format=iceberg', "
+        "'output.storage_options.region=x', 'oci.regions=[\"iad\", \"pca.example.com\"]', "
+        "'oci.flavor=pca', 'filters.sort_by=NAME'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('connector.oci', "
+        "'connector.lake', 'connector.sinks', 'connector.workers'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert "[]" == out.strip()
 
 
 def test_dotted_override_of_a_plain_key_is_unknown() -> None:

@@ -25,12 +25,12 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pytest
 
-from connector import cli, config, schema
+from connector import cli, config, formats, schema
 from connector.emulator import EmulatorServer, build_world
 from connector.errors import ConfigError
 from connector.lake import rewrite, snapshots
 from connector.pages import Page, RunInfo
-from connector.sinks import FileInfo, PartitionedSink, SinkOptions, formats
+from connector.sinks import FileInfo, PartitionedSink, SinkOptions
 from connector.workers.normalize import normalize_page
 from tests.helpers import DATE, WORLD, write_config
 from tests.reference import expected_rows, multiset, normalise_actual

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from email.utils import formatdate
 from pathlib import Path
+from typing import get_args
 
 import anyio
 import oci
@@ -13,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from oci._vendor import requests
 
+from connector import config, validation
 from connector.emulator import EmulatorServer
 from connector.errors import AuthError, ConfigError
 from connector.oci import (
@@ -163,6 +165,44 @@ class TestModes:
             auth.make_signer(mode, None)
         assert "oci.auth" == info.value.key
         assert "oci-images-connector[oci]" in str(info.value)
+
+
+class TestRegistry:
+    def test_principal_type_is_the_registry(self) -> None:
+        """``Credentials.from_principal``'s type names exactly the modes without a profile."""
+        principals = [m.name for m in auth.MODES.values() if not m.uses_profile]
+        assert principals == list(get_args(auth.Principal))
+
+    def test_every_mode_builds_one_kind_of_signer(self) -> None:
+        """Each mode reads a profile or asks the SDK (and names its extra), never both."""
+        for mode in auth.MODES.values():
+            assert (mode.from_profile is None) != (mode.from_sdk is None), mode.name
+            assert bool(mode.extra) == (mode.from_sdk is not None), mode.name
+
+    def test_the_key_documents_every_mode(self) -> None:
+        """oci.auth's help (the README's table) names each mode, and the extra principals need;
+        its default is a mode."""
+        spec = config.KEYS["oci"]["auth"]
+        assert spec.default in auth.MODES
+        for mode in auth.MODES.values():
+            assert mode.name in spec.help
+            assert not mode.extra or f"[{mode.extra}] extra" in spec.help
+
+    def test_unknown_mode_is_refused_with_the_modes(self) -> None:
+        """oci.auth is checked against the registry: the modes are listed, a near miss named."""
+        settings = config.load(values={"oci": {"auth": "api-key"}})
+        with pytest.raises(ConfigError) as info:
+            validation.check(settings)
+        assert "oci.auth" == info.value.key
+        assert "did you mean 'api_key'" in info.value.reason
+        for mode in auth.MODES.values():
+            assert f"{mode.name} ({mode.description}" in info.value.reason
+
+    def test_a_profile_mode_without_a_profile(self) -> None:
+        """A mode that signs with a profile, given none, says so on oci.profile."""
+        with pytest.raises(ConfigError) as info:
+            auth.make_signer("security_token", None)
+        assert "oci.profile" == info.value.key
 
 
 async def list_one(server: EmulatorServer, signer: auth.RequestSigner) -> int:

@@ -13,9 +13,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from connector import formats
 from connector.emulator import build_world
 from connector.pages import Page, RunInfo
-from connector.sinks import FileInfo, PartitionedSink, SinkOptions, formats, ndjson
+from connector.sinks import FileInfo, PartitionedSink, SinkOptions, ndjson
 from connector.workers.normalize import normalize_page
 
 RUN = RunInfo("r-sinks", date(2026, 11, 27))

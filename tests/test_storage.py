@@ -12,6 +12,7 @@ import pytest
 from connector import (
     cli,
     config,
+    validation,
 )
 from connector.errors import ConfigError
 from connector.lake import storage
@@ -269,7 +270,7 @@ class TestConfigKeys:
     def test_bad_lake_settings(self, overrides: list[str], key: str) -> None:
         """Each is a ConfigError naming the key, raised before anything runs."""
         with pytest.raises(ConfigError) as caught:
-            config.load(None, overrides)
+            validation.check(config.load(None, overrides))
         assert key == caught.value.key
 
     @pytest.mark.parametrize(
@@ -282,7 +283,7 @@ class TestConfigKeys:
         """A table format whose library is missing: a ConfigError naming the extra."""
         monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
         with pytest.raises(ConfigError) as caught:
-            config.load(None, [f"output.table_format={table_format}"])
+            validation.check(config.load(None, [f"output.table_format={table_format}"]))
         assert "output.table_format" == caught.value.key
         assert f"needs {module}: pip install 'oci-images-connector[{extra}]'" == caught.value.reason
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from connector import config
+from connector import config, validation
 from connector.emulator import EmulatorServer, build_world
 from connector.errors import ConfigError
 from connector.oci.discovery import Endpoints
@@ -21,7 +21,9 @@ from tests.reference import expected_rows, multiset, normalise_actual
 
 
 def settings(**sections: dict[str, Any]) -> config.Settings:
-    return config.load(values=sections)
+    """Settings as ``connector.load_config`` makes them: loaded, then checked against the realm
+    tables and the flavor (``connector.validation``)."""
+    return validation.check(config.load(values=sections))
 
 
 class TestFlavors:

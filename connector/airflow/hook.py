@@ -19,14 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 
 from connector import AuthError, ConfigError, Credentials
+from connector.oci import auth
 
-PRINCIPALS = ("instance_principal", "resource_principal")
+MODES = {
+    mode.name: mode
+    for mode in (auth.API_KEY, *(m for m in auth.MODES.values() if not m.uses_profile))
+}
+"""The authentication modes a Connection can hold: an API key in its fields, or a principal
+(nothing stored). A mode that reads files of an OCI config profile cannot be one."""
 _PREFIX = "extra__oci__"
 
 
@@ -68,7 +74,7 @@ class OciHook(BaseHook):
                 "extra": (
                     '{"tenancy": "ocid1.tenancy.oc1..…", "fingerprint": "12:34:…", '
                     '"region": "us-ashburn-1", "key_content": "-----BEGIN PRIVATE KEY-----…"}'
-                    '  or  {"auth": "instance_principal"}'
+                    f'  or  {{"auth": "{auth.INSTANCE_PRINCIPAL.name}"}}'
                 ),
             },
         }
@@ -90,13 +96,14 @@ def credentials_from_connection(
     if password:
         mask_secret(password)
 
-    auth = str(fields.get("auth", "api_key"))
-    if auth in PRINCIPALS:
-        return Credentials.from_principal(auth)  # type: ignore[arg-type]
-    if auth != "api_key":
+    name = str(fields.get("auth", auth.API_KEY.name))
+    mode = MODES.get(name)
+    if mode is None:
         raise ConfigError(
-            _key(conn_id, "auth"), f"must be api_key, {' or '.join(PRINCIPALS)}; got {auth!r}"
+            _key(conn_id, "auth"), f"must be {auth.choices(MODES.values())}; got {name!r}"
         )
+    if not mode.uses_profile:
+        return Credentials.from_principal(cast(auth.Principal, mode.name))
 
     fields.setdefault("user", login)
     missing = [k for k in ("user", "fingerprint", "tenancy", "region") if not fields.get(k)]
@@ -106,7 +113,7 @@ def credentials_from_connection(
         raise ConfigError(
             _key(conn_id, missing[0]),
             f"is missing: an API-key connection needs {', '.join(missing)} in its extras "
-            "(the user may be the login instead); or set auth to instance_principal",
+            f"(the user may be the login instead); or set auth to {auth.INSTANCE_PRINCIPAL.name}",
         )
     try:
         return Credentials.from_api_key(

@@ -37,7 +37,7 @@ import orjson
 import pyarrow.fs as pafs
 import structlog
 
-from connector import interrupt, names
+from connector import formats, interrupt, names
 from connector.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, ConnectorError, PublishError
 from connector.lake import (
     changes,
@@ -53,7 +53,7 @@ from connector.lake import (
 )
 from connector.lake.layout import Layout
 from connector.lake.manifest import Manifest, RunOutcome, merge, read_manifest, utc_now
-from connector.sinks import FileInfo, SinkOptions, formats
+from connector.sinks import FileInfo, SinkOptions
 
 if TYPE_CHECKING:
     from connector.config import OutputSettings, Settings

@@ -3,7 +3,7 @@
 Rows stream to disk as pages arrive, before a listing is known to be complete; when some listing
 fails and a partial result is still published (``output.allow_partial``), its rows come out
 here, a row group (or a chunk of lines) at a time, so memory stays flat. Each file is filtered
-by its format (``connector.sinks.formats``); rejects files by ``connector.sinks.rejects``.
+by its format (``connector.formats``); rejects files by ``connector.sinks.rejects``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any, cast
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from connector.sinks import FileInfo, formats, rejects
+from connector import formats
+from connector.sinks import FileInfo, rejects
 
 
 def drop_compartments(

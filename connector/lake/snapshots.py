@@ -14,11 +14,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from connector import formats
 from connector.errors import PublishError
 from connector.lake.durable import read_json
 from connector.lake.layout import exists
 from connector.pages import WorkItem
-from connector.sinks import formats
 
 _DATE_DIR = re.compile(r"^snapshot_date=(\d{4}-\d{2}-\d{2})$")
 _PLAIN = re.compile(r"[^\t\n]*")

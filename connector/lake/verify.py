@@ -2,7 +2,7 @@
 
 A shard's manifest says which files it wrote, with their size and row count. Before ``commit``
 publishes anything, each file must exist with exactly that size and hold exactly that many rows,
-as its format counts them (``connector.sinks.formats``): the Parquet footer's row count (the
+as its format counts them (``connector.formats``): the Parquet footer's row count (the
 footer is at the end of the file, so a file cut short has none), or the number of lines of an
 NDJSON or rejects file (gzip included, read to its end so that a cut gzip stream fails its CRC).
 A file that fails stops the commit, which names the shard and the file; nothing is published.
@@ -19,10 +19,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from connector import names
+from connector import formats, names
 from connector.errors import ConnectorError
 from connector.lake import durable
-from connector.sinks import formats, rejects
+from connector.sinks import rejects
 
 
 class VerificationError(ConnectorError):

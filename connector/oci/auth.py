@@ -1,6 +1,7 @@
 """Credentials: OCI config profiles and the signers that sign each request.
 
-Four authentication modes, as the OCI CLI has them:
+Four authentication modes, as the OCI CLI has them, each one record of ``MODES`` (what it
+needs, how its signer is built, what to check when the service refuses it):
 
 - ``api_key``: a user's API key from an OCI config profile (``key_file``, ``pass_phrase``);
 - ``security_token``: a session token (``security_token_file``) with the session key; the file
@@ -9,15 +10,20 @@ Four authentication modes, as the OCI CLI has them:
   extra), called through their public path so that their token refresh happens, off the event
   loop because refreshing does blocking I/O.
 
+``oci.auth`` is checked against ``MODES`` (``connector.validation``), and so is the ``auth`` of
+an Airflow Connection; ``troubleshoot`` takes each mode's advice from its record. (``oci.auth``'s
+help and the ``Principal`` type name the modes too: tests hold both to ``MODES``.)
+
 Nothing here logs or repeats a secret: errors name files and keys, never their content.
 """
 
 from __future__ import annotations
 
 import configparser
+import difflib
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, runtime_checkable
@@ -37,7 +43,6 @@ if TYPE_CHECKING:
 
 DEFAULT_CONFIG_FILE = "~/.oci/config"
 DEFAULT_PROFILE = "DEFAULT"
-AUTH_MODES = ("api_key", "security_token", "instance_principal", "resource_principal")
 
 
 class RequestSigner(Protocol):
@@ -265,36 +270,131 @@ def sign_headers(
     )
 
 
-def principal_signer(mode: str) -> SdkSigner:
-    """The official SDK's instance- or resource-principal signer, from the ``oci`` extra."""
-    try:
-        from oci.auth import signers
-    except ImportError:
-        raise ConfigError(
-            "oci.auth",
-            f"{mode} needs the official SDK: pip install 'oci-images-connector[oci]'",
-        ) from None
-    try:
-        if mode == "instance_principal":
-            return SdkSigner(signers.InstancePrincipalsSecurityTokenSigner(), mode)
-        return SdkSigner(signers.get_resource_principals_signer(), mode)
-    except Exception as exc:  # the SDK raises many kinds; say which mode failed and why
-        raise AuthError(
-            f"{mode} credentials are not available here: {type(exc).__name__}"
-        ) from None
+@dataclass(frozen=True, slots=True)
+class AuthMode:
+    """One authentication mode (``oci.auth``): what it needs and how its signer is built.
+
+    Exactly one of ``from_profile`` and ``from_sdk`` is set.
+    """
+
+    name: str
+    """The value of ``oci.auth`` (and of an Airflow Connection's ``auth``)."""
+    description: str
+    """One line: who signs."""
+    from_profile: Callable[[Profile], RequestSigner] | None = None
+    """Builds the signer from a profile of an OCI config file (``oci.config_file``,
+    ``oci.profile``), for a mode that reads one."""
+    from_sdk: Callable[[Any], Callable[[Any], Any]] | None = None
+    """Builds the official SDK's signer from its ``oci.auth.signers`` module, for a principal."""
+    extra: str = ""
+    """The package extra the mode needs, if any (``pip install 'oci-images-connector[oci]'``)."""
+    after_401: str = ""
+    """What to check when the service still refuses the signature; ``{profile}`` is who signed."""
+
+    @property
+    def uses_profile(self) -> bool:
+        """Whether the mode reads a profile of an OCI config file."""
+        return self.from_profile is not None
+
+    def signer(self, profile: Profile | None = None) -> RequestSigner:
+        """The signer: from ``profile`` for a mode that reads one, else the SDK's principal."""
+        if self.from_profile is None:
+            return self.principal()
+        if profile is None:
+            raise ConfigError("oci.profile", f"{self.name} signs with a profile; none was read")
+        return self.from_profile(profile)
+
+    def principal(self) -> SdkSigner:
+        """The official SDK's signer for this principal, from the ``oci`` extra."""
+        if self.from_sdk is None:
+            raise ConfigError("oci.auth", f"{self.name!r} is not a principal")
+        try:
+            from oci.auth import signers
+        except ImportError:
+            raise ConfigError(
+                "oci.auth",
+                f"{self.name} needs the official SDK: pip install "
+                f"'oci-images-connector[{self.extra}]'",
+            ) from None
+        try:
+            return SdkSigner(self.from_sdk(signers), self.name)
+        except Exception as exc:  # the SDK raises many kinds; say which mode failed and why
+            raise AuthError(
+                f"{self.name} credentials are not available here: {type(exc).__name__}"
+            ) from None
+
+
+_PRINCIPAL_401 = (
+    "the {name} token was refreshed and still refused: check that the instance or resource "
+    "is matched by a dynamic group, and the policies for it"
+)
+
+API_KEY = AuthMode(
+    "api_key",
+    "a user's API key, from a profile of an OCI config file",
+    from_profile=ApiKeySigner.from_profile,
+    after_401=(
+        "check {profile}: fingerprint must be that of the public key uploaded for the user "
+        "(Console: Identity > Users > API keys), key_file its private key, user and tenancy "
+        "the right OCIDs for this realm, and this machine's clock right to within 5 minutes"
+    ),
+)
+SECURITY_TOKEN = AuthMode(
+    "security_token",
+    "a session token (oci session authenticate) and its key, from a profile",
+    from_profile=SecurityTokenSigner.from_profile,
+    after_401=(
+        "the session token of {profile} has probably expired: run "
+        "`oci session refresh` (or `oci session authenticate`) for that profile"
+    ),
+)
+INSTANCE_PRINCIPAL = AuthMode(
+    "instance_principal",
+    "the compute instance itself, through a dynamic group",
+    from_sdk=lambda signers: signers.InstancePrincipalsSecurityTokenSigner(),
+    extra="oci",
+    after_401=_PRINCIPAL_401.replace("{name}", "instance principal"),
+)
+RESOURCE_PRINCIPAL = AuthMode(
+    "resource_principal",
+    "the resource itself (a function, a job), through a dynamic group",
+    from_sdk=lambda signers: signers.get_resource_principals_signer(),
+    extra="oci",
+    after_401=_PRINCIPAL_401.replace("{name}", "resource principal"),
+)
+
+MODES: dict[str, AuthMode] = {
+    mode.name: mode for mode in (API_KEY, SECURITY_TOKEN, INSTANCE_PRINCIPAL, RESOURCE_PRINCIPAL)
+}
+"""Every authentication mode, by name."""
+
+Principal = Literal["instance_principal", "resource_principal"]
+"""The names of the modes without a profile, for ``Credentials.from_principal`` (a test holds
+this type to ``MODES``)."""
+
+
+def mode_named(name: str, key: str = "oci.auth") -> AuthMode:
+    """The mode ``name``; ``ConfigError`` naming ``key`` and the modes otherwise."""
+    mode = MODES.get(name)
+    if mode is None:
+        close = difflib.get_close_matches(name, list(MODES), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(key, f"must be one of {choices(MODES.values())}; got {name!r}{hint}")
+    return mode
+
+
+def choices(modes: Iterable[AuthMode]) -> str:
+    """``modes`` for a message: "api_key (a user's API key, ...), ... or resource_principal
+    (...; the [oci] extra)"."""
+    shown = [
+        f"{m.name} ({m.description}{f'; the [{m.extra}] extra' if m.extra else ''})" for m in modes
+    ]
+    return ", ".join(shown[:-1]) + " or " + shown[-1] if len(shown) > 1 else "".join(shown)
 
 
 def make_signer(mode: str, profile: Profile | None) -> RequestSigner:
     """The signer for an authentication mode."""
-    if mode == "api_key":
-        assert profile is not None
-        return ApiKeySigner.from_profile(profile)
-    if mode == "security_token":
-        assert profile is not None
-        return SecurityTokenSigner.from_profile(profile)
-    if mode in ("instance_principal", "resource_principal"):
-        return principal_signer(mode)
-    raise ConfigError("oci.auth", f"must be one of {', '.join(AUTH_MODES)}; got {mode!r}")
+    return mode_named(mode).signer(profile)
 
 
 def _text(value: object) -> str | None:
@@ -310,7 +410,7 @@ class Credentials:
     tenancy: str | None = None
     label: str = ""
     """Who signs, for messages: 'profile "DEFAULT" of ~/.oci/config', "instance_principal"."""
-    auth: str = "api_key"
+    auth: str = API_KEY.name
 
     @classmethod
     def from_api_key(
@@ -330,22 +430,19 @@ class Credentials:
         return cls(signer, region, tenancy, f"the API key {fingerprint} of user {user}")
 
     @classmethod
-    def from_principal(
-        cls, kind: Literal["instance_principal", "resource_principal"]
-    ) -> Credentials:
+    def from_principal(cls, kind: Principal) -> Credentials:
         """An instance or resource principal (needs the ``oci`` extra)."""
-        if kind not in ("instance_principal", "resource_principal"):
-            raise ConfigError("oci.auth", f"{kind!r} is not a principal")
-        signer = principal_signer(kind)
+        signer = mode_named(kind).principal()
         return cls(signer, signer.region, signer.tenancy, kind, kind)
 
 
 def resolve_credentials(settings: Settings) -> Credentials:
-    """The credentials ``settings.oci`` names (profile, or principal), checked against what the
-    run needs: a region when none is configured, a tenancy when compartments are discovered.
-    Raises ``ConfigError`` before any request."""
+    """The credentials ``settings.oci`` names (profile, or principal). Raises ``ConfigError``
+    before any request; whether they suit the run (a region, a tenancy) is
+    ``connector.validation.check_credentials``."""
     oci = settings.oci
-    if oci.auth in ("api_key", "security_token"):
+    mode = mode_named(oci.auth)
+    if mode.uses_profile:
         path, name = resolve_config_location(oci.config_file, oci.profile)
         profile = load_profile(path, name)
 
@@ -355,39 +452,15 @@ def resolve_credentials(settings: Settings) -> Credentials:
             if secret:
                 warn_if_exposed(secret, "key file")
         try:
-            signer = make_signer(oci.auth, profile)
+            signer = mode.signer(profile)
         except AuthError as exc:
             raise ConfigError("oci.profile", str(exc)) from None
         label = f'profile "{profile.name}" of {profile.source}'
-        credentials = Credentials(signer, profile.region, profile.tenancy, label, oci.auth)
-    else:
-        try:
-            credentials = Credentials.from_principal(
-                cast(Literal["instance_principal", "resource_principal"], oci.auth)
-            )
-        except AuthError as exc:
-            raise ConfigError("oci.profile", str(exc)) from None
-    check_credentials(settings, credentials)
-    return credentials
-
-
-def check_credentials(settings: Settings, credentials: Credentials) -> None:
-    """Fail with ``ConfigError`` unless ``credentials`` and ``settings`` together name a region
-    and, when discovery needs one, a tenancy."""
-    regions = settings.oci.regions
-    if (not regions or regions == ("subscribed",)) and not credentials.home_region:
-        raise ConfigError("oci.regions", "is empty and the OCI profile names no region")
-    needs_tenancy = regions == ("subscribed",) or not settings.scope.compartments
-    if needs_tenancy and not (settings.scope.tenancy or credentials.tenancy):
-        raise ConfigError("scope.tenancy", "is needed for discovery and the profile has none")
-    from connector import config
-
-    config.check_home_region(
-        settings, credentials.home_region, credentials.label or "the credentials"
-    )
-    tenancy = settings.scope.tenancy or credentials.tenancy
-    if tenancy and tenancy in settings.scope.exclude:
-        raise ConfigError("scope.exclude", config.EXCLUDES_ROOT)
+        return Credentials(signer, profile.region, profile.tenancy, label, mode.name)
+    try:
+        return Credentials.from_principal(cast(Principal, mode.name))
+    except AuthError as exc:
+        raise ConfigError("oci.profile", str(exc)) from None
 
 
 def warn_if_exposed(path: str | os.PathLike[str], what: str) -> str | None:

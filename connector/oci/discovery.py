@@ -12,12 +12,11 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import orjson
 import structlog
 
-from connector import names
+from connector import flavors, names
 from connector.errors import ConfigError, ConnectorError, OciApiError
 from connector.oci import (
     compartments,
@@ -55,15 +54,12 @@ class Endpoints:
     def from_settings(cls, oci: OciSettings, home: str | None = None) -> Endpoints:
         """The configured overrides, else each region's public endpoints.
 
-        Identity defaults to ``oci.endpoint``, except on a Private Cloud Appliance reached at
-        ``https://iaas.<domain>``, whose Identity service lives at ``https://identity.<domain>``.
+        Identity defaults to ``oci.endpoint``, or where the flavor puts it beside Compute (on a
+        Private Cloud Appliance reached at ``https://iaas.<domain>``: ``https://identity.<domain>``).
         """
-        identity = oci.identity_endpoint or oci.endpoint
-        if not oci.identity_endpoint and oci.flavor == "pca":
-            parts = urlsplit(oci.endpoint)
-            if parts.scheme == "https" and (parts.hostname or "").startswith("iaas."):
-                netloc = parts.netloc.replace("iaas.", "identity.", 1)
-                identity = parts._replace(netloc=netloc).geturl()
+        identity = oci.identity_endpoint or flavors.named(oci.flavor).identity_endpoint(
+            oci.endpoint
+        )
         return cls(oci.endpoint, identity, home)
 
     def compute(self, region: str) -> str:

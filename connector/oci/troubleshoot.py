@@ -3,12 +3,16 @@
 Each failure the client gives up on is told with the call (ListImages ...), the host, the
 credentials (profile or principal) and, from here, the next step. The advice is the checklist
 an OCI administrator runs through for that status, narrowed by what the response itself shows
-(the server's clock, the code, the authentication mode).
+(the server's clock, the code, the authentication mode). What is particular to a mode or a
+flavor is worded in its record (``connector.oci.auth.MODES``, ``connector.flavors``).
 """
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
+
+from connector import flavors
+from connector.oci import auth as authentication
 
 # Identity's and Compute's list calls, by the last segment of their path.
 CALLS = {
@@ -60,11 +64,7 @@ def for_status(
             "raise the tenancy's limit"
         )
     if status == 400 and code in ("InvalidParameter", "MissingParameter"):
-        return (
-            "a filter or parameter was refused: check [filters] (filters.sort_by: the appliance "
-            'spells it NAME, OCI DISPLAYNAME; set oci.flavor = "pca" for a Private Cloud '
-            "Appliance or Compute Cloud@Customer)"
-        )
+        return f"a filter or parameter was refused: check [filters] ({flavors.sort_by_advice()})"
     return ""
 
 
@@ -83,21 +83,8 @@ def _unauthenticated(auth: str, profile: str, clock_skew_s: float | None) -> str
             f"this machine's clock is {abs(clock_skew_s):.0f} s {direction} the server's; OCI "
             "refuses signatures more than 5 minutes off: synchronise the clock (NTP)"
         )
-    if auth == "security_token":
-        return (
-            f"the session token of {profile} has probably expired: run "
-            "`oci session refresh` (or `oci session authenticate`) for that profile"
-        )
-    if auth in ("instance_principal", "resource_principal"):
-        return (
-            f"the {auth.replace('_', ' ')} token was refreshed and still refused: check that "
-            "the instance or resource is matched by a dynamic group, and the policies for it"
-        )
-    return (
-        f"check {profile}: fingerprint must be that of the public key uploaded for the user "
-        "(Console: Identity > Users > API keys), key_file its private key, user and tenancy "
-        "the right OCIDs for this realm, and this machine's clock right to within 5 minutes"
-    )
+    mode = authentication.MODES.get(auth, authentication.API_KEY)
+    return mode.after_401.format(profile=profile)
 
 
 def for_tls(host: str, ca_source: str, reason: str, proxy: str | None) -> str:

@@ -1,6 +1,6 @@
 """Sinks: write record batches as they arrive, one file series per region partition.
 
-Every format (``connector.sinks.formats``) writes through ``pyarrow.fs`` into the run's staging
+Every format (``connector.formats``) writes through ``pyarrow.fs`` into the run's staging
 directory; publishing (the swap into the lake) is ``connector.lake.publisher``'s job. pyarrow is
 imported here for types only: ``connector.config`` imports the formats' registry from this
 package.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from connector import names
-from connector.sinks.formats import (
+from connector.formats import (
     FileInfo,
     FileSeries,
     FileWriter,

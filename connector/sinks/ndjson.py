@@ -15,7 +15,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from connector.sinks.formats import NDJSON, RowPredicate
+from connector.formats import NDJSON, RowPredicate
 
 _OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
 _LINES_PER_BATCH = 16_384

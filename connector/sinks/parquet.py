@@ -3,7 +3,7 @@
 ``ParquetWriter.write_batch`` closes a row group on every call, so batches (one per page) are
 buffered until a row group is full and then written as one table. Encoding and compression run
 in C++ with the GIL released, so they overlap with parsing on the other core. What the format
-registry (``connector.sinks.formats``) asks of Parquet files is here too: their rows counted
+registry (``connector.formats``) asks of Parquet files is here too: their rows counted
 from the footer, read back, and rewritten without some rows.
 """
 
@@ -17,8 +17,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from connector import schema
+from connector.formats import RowPredicate
 from connector.sinks import FileInfo, RollingFiles, SeriesPlace, SinkOptions
-from connector.sinks.formats import RowPredicate
 
 _BATCH_ROWS = 65_536
 

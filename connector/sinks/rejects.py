@@ -14,9 +14,9 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from connector.formats import REJECTS_EXTENSION, RowPredicate
 from connector.pages import Reject
 from connector.sinks import FileInfo, ndjson
-from connector.sinks.formats import REJECTS_EXTENSION, RowPredicate
 
 
 def is_rejects(path: str) -> bool:

@@ -86,10 +86,15 @@ class TestCredentialsFromConnection:
         assert "oci_test" in str(caught.value)
         assert key.splitlines()[1] not in str(caught.value)
 
-    def test_unknown_auth_is_refused(self) -> None:
-        """auth names api_key or a principal; anything else is a ConfigError."""
-        with pytest.raises(ConfigError, match="auth"):
-            credentials_from_connection("oci_test", {"auth": "password"})
+    @pytest.mark.parametrize("auth", ["password", "security_token"])
+    def test_unknown_auth_is_refused(self, auth: str) -> None:
+        """auth names api_key or a principal; anything else (a mode that reads files of an OCI
+        config profile included) is a ConfigError listing the modes a Connection can hold."""
+        with pytest.raises(ConfigError, match="auth") as caught:
+            credentials_from_connection("oci_test", {"auth": auth})
+        assert "api_key (" in caught.value.reason
+        assert "instance_principal (" in caught.value.reason
+        assert "security_token (" not in caught.value.reason
 
     def test_key_and_pass_phrase_are_masked_in_logs(self, emulator: EmulatorServer) -> None:
         """Building credentials registers the key and pass phrase with Airflow's log masker."""
