@@ -234,8 +234,8 @@ def diff(
         tables,
     )
 
-    older = config.check_snapshot_date("--from", from_date)
-    newer = config.check_snapshot_date("--to", to_date)
+    older = config.date_argument("--from", from_date)
+    newer = config.date_argument("--to", to_date)
     store = storage.resolve(settings.output.uri, settings.output.storage_options)
     table = tables.for_output(settings.output, store)
     return changes.diff_published(

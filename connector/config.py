@@ -255,7 +255,7 @@ def _snapshot_date(key: str, value: Any) -> str:
         raise ConfigError(key, f"must be a date YYYY-MM-DD, got {text!r}") from None
 
 
-def check_snapshot_date(key: str, value: Any) -> str:
+def date_argument(key: str, value: Any) -> str:
     """A snapshot date given to a command or the API (``--from``): YYYY-MM-DD, required."""
     if value == "":
         raise ConfigError(key, "must be a date YYYY-MM-DD, got nothing")

@@ -89,14 +89,11 @@ def quiet_gc(threshold: int = 200_000) -> Iterator[None]:
 
 
 def prompt_allocator() -> None:
-    """Have pyarrow allocate with jemalloc and give freed memory back to the system at once.
-
-    pyarrow's default allocator (mimalloc) keeps freed pages for reuse; across a run that
-    writes millions of rows in four regions, each worker held about 40 MB it no longer used
-    (measured at 2,000 compartments x 4 regions: 412 MB of PSS for the process tree, 318 MB
-    with this, at the same speed). Environment variables, so it must run before pyarrow is
-    imported; a choice the user made in the environment is kept. Only for processes that are
-    entirely this tool's (the CLI and its workers).
+    """Have pyarrow allocate with jemalloc and give freed memory back to the system at once:
+    its default allocator keeps freed pages, about 40 MB a worker over a large run
+    (``docs/performance.md``, "Memory"). Environment variables, so it must run before
+    pyarrow is imported; a choice the user made in the environment is kept. Only for processes
+    that are entirely this tool's (the CLI and its workers).
     """
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
     os.environ.setdefault("JE_ARROW_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
@@ -113,26 +110,11 @@ WORKER_MALLOC = {
     "MALLOC_MMAP_THRESHOLD_": str(PARSING_MMAP_THRESHOLD),
     "MALLOC_TRIM_THRESHOLD_": str(PARSING_TRIM_THRESHOLD),
 }
-"""glibc's settings for the worker processes, through their environment (``connector.spawn``).
-
-A worker parses every page with orjson, which takes one block of about twelve times the
-page's size for its document (12 MB for a page of 1,000 images), touches 2 MB of it, and frees
-it after the page. Mapped apart (the fetching process's threshold), each block was a new
-mapping and every page of it touched faulted in, about 450 page faults a page, and unmapping
-it cost more system time. glibc's default threshold would adapt to the blocks, but it also
-carves the page bodies from the heap and leaves its holes behind (``fixed_mmap_threshold``).
-
-So the workers map apart only blocks of 32 MB and more (glibc's largest threshold), and keep
-up to 16 MB free at the heap's top instead of returning it after each page, where the next
-page's document reuses it (pages of up to about 1.3 MB; a larger page's block goes back, and
-the next one faults in, as before). Measured here:
-
-- converting and writing 100 pages of 1,000 images in two workers (S3): 127,000 → 59,000 page
-  faults, 1.56 → 1.33 CPU s (0.39 → 0.23 of it system time);
-- 2,000 compartments x 4 regions (2.7 million rows): 80 → 72 s, at 274 → 284 MB of peak PSS
-  for the process tree (S4's goal: 300 MB);
-- S1: 1.17x → 1.13x the bare client.
-"""
+"""glibc's settings for the worker processes, through their environment (``connector.spawn``):
+orjson takes a block of about twelve times a page's size for its document and frees it after
+the page, so the workers keep such blocks on the heap (mapped apart only from 32 MB, up to
+16 MB kept free at its top) instead of mapping and faulting them in again for every page
+(``docs/performance.md``, "The heap where pages are parsed")."""
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -142,11 +124,10 @@ def fixed_mmap_threshold() -> None:
     """Keep glibc from holding on to freed page bodies (the fetching process of this tool's
     own only).
 
-    glibc raises its mmap threshold to the largest block freed so far, so after the first page
-    body (100 KB to 1 MB) every later one is carved from the heap, and the holes they leave are
-    never given back: measured here, 20 MB more in the fetching process over a run of 8,000
-    listings. A fixed threshold maps each body apart and unmaps it when freed. Where pages are
-    parsed, the settings differ (``WORKER_MALLOC``, ``parsing_heap``).
+    glibc raises its mmap threshold to the largest block freed so far, so page bodies end up
+    carved from the heap, whose holes are never given back; a fixed threshold maps each body
+    apart and unmaps it when freed. Where pages are parsed, the settings differ
+    (``WORKER_MALLOC``, ``parsing_heap``).
     """
     global _tuned
     _tuned = _mallopt({_M_MMAP_THRESHOLD: MMAP_THRESHOLD})
@@ -156,9 +137,6 @@ def parsing_heap() -> None:
     """The worker processes' settings (``WORKER_MALLOC``) for this process, when it parses the
     pages itself (``fetch.workers = 0``); only where ``fixed_mmap_threshold`` has made the
     allocator this tool's to tune (the CLI), never in a library user's process.
-
-    Measured without worker processes: at 2,000 compartments x 4 regions the peak PSS was the
-    same (227 MB before, 224 MB with it), and S1 took 1.77 s instead of 1.94 s.
     """
     if _tuned:
         _mallopt(

@@ -19,6 +19,7 @@ from connector.errors import TransportError
 from connector.pages import Page, PageError, RunInfo
 from connector.sinks import SeriesPlace, SinkOptions
 from connector.sinks.parquet import ParquetSeries
+from connector.workers import records
 from connector.workers.normalize import normalize_page
 
 MiB = 1 << 20
@@ -106,7 +107,7 @@ class TestSplit:
     @given(st.lists(json_values, max_size=6))
     def test_split_finds_each_element(self, values: list[Any]) -> None:
         """Any JSON array splits into its elements, each parsing back to the value."""
-        elements = limits.split_array(orjson.dumps(values))
+        elements = records.array_elements(orjson.dumps(values))
         assert elements is not None
         assert values == [orjson.loads(e) for e in elements]
 
@@ -118,16 +119,16 @@ class TestSplit:
                 {"id": "b", "tags": {"k": {"n": "]"}}, "vols": [{"i": 1}]},
             ]
         )
-        assert limits.split_array(body) is not None
+        assert records.array_elements(body) is not None
         for cut in range(len(body)):
-            assert limits.split_array(body[:cut]) is None, body[:cut]
+            assert records.array_elements(body[:cut]) is None, body[:cut]
 
     @pytest.mark.parametrize(
         "body", [b"", b"{}", b"[1,]", b"[,1]", b"[1 2", b"[1]]", b"[1] x", b'["a]', b"[1}"]
     )
     def test_broken_structure_does_not_split(self, body: bytes) -> None:
         """Not an array, empty elements, text after the end, an open string."""
-        assert limits.split_array(body) is None
+        assert records.array_elements(body) is None
 
 
 RUN = RunInfo("run-1", date(2026, 11, 27))

@@ -257,12 +257,9 @@ def long_listings_early(
 
     A listing's pages come one after another (each page's token is in the one before), so a
     long listing taken last runs alone at the end of the fetch while the other tasks have
-    nothing left to do. Long means more than a quarter of what each task fetches in all: in S1,
-    the listings of four to six pages, of the region's 220 on 16 tasks. All of them at the very
-    start instead would put the heaviest conversion at the start of every shard at once: four
-    shards on one machine then fell behind the rate limit (S5 at 1,000 compartments: 1.25x the
-    rate bound, against 1.08x in discovery's order; spread, 1.10x against 1.10x), and S1 gained
-    less (1.42x the bare client, against 1.31x spread and 1.47x in discovery's order).
+    nothing left to do. Long means more than a quarter of what each task fetches in all. Spread
+    rather than all at the very start, which would put the heaviest conversion at the start of
+    every shard at once (``docs/performance.md``, "Long listings early").
     """
     if not pages:
         return list(listings)

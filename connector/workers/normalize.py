@@ -29,7 +29,6 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connector.limits import raw_text, split_array
 from connector.pages import Page, PageError, Reject, RunInfo, dump_json
 from connector.schema import (
     API_COLUMNS,
@@ -41,6 +40,7 @@ from connector.schema import (
     UTC_MICROS,
     Column,
 )
+from connector.workers.records import array_elements, raw_text
 
 _CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
 
@@ -58,14 +58,14 @@ def parse_split(body: bytes) -> tuple[list[Any], list[tuple[str, str]]]:
     """The records of a page, and (text, reason) of each element that cannot be parsed alone.
 
     The whole page is parsed at once; only when that fails is it split into its elements
-    (``limits.split_array``) and each parsed on its own, so that one record nested 5,000 deep,
+    (``records.array_elements``) and each parsed on its own, so that one record nested 5,000 deep,
     with invalid UTF-8 or a lone surrogate costs only itself. ``PageError`` when the page's own
     structure is broken (cut short, not an array): that is retried, not rejected.
     """
     try:
         records = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        elements = split_array(body)
+        elements = array_elements(body)
         if elements is None:
             raise PageError(f"the page is not valid JSON (cut short?): {exc}") from None
         records = []

@@ -208,14 +208,11 @@ def shared_budget(options: SinkOptions, workers: int) -> SinkOptions:
     """Sink options for one of ``workers`` writer processes.
 
     A writer holds a row group in memory until it is full (and its regions share that budget,
-    see ``PartitionedSink``), so the processes share one budget of ``PROCESS_ROW_BUDGET`` rows:
-    with two, each writes row groups of 24k rows. The floor keeps row groups worth reading when
-    there are many workers (16k rows with three or four). Measured, the peak PSS of the process
-    tree, whose goal is 300 MB:
-
-    - 2,000 compartments in 4 regions, 64k rows for each worker: 315 MB;
-    - S5 (5,000 compartments in 4 regions), a budget of 64k rows: 287 and 289 MB; of 48k rows:
-      279 and 270 MB, at the same wall time (the rate limit's).
+    see ``PartitionedSink``), so the processes share one budget of ``PROCESS_ROW_BUDGET`` rows,
+    which keeps the process tree's peak memory within its goal
+    (``docs/performance.md``, "Memory"): with two, each writes row groups of 24k rows.
+    The floor keeps row groups worth reading when there are many workers (16k rows with three or
+    four).
     """
     rows = max(ROW_GROUP_FLOOR, PROCESS_ROW_BUDGET // workers)
     return replace(options, row_group_rows=min(rows, options.row_group_rows))
