@@ -104,12 +104,6 @@ def decide(run_id: str, shards: Sequence[Manifest], output: OutputSettings) -> D
         )
         return Decision(None, message, EXIT_FAILED)
     manifest = merge(shards)
-    if manifest.failed and not output.allow_partial:
-        message = (
-            f"{len(manifest.failed)} listing(s) failed; nothing published "
-            "(output.allow_partial = false)"
-        )
-        return Decision(manifest, message, EXIT_PARTIAL)
     ratio = complete_ratio(manifest)
     floor = output.min_complete_ratio
     if manifest.failed and ratio < floor:
@@ -119,6 +113,12 @@ def decide(run_id: str, shards: Sequence[Manifest], output: OutputSettings) -> D
             f"{floor:g}; nothing published"
         )
         return Decision(manifest, message, EXIT_FAILED)
+    if manifest.failed and not output.allow_partial:
+        message = (
+            f"{len(manifest.failed)} listing(s) failed; nothing published "
+            "(output.allow_partial = false)"
+        )
+        return Decision(manifest, message, EXIT_PARTIAL)
     return Decision(manifest)
 
 
