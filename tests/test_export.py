@@ -118,15 +118,21 @@ def test_ndjson_gzip_equals_ground_truth(lake_emulator: EmulatorServer, tmp_path
 
 
 def test_unknown_compartment_is_partial(lake_emulator: EmulatorServer, tmp_path: Path) -> None:
-    """A 404 compartment: exit 3, nothing published; with allow_partial, published without it."""
+    """A 404 compartment: exit 3, nothing published; below the floor, exit 1 with or without
+    allow_partial; with allow_partial above the floor, published without it."""
     world = lake_emulator.world
     good = [c.id for c in world.listable_compartments()[:3]]
     missing = "ocid1.compartment.oc1..aaaaaaaamissingmissingmissingmissingmissingmissingmissing"
     scope = {"compartments": [*good, missing]}
-    config = write_config(tmp_path, lake_emulator, scope=scope, oci={"regions": ["us-ashburn-1"]})
+    regions = {"regions": ["us-ashburn-1"]}
+    floor = {"min_complete_ratio": 0.5}
+    config = write_config(tmp_path, lake_emulator, scope=scope, oci=regions, output=floor)
     assert 3 == run(config)
     assert not partition(tmp_path).exists()
     assert not list((tmp_path / "lake").glob("_staging/*"))
+    # 3 of 4 listings complete is below the default floor (0.9): exit 1, as with allow_partial.
+    assert 1 == run(write_config(tmp_path, lake_emulator, scope=scope, oci=regions))
+    assert not partition(tmp_path).exists()
     config = write_config(
         tmp_path,
         lake_emulator,

@@ -29,6 +29,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 import connector
 from connector import ConfigError, ConnectorError, Credentials, RunOutcome, Settings
 from connector.airflow.hook import OciHook
+from connector.lake import layout
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -225,10 +226,10 @@ def published_extra(settings: Settings, outcome: RunOutcome) -> dict[str, Any]:
     """What a published run's asset event carries: where it is, which run, how much."""
     manifest = outcome.manifest
     date = manifest.snapshot_date if manifest else settings.output.effective_snapshot_date
-    partition = f"{_location(settings.output.uri)}/images/snapshot_date={date}"
+    partition = layout.partition_of(_location(settings.output.uri), layout.IMAGES, date)
     return _summary(outcome) | {
         "uri": partition,
-        "manifest": f"{partition}/_manifest.json",
+        "manifest": f"{partition}/{layout.MANIFEST}",
         "snapshot_date": date,
         "format": settings.output.format,
     }

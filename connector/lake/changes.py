@@ -29,6 +29,7 @@ import pyarrow.fs as pafs
 import structlog
 
 from connector import schema
+from connector.lake.layout import IMAGES, partition_of
 from connector.sinks import FileInfo, SinkOptions
 
 if TYPE_CHECKING:
@@ -374,7 +375,7 @@ def diff_published(
     def rows_of(day: str, document: Any) -> Callable[[], Iterable[pa.RecordBatch]]:
         if table is not None:
             return lambda: table.scan(day)
-        partition = f"{base}/images/snapshot_date={day}"
+        partition = partition_of(base, IMAGES, day)
         return lambda: snapshots.read_batches(fs, partition, document["files"], schema.SCHEMA)
 
     context = DiffContext(date.fromisoformat(from_date), date.fromisoformat(to_date), run_id)
@@ -415,7 +416,7 @@ def stage_changes(
         if table is not None:
             return table.scan(before)
         document = snapshots.manifest(fs, layout.base, before)
-        partition = f"{layout.base}/images/snapshot_date={before}"
+        partition = partition_of(layout.base, IMAGES, before)
         return snapshots.read_batches(fs, partition, document["files"], schema.SCHEMA)
 
     if before is not None:

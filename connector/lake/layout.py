@@ -174,6 +174,12 @@ def partition_of(base: str, dataset: str, snapshot_date: str) -> str:
     return f"{base}/{dataset}/snapshot_date={names.check_snapshot_date(snapshot_date)}"
 
 
+def table_data(base: str, dataset: str, snapshot_date: str) -> str:
+    """Where an Iceberg table's data files of one date live (``data/_snapshot_date=D/``)."""
+    day = names.check_snapshot_date(snapshot_date)
+    return f"{dataset_root(base, dataset)}/data/_snapshot_date={day}"
+
+
 def shard_prefixes(index: int, count: int) -> tuple[str, str]:
     """How the names of shard ``index`` of ``count``'s data and reject files begin; every
     shard's differ, so that a shard can remove its own files and no other's."""

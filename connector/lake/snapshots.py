@@ -16,8 +16,8 @@ import pyarrow.fs as pafs
 
 from connector import formats
 from connector.errors import PublishError
+from connector.lake import layout
 from connector.lake.durable import read_json
-from connector.lake.layout import exists
 from connector.pages import WorkItem
 
 _DATE_DIR = re.compile(r"^snapshot_date=(\d{4}-\d{2}-\d{2})$")
@@ -26,11 +26,12 @@ _PLAIN = re.compile(r"[^\t\n]*")
 
 def published_dates(fs: pafs.FileSystem, base: str, dataset: str = "images") -> list[str]:
     """Snapshot dates of ``dataset`` published complete (with ``_SUCCESS``), oldest first."""
-    entries = fs.get_file_info(pafs.FileSelector(f"{base}/{dataset}", allow_not_found=True))
+    root = layout.dataset_root(base, dataset)
+    entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     dates = []
     for entry in entries:
         match = _DATE_DIR.match(entry.base_name)
-        if match and exists(fs, f"{entry.path}/_SUCCESS"):
+        if match and layout.exists(fs, f"{entry.path}/{layout.SUCCESS}"):
             dates.append(match.group(1))
     return sorted(dates)
 
@@ -45,8 +46,8 @@ def previous_date(
 
 def manifest(fs: pafs.FileSystem, base: str, snapshot_date: str, dataset: str = "images") -> Any:
     """The manifest of a published snapshot; ``PublishError`` when there is none."""
-    path = f"{base}/{dataset}/snapshot_date={snapshot_date}/_manifest.json"
-    if not exists(fs, path):
+    path = f"{layout.partition_of(base, dataset, snapshot_date)}/{layout.MANIFEST}"
+    if not layout.exists(fs, path):
         raise PublishError(f"no published snapshot of {dataset} for {snapshot_date} ({path})")
     return read_json(fs, path)
 
@@ -59,13 +60,14 @@ def listing_pages(fs: pafs.FileSystem, base: str) -> dict[WorkItem, int]:
     of another shape give fewer hints or none.
     """
     try:
-        entries = fs.get_file_info(pafs.FileSelector(f"{base}/images", allow_not_found=True))
+        root = layout.dataset_root(base, layout.IMAGES)
+        entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
     except OSError:
         return {}
     days = sorted((e.base_name for e in entries if _DATE_DIR.match(e.base_name)), reverse=True)
     for day in days[:2]:  # the newest may be a partition a killed commit left without manifest
         try:
-            kept = _longer_listings(read_json(fs, f"{base}/images/{day}/_manifest.json"))
+            kept = _longer_listings(read_json(fs, f"{root}/{day}/{layout.MANIFEST}"))
         except (OSError, ValueError):
             continue
         pages = {}

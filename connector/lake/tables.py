@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from connector import schema
 from connector.errors import ConfigError, PublishError
-from connector.lake import door
+from connector.lake import door, layout
 from connector.lake.storage import Store
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ class DeltaWriter:
     @property
     def uri(self) -> str:
         """Where the table lives."""
-        return self.store.uri(f"{self.store.base}/{TABLE}")
+        return self.store.uri(layout.dataset_root(self.store.base, TABLE))
 
     def commit(self, run_id: str, snapshot_date: str, files: Sequence[str]) -> dict[str, Any]:
         """One ``overwrite`` of the date's rows."""
@@ -217,7 +217,7 @@ class IcebergWriter:
         kind = str(settings.pop("type", "sql") or "sql")
         self.name = str(settings.pop("name", "") or "oci_images")
         self.namespace = str(settings.pop("namespace", "") or "oci_images")
-        self.location = store.uri(f"{store.base}/{TABLE}")
+        self.location = store.uri(layout.dataset_root(store.base, TABLE))
         properties: dict[str, str] = {"type": kind, **store.iceberg_properties()}
         if kind == "sql":
             uri = str(settings.pop("uri", "") or "")
@@ -263,10 +263,8 @@ class IcebergWriter:
         folder, _, name = staged.rpartition("/")
         region = folder.rpartition("/")[2].removeprefix("region=")
         stem, _, extension = name.partition(".")
-        return (
-            f"{self.store.base}/{TABLE}/data/_snapshot_date={snapshot_date}/_region={region}/"
-            f"{stem}-{run_id}.{extension}"
-        )
+        folder = layout.table_data(self.store.base, TABLE, snapshot_date)
+        return f"{folder}/_region={region}/{stem}-{run_id}.{extension}"
 
     def commit(self, run_id: str, snapshot_date: str, files: Sequence[str]) -> dict[str, Any]:
         """The staged files, copied into the table's data folder, replace the date's files:
@@ -319,7 +317,7 @@ class IcebergWriter:
     def discard(self, run_id: str, snapshot_date: str) -> None:
         """Delete the data files a killed, uncommitted run copied into the table."""
         fs, base = self.store.fs, self.store.base
-        folder = f"{base}/{TABLE}/data/_snapshot_date={snapshot_date}"
+        folder = layout.table_data(base, TABLE, snapshot_date)
         selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
         copies = frozenset(
             info.path
