@@ -102,6 +102,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 REGIONS = ("us-ashburn-1", "eu-frankfurt-1")
+COMPANIONS = ("compartments", "changes")
 
 FETCH = {"page_size": 100, "max_attempts": 4}
 """What every case's configuration sets beyond ``tests.helpers.write_config``'s defaults:
@@ -182,10 +183,16 @@ class Lake:
 
     def published(self, platform: str = "once") -> Counter[bytes] | None:
         """The published snapshot's rows (None if none is published), after checking that it is
-        whole: a manifest, its marker, and exactly the files and rows the manifest lists."""
+        whole: a manifest, its marker, and exactly the files and rows the manifest lists; and
+        that its companions are the same run's, whole (``companions_agree``)."""
         if not self.partition.exists():
+            for name in COMPANIONS:
+                assert not (self.root / name / f"snapshot_date={DATE}").exists(), (
+                    f"{name} is published for a date whose images are not"
+                )
             return None
         manifest = orjson.loads((self.partition / "_manifest.json").read_bytes())
+        self.companions_agree(manifest)
         marker = "_PARTIAL" if manifest["status"] == "partial" else "_SUCCESS"
         assert (self.partition / marker).exists(), f"{marker} missing"
         listed = sorted(f["path"] for f in manifest["files"])
@@ -195,6 +202,25 @@ class Lake:
         rows = dataset.to_table().to_pylist(maps_as_pydicts="strict")
         assert manifest["rows"] == len(rows)
         return multiset([normalise_actual(r, platform) for r in rows])
+
+    def companions_agree(self, images: dict[str, Any]) -> None:
+        """Every companion the images manifest names is published by the same run, with its
+        marker and exactly the data files its manifest lists (one commit point for the date)."""
+        for name in COMPANIONS:
+            folder = self.root / name / f"snapshot_date={DATE}"
+            if name not in images.get("datasets", {}):
+                continue
+            manifest = orjson.loads((folder / "_manifest.json").read_bytes())
+            if images["run_id"] != manifest["run_id"]:
+                # Only a commit killed past its commit point (the images swap) leaves a
+                # companion behind, and its journal is there for the next start to finish it.
+                journals = self.root.glob("_staging/*/*/_commit.json")
+                runs = {orjson.loads(j.read_bytes())["run_id"] for j in journals}
+                assert images["run_id"] in runs, f"{name} names another run"
+            assert (folder / "_SUCCESS").exists(), f"{name} has no marker"
+            listed = sorted(f["path"] for f in manifest["files"])
+            on_disk = sorted(p.name for p in folder.iterdir() if not p.name.startswith("_"))
+            assert listed == on_disk, f"{name} holds files its manifest does not list"
 
     def leftovers(self) -> list[str]:
         """What is left in _staging and _trash (nothing, once a run has ended either way)."""

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow.fs as pafs
 import pytest
 
@@ -152,7 +153,36 @@ class S3Lake:
         (run_id,) = run_ids
         if settled or self.kind == "parquet":
             assert manifest["run_id"] == run_id, "the manifest names another run"
+        self.companions_agree(manifest)
         return run_id, multiset([normalise_actual(r, "once") for r in rows])
+
+    def journal_runs(self) -> set[str]:
+        """The runs whose commit journals wait in ``_staging``."""
+        found = set()
+        for path in self.objects("_staging"):
+            if path.endswith("/_commit.json"):
+                with self.store.fs.open_input_stream(f"{self.store.base}/_staging/{path}") as raw:
+                    found.add(str(orjson.loads(raw.read())["run_id"]))
+        return found
+
+    def companions_agree(self, images: dict[str, Any], exact: bool = False) -> None:
+        """Each companion the images manifest names is published by the same run, with its
+        marker and the files its manifest lists (``exact``: and no other file)."""
+        for name in images.get("datasets", {}):
+            partition = f"{self.store.base}/{name}/snapshot_date={DATE}"
+            manifest = read_document(self.store.fs, partition)
+            assert manifest is not None, f"{name} has no manifest"
+            if images["run_id"] != manifest["run_id"]:
+                # Only a commit killed past its commit point (the images manifest) leaves a
+                # companion behind, and its journal is there for the next start to finish it.
+                assert not exact, f"{name} names another run"
+                assert images["run_id"] in self.journal_runs(), f"{name} names another run"
+            objects = self.objects(f"{name}/snapshot_date={DATE}")
+            listed = {f["path"] for f in manifest["files"]}
+            assert "_SUCCESS" in objects, f"{name} has no marker"
+            assert listed <= objects, f"a file {name}'s manifest lists is missing"
+            if exact:
+                assert listed | {"_manifest.json", "_SUCCESS"} == objects, f"{name}: orphans"
 
     def settled(self, old_world: World, new_world: World, server: EmulatorServer) -> str:
         """Old or new snapshot, exact; then a clean run publishes the new one and leaves
@@ -168,6 +198,7 @@ class S3Lake:
         assert manifest is not None
         listed = set(publisher.listed(manifest)) | {"_manifest.json", "_SUCCESS"}
         assert listed == self.objects(f"images/snapshot_date={DATE}")
+        self.companions_agree(manifest, exact=True)
         assert set() == self.objects("_staging") | self.objects("_trash")
         assert f"{run_id}.json" in self.objects("_runs")  # its record
         return found
