@@ -82,11 +82,15 @@ def test_run_succeeds_with_summary_and_json_logs(
 
 
 def test_exit_3_partial(make_emulator: Callable[..., EmulatorServer], tmp_path: Path) -> None:
-    """Exit 3 when a compartment fails; the summary says nothing was published."""
+    """Exit 3 when a compartment fails (above the ratio floor); the summary says nothing was
+    published."""
     server = make_emulator(build_world(**WORLD))  # type: ignore[arg-type]
     missing = "ocid1.compartment.oc1..aaaaaaaamissing"
     config = write_config(
-        tmp_path, server, scope={"compartments": [server.world.tenancy_id, missing]}
+        tmp_path,
+        server,
+        scope={"compartments": [server.world.tenancy_id, missing]},
+        output={"min_complete_ratio": 0.4},
     )
     result = oci_images("run", "--config", str(config))
     assert 3 == result.returncode
@@ -140,6 +144,7 @@ def test_secrets_never_reach_the_logs(
         server,
         oci={"profile": "SESSION", "auth": "security_token"},
         fetch={"max_attempts": 2, "page_size": 100},
+        output={"min_complete_ratio": 0.0},  # failed listings: exit 3, whatever their share
     )
     result = oci_images("--log-level", "debug", "run", "--config", str(config))
     assert result.returncode in (0, 3)
