@@ -20,6 +20,7 @@ Nothing here logs or repeats a secret: errors name files and keys, never their c
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import difflib
 import os
 import stat
@@ -456,11 +457,15 @@ def resolve_credentials(settings: Settings) -> Credentials:
         except AuthError as exc:
             raise ConfigError("oci.profile", str(exc)) from None
         label = f'profile "{profile.name}" of {profile.source}'
-        return Credentials(signer, profile.region, profile.tenancy, label, mode.name)
+        region = oci.region or profile.region
+        return Credentials(signer, region, profile.tenancy, label, mode.name)
     try:
-        return Credentials.from_principal(cast(Principal, mode.name))
+        credentials = Credentials.from_principal(cast(Principal, mode.name))
     except AuthError as exc:
         raise ConfigError("oci.profile", str(exc)) from None
+    if oci.region:  # as the OCI CLI's --region, over the principal's own
+        return dataclasses.replace(credentials, home_region=oci.region)
+    return credentials
 
 
 def warn_if_exposed(path: str | os.PathLike[str], what: str) -> str | None:
