@@ -8,10 +8,11 @@ configuration error (nothing fetched), 3 partial (some listings failed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -462,6 +463,20 @@ def demo_config() -> Path:
     return Path(__file__).resolve().parent / "_data" / "demo.toml"
 
 
+@contextlib.contextmanager
+def _without_cli_credentials() -> Iterator[None]:
+    """The demo signs with the emulator's key: the OCI CLI's variables, which would replace it
+    (or stand for a profile by themselves), are set aside while it runs."""
+    from connector.oci import auth
+
+    names = [*auth.CLI_VARIABLES.values(), auth.AUTH_VARIABLE, "OCI_CLI_PROFILE"]
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from connector.emulator import Behaviour, EmulatorServer, build_world
 
@@ -488,7 +503,8 @@ def _demo(args: argparse.Namespace) -> int:
                 f'output.uri="{Path(args.output).resolve()}"',
                 *getattr(args, "set", []),
             ]
-            outcome = _execute(args, None, (0, 1), args.terminal)
+            with _without_cli_credentials():
+                outcome = _execute(args, None, (0, 1), args.terminal)
     code = _report(outcome)
     if outcome.published:
         images = Path(args.output).resolve() / "images"

@@ -302,18 +302,20 @@ class OciSettings:
     """[oci]: credentials and endpoints."""
 
     config_file: str = key(
-        "", _string(), 'OCI CLI config file; "" = $OCI_CONFIG_FILE or ~/.oci/config'
+        "",
+        _string(),
+        'OCI CLI config file; "" = $OCI_CLI_CONFIG_FILE, $OCI_CONFIG_FILE or ~/.oci/config; none is read when the OCI_CLI_* variables make a profile (see Credentials)',
     )
     profile: str = key("", _string(), 'profile in it; "" = $OCI_CLI_PROFILE or DEFAULT')
     region: str = key(
         "",
         _region,
-        "the credentials' region (as the OCI CLI's --region), which oci.regions = [] exports; \"\" = the profile's (or the principal's) region",
+        "the credentials' region (as the OCI CLI's --region), which oci.regions = [] exports; \"\" = $OCI_CLI_REGION, else the profile's (or the principal's) region",
     )
     auth: str = key(
         "api_key",
         _string(),  # one of connector.oci.auth.MODES, checked by connector.validation
-        "api_key, security_token (oci session authenticate), instance_principal or resource_principal (these two need the [oci] extra)",
+        "api_key, security_token (oci session authenticate), instance_principal or resource_principal (these two need the [oci] extra); when set nowhere, $OCI_CLI_AUTH, else api_key",
     )
     regions: tuple[str, ...] = key(
         (),
@@ -334,7 +336,7 @@ class OciSettings:
     ca_bundle: str = key(
         "",
         _existing_file,
-        'PEM bundle for appliances with their own CA (only these CAs are trusted); "" = $REQUESTS_CA_BUNDLE, $CURL_CA_BUNDLE or the system\'s CAs',
+        'PEM bundle for appliances with their own CA (only these CAs are trusted); "" = $OCI_CLI_CERT_BUNDLE, $REQUESTS_CA_BUNDLE, $CURL_CA_BUNDLE or the system\'s CAs',
     )
     allow_insecure_http: bool = key(
         False, _boolean, "allow plain http:// to hosts other than loopback"

@@ -3,7 +3,8 @@
 ``connector.config`` checks every key and how keys go together, and imports nothing above the
 base layer. What needs the other layers is checked here:
 
-- ``oci.auth`` against the authentication modes (``connector.oci.auth.MODES``);
+- ``oci.auth`` (or ``OCI_CLI_AUTH``) against the authentication modes
+  (``connector.oci.auth.MODES``);
 - ``oci.regions`` against the realm tables and region metadata (``connector.oci.regions``):
   short codes (``iad``) become region names and, without ``oci.endpoint``, every region must
   be known and, on a flavor without public endpoints, be the appliance's domain;
@@ -33,7 +34,7 @@ SUBSCRIBED = ("subscribed",)
 def check(settings: Settings) -> Settings:
     """``settings``, checked, with short region codes made region names; ``ConfigError``
     naming the key for the first problem found."""
-    auth.mode_named(settings.oci.auth)
+    auth.mode_of(settings)
     settings = _regions(settings)
     _output(settings.output)
     return settings

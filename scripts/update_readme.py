@@ -83,7 +83,9 @@ Lowest first: the defaults, the file (`--config`; then the Python API's `values`
 environment (`OCI_IMAGES__…`), and `--set` with the flags `--profile`, `--region` and `--auth`
 of `run`, `plan` and `commit` (the OCI CLI's names for `oci.profile`, `oci.region` and
 `oci.auth`). `--config` may be left out: a container then needs neither a configuration file
-nor a secret on its command line.
+nor a secret on its command line. Credentials can come from the OCI CLI's own environment
+variables (`OCI_CLI_USER`, `OCI_CLI_KEY_CONTENT`, …), with no OCI config file either
+([Credentials](../guides/credentials.md)).
 
 The whole configuration is validated before any request is sent; the first problem found exits 2
 and names the key ([exit codes](exit-codes.md)). `configs/example.toml` shows every key with
