@@ -51,14 +51,16 @@ def load_config(
     overrides: Sequence[str] = (),
     *,
     values: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Read ``path`` (TOML), then ``values`` (``{"section": {"key": value}}``), then
-    ``overrides`` (``"section.key=value"``), each over the one before; validate everything
-    (``config.load``, then ``connector.validation.check``).
+    """Read ``path`` (TOML), then ``values`` (``{"section": {"key": value}}``), then the
+    environment's ``OCI_IMAGES__SECTION__KEY`` variables (``environ``, by default
+    ``os.environ``; ``{}`` reads none), then ``overrides`` (``"section.key=value"``), each over
+    the one before; validate everything (``config.load``, then ``connector.validation.check``).
 
-    Raises ``ConfigError`` naming the key.
+    Raises ``ConfigError`` naming the key (or the environment variable).
     """
-    return validation.check(config.load(path, overrides, values=values))
+    return validation.check(config.load(path, overrides, values=values, environ=environ))
 
 
 def resolve_credentials(settings: Settings) -> Credentials:

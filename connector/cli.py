@@ -8,10 +8,11 @@ configuration error (nothing fetched), 3 partial (some listings failed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="export (or one shard of the export)")
     _config_arguments(run)
+    _credential_arguments(run)
     run.add_argument("--shard", default=None, metavar="I/N", help="run shard I of N; stage only")
     run.add_argument("--run-id", default=None, help="run id (required with --shard)")
     run.add_argument(
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="print N shard specs as JSON (Airflow task mapping)")
     _config_arguments(plan)
+    _credential_arguments(plan)
     plan.add_argument("--shards", type=int, required=True, help="number of shards")
     plan.add_argument("--run-id", default=None, help="run id to put in the specs")
 
@@ -98,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commit = commands.add_parser("commit", help="publish the staged shards of one run")
     _config_arguments(commit)
+    _credential_arguments(commit)
     commit.add_argument("--run-id", required=True, help="the run whose shards to publish")
     return parser
 
@@ -124,14 +128,54 @@ def _with_parents(*parents: argparse.ArgumentParser) -> type[argparse.ArgumentPa
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, type=Path, help="TOML configuration file")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML configuration file; without it, the defaults, OCI_IMAGES__SECTION__KEY "
+        "environment variables and --set",
+    )
     parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override a key (TOML value; repeatable)",
+        help="override a key (TOML value; repeatable); wins over the file and the environment",
     )
+
+
+CREDENTIAL_FLAGS = {"profile": "oci.profile", "region": "oci.region", "auth": "oci.auth"}
+"""The OCI CLI's own flags, each the same as ``--set`` of its key (and given after them)."""
+
+
+def _credential_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile", default=None, help="profile of the OCI config file (--set oci.profile=...)"
+    )
+    parser.add_argument(
+        "--region",
+        default=None,
+        help="the credentials' region, exported when oci.regions is [] (--set oci.region=...)",
+    )
+    parser.add_argument(
+        "--auth",
+        default=None,
+        metavar="MODE",
+        help="api_key, security_token, instance_principal or resource_principal "
+        "(--set oci.auth=...)",
+    )
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` and then the credential flags given, as ``section.key=value`` overrides."""
+    from connector.config import toml_value
+
+    flags = [
+        f"{key}={toml_value(getattr(args, flag))}"
+        for flag, key in CREDENTIAL_FLAGS.items()
+        if getattr(args, flag, None) is not None
+    ]
+    return [*args.set, *flags]
 
 
 def entry() -> int:
@@ -230,7 +274,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Settings, Credentials]:
     """Load and validate everything before any request: settings, credentials, region, tenancy."""
     from connector import api
 
-    settings = api.load_config(args.config, args.set)
+    settings = api.load_config(args.config, overrides(args))
     return settings, api.resolve_credentials(settings)
 
 
@@ -264,7 +308,7 @@ def _execute(
 
     from connector import api
 
-    settings = api.load_config(args.config, args.set)
+    settings = api.load_config(args.config, overrides(args))
     launched = api.start_workers(settings)
     return anyio.run(_interruptible, settings, shard, run_id, launched, terminal)
 
@@ -389,7 +433,7 @@ def _commit(args: argparse.Namespace) -> int:
     from connector import api
 
     api.check_run_id(args.run_id, "--run-id")
-    settings = api.load_config(args.config, args.set)
+    settings = api.load_config(args.config, overrides(args))
     return _report(api.commit(settings, args.run_id))
 
 
@@ -419,6 +463,20 @@ def demo_config() -> Path:
     return Path(__file__).resolve().parent / "_data" / "demo.toml"
 
 
+@contextlib.contextmanager
+def _without_cli_credentials() -> Iterator[None]:
+    """The demo signs with the emulator's key: the OCI CLI's variables, which would replace it
+    (or stand for a profile by themselves), are set aside while it runs."""
+    from connector.oci import auth
+
+    names = [*auth.CLI_VARIABLES.values(), auth.AUTH_VARIABLE, "OCI_CLI_PROFILE"]
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from connector.emulator import Behaviour, EmulatorServer, build_world
 
@@ -445,7 +503,8 @@ def _demo(args: argparse.Namespace) -> int:
                 f'output.uri="{Path(args.output).resolve()}"',
                 *getattr(args, "set", []),
             ]
-            outcome = _execute(args, None, (0, 1), args.terminal)
+            with _without_cli_credentials():
+                outcome = _execute(args, None, (0, 1), args.terminal)
     code = _report(outcome)
     if outcome.published:
         images = Path(args.output).resolve() / "images"

@@ -1,4 +1,5 @@
-"""Configuration: TOML plus ``--set section.key=value`` overrides, validated before any request.
+"""Configuration: TOML, ``OCI_IMAGES__SECTION__KEY`` environment variables and
+``--set section.key=value`` overrides, validated before any request.
 
 Every key is declared once, as a field of its section's dataclass below: its type, default,
 check and help text. That declaration drives validation, ``--set``, the typed ``Settings`` the
@@ -6,6 +7,11 @@ rest of the code reads (``settings.fetch.page_size``), the README's configuratio
 comments of ``configs/example.toml`` (``scripts/update_readme.py``). Validation is complete and
 happens before the first network call: a bad value raises ``ConfigError`` naming the key and the
 reason, and the command exits 2.
+
+Precedence, lowest first: the defaults, the file (then the API's ``values``), the environment
+(``OCI_IMAGES__FETCH__CONCURRENCY=8``; ``OCI_IMAGES__OUTPUT__STORAGE_OPTIONS__REGION=x`` for an
+entry of a table), ``--set``. A container is configured by its environment alone, with no file
+and no secret on its command line (``environment_values``).
 
 This module is in the base layer: it imports nothing from ``connector.oci``, ``connector.lake``,
 ``connector.sinks`` or ``connector.workers``. The checks that need them (the authentication
@@ -216,6 +222,12 @@ def _regions(key: str, value: Any) -> tuple[str, ...]:
     return tuple(item.strip().lower() for item in items)
 
 
+def _region(key: str, value: Any) -> str:
+    """One region name, short code or appliance domain, in lower case, or "" (checked against
+    the realm tables by ``connector.validation``, as ``oci.regions``)."""
+    return str(_type(str, "a region name")(key, value)).strip().lower()
+
+
 def _endpoint(key: str, value: Any) -> str:
     text = _type(str, "a URL")(key, value)
     if text == "":
@@ -290,13 +302,20 @@ class OciSettings:
     """[oci]: credentials and endpoints."""
 
     config_file: str = key(
-        "", _string(), 'OCI CLI config file; "" = $OCI_CONFIG_FILE or ~/.oci/config'
+        "",
+        _string(),
+        'OCI CLI config file; "" = $OCI_CLI_CONFIG_FILE, $OCI_CONFIG_FILE or ~/.oci/config; none is read when the OCI_CLI_* variables make a profile (see Credentials)',
     )
     profile: str = key("", _string(), 'profile in it; "" = $OCI_CLI_PROFILE or DEFAULT')
+    region: str = key(
+        "",
+        _region,
+        "the credentials' region (as the OCI CLI's --region), which oci.regions = [] exports; \"\" = $OCI_CLI_REGION, else the profile's (or the principal's) region",
+    )
     auth: str = key(
         "api_key",
         _string(),  # one of connector.oci.auth.MODES, checked by connector.validation
-        "api_key, security_token (oci session authenticate), instance_principal or resource_principal (these two need the [oci] extra)",
+        "api_key, security_token (oci session authenticate), instance_principal or resource_principal (these two need the [oci] extra); when set nowhere, $OCI_CLI_AUTH, else api_key",
     )
     regions: tuple[str, ...] = key(
         (),
@@ -317,7 +336,7 @@ class OciSettings:
     ca_bundle: str = key(
         "",
         _existing_file,
-        'PEM bundle for appliances with their own CA (only these CAs are trusted); "" = $REQUESTS_CA_BUNDLE, $CURL_CA_BUNDLE or the system\'s CAs',
+        'PEM bundle for appliances with their own CA (only these CAs are trusted); "" = $OCI_CLI_CERT_BUNDLE, $REQUESTS_CA_BUNDLE, $CURL_CA_BUNDLE or the system\'s CAs',
     )
     allow_insecure_http: bool = key(
         False, _boolean, "allow plain http:// to hosts other than loopback"
@@ -610,11 +629,80 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     if not sep or "." not in dotted:
         raise ConfigError("--set", f"expected section.key=value, got {text!r}")
     section, key = (part.strip() for part in dotted.split(".", 1))
+    return section, key, _toml_or_text(raw)
+
+
+def _toml_or_text(raw: str) -> Any:
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        value = raw
-    return section, key, value
+        return raw
+
+
+ENV_PREFIX = "OCI_IMAGES__"
+"""Every environment variable under this prefix names a key: ``OCI_IMAGES__SECTION__KEY``, or
+``OCI_IMAGES__SECTION__KEY__ENTRY`` for one entry of a table-valued key."""
+
+TEXT_KEYS = frozenset(
+    f"{name}.{f.name}"
+    for name, section in SECTIONS.items()
+    for f in dataclasses.fields(section)
+    if f.type == "str"
+)
+"""The keys whose value is a string: the environment gives them as they are (``"true"`` stays a
+word, ``"007"`` keeps its zeros); other keys' values are read as TOML."""
+
+
+def env_name(dotted: str) -> str:
+    """The environment variable of ``section.key`` (or ``section.key.entry``)."""
+    return ENV_PREFIX + "__".join(dotted.split(".")).upper()
+
+
+def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The keys ``environ`` sets (``OCI_IMAGES__SECTION__KEY``), by dotted name
+    (``output.storage_options.region`` for an entry of a table), each value checked as the
+    key's own check does, so that a bad one names its variable.
+
+    A string key takes the text as it is; any other key reads it as TOML (``8``, ``true``,
+    ``["us-ashburn-1"]``), a bare word being a string, as ``--set`` does. An entry of a table
+    (``OCI_IMAGES__OUTPUT__STORAGE_OPTIONS__REGION``) is named in lower case. A variable under
+    the prefix that names no key is an error, not ignored: a misspelt one would otherwise leave
+    its key at the default without a word.
+    """
+    found: dict[str, Any] = {}
+    for variable in sorted(environ):
+        if not variable.upper().startswith(ENV_PREFIX):
+            continue
+        section, name, *entry = [*variable[len(ENV_PREFIX) :].lower().split("__"), ""]
+        entry = entry[:-1]  # the "" added so that a variable naming only a section unpacks
+        spec = KEYS.get(section, {}).get(name)
+        if spec is None:
+            raise ConfigError(variable, f"names no configuration key{_suggest_variable(variable)}")
+        dotted = f"{section}.{name}"
+        if entry and not isinstance(spec.default, dict):
+            raise ConfigError(variable, f"{dotted} has no entries: {env_name(dotted)} sets it")
+        if len(entry) > 1 or "" in entry:
+            raise ConfigError(variable, f"names no entry: the rule is {env_name(dotted)}__ENTRY")
+        text = environ[variable]
+        if entry:
+            value = _toml_or_text(text)
+            if not isinstance(value, str | int | float | bool):
+                kind = type(value).__name__
+                raise ConfigError(variable, f"must be a string, number or boolean, got {kind}")
+            found[f"{section}.{name}.{entry[0]}"] = value
+            continue
+        value = text if dotted in TEXT_KEYS else _toml_or_text(text)
+        spec.check(variable, value)
+        found[dotted] = value
+    return found
+
+
+def _suggest_variable(variable: str) -> str:
+    known = [env_name(f"{section}.{name}") for section, keys in KEYS.items() for name in keys]
+    close = difflib.get_close_matches(variable.upper(), known, n=1, cutoff=0.8)
+    if close:
+        return f" (did you mean {close[0]}?)"
+    return f"; the rule is {ENV_PREFIX}SECTION__KEY, e.g. {env_name('fetch.concurrency')}"
 
 
 def load(
@@ -622,11 +710,15 @@ def load(
     overrides: Sequence[str] = (),
     *,
     values: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Read ``path`` (TOML), merge ``values`` (sections of keys) over it, then ``overrides``
-    (``section.key=value``), and validate; raises ``ConfigError`` for the first problem found.
+    """Read ``path`` (TOML), merge ``values`` (sections of keys) over it, then the environment
+    (``OCI_IMAGES__SECTION__KEY``; ``environ``, by default ``os.environ``; ``{}`` for none),
+    then ``overrides`` (``section.key=value``), and validate; raises ``ConfigError`` for the
+    first problem found.
 
-    ``--set section.table.name=value`` sets one entry of a table-valued key.
+    ``--set section.table.name=value`` sets one entry of a table-valued key, and so does
+    ``OCI_IMAGES__SECTION__TABLE__NAME``; a whole table set later replaces the entries before.
     """
     raw: dict[str, Any] = {}
     source = None
@@ -649,21 +741,37 @@ def load(
         if not isinstance(table, dict):
             raise ConfigError(section, "must be a table")
         table.update(given)
+    for dotted, value in environment_values(os.environ if environ is None else environ).items():
+        section, name, *table_entry = dotted.split(".")
+        if table_entry:
+            _merge(raw, section, name, {table_entry[0]: value}, entry=True)
+        else:
+            _merge(raw, section, name, value)
     for text in overrides:
         section, key, value = parse_override(text)
-        table = raw.setdefault(section, {})
-        if not isinstance(table, dict):
-            raise ConfigError(section, "must be a table")
         name, _, entry = key.partition(".")
         spec = KEYS.get(section, {}).get(name)
         if entry and spec is not None and isinstance(spec.default, dict):
-            nested = table.setdefault(name, {})
-            if not isinstance(nested, dict):
-                raise ConfigError(f"{section}.{name}", "must be a table")
-            nested[entry] = value
+            _merge(raw, section, name, {entry: value}, entry=True)
             continue
-        table[key] = value
+        _merge(raw, section, key, value)
     return validate(raw, source)
+
+
+def _merge(
+    raw: dict[str, Any], section: str, name: str, value: Any, *, entry: bool = False
+) -> None:
+    """Set ``section.name`` in ``raw``; with ``entry``, ``value``'s entries join the table's."""
+    table = raw.setdefault(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(section, "must be a table")
+    if not entry:
+        table[name] = value
+        return
+    nested = table.setdefault(name, {})
+    if not isinstance(nested, dict):
+        raise ConfigError(f"{section}.{name}", "must be a table")
+    nested.update(value)
 
 
 def validate(raw: Mapping[str, Any], source: Path | None = None) -> Settings:
@@ -764,7 +872,8 @@ def _check_regions(settings: Settings) -> None:
 
 EXAMPLE_HEADER = """\
 # oci-images-connector: configuration for a real tenancy. Every key is shown with its default
-# unless noted; any key can be overridden on the command line: --set section.key=value.
+# unless noted; any key can be set by an environment variable, OCI_IMAGES__SECTION__KEY, and
+# overridden on the command line: --set section.key=value.
 # Validate it without sending a request: a bad value exits 2 and names the key.
 # Generated from connector/config.py (`make readme`): edit the help text there.
 """

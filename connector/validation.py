@@ -3,7 +3,8 @@
 ``connector.config`` checks every key and how keys go together, and imports nothing above the
 base layer. What needs the other layers is checked here:
 
-- ``oci.auth`` against the authentication modes (``connector.oci.auth.MODES``);
+- ``oci.auth`` (or ``OCI_CLI_AUTH``) against the authentication modes
+  (``connector.oci.auth.MODES``);
 - ``oci.regions`` against the realm tables and region metadata (``connector.oci.regions``):
   short codes (``iad``) become region names and, without ``oci.endpoint``, every region must
   be known and, on a flavor without public endpoints, be the appliance's domain;
@@ -33,7 +34,7 @@ SUBSCRIBED = ("subscribed",)
 def check(settings: Settings) -> Settings:
     """``settings``, checked, with short region codes made region names; ``ConfigError``
     naming the key for the first problem found."""
-    auth.mode_named(settings.oci.auth)
+    auth.mode_of(settings)
     settings = _regions(settings)
     _output(settings.output)
     return settings
@@ -41,37 +42,58 @@ def check(settings: Settings) -> Settings:
 
 def _regions(settings: Settings) -> Settings:
     """Region names (any realm), short codes or appliance domains; known ones, unless
-    ``oci.endpoint`` makes each a label and a ``{region}`` substitution."""
+    ``oci.endpoint`` makes each a label and a ``{region}`` substitution. ``oci.region`` (the
+    credentials' region) is held to the same."""
     oci = settings.oci
-    if oci.regions == SUBSCRIBED:
+    if oci.regions == SUBSCRIBED and not oci.region:
         return settings
     catalog = regions.Catalog.load()
-    names = []
-    for i, text in enumerate(oci.regions):
-        if not (
-            regions.REGION_NAME.match(text)
-            or regions.SHORT_CODE.match(text)
-            or regions.DOMAIN.match(text)
-            or text in catalog.short_names
-        ):
-            raise ConfigError(
-                f"oci.regions[{i}]",
-                f"{text!r} is not a region name like us-ashburn-1 or us-gov-ashburn-1, a short "
-                'code like iad, or an appliance domain (or use ["subscribed"])',
-            )
-        names.append(catalog.short_names.get(text, text))
-    if len(set(names)) != len(names):
-        raise ConfigError("oci.regions", "lists the same region twice")
-    if not oci.endpoint:
-        for i, name in enumerate(names):
-            try:
-                resolved = catalog.resolve(name)
-            except regions.UnknownRegion as exc:
-                raise ConfigError(f"oci.regions[{i}]", str(exc)) from None
-            _require_endpoint(settings, resolved)
-    if tuple(names) == oci.regions:
+    region = oci.region
+    if region:
+        region = _region_name(catalog, "oci.region", region)
+        if not oci.endpoint:
+            _known(settings, catalog, "oci.region", region)
+    names = list(oci.regions)
+    if oci.regions != SUBSCRIBED:
+        names = [
+            _region_name(catalog, f"oci.regions[{i}]", text, ' (or use ["subscribed"])')
+            for i, text in enumerate(oci.regions)
+        ]
+        if len(set(names)) != len(names):
+            raise ConfigError("oci.regions", "lists the same region twice")
+        if not oci.endpoint:
+            for i, name in enumerate(names):
+                _known(settings, catalog, f"oci.regions[{i}]", name)
+    if tuple(names) == oci.regions and region == oci.region:
         return settings
-    return dataclasses.replace(settings, oci=dataclasses.replace(oci, regions=tuple(names)))
+    changed = dataclasses.replace(oci, regions=tuple(names), region=region)
+    return dataclasses.replace(settings, oci=changed)
+
+
+def _region_name(catalog: regions.Catalog, key: str, text: str, hint: str = "") -> str:
+    """``text`` as a region name (a short code made the region's name); ``ConfigError`` naming
+    ``key`` when it looks like no region at all."""
+    if not (
+        regions.REGION_NAME.match(text)
+        or regions.SHORT_CODE.match(text)
+        or regions.DOMAIN.match(text)
+        or text in catalog.short_names
+    ):
+        raise ConfigError(
+            key,
+            f"{text!r} is not a region name like us-ashburn-1 or us-gov-ashburn-1, a short "
+            f"code like iad, or an appliance domain{hint}",
+        )
+    return catalog.short_names.get(text, text)
+
+
+def _known(settings: Settings, catalog: regions.Catalog, key: str, name: str) -> None:
+    """Without ``oci.endpoint``, ``name`` must be a region the realm tables know."""
+    try:
+        resolved = catalog.resolve(name)
+    except regions.UnknownRegion as exc:
+        raise ConfigError(key, str(exc)) from None
+    _require_endpoint(settings, resolved)
 
 
 def _output(output: config.OutputSettings) -> None:

@@ -52,10 +52,47 @@ with `--set section.key=value`, where the value is TOML (`--set fetch.concurrenc
 key is set with `--set output.storage_options.region=eu-frankfurt-1`. The Python API takes the
 same overrides, and whole sections as `values` (see [Python API](python-api.md)).
 
+## Environment variables
+
+Every key can also be set by an environment variable named `OCI_IMAGES__SECTION__KEY`: the
+prefix, the section and the key in capitals, joined by double underscores. An entry of a
+table-valued key adds its name: `OCI_IMAGES__OUTPUT__STORAGE_OPTIONS__REGION=eu-frankfurt-1`
+sets `output.storage_options.region` (entry names are taken in lower case).
+
+```shell
+export OCI_IMAGES__FETCH__CONCURRENCY=8
+export OCI_IMAGES__OCI__REGIONS='["us-ashburn-1", "eu-frankfurt-1"]'
+export OCI_IMAGES__OUTPUT__URI=s3://lake/oci
+export OCI_IMAGES__OUTPUT__STORAGE_OPTIONS__REGION=eu-frankfurt-1
+oci-images run          # no --config: the defaults, the environment and --set
+```
+
+A key whose value is a string takes the variable's text as it is; any other key reads it as
+TOML, as `--set` does (`8`, `0.5`, `true`, `["a", "b"]`, `{region = "x"}`), a bare word being a
+string. Each value is checked as the key is, and a bad one is a configuration error (exit 2)
+naming the variable. A variable under `OCI_IMAGES__` that names no key is an error too, naming
+it (with the closest key's variable when there is one): a misspelt variable would otherwise
+leave its key at the default without a word. (dlt, whose `SECTION__KEY` rule this follows,
+only looks up the variables of the keys it knows and ignores the others.) Variables with a
+single underscore after the prefix, such as the example DAG's `OCI_IMAGES_CONFIG`, are not
+configuration keys and are left alone.
+
+## Precedence
+
+Lowest first: the defaults, the file (`--config`; then the Python API's `values`), the
+environment (`OCI_IMAGES__…`), and `--set` with the flags `--profile`, `--region` and `--auth`
+of `run`, `plan` and `commit` (the OCI CLI's names for `oci.profile`, `oci.region` and
+`oci.auth`). `--config` may be left out: a container then needs neither a configuration file
+nor a secret on its command line. Credentials can come from the OCI CLI's own environment
+variables (`OCI_CLI_USER`, `OCI_CLI_KEY_CONTENT`, …), with no OCI config file either
+([Credentials](../guides/credentials.md)).
+
 The whole configuration is validated before any request is sent; the first problem found exits 2
 and names the key ([exit codes](exit-codes.md)). `configs/example.toml` shows every key with
 its help as a comment; it and this table are generated from the key declarations in
 `connector/config.py`.
+
+## Keys
 
 """
         + escape_html(config.markdown_table())

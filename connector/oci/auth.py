@@ -14,16 +14,24 @@ needs, how its signer is built, what to check when the service refuses it):
 an Airflow Connection; ``troubleshoot`` takes each mode's advice from its record. (``oci.auth``'s
 help and the ``Principal`` type name the modes too: tests hold both to ``MODES``.)
 
-Nothing here logs or repeats a secret: errors name files and keys, never their content.
+The two profile modes take the OCI CLI's environment variables too, with its precedence (read
+from its ``build_config``): each ``OCI_CLI_*`` variable set replaces that key of the profile,
+and when the variables alone make a profile (user, tenancy, fingerprint, a region and a key), no
+config file is read at all. ``OCI_CLI_KEY_CONTENT`` is the key itself, for a container whose
+secrets arrive in its environment.
+
+Nothing here logs or repeats a secret: errors name files, keys and variables, never their
+content.
 """
 
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import difflib
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, runtime_checkable
@@ -44,6 +52,24 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG_FILE = "~/.oci/config"
 DEFAULT_PROFILE = "DEFAULT"
 
+CLI_VARIABLES: dict[str, str] = {
+    "user": "OCI_CLI_USER",
+    "tenancy": "OCI_CLI_TENANCY",
+    "fingerprint": "OCI_CLI_FINGERPRINT",
+    "key_file": "OCI_CLI_KEY_FILE",
+    "key_content": "OCI_CLI_KEY_CONTENT",
+    "pass_phrase": "OCI_CLI_PASSPHRASE",
+    "security_token_file": "OCI_CLI_SECURITY_TOKEN_FILE",
+    "region": "OCI_CLI_REGION",
+}
+"""The OCI CLI's variable for each key of a profile; one that is set (not empty) wins over the
+profile's value, as in the CLI (``oci.region``, its ``--region``, wins over both)."""
+AUTH_VARIABLE = "OCI_CLI_AUTH"
+"""The mode when ``oci.auth`` is set nowhere (the CLI's ``--auth`` default)."""
+CONFIG_FILE_VARIABLES = ("OCI_CLI_CONFIG_FILE", "OCI_CONFIG_FILE")
+"""Where the config file is when ``oci.config_file`` is empty: the CLI's variable, then the
+SDK's."""
+
 
 class RequestSigner(Protocol):
     """Adds ``date``, ``host`` and ``authorization`` headers to an outgoing GET request."""
@@ -62,10 +88,11 @@ class Refreshable(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """One profile of an OCI config file. ``pass_phrase`` is never shown in a repr."""
+    """One profile of an OCI config file, or of the ``OCI_CLI_*`` variables (``source`` None).
+    ``pass_phrase`` and ``key_content`` are never shown in a repr."""
 
     name: str
-    source: Path
+    source: Path | None
     tenancy: str | None
     user: str | None
     fingerprint: str | None
@@ -73,13 +100,65 @@ class Profile:
     region: str | None
     security_token_file: str | None
     pass_phrase: str | None = field(default=None, repr=False)
+    key_content: str | None = field(default=None, repr=False)
+    from_environment: tuple[str, ...] = ()
+    """The keys an ``OCI_CLI_*`` variable gave (``with_environment``)."""
+
+    def describe(self) -> str:
+        """Where the profile comes from, for messages."""
+        if self.source is None:
+            return "the OCI_CLI_* environment variables"
+        variables = f" with {', '.join(CLI_VARIABLES[k] for k in self.from_environment)}"
+        return f'profile "{self.name}" of {self.source}{variables if self.from_environment else ""}'
 
 
-def resolve_config_location(config_file: str, profile: str) -> tuple[Path, str]:
-    """Where the OCI config is: explicit settings win, then OCI_CONFIG_FILE / OCI_CLI_PROFILE."""
-    file = config_file or os.environ.get("OCI_CONFIG_FILE") or DEFAULT_CONFIG_FILE
-    name = profile or os.environ.get("OCI_CLI_PROFILE") or DEFAULT_PROFILE
+def resolve_config_location(
+    config_file: str, profile: str, environ: Mapping[str, str] | None = None
+) -> tuple[Path, str]:
+    """Where the OCI config is: explicit settings win, then OCI_CLI_CONFIG_FILE,
+    OCI_CONFIG_FILE / OCI_CLI_PROFILE, then ~/.oci/config and DEFAULT."""
+    env = os.environ if environ is None else environ
+    file = config_file or next(
+        (env[v] for v in CONFIG_FILE_VARIABLES if env.get(v)), DEFAULT_CONFIG_FILE
+    )
+    name = profile or env.get("OCI_CLI_PROFILE") or DEFAULT_PROFILE
     return Path(file).expanduser(), name
+
+
+def with_environment(profile: Profile, environ: Mapping[str, str]) -> Profile:
+    """``profile`` with each key an ``OCI_CLI_*`` variable sets replaced by its value, as the
+    OCI CLI does after reading the file."""
+    given: dict[str, Any] = {
+        key: environ[name] for key, name in CLI_VARIABLES.items() if environ.get(name)
+    }
+    if not given:
+        return profile
+    return dataclasses.replace(profile, **given, from_environment=tuple(given))
+
+
+def environment_profile(environ: Mapping[str, str], mode: str, region: str = "") -> Profile | None:
+    """The profile the ``OCI_CLI_*`` variables make by themselves, or None when a config file
+    is needed.
+
+    The OCI CLI reads no file when user, tenancy, fingerprint, a region (``OCI_CLI_REGION`` or
+    ``--region``, here ``region``) and ``OCI_CLI_KEY_FILE`` or ``OCI_CLI_KEY_CONTENT`` are
+    set. A session token needs no user or fingerprint, so for ``security_token`` the token file,
+    a key and a region suffice here.
+    """
+    have = {key for key, name in CLI_VARIABLES.items() if environ.get(name)}
+    if region:
+        have.add("region")
+    if not have & {"key_file", "key_content"} or "region" not in have:
+        return None
+    needs = (
+        {"security_token_file"}
+        if mode == SECURITY_TOKEN.name
+        else {"user", "tenancy", "fingerprint"}
+    )
+    if not needs <= have:
+        return None
+    empty = Profile("", None, None, None, None, None, None, None)
+    return with_environment(empty, environ)
 
 
 def load_profile(config_file: str | Path, profile: str) -> Profile:
@@ -125,13 +204,40 @@ def _relative_to(base: Path, file: str) -> Path:
 
 
 def require(profile: Profile, *keys: str) -> None:
-    """Fail with the profile's missing keys named, as a configuration error."""
+    """Fail with the profile's missing keys named (and the variables that would set them), as
+    a configuration error."""
     missing = [k for k in keys if not getattr(profile, k)]
     if missing:
+        variables = ", ".join(CLI_VARIABLES[k] for k in missing)
+        raise ConfigError(
+            "oci.profile", f"{profile.describe()} lacks {', '.join(missing)} (or {variables})"
+        )
+
+
+def private_key(profile: Profile) -> rsa.RSAPrivateKey:
+    """The profile's private key: ``key_content`` when given (it wins over ``key_file``, as in
+    the SDK's signer), else the file. Errors name the variable or the file, never the key."""
+    if profile.key_content:
+        return signing.load_private_key_pem(
+            pem_text(profile.key_content).encode(),
+            profile.pass_phrase,
+            source=CLI_VARIABLES["key_content"],
+        )
+    if not profile.key_file:
         raise ConfigError(
             "oci.profile",
-            f"profile {profile.name!r} in {profile.source} lacks {', '.join(missing)}",
+            f"{profile.describe()} lacks key_file (OCI_CLI_KEY_FILE) or OCI_CLI_KEY_CONTENT",
         )
+    return signing.load_private_key(profile.key_file, profile.pass_phrase)
+
+
+def pem_text(content: str) -> str:
+    """A PEM key from a variable: trimmed, and with ``\\n`` made line breaks when the value
+    came as one line (a ``.env`` file or a CI secret often carries it so)."""
+    text = content.strip()
+    if "\n" not in text and "\\n" in text:
+        text = text.replace("\\n", "\n")
+    return text
 
 
 class ApiKeySigner:
@@ -147,9 +253,8 @@ class ApiKeySigner:
     @classmethod
     def from_profile(cls, profile: Profile) -> ApiKeySigner:
         """The signer for an ``api_key`` profile."""
-        require(profile, "tenancy", "user", "fingerprint", "key_file")
-        assert profile.key_file is not None
-        key = signing.load_private_key(profile.key_file, profile.pass_phrase)
+        require(profile, "tenancy", "user", "fingerprint")
+        key = private_key(profile)
         return cls(f"{profile.tenancy}/{profile.user}/{profile.fingerprint}", key)
 
     def key_id(self) -> str:
@@ -177,11 +282,9 @@ class SecurityTokenSigner(ApiKeySigner):
     @classmethod
     def from_profile(cls, profile: Profile) -> SecurityTokenSigner:
         """The signer for a ``security_token`` profile."""
-        require(profile, "security_token_file", "key_file")
-        assert profile.key_file is not None
+        require(profile, "security_token_file")
         assert profile.security_token_file is not None
-        key = signing.load_private_key(profile.key_file, profile.pass_phrase)
-        return cls(Path(profile.security_token_file), key)
+        return cls(Path(profile.security_token_file).expanduser(), private_key(profile))
 
     def _reload(self) -> None:
         try:
@@ -436,31 +539,55 @@ class Credentials:
         return cls(signer, signer.region, signer.tenancy, kind, kind)
 
 
-def resolve_credentials(settings: Settings) -> Credentials:
-    """The credentials ``settings.oci`` names (profile, or principal). Raises ``ConfigError``
-    before any request; whether they suit the run (a region, a tenancy) is
-    ``connector.validation.check_credentials``."""
-    oci = settings.oci
-    mode = mode_named(oci.auth)
-    if mode.uses_profile:
-        path, name = resolve_config_location(oci.config_file, oci.profile)
-        profile = load_profile(path, name)
+def mode_of(settings: Settings, environ: Mapping[str, str] | None = None) -> AuthMode:
+    """The authentication mode: ``oci.auth`` when some source set it (the file, the
+    environment's ``OCI_IMAGES__OCI__AUTH``, ``--set``, ``--auth``), else ``OCI_CLI_AUTH``,
+    else ``api_key``: the OCI CLI's ``--auth``, then its variable, then its default."""
+    env = os.environ if environ is None else environ
+    if "oci.auth" not in settings.explicit and env.get(AUTH_VARIABLE):
+        return mode_named(env[AUTH_VARIABLE], AUTH_VARIABLE)
+    return mode_named(settings.oci.auth)
 
-        # As the OCI CLI does: a key others can read is a key others may have copied.
-        warn_if_exposed(path, "OCI config file")
+
+def resolve_credentials(
+    settings: Settings, environ: Mapping[str, str] | None = None
+) -> Credentials:
+    """The credentials ``settings.oci`` and the ``OCI_CLI_*`` variables name (a profile, or a
+    principal). Raises ``ConfigError`` before any request; whether they suit the run (a region,
+    a tenancy) is ``connector.validation.check_credentials``.
+
+    A profile comes from the variables alone when they make one (``environment_profile``: then
+    no file is read, none need exist), else from the config file with each variable set
+    replacing its key. The region is ``oci.region`` (``--region``), else ``OCI_CLI_REGION``,
+    else the profile's or the principal's.
+    """
+    env = os.environ if environ is None else environ
+    oci = settings.oci
+    mode = mode_of(settings, env)
+    if mode.uses_profile:
+        profile = environment_profile(env, mode.name, oci.region)
+        if profile is None:
+            path, name = resolve_config_location(oci.config_file, oci.profile, env)
+            profile = with_environment(load_profile(path, name), env)
+            # As the OCI CLI does: a key others can read is a key others may have copied.
+            warn_if_exposed(path, "OCI config file")
         for secret in (profile.key_file, profile.security_token_file):
-            if secret:
+            if secret and not (secret == profile.key_file and profile.key_content):
                 warn_if_exposed(secret, "key file")
         try:
             signer = mode.signer(profile)
         except AuthError as exc:
             raise ConfigError("oci.profile", str(exc)) from None
-        label = f'profile "{profile.name}" of {profile.source}'
-        return Credentials(signer, profile.region, profile.tenancy, label, mode.name)
+        region = oci.region or profile.region
+        return Credentials(signer, region, profile.tenancy, profile.describe(), mode.name)
     try:
-        return Credentials.from_principal(cast(Principal, mode.name))
+        credentials = Credentials.from_principal(cast(Principal, mode.name))
     except AuthError as exc:
         raise ConfigError("oci.profile", str(exc)) from None
+    region = oci.region or env.get(CLI_VARIABLES["region"])
+    if region:  # as the OCI CLI's --region and OCI_CLI_REGION, over the principal's own
+        return dataclasses.replace(credentials, home_region=region)
+    return credentials
 
 
 def warn_if_exposed(path: str | os.PathLike[str], what: str) -> str | None:

@@ -12,7 +12,8 @@ Network set-up follows the official SDK (whose sessions are requests sessions):
   by ``connector.oci.proxy`` with requests' rules (aiohttp's own ``trust_env`` would also read
   ``~/.netrc`` and differs on ``NO_PROXY`` networks);
 - certificates verified always: against ``oci.ca_bundle`` when set (that file only, as requests'
-  ``verify=path``), else ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` as requests reads them,
+  ``verify=path``), else ``OCI_CLI_CERT_BUNDLE`` (the OCI CLI's), ``REQUESTS_CA_BUNDLE`` or
+  ``CURL_CA_BUNDLE`` as requests reads them,
   else the system's store. No setting turns verification off. A certificate that does not
   verify fails at once, naming the host and the CA file: retrying cannot change it;
 - a 401 with instance or resource principals refreshes the token and is tried once more.
@@ -479,7 +480,7 @@ def _ssl_context(ca_bundle: str, environ: Mapping[str, str]) -> tuple[ssl.SSLCon
     """
     key, path = "oci.ca_bundle", ca_bundle
     if not path:
-        for variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        for variable in ("OCI_CLI_CERT_BUNDLE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
             if environ.get(variable):
                 key, path = variable, environ[variable]
                 break

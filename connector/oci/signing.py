@@ -128,7 +128,8 @@ def load_private_key_pem(
     except TypeError:
         if password is None:
             raise AuthError(
-                f"{source} is encrypted: set pass_phrase in the OCI config profile"
+                f"{source} is encrypted: set pass_phrase in the OCI config profile, or "
+                "OCI_CLI_PASSPHRASE"
             ) from None
         # A pass phrase inherited from DEFAULT for a key that has none, as the SDK allows.
         try:
