@@ -215,7 +215,9 @@ def commit(settings: Settings, run_id: str) -> RunOutcome:
     """Merge the staged shards of ``run_id`` and publish the partition."""
     from connector.lake.committing import commit_run
 
-    return commit_run(settings, run_id)
+    store = validation.output_store(settings.output)
+    validation.writable(store)
+    return commit_run(settings, run_id, store=store)
 
 
 def diff(
@@ -228,15 +230,11 @@ def diff(
     """Images added, removed or changed between two published snapshots of
     ``settings.output.uri``, as record batches of ``schema.CHANGES_SCHEMA``; ``counts``, when
     given, is filled in as the batches stream. Memory stays flat however large the snapshots."""
-    from connector.lake import (
-        changes,
-        storage,
-        tables,
-    )
+    from connector.lake import changes, tables
 
     older = config.date_argument("--from", from_date)
     newer = config.date_argument("--to", to_date)
-    store = storage.resolve(settings.output.uri, settings.output.storage_options)
+    store = validation.output_store(settings.output)
     table = tables.for_output(settings.output, store)
     return changes.diff_published(
         store.fs, store.base, older, newer, run_id=new_run_id(), table=table, counts=counts
@@ -299,14 +297,17 @@ def export(
 
     position, run_id = _shard(shard, run_id)
     settings = validation.check(settings)
+    credentials = _checked(settings, credentials)
     context = prepare(
         settings,
-        _checked(settings, credentials),
+        credentials,
         position or (0, 1),
         run_id=run_id,
         publish_now=position is None,
         rate_share=shard.rate_share if isinstance(shard, ShardSpec) else None,
+        store=validation.output_store(settings.output),
     )
+    validation.writable(context.store)
     return Export(context, launched=launched, progress=progress)
 
 
