@@ -212,7 +212,10 @@ async def run_async(
 
 
 def commit(settings: Settings, run_id: str) -> RunOutcome:
-    """Merge the staged shards of ``run_id`` and publish the partition."""
+    """Merge the staged shards of ``run_id`` and publish the partition. ``PublishError`` when
+    nothing is staged under ``run_id`` (as ``diff`` raises for a date never published); a run
+    that cannot be published (a shard missing, below the ratio floor) is an outcome that says
+    why."""
     from connector.lake.committing import commit_run
 
     store = validation.output_store(settings.output)
@@ -229,7 +232,9 @@ def diff(
 ) -> Iterator[pa.RecordBatch]:
     """Images added, removed or changed between two published snapshots of
     ``settings.output.uri``, as record batches of ``schema.CHANGES_SCHEMA``; ``counts``, when
-    given, is filled in as the batches stream. Memory stays flat however large the snapshots."""
+    given, is filled in as the batches stream. Memory stays flat however large the snapshots.
+    ``PublishError`` when either date has no published snapshot (as ``commit`` of a run that
+    staged nothing)."""
     from connector.lake import changes, tables
 
     older = config.date_argument("--from", from_date)

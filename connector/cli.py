@@ -190,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if signum is not None:  # e.g. workers stopped by the same signal: not the news
             print(f"oci-images: {interrupt.Interrupted(signum)}", file=sys.stderr)
             return 128 + signum
-        print(f"oci-images: {type(exc).__name__}: {exc}", file=sys.stderr)
+        # Each message is whole on its own; a class name would tell the user nothing more.
+        print(f"oci-images: {exc or type(exc).__name__}", file=sys.stderr)
         return EXIT_FAILED
     except (KeyboardInterrupt, BaseExceptionGroup) as exc:
         if isinstance(exc, BaseExceptionGroup) and not exc.subgroup(KeyboardInterrupt):
