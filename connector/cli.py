@@ -8,6 +8,7 @@ configuration error (nothing fetched), 3 partial (some listings failed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -23,6 +24,9 @@ from connector.progress import Snapshot, Terminal, render
 if TYPE_CHECKING:
     from connector import Credentials, Progress, RunOutcome, Settings
     from connector.workers.spawn import Launched
+
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: stdout was closed before the command wrote all of it, as shells report."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,11 +146,19 @@ def entry() -> int:
 
     lean.own_process()
     lean.fixed_mmap_threshold()
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of stdout left early (`oci-images schema | head -1`): it has what it
+        # wanted. Exit as a process killed by SIGPIPE would, without a traceback; what is
+        # still buffered goes nowhere instead of failing again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
     # Every file is closed and every result written: skip the interpreter's teardown (freeing
     # pyarrow's and aiohttp's module state, about 60 ms) as the process ends.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    with contextlib.suppress(OSError):
+        sys.stderr.flush()
     os._exit(code)
 
 
@@ -336,7 +348,7 @@ def summary_line(outcome: RunOutcome) -> str:
     status = {0: "complete", 1: "failed", 3: "partial"}.get(outcome.exit_code, "failed")
     published = "published" if outcome.published else "not published"
     if manifest is None:
-        counts = "rows=0 rejects=0 files=0 compartments_ok=0 compartments_failed=0 "
+        counts = "rows=0 rejects=0 files=0 listings_ok=0 listings_failed=0 "
         counts += "requests=0 retries=0 throttled=0"
         run_id = "-"
     else:
@@ -344,8 +356,8 @@ def summary_line(outcome: RunOutcome) -> str:
         requests = manifest.requests
         counts = (
             f"rows={manifest.rows} rejects={manifest.rejects} files={manifest.file_count} "
-            f"compartments_ok={len(manifest.compartments) - failed} "
-            f"compartments_failed={failed} requests={requests.sent} "
+            f"listings_ok={len(manifest.compartments) - failed} "
+            f"listings_failed={failed} requests={requests.sent} "
             f"retries={requests.retried} throttled={requests.throttled}"
         )
         run_id = manifest.run_id
