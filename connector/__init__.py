@@ -55,6 +55,7 @@ _HOMES = {
     "connector.lake.changes": ("ChangeCounts",),
     "connector.lake.manifest": ("ListingRecord", "Manifest", "RunOutcome"),
     "connector.oci.auth": ("Credentials",),
+    "connector.oci.diagnose": ("RunAbort",),
     "connector.pages": ("ListingError",),
     "connector.tally": ("Progress",),
 }
@@ -96,6 +97,7 @@ if TYPE_CHECKING:  # what the type checker sees of the same table
     from connector.lake.manifest import Manifest as Manifest
     from connector.lake.manifest import RunOutcome as RunOutcome
     from connector.oci.auth import Credentials as Credentials
+    from connector.oci.diagnose import RunAbort as RunAbort
     from connector.pages import ListingError as ListingError
     from connector.tally import Progress as Progress
 

@@ -214,10 +214,15 @@ async def run_async(
 
 
 def commit(settings: Settings, run_id: str) -> RunOutcome:
-    """Merge the staged shards of ``run_id`` and publish the partition."""
+    """Merge the staged shards of ``run_id`` and publish the partition. ``PublishError`` when
+    nothing is staged under ``run_id`` (as ``diff`` raises for a date never published); a run
+    that cannot be published (a shard missing, below the ratio floor) is an outcome that says
+    why."""
     from connector.lake.committing import commit_run
 
-    return commit_run(settings, run_id)
+    store = validation.output_store(settings.output)
+    validation.writable(store)
+    return commit_run(settings, run_id, store=store)
 
 
 def diff(
@@ -229,16 +234,14 @@ def diff(
 ) -> Iterator[pa.RecordBatch]:
     """Images added, removed or changed between two published snapshots of
     ``settings.output.uri``, as record batches of ``schema.CHANGES_SCHEMA``; ``counts``, when
-    given, is filled in as the batches stream. Memory stays flat however large the snapshots."""
-    from connector.lake import (
-        changes,
-        storage,
-        tables,
-    )
+    given, is filled in as the batches stream. Memory stays flat however large the snapshots.
+    ``PublishError`` when either date has no published snapshot (as ``commit`` of a run that
+    staged nothing)."""
+    from connector.lake import changes, tables
 
     older = config.date_argument("--from", from_date)
     newer = config.date_argument("--to", to_date)
-    store = storage.resolve(settings.output.uri, settings.output.storage_options)
+    store = validation.output_store(settings.output)
     table = tables.for_output(settings.output, store)
     return changes.diff_published(
         store.fs, store.base, older, newer, run_id=new_run_id(), table=table, counts=counts
@@ -301,14 +304,17 @@ def export(
 
     position, run_id = _shard(shard, run_id)
     settings = validation.check(settings)
+    credentials = _checked(settings, credentials)
     context = prepare(
         settings,
-        _checked(settings, credentials),
+        credentials,
         position or (0, 1),
         run_id=run_id,
         publish_now=position is None,
         rate_share=shard.rate_share if isinstance(shard, ShardSpec) else None,
+        store=validation.output_store(settings.output),
     )
+    validation.writable(context.store)
     return Export(context, launched=launched, progress=progress)
 
 

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from connector import Credentials, Progress, RunOutcome, Settings
     from connector.workers.spawn import Launched
 
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: stdout was closed before the command wrote all of it, as shells report."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
@@ -186,11 +189,19 @@ def entry() -> int:
 
     lean.own_process()
     lean.fixed_mmap_threshold()
-    code = main()
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of stdout left early (`oci-images schema | head -1`): it has what it
+        # wanted. Exit as a process killed by SIGPIPE would, without a traceback; what is
+        # still buffered goes nowhere instead of failing again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_BROKEN_PIPE
     # Every file is closed and every result written: skip the interpreter's teardown (freeing
     # pyarrow's and aiohttp's module state, about 60 ms) as the process ends.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    with contextlib.suppress(OSError):
+        sys.stderr.flush()
     os._exit(code)
 
 
@@ -234,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if signum is not None:  # e.g. workers stopped by the same signal: not the news
             print(f"oci-images: {interrupt.Interrupted(signum)}", file=sys.stderr)
             return 128 + signum
-        print(f"oci-images: {type(exc).__name__}: {exc}", file=sys.stderr)
+        # Each message is whole on its own; a class name would tell the user nothing more.
+        print(f"oci-images: {exc or type(exc).__name__}", file=sys.stderr)
         return EXIT_FAILED
     except (KeyboardInterrupt, BaseExceptionGroup) as exc:
         if isinstance(exc, BaseExceptionGroup) and not exc.subgroup(KeyboardInterrupt):
@@ -379,7 +391,7 @@ def summary_line(outcome: RunOutcome) -> str:
     status = {0: "complete", 1: "failed", 3: "partial"}.get(outcome.exit_code, "failed")
     published = "published" if outcome.published else "not published"
     if manifest is None:
-        counts = "rows=0 rejects=0 files=0 compartments_ok=0 compartments_failed=0 "
+        counts = "rows=0 rejects=0 files=0 listings_ok=0 listings_failed=0 "
         counts += "requests=0 retries=0 throttled=0"
         run_id = "-"
     else:
@@ -387,8 +399,8 @@ def summary_line(outcome: RunOutcome) -> str:
         requests = manifest.requests
         counts = (
             f"rows={manifest.rows} rejects={manifest.rejects} files={manifest.file_count} "
-            f"compartments_ok={len(manifest.compartments) - failed} "
-            f"compartments_failed={failed} requests={requests.sent} "
+            f"listings_ok={len(manifest.compartments) - failed} "
+            f"listings_failed={failed} requests={requests.sent} "
             f"retries={requests.retried} throttled={requests.throttled}"
         )
         run_id = manifest.run_id

@@ -144,12 +144,17 @@ def check_output_uri(uri: object, key: str = "output.uri") -> str:
     if not isinstance(uri, str) or not uri.strip():
         raise ConfigError(key, "must not be empty: name a folder or a bucket path for the lake")
     text = uri.strip()
+    if "\x00" in text:
+        # No filesystem takes one: Python's own calls would raise ValueError deep in a run.
+        raise ConfigError(key, "contains a NUL character")
     if "://" in text:
         scheme, _, rest = text.partition("://")
         if scheme == "file":
             return _check_local_output(rest or "/", key, uri)
-        if not rest.strip("/"):
-            raise ConfigError(key, f"{uri!r} names no bucket or container")
+        if not rest.split("/", 1)[0]:
+            raise ConfigError(
+                key, f"{uri!r} names no bucket or container: {scheme}://bucket/prefix"
+            )
         return uri
     return _check_local_output(text, key, uri)
 

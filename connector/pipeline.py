@@ -255,6 +255,8 @@ def _reason(exc: BaseException) -> str:
     cause = _cause(exc)
     if isinstance(cause, anyio.get_cancelled_exc_class() | KeyboardInterrupt):
         return "interrupted"
+    if isinstance(cause, ConnectorError) and str(cause):
+        return str(cause)  # whole on its own, as the command prints it
     return f"{type(cause).__name__}: {cause}"
 
 

@@ -102,13 +102,15 @@ def prepare(
     run_id: str | None = None,
     publish_now: bool = True,
     rate_share: float | None = None,
+    store: Store | None = None,
 ) -> RunContext:
-    """The run's context (see the module docstring); ``ConfigError`` for what cannot work."""
+    """The run's context (see the module docstring); ``ConfigError`` for what cannot work.
+    ``store``: the output's, already resolved (and checked: ``validation.output_store``)."""
     run_id = names.check_run_id(run_id) if run_id is not None else new_run_id()
     home = credentials.home_region
     endpoints = Endpoints.from_settings(settings.oci, regions.canonical(home) if home else None)
     output = settings.output
-    store = storage.resolve(output.uri, output.storage_options)
+    store = store or storage.resolve(output.uri, output.storage_options)
     table = tables.for_output(output, store)
     # Every attempt stages in its own folder, even under a run id used before.
     owner = lock.Owner.me(run_id, lock.new_attempt_id(), settings.fetch.run_deadline_s)

@@ -11,7 +11,11 @@ base layer. What needs the other layers is checked here:
 - ``output.uri`` and ``output.storage_options`` against the stores (``connector.lake.storage``),
   ``output.table_format`` against the table libraries (``connector.lake.tables``);
 - once the credentials are known, that they and the settings name a region and a tenancy
-  (``check_credentials``).
+  (``check_credentials``);
+- before a run or a commit writes anything, that ``output.uri`` can be written: an object
+  store answers, with the credentials given, within ``OUTPUT_PROBE_S`` seconds
+  (``output_store``); a local folder exists or can be created and takes a file
+  (``writable``).
 
 ``connector.load_config`` applies ``check`` after ``config.load``, and so the command and the
 Airflow operators do; ``run`` and ``plan`` apply it again to the settings they are given, so a
@@ -21,14 +25,27 @@ the key (exit 2).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import secrets
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from connector import config, flavors
 from connector.config import Settings
 from connector.errors import ConfigError
 from connector.oci import auth, regions
 
+if TYPE_CHECKING:
+    from connector.lake.storage import Store
+
 SUBSCRIBED = ("subscribed",)
+OUTPUT_PROBE_S = 5.0
+"""How long an object store has to answer before the run gives up on it, before any request.
+A store offline otherwise costs minutes (gcsfs looks for credentials on a metadata server,
+then retries with back-off) before a traceback."""
 
 
 def check(settings: Settings) -> Settings:
@@ -142,3 +159,111 @@ def _require_endpoint(settings: Settings, region: regions.Region) -> None:
             f"is empty, and {flavor.platform} has no public endpoint: set it to "
             "https://iaas.<appliance domain> (or name the region by that domain)",
         )
+
+
+def output_store(output: config.OutputSettings, timeout_s: float = OUTPUT_PROBE_S) -> Store:
+    """The store of ``output.uri``, reached: ``ConfigError`` naming ``output.uri`` and the
+    reason when it cannot be, before any request to OCI. Nothing is written (``writable``
+    writes, once everything else is known to be right).
+
+    An object store must answer a look at the output's prefix (and its bucket, when the prefix
+    is new) within ``timeout_s`` seconds, with the credentials given; building its filesystem
+    counts, as some libraries look for credentials on the network. When it does not answer,
+    the thread asking stays behind, alone, until its library gives up.
+    """
+    from connector.lake import storage
+
+    if "://" not in output.uri or output.uri.lower().startswith("file://"):
+        return storage.resolve(output.uri, output.storage_options)
+    answer: list[Store | BaseException] = []
+
+    def look() -> None:
+        import pyarrow.fs as pafs
+
+        try:
+            store = storage.resolve(output.uri, output.storage_options)
+            found = store.fs.get_file_info(store.base).type
+            if found == pafs.FileType.File:
+                raise ConfigError(storage.URI_KEY, f"{output.uri} is an object, not a prefix")
+            bucket = store.base.split("/", 1)[0]
+            if found == pafs.FileType.NotFound and bucket != store.base:
+                found = store.fs.get_file_info(bucket).type
+            if found == pafs.FileType.NotFound:
+                raise ConfigError(
+                    storage.URI_KEY,
+                    f"the bucket {bucket} does not exist, or these credentials cannot see it",
+                )
+            answer.append(store)
+        except BaseException as exc:  # the caller raises it, or says what it was
+            answer.append(exc)
+
+    asker = threading.Thread(target=look, name="output-probe", daemon=True)
+    asker.start()
+    asker.join(timeout_s)
+    if not answer:
+        raise ConfigError(
+            storage.URI_KEY,
+            f"the store of {output.uri} did not answer within {timeout_s:g} s: check the "
+            "network, a proxy, output.storage_options (endpoint_url) and the credentials",
+        )
+    [found] = answer
+    if isinstance(found, ConfigError):
+        raise found
+    if isinstance(found, BaseException):
+        raise ConfigError(
+            storage.URI_KEY, f"the store of {output.uri} refused a look: {_said(found)}"
+        ) from None
+    return found
+
+
+def writable(store: Store) -> None:
+    """A local output exists or can be created, is a folder, and takes a file: one is written
+    and removed in its ``_staging`` (through the deletion door), as the run is about to.
+    ``ConfigError`` naming ``output.uri`` and the reason else. Object stores: see
+    ``output_store``."""
+    from connector.lake import door, layout
+
+    if not store.is_local:
+        return
+    base = Path(store.base)
+    key = "output.uri"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(key, f"{base} is a file, not a folder") from None
+    except NotADirectoryError:
+        raise ConfigError(key, f"{base} cannot be a folder: a part of its path is a file") from None
+    except OSError as exc:
+        raise ConfigError(key, f"{base} cannot be created: {_said(exc)}") from None
+    staging = layout.staging_root(store.base)
+    probe = layout.write_probe(store.base, secrets.token_hex(4))
+    made_staging = wrote = False
+    try:
+        try:
+            os.mkdir(staging)
+            made_staging = True
+        except FileExistsError:
+            pass
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        wrote = True
+        try:
+            os.write(fd, b"probe")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise ConfigError(key, f"{base} is not writable: {_said(exc)}") from None
+    finally:
+        # A probe that cannot be removed is left behind rather than hiding why the check failed.
+        with contextlib.suppress(OSError):
+            if wrote:
+                door.guarded_delete(store.fs, store.base, probe)
+            if made_staging:
+                door.remove_empty_dir(store.fs, store.base, staging)
+
+
+def _said(exc: BaseException) -> str:
+    """What an OS or store error says, without its class name or a repeated path."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

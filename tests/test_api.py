@@ -230,11 +230,13 @@ class TestRun:
             connector.run(settings_for(emulator, tmp_path), shard=(0, 2))
 
     def test_commit_without_shards(self, tmp_path: Path) -> None:
-        """Committing a run that staged nothing fails with a message, and no manifest."""
+        """Committing a run that staged nothing raises, as ``diff`` of a date never published
+        does: the run named is not there."""
         settings = connector.load_config(values={"output": {"uri": str(tmp_path)}})
-        outcome = connector.commit(settings, "no-such-run")
-        assert ("failed", 1, None) == (outcome.status, outcome.exit_code, outcome.manifest)
-        assert "nothing staged" in outcome.message
+        with pytest.raises(connector.PublishError, match="nothing staged for run no-such-run"):
+            connector.commit(settings, "no-such-run")
+        with pytest.raises(connector.PublishError, match="no published snapshot"):
+            list(connector.diff(settings, "2026-01-01", "2026-01-02"))
 
 
 class TestLogs:

@@ -175,9 +175,8 @@ class TestCommit:
         lake = tmp_path / "lake"
         settings = settings_for(server, lake)
         connector.run(settings)
-        outcome = connector.commit(settings, connector.new_run_id())
-        assert (1, False) == (outcome.exit_code, outcome.published)
-        assert "nothing staged" in outcome.message
+        with pytest.raises(connector.PublishError, match="nothing staged"):
+            connector.commit(settings, connector.new_run_id())
 
 
 class TestForeignShards:

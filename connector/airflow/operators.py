@@ -277,4 +277,4 @@ def translated_errors() -> Iterator[None]:
     except ConfigError as exc:
         raise AirflowFailException(f"configuration error: {exc}") from exc
     except ConnectorError as exc:
-        raise AirflowException(f"{type(exc).__name__}: {exc}") from exc
+        raise AirflowException(str(exc) or type(exc).__name__) from exc

@@ -151,8 +151,12 @@ def commit_run(
     if done is not None:
         return done
     if not shards:
-        message = f"nothing staged for run {run_id} under {layout.staging_root(base)}/{run_id}"
-        return RunOutcome(run_id, EXIT_FAILED, False, None, message, time.monotonic() - began)
+        # As ``diff`` of a date never published: what the command names is not there, so it
+        # raises (exit 1, one line) rather than returning an outcome of a run that never was.
+        raise PublishError(
+            f"nothing staged for run {run_id} under {layout.staging_root(base)}/{run_id}: "
+            "check the run id, or run its shards first (run --shard I/N --run-id RUN_ID)"
+        )
     staged = Layout(base, run_id, day, f"{layout.COMMIT_PREFIX}{lock.new_attempt_id()}")
     guard: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if held is None:

@@ -13,6 +13,7 @@
     _staging/RUN_ID/ATTEMPT/{dataset}/snapshot_date=D/    one attempt's files until commit
     _staging/RUN_ID/commit-ATTEMPT/_commit.json           a commit's journal
     _staging/RUN_ID/shards/III-of-NNN.json                what each finished shard staged
+    _staging/_probe-TOKEN                                 a write that checks output.uri (removed)
     _trash/RUN_ID/ATTEMPT/{dataset}/snapshot_date=D       a previous partition, mid-swap
 
 Each attempt (a process running a run, a shard or a commit, even under a run id used before)
@@ -44,6 +45,8 @@ SUCCESS = "_SUCCESS"
 PARTIAL = "_PARTIAL"
 MARKERS = (SUCCESS, PARTIAL)
 REJECTS = "_rejects"
+PROBE_PREFIX = "_probe-"
+"""A file written and removed before a run, to learn that the output is writable."""
 COMMIT_PREFIX = "commit-"
 """A commit's attempt folder is ``commit-…``: it gathers the shards' files and journals."""
 
@@ -137,6 +140,11 @@ def runs_folder(base: str) -> str:
 def staging_root(base: str) -> str:
     """``{base}/_staging``."""
     return f"{base}/{STAGING}"
+
+
+def write_probe(base: str, token: str) -> str:
+    """``{base}/_staging/_probe-TOKEN``: no walker of ``_staging`` takes it for a run."""
+    return f"{base}/{STAGING}/{PROBE_PREFIX}{token}"
 
 
 def trash_root(base: str) -> str:

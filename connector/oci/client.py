@@ -262,6 +262,8 @@ class OciClient:
                 await self.signer.refresh()
                 continue
             host = urlsplit(full_url).netloc
+            # The call, the credentials and the next step, before ``whole_run`` reads the hint.
+            self._explain(error, full_url, context.get("region"))
             abort = diagnose.whole_run(error, host, host in self._answered, self.options.profile)
             if abort is not None and self.aborted is None:
                 # Not retried: it is the same for every request. The caller decides what it
@@ -271,7 +273,6 @@ class OciClient:
             retry = error.retryable and abort is None
             delay = policy.delay(attempt, elapsed, retry_after) if retry else None
             if delay is None:
-                self._explain(error, full_url, context.get("region"))
                 self.counters.failed += 1
                 log.warning(
                     "request.failed",
@@ -464,7 +465,7 @@ class OciClient:
                 hint=troubleshoot.for_connection(host, "", proxy is None),
             )
         return TransportError(
-            f"connection failed: {type(exc).__name__} ({_os_reason(exc)})",
+            f"connection failed ({_os_reason(exc)})",
             host=host,
             hint=troubleshoot.for_connection(host, "", proxy is None),
         )

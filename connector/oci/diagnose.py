@@ -24,13 +24,15 @@ Kind = Literal["tls", "dns", "refused", ""]
 
 class RunAbort(ConnectorError):
     """An error that concerns every request of the run (TLS, 401, DNS, connection refused):
-    the run stops at once, with the reason, the host and what to check."""
+    the run stops at once, with the reason, the host and what to check.
+
+    ``reason`` names the host, once; ``hint`` is the one next step."""
 
     def __init__(self, reason: str, host: str, hint: str) -> None:
         self.reason = reason
         self.host = host
         self.hint = hint
-        super().__init__(f"{reason} (host {host}); {hint}")
+        super().__init__(f"{reason}. Next: {hint}" if hint else reason)
 
 
 def kind_of(exc: BaseException) -> Kind:
@@ -55,39 +57,47 @@ def whole_run(
 ) -> RunAbort | None:
     """The ``RunAbort`` that ``error`` means, or None when it concerns one request only.
 
-    ``answered``: whether ``host`` has answered any request of this run before.
+    ``answered``: whether ``host`` has answered any request of this run before. ``profile``:
+    who signs, as ``Credentials.label`` says it (``profile "DEFAULT" of ~/.oci/config``). The
+    hint the client attached to ``error`` (the authentication mode's advice after a 401, the
+    CA advice after a refused certificate) is the one given; otherwise the one here.
     """
-    credentials = f"profile {profile}" if profile else "the OCI profile"
     if isinstance(error, OciApiError):
         if error.status != 401:
             return None
+        signer = profile or "the OCI profile"
+        hint = error.hint or (
+            f"check the user, fingerprint, key_file and tenancy of {signer}, that the key was "
+            "uploaded for that user, and this machine's clock"
+        )
+        who = f" with {profile}" if profile and profile not in hint else ""  # named once
         return RunAbort(
-            f"the service refused the request signature: 401 {error.code} {error.message}".strip(),
+            f"{host} refused the request signature{who}: 401 {error.code} {error.message}".strip(),
             host,
-            f"check the user, fingerprint, key_file and tenancy of {credentials}, that the key "
-            "was uploaded for that user, and this machine's clock",
+            hint,
         )
     kind = getattr(error, "kind", "")
     if kind == "tls":
         return RunAbort(
-            f"the TLS certificate does not verify: {error}",
+            error.reason,
             host,
-            "set oci.ca_bundle to the CA file that signed it (a private appliance's own CA), "
+            error.hint
+            or "set oci.ca_bundle to the CA file that signed it (a private appliance's own CA), "
             "or check oci.endpoint and any proxy that intercepts TLS",
         )
     if answered:
         return None
     if kind == "dns":
         return RunAbort(
-            f"the host name does not resolve: {error}",
+            f"{host}: the host name does not resolve",
             host,
             "check the region name and oci.endpoint, this machine's DNS, and HTTPS_PROXY",
         )
     if kind == "refused":
         return RunAbort(
-            f"the connection was refused: {error}",
+            f"{host}: the connection was refused",
             host,
-            "nothing accepts connections there: check oci.endpoint (and its port) and the "
-            "proxy settings",
+            "nothing accepts connections there: check oci.endpoint (and its port), and "
+            "HTTPS_PROXY and NO_PROXY",
         )
     return None

@@ -100,11 +100,18 @@ async def subscribed_regions(
     ready = sorted(
         names.check_region(s.get("regionName")) for s in subscriptions if s.get("status") == "READY"
     )
-    log.info(
-        "discovery.regions",
-        regions=ready,
-        skipped=[s["regionName"] for s in subscriptions if s.get("status") != "READY"],
-    )
+    skipped = [s for s in subscriptions if s.get("status") != "READY"]
+    log.info("discovery.regions", regions=ready, skipped=[s["regionName"] for s in skipped])
+    for subscription in skipped:
+        # Why, in words: a region the user expected and does not find in the output.
+        status = str(subscription.get("status") or "unknown")
+        log.info(
+            "discovery.region_skipped",
+            region=str(subscription["regionName"]),
+            status=status,
+            reason=f"its subscription is {status}, not READY: OCI serves no requests there "
+            "until the subscription is ready; the next run after that exports it",
+        )
     return ready
 
 

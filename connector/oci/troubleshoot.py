@@ -88,16 +88,17 @@ def _unauthenticated(auth: str, profile: str, clock_skew_s: float | None) -> str
 
 
 def for_tls(host: str, ca_source: str, reason: str, proxy: str | None) -> str:
-    """The next step after a failed TLS verification."""
+    """The next step after a failed TLS verification. ``host`` is not repeated: the message
+    this advice follows names it."""
     via = f" (through the proxy {proxy})" if proxy else ""
     if "hostname" in reason.lower() or "match" in reason.lower():
         return (
-            f"the certificate presented by {host}{via} is not issued for that name: check "
+            f"the certificate presented{via} is not issued for that name: check "
             "oci.endpoint (use the appliance's name as its certificate has it"
             + (", and that the proxy does not intercept TLS)" if proxy else ")")
         )
     return (
-        f"the certificate of {host}{via} does not chain to {ca_source}: set oci.ca_bundle to "
+        f"the certificate{via} does not chain to {ca_source}: set oci.ca_bundle to "
         "a PEM file holding the CA that issued it (for a Private Cloud Appliance: its "
         "management node's CA; behind an inspecting proxy: the proxy's CA)"
     )
@@ -122,8 +123,8 @@ def for_proxy(proxy: str, variable: str, status: int | None) -> str:
 
 
 def for_connection(host: str, reason: str, proxy_hint: bool) -> str:
-    """The next step after no connection could be made."""
-    advice = f"check that {host} is right (oci.regions, oci.endpoint) and reachable from here" + (
+    """The next step after no connection could be made (the message names ``host``)."""
+    advice = "check that the host is right (oci.regions, oci.endpoint) and reachable from here" + (
         "; behind a corporate proxy set HTTPS_PROXY (and NO_PROXY)" if proxy_hint else ""
     )
     return f"{reason}: {advice}" if reason else advice

@@ -16,6 +16,10 @@ import signal
 import socket
 import sys
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from connector.workers.protocol import Readable
 
 
 def main(fds: list[int]) -> int:
@@ -68,46 +72,66 @@ def serve(fd: int, index: int, count: int) -> None:
     """A worker process's loop: its setup, then pages in, listing results and finally the
     file list out (see ``connector.workers.protocol``)."""
     from connector.lean import quiet_gc
-    from connector.pages import Page
-    from connector.workers import protocol
-    from connector.workers.page import PageWorker
 
     with (
         quiet_gc(),
         socket.socket(fileno=fd) as sock,
         sock.makefile("rb", buffering=1 << 20) as incoming,
     ):
-        first = protocol.read(incoming)
-        if not isinstance(first, protocol.Setup):
-            return
         try:
-            worker = PageWorker(first.setup, index, count)
-        except Exception as exc:
+            _serve(sock, incoming, index, count)
+        except ConnectionError:
+            # The coordinator went away (a run that stopped during discovery, before it needed
+            # its workers): no one to tell, and a traceback here would reach the user's terminal.
+            return
+
+
+def _serve(sock: socket.socket, incoming: Readable, index: int, count: int) -> None:
+    """``serve``'s conversation; ``ConnectionError`` when the coordinator has gone."""
+    from connector.pages import Page
+    from connector.workers import protocol
+    from connector.workers.page import PageWorker
+
+    first = protocol.read(incoming)
+    if not isinstance(first, protocol.Setup):
+        return
+    try:
+        worker = PageWorker(first.setup, index, count)
+    except Exception as exc:
+        protocol.write(sock, protocol.Failed(f"{type(exc).__name__}: {exc}"))
+        return
+    protocol.write(sock, protocol.Ready(os.getpid()))
+    protocol.heartbeat(sock, first.setup.heartbeat_s / 4)
+    while True:
+        message = protocol.read(incoming)
+        if message is None:  # the coordinator went away, or gave up after a failure
+            worker.discard()
+            return
+        reply: protocol.FromWorker | None = None
+        try:
+            if isinstance(message, Page):
+                reason = worker.page(message)
+                reply = protocol.Verdict(message.item, message.number, reason)
+            elif isinstance(message, protocol.End):
+                reply = protocol.Result(worker.end(message.item, message.pages, message.error))
+            elif isinstance(message, protocol.Flush):
+                worker.flush()
+            elif isinstance(message, protocol.Close):
+                reply = protocol.Finished(worker.close(message.donate))
+        except Exception as exc:  # reported to the coordinator, which fails the run
+            worker.discard()
             protocol.write(sock, protocol.Failed(f"{type(exc).__name__}: {exc}"))
             return
-        protocol.write(sock, protocol.Ready(os.getpid()))
-        protocol.heartbeat(sock, first.setup.heartbeat_s / 4)
-        while True:
-            message = protocol.read(incoming)
-            if message is None:  # the coordinator went away, or gave up after a failure
+        if reply is None:
+            continue
+        try:
+            protocol.write(sock, reply)
+        except ConnectionError:
+            if not isinstance(message, protocol.Close):
                 worker.discard()
-                return
-            try:
-                if isinstance(message, Page):
-                    reason = worker.page(message)
-                    protocol.write(sock, protocol.Verdict(message.item, message.number, reason))
-                elif isinstance(message, protocol.End):
-                    result = worker.end(message.item, message.pages, message.error)
-                    protocol.write(sock, protocol.Result(result))
-                elif isinstance(message, protocol.Flush):
-                    worker.flush()
-                elif isinstance(message, protocol.Close):
-                    protocol.write(sock, protocol.Finished(worker.close(message.donate)))
-                    return
-            except Exception as exc:  # reported to the coordinator, which fails the run
-                worker.discard()
-                protocol.write(sock, protocol.Failed(f"{type(exc).__name__}: {exc}"))
-                return
+            raise
+        if isinstance(message, protocol.Close):
+            return
 
 
 if __name__ == "__main__":

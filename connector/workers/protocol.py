@@ -171,7 +171,7 @@ class Channel:
             if body:
                 await self._stream.send(body)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            raise WorkerError(f"worker {self.index} went away") from None
+            raise WorkerError(_gone(self.index)) from None
 
     async def send_page(self, page: Page) -> None:
         """A page: its head, then its body as is."""
@@ -184,7 +184,7 @@ class Channel:
             payload = await self._receive.receive_exactly(size)
             message: FromWorker = pickle.loads(payload)  # noqa: S301 (see the module's docstring)
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
-            raise WorkerError(f"worker {self.index} went away") from None
+            raise WorkerError(_gone(self.index)) from None
         return message
 
     async def aclose(self) -> None:
@@ -234,3 +234,11 @@ def heartbeat(sock: socket.socket, interval_s: float) -> threading.Event:
 
     threading.Thread(target=beat, name="heartbeat", daemon=True).start()
     return stop
+
+
+def _gone(index: int) -> str:
+    """What the user reads when a worker process ends mid-run, on its own."""
+    return (
+        f"worker process {index} went away mid-run (killed, perhaps by the out-of-memory "
+        "killer); nothing was published"
+    )
