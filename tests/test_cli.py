@@ -66,8 +66,8 @@ def test_run_succeeds_with_summary_and_json_logs(
     for key in (
         "rows=",
         f"files={len(files)} ",
-        "compartments_ok=82",
-        "compartments_failed=0",
+        "listings_ok=82",
+        "listings_failed=0",
         "requests=",
         "retries=",
         "throttled=",
@@ -91,7 +91,7 @@ def test_exit_3_partial(make_emulator: Callable[..., EmulatorServer], tmp_path: 
     result = oci_images("run", "--config", str(config))
     assert 3 == result.returncode
     assert result.stdout.startswith("partial (not published):")
-    assert "compartments_failed=2" in result.stdout
+    assert "listings_failed=2" in result.stdout
     assert "nothing published" in result.stderr
 
 
@@ -273,7 +273,7 @@ def test_the_progress_bar_on_a_terminal(
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     process = subprocess.Popen(
         [sys.executable, "-m", "connector", "run", "--config", str(config), "--log-level",
-         "info", "--log-format", "console"],
+         "debug", "--log-format", "console"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal, cwd=ROOT,
         env={**os.environ, "NO_COLOR": "1", "TERM": "xterm"},
     )  # fmt: skip
