@@ -23,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from connector import config, names, validation
+from connector import config, logs, names, validation
 from connector.errors import ConfigError
 from connector.lake import manifest
 from connector.oci import auth
+
+log = logs.get_logger("connector.api")
 
 if TYPE_CHECKING:
     import os
@@ -222,7 +224,9 @@ def commit(settings: Settings, run_id: str) -> RunOutcome:
 
     store = validation.output_store(settings.output)
     validation.writable(store)
-    return commit_run(settings, run_id, store=store)
+    outcome = commit_run(settings, run_id, store=store)
+    log.info("run.finished", run_id=outcome.run_id, **outcome.totals())
+    return outcome
 
 
 def diff(

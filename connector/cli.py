@@ -385,28 +385,28 @@ def snapshot(progress: Progress) -> Snapshot:
 
 
 def summary_line(outcome: RunOutcome) -> str:
-    """The one line a run prints at the end."""
-    manifest = outcome.manifest
-    rate = manifest.rows / outcome.elapsed_s if manifest and outcome.elapsed_s else 0.0
+    """The one line a run prints at the end: the totals of its ``run.finished`` event."""
+    totals = outcome.totals()
+    rate = totals["rows"] / outcome.elapsed_s if outcome.elapsed_s else 0.0
     status = {0: "complete", 1: "failed", 3: "partial"}.get(outcome.exit_code, "failed")
     published = "published" if outcome.published else "not published"
-    if manifest is None:
-        counts = "rows=0 rejects=0 files=0 listings_ok=0 listings_failed=0 "
-        counts += "requests=0 retries=0 throttled=0"
-        run_id = "-"
-    else:
-        failed = len(manifest.failed)
-        requests = manifest.requests
-        counts = (
-            f"rows={manifest.rows} rejects={manifest.rejects} files={manifest.file_count} "
-            f"listings_ok={len(manifest.compartments) - failed} "
-            f"listings_failed={failed} requests={requests.sent} "
-            f"retries={requests.retried} throttled={requests.throttled}"
+    counts = " ".join(
+        f"{key}={totals[key]}"
+        for key in (
+            "rows",
+            "rejects",
+            "files",
+            "listings_ok",
+            "listings_failed",
+            "requests",
+            "retries",
+            "throttled",
         )
-        run_id = manifest.run_id
+    )
+    run_id = outcome.manifest.run_id if outcome.manifest else "-"
     return (
         f"{status} ({published}): {counts} "
-        f"rows_per_s={rate:.0f} elapsed_s={outcome.elapsed_s:.2f} run_id={run_id}"
+        f"rows_per_s={rate:.0f} elapsed_s={totals['elapsed_s']:.2f} run_id={run_id}"
     )
 
 

@@ -24,11 +24,11 @@ from contextlib import contextmanager
 from types import FrameType
 
 import anyio
-import structlog
 
+from connector import logs
 from connector.errors import ConnectorError
 
-log = structlog.get_logger("connector.interrupt")
+log = logs.get_logger("connector.interrupt")
 
 _received: int | None = None
 POLL_S = 0.05

@@ -31,7 +31,7 @@ import anyio.to_thread
 import structlog
 from anyio.streams.memory import MemoryObjectSendStream
 
-from connector import errors
+from connector import errors, logs
 from connector.errors import EXIT_OK, EXIT_PARTIAL, ConnectorError, OciApiError, TransportError
 from connector.lake import committing
 from connector.lake.attempt import Staging
@@ -44,7 +44,7 @@ from connector.sinks import FileInfo
 from connector.tally import Progress, Tally
 from connector.workers import coordinator
 
-log = structlog.get_logger("connector.pipeline")
+log = logs.get_logger("connector.pipeline")
 
 PROGRESS_EVERY_S = 0.25
 
@@ -102,7 +102,9 @@ class Export:
             started_at = utc_now()
             self.staging.acquire(ctx.publish_now)
             try:
-                return await self._locked_run(started_at)
+                outcome = await self._locked_run(started_at)
+                log.info("run.finished", **outcome.totals())
+                return outcome
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self.staging.discard, ctx.publish_now)
@@ -117,6 +119,7 @@ class Export:
         ctx = self.context
         await anyio.to_thread.run_sync(self.staging.begin, ctx.publish_now, ctx.table)
         files, rejects = await self._stage()
+        self.tally.report_failures()
         failed = self.tally.failed
         if failed and ctx.settings.output.allow_partial:
             drop = partial(self.staging.drop_listings, files, rejects, failed)

@@ -1,19 +1,22 @@
 """What a run counts as it goes: the listings done and failed, rows and rejects, each listing's
-record for the manifest, one log line per finished listing, and the snapshot a progress
-callback receives."""
+record for the manifest, and the snapshot a progress callback receives.
+
+Each finished listing is a debug line; failures are summed up at the end of the fetch, one
+warning per region and cause (a region the tenancy does not serve fails every listing of it the
+same way: one line says so, with the count, not one line per compartment)."""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
-import structlog
-
+from connector import logs
 from connector.lake.manifest import ListingRecord
 from connector.pages import WorkItem
 from connector.workers.page import ListingResult
 
-log = structlog.get_logger("connector.pipeline")
+log = logs.get_logger("connector.pipeline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,7 @@ class Tally:
         self.rejects += result.rejects
         if error:
             self.listings_failed += 1
-            log.warning(
+            log.debug(
                 "listing.failed",
                 region=item.region,
                 compartment_id=item.compartment_id,
@@ -81,6 +84,29 @@ class Tally:
             pages=result.pages,
             rows=result.rows,
         )
+
+    def report_failures(self) -> None:
+        """One warning per region and cause (status, code) of the failed listings: how many of
+        the region's listings failed that way, the first one's compartment and message."""
+        causes: dict[tuple[str, int | None, str], list[ListingRecord]] = {}
+        listings: Counter[str] = Counter()
+        for record in self.listings():
+            listings[record.region] += 1
+            if record.error is not None:
+                key = (record.region, record.error.status, record.error.code)
+                causes.setdefault(key, []).append(record)
+        for (region, status, code), failed in causes.items():
+            first = failed[0]
+            log.warning(
+                "listings.failed",
+                region=region,
+                status=status,
+                code=code,
+                reason=first.error.message if first.error else "",
+                listings_failed=len(failed),
+                listings=listings[region],
+                compartment_id=first.compartment_id,
+            )
 
     def donated(self, item: WorkItem, rows: int) -> None:
         """The platform images a region's donor listing wrote, counted once the workers close."""

@@ -1,6 +1,7 @@
 """Regenerate what is generated from the code (`make readme`): the reference pages of the
 documentation site (docs/reference/configuration.md from connector/config.py, columns.md from
-connector/schema.py, cli.md from the command's argument parser) and configs/example.toml.
+connector/schema.py, cli.md from the command's argument parser, log-events.md from
+connector/logs.py) and configs/example.toml.
 
 `--check` writes nothing and exits 1 naming the files that are not what the code generates
 (`make docs` runs it, and tests/test_docs.py checks the same), so a key, column or option
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from connector import cli, config, schema
+from connector import cli, config, logs, schema
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = Path("docs") / "reference"
@@ -174,12 +175,54 @@ def cli_page() -> str:
     return "".join(lines)
 
 
+def log_events_page() -> str:
+    keys = "".join(
+        f"| `{name}` | {key.type} | {escape_html(key.about)} |\n" for name, key in logs.KEYS.items()
+    )
+    events = "".join(
+        f"| `{name}` | {event.level} | "
+        + ", ".join(f"`{k}`" for k in event.keys)
+        + f" | {escape_html(event.about)} |\n"
+        for name, event in logs.EVENTS.items()
+    )
+    return (
+        generated_notice("connector/logs.py")
+        + """
+# Log events
+
+Every event the connector logs, with its level and its keys, and every key with its one type:
+a key has the same type in every event (any key may be null), so a log aggregator that types a
+field by the first value it sees (Elasticsearch, OpenSearch, BigQuery, Datadog) types it right.
+How logs are printed, and how a program that embeds the connector gets them, is in
+[Logs and progress](../operations/logging.md).
+
+Besides its own keys, every event has """
+        + ", ".join(f"`{k}`" for k in logs.COMMON)
+        + """; `run_id` and `shard` are on every line of a run.
+
+## Events
+
+| event | level | keys | logged when |
+|---|---|---|---|
+"""
+        + events
+        + """
+## Keys
+
+| key | type | holds |
+|---|---|---|
+"""
+        + keys
+    )
+
+
 def pages() -> dict[Path, str]:
     """Every generated file (relative to the repository's root) and what it should hold."""
     return {
         REFERENCE / "configuration.md": configuration_page(),
         REFERENCE / "columns.md": columns_page(),
         REFERENCE / "cli.md": cli_page(),
+        REFERENCE / "log-events.md": log_events_page(),
         EXAMPLE: config.example_toml(),
     }
 

@@ -13,6 +13,7 @@ import pytest
 import structlog
 from oci._vendor import requests
 
+from connector import logs
 from connector.emulator import Behaviour, EmulatorServer, World, build_world
 
 if TYPE_CHECKING:
@@ -33,9 +34,11 @@ SMALL = {
 
 @pytest.fixture(autouse=True)
 def fresh_logging() -> Iterator[None]:
-    """Each test starts from structlog's defaults: a test that ran the CLI in process (which
-    routes logs to that test's captured stderr, at its level) must not leak into the next."""
+    """Each test starts with the connector a quiet library: a test that ran the CLI in process
+    (which routes logs to that test's captured stderr, at its level) must not leak into the
+    next."""
     yield
+    logs.reset()
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow.dataset as ds
 
-from connector import cli
+from connector import cli, logs
 from connector.emulator import EmulatorServer
 
 DATE = "2026-11-27"
@@ -140,3 +142,26 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@contextmanager
+def captured_events(level: int = logging.DEBUG) -> Iterator[list[dict[str, Any]]]:
+    """The connector's log events at ``level`` and above while the block runs, as the dicts a
+    ``logging`` handler receives (structlog's own ``capture_logs`` sees only loggers that use
+    structlog's global configuration, which the connector's do not)."""
+    events: list[dict[str, Any]] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if isinstance(record.msg, dict):
+                events.append({k: v for k, v in record.msg.items() if not k.startswith("_")})
+
+    root = logging.getLogger(logs.ROOT)
+    handler, previous = Capture(level), root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield events
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)

@@ -277,7 +277,7 @@ def test_the_progress_bar_on_a_terminal(
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     process = subprocess.Popen(
         [sys.executable, "-m", "connector", "run", "--config", str(config), "--log-level",
-         "info", "--log-format", "console"],
+         "debug", "--log-format", "console"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal, cwd=ROOT,
         env={**os.environ, "NO_COLOR": "1", "TERM": "xterm"},
     )  # fmt: skip

@@ -11,7 +11,6 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-import structlog
 
 from connector import __version__
 from connector.config import is_loopback
@@ -23,6 +22,7 @@ from connector.oci import (
 )
 from connector.oci.client import ClientOptions, OciClient, RequestCounters
 from connector.oci.retry import RetryPolicy
+from tests.helpers import captured_events
 
 FAST_RETRY = RetryPolicy(max_attempts=8, base_s=0.01, cap_s=0.1, jitter_s=0.01)
 
@@ -223,7 +223,7 @@ def test_secrets_never_reach_logs_or_errors(
     captured_headers: dict[str, str] = {}
     anyio.run(signer.sign, "GET", server.url + "/x", captured_headers)
     errors: list[str] = []
-    with structlog.testing.capture_logs() as logs:
+    with captured_events() as logs:
 
         async def run() -> None:
             async with OciClient(

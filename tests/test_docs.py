@@ -81,8 +81,9 @@ def all_blocks(language: str) -> list[Block]:
 
 class TestGeneratedPages:
     def test_generated_pages_are_current(self) -> None:
-        """docs/reference/{configuration,columns,cli}.md and configs/example.toml are what
-        connector/config.py, schema.py and cli.py generate (`make readme` regenerates them)."""
+        """docs/reference/{configuration,columns,cli,log-events}.md and configs/example.toml
+        are what connector/config.py, schema.py, cli.py and logs.py generate (`make readme`
+        regenerates them)."""
         generator = load_generator()
         assert [] == generator.stale(ROOT)
 

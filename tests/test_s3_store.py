@@ -23,9 +23,9 @@ from typing import Any
 import orjson
 import pyarrow.fs as pafs
 import pytest
-import structlog
 
 from connector.lake import durable, housekeeping, lock, storage
+from tests.helpers import captured_events
 from tests.lake_support import S3Server
 
 DATE = "2026-11-27"
@@ -194,7 +194,7 @@ def test_no_advisory_warning_with_botocore(
 ) -> None:
     """With botocore installed the lease is real: no "advisory" warning."""
     monkeypatch.setattr(storage, "_warned_advisory", set())
-    with structlog.testing.capture_logs() as logs:
+    with captured_events() as logs:
         owner = lock.Owner.me("run-a", "att-1")
         with lock.date_lock(store.fs, store.base, DATE, owner):
             pass
@@ -208,7 +208,7 @@ def test_without_botocore_the_lock_is_advisory_and_says_so(
     naming the extra that makes it a lease."""
     monkeypatch.setattr(storage, "_botocore", lambda: None)
     monkeypatch.setattr(storage, "_warned_advisory", set())
-    with structlog.testing.capture_logs() as logs:
+    with captured_events() as logs:
         with (
             lock.date_lock(store.fs, store.base, DATE, lock.Owner.me("a", "1")),
             pytest.raises(lock.LockHeld),

@@ -7,9 +7,8 @@ from __future__ import annotations
 import contextlib
 
 import pyarrow as pa
-import structlog
 
-from connector import names
+from connector import logs, names
 from connector._version import __version__
 from connector.errors import ConnectorError
 from connector.lake import committing, door, durable, housekeeping, layout, lock, rewrite, snapshots
@@ -20,7 +19,7 @@ from connector.pages import WorkItem
 from connector.sinks import FileInfo, SinkOptions
 from connector.sinks.dataset import write_batches
 
-log = structlog.get_logger("connector.lake.attempt")
+log = logs.get_logger("connector.lake.attempt")
 
 
 class Staging:
@@ -62,7 +61,7 @@ class Staging:
         lock.claim_attempt(self.fs, self.store.base, self.owner)
         log.info(
             "run.start",
-            attempt=self.owner.attempt,
+            attempt_id=self.owner.attempt,
             snapshot_date=self.layout.snapshot_date,
             version=__version__,
         )

@@ -26,9 +26,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pyarrow as pa
 import pyarrow.fs as pafs
-import structlog
 
-from connector import schema
+from connector import logs, schema
 from connector.lake.layout import IMAGES, partition_of
 from connector.sinks import FileInfo, SinkOptions
 
@@ -36,7 +35,7 @@ if TYPE_CHECKING:
     from connector.lake.layout import Layout
     from connector.lake.tables import TableWriter
 
-log = structlog.get_logger("connector.lake.changes")
+log = logs.get_logger("connector.lake.changes")
 
 KEY = ("_region", "id", "compartment_id")
 COMPARED: tuple[str, ...] = tuple(

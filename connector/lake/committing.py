@@ -35,9 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyarrow.fs as pafs
-import structlog
 
-from connector import formats, interrupt, names
+from connector import formats, interrupt, logs, names
 from connector.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, ConnectorError, PublishError
 from connector.lake import (
     changes,
@@ -59,7 +58,7 @@ if TYPE_CHECKING:
     from connector.config import OutputSettings, Settings
     from connector.lake.storage import Store
 
-log = structlog.get_logger("connector.lake.committing")
+log = logs.get_logger("connector.lake.committing")
 
 
 def complete_ratio(manifest: Manifest) -> float:
@@ -199,7 +198,8 @@ def commit_run(
         run_id=run_id,
         partition=staged.partition,
         rows=manifest.rows,
-        status=manifest.status,
+        files=manifest.file_count,
+        outcome=manifest.status,
     )
     code = EXIT_PARTIAL if manifest.failed else EXIT_OK
     return RunOutcome(run_id, code, True, manifest, elapsed_s=time.monotonic() - began)

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pafs
-import structlog
 
+from connector import logs
 from connector.errors import ConnectorError
 from connector.lake.layout import STAGING, TRASH
 from connector.names import DATASETS, PARTITION
 
-log = structlog.get_logger("connector.lake.door")
+log = logs.get_logger("connector.lake.door")
 
 
 class DeletionRefused(ConnectorError):

@@ -48,11 +48,11 @@ from typing import Any
 
 import orjson
 import pyarrow.fs as pafs
-import structlog
 
+from connector import logs
 from connector.lake import door
 
-log = structlog.get_logger("connector.lake.durable")
+log = logs.get_logger("connector.lake.durable")
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100

@@ -26,14 +26,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import pyarrow.fs as pafs
-import structlog
 
+from connector import logs
 from connector.lake import door, durable, layout, lock
 from connector.lake.publisher import COPY, JournaledCopy, LocalSwap, Publisher, read_journal
 from connector.lake.storage import Store
 from connector.lake.tables import TableWriter
 
-log = structlog.get_logger("connector.lake.housekeeping")
+log = logs.get_logger("connector.lake.housekeeping")
 
 STALE_S = 7 * 86400
 """Finished shards whose run was never committed, and any run's staging, are kept this long
@@ -205,7 +205,7 @@ def clean_dead_staging(fs: pafs.FileSystem, base: str, *, now: float | None = No
         door.remove_empty_dir(fs, base, f"{run_dir}/{layout.SHARDS}")
         door.remove_empty_dir(fs, base, run_dir)
     if removed:
-        log.info("staging.cleaned", removed=removed)
+        log.info("staging.cleaned", folders=removed)
     return removed
 
 

@@ -34,13 +34,12 @@ from typing import Any, Literal
 
 import orjson
 import pyarrow.fs as pafs
-import structlog
 
-from connector import machine, names
+from connector import logs, machine, names
 from connector.errors import ConnectorError
 from connector.lake import door, layout, storage
 
-log = structlog.get_logger("connector.lake.lock")
+log = logs.get_logger("connector.lake.lock")
 
 EXPIRY_MARGIN_S = 3600.0
 """Added to a run's deadline before another machine may consider its lock abandoned."""

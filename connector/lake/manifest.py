@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pyarrow.fs as pafs
-import structlog
 
+from connector import logs
 from connector.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -27,7 +27,7 @@ from connector.lake.layout import MANIFEST
 from connector.pages import ListingError, WorkItem
 from connector.sinks import FileInfo
 
-log = structlog.get_logger("connector.lake.manifest")
+log = logs.get_logger("connector.lake.manifest")
 
 Status = Literal["succeeded", "partial", "failed"]
 """How a run, a shard or a commit ended."""
@@ -281,6 +281,29 @@ class RunOutcome:
         if self.exit_code == EXIT_OK:
             return "succeeded"
         return "partial" if self.exit_code == EXIT_PARTIAL else "failed"
+
+    def totals(self) -> dict[str, Any]:
+        """The run's totals, as the ``run.finished`` event carries them and the summary line
+        prints them: the manifest's counts (a table format's: its commit's rows and files), so
+        that what is reported is what was published."""
+        manifest = self.manifest
+        failed = len(manifest.failed) if manifest else 0
+        requests = manifest.requests if manifest else RequestCounts()
+        return {
+            "outcome": self.status,
+            "published": self.published,
+            "exit_code": self.exit_code,
+            "snapshot_date": manifest.snapshot_date if manifest else None,
+            "rows": manifest.rows if manifest else 0,
+            "files": manifest.file_count if manifest else 0,
+            "rejects": manifest.rejects if manifest else 0,
+            "requests": requests.sent,
+            "retries": requests.retried,
+            "throttled": requests.throttled,
+            "listings_ok": len(manifest.compartments) - failed if manifest else 0,
+            "listings_failed": failed,
+            "elapsed_s": round(self.elapsed_s, 2),
+        }
 
 
 def utc_now() -> str:

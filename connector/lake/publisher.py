@@ -40,8 +40,8 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 import pyarrow.fs as pafs
-import structlog
 
+from connector import logs
 from connector.errors import PublishError
 from connector.lake import door, durable, layout
 from connector.lake.layout import Layout
@@ -50,7 +50,7 @@ from connector.lake.storage import Store
 from connector.lake.tables import TableWriter
 from connector.sinks import FileInfo
 
-log = structlog.get_logger("connector.lake.publisher")
+log = logs.get_logger("connector.lake.publisher")
 
 SWAP = "swap"
 COPY = "copy"

@@ -39,11 +39,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
-import structlog
 
+from connector import logs
 from connector.errors import ConfigError
 
-log = structlog.get_logger("connector.lake.storage")
+log = logs.get_logger("connector.lake.storage")
 
 URI_KEY = "output.uri"
 OPTIONS_KEY = "output.storage_options"

@@ -112,14 +112,17 @@ def for_output(output: OutputSettings, store: Store) -> TableWriter | None:
     """The writer ``output.table_format`` asks for, or None for plain files."""
     if not output.table_format:
         return None
-    return writer(store, output.table_format, output.catalog)
+    return writer(store, output.table_format, output.catalog, output.effective_compression)
 
 
-def writer(store: Store, table_format: str, catalog: Mapping[str, Any]) -> TableWriter:
-    """The writer for ``output.table_format``; ``ConfigError`` if it cannot work here."""
+def writer(
+    store: Store, table_format: str, catalog: Mapping[str, Any], compression: str = ""
+) -> TableWriter:
+    """The writer for ``output.table_format``; ``ConfigError`` if it cannot work here.
+    ``compression`` is ``output.compression`` (Parquet's codec; "" for delta-rs's default)."""
     check(table_format, store.uri(store.base), catalog)
     if table_format == "delta":
-        return DeltaWriter(store)
+        return DeltaWriter(store, compression)
     if table_format == "iceberg":
         return IcebergWriter(store, catalog)
     raise ConfigError("output.table_format", f"must be delta or iceberg, got {table_format!r}")
@@ -144,6 +147,9 @@ class DeltaWriter:
     """``output.table_format = "delta"`` through delta-rs."""
 
     store: Store
+    compression: str = ""
+    """``output.compression``: the codec of the Parquet files delta-rs writes (Iceberg's are the
+    connector's own files, written with it already)."""
     format: str = "delta"
 
     @property
@@ -153,7 +159,7 @@ class DeltaWriter:
 
     def commit(self, run_id: str, snapshot_date: str, files: Sequence[str]) -> dict[str, Any]:
         """One ``overwrite`` of the date's rows."""
-        from deltalake import CommitProperties, write_deltalake
+        from deltalake import CommitProperties, WriterProperties, write_deltalake
         from deltalake.exceptions import DeltaError
 
         target = annotated_schema("comment")
@@ -169,6 +175,7 @@ class DeltaWriter:
                 description=DESCRIPTION,
                 storage_options=self.store.delta_options(),
                 commit_properties=CommitProperties(custom_metadata={DELTA_RUN_KEY: run_id}),
+                writer_properties=WriterProperties(compression=self.codec),
             )
         except (DeltaError, OSError) as exc:
             raise PublishError(f"Delta commit to {self.uri} failed: {exc}") from None
@@ -176,6 +183,11 @@ class DeltaWriter:
         if found is None:
             raise PublishError(f"Delta commit to {self.uri} is missing from its history")
         return found
+
+    @property
+    def codec(self) -> Any:
+        """delta-rs's name for the codec (None: its default, snappy)."""
+        return _DELTA_CODECS.get(self.compression)
 
     def find(self, run_id: str) -> dict[str, Any] | None:
         """The newest table version committed by ``run_id``."""
@@ -204,6 +216,10 @@ class DeltaWriter:
         dataset = table.to_pyarrow_dataset()
         day = pa.scalar(date.fromisoformat(snapshot_date), pa.date32())
         yield from dataset.to_batches(filter=pc.field("_snapshot_date") == day)
+
+
+_DELTA_CODECS = {"zstd": "ZSTD", "snappy": "SNAPPY", "gzip": "GZIP", "none": "UNCOMPRESSED"}
+"""``output.compression``'s Parquet codecs as delta-rs's ``WriterProperties`` names them."""
 
 
 class IcebergWriter:

@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, runtime_checkabl
 from urllib.parse import urlsplit
 
 import anyio.to_thread
-import structlog
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from connector import logs
 from connector.errors import AuthError, ConfigError
 from connector.oci import signing
 
-log = structlog.get_logger("connector.oci.auth")
+log = logs.get_logger("connector.oci.auth")
 
 if TYPE_CHECKING:
     from connector.config import Settings

@@ -35,13 +35,13 @@ from urllib.parse import quote, urlencode, urlsplit
 import aiohttp
 import anyio
 import orjson
-import structlog
 from yarl import URL
 
 if TYPE_CHECKING:
     from connector.config import Settings
     from connector.oci.auth import Credentials
 
+from connector import logs
 from connector._version import __version__
 from connector.errors import (
     ConfigError,
@@ -75,7 +75,7 @@ USER_AGENT = (
     f"aiohttp {aiohttp.__version__})"
 )
 
-log = structlog.get_logger("connector.oci.client")
+log = logs.get_logger("connector.oci.client")
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +274,9 @@ class OciClient:
             delay = policy.delay(attempt, elapsed, retry_after) if retry else None
             if delay is None:
                 self.counters.failed += 1
-                log.warning(
+                # The listing's failure (summed up per region and cause) or the run's error
+                # reports it; one line per failed request would repeat it for every listing.
+                log.debug(
                     "request.failed",
                     attempt=attempt,
                     elapsed_ms=round(elapsed * 1000, 1),
@@ -284,7 +286,8 @@ class OciClient:
                 )
                 raise error
             self.counters.retried += 1
-            log.info(
+            # Ordinary throttling: counted by the progress line and ``run.finished``.
+            log.debug(
                 "request.retry",
                 attempt=attempt,
                 delay_ms=round(delay * 1000, 1),

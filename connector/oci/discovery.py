@@ -14,9 +14,8 @@ from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import structlog
 
-from connector import flavors, names
+from connector import flavors, logs, names
 from connector.errors import ConfigError, ConnectorError, OciApiError
 from connector.oci import (
     compartments,
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     from connector.oci.client import OciClient
 
 API_VERSION = "/20160918"
-log = structlog.get_logger("connector.oci.discovery")
+log = logs.get_logger("connector.oci.discovery")
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
-import structlog
 from anyio.abc import ObjectSendStream, TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
+from connector import logs
 from connector.errors import ConnectorError, OciApiError, PaginationError, TransportError
 from connector.limits import ResponseTooLarge
 from connector.oci.client import OciClient, Response, for_settings
@@ -41,7 +41,7 @@ class Verdicts(Protocol):
         ...
 
 
-log = structlog.get_logger("connector.oci.fetch")
+log = logs.get_logger("connector.oci.fetch")
 
 
 class Fetcher:

@@ -42,8 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
-import structlog
-
+from connector import logs
 from connector.machine import boot_id
 from connector.oci.retry import RateState
 
@@ -52,7 +51,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-log = structlog.get_logger("connector.oci.sharedrate")
+log = logs.get_logger("connector.oci.sharedrate")
 
 MAGIC = b"OCIRATE2"
 MAX_SHARDS = 4096
