@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import re
 import textwrap
@@ -163,6 +164,10 @@ def _workers(key: str, value: Any) -> int | str:
 def _number(low: float, high: float, *, low_open: bool = False) -> Check:
     def check(key: str, value: Any) -> float:
         number = _type((int, float), "a number")(key, value)
+        if not math.isfinite(number):
+            # Every comparison with NaN is false: a NaN floor or deadline would switch its
+            # check off silently rather than fail a range test.
+            raise ConfigError(key, f"must be a finite number, got {number}")
         if number < low or number > high or (low_open and number == low):
             bound = f"more than {low:g}" if low_open else f"at least {low:g}"
             raise ConfigError(key, f"must be {bound} and at most {high:g}, got {number}")
@@ -279,6 +284,8 @@ def _table(key: str, value: Any) -> dict[str, str | int | float | bool]:
             raise ConfigError(
                 f"{key}.{name}", f"must be a string, number or boolean, got {type(item).__name__}"
             )
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{key}.{name}", f"must be a finite number, got {item}")
     return dict(table)
 
 

@@ -53,9 +53,10 @@ key is set with `--set output.storage_options.region=eu-frankfurt-1`. The Python
 same overrides, and whole sections as `values` (see [Python API](python-api.md)).
 
 The whole configuration is validated before any request is sent; the first problem found exits 2
-and names the key ([exit codes](exit-codes.md)). `configs/example.toml` shows every key with
-its help as a comment; it and this table are generated from the key declarations in
-`connector/config.py`.
+and names the key ([exit codes](exit-codes.md)); a number must be finite (`nan`, `inf` and
+`-inf` are refused: a NaN bound would switch its check off). `configs/example.toml` shows
+every key with its help as a comment; it and this table are generated from the key
+declarations in `connector/config.py`.
 
 """
         + escape_html(config.markdown_table())
