@@ -611,11 +611,30 @@ def worker_processes(settings: Settings) -> int:
     return settings.fetch.worker_processes()
 
 
+_OVERRIDE_KEY = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
+"""``section.key`` or ``section.table.entry`` of a ``--set``."""
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """``section.key=value``: the value is TOML when it parses as TOML, else a plain string."""
+    """``section.key=value``: the value is TOML when it parses as TOML, else a plain string.
+
+    A malformed one is refused without repeating it: ``--set`` carries secrets
+    (``output.storage_options.secret_access_key=…``), and a mistyped one (``:`` for ``=``) holds
+    its value where the key should be. Only the part before ``=`` is named, and only when there
+    is one.
+    """
     dotted, sep, raw = text.partition("=")
-    if not sep or "." not in dotted:
-        raise ConfigError("--set", f"expected section.key=value, got {text!r}")
+    if not sep:
+        raise ConfigError(
+            "--set", "expected section.key=value, got no '=' (the argument is not repeated)"
+        )
+    if not _OVERRIDE_KEY.fullmatch(dotted.strip()):
+        # Not a key: perhaps ``key:secret=…`` (a base64 secret may hold an "=").
+        raise ConfigError(
+            "--set",
+            "expected section.key=value, where the key is letters, digits, '_' and '-' "
+            "joined by '.' (the argument is not repeated)",
+        )
     section, key = (part.strip() for part in dotted.split(".", 1))
     try:
         value = tomllib.loads(f"v = {raw}")["v"]

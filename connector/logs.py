@@ -2,8 +2,9 @@
 
 JSON lines go to stderr when it is not a terminal (Airflow, cron, CI) or when asked for; keys
 are stable: ``event, run_id, region, compartment_id, page, status, opc_request_id, attempt,
-elapsed_ms``. A last processor drops any key that names a secret, as a second line of defence
-behind code that never logs one.
+elapsed_ms``. A last processor drops any key that names a secret, and redacts anything shaped
+like a credential in text values (``errors.redact``: a server's message that echoes the request's
+``Authorization``), as a second line of defence behind code that never logs one.
 """
 
 from __future__ import annotations
@@ -16,14 +17,21 @@ import orjson
 import structlog
 from structlog.typing import EventDict
 
+from connector.errors import REDACTED, redact
+
 SECRET_KEYS = frozenset(
     {"authorization", "pass_phrase", "private_key", "key_content", "security_token", "signature"}
 )
 
 
 def _drop_secrets(_logger: Any, _name: str, event: EventDict) -> EventDict:
-    for key in SECRET_KEYS.intersection(event):
-        event[key] = "[redacted]"
+    for key, value in event.items():
+        if key.lower() in SECRET_KEYS:
+            event[key] = REDACTED
+        elif isinstance(value, str):
+            event[key] = redact(value)
+        elif isinstance(value, BaseException):
+            event[key] = redact(str(value))
     return event
 
 

@@ -88,8 +88,13 @@ class Behaviour:
     cut_json_rate: float = 0.0  # bodies cut after a } or ], Content-Length matching the cut
     reject_auth: bool = False  # every API call 401 NotAuthenticated, as with a revoked key
     hostile_regions: tuple[str, ...] = ()  # extra READY region subscriptions, e.g. "../x"
+    # ListImages answers 400 quoting the request's Authorization header, as some proxies' and
+    # gateways' error pages do: "json" in the service's error body, "html" in a proxy's page.
+    echo_authorization: str = ""
 
     def __post_init__(self) -> None:
+        if self.echo_authorization not in ("", "json", "html"):
+            raise ValueError("echo_authorization must be '', 'json' or 'html'")
         unknown = set(self.poison) - set(POISON_KINDS)
         if unknown:
             raise ValueError(
@@ -252,6 +257,8 @@ class Emulator:
                 "or was incorrect."
             )
         tenancy = self._authenticate(request)
+        if knobs.echo_authorization and request.path.endswith(API + "/images"):
+            return _echoed(knobs.echo_authorization, request.headers.get("authorization", ""))
         if knobs.rate > 0:
             region = self._limit_region(request)
             budget = f"{tenancy}/{region}"
@@ -624,6 +631,14 @@ class Emulator:
         if more:
             response.headers["opc-next-page"] = self._token(key, end)
         return response
+
+
+def _echoed(kind: str, authorization: str) -> web.Response:
+    """A 400 that quotes the request's Authorization header (``Behaviour.echo_authorization``)."""
+    if kind == "json":
+        return _error(400, "InvalidParameter", f"Rejected header Authorization: {authorization}")
+    page = f"<html><body><h1>400 Bad Request</h1><p>Authorization: {authorization}</p></body></html>"
+    return web.Response(status=400, text=page, content_type="text/html")
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

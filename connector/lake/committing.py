@@ -38,7 +38,14 @@ import pyarrow.fs as pafs
 import structlog
 
 from connector import formats, interrupt, names
-from connector.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, ConnectorError, PublishError
+from connector.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    ConnectorError,
+    PublishError,
+    redact,
+)
 from connector.lake import (
     changes,
     door,
@@ -338,7 +345,7 @@ def run_record(
     document.setdefault("snapshot_date", snapshot_date)
     document["status"] = status
     document["published"] = published
-    document["message"] = message
+    document["message"] = redact(message)
     document["recorded_at"] = utc_now()
     return document
 
