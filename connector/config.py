@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import re
 import textwrap
@@ -169,6 +170,10 @@ def _workers(key: str, value: Any) -> int | str:
 def _number(low: float, high: float, *, low_open: bool = False) -> Check:
     def check(key: str, value: Any) -> float:
         number = _type((int, float), "a number")(key, value)
+        if not math.isfinite(number):
+            # Every comparison with NaN is false: a NaN floor or deadline would switch its
+            # check off silently rather than fail a range test.
+            raise ConfigError(key, f"must be a finite number, got {number}")
         if number < low or number > high or (low_open and number == low):
             bound = f"more than {low:g}" if low_open else f"at least {low:g}"
             raise ConfigError(key, f"must be {bound} and at most {high:g}, got {number}")
@@ -291,6 +296,8 @@ def _table(key: str, value: Any) -> dict[str, str | int | float | bool]:
             raise ConfigError(
                 f"{key}.{name}", f"must be a string, number or boolean, got {type(item).__name__}"
             )
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{key}.{name}", f"must be a finite number, got {item}")
     return dict(table)
 
 
@@ -623,11 +630,30 @@ def worker_processes(settings: Settings) -> int:
     return settings.fetch.worker_processes()
 
 
+_OVERRIDE_KEY = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+")
+"""``section.key`` or ``section.table.entry`` of a ``--set``."""
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """``section.key=value``: the value is TOML when it parses as TOML, else a plain string."""
+    """``section.key=value``: the value is TOML when it parses as TOML, else a plain string.
+
+    A malformed one is refused without repeating it: ``--set`` carries secrets
+    (``output.storage_options.secret_access_key=…``), and a mistyped one (``:`` for ``=``) holds
+    its value where the key should be. Only the part before ``=`` is named, and only when there
+    is one.
+    """
     dotted, sep, raw = text.partition("=")
-    if not sep or "." not in dotted:
-        raise ConfigError("--set", f"expected section.key=value, got {text!r}")
+    if not sep:
+        raise ConfigError(
+            "--set", "expected section.key=value, got no '=' (the argument is not repeated)"
+        )
+    if not _OVERRIDE_KEY.fullmatch(dotted.strip()):
+        # Not a key: perhaps ``key:secret=…`` (a base64 secret may hold an "=").
+        raise ConfigError(
+            "--set",
+            "expected section.key=value, where the key is letters, digits, '_' and '-' "
+            "joined by '.' (the argument is not repeated)",
+        )
     section, key = (part.strip() for part in dotted.split(".", 1))
     return section, key, _toml_or_text(raw)
 

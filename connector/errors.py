@@ -33,10 +33,62 @@ package, under one of its bases.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 # The process exit codes (README, "Exit codes"), in one place.
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+# -- secrets in text from outside ------------------------------------------------------------
+
+REDACTED = "[redacted]"
+
+_MAYBE_SECRET = re.compile(r"signature|bearer|authorization|keyid|eyJ", re.IGNORECASE)
+_SECRETS = (
+    # An OCI request signature: Signature version="1",keyId="…",algorithm="…",headers="…",
+    # signature="…" (quotes escaped inside a JSON text); to its signature's end, else the line's.
+    (
+        re.compile(
+            r"\bSignature\s+(?=\\?[\"']?(?:version|keyId|algorithm|headers|signature)\b)"
+            r"[^\r\n]*?(?:\bsignature\s*=\s*\\?\"[^\"\\\r\n]*(?:\\?\")?|$)",
+            re.IGNORECASE | re.MULTILINE,
+        ),
+        f"Signature {REDACTED}",
+    ),
+    (re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE), f"Bearer {REDACTED}"),
+    # Parts of a signature on their own (a proxy that quotes some of the header).
+    (
+        re.compile(r"\b(keyId|signature)(\s*=\s*\\?\")[^\"\\\r\n]*", re.IGNORECASE),
+        rf"\1\2{REDACTED}",
+    ),
+    # A JSON Web Token (a security token or a resource principal's session token).
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), REDACTED),
+    # Whatever else follows an Authorization header's name, to the end of its value.
+    (
+        re.compile(
+            r"\b((?:proxy-)?authorization)(\\?[\"']?\s*[:=]\s*\\?[\"']?)"
+            r"(?!\s*(?:Signature |Bearer )?\[redacted\])[^\r\n\"'\\,;}<]+",
+            re.IGNORECASE,
+        ),
+        rf"\1\2{REDACTED}",
+    ),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` without anything shaped like a credential: an OCI request signature, a bearer
+    token, a JSON Web Token, an ``Authorization`` header's value.
+
+    Applied where text from outside (a server's or a proxy's error, which may echo the request's
+    headers) becomes a message: errors, log lines, run records. It errs on the side of cutting
+    too much; a message loses detail, never a credential.
+    """
+    if not _MAYBE_SECRET.search(text):
+        return text
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 class ConnectorError(Exception):
@@ -104,6 +156,7 @@ class TransportError(_Told, ConnectorError):
         retryable: bool | None = None,
         kind: str = "",
     ) -> None:
+        message = redact(message)
         self.opc_request_id = opc_request_id
         self.reason = message
         self.host = host
@@ -147,6 +200,9 @@ class OciApiError(_Told, ConnectorError):
         retryable: bool = False,
         retry_after: float | None = None,
     ) -> None:
+        # The service's code and message are text from outside, which a proxy's error page
+        # may fill with the request's headers.
+        code, message = redact(code), redact(message)
         self.status = status
         self.code = code
         self.message = message

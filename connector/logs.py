@@ -15,7 +15,9 @@ key is declared once, here (``EVENTS``, ``KEYS``): one type per key across all e
 log aggregator that types a field by the first value it sees types it right; the reference page
 ``docs/reference/log-events.md`` is generated from these declarations, and a test holds each
 ``log.<level>("event", ...)`` call in the package to them. A processor drops any key that names a
-secret, as a second line of defence behind code that never logs one.
+secret and redacts anything shaped like a credential in text values (``errors.redact``: a
+server's message that echoes the request's ``Authorization``), as a second line of defence
+behind code that never logs one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from typing import Any, Literal, TextIO
 import orjson
 import structlog
 from structlog.typing import EventDict
+
+from connector.errors import REDACTED, redact
 
 ROOT = "connector"
 """The logger every module's logger is a child of; the one to configure."""
@@ -100,6 +104,7 @@ KEYS: dict[str, Key] = {
     "elapsed_ms": Key("number", "milliseconds since the request's first try"),
     "regions": Key("list of strings", "regions the run lists"),
     "skipped": Key("list of strings", "subscribed regions that are not READY"),
+    "subscription": Key("string", "a region subscription's status (`IN_PROGRESS`, ...)"),
     "found": Key("integer", "compartments found"),
     "excluded": Key("integer", "compartments left out by scope.exclude_compartments"),
     "file": Key("string", "a local file"),
@@ -140,6 +145,16 @@ EVENTS: dict[str, Event] = {
     ),
     "discovery.regions": Event(
         "info", ("regions", "skipped"), "the regions listed, and the subscribed ones skipped"
+    ),
+    "discovery.region_skipped": Event(
+        "info",
+        ("region", "subscription", "reason"),
+        "a subscribed region is left out, and why (its subscription is not READY)",
+    ),
+    "discovery.compartment_skipped": Event(
+        "warning",
+        ("reason", "region", "page", "compartment_id"),
+        "a compartment record without a usable id is left out (counted in the manifest)",
     ),
     "discovery.compartments": Event("info", ("found", "excluded"), "the compartment tree is known"),
     "discovery.compartment_unreadable": Event(
@@ -275,8 +290,13 @@ def problems(event: Mapping[str, Any]) -> list[str]:
 
 
 def _drop_secrets(_logger: Any, _name: str, event: EventDict) -> EventDict:
-    for key in SECRET_KEYS.intersection(event):
-        event[key] = "[redacted]"
+    for key, value in event.items():
+        if key.lower() in SECRET_KEYS:
+            event[key] = REDACTED
+        elif isinstance(value, str):
+            event[key] = redact(value)
+        elif isinstance(value, BaseException):
+            event[key] = redact(str(value))
     return event
 
 

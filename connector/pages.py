@@ -20,6 +20,13 @@ from connector.errors import ConnectorError, OciApiError
 class PageError(ConnectorError):
     """A page's body is not a JSON array; the listing it belongs to cannot be trusted."""
 
+    def __init__(self, message: str, *, whole: bool = False) -> None:
+        super().__init__(message)
+        self.whole = whole
+        """The body is whole JSON, just not what was asked for (an object where an array
+        belongs): asking again would bring the same answer, so it is not retried as a body cut
+        short would be."""
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class WorkItem:
@@ -92,8 +99,57 @@ def parse(body: bytes) -> list[Any]:
     except orjson.JSONDecodeError as exc:
         raise PageError(f"the page is not valid JSON: {exc}") from None
     if not isinstance(records, list):
-        raise PageError(f"the page is a JSON {type(records).__name__}, not an array")
+        raise PageError(f"the page is a JSON {type(records).__name__}, not an array", whole=True)
     return records
+
+
+def parse_each(body: bytes) -> tuple[list[Any], int]:
+    """The records of a page that can be written back, and how many could not: a record
+    holding text that is not Unicode (a lone surrogate, bytes that are not UTF-8) is left out
+    alone, not its page. ``PageError`` if the body is not a JSON array (cut short: retried;
+    whole JSON of another kind: ``whole``).
+
+    orjson refuses the whole body for one such record; the standard library's parser reads it
+    (slower, so only then), and each record is then tried on its own.
+    """
+    try:
+        return parse(body), 0
+    except PageError as exc:
+        if exc.whole:
+            raise
+        cause = exc
+    try:
+        records = json.loads(body.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError):
+        raise cause from None
+    if not isinstance(records, list):
+        raise PageError(f"the page is a JSON {type(records).__name__}, not an array", whole=True)
+    kept = [record for record in records if _writable(record)]
+    return kept, len(records) - len(kept)
+
+
+def parse_one(body: bytes) -> Any:
+    """A response that holds one record (GetCompartment): the record, or None when it holds
+    text that is not Unicode (as ``parse_each`` leaves such a record out). ``PageError`` if the
+    body is not whole JSON (cut short: retried)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        cause = PageError(f"the response is not valid JSON: {exc}")
+    try:
+        record = json.loads(body.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError):
+        raise cause from None
+    return record if _writable(record) else None
+
+
+def _writable(record: Any) -> bool:
+    """Whether ``record`` can be written as JSON (it holds no lone surrogate)."""
+    try:
+        orjson.dumps(record)
+    except TypeError:  # orjson.JSONEncodeError
+        return False
+    return True
 
 
 def dump_json(value: Any) -> bytes:

@@ -248,8 +248,9 @@ class Export:
         requests = RequestCounts(sent.sent, sent.retried, sent.throttled)
         timings = Timings(**self._timings)
         listings = self.tally.listings()
+        skipped = self.discovery.skipped if self.discovery else 0
         return self.context.manifest(
-            started, files, rejects, companions or {}, listings, requests, timings
+            started, files, rejects, companions or {}, listings, requests, timings, skipped
         )
 
 

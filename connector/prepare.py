@@ -68,6 +68,7 @@ class RunContext:
         listings: tuple[ListingRecord, ...],
         requests: RequestCounts,
         timings: Timings,
+        compartment_records_skipped: int = 0,
     ) -> Manifest:
         """What this attempt staged, as its shard manifest (or its failure record) says."""
         output = self.settings.output
@@ -91,6 +92,7 @@ class RunContext:
             datasets=datasets,
             attempt=self.owner.attempt,
             timings=timings,
+            compartment_records_skipped=compartment_records_skipped,
         )
 
 

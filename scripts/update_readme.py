@@ -89,9 +89,10 @@ variables (`OCI_CLI_USER`, `OCI_CLI_KEY_CONTENT`, …), with no OCI config file 
 ([Credentials](../guides/credentials.md)).
 
 The whole configuration is validated before any request is sent; the first problem found exits 2
-and names the key ([exit codes](exit-codes.md)). `configs/example.toml` shows every key with
-its help as a comment; it and this table are generated from the key declarations in
-`connector/config.py`.
+and names the key ([exit codes](exit-codes.md)); a number must be finite (`nan`, `inf` and
+`-inf` are refused: a NaN bound would switch its check off). `configs/example.toml` shows
+every key with its help as a comment; it and this table are generated from the key
+declarations in `connector/config.py`.
 
 ## Keys
 

@@ -65,6 +65,12 @@ BAD = [
     ("[output]\nsnapshot_date = '27/11/2026'\n", "output.snapshot_date", "YYYY-MM-DD"),
     ("[output]\nallow_partial = 1\n", "output.allow_partial", "true or false"),
     ("[output\nuri = 'x'\n", "--config", "line 1"),
+    ("[output]\nallow_partial = true\nmin_complete_ratio = nan\n", "output.min_complete_ratio", "finite"),
+    ("[fetch]\nrequest_timeout_s = inf\n", "fetch.request_timeout_s", "finite"),
+    ("[fetch]\nmax_requests_per_second = nan\n", "fetch.max_requests_per_second", "finite"),
+    ("[fetch]\nrun_deadline_s = nan\n", "fetch.run_deadline_s", "finite"),
+    ("[fetch]\nworker_heartbeat_s = -inf\n", "fetch.worker_heartbeat_s", "finite"),
+    ("[output.storage_options]\nconnect_timeout = nan\n", "output.storage_options.connect_timeout", "finite"),
 ]  # fmt: skip
 
 
@@ -117,6 +123,51 @@ def test_set_rejects_malformed_override() -> None:
     with pytest.raises(ConfigError) as info:
         config.load(None, ["concurrency"])
     assert "--set" == info.value.key
+
+
+FLOAT_KEYS = [
+    f"{section}.{name}"
+    for section, keys in config.KEYS.items()
+    for name, spec in keys.items()
+    if isinstance(spec.default, float)
+]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+nan"])
+@pytest.mark.parametrize("dotted", FLOAT_KEYS)
+def test_every_float_key_refuses_what_is_not_finite(dotted: str, value: str) -> None:
+    """Every comparison with NaN is false, so a NaN bound would switch its check off (a NaN
+    ``min_complete_ratio`` published an empty partition over a good one): each float key
+    refuses NaN and the infinities by name, whatever its range."""
+    with pytest.raises(ConfigError) as info:
+        config.load(None, [f"{dotted}={value}"])
+    assert (dotted, True) == (info.value.key, "finite" in info.value.reason)
+
+
+def test_the_float_keys_are_found() -> None:
+    """The parametrization above is not empty: the keys the adversarial test named are in it."""
+    assert {
+        "output.min_complete_ratio",
+        "fetch.request_timeout_s",
+        "fetch.max_requests_per_second",
+        "fetch.run_deadline_s",
+    } <= set(FLOAT_KEYS)
+
+
+def test_a_nan_floor_on_the_command_line_exits_2(
+    make_emulator: Callable[..., EmulatorServer],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--set output.min_complete_ratio=nan`` exits 2 naming the key, before any request."""
+    server = make_emulator()
+    path = tmp_path / "config.toml"
+    path.write_text("[output]\nallow_partial = true\n")
+    sets = [*base_overrides(server, tmp_path, ""), "--set", "output.min_complete_ratio=nan"]
+    assert 2 == cli.main(["run", "--config", str(path), *sets])
+    err = capsys.readouterr().err
+    assert "configuration error: output.min_complete_ratio: must be a finite number" in err
+    assert 0 == server.stats()["requests"]
 
 
 def test_defaults_match_the_design() -> None:

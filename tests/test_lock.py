@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import subprocess
@@ -101,17 +102,57 @@ class TestLocalLock:
             pafs.LocalFileSystem(), str(tmp_path), DATE, lock.Owner.me("x", "a")
         ).acquire()
 
-    def test_an_unreadable_lock_is_respected_for_a_minute(self, tmp_path: Path) -> None:
-        """A creator may still be writing its lock file; an old unreadable one is abandoned."""
+    @pytest.mark.parametrize("content", [b"", b'{"run_id": "cut', b"\x00" * 64])
+    def test_an_unreadable_local_lock_is_dead_at_once(self, tmp_path: Path, content: bytes) -> None:
+        """On a local disk a lock file appears whole (linked into place), so an empty, cut or
+        garbage one names no one still writing it: the next run takes it over at once, and a
+        start's clean-up removes it, without the object stores' grace."""
         path = lock_file(tmp_path)
         path.parent.mkdir(parents=True)
-        path.write_bytes(b"")
+        path.write_bytes(content)
         fs = pafs.LocalFileSystem()
-        with pytest.raises(lock.LockHeld):
-            lock.date_lock(fs, str(tmp_path), DATE, lock.Owner.me("x", "a")).acquire()
-        old = time.time() - 2 * lock.UNREADABLE_GRACE_S
-        os.utime(path, (old, old))
+        with lock.date_lock(fs, str(tmp_path), DATE, lock.Owner.me("next", "a")):
+            assert "next" == orjson.loads(path.read_bytes())["run_id"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        assert [path.name] == lock.remove_dead_locks(fs, str(tmp_path), lock.Owner.me("x", "b"))
+        assert not path.parent.exists()
+
+    def test_a_full_disk_leaves_no_lock_file(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """ENOSPC while the lock is written: the create fails, and neither the lock nor its
+        temporary file is left behind, so the date is free the moment space is back."""
+        fs = pafs.LocalFileSystem()
+        real_write = os.write
+
+        def full(fd: int, data: bytes | memoryview) -> int:
+            if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith("snapshot_date"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(fd, data)
+
+        monkeypatch.setattr(os, "write", full)
+        with pytest.raises(OSError, match="No space left"):
+            lock.date_lock(fs, str(tmp_path), DATE, lock.Owner.me("full", "a")).acquire()
+        monkeypatch.undo()
+        assert [] == list(lock_file(tmp_path).parent.iterdir())
+        with lock.date_lock(fs, str(tmp_path), DATE, lock.Owner.me("later", "b")):
+            assert "later" == orjson.loads(lock_file(tmp_path).read_bytes())["run_id"]
+
+    def test_a_killed_creates_temporary_file_is_cleaned_once_old(self, tmp_path: Path) -> None:
+        """A create killed between its write and its link leaves ``NAME.tmp-XXXXXXXX``: the
+        lock is free all the while, and a start removes the leftover once it is old."""
+        leftover = lock_file(tmp_path).with_name(lock_file(tmp_path).name + ".tmp-0123abcd")
+        leftover.parent.mkdir(parents=True)
+        leftover.write_bytes(b'{"run_id": "killed"')
+        fs = pafs.LocalFileSystem()
         lock.date_lock(fs, str(tmp_path), DATE, lock.Owner.me("x", "a")).acquire()
+        lock.remove_dead_locks(fs, str(tmp_path), lock.Owner.me("y", "b"))
+        assert leftover.exists()  # young: perhaps a create under way
+        old = time.time() - 2 * lock.BREAK_GRACE_S
+        os.utime(leftover, (old, old))
+        lock.remove_dead_locks(fs, str(tmp_path), lock.Owner.me("y", "b"))
+        assert not leftover.exists()
 
     def test_release_leaves_someone_elses_lock_alone(self, tmp_path: Path) -> None:
         """A lock that was taken over is not deleted by its former holder."""
@@ -167,6 +208,17 @@ class TestObjectStoreLease:
         assert storage.create_exclusive(fs, "/bucket/lake/_staging/_locks/x.lock", b"a")
         assert not storage.create_exclusive(fs, "/bucket/lake/_staging/_locks/x.lock", b"b")
         assert b"a" == store.cat_file("/bucket/lake/_staging/_locks/x.lock")
+
+    def test_an_unreadable_lock_on_a_store_is_respected_for_a_while(self) -> None:
+        """On an object store a lock may still be uploading: one that does not parse is not
+        taken over at once (``UNREADABLE_GRACE_S``), nor removed by a start."""
+        store = fsspec.implementations.memory.MemoryFileSystem()
+        fs = pafs.PyFileSystem(pafs.FSSpecHandler(store))  # type: ignore[abstract]  # stubs miss its methods
+        base = "/bucket-unreadable/lake"
+        store.pipe_file(f"{base}/_staging/_locks/snapshot_date={DATE}.lock", b"")
+        with pytest.raises(lock.LockHeld, match="being locked by another process"):
+            lock.date_lock(fs, base, DATE, lock.Owner.me("b", "2")).acquire()
+        assert [] == lock.remove_dead_locks(fs, base, lock.Owner.me("c", "3"))
 
     def test_lock_on_an_object_store(self) -> None:
         """The same lock protocol, on a store: held, refused, released."""

@@ -92,5 +92,5 @@ def test_the_summary_counts_listings_and_a_skipped_region_says_why(
     assert "compartments_ok" not in summary
     pending = next(s for s in server.world.subscriptions if s.status != "READY")
     [skipped] = [e for e in events if e["event"] == "discovery.region_skipped"]
-    assert (pending.region_name, pending.status) == (skipped["region"], skipped["status"])
+    assert (pending.region_name, pending.status) == (skipped["region"], skipped["subscription"])
     assert f"its subscription is {pending.status}, not READY" in skipped["reason"]

@@ -88,8 +88,18 @@ class Behaviour:
     cut_json_rate: float = 0.0  # bodies cut after a } or ], Content-Length matching the cut
     reject_auth: bool = False  # every API call 401 NotAuthenticated, as with a revoked key
     hostile_regions: tuple[str, ...] = ()  # extra READY region subscriptions, e.g. "../x"
+    # ListImages answers 400 quoting the request's Authorization header, as some proxies' and
+    # gateways' error pages do: "json" in the service's error body, "html" in a proxy's page.
+    echo_authorization: str = ""
+    # ListCompartments' first page: real records with fields of the wrong types, and extra
+    # records without a usable id or with a lone surrogate (_hostile_compartments).
+    hostile_compartments: bool = False
+    # ListRegionSubscriptions answers a JSON object (whole, deterministic) instead of an array.
+    subscriptions_object: bool = False
 
     def __post_init__(self) -> None:
+        if self.echo_authorization not in ("", "json", "html"):
+            raise ValueError("echo_authorization must be '', 'json' or 'html'")
         unknown = set(self.poison) - set(POISON_KINDS)
         if unknown:
             raise ValueError(
@@ -252,6 +262,8 @@ class Emulator:
                 "or was incorrect."
             )
         tenancy = self._authenticate(request)
+        if knobs.echo_authorization and request.path.endswith(API + "/images"):
+            return _echoed(knobs.echo_authorization, request.headers.get("authorization", ""))
         if knobs.rate > 0:
             region = self._limit_region(request)
             budget = f"{tenancy}/{region}"
@@ -522,7 +534,11 @@ class Emulator:
         key = ("compartments", compartment_id, subtree, access, lifecycle)
         offset = self._offset(query, key)
         page = selection[offset : offset + limit]
-        body = orjson.dumps([c.to_api() for c in page])
+        records = [c.to_api() for c in page]
+        if self.behaviour.hostile_compartments and offset == 0:
+            body = _hostile_compartments(records, self.world.tenancy_id)
+        else:
+            body = orjson.dumps(records)
         return self._page(body, key, offset, len(page), limit, len(selection))
 
     async def _get_compartment(self, request: web.Request) -> web.StreamResponse:
@@ -552,7 +568,8 @@ class Emulator:
             {"isHomeRegion": False, "regionKey": "XXX", "regionName": name, "status": "READY"}
             for name in self.behaviour.hostile_regions
         ]
-        return web.Response(body=orjson.dumps(records), content_type="application/json")
+        answer: Any = {"items": records} if self.behaviour.subscriptions_object else records
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         return web.Response(
@@ -624,6 +641,52 @@ class Emulator:
         if more:
             response.headers["opc-next-page"] = self._token(key, end)
         return response
+
+
+HOSTILE_COMPARTMENT_IDS = {
+    "numeric": 12345,
+    "list": ["ocid1.compartment.oc1..aaaalisted"],
+    "empty": "",
+}
+"""Ids of the extra records ``Behaviour.hostile_compartments`` adds (and one without an id, one
+that is not an object, one whose name holds a lone surrogate: SURROGATE_COMPARTMENT_ID)."""
+SURROGATE_COMPARTMENT_ID = "ocid1.compartment.oc1..aaaasurrogate"
+WRONG_TYPES = {
+    "description": 42,
+    "freeformTags": {"team": 7},
+    "definedTags": {"Ops": 5},
+    "timeCreated": 1700000000,
+    "isAccessible": "yes",
+}
+"""Fields of the wrong type given to the page's first real record; its second gets a list for
+its name."""
+
+
+def _hostile_compartments(records: list[dict[str, Any]], tenancy_id: str) -> bytes:
+    """A ListCompartments page with hostile records (``Behaviour.hostile_compartments``): the
+    real ones stay (so the export is unchanged), fields of the wrong types on two of them."""
+    records = [dict(r) for r in records]
+    if records:
+        records[0].update(WRONG_TYPES)
+    if len(records) > 1:
+        records[1]["name"] = ["Team", 2]
+    active = {"lifecycleState": "ACTIVE", "compartmentId": tenancy_id, "name": "hostile"}
+    extra: list[Any] = [{**active, "id": value} for value in HOSTILE_COMPARTMENT_IDS.values()]
+    extra += [dict(active), "not a record"]
+    body = orjson.dumps(records + extra)
+    surrogate = orjson.dumps({**active, "id": SURROGATE_COMPARTMENT_ID})
+    surrogate = surrogate.replace(b'"name":"hostile"', b'"name":"lone \\ud800 surrogate"')
+    return body[:-1] + b"," + surrogate + b"]"
+
+
+def _echoed(kind: str, authorization: str) -> web.Response:
+    """A 400 that quotes the request's Authorization header (``Behaviour.echo_authorization``)."""
+    if kind == "json":
+        return _error(400, "InvalidParameter", f"Rejected header Authorization: {authorization}")
+    page = (
+        f"<html><body><h1>400 Bad Request</h1><p>Authorization: {authorization}</p></body></html>"
+    )
+    return web.Response(status=400, text=page, content_type="text/html")
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

@@ -37,7 +37,14 @@ import orjson
 import pyarrow.fs as pafs
 
 from connector import formats, interrupt, logs, names
-from connector.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, ConnectorError, PublishError
+from connector.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    ConnectorError,
+    PublishError,
+    redact,
+)
 from connector.lake import (
     changes,
     door,
@@ -342,7 +349,7 @@ def run_record(
     document.setdefault("snapshot_date", snapshot_date)
     document["status"] = status
     document["published"] = published
-    document["message"] = message
+    document["message"] = redact(message)
     document["recorded_at"] = utc_now()
     return document
 

@@ -194,10 +194,16 @@ def _delete_local(base: str, relative: str, target: str, missing_ok: bool) -> No
 _TEMPORARY = re.compile(r".+\.tmp-[0-9a-f]{8}")
 
 
+def is_temporary(path: str) -> bool:
+    """Whether ``path`` is named as a durable write's or an exclusive create's temporary file."""
+    return _TEMPORARY.fullmatch(os.path.basename(path)) is not None
+
+
 def discard_temporary(path: str) -> None:
-    """Remove the temporary file a durable write left beside its target when it failed
-    (``NAME.tmp-XXXXXXXX``, local disk only); an error doing so is not raised over the failure."""
-    if not _TEMPORARY.fullmatch(os.path.basename(path)):
+    """Remove the temporary file a durable write left beside its target when it failed, or
+    the one an exclusive create linked into place (``NAME.tmp-XXXXXXXX``, local disk only); an
+    error doing so is not raised over the failure."""
+    if not is_temporary(path):
         raise DeletionRefused(f"refusing to delete {path!r}: not a temporary file")
     with contextlib.suppress(OSError):
         os.unlink(path)

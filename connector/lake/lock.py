@@ -3,8 +3,9 @@
 A lock is a small JSON file under ``{uri}/_staging/_locks/`` naming its owner: run id, attempt,
 host, pid (with the process's start time, so a reused pid is not mistaken for the owner), the
 machine's boot id and pid namespace (``connector.machine``), and when the owner's run deadline
-expires. It is created exclusively, by the store (``storage.create_exclusive``: ``O_EXCL`` on a
-local disk, a conditional put on an object store).
+expires. It is created exclusively, by the store (``storage.create_exclusive``: on a local disk
+written under a temporary name, fsynced and hard-linked into place, so that it is whole or absent
+even when the disk is full; a conditional put on an object store).
 
 **A second writer fails at once; it does not wait.** It exits 1 with a message naming the holder
 (run id, pid, host, since when) and the lock file. Waiting would tie up a scheduler slot behind a
@@ -17,6 +18,10 @@ be known about the pid, so the lock is trusted until its ``expires_at`` (the own
 its run deadline plus a margin) has passed. Taking over goes through a short-lived ``.break``
 file, itself created exclusively, so two runs that find the same dead lock do not both take it:
 only the holder of ``.break`` deletes the dead lock, and only if it still holds what was read.
+
+A lock file that does not parse (empty, cut short, garbage) names no one who could still be
+writing it on a local disk, where it appears whole: it is taken over at once. On an object
+store it is left for ``UNREADABLE_GRACE_S``, in case a writer is still uploading it.
 
 Where the store has no conditional put, the lock is advisory (``storage.create_exclusive`` says
 so once in a warning).
@@ -44,8 +49,9 @@ log = logs.get_logger("connector.lake.lock")
 EXPIRY_MARGIN_S = 3600.0
 """Added to a run's deadline before another machine may consider its lock abandoned."""
 UNREADABLE_GRACE_S = 60.0
-"""A lock file that cannot be parsed (its creator died between creating and writing it) is
-abandoned once it is this old; before that its creator may still be writing it."""
+"""A lock file on an object store that cannot be parsed is abandoned once it is this old; before
+that its creator may still be writing it. On a local disk it is abandoned at once (see the
+module docstring)."""
 BREAK_GRACE_S = 30.0
 """A ``.break`` file older than this was left by a process killed while taking over a lock."""
 
@@ -168,6 +174,13 @@ def _read(fs: pafs.FileSystem, path: str) -> bytes | None:
         return None
 
 
+def _appears_whole(fs: pafs.FileSystem) -> bool:
+    """Whether a lock file on ``fs`` is whole or absent, never being written: a local disk's
+    (``storage.create_exclusive`` links a complete file into place). One that does not parse
+    there is then dead, not in the making."""
+    return isinstance(fs, pafs.LocalFileSystem)
+
+
 def _age_s(fs: pafs.FileSystem, path: str) -> float:
     info = fs.get_file_info(path)
     if info.mtime is None:
@@ -199,7 +212,7 @@ class Lock:
                 continue  # released between our create and our read: try again
             holder = Owner.from_json(seen)
             if holder is None:
-                if _age_s(self.fs, self.path) < UNREADABLE_GRACE_S:
+                if not _appears_whole(self.fs) and _age_s(self.fs, self.path) < UNREADABLE_GRACE_S:
                     raise LockHeld(
                         f"{self.what} is being locked by another process right now "
                         f"({self.path}); try again in a minute"
@@ -278,17 +291,31 @@ def remove_dead_locks(fs: pafs.FileSystem, base: str, asking: Owner) -> list[str
     shard lock. A lock that nobody will ask for again stays otherwise: a shard's lock after its
     run was committed or given up, or the probe ``commit`` takes of each shard's lock, left by
     a process killed in the moment it held it. Owners that may still run (alive, or on another
-    machine before their expiry) and unreadable files (being written right now, perhaps) are
-    left; a file that changed since it was read is not removed (``Lock._break``).
+    machine before their expiry) and, on an object store, files that do not parse (being
+    uploaded right now, perhaps) are left; on a local disk such a file is dead, and so is a
+    temporary file of a create killed before its link, once older than ``BREAK_GRACE_S``. A
+    file that changed since it was read is not removed (``Lock._break``).
     """
     folder = layout.locks_folder(base)
     removed: list[str] = []
+    whole = _appears_whole(fs)
     for entry in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-        if entry.type != pafs.FileType.File or not entry.base_name.endswith(".lock"):
+        if entry.type != pafs.FileType.File:
+            continue
+        if whole and door.is_temporary(entry.path):
+            # A create killed between its write and its link (or its clean-up).
+            if _age_s(fs, entry.path) > BREAK_GRACE_S:
+                door.discard_temporary(entry.path)
+            continue
+        if not entry.base_name.endswith(".lock"):
             continue
         seen = _read(fs, entry.path)
-        holder = Owner.from_json(seen) if seen is not None else None
-        if seen is None or holder is None or holder.state() != "dead":
+        if seen is None:
+            continue
+        holder = Owner.from_json(seen)
+        if holder is None and not whole:
+            continue  # an object store's: perhaps being uploaded right now
+        if holder is not None and holder.state() != "dead":
             continue
         if Lock(fs, base, entry.base_name, asking, entry.base_name)._break(seen, holder):
             removed.append(entry.base_name)

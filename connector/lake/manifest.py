@@ -161,6 +161,10 @@ class Manifest:
     """The staging attempt (folder) that wrote a shard's files."""
     timings: Timings = Timings()
     """Where the run's time went (discovery, fetch, convert, commit)."""
+    compartment_records_skipped: int = 0
+    """Compartment records from Identity that discovery could not use (no usable id, text
+    that is not Unicode), each left out with a warning. Every shard discovers the same tree,
+    so a merged manifest holds the largest count, not the sum."""
 
     @property
     def rows(self) -> int:
@@ -224,6 +228,7 @@ class Manifest:
         if self.attempt is not None:
             document["attempt"] = self.attempt
         document["timings"] = self.timings.as_dict()
+        document["compartment_records_skipped"] = self.compartment_records_skipped
         return document
 
     @classmethod
@@ -255,6 +260,7 @@ class Manifest:
             table=data.get("table"),
             attempt=data.get("attempt"),
             timings=Timings.from_dict(data.get("timings", {})),
+            compartment_records_skipped=int(data.get("compartment_records_skipped", 0)),
         )
 
 
@@ -352,4 +358,5 @@ def merge(shards: Sequence[Manifest]) -> Manifest:
             fetch_s=max(s.timings.fetch_s for s in shards),
             convert_s=sum(s.timings.convert_s for s in shards),
         ),
+        compartment_records_skipped=max(s.compartment_records_skipped for s in shards),
     )

@@ -29,9 +29,11 @@ own keyword arguments (ocifs: ``config``, ``profile``, ``region``; gcsfs: ``proj
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import importlib.util
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,7 @@ import pyarrow.fs as pafs
 
 from connector import logs
 from connector.errors import ConfigError
+from connector.lake import door
 
 log = logs.get_logger("connector.lake.storage")
 
@@ -341,27 +344,16 @@ def _fsspec_of(fs: pafs.FileSystem) -> Any | None:
 
 
 def create_exclusive(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
-    """Create ``path`` holding ``data`` unless it exists; whether this call created it."""
+    """Create ``path`` holding ``data`` unless it exists; whether this call created it.
+
+    On a local disk the file is written whole under a temporary name beside it, fsynced, then
+    linked into place (``os.link`` fails with EEXIST when the name is taken): the file appears
+    whole or not at all. Created with ``O_EXCL`` and then written, a full disk left an empty
+    lock file that blocked its date, naming no one.
+    """
     parent = path.rsplit("/", 1)[0]
     if isinstance(fs, pafs.LocalFileSystem):
-        for _ in range(10):
-            os.makedirs(parent, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                break
-            except FileExistsError:
-                return False
-            except FileNotFoundError:
-                continue  # another process removed the (empty) folder meanwhile
-        else:
-            raise FileNotFoundError(parent)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(parent)
-        return True
+        return _link_exclusive(path, parent, data)
     if isinstance(fs, pafs.S3FileSystem):
         created = _s3_create(fs, path, data)
         if created is not None:
@@ -392,6 +384,61 @@ def create_exclusive(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
         return False
     with fs.open_output_stream(path, compression=None) as out:
         out.write(data)
+    return True
+
+
+def _link_exclusive(path: str, parent: str, data: bytes) -> bool:
+    """``create_exclusive`` on a local disk (see there)."""
+    for _ in range(10):
+        os.makedirs(parent, exist_ok=True)
+        temporary = f"{path}.tmp-{secrets.token_hex(4)}"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            continue  # another process removed the (empty) folder meanwhile
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        except FileNotFoundError:
+            continue  # the folder went away between the create and the link
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            return _create_then_write(path, parent, data)
+        finally:
+            door.discard_temporary(temporary)
+        _fsync_dir(parent)
+        return True
+    raise FileNotFoundError(parent)
+
+
+_NO_HARD_LINKS = frozenset(
+    {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
+)
+"""What ``os.link`` answers on a filesystem without hard links (some network and FUSE mounts)."""
+
+
+def _create_then_write(path: str, parent: str, data: bytes) -> bool:
+    """The fallback where hard links are refused: ``O_EXCL``, then write (a full disk can
+    then leave a short file, which ``connector.lake.lock`` treats as dead)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(parent)
     return True
 
 

@@ -21,6 +21,7 @@ as they are. Neither holds the date's rows in memory.
 from __future__ import annotations
 
 import importlib.util
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -221,6 +222,9 @@ class DeltaWriter:
 _DELTA_CODECS = {"zstd": "ZSTD", "snappy": "SNAPPY", "gzip": "GZIP", "none": "UNCOMPRESSED"}
 """``output.compression``'s Parquet codecs as delta-rs's ``WriterProperties`` names them."""
 
+CATALOG_OPEN_ATTEMPTS = 4
+"""Opens of a SQL catalog that a concurrent first open may fail (see ``IcebergWriter._catalog``)."""
+
 
 class IcebergWriter:
     """``output.table_format = "iceberg"`` through pyiceberg and the configured catalog."""
@@ -250,28 +254,65 @@ class IcebergWriter:
 
     def table(self, *, create: bool) -> Any:
         """The catalog's table; created, partitioned, on first use when ``create``."""
-        from pyiceberg.catalog import load_catalog
-        from pyiceberg.exceptions import NoSuchTableError
+        from pyiceberg.exceptions import (
+            CommitFailedException,
+            NoSuchTableError,
+            TableAlreadyExistsError,
+        )
 
-        catalog = load_catalog(self.name, **self._properties)
+        catalog = self._catalog()
         try:
             return catalog.load_table(self.identifier)
         except NoSuchTableError:
             if not create:
                 return None
-        catalog.create_namespace_if_not_exists(self.namespace)
-        with (
-            catalog.create_table_transaction(
-                self.identifier,
-                schema=annotated_schema("doc"),
-                location=self.location,
-                properties={"comment": DESCRIPTION},
-            ) as transaction,
-            transaction.update_spec() as spec,
-        ):
-            for column in PARTITION_BY:
-                spec.add_identity(column)
+        try:
+            catalog.create_namespace_if_not_exists(self.namespace)
+        except Exception:
+            # A SQL catalog checks, then inserts: a concurrent create of the namespace fails
+            # the insert (sqlalchemy's IntegrityError). It exists then, which is all we need.
+            if not catalog.namespace_exists(self.namespace):
+                raise
+        try:
+            with (
+                catalog.create_table_transaction(
+                    self.identifier,
+                    schema=annotated_schema("doc"),
+                    location=self.location,
+                    properties={"comment": DESCRIPTION},
+                ) as transaction,
+                transaction.update_spec() as spec,
+            ):
+                for column in PARTITION_BY:
+                    spec.add_identity(column)
+        except (TableAlreadyExistsError, CommitFailedException) as lost:
+            # Two dates (each under its own lock) created the table at once, and the other
+            # one's create committed first: its table is the one. The catalog says "already
+            # exists" as either error, depending on when the race was lost.
+            try:
+                return catalog.load_table(self.identifier)
+            except NoSuchTableError:
+                raise lost from None
         return catalog.load_table(self.identifier)
+
+    def _catalog(self) -> Any:
+        """The configured catalog. A SQL catalog creates its own tables when it first opens a
+        database; two processes opening a fresh one together may both try, and the second
+        fails ("table ... already exists", or SQLite's "database is locked"): it opens again,
+        and then finds them."""
+        from pyiceberg.catalog import load_catalog
+
+        for attempt in range(CATALOG_OPEN_ATTEMPTS):
+            try:
+                return load_catalog(self.name, **self._properties)
+            except Exception as exc:  # sqlalchemy's OperationalError, not imported for this
+                text = str(exc)
+                if attempt + 1 == CATALOG_OPEN_ATTEMPTS or not (
+                    "already exists" in text or "database is locked" in text
+                ):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def data_path(self, run_id: str, snapshot_date: str, staged: str) -> str:
         """Where a staged file goes in the table: ``data/_snapshot_date=D/_region=R/``, under a

@@ -549,6 +549,13 @@ def _invalid(
     try:
         validate(response.body)
     except PageError as exc:
+        if exc.whole:
+            # Whole JSON, of the wrong kind: the same answer would come again.
+            return TransportError(
+                f"unexpected response: {exc}",
+                opc_request_id=response.opc_request_id,
+                retryable=False,
+            )
         return TransportError(
             f"the response body is not whole JSON ({exc})", opc_request_id=response.opc_request_id
         )

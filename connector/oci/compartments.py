@@ -28,6 +28,55 @@ ROOT_LEFT_OUT = "scope.include_root = false"
 NOT_LISTED = "not listed"
 
 
+_TEXT_FIELDS = ("name", "description")
+"""Kept as their JSON text when the service sends another type (the dataset keeps the value)."""
+_ID_FIELDS = ("compartmentId", "lifecycleState")
+"""Null when not a string: a parent or a state of another type cannot be used as one."""
+
+
+def usable(record: Any) -> dict[str, Any] | None:
+    """A compartment record from Identity with its fields of the types the code relies on, or
+    None when it has no usable id (missing, not a string, empty): such a record can be neither
+    exported nor placed in the tree, and the run skips it (with a warning, counted in the
+    manifest) instead of failing on it.
+
+    Text fields of another type are kept as their JSON text, a parent or state of another type
+    as null (a compartment without a parent hangs from the root), ``isAccessible`` only as a
+    boolean; tags and times are checked where the rows are
+    made. One record with a number for a description must not sink a run whose every image has
+    been fetched.
+    """
+    if not isinstance(record, Mapping):
+        return None
+    compartment_id = record.get("id")
+    if not isinstance(compartment_id, str) or not compartment_id.strip():
+        return None
+    clean = dict(record)
+    for name in _TEXT_FIELDS:
+        value = clean.get(name)
+        if value is not None and not isinstance(value, str):
+            clean[name] = _json_text(value)
+    for name in _ID_FIELDS:
+        if not isinstance(clean.get(name), str):
+            clean[name] = None
+    if not isinstance(clean.get("isAccessible", True), bool):
+        clean.pop("isAccessible")
+    return clean
+
+
+def describe_unusable(record: Any) -> str:
+    """Why ``usable`` refused ``record``, for the warning (never the record itself: it may be
+    huge)."""
+    if not isinstance(record, Mapping):
+        return f"the record is a JSON {type(record).__name__}, not an object"
+    value = record.get("id")
+    if value is None:
+        return "the record has no id"
+    if not isinstance(value, str):
+        return f"its id is a {type(value).__name__}, not a string"
+    return "its id is empty"
+
+
 @dataclass(frozen=True, slots=True)
 class Tree:
     """Compartment records by id (the root too), as the Identity API returns them."""
@@ -36,19 +85,25 @@ class Tree:
     records: Mapping[str, Mapping[str, Any]]
 
     @classmethod
-    def of(cls, tenancy_id: str, records: Iterable[Mapping[str, Any]]) -> Tree:
-        """The tree from ListCompartments records; the root is added when they lack it."""
-        by_id = {str(r["id"]): r for r in records if r.get("id")}
+    def of(cls, tenancy_id: str, records: Iterable[Any]) -> Tree:
+        """The tree from ListCompartments records; the root is added when they lack it. A record
+        ``usable`` refuses is not in it (discovery has skipped it already)."""
+        cleaned = (usable(r) for r in records)
+        by_id = {r["id"]: r for r in cleaned if r is not None}
         by_id.setdefault(tenancy_id, {"id": tenancy_id, "name": ROOT_NAME})
         return cls(tenancy_id, by_id)
 
     def parent(self, compartment_id: str) -> str | None:
-        """The parent's id; None for the root."""
+        """The parent's id; None for the root, and for an ancestor the principal cannot see.
+        A listed compartment without a usable parent hangs from the root, as discovery
+        places it."""
         if compartment_id == self.tenancy_id:
             return None
-        record = self.records.get(compartment_id, {})
+        record = self.records.get(compartment_id)
+        if record is None:
+            return None
         parent = record.get("compartmentId")
-        return str(parent) if parent else None
+        return str(parent) if parent else self.tenancy_id
 
     def ancestry(self, compartment_id: str) -> list[str]:
         """Ids from the root (or the highest known ancestor) down to ``compartment_id``."""

@@ -13,15 +13,13 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from connector import flavors, logs, names
 from connector.errors import ConfigError, ConnectorError, OciApiError
 from connector.oci import (
     compartments,
     regions,
 )
-from connector.pages import WorkItem, parse
+from connector.pages import WorkItem, parse, parse_each, parse_one
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -93,25 +91,41 @@ async def subscribed_regions(
 ) -> list[str]:
     """The tenancy's READY region subscriptions."""
     url = f"{endpoints.identity(home)}/tenancies/{tenancy}/regionSubscriptions"
+    # An answer that is whole JSON but not an array fails at once (``PageError.whole``).
     response = await client.get(url, None, region=home, validate=parse)
-    subscriptions = orjson.loads(response.body)
+    subscriptions = [s for s in parse(response.body) if isinstance(s, dict)]
     # A region name becomes a folder name (region=...): one that is not a region is refused.
     ready = sorted(
         names.check_region(s.get("regionName")) for s in subscriptions if s.get("status") == "READY"
     )
     skipped = [s for s in subscriptions if s.get("status") != "READY"]
-    log.info("discovery.regions", regions=ready, skipped=[s["regionName"] for s in skipped])
+    log.info(
+        "discovery.regions", regions=ready, skipped=[str(s.get("regionName")) for s in skipped]
+    )
     for subscription in skipped:
         # Why, in words: a region the user expected and does not find in the output.
         status = str(subscription.get("status") or "unknown")
         log.info(
             "discovery.region_skipped",
-            region=str(subscription["regionName"]),
-            status=status,
+            region=str(subscription.get("regionName")),
+            subscription=status,
             reason=f"its subscription is {status}, not READY: OCI serves no requests there "
             "until the subscription is ready; the next run after that exports it",
         )
     return ready
+
+
+@dataclass(slots=True)
+class Skipped:
+    """Compartment records discovery could not use (``compartments.usable``), counted for the
+    manifest; each one is warned about once."""
+
+    count: int = 0
+
+    def record(self, reason: str, region: str, **where: Any) -> None:
+        """Count one, with its warning."""
+        self.count += 1
+        log.warning("discovery.compartment_skipped", reason=reason, region=region, **where)
 
 
 async def discover_compartments(
@@ -121,9 +135,13 @@ async def discover_compartments(
     tenancy: str,
     exclude: Sequence[str],
     records: list[dict[str, Any]] | None = None,
+    skipped: Skipped | None = None,
 ) -> list[str]:
     """The root plus every ACTIVE compartment the caller can access, minus excluded subtrees;
-    ``records``, when given, receives every compartment record listed."""
+    ``records``, when given, receives every compartment record listed. A record without a
+    usable id, or holding text that is not Unicode, is left out alone (counted in
+    ``skipped``); its page and the run go on."""
+    skipped = skipped if skipped is not None else Skipped()
     parents: dict[str, str] = {}
     params = {
         "compartmentId": tenancy,
@@ -133,9 +151,18 @@ async def discover_compartments(
         "limit": 1000,
     }
     url = f"{endpoints.identity(region)}/compartments"
-    async with aclosing(client.paginate(url, params, region=region, validate=parse)) as pages:
+    async with aclosing(client.paginate(url, params, region=region, validate=parse_each)) as pages:
         async for paged in pages:
-            for item in parse(paged.response.body):
+            items, unreadable = parse_each(paged.response.body)
+            for _ in range(unreadable):
+                skipped.record(
+                    "the record holds text that is not Unicode", region, page=paged.number
+                )
+            for raw in items:
+                item = compartments.usable(raw)
+                if item is None:
+                    skipped.record(compartments.describe_unusable(raw), region, page=paged.number)
+                    continue
                 if records is not None:
                     records.append(item)
                 if (
@@ -194,6 +221,9 @@ class Discovery:
     """Identity's compartment records (None when the tenancy is unknown)."""
     reasons: dict[str, str]
     """Why each compartment of ``tree`` that is not exported was left out."""
+    skipped: int = 0
+    """Compartment records Identity returned that could not be used (no usable id, text that
+    is not Unicode): left out, each with a warning; the manifest counts them."""
 
     def compartments(self, snapshot_date: date, run_id: str) -> pa.Table | None:
         """The ``compartments`` dataset's rows: every compartment of the tree, exported or not
@@ -229,22 +259,25 @@ async def discover_run(
         names = (home,)
     excluded = settings.scope.exclude
     records: list[dict[str, Any]] = []
+    skipped = Skipped()
     if settings.scope.compartments:
         listed = [c for c in settings.scope.compartments if c not in excluded]
         if tenancy:
             records = await fetch_compartments(
-                client, endpoints, home, tenancy, settings.scope.compartments
+                client, endpoints, home, tenancy, settings.scope.compartments, skipped
             )
     else:
         root = require_tenancy()
-        listed = await discover_compartments(client, endpoints, home, root, excluded, records)
+        listed = await discover_compartments(
+            client, endpoints, home, root, excluded, records, skipped
+        )
         if not settings.scope.include_root:
             # A least-privilege principal may read the compartments below the root and not
             # the root itself: the tree is listed from the root, its own images are not.
             listed = [c for c in listed if c != root]
     items = sorted(WorkItem(r, c) for r in names for c in listed)
     if not tenancy:
-        return Discovery(items, None, {})
+        return Discovery(items, None, {}, skipped.count)
     tree = compartments.Tree.of(tenancy, records)
     reasons = {
         c: reason
@@ -255,17 +288,24 @@ async def discover_run(
             )
         )
     }
-    return Discovery(items, tree, reasons)
+    return Discovery(items, tree, reasons, skipped.count)
 
 
 async def fetch_compartments(
-    client: OciClient, endpoints: Endpoints, region: str, tenancy: str, wanted: Sequence[str]
+    client: OciClient,
+    endpoints: Endpoints,
+    region: str,
+    tenancy: str,
+    wanted: Sequence[str],
+    skipped: Skipped | None = None,
 ) -> list[dict[str, Any]]:
     """GetCompartment for explicitly listed compartments and their ancestors (for paths).
 
     One that cannot be read (no policy, deleted) is left out, with a warning: the dataset
-    then names it by its OCID; the export itself does not depend on it.
+    then names it by its OCID; the export itself does not depend on it. So is one whose record
+    cannot be used (``compartments.usable``), counted in ``skipped``.
     """
+    skipped = skipped if skipped is not None else Skipped()
     found: dict[str, dict[str, Any]] = {}
     pending = [c for c in wanted if c != tenancy]
     while pending:
@@ -275,7 +315,7 @@ async def fetch_compartments(
                 continue
             url = f"{endpoints.identity(region)}/compartments/{compartment_id}"
             try:
-                response = await client.get(url, None, region=region)
+                response = await client.get(url, None, region=region, validate=parse_one)
             except OciApiError as exc:
                 log.warning(
                     "discovery.compartment_unreadable",
@@ -284,7 +324,16 @@ async def fetch_compartments(
                     code=exc.code,
                 )
                 continue
-            record = orjson.loads(response.body)
+            raw = parse_one(response.body)
+            record = compartments.usable(raw)
+            if record is None:
+                reason = (
+                    "the record holds text that is not Unicode"
+                    if raw is None
+                    else compartments.describe_unusable(raw)
+                )
+                skipped.record(reason, region, compartment_id=compartment_id)
+                continue
             found[compartment_id] = record
             parent = record.get("compartmentId")
             if parent and parent != tenancy and parent not in found and len(found) < 10_000:
