@@ -421,10 +421,11 @@ def demo_config() -> Path:
 
 def _demo(args: argparse.Namespace) -> int:
     from connector.emulator import Behaviour, EmulatorServer, build_world
+    from connector.emulator.cli import DEMO_REGIONS
 
     world = build_world(
         compartments=args.compartments,
-        regions=("us-ashburn-1", "eu-frankfurt-1"),
+        regions=DEMO_REGIONS,
         dataset=args.dataset,
         platform_images=150 if args.dataset == "realistic" else 60,
         oci_extras=True,  # typed defined-tag values and nine-digit times, as OCI sends them

@@ -365,7 +365,6 @@ class FilterSettings:
         "",
         _choice(*IMAGE_LIFECYCLE, case_insensitive=True, allow_empty=True),
         "lifecycleState (case-insensitive): " + ", ".join(IMAGE_LIFECYCLE),
-        example="AVAILABLE",
     )
     operating_system: str = key("", _string(1, 255), 'operatingSystem, e.g. "Oracle Linux"')
     operating_system_version: str = key("", _string(1, 255), 'operatingSystemVersion, e.g. "9"')
