@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from connector.lake.changes import ChangeCounts
+    from connector.lake.snapshots import PublishedSnapshot
     from connector.pipeline import Export
     from connector.tally import Progress
     from connector.workers.spawn import Launched
@@ -241,6 +242,18 @@ def diff(
     return changes.diff_published(
         store.fs, store.base, older, newer, run_id=new_run_id(), table=table, counts=counts
     )
+
+
+def snapshots(settings: Settings) -> list[PublishedSnapshot]:
+    """The snapshots of ``images`` published under ``settings.output.uri``, oldest first: date,
+    status (``complete`` or ``partial``), rows, files and the run that published each, read
+    through their manifests (so a commit in progress or killed before its commit point is not
+    listed)."""
+    from connector.lake import snapshots as published
+    from connector.lake import storage
+
+    store = storage.resolve(settings.output.uri, settings.output.storage_options)
+    return published.published(store.fs, store.base)
 
 
 def start_workers(settings: Settings) -> Launched | None:

@@ -96,6 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="ndjson: one change a line on stdout (default); summary: the counts only",
     )
 
+    snapshots = commands.add_parser(
+        "snapshots", help="list the published snapshot dates: status, rows, files and run"
+    )
+    _config_arguments(snapshots)
+    snapshots.add_argument(
+        "--format",
+        default="text",
+        choices=["text", "json"],
+        help="text: a table (default); json: one array of objects",
+    )
+
     commit = commands.add_parser("commit", help="publish the staged shards of one run")
     _config_arguments(commit)
     commit.add_argument("--run-id", required=True, help="the run whose shards to publish")
@@ -179,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _commit(args)
             if args.command == "diff":
                 return _diff(args)
+            if args.command == "snapshots":
+                return _snapshots(args)
     except ConfigError as exc:
         print(f"oci-images: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -408,6 +421,33 @@ def _diff(args: argparse.Namespace) -> int:
         f"removed={counts.removed} changed={counts.changed}",
         file=sys.stderr if args.format == "ndjson" else sys.stdout,
     )
+    return EXIT_OK
+
+
+def _snapshots(args: argparse.Namespace) -> int:
+    from connector import api
+
+    settings = api.load_config(args.config, args.set)
+    found = api.snapshots(settings)
+    if args.format == "json":
+        import orjson
+
+        sys.stdout.write(orjson.dumps([s.as_dict() for s in found]).decode() + "\n")
+        return EXIT_OK
+    if not found:
+        print(f"no snapshot is published in {settings.output.uri} yet", file=sys.stderr)
+        return EXIT_OK
+    header = ("snapshot_date", "status", "rows", "files", "run_id")
+    table = [header] + [
+        (s.snapshot_date, s.status, str(s.rows), str(s.files), s.run_id) for s in found
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        cells = [
+            cell.rjust(width) if index in (2, 3) else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
     return EXIT_OK
 
 
