@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", default=None, metavar="I/N", help="run shard I of N; stage only")
     run.add_argument("--run-id", default=None, help="run id (required with --shard)")
     run.add_argument(
+        "--snapshot-date",
+        default=None,
+        metavar="DATE",
+        help="YYYY-MM-DD, over output.snapshot_date: the date `plan` put in the shard's spec",
+    )
+    run.add_argument(
         "--no-progress", action="store_true", help="no progress bar, even on a terminal"
     )
 
@@ -254,6 +260,11 @@ def _run(args: argparse.Namespace) -> int:
     shard = _parse_shard(args.shard)
     if args.run_id is not None:
         api.check_run_id(args.run_id, "--run-id")
+    if args.snapshot_date is not None:
+        from connector.config import date_argument
+
+        day = date_argument("--snapshot-date", args.snapshot_date)
+        args.set = [*args.set, f'output.snapshot_date="{day}"']
     if args.shard is not None and not args.run_id:
         raise ConfigError("--run-id", "is required with --shard, so that shards and commit agree")
     terminal = None if args.no_progress else args.terminal
@@ -384,12 +395,20 @@ def _plan(args: argparse.Namespace) -> int:
         raise ConfigError("--shards", "must be at least 1")
     settings, credentials = _prepare(args)
     planned = api.plan(settings, args.shards, run_id=args.run_id, credentials=credentials)
-    # `run --shard I/N` takes the same 1/N share of the request budget that rate_share says.
+    # `run --shard I/N` takes the same 1/N share of the request budget that rate_share says,
+    # and the plan's date, so that shards started after midnight stage under the same one.
     specs = [
         spec.as_dict()
         | {
             "shard": f"{spec.index}/{spec.count}",
-            "args": ["--shard", f"{spec.index}/{spec.count}", "--run-id", spec.run_id],
+            "args": [
+                "--shard",
+                f"{spec.index}/{spec.count}",
+                "--run-id",
+                spec.run_id,
+                "--snapshot-date",
+                spec.snapshot_date,
+            ],
         }
         for spec in planned.shards
     ]
