@@ -514,7 +514,23 @@ def _demo(args: argparse.Namespace) -> int:
             f"FROM read_parquet('{images}/*/*/*.parquet', hive_partitioning = true) GROUP BY 1"
         )
         print(f"demo: wrote {images}; query it with DuckDB:\n  {query}", file=sys.stderr)
+        _first_result(query + " ORDER BY 1")
     return code
+
+
+def _first_result(query: str) -> None:
+    """Answer the demo's query with DuckDB, which `make demo` installs, so that the first
+    thing a new user sees is an answer read back from the lake; without DuckDB, nothing."""
+    try:
+        import duckdb
+    except ImportError:
+        return
+    relation = duckdb.sql(query)
+    rows = relation.fetchall() if relation is not None else []
+    width = max((len(str(region)) for region, _ in rows), default=0)
+    print("images per region, read back with DuckDB:")
+    for region, count in rows:
+        print(f"  {str(region).ljust(width)}  {count:>9,}")
 
 
 if __name__ == "__main__":
