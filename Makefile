@@ -1,9 +1,13 @@
 # Two commands set everything up: `make demo` and `make test`. Both create .venv from the
-# hash-pinned requirements.lock on first use; only Python 3.11+ and make are needed.
+# hash-pinned requirements.lock on first use; only Python 3.11+ and make are needed. `make demo`
+# installs only the core and DuckDB (about 20 packages, from the same lock: scripts/lock_subset.py);
+# `make test` (and every other target) installs everything.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+DEMO_REQUIREMENTS := $(VENV)/requirements-demo.txt
 
 .PHONY: install demo test lint format typecheck pytest reliability bench bench-full bench-tools readme \
 	docs regions lock clean worked-questions install-airflow test-airflow lock-airflow
@@ -20,7 +24,17 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m compileall -q connector
 	touch $@
 
-demo: install
+# The demo needs the core and DuckDB only; with the full install already there, nothing more.
+$(DEMO_STAMP): requirements.lock pyproject.toml scripts/lock_subset.py
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PYTHON) scripts/lock_subset.py requirements.lock duckdb > $(DEMO_REQUIREMENTS)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(DEMO_REQUIREMENTS)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m compileall -q connector
+	touch $@
+
+demo: $(DEMO_STAMP)
 	$(BIN)/oci-images demo --output demo-out
 
 test: lint typecheck docs pytest test-airflow

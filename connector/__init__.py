@@ -34,6 +34,7 @@ _HOMES = {
         "run",
         "run_async",
         "schema_of",
+        "snapshots",
         "start_workers",
         "to_ndjson",
     ),
@@ -54,6 +55,7 @@ _HOMES = {
     ),
     "connector.lake.changes": ("ChangeCounts",),
     "connector.lake.manifest": ("ListingRecord", "Manifest", "RunOutcome"),
+    "connector.lake.snapshots": ("PublishedSnapshot",),
     "connector.oci.auth": ("Credentials",),
     "connector.oci.diagnose": ("RunAbort",),
     "connector.pages": ("ListingError",),
@@ -77,6 +79,7 @@ if TYPE_CHECKING:  # what the type checker sees of the same table
     from connector.api import run as run
     from connector.api import run_async as run_async
     from connector.api import schema_of as schema_of
+    from connector.api import snapshots as snapshots
     from connector.api import start_workers as start_workers
     from connector.api import to_ndjson as to_ndjson
     from connector.config import Settings as Settings
@@ -96,6 +99,7 @@ if TYPE_CHECKING:  # what the type checker sees of the same table
     from connector.lake.manifest import ListingRecord as ListingRecord
     from connector.lake.manifest import Manifest as Manifest
     from connector.lake.manifest import RunOutcome as RunOutcome
+    from connector.lake.snapshots import PublishedSnapshot as PublishedSnapshot
     from connector.oci.auth import Credentials as Credentials
     from connector.oci.diagnose import RunAbort as RunAbort
     from connector.pages import ListingError as ListingError

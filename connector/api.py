@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from connector.lake.changes import ChangeCounts
+    from connector.lake.snapshots import PublishedSnapshot
     from connector.pipeline import Export
     from connector.tally import Progress
     from connector.workers.spawn import Launched
@@ -95,12 +96,18 @@ class ShardSpec:
     """The shard's part of the tenancy's request budget: of ``fetch.max_requests_per_second``
     and of the adaptive rate's climb (see ``connector.oci.retry``). ``plan`` gives each of N shards
     1/N, for N shards that run in parallel; 0 means 1/``count``."""
+    snapshot_date: str = ""
+    """The run's snapshot date, fixed when it was planned: every shard stages under it, so
+    shards that start on either side of midnight (UTC) still agree at the commit. "" (a spec
+    written before it existed): the settings' date."""
 
     def __post_init__(self) -> None:
         if not self.rate_share:
             object.__setattr__(self, "rate_share", 1.0 / max(1, self.count))
         if not 0.0 < self.rate_share <= 1.0:
             raise ConfigError("rate_share", f"must be in (0, 1], got {self.rate_share}")
+        if self.snapshot_date:
+            config.date_argument("snapshot_date", self.snapshot_date)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe (for XCom)."""
@@ -111,12 +118,13 @@ class ShardSpec:
             "listings": self.listings,
             "regions": list(self.regions),
             "rate_share": self.rate_share,
+            "snapshot_date": self.snapshot_date,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ShardSpec:
         """Read back what ``as_dict`` wrote (a spec written before ``rate_share`` existed
-        gets 1/``count``)."""
+        gets 1/``count``; one written before ``snapshot_date``, the settings' date)."""
         return cls(
             int(data["index"]),
             int(data["count"]),
@@ -124,6 +132,7 @@ class ShardSpec:
             int(data["listings"]),
             tuple(data["regions"]),
             float(data.get("rate_share") or 0.0),
+            str(data.get("snapshot_date") or ""),
         )
 
 
@@ -158,14 +167,15 @@ async def _plan(
     settings = validation.check(settings)
     credentials = _checked(settings, credentials)
     run_id = run_id or new_run_id()
+    day = settings.output.effective_snapshot_date  # once: the plan may straddle midnight
     async with for_settings(settings, credentials) as client:
         items = await discovery.discover(client, settings, credentials)
     specs = []
     for index in range(shards):
         mine = discovery.shard_items(items, index, shards)
         regions = tuple(sorted({i.region for i in mine}))
-        specs.append(ShardSpec(index, shards, run_id, len(mine), regions, 1.0 / shards))
-    return Plan(run_id, settings.output.effective_snapshot_date, tuple(specs))
+        specs.append(ShardSpec(index, shards, run_id, len(mine), regions, 1.0 / shards, day))
+    return Plan(run_id, day, tuple(specs))
 
 
 def run(
@@ -252,6 +262,18 @@ def diff(
     )
 
 
+def snapshots(settings: Settings) -> list[PublishedSnapshot]:
+    """The snapshots of ``images`` published under ``settings.output.uri``, oldest first: date,
+    status (``complete`` or ``partial``), rows, files and the run that published each, read
+    through their manifests (so a commit in progress or killed before its commit point is not
+    listed)."""
+    from connector.lake import snapshots as published
+    from connector.lake import storage
+
+    store = storage.resolve(settings.output.uri, settings.output.storage_options)
+    return published.published(store.fs, store.base)
+
+
 def start_workers(settings: Settings) -> Launched | None:
     """Start the worker processes a run of ``settings`` converts pages in, now: they import
     pyarrow and the normalizer while the caller loads credentials. Pass them to ``run_async``
@@ -307,6 +329,8 @@ def export(
     from connector.prepare import prepare
 
     position, run_id = _shard(shard, run_id)
+    if isinstance(shard, ShardSpec) and shard.snapshot_date:
+        settings = _on_date(settings, shard.snapshot_date)
     settings = validation.check(settings)
     credentials = _checked(settings, credentials)
     context = prepare(
@@ -320,6 +344,19 @@ def export(
     )
     validation.writable(context.store)
     return Export(context, launched=launched, progress=progress)
+
+
+def _on_date(settings: Settings, day: str) -> Settings:
+    """``settings`` for a planned shard's date: the plan's date wins over today; a different
+    date set in the settings is a contradiction, not something to choose between."""
+    configured = settings.output.snapshot_date
+    if configured and configured != day:
+        raise ConfigError(
+            "output.snapshot_date",
+            f"is {configured}, but the shard was planned for {day}: run every shard and the "
+            "commit with the plan's date",
+        )
+    return settings if configured else settings.replace(**{"output.snapshot_date": day})
 
 
 def _shard(

@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", default=None, metavar="I/N", help="run shard I of N; stage only")
     run.add_argument("--run-id", default=None, help="run id (required with --shard)")
     run.add_argument(
+        "--snapshot-date",
+        default=None,
+        metavar="DATE",
+        help="YYYY-MM-DD, over output.snapshot_date: the date `plan` put in the shard's spec",
+    )
+    run.add_argument(
         "--no-progress", action="store_true", help="no progress bar, even on a terminal"
     )
 
@@ -100,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
         default="ndjson",
         choices=["ndjson", "summary"],
         help="ndjson: one change a line on stdout (default); summary: the counts only",
+    )
+
+    snapshots = commands.add_parser(
+        "snapshots", help="list the published snapshot dates: status, rows, files and run"
+    )
+    _config_arguments(snapshots)
+    snapshots.add_argument(
+        "--format",
+        default="text",
+        choices=["text", "json"],
+        help="text: a table (default); json: one array of objects",
     )
 
     commit = commands.add_parser("commit", help="publish the staged shards of one run")
@@ -234,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _commit(args)
             if args.command == "diff":
                 return _diff(args)
+            if args.command == "snapshots":
+                return _snapshots(args)
     except ConfigError as exc:
         print(f"oci-images: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -297,6 +316,11 @@ def _run(args: argparse.Namespace) -> int:
     shard = _parse_shard(args.shard)
     if args.run_id is not None:
         api.check_run_id(args.run_id, "--run-id")
+    if args.snapshot_date is not None:
+        from connector.config import date_argument
+
+        day = date_argument("--snapshot-date", args.snapshot_date)
+        args.set = [*args.set, f'output.snapshot_date="{day}"']
     if args.shard is not None and not args.run_id:
         raise ConfigError("--run-id", "is required with --shard, so that shards and commit agree")
     terminal = None if args.no_progress else args.terminal
@@ -427,12 +451,20 @@ def _plan(args: argparse.Namespace) -> int:
         raise ConfigError("--shards", "must be at least 1")
     settings, credentials = _prepare(args)
     planned = api.plan(settings, args.shards, run_id=args.run_id, credentials=credentials)
-    # `run --shard I/N` takes the same 1/N share of the request budget that rate_share says.
+    # `run --shard I/N` takes the same 1/N share of the request budget that rate_share says,
+    # and the plan's date, so that shards started after midnight stage under the same one.
     specs = [
         spec.as_dict()
         | {
             "shard": f"{spec.index}/{spec.count}",
-            "args": ["--shard", f"{spec.index}/{spec.count}", "--run-id", spec.run_id],
+            "args": [
+                "--shard",
+                f"{spec.index}/{spec.count}",
+                "--run-id",
+                spec.run_id,
+                "--snapshot-date",
+                spec.snapshot_date,
+            ],
         }
         for spec in planned.shards
     ]
@@ -467,6 +499,33 @@ def _diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _snapshots(args: argparse.Namespace) -> int:
+    from connector import api
+
+    settings = api.load_config(args.config, args.set)
+    found = api.snapshots(settings)
+    if args.format == "json":
+        import orjson
+
+        sys.stdout.write(orjson.dumps([s.as_dict() for s in found]).decode() + "\n")
+        return EXIT_OK
+    if not found:
+        print(f"no snapshot is published in {settings.output.uri} yet", file=sys.stderr)
+        return EXIT_OK
+    header = ("snapshot_date", "status", "rows", "files", "run_id")
+    table = [header] + [
+        (s.snapshot_date, s.status, str(s.rows), str(s.files), s.run_id) for s in found
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        cells = [
+            cell.rjust(width) if index in (2, 3) else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+    return EXIT_OK
+
+
 def demo_config() -> Path:
     """configs/demo.toml: from the source tree, or as installed inside the package."""
     source = Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
@@ -491,10 +550,11 @@ def _without_cli_credentials() -> Iterator[None]:
 
 def _demo(args: argparse.Namespace) -> int:
     from connector.emulator import Behaviour, EmulatorServer, build_world
+    from connector.emulator.cli import DEMO_REGIONS
 
     world = build_world(
         compartments=args.compartments,
-        regions=("us-ashburn-1", "eu-frankfurt-1"),
+        regions=DEMO_REGIONS,
         dataset=args.dataset,
         platform_images=150 if args.dataset == "realistic" else 60,
         oci_extras=True,  # typed defined-tag values and nine-digit times, as OCI sends them
@@ -525,7 +585,23 @@ def _demo(args: argparse.Namespace) -> int:
             f"FROM read_parquet('{images}/*/*/*.parquet', hive_partitioning = true) GROUP BY 1"
         )
         print(f"demo: wrote {images}; query it with DuckDB:\n  {query}", file=sys.stderr)
+        _first_result(query + " ORDER BY 1")
     return code
+
+
+def _first_result(query: str) -> None:
+    """Answer the demo's query with DuckDB, which `make demo` installs, so that the first
+    thing a new user sees is an answer read back from the lake; without DuckDB, nothing."""
+    try:
+        import duckdb
+    except ImportError:
+        return
+    relation = duckdb.sql(query)
+    rows = relation.fetchall() if relation is not None else []
+    width = max((len(str(region)) for region, _ in rows), default=0)
+    print("images per region, read back with DuckDB:")
+    for region, count in rows:
+        print(f"  {str(region).ljust(width)}  {count:>9,}")
 
 
 if __name__ == "__main__":

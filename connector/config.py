@@ -391,7 +391,6 @@ class FilterSettings:
         "",
         _choice(*IMAGE_LIFECYCLE, case_insensitive=True, allow_empty=True),
         "lifecycleState (case-insensitive): " + ", ".join(IMAGE_LIFECYCLE),
-        example="AVAILABLE",
     )
     operating_system: str = key("", _string(1, 255), 'operatingSystem, e.g. "Oracle Linux"')
     operating_system_version: str = key("", _string(1, 255), 'operatingSystemVersion, e.g. "9"')
@@ -528,6 +527,14 @@ class OutputSettings:
         "",
         _choice("delta", "iceberg", allow_empty=True),
         '"" = plain Parquet/NDJSON files; delta or iceberg: a table `images` partitioned by _snapshot_date and _region, one atomic commit per snapshot date (local directory or s3:// only)',
+    )
+    keep_days: int = key(
+        0,
+        _integer(0, 100_000),
+        "days of snapshots kept before the run's snapshot date: after a successful commit, "
+        "older partitions of every dataset and older _runs/ records are deleted (never the "
+        "newest complete snapshot; tables: the dates' rows, by a delete in the table's own "
+        "commit); 0 = keep all",
     )
     storage_options: Mapping[str, str | int | float | bool] = key(
         {},

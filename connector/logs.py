@@ -105,6 +105,9 @@ KEYS: dict[str, Key] = {
     "regions": Key("list of strings", "regions the run lists"),
     "skipped": Key("list of strings", "subscribed regions that are not READY"),
     "subscription": Key("string", "a region subscription's status (`IN_PROGRESS`, ...)"),
+    "keep_from": Key("string", "the oldest snapshot date `output.keep_days` keeps, YYYY-MM-DD"),
+    "dates": Key("list of strings", "snapshot dates, YYYY-MM-DD"),
+    "records": Key("integer", "run records (`_runs/RUN_ID.json`) removed"),
     "found": Key("integer", "compartments found"),
     "excluded": Key("integer", "compartments left out by scope.exclude_compartments"),
     "file": Key("string", "a local file"),
@@ -216,6 +219,15 @@ EVENTS: dict[str, Event] = {
         "a commit published the snapshot",
     ),
     "run.not_published": Event("error", ("reason",), "a commit refused to publish"),
+    "retention.pruned": Event(
+        "info",
+        ("keep_from", "dates", "records", "skipped"),
+        "`output.keep_days` removed the partitions of these dates and their run records "
+        "(`skipped`: dates another live process held)",
+    ),
+    "retention.failed": Event(
+        "error", ("reason",), "pruning failed after a published commit (the run still succeeded)"
+    ),
     "run.record_failed": Event("error", ("path", "reason"), "`_runs/RUN_ID.json` not written"),
     "run.finished": Event(
         "info",

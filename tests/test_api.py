@@ -309,11 +309,12 @@ class TestShardsShareTheBudget:
         assert 0 == connector.commit(settings, plan.run_id).exit_code
 
     def test_a_spec_from_before_the_share_reads_back_with_one_nth(self) -> None:
-        """ShardSpec JSON without rate_share (as older plans wrote it) still reads: 1/count."""
+        """ShardSpec JSON without rate_share and snapshot_date (as older plans wrote it) still
+        reads: 1/count, and the settings' date."""
         old = {"index": 1, "count": 4, "run_id": "r1", "listings": 7, "regions": ["r"]}
         spec = connector.ShardSpec.from_dict(old)
         assert 0.25 == spec.rate_share
-        assert old | {"rate_share": 0.25} == spec.as_dict()
+        assert old | {"rate_share": 0.25, "snapshot_date": ""} == spec.as_dict()
 
     def test_a_share_outside_the_budget_is_refused(self) -> None:
         with pytest.raises(connector.ConfigError, match="rate_share"):

@@ -205,6 +205,8 @@ def test_example_config_is_valid() -> None:
     settings = config.load(root / "configs" / "example.toml")
     assert settings.oci.regions
     assert set(config.KEYS) == set(settings.as_dict())
+    # A copied example exports every image: it filters nothing (DISABLED images included).
+    assert settings.filters == config.FilterSettings()
 
 
 def test_snapshot_date_accepts_a_toml_date() -> None:

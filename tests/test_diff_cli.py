@@ -169,3 +169,56 @@ def read_dataset(partition: Path, manifest: dict[str, Any]) -> list[dict[str, An
         pafs.LocalFileSystem(), str(partition), document["files"], schema.CHANGES_SCHEMA
     )
     return [row for batch in batches for row in batch.to_pylist()]
+
+
+@pytest.mark.parametrize("output", [{"format": "parquet"}, {"table_format": "delta"}])
+def test_snapshots_lists_what_is_published(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path, output: dict[str, str]
+) -> None:
+    """`snapshots` lists each published date with its status, rows, files and run, as the
+    manifests say (a partition without a marker is not published); `diff` of a missing date
+    names the dates that exist."""
+    server = make_emulator(build_world(**WORLD))  # type: ignore[arg-type]
+    for day in (DAY1, DAY2):
+        config = write_config(tmp_path, server, output={**output, "snapshot_date": day})
+        assert 0 == oci_images("run", "--config", str(config)).returncode
+    images = tmp_path / "lake" / "images"
+    (images / f"snapshot_date={DAY1}" / "_SUCCESS").rename(
+        images / f"snapshot_date={DAY1}" / "_PARTIAL"
+    )
+    (images / "snapshot_date=2026-11-28").mkdir()  # a commit killed before its commit point
+    manifests = {
+        day: orjson.loads((images / f"snapshot_date={day}" / "_manifest.json").read_bytes())
+        for day in (DAY1, DAY2)
+    }
+    result = oci_images("snapshots", "--config", str(config), "--format", "json")
+    assert 0 == result.returncode, result.stderr
+    listed = orjson.loads(result.stdout)
+    assert [(DAY1, "partial"), (DAY2, "complete")] == [
+        (s["snapshot_date"], s["status"]) for s in listed
+    ]
+    for entry in listed:
+        manifest = manifests[entry["snapshot_date"]]
+        assert manifest["rows"] > 0
+        assert (manifest["rows"], manifest["run_id"]) == (entry["rows"], entry["run_id"])
+        assert entry["files"] >= 1
+    text = oci_images("snapshots", "--config", str(config)).stdout.splitlines()
+    assert text[0].split() == ["snapshot_date", "status", "rows", "files", "run_id"]
+    assert text[2].split() == [
+        DAY2, "complete", str(listed[1]["rows"]), str(listed[1]["files"]), listed[1]["run_id"]
+    ]  # fmt: skip
+    result = oci_images("diff", "--config", str(config), "--from", "2026-11-20", "--to", DAY2)
+    assert 1 == result.returncode
+    assert f"published: {DAY1}, {DAY2}" in result.stderr
+
+
+def test_snapshots_of_an_empty_lake(emulator: EmulatorServer, tmp_path: Path) -> None:
+    """Nothing published: an empty JSON array, and a sentence rather than an empty table."""
+    config = write_config(tmp_path, emulator)
+    result = oci_images("snapshots", "--config", str(config), "--format", "json")
+    assert (0, "[]\n") == (result.returncode, result.stdout)
+    result = oci_images("snapshots", "--config", str(config))
+    assert ("", 0) == (result.stdout, result.returncode)
+    assert "no snapshot is published" in result.stderr
+    diff = oci_images("diff", "--config", str(config), "--from", DAY1, "--to", DAY2)
+    assert "none is published yet" in diff.stderr

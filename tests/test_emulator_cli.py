@@ -84,3 +84,57 @@ def test_tls_certificate_without_key_exits_2(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "--tls-key" in result.stderr
+
+
+def _start(oci_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """The emulator command on a free port (the demo's regions by default), and what it
+    printed on stdout up to the end of its ``[oci]`` block."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "connector", "emulator", "--port", "0", "--compartments", "2",
+         "--platform-images", "3", "--oci-config-dir", str(oci_dir), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    lines = [process.stdout.readline().rstrip("\n")]
+    while not lines[-1].startswith("profile") and lines[-1]:
+        lines.append(process.stdout.readline().rstrip("\n"))
+    return process, lines
+
+
+def test_emulator_prints_a_block_that_exports_and_keeps_its_key(tmp_path: Path) -> None:
+    """The [oci] block printed after "listening on", pasted into a configuration, exports both
+    of the demo's regions; a restart with the same --oci-config-dir keeps key.pem, so the
+    fingerprint in the config (and a client's copy of it) stays valid."""
+    from connector import cli
+
+    oci_dir = tmp_path / "oci"
+    process, lines = _start(oci_dir)
+    try:
+        assert lines[0].startswith("listening on http://127.0.0.1:")
+        block = "\n".join(lines[1:])
+        url = lines[0].removeprefix("listening on ")
+        assert block.startswith("[oci]\n")
+        assert f'endpoint = "{url}/{{region}}"' in block
+        assert 'regions = ["us-ashburn-1", "eu-frankfurt-1"]' in block
+        assert f'config_file = "{oci_dir.resolve() / "config"}"' in block
+        config = tmp_path / "export.toml"
+        config.write_text(f'{block}\n[output]\nuri = "{tmp_path / "lake"}"\n')
+        assert cli.main(["--log-level", "error", "run", "--config", str(config)]) == 0
+        regions = {p.name for p in (tmp_path / "lake" / "images").glob("*/region=*")}
+        assert regions == {"region=us-ashburn-1", "region=eu-frankfurt-1"}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    first_key = (oci_dir / "key.pem").read_bytes()
+    first = oci.config.from_file(str(oci_dir / "config"))
+    process, lines = _start(oci_dir, "--regions", "us-phoenix-1")
+    try:
+        assert 'regions = ["us-phoenix-1"]' in lines
+        assert (oci_dir / "key.pem").read_bytes() == first_key
+        client = oci.core.ComputeClient(first, service_endpoint=lines[0].split()[-1])
+        assert client.list_images(first["tenancy"], limit=5).data
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

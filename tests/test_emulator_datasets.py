@@ -282,3 +282,13 @@ def test_demo_publishes_realistic_data(tmp_path: Path) -> None:
     assert all(8 * 1024 <= r["size_in_mbs"] <= 600 * 1024 for r in custom)
     assert all(NAME.match(r["display_name"]) for r in custom)
     assert "QUANTUM" not in {r["launch_mode"] for r in rows}
+    # The first result: the DuckDB query the demo suggests, answered from the lake it wrote.
+    lines = result.stdout.splitlines()
+    first = lines.index("images per region, read back with DuckDB:")
+    answered = {
+        line.split()[0]: int(line.split()[1].replace(",", "")) for line in lines[first + 1 :]
+    }
+    per_region: dict[str, int] = {}
+    for r in rows:
+        per_region[r["_region"]] = per_region.get(r["_region"], 0) + 1
+    assert per_region == answered

@@ -305,6 +305,55 @@ def test_sharded_run_then_commit(
     assert (3, "r-shards") == (manifest["shards"], manifest["run_id"])
 
 
+def test_shards_that_cross_midnight_publish_the_planned_date(
+    lake_emulator: EmulatorServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no configured date, `plan` fixes today's in every spec and its `run` arguments:
+    shards started after midnight (UTC) stage under the planned date, and the commit publishes
+    it. Without the date in the spec, the shards disagree and the commit fails."""
+    import datetime as dt
+
+    from connector import config as config_module
+
+    config = write_config(tmp_path, lake_emulator, snapshot_date=None)
+    today = dt.datetime.now(dt.UTC).date()
+    assert 0 == cli.main(["plan", "--config", str(config), "--shards", "3", "--run-id", "r-night"])
+    specs = orjson.loads(capsys.readouterr().out)
+    assert {today.isoformat()} == {s["snapshot_date"] for s in specs}
+    assert 0 == run(config, *specs[0]["args"])
+
+    class Tomorrow(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> Tomorrow:
+            return cls.combine(today + dt.timedelta(days=1), dt.time(0, 5), tzinfo=tz)
+
+    monkeypatch.setattr(config_module, "datetime", Tomorrow)
+    for spec in specs[1:]:
+        assert 0 == run(config, *spec["args"])
+    assert 0 == cli.main(["commit", "--config", str(config), "--run-id", "r-night"])
+    published = tmp_path / "lake" / "images" / f"snapshot_date={today.isoformat()}"
+    assert (published / "_SUCCESS").exists()
+    assert 3 == orjson.loads((published / "_manifest.json").read_bytes())["shards"]
+
+
+def test_a_spec_and_a_different_configured_date_are_refused(
+    lake_emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """A spec planned for one date, run with settings that name another, is a configuration
+    error before any request, not a shard staged under either."""
+    import connector
+
+    settings = connector.load_config(write_config(tmp_path, lake_emulator))
+    spec = connector.ShardSpec(0, 2, "r-dates", 1, ("us-ashburn-1",), 0.5, "2026-11-28")
+    assert spec == connector.ShardSpec.from_dict(orjson.loads(orjson.dumps(spec.as_dict())))
+    with pytest.raises(connector.ConfigError, match="planned for 2026-11-28"):
+        connector.run(settings, shard=spec)
+    assert not (tmp_path / "lake" / "_staging").exists()
+
+
 def test_interrupted_swap_is_repaired(tmp_path: Path) -> None:
     """A partition left in _trash by a swap cut between its renames is restored by the next run."""
     lake = tmp_path / "lake"

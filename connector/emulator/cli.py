@@ -9,6 +9,9 @@ import sys
 from datetime import date
 from pathlib import Path
 
+DEMO_REGIONS = ("us-ashburn-1", "eu-frankfurt-1")
+"""The regions the demo serves, and the command by default."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The emulator's options."""
@@ -22,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ACTIVE accessible compartments besides the root",
     )
     parser.add_argument(
-        "--regions", default="us-ashburn-1", help="comma-separated; the first is the home region"
+        "--regions",
+        default=",".join(DEMO_REGIONS),
+        help="comma-separated; the first is the home region (default: the demo's two)",
     )
     parser.add_argument(
         "--platform-images",
@@ -150,7 +155,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tls-key", type=Path, default=None, help="the private key of --tls-cert (PEM)"
     )
     parser.add_argument(
-        "--oci-config-dir", type=Path, default=None, help="write key.pem and an OCI config here"
+        "--oci-config-dir",
+        type=Path,
+        default=None,
+        help="write key.pem and an OCI config here; a key.pem already there is kept, so "
+        "configurations set up against an earlier start keep working",
     )
     parser.add_argument(
         "--truth",
@@ -168,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
     from connector.emulator.data import build_world
     from connector.emulator.server import (
         issue_credentials,
+        kept_key,
         serve_forever,
         tls_context,
         write_oci_config,
@@ -214,10 +224,13 @@ def run(args: argparse.Namespace) -> int:
     )
     context = tls_context(args.tls_cert, args.tls_key)
     emulator = Emulator(world, behaviour, seed=args.seed)
-    credentials = issue_credentials(emulator)
+    key = None if args.oci_config_dir is None else kept_key(args.oci_config_dir)
+    credentials = issue_credentials(emulator, key)
+    config = None
     if args.oci_config_dir is not None:
         config = write_oci_config(args.oci_config_dir, credentials, world.home_region)
-        print(f"oci config: {config} (profiles DEFAULT, SESSION)", file=sys.stderr)
+        kept = "kept key.pem" if key is not None else "new key.pem"
+        print(f"oci config: {config} (profiles DEFAULT, SESSION; {kept})", file=sys.stderr)
     if args.truth is not None:
         with args.truth.open("wb") as out:
             for listing in world.truth():
@@ -234,5 +247,5 @@ def run(args: argparse.Namespace) -> int:
         print(line, flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_forever(emulator, args.host, args.port, announce, context))
+        asyncio.run(serve_forever(emulator, args.host, args.port, announce, context, config))
     return 0

@@ -14,7 +14,7 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -62,10 +62,12 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
-def issue_credentials(emulator: Emulator) -> Credentials:
-    """Create an API key (and a session token) for the emulator's tenancy and register both."""
+def issue_credentials(emulator: Emulator, key: rsa.RSAPrivateKey | None = None) -> Credentials:
+    """Register an API key (a new one unless ``key`` is given) and a session token for the
+    emulator's tenancy."""
     user = ocid("user", random.Random(f"user/{emulator.world.seed}"))
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if key is None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     claims = {"sub": user, "tenant": emulator.world.tenancy_id, "exp": int(time.time()) + 86400}
     token = ".".join(
         (
@@ -78,6 +80,34 @@ def issue_credentials(emulator: Emulator) -> Credentials:
     emulator.register_key(creds.key_id, key.public_key())
     emulator.register_key(f"ST${token}", key.public_key())
     return creds
+
+
+def kept_key(directory: str | Path) -> rsa.RSAPrivateKey | None:
+    """The RSA key a previous start left in ``directory/key.pem``, if any: reusing it keeps
+    the fingerprint, so a configuration or a client set up against an earlier start still
+    signs requests the emulator accepts. None when there is none or it is not an RSA key."""
+    path = Path(directory).expanduser() / "key.pem"
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):
+        return None
+    return key if isinstance(key, rsa.RSAPrivateKey) else None
+
+
+def oci_block(endpoint_template: str, regions: Sequence[str], config_file: Path | None) -> str:
+    """The ``[oci]`` section that points a configuration at this emulator, ready to paste."""
+    quoted = ", ".join(f'"{r}"' for r in regions)
+    lines = [
+        "[oci]",
+        f'endpoint = "{endpoint_template}"',
+        f"regions = [{quoted}]",
+    ]
+    if config_file is None:
+        lines.append("# config_file: start the emulator with --oci-config-dir DIR to write one")
+    else:
+        lines.append(f'config_file = "{config_file}"')
+    lines.append('profile = "DEFAULT"')
+    return "\n".join(lines)
 
 
 def write_oci_config(directory: str | Path, creds: Credentials, region: str) -> Path:
@@ -264,12 +294,17 @@ async def serve_forever(
     port: int,
     announce: Callable[[str], None],
     ssl_context: ssl.SSLContext | None = None,
+    config_file: Path | None = None,
 ) -> None:
-    """Serve until cancelled, announcing the bound URL once connections are accepted."""
+    """Serve until cancelled, announcing the bound URL once connections are accepted, then the
+    ``[oci]`` block that points a configuration at it (``config_file``: the OCI config written
+    for it, if any)."""
     runner = await start_runner(emulator, host, port, ssl_context)
     scheme = "http" if ssl_context is None else "https"
     try:
-        announce(f"listening on {scheme}://{host}:{bound_port(runner)}")
+        url = f"{scheme}://{host}:{bound_port(runner)}"
+        announce(f"listening on {url}")
+        announce(oci_block(url + "/{region}", emulator.world.regions, config_file))
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()

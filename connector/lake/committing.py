@@ -16,7 +16,9 @@ In order, under the snapshot date's lock (``connector.lake.lock``):
    the companion datasets (``compartments``; ``changes``, computed here, with
    ``output.changes``), and hand them to the output's ``Publisher``, which makes every dataset
    of the date visible behind one commit point;
-7. write ``_runs/RUN_ID.json``; remove the run's staging.
+7. write ``_runs/RUN_ID.json``; remove the run's staging;
+8. with ``output.keep_days``, delete the dates it expires (``retention``), each under its own
+   lock, through the door's rule for expired partitions.
 
 Any failure before the commit point leaves every published partition as it was. A failed or
 unpublished run still gets its ``_runs/RUN_ID.json`` (status ``failed``, with each listing's
@@ -53,6 +55,7 @@ from connector.lake import (
     layout,
     lock,
     publisher,
+    retention,
     storage,
     tables,
     verify,
@@ -208,6 +211,7 @@ def commit_run(
         files=manifest.file_count,
         outcome=manifest.status,
     )
+    retention.prune_quietly(store, day, output.keep_days, owner, run_id=run_id, table=table)
     code = EXIT_PARTIAL if manifest.failed else EXIT_OK
     return RunOutcome(run_id, code, True, manifest, elapsed_s=time.monotonic() - began)
 

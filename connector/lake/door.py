@@ -2,9 +2,10 @@
 
 Deleting is the one irreversible thing the connector does, so it has one function,
 ``guarded_delete``. It refuses anything that is not strictly inside ``{uri}/_staging/`` or
-``{uri}/_trash/`` (or a superseded file of the partition being replaced, listed by the caller),
-and on a local disk it refuses to follow a symbolic link out of those folders. A bug elsewhere
-then fails loudly instead of removing a sibling team's data.
+``{uri}/_trash/`` (or a superseded file of the partition being replaced, listed by the caller,
+or a whole partition or run record that ``output.keep_days`` expired, by the rule of
+``Expiry``), and on a local disk it refuses to follow a symbolic link out of those folders. A
+bug elsewhere then fails loudly instead of removing a sibling team's data.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pyarrow.fs as pafs
 
-from connector import logs
+from connector import logs, names
 from connector.errors import ConnectorError
+from connector.lake import layout
 from connector.lake.layout import STAGING, TRASH
 from connector.names import DATASETS, PARTITION
 
@@ -50,19 +53,58 @@ class Superseded:
     """Full paths, each inside ``partition``."""
 
 
+@dataclass(frozen=True, slots=True)
+class Expiry:
+    """What ``output.keep_days`` lets go: whole partitions of any dataset, and run records,
+    dated before ``keep_from``. Made by ``expiry``, which finds the newest complete snapshot
+    itself rather than taking a caller's word for it.
+
+    The rule, checked for every deletion: a partition (``{dataset}/snapshot_date=D``, a
+    dataset of ``names.DATASETS``) goes only if D is before ``keep_from``, D is not the newest
+    complete (``_SUCCESS``) snapshot date of ``images`` (a lake whose runs stopped keeps its
+    last good snapshot, and its companions, however old), and no lock of D exists but one the
+    caller holds (``held``: a run or commit of D may be writing it). A run record
+    (``_runs/RUN_ID.json``) goes only if the snapshot date it records is before ``keep_from``.
+    """
+
+    keep_from: str
+    """The oldest snapshot date kept (YYYY-MM-DD)."""
+    newest_complete: str | None
+    """The newest date of ``images`` with ``_SUCCESS`` when the expiry was made."""
+    held: frozenset[str] = frozenset()
+    """Dates whose lock the caller holds."""
+
+
+def expiry(fs: pafs.FileSystem, base: str, keep_from: str, held: Iterable[str] = ()) -> Expiry:
+    """The ``Expiry`` of the output under ``base``: what is older than ``keep_from`` may go,
+    but never the newest complete snapshot of ``images`` (looked up here)."""
+    check_base(base)
+    names.check_snapshot_date(keep_from)
+    root = layout.dataset_root(base, layout.IMAGES)
+    complete = [
+        entry.base_name.split("=", 1)[1]
+        for entry in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        if PARTITION.fullmatch(entry.base_name)
+        and layout.exists(fs, f"{entry.path}/{layout.SUCCESS}")
+    ]
+    return Expiry(keep_from, max(complete, default=None), frozenset(held))
+
+
 def guarded_delete(
     fs: pafs.FileSystem,
     base: str,
     target: str,
     *,
     superseded: Superseded | None = None,
+    expired: Expiry | None = None,
     missing_ok: bool = True,
 ) -> None:
     """Delete ``target`` (a folder with all it holds, or a file), if it is ours to delete.
 
-    Allowed: anything strictly inside ``{base}/_staging/`` or ``{base}/_trash/``; or, with
-    ``superseded``, one of the files it lists. Anything else raises ``DeletionRefused`` and
-    nothing is deleted. Every deletion in the connector goes through here.
+    Allowed: anything strictly inside ``{base}/_staging/`` or ``{base}/_trash/``; with
+    ``superseded``, one of the files it lists; with ``expired``, a whole partition or a run
+    record its rule lets go. Anything else raises ``DeletionRefused`` and nothing is deleted.
+    Every deletion in the connector goes through here.
     """
     check_base(base)
     relative = _inside(base, target)
@@ -71,10 +113,13 @@ def guarded_delete(
         pass
     elif superseded is not None and target in superseded.files:
         _check_superseded(base, superseded, target)
+    elif expired is not None:
+        _check_expired(fs, base, expired, parts)
     else:
         raise DeletionRefused(
-            f"refusing to delete {target!r}: only {base}/{STAGING}/…, {base}/{TRASH}/… and "
-            "superseded files of the partition being replaced may be deleted"
+            f"refusing to delete {target!r}: only {base}/{STAGING}/…, {base}/{TRASH}/…, "
+            "superseded files of the partition being replaced and expired partitions may be "
+            "deleted"
         )
     if isinstance(fs, pafs.LocalFileSystem):
         _delete_local(base, relative, target, missing_ok)
@@ -155,6 +200,46 @@ def _check_superseded(base: str, superseded: Superseded, target: str) -> None:
         raise DeletionRefused(f"refusing to delete in {partition!r}: not a published partition")
     if not target.startswith(partition + "/") or _has_dot_segments(target[len(partition) + 1 :]):
         raise DeletionRefused(f"refusing to delete {target!r}: not inside {partition!r}")
+
+
+def _check_expired(fs: pafs.FileSystem, base: str, expired: Expiry, parts: list[str]) -> None:
+    """Refuse what ``expired``'s rule does not let go (see ``Expiry``)."""
+    where = "/".join(parts)
+    if len(parts) == 2 and parts[0] == layout.RUNS:
+        run_id = parts[1].removesuffix(".json")
+        valid = names.RUN_ID.fullmatch(run_id) and ".." not in run_id
+        if not parts[1].endswith(".json") or not valid:
+            raise DeletionRefused(f"refusing to expire {where!r}: not a run record")
+        day = _recorded_date(fs, layout.run_record(base, run_id))
+        if day is None or not day < expired.keep_from:
+            raise DeletionRefused(
+                f"refusing to expire {where!r}: its snapshot date {day} is not before "
+                f"{expired.keep_from}"
+            )
+        return
+    if len(parts) != 2 or parts[0] not in DATASETS or not PARTITION.fullmatch(parts[1]):
+        raise DeletionRefused(f"refusing to expire {where!r}: not a whole published partition")
+    day = parts[1].split("=", 1)[1]
+    if not day < expired.keep_from:
+        raise DeletionRefused(f"refusing to expire {where!r}: not before {expired.keep_from}")
+    if day == expired.newest_complete:
+        raise DeletionRefused(
+            f"refusing to expire {where!r}: the newest complete snapshot is always kept"
+        )
+    if day not in expired.held and layout.exists(
+        fs, layout.lock_file(base, layout.date_lock_name(day))
+    ):
+        raise DeletionRefused(f"refusing to expire {where!r}: a run or commit of {day} holds it")
+
+
+def _recorded_date(fs: pafs.FileSystem, path: str) -> str | None:
+    """The snapshot date a run record names; None when it cannot be read."""
+    try:
+        with fs.open_input_stream(path, compression=None) as stream:
+            document = orjson.loads(stream.read())
+        return names.check_snapshot_date(document["snapshot_date"])
+    except (OSError, ValueError, KeyError, TypeError, ConnectorError):
+        return None
 
 
 def _delete_local(base: str, relative: str, target: str, missing_ok: bool) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -36,6 +37,73 @@ def published_dates(fs: pafs.FileSystem, base: str, dataset: str = "images") -> 
     return sorted(dates)
 
 
+@dataclass(frozen=True, slots=True)
+class PublishedSnapshot:
+    """One published snapshot of ``images``, as its manifest and marker describe it."""
+
+    snapshot_date: str
+    status: Literal["complete", "partial"]
+    """``complete`` (``_SUCCESS``) or ``partial`` (``_PARTIAL``: some listings failed)."""
+    rows: int
+    files: int
+    run_id: str
+    finished_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe, for ``oci-images snapshots --format json``."""
+        return {
+            "snapshot_date": self.snapshot_date,
+            "status": self.status,
+            "rows": self.rows,
+            "files": self.files,
+            "run_id": self.run_id,
+            "finished_at": self.finished_at,
+        }
+
+
+def published(fs: pafs.FileSystem, base: str, dataset: str = "images") -> list[PublishedSnapshot]:
+    """Every published snapshot of ``dataset``, oldest first, read through its manifest.
+
+    A folder without a marker (a commit in progress or killed before its commit point) is not
+    published and is left out; so is one whose manifest cannot be read.
+    """
+    found = []
+    for day, folder, marker in _marked(fs, base, dataset):
+        try:
+            document = read_json(fs, f"{folder}/{layout.MANIFEST}")
+        except (OSError, ValueError):
+            continue
+        if not isinstance(document, dict):
+            continue
+        table = document.get("table")
+        files = table.get("files") if isinstance(table, dict) else None
+        found.append(
+            PublishedSnapshot(
+                snapshot_date=day,
+                status="complete" if marker == layout.SUCCESS else "partial",
+                rows=int(document.get("rows", 0)),
+                files=int(files if files is not None else len(document.get("files", ()))),
+                run_id=str(document.get("run_id", "")),
+                finished_at=str(document.get("finished_at", "")),
+            )
+        )
+    return found
+
+
+def _marked(fs: pafs.FileSystem, base: str, dataset: str) -> Iterator[tuple[str, str, str]]:
+    """(date, folder, marker) of every partition of ``dataset`` with a marker, oldest first."""
+    root = layout.dataset_root(base, dataset)
+    entries = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+    for entry in sorted(entries, key=lambda e: e.base_name):
+        match = _DATE_DIR.match(entry.base_name)
+        if match is None:
+            continue
+        for marker in layout.MARKERS:
+            if layout.exists(fs, f"{entry.path}/{marker}"):
+                yield match.group(1), entry.path, marker
+                break
+
+
 def previous_date(
     fs: pafs.FileSystem, base: str, before: str, dataset: str = "images"
 ) -> str | None:
@@ -48,8 +116,22 @@ def manifest(fs: pafs.FileSystem, base: str, snapshot_date: str, dataset: str = 
     """The manifest of a published snapshot; ``PublishError`` when there is none."""
     path = f"{layout.partition_of(base, dataset, snapshot_date)}/{layout.MANIFEST}"
     if not layout.exists(fs, path):
-        raise PublishError(f"no published snapshot of {dataset} for {snapshot_date} ({path})")
+        there = [day for day, _, _ in _marked(fs, base, dataset)]
+        raise PublishError(
+            f"no published snapshot of {dataset} for {snapshot_date} in {base}; "
+            + _dates_text(there)
+        )
     return read_json(fs, path)
+
+
+def _dates_text(dates: list[str], most: int = 10) -> str:
+    """The published dates, for a message: all of them, or the newest ``most``."""
+    if not dates:
+        return "none is published yet"
+    if len(dates) <= most:
+        return "published: " + ", ".join(dates)
+    newest = ", ".join(dates[-most:])
+    return f"published: {len(dates)} dates, the newest {newest} (oci-images snapshots lists all)"
 
 
 def listing_pages(fs: pafs.FileSystem, base: str) -> dict[WorkItem, int]:

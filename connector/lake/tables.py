@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from connector import schema
+from connector import names, schema
 from connector.errors import ConfigError, PublishError
 from connector.lake import door, layout
 from connector.lake.storage import Store
@@ -46,6 +46,10 @@ CATALOG_TYPES = ("sql", "rest", "glue")
 PARTITION_BY = ("_snapshot_date", "_region")
 DELTA_RUN_KEY = "oci_images.run_id"
 ICEBERG_RUN_KEY = "oci-images.run-id"
+DELTA_EXPIRED_KEY = "oci_images.expired_by"
+ICEBERG_EXPIRED_KEY = "oci-images.expired-by"
+"""Retention's deletes carry the pruning run's id under a key of their own, so that ``find``
+(which looks for a run's publishing commit) never mistakes one for it."""
 DESCRIPTION = "OCI Compute images (ListImages), one snapshot per _snapshot_date"
 
 
@@ -78,6 +82,10 @@ class TableWriter(Protocol):
 
     def scan(self, snapshot_date: str) -> Iterator[pa.RecordBatch]:
         """The rows of ``snapshot_date`` as the table holds them now, a batch at a time."""
+
+    def expire(self, run_id: str, snapshot_date: str) -> None:
+        """Delete the rows of ``snapshot_date`` in one commit of the table's own
+        (``output.keep_days``), tagged with ``run_id``, the run that prunes."""
 
 
 def check(table_format: str, uri: str, catalog: Mapping[str, Any]) -> None:
@@ -207,6 +215,26 @@ class DeltaWriter:
 
     def discard(self, run_id: str, snapshot_date: str) -> None:
         """Nothing: files of an uncommitted Delta write are unreferenced; VACUUM removes them."""
+
+    def expire(self, run_id: str, snapshot_date: str) -> None:
+        """Delete the date's rows in one table commit (``output.keep_days``); the files stay
+        for time travel until ``VACUUM``."""
+        from deltalake import CommitProperties, DeltaTable
+        from deltalake.exceptions import DeltaError, TableNotFoundError
+
+        try:
+            table = DeltaTable(self.uri, storage_options=self.store.delta_options())
+        except TableNotFoundError:
+            return
+        try:
+            table.delete(
+                f"_snapshot_date = '{names.check_snapshot_date(snapshot_date)}'",
+                commit_properties=CommitProperties(custom_metadata={DELTA_EXPIRED_KEY: run_id}),
+            )
+        except (DeltaError, OSError) as exc:
+            raise PublishError(
+                f"Delta delete of {snapshot_date} in {self.uri} failed: {exc}"
+            ) from None
 
     def scan(self, snapshot_date: str) -> Iterator[pa.RecordBatch]:
         """The date's rows, read through the table's current version (partition-pruned)."""
@@ -370,6 +398,24 @@ class IcebergWriter:
             path = location.split("://", 1)[1] if "://" in location else location
             with self.store.fs.open_input_file(path) as raw:
                 yield from pq.ParquetFile(raw).iter_batches(batch_size=65_536)
+
+    def expire(self, run_id: str, snapshot_date: str) -> None:
+        """Delete the date's rows in one catalog commit (``output.keep_days``); the data files
+        stay for time travel until the table's snapshots are expired."""
+        from pyiceberg.exceptions import CommitFailedException
+
+        table = self.table(create=False)
+        if table is None:
+            return
+        day = names.check_snapshot_date(snapshot_date)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Delete operation did not match")
+                table.delete(f"_snapshot_date = '{day}'", {ICEBERG_EXPIRED_KEY: run_id})
+        except (CommitFailedException, OSError) as exc:
+            raise PublishError(
+                f"Iceberg delete of {snapshot_date} in {self.identifier} failed: {exc}"
+            ) from None
 
     def discard(self, run_id: str, snapshot_date: str) -> None:
         """Delete the data files a killed, uncommitted run copied into the table."""
