@@ -206,7 +206,16 @@ EVENTS: dict[str, Event] = {
     ),
     "listings.failed": Event(
         "warning",
-        ("region", "status", "code", "reason", "listings_failed", "listings", "compartment_id"),
+        (
+            "region",
+            "status",
+            "code",
+            "reason",
+            "hint",
+            "listings_failed",
+            "listings",
+            "compartment_id",
+        ),
         "once per region and cause at the end of a run: how many of the region's listings "
         "failed, and the first one's compartment",
     ),

@@ -179,6 +179,8 @@ class ListingError:
     code: str
     message: str
     opc_request_id: str | None
+    hint: str = ""
+    """The next step the client's troubleshooting names for this error ("" when none)."""
 
     @classmethod
     def from_exception(
@@ -186,24 +188,33 @@ class ListingError:
     ) -> ListingError:
         """The record of ``exc``; ``opc_request_id`` is the request that produced it, if known."""
         if isinstance(exc, OciApiError):
-            return cls(exc.status, exc.code, exc.message, exc.opc_request_id)
+            return cls(exc.status, exc.code, exc.message, exc.opc_request_id, exc.hint)
         code = "InvalidResponse" if isinstance(exc, PageError) else type(exc).__name__
         request_id = getattr(exc, "opc_request_id", None) or opc_request_id
         return cls(None, code, str(exc), request_id)
 
     def as_dict(self) -> dict[str, Any]:
         """The error as the manifest writes it."""
-        return {
+        document: dict[str, Any] = {
             "status": self.status,
             "code": self.code,
             "message": self.message,
             "opc_request_id": self.opc_request_id,
         }
+        if self.hint:
+            document["hint"] = self.hint
+        return document
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ListingError:
         """Read back what ``as_dict`` wrote."""
-        return cls(data["status"], data["code"], data["message"], data["opc_request_id"])
+        return cls(
+            data["status"],
+            data["code"],
+            data["message"],
+            data["opc_request_id"],
+            str(data.get("hint") or ""),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,6 +103,7 @@ class Tally:
                 status=status,
                 code=code,
                 reason=first.error.message if first.error else "",
+                hint=first.error.hint if first.error else "",
                 listings_failed=len(failed),
                 listings=listings[region],
                 compartment_id=first.compartment_id,
