@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pyarrow.dataset as ds
 
-from connector import cli, logs
+from connector import Settings, cli, load_config, logs
 from connector.emulator import EmulatorServer
 
 DATE = "2026-11-27"
@@ -165,3 +165,25 @@ def captured_events(level: int = logging.DEBUG) -> Iterator[list[dict[str, Any]]
     finally:
         root.removeHandler(handler)
         root.setLevel(previous)
+
+
+def settings_for(
+    server: EmulatorServer,
+    lake: Path,
+    *,
+    fetch: Mapping[str, Any] | None = None,
+    output: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Settings for an export through the API (no file) from ``server`` into ``lake``: every
+    subscribed region, conversion in a thread, 8 requests in flight, for ``DATE``."""
+    return load_config(
+        values={
+            "oci": {
+                "config_file": str(server.config_file),
+                "endpoint": server.endpoint_template,
+                "regions": ["subscribed"],
+            },
+            "fetch": {"workers": 0, "concurrency": 8, **(fetch or {})},
+            "output": {"uri": str(lake), "snapshot_date": DATE, **(output or {})},
+        }
+    )

@@ -15,22 +15,9 @@ import connector
 from connector import cli
 from connector.emulator import EmulatorServer
 from connector.oci import auth
+from tests.helpers import settings_for
 
 DATE = "2026-11-27"
-
-
-def settings_for(server: EmulatorServer, tmp_path: Path) -> connector.Settings:
-    return connector.load_config(
-        values={
-            "oci": {
-                "config_file": str(server.config_file),
-                "endpoint": server.endpoint_template,
-                "regions": ["subscribed"],
-            },
-            "fetch": {"workers": 0, "concurrency": 8},
-            "output": {"uri": str(tmp_path / "lake"), "snapshot_date": DATE},
-        }
-    )
 
 
 def key_credentials(server: EmulatorServer) -> connector.Credentials:
@@ -117,7 +104,7 @@ class TestLoadConfig:
         to go to) is checked when the copy is run: a ConfigError naming the key, before any
         request."""
         before = emulator.stats()["requests"]
-        settings = settings_for(emulator, tmp_path).replace(
+        settings = settings_for(emulator, tmp_path / "lake").replace(
             **{"oci.endpoint": "", "oci.regions": ["us-ashburm-1"]}
         )
         with pytest.raises(connector.ConfigError) as info:
@@ -129,7 +116,7 @@ class TestLoadConfig:
         self, emulator: EmulatorServer, tmp_path: Path
     ) -> None:
         """A region set by its short code through ``replace`` is exported under its name."""
-        settings = settings_for(emulator, tmp_path).replace(**{"oci.regions": ["IAD"]})
+        settings = settings_for(emulator, tmp_path / "lake").replace(**{"oci.regions": ["IAD"]})
         export = connector.api.export(settings, credentials=key_credentials(emulator))
         assert ("us-ashburn-1",) == export.context.settings.oci.regions
 
@@ -157,7 +144,7 @@ class TestCredentials:
         """Credentials that name no region, with no oci.regions configured: a ConfigError
         naming oci.regions, before any request."""
         before = emulator.stats()["requests"]
-        settings = settings_for(emulator, tmp_path).replace(**{"oci.regions": []})
+        settings = settings_for(emulator, tmp_path / "lake").replace(**{"oci.regions": []})
         bare = connector.Credentials(key_credentials(emulator).signer)
         with pytest.raises(connector.ConfigError) as info:
             connector.run(settings, credentials=bare)
@@ -168,7 +155,7 @@ class TestCredentials:
 class TestRun:
     def test_run_publishes(self, emulator: EmulatorServer, tmp_path: Path) -> None:
         """``run`` without a shard discovers, fetches, writes and publishes."""
-        outcome = connector.run(settings_for(emulator, tmp_path))
+        outcome = connector.run(settings_for(emulator, tmp_path / "lake"))
         assert ("succeeded", 0, True) == (outcome.status, outcome.exit_code, outcome.published)
         assert outcome.manifest is not None
         assert outcome.manifest.rows == published_rows(tmp_path)
@@ -181,7 +168,7 @@ class TestRun:
     def test_plan_shards_then_commit(self, emulator: EmulatorServer, tmp_path: Path) -> None:
         """Plan three shards, run each from its JSON form (as XCom carries it), then commit:
         every listing is staged once and the commit publishes them all."""
-        settings = settings_for(emulator, tmp_path)
+        settings = settings_for(emulator, tmp_path / "lake")
         credentials = key_credentials(emulator)
         plan = connector.plan(settings, 3, credentials=credentials)
         assert DATE == plan.snapshot_date
@@ -227,7 +214,7 @@ class TestRun:
         """A shard given as (index, count) without a run id is a ConfigError: shards and the
         commit must agree on one."""
         with pytest.raises(connector.ConfigError):
-            connector.run(settings_for(emulator, tmp_path), shard=(0, 2))
+            connector.run(settings_for(emulator, tmp_path / "lake"), shard=(0, 2))
 
     def test_commit_without_shards(self, tmp_path: Path) -> None:
         """Committing a run that staged nothing raises, as ``diff`` of a date never published
@@ -246,7 +233,7 @@ class TestLogs:
 
         stream = io.StringIO()
         logs.configure("debug", "json", stream)
-        outcome = connector.run(settings_for(emulator, tmp_path), run_id="r-logged")
+        outcome = connector.run(settings_for(emulator, tmp_path / "lake"), run_id="r-logged")
         lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
         assert 0 == outcome.exit_code
         assert {"run.start", "listing.done", "run.published"} <= {e["event"] for e in lines}
@@ -259,7 +246,9 @@ class TestShardsShareTheBudget:
     ) -> None:
         """Each of four shards gets a quarter of the request budget, and a shard run paces at
         its quarter of fetch.max_requests_per_second."""
-        settings = settings_for(emulator, tmp_path).replace(**{"fetch.max_requests_per_second": 20})
+        settings = settings_for(emulator, tmp_path / "lake").replace(
+            **{"fetch.max_requests_per_second": 20}
+        )
         credentials = key_credentials(emulator)
         plan = connector.plan(settings, 4, credentials=credentials)
         assert [0.25] * 4 == [s.rate_share for s in plan.shards]
@@ -282,7 +271,7 @@ class TestShardsShareTheBudget:
         from connector.oci import sharedrate
 
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-        settings = settings_for(emulator, tmp_path)
+        settings = settings_for(emulator, tmp_path / "lake")
         credentials = key_credentials(emulator)
         plan = connector.plan(settings, 2, credentials=credentials)
         exports = [
@@ -347,7 +336,7 @@ class TestTimings:
     ) -> None:
         """The published manifest says how long discovery, fetching, conversion and the commit
         took; each phase happened, so each took some time."""
-        outcome = connector.run(settings_for(emulator, tmp_path))
+        outcome = connector.run(settings_for(emulator, tmp_path / "lake"))
         written = orjson.loads(
             (tmp_path / "lake" / "images" / f"snapshot_date={DATE}" / "_manifest.json").read_bytes()
         )
@@ -361,7 +350,7 @@ class TestTimings:
     def test_shards_merge_their_timings(self, emulator: EmulatorServer, tmp_path: Path) -> None:
         """A merged manifest has the longest shard's wall times, the sum of the conversion
         times, and the commit's own time."""
-        settings = settings_for(emulator, tmp_path)
+        settings = settings_for(emulator, tmp_path / "lake")
         credentials = key_credentials(emulator)
         plan = connector.plan(settings, 2, credentials=credentials)
         shards = [connector.run(settings, shard=s, credentials=credentials) for s in plan.shards]

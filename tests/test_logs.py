@@ -16,7 +16,6 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -24,7 +23,7 @@ import pytest
 import connector
 from connector import cli, logs
 from connector.emulator import EmulatorServer
-from tests.helpers import write_config
+from tests.helpers import settings_for, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DATE = "2026-11-27"
@@ -55,20 +54,6 @@ def logged_events() -> list[tuple[str, int, str, str, set[str]]]:
             module = str(path.relative_to(ROOT))
             found.append((module, node.lineno, node.func.attr, node.args[0].value, keys))
     return found
-
-
-def settings_for(server: EmulatorServer, lake: Path, **output: Any) -> connector.Settings:
-    return connector.load_config(
-        values={
-            "oci": {
-                "config_file": str(server.config_file),
-                "endpoint": server.endpoint_template,
-                "regions": ["subscribed"],
-            },
-            "fetch": {"workers": 0, "concurrency": 8},
-            "output": {"uri": str(lake), "snapshot_date": DATE, **output},
-        }
-    )
 
 
 class TestDeclarations:
@@ -118,7 +103,7 @@ def test_a_run_logs_one_type_per_key(
     ``request.retry``'s attempt number used to share ``attempt``)."""
     server = make_emulator(fault_rate=0.2)
     settings = settings_for(
-        server, tmp_path / "lake", allow_partial=True, min_complete_ratio=0.0
+        server, tmp_path / "lake", output={"allow_partial": True, "min_complete_ratio": 0.0}
     ).replace(**{"oci.regions": ["us-ashburn-1", WRONG]})
     stream = io.StringIO()
     logs.configure("debug", "json", stream)

@@ -15,22 +15,11 @@ import pytest
 
 import connector
 from connector.emulator import EmulatorServer
+from tests.helpers import settings_for
 
 DATE = "2026-11-27"
-
-
-def settings_for(server: EmulatorServer, lake: Path, **fetch: object) -> connector.Settings:
-    return connector.load_config(
-        values={
-            "oci": {
-                "config_file": str(server.config_file),
-                "endpoint": server.endpoint_template,
-                "regions": ["subscribed"],
-            },
-            "fetch": {"workers": 0, "concurrency": 8, "page_size": 100, **fetch},
-            "output": {"uri": str(lake), "snapshot_date": DATE},
-        }
-    )
+PAGES = {"page_size": 100}
+"""Listings of several pages."""
 
 
 def staged(lake: Path, run_id: str) -> dict[str, float]:
@@ -74,7 +63,7 @@ class TestFailedShard:
         """A shard that fails (the service rejects its requests) leaves its siblings' staged
         files and manifests alone; once it succeeds on retry, the run commits complete."""
         lake = tmp_path / "lake"
-        settings = settings_for(server, lake)
+        settings = settings_for(server, lake, fetch=PAGES)
         plan = connector.plan(settings, 3)
         for index in (0, 2):
             assert "succeeded" == connector.run(settings, shard=shard_of(plan, index)).status
@@ -102,13 +91,19 @@ class TestRetriedShard:
         the retry's files replace the first try's, the sibling's stay untouched, and what is
         published holds as many rows as the manifest says."""
         lake = tmp_path / "lake"
-        plan = connector.plan(settings_for(server, lake), 2)
-        connector.run(settings_for(server, lake, workers=2), shard=shard_of(plan, 0))
-        connector.run(settings_for(server, lake, workers=2), shard=shard_of(plan, 1))
+        plan = connector.plan(settings_for(server, lake, fetch=PAGES), 2)
+        connector.run(
+            settings_for(server, lake, fetch={**PAGES, "workers": 2}), shard=shard_of(plan, 0)
+        )
+        connector.run(
+            settings_for(server, lake, fetch={**PAGES, "workers": 2}), shard=shard_of(plan, 1)
+        )
         first = staged(lake, plan.run_id)
         sibling = {p: t for p, t in first.items() if "part-000-" in p or "rejects-000-" in p}
 
-        connector.run(settings_for(server, lake, workers=0), shard=shard_of(plan, 1))
+        connector.run(
+            settings_for(server, lake, fetch={**PAGES, "workers": 0}), shard=shard_of(plan, 1)
+        )
         second = staged(lake, plan.run_id)
         assert sibling == {p: t for p, t in second.items() if p in sibling}
         retried = {p for p in second if p not in sibling}
@@ -116,10 +111,10 @@ class TestRetriedShard:
         assert all(second[p] > first.get(p, 0) for p in retried)
         assert len([p for p in first if p not in sibling]) > len(retried)
 
-        outcome = connector.commit(settings_for(server, lake), plan.run_id)
+        outcome = connector.commit(settings_for(server, lake, fetch=PAGES), plan.run_id)
         assert outcome.manifest is not None
         assert outcome.manifest.rows == counted_rows(lake)
-        single = connector.run(settings_for(server, tmp_path / "single"))
+        single = connector.run(settings_for(server, tmp_path / "single", fetch=PAGES))
         assert single.manifest is not None
         assert single.manifest.rows == outcome.manifest.rows
 
@@ -131,7 +126,7 @@ class TestCommit:
         """A file in the staging that no shard manifest lists (a lost try's leftover) is not
         published."""
         lake = tmp_path / "lake"
-        settings = settings_for(server, lake)
+        settings = settings_for(server, lake, fetch=PAGES)
         plan = connector.plan(settings, 2)
         for spec in plan.shards:
             connector.run(settings, shard=spec)
@@ -153,7 +148,7 @@ class TestCommit:
         """Committing a published run again (a retried commit task) succeeds, reports the same
         manifest, and leaves every published file as it was."""
         lake = tmp_path / "lake"
-        settings = settings_for(server, lake)
+        settings = settings_for(server, lake, fetch=PAGES)
         plan = connector.plan(settings, 2)
         for spec in plan.shards:
             connector.run(settings, shard=spec)
@@ -173,7 +168,7 @@ class TestCommit:
     ) -> None:
         """A run that was never staged is not confused with the published one."""
         lake = tmp_path / "lake"
-        settings = settings_for(server, lake)
+        settings = settings_for(server, lake, fetch=PAGES)
         connector.run(settings)
         with pytest.raises(connector.PublishError, match="nothing staged"):
             connector.commit(settings, connector.new_run_id())
@@ -184,7 +179,7 @@ class TestForeignShards:
         self, server: EmulatorServer, tmp_path: Path
     ) -> None:
         """Running a shard spec under another run id is a ConfigError naming both ids."""
-        settings = settings_for(server, tmp_path / "lake")
+        settings = settings_for(server, tmp_path / "lake", fetch=PAGES)
         plan = connector.plan(settings, 2)
         other = connector.new_run_id()
         with pytest.raises(connector.ConfigError) as info:
@@ -198,7 +193,7 @@ class TestForeignShards:
         """A shard manifest of run A found in run B's staging stops B's commit, naming A;
         nothing is published."""
         lake = tmp_path / "lake"
-        settings = settings_for(server, lake)
+        settings = settings_for(server, lake, fetch=PAGES)
         plan_a = connector.plan(settings, 2)
         plan_b = connector.plan(settings, 2)
         connector.run(settings, shard=plan_a.shards[1])

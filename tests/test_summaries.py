@@ -20,23 +20,9 @@ import connector
 from connector import cli
 from connector.emulator import EmulatorServer
 from connector.lake import layout, storage, tables
-from tests.helpers import captured_events
+from tests.helpers import captured_events, settings_for
 
 DATE = "2026-11-27"
-
-
-def settings_for(server: EmulatorServer, lake: Path, **output: Any) -> connector.Settings:
-    return connector.load_config(
-        values={
-            "oci": {
-                "config_file": str(server.config_file),
-                "endpoint": server.endpoint_template,
-                "regions": ["subscribed"],
-            },
-            "fetch": {"workers": 0, "concurrency": 8},
-            "output": {"uri": str(lake), "snapshot_date": DATE, **output},
-        }
-    )
 
 
 @pytest.mark.parametrize("table_format", ["delta", "iceberg"])
@@ -50,7 +36,7 @@ def test_tables_report_what_plain_parquet_reports(
     for kind, output in (("parquet", {}), (table_format, {"table_format": table_format})):
         lake = tmp_path / kind
         with captured_events(logging.INFO) as events:
-            outcome = connector.run(settings_for(emulator, lake, **output))
+            outcome = connector.run(settings_for(emulator, lake, output=output))
         assert outcome.published, outcome.message
         assert outcome.manifest is not None
         [finished] = [e for e in events if e["event"] == "run.finished"]
@@ -103,7 +89,7 @@ def test_delta_files_take_output_compression(
 
     lake = tmp_path / "lake"
     output = {"table_format": "delta", "compression": compression}
-    outcome = connector.run(settings_for(emulator, lake, **output))
+    outcome = connector.run(settings_for(emulator, lake, output=output))
     assert outcome.published, outcome.message
     assert outcome.manifest is not None
     assert (compression or "zstd") == outcome.manifest.compression
