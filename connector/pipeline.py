@@ -34,22 +34,18 @@ from anyio.streams.memory import MemoryObjectSendStream
 from connector import errors, logs
 from connector.errors import EXIT_OK, EXIT_PARTIAL, ConnectorError, OciApiError, TransportError
 from connector.lake import committing
-from connector.lake.attempt import Staging
+from connector.lake.attempt import Companions, Files, Staging
 from connector.lake.manifest import Manifest, RequestCounts, RunOutcome, Timings, utc_now
 from connector.limits import DeadlineExceeded
 from connector.oci import discovery, fetch
 from connector.pages import Message, WorkItem
 from connector.prepare import RunContext
-from connector.sinks import FileInfo
 from connector.tally import Progress, Tally
 from connector.workers import coordinator
 
 log = logs.get_logger("connector.pipeline")
 
 PROGRESS_EVERY_S = 0.25
-
-Files = list[FileInfo]
-Companions = dict[str, tuple[FileInfo, ...]]
 
 
 class Export:

@@ -19,6 +19,11 @@ from connector.pages import WorkItem
 from connector.sinks import FileInfo, SinkOptions
 from connector.sinks.dataset import write_batches
 
+Files = list[FileInfo]
+"""Data or reject files a run staged, in order."""
+Companions = dict[str, tuple[FileInfo, ...]]
+"""The companion datasets' staged files, by dataset name."""
+
 log = logs.get_logger("connector.lake.attempt")
 
 
