@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,7 @@ import pyarrow.dataset as ds
 from connector import Settings, cli, load_config, logs
 from connector.emulator import EmulatorServer
 
+ROOT = Path(__file__).resolve().parent.parent
 DATE = "2026-11-27"
 WORLD = {
     "seed": 21,
@@ -83,6 +86,21 @@ def _toml(value: Any) -> str:
 def run(config: Path, *extra: str) -> int:
     """``oci-images run --config CONFIG EXTRA...`` in this process; its exit code."""
     return cli.main(["--log-level", "warning", "run", "--config", str(config), *extra])
+
+
+def oci_images(
+    *args: str, timeout: float = 120, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m connector ARGS`` in a subprocess from the repository's root, as a user runs
+    the command; its output captured as text. ``env`` replaces the environment when given."""
+    return subprocess.run(
+        [sys.executable, "-m", "connector", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=None if env is None else dict(env),
+    )
 
 
 def partition(folder: Path) -> Path:

@@ -16,19 +16,9 @@ import pytest
 
 from connector import names, schema
 from connector.emulator import EmulatorServer, build_world
-from tests.helpers import DATE, WORLD, screen, write_config
+from tests.helpers import DATE, WORLD, oci_images, screen, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def oci_images(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "connector", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
 
 
 def test_schema_command_matches_the_schema() -> None:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +12,12 @@ import pytest
 
 from connector.emulator import EmulatorServer, World, build_world
 from connector.emulator.data import Image
+from tests import helpers
 from tests.helpers import WORLD, write_config
 
+oci_images = partial(helpers.oci_images, "--log-level", "error", timeout=300)
+
 DAY1, DAY2 = "2026-11-26", "2026-11-27"
-
-
-def oci_images(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "connector", "--log-level", "error", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def edit(image: Image, **fields: Any) -> Image:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,9 +14,8 @@ import pytest
 from connector import api, cli, config
 from connector.emulator import EmulatorServer, build_world
 from connector.errors import ConfigError
+from tests import helpers
 from tests.helpers import DATE, WORLD
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class TestPrecedence:
@@ -161,14 +159,7 @@ class TestUnknownVariables:
 def oci_images(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """The command in a subprocess with exactly ``env`` (plus what Python needs)."""
     base = {k: os.environ[k] for k in ("PATH", "PYTHONPATH", "LANG") if k in os.environ}
-    return subprocess.run(
-        [sys.executable, "-m", "connector", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=base | env,
-    )
+    return helpers.oci_images(*args, env=base | env)
 
 
 def emulator_environment(server: EmulatorServer, lake: Path) -> dict[str, str]:

@@ -6,28 +6,20 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 import connector
 from connector.emulator import EmulatorServer
+from tests import helpers
 from tests.helpers import write_config
 
-ROOT = Path(__file__).resolve().parent.parent
+oci_images = partial(helpers.oci_images, "--log-level", "error")
+
 CLASS_NAME = re.compile(r"\b[A-Z][a-z]+(?:[A-Z][a-z]+)*(?:Error|Abort|Held|Refused|Exceeded)\b")
-
-
-def oci_images(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "connector", "--log-level", "error", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
 
 
 def said(result: subprocess.CompletedProcess[str]) -> str:

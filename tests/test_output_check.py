@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,20 +20,8 @@ import pytest
 import connector
 from connector import validation
 from connector.emulator import EmulatorServer
-from tests.helpers import write_config
+from tests.helpers import oci_images, write_config
 from tests.lake_support import S3Server
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def oci_images(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "connector", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
 
 
 def _refused(result: subprocess.CompletedProcess[str], reason: str) -> str:

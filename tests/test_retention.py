@@ -3,8 +3,7 @@ door's rule for expired partitions, on plain files and in Delta and Iceberg tabl
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -14,18 +13,12 @@ import pytest
 from connector import config
 from connector.emulator import EmulatorServer
 from connector.lake import door, lock, retention, storage, tables
+from tests import helpers
 from tests.helpers import write_config
 
+oci_images = partial(helpers.oci_images, "--log-level", "info", "--log-format", "json", timeout=300)
+
 DAYS = ("2026-11-24", "2026-11-25", "2026-11-26")
-
-
-def oci_images(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "connector", "--log-level", "info", "--log-format", "json", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def dates(lake: Path, dataset: str) -> list[str]:
