@@ -1,5 +1,6 @@
 """Metrics at the end of every run, shard and commit: Prometheus (``[metrics]``, extra
-``prometheus``).
+``prometheus``) and OpenTelemetry (extra ``otel``, switched on by the ``OTEL_*`` variables; see
+``connector.tracing``).
 
 A nightly job that silently stops succeeding is what these are for, so they are written however
 the command ends: complete, partial, failed, or stopped by SIGINT/SIGTERM (130/143). The command
@@ -143,7 +144,9 @@ class Observer:
     @staticmethod
     def wanted(settings: Settings) -> bool:
         """Whether a command of ``settings`` has anything to write (cheap: no import)."""
-        return settings.metrics.enabled
+        from connector import tracing
+
+        return settings.metrics.enabled or tracing.configured()
 
     def watch(self, run: Watched, run_id: str) -> None:
         """The run whose counters to read at the end (they are live objects)."""
@@ -168,6 +171,10 @@ class Observer:
             _write_textfile(config.textfile, report)
         if config.pushgateway:
             _push(config.pushgateway, self.settings.output.uri, report)
+        from connector import tracing
+
+        if tracing.configured():
+            tracing.export(report)
 
     def report(self, exit_code: int) -> Report:
         """The metrics of this command ending with ``exit_code``."""
