@@ -22,10 +22,11 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import connector
 from connector import load_config, metrics
 from connector.emulator import EmulatorServer, build_world
-from connector.errors import ConfigError
-from tests.helpers import DATE, WORLD, write_config
+from connector.errors import ConfigError, ConnectorError
+from tests.helpers import DATE, WORLD, settings_for, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -414,3 +415,28 @@ def test_the_output_label_carries_nothing_secret(tmp_path: Path) -> None:
     )
     assert "oci://bucket@namespace/prefix" == metrics.output_label("oci://bucket@namespace/prefix")
     assert str(tmp_path / "lake") == metrics.output_label(str(tmp_path / "lake"))
+
+
+def test_the_library_writes_metrics_too(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """``connector.run`` called by a program (Airflow's operators) writes the textfile as the
+    command does: exit code 0 for a complete run; 1 when it raises, keeping the success."""
+    server = make_emulator(build_world(**WORLD))  # type: ignore[arg-type]
+    textfile = tmp_path / "lib.prom"
+    settings = settings_for(server, tmp_path / "lake").replace(
+        **{"metrics.textfile": str(textfile)}
+    )
+    outcome = connector.run(settings)
+    samples = parse(textfile.read_text())
+    assert 0 == value(samples, "oci_images_run_status")
+    assert outcome.manifest is not None
+    assert outcome.manifest.rows == by(samples, "oci_images_rows", "dataset")["images"]
+    success = value(samples, "oci_images_last_success_timestamp_seconds")
+
+    server.emulator.behaviour.reject_auth = True
+    with pytest.raises(ConnectorError):
+        connector.run(settings)
+    samples = parse(textfile.read_text())
+    assert 1 == value(samples, "oci_images_run_status")
+    assert success == value(samples, "oci_images_last_success_timestamp_seconds")
