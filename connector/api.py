@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from connector import config, logs, names, validation
+from connector import config, logs, metrics, names, validation
 from connector.errors import ConfigError
 from connector.lake import manifest
 from connector.oci import auth
@@ -207,22 +207,37 @@ async def run_async(
     """``run``, in a running event loop (asyncio or trio, through anyio). ``launched``: worker
     processes started earlier (``connector.workers.spawn.launch``), as the command line starts
     them before it imports the rest."""
-    try:
-        built = export(
-            settings,
-            shard=shard,
-            run_id=run_id,
-            credentials=credentials,
-            launched=launched,
-            progress=progress,
-        )
-    except BaseException:
-        if launched is not None:
-            from connector.workers import spawn
+    stage: metrics.Stage = "run" if shard is None else "shard"
+    with metrics.observing(settings, stage, _shard_label(shard)) as observer:
+        try:
+            built = export(
+                settings,
+                shard=shard,
+                run_id=run_id,
+                credentials=credentials,
+                launched=launched,
+                progress=progress,
+            )
+        except BaseException:
+            if launched is not None:
+                from connector.workers import spawn
 
-            spawn.abandon(launched)
-        raise
-    return await built.run()
+                spawn.abandon(launched)
+            raise
+        if observer is not None:
+            observer.watch(built, built.context.run_id)
+        outcome = await built.run()
+        if observer is not None:
+            observer.record(outcome)
+        return outcome
+
+
+def _shard_label(shard: ShardSpec | tuple[int, int] | None) -> str:
+    """``I/N`` for a shard (the metrics' ``shard`` label), "" for a whole run."""
+    if shard is None:
+        return ""
+    index, count = (shard.index, shard.count) if isinstance(shard, ShardSpec) else shard
+    return f"{index}/{count}"
 
 
 def commit(settings: Settings, run_id: str) -> RunOutcome:
@@ -232,11 +247,16 @@ def commit(settings: Settings, run_id: str) -> RunOutcome:
     why."""
     from connector.lake.committing import commit_run
 
-    store = validation.output_store(settings.output)
-    validation.writable(store)
-    outcome = commit_run(settings, run_id, store=store)
-    log.info("run.finished", run_id=outcome.run_id, **outcome.totals())
-    return outcome
+    with metrics.observing(settings, "commit") as observer:
+        if observer is not None:
+            observer.run_id = run_id
+        store = validation.output_store(settings.output)
+        validation.writable(store)
+        outcome = commit_run(settings, run_id, store=store)
+        log.info("run.finished", run_id=outcome.run_id, **outcome.totals())
+        if observer is not None:
+            observer.record(outcome)
+        return outcome
 
 
 def diff(

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from connector._version import __version__
 from connector.errors import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
@@ -233,12 +233,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schema":
         return _schema(args)
 
-    from connector import interrupt, logs
-    from connector.errors import ConfigError, ConnectorError
+    from connector import logs
 
     # On a terminal, log lines go above the progress bar (see connector.progress).
     args.terminal = Terminal(sys.stderr) if sys.stderr.isatty() else None
     logs.configure(args.log_level, args.log_format, stream=args.terminal)
+    args.observer = None
+    code = EXIT_FAILED
+    try:
+        code = _dispatch(parser, args)
+    finally:
+        if args.observer is not None:
+            from connector import metrics
+
+            metrics.CURRENT.set(None)
+            # However the command ended (130/143 included): what a platform team alerts on.
+            args.observer.finish(code)
+    return code
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the command; its exit code, whatever it raised."""
+    from connector import interrupt
+    from connector.errors import ConfigError, ConnectorError
+
     try:
         with interrupt.handle_signals():
             if args.command == "run":
@@ -345,8 +363,25 @@ def _execute(
     from connector import api
 
     settings = api.load_config(args.config, overrides(args))
+    _observe(args, settings, "run" if shard == (0, 1) else "shard", shard)
     launched = api.start_workers(settings)
     return anyio.run(_interruptible, settings, shard, run_id, launched, terminal)
+
+
+def _observe(
+    args: argparse.Namespace,
+    settings: Settings,
+    stage: Literal["run", "shard", "commit"],
+    shard: tuple[int, int] = (0, 1),
+) -> None:
+    """The observer that writes this command's metrics when it ends (``main``), if
+    ``[metrics]`` or the ``OTEL_*`` variables ask for any."""
+    from connector import metrics
+
+    if metrics.Observer.wanted(settings):
+        label = f"{shard[0]}/{shard[1]}" if stage == "shard" else ""
+        args.observer = metrics.Observer(settings, stage, label)
+        metrics.CURRENT.set(args.observer)
 
 
 async def _interruptible(
@@ -478,6 +513,7 @@ def _commit(args: argparse.Namespace) -> int:
 
     api.check_run_id(args.run_id, "--run-id")
     settings = api.load_config(args.config, overrides(args))
+    _observe(args, settings, "commit")
     return _report(api.commit(settings, args.run_id))
 
 

@@ -258,6 +258,44 @@ def _existing_file(key: str, value: Any) -> str:
     return str(text)
 
 
+def _textfile(key: str, value: Any) -> str:
+    """A file path whose folder exists and can be written: the file itself is replaced at the
+    end of every run, so a folder that is missing or read-only would otherwise be found out
+    only after the export."""
+    text = _type(str, "a file path")(key, value)
+    if not text:
+        return ""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise ConfigError(key, f"{text} is a folder; name a file in it, such as oci_images.prom")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ConfigError(key, f"the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(key, f"the folder {folder} cannot be written")
+    return str(path)
+
+
+def _http_url(key: str, value: Any) -> str:
+    text = _type(str, "a URL")(key, value)
+    if not text:
+        return ""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, f"must be an http(s) URL, got {_without_userinfo(text)!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(key, "must not have a query or fragment")
+    return str(text).rstrip("/")
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` without a user name and password, for a message."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
 def _snapshot_date(key: str, value: Any) -> str:
     if isinstance(value, date) and not isinstance(value, datetime):
         return value.isoformat()
@@ -558,12 +596,34 @@ class OutputSettings:
         return self.snapshot_date or datetime.now(UTC).date().isoformat()
 
 
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """[metrics]: Prometheus metrics written at the end of every run (extra `prometheus`); OpenTelemetry (extra `otel`) is configured by the standard OTEL_* variables alone."""
+
+    textfile: str = key(
+        "",
+        _textfile,
+        'file the Prometheus text format is written to, atomically, at the end of every run, failed or not (node_exporter\'s textfile collector reads *.prom files, e.g. /var/lib/node_exporter/textfile/oci_images.prom); its folder must exist; "" = none',
+    )
+    pushgateway: str = key(
+        "",
+        _http_url,
+        'URL of a Prometheus Pushgateway the same metrics are pushed to at the end of every run (job oci_images, grouped by output and stage); a failed push is a warning; "" = none',
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any Prometheus output is configured."""
+        return bool(self.textfile or self.pushgateway)
+
+
 SECTIONS: dict[str, type[Any]] = {
     "oci": OciSettings,
     "scope": ScopeSettings,
     "filters": FilterSettings,
     "fetch": FetchSettings,
     "output": OutputSettings,
+    "metrics": MetricsSettings,
 }
 """Each section's name in the TOML file and its dataclass (a field of ``Settings`` too)."""
 
@@ -588,6 +648,7 @@ class Settings:
     filters: FilterSettings = field(default_factory=FilterSettings)
     fetch: FetchSettings = field(default_factory=FetchSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: Path | None = None
     """The file the settings were read from, if any."""
     explicit: frozenset[str] = frozenset()

@@ -288,6 +288,17 @@ EVENTS: dict[str, Event] = {
         "warning", ("path", "reason"), "a staging folder could not be removed"
     ),
     "discard.failed": Event("warning", ("path", "error"), "a discarded path could not be removed"),
+    "tracing.unavailable": Event(
+        "warning", ("reason",), "OpenTelemetry is configured but its SDK is not installed"
+    ),
+    "metrics.written": Event("debug", ("file",), "`metrics.textfile` was written"),
+    "metrics.not_written": Event(
+        "warning", ("file", "error"), "`metrics.textfile` not written (the exit code stays)"
+    ),
+    "metrics.pushed": Event("debug", ("host",), "the metrics were pushed to `metrics.pushgateway`"),
+    "metrics.push_failed": Event(
+        "warning", ("host", "error"), "the Pushgateway refused the metrics (the exit code stays)"
+    ),
 }
 
 

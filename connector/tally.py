@@ -48,10 +48,14 @@ class Tally:
     fetch_started: float | None = None
     """When the listings were known and fetching began (for the ETA)."""
     records: dict[WorkItem, ListingRecord] = field(default_factory=dict)
+    ended: dict[WorkItem, int] = field(default_factory=dict)
+    """When each listing ended (Unix time in ns): the trace's listing events
+    (``connector.tracing``), one clock read per listing."""
 
     def listing_done(self, result: ListingResult) -> None:
         """A worker finished a listing: record it for the manifest, the counts and the log."""
         item, error = result.item, result.error
+        self.ended[item] = time.time_ns()
         self.records[item] = ListingRecord(
             item.region,
             item.compartment_id,

@@ -8,6 +8,7 @@ base layer. What needs the other layers is checked here:
 - ``oci.regions`` against the realm tables and region metadata (``connector.oci.regions``):
   short codes (``iad``) become region names and, without ``oci.endpoint``, every region must
   be known and, on a flavor without public endpoints, be the appliance's domain;
+- ``metrics.textfile`` and ``metrics.pushgateway`` against the ``prometheus`` extra;
 - ``output.uri`` and ``output.storage_options`` against the stores (``connector.lake.storage``),
   ``output.table_format`` against the table libraries (``connector.lake.tables``);
 - once the credentials are known, that they and the settings name a region and a tenancy
@@ -54,7 +55,21 @@ def check(settings: Settings) -> Settings:
     auth.mode_of(settings)
     settings = _regions(settings)
     _output(settings.output)
+    _metrics(settings.metrics)
     return settings
+
+
+def _metrics(metrics: config.MetricsSettings) -> None:
+    """``[metrics]`` needs prometheus_client (the ``prometheus`` extra): found out now, not
+    after the export."""
+    import importlib.util
+
+    for name in ("textfile", "pushgateway"):
+        if getattr(metrics, name) and importlib.util.find_spec("prometheus_client") is None:
+            raise ConfigError(
+                f"metrics.{name}",
+                "needs prometheus_client: pip install 'oci-images-connector[prometheus]'",
+            )
 
 
 def _regions(settings: Settings) -> Settings:

@@ -26,6 +26,7 @@ import platform
 import ssl
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -108,6 +109,10 @@ class RequestCounters:
     retried: int = 0
     throttled: int = 0
     failed: int = 0
+    answers: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Requests by (region, status): the HTTP status code as text, or ``"none"`` where no
+    response came (a connection error, a timeout, a body cut short). One counter update in
+    the event loop per request, for the metrics (``connector.metrics``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +232,7 @@ class OciClient:
         endpoint = endpoint_key(url)
         policy = self.options.retry
         request_id = uuid.uuid4().hex.upper()
+        region = str(context.get("region") or "")
         started = self._clock()
         attempt = 0
         refreshed = False
@@ -239,7 +245,9 @@ class OciClient:
                     response = await self._send(full_url, request_id, attempt, started)
                 except TransportError as exc:
                     error: TransportError | OciApiError = exc
+                    self.counters.answers[region, "none"] += 1
                 else:
+                    self.counters.answers[region, str(response.status)] += 1
                     if isinstance(response, Response):
                         self.limiter.success(ticket)
                         problem = _invalid(response, validate)
