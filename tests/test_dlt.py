@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Callable
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +258,33 @@ def test_a_one_line_key_with_escapes_is_read(tenancy: EmulatorServer) -> None:
     one_line = Path(default.pop("key_file")).read_text().strip().replace("\n", "\\n")
     credentials = credentials_from({**default, "key_content": one_line})
     assert credentials.tenancy == default["tenancy"]
+
+
+def test_history_closes_retired_platform_images(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """A month on, each platform line published a new build and its oldest left: with
+    ``history=True`` the retired builds' versions are closed (``_dlt_valid_to``), the new ones
+    open, and every other image keeps its one version."""
+    world = build_world(**WORLD, reference_date=date.fromisoformat(DATE))  # type: ignore[arg-type]
+    server = make_emulator(world)
+    database = tmp_path / "history.duckdb"
+    listed = {}
+    for day in (DATE, "2026-12-27"):
+        listed[day] = {i.id for r in world.regions for i in world.platform[r]}
+        settings = settings_for(server, tmp_path / "unused").replace(
+            **{"output.snapshot_date": day}
+        )
+        destination = dlt.destinations.duckdb(str(database))
+        info = pipeline(tmp_path, destination).run(oci_images(settings, history=True))
+        assert not info.has_failed_jobs
+        if day == DATE:
+            world.publish_platform(date.fromisoformat(DATE) + timedelta(days=30))
+    retired = listed[DATE] - listed["2026-12-27"]
+    assert retired
+    images = duckdb_table(database, "images")
+    closed = {r["id"] for r in images if r["_dlt_valid_to"] is not None}
+    assert retired == closed
+    ids = [r["id"] for r in images]
+    assert len(ids) == len(set(ids))  # one version each: nothing else changed
+    assert listed["2026-12-27"] <= set(ids)
