@@ -34,12 +34,13 @@ import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import dlt
 import orjson
 import pyarrow as pa
 from dlt.common.libs.pyarrow import py_arrow_to_table_schema_columns
+from dlt.common.typing import SecretSentinel
 
 from connector import api, schema
 from connector.errors import AuthError, ConfigError, PublishError
@@ -267,7 +268,8 @@ def row_hashes(table: pa.Table) -> pa.StringArray:
 def oci_images(
     config: Any = None,
     connector: dict[str, Any] | None = None,
-    credentials: dict[str, Any] | None = None,
+    # Declared a secret: dlt keeps the values it resolved in its trace, on disk, unless secret.
+    credentials: Annotated[dict[str, Any], SecretSentinel] | None = None,
     overrides: list[str] | None = None,
     workdir: str | None = None,
     history: bool = False,
@@ -293,14 +295,18 @@ def oci_images(
         connector,
         overrides or (),
     )
+    if history and settings.fetch.platform_images == "every":
+        raise ConfigError(
+            "fetch.platform_images",
+            'must be "once" or "skip" with history=True: "every" repeats each platform image '
+            "once per listing, and a history keeps one version per image",
+        )
     signer = credentials_from(credentials) if credentials else None
     if signer is None:
         signer = api.resolve_credentials(settings)
     export = _Export(settings, signer, workdir)
     image_key: str | list[str] = (
-        ["id", "_source_compartment_id"]
-        if settings.fetch.platform_images == "every" and not history
-        else "id"
+        ["id", "_source_compartment_id"] if settings.fetch.platform_images == "every" else "id"
     )
     disposition: Any = HISTORY if history else "replace"
     images = dlt.resource(

@@ -21,7 +21,7 @@ import pytest
 
 dlt = pytest.importorskip("dlt")
 
-from connector import ConfigError, config  # noqa: E402
+from connector import ConfigError, ConnectorError, config  # noqa: E402
 from connector.dlt import oci_images  # noqa: E402
 from connector.emulator import EmulatorServer, build_world  # noqa: E402
 from tests.helpers import (  # noqa: E402
@@ -179,6 +179,12 @@ def test_dlt_config_and_secrets(tenancy: EmulatorServer, tmp_path: Path) -> None
     assert 0 == done.returncode, done.stderr[-3000:]
     ids = {row["id"] for row in duckdb_table(tmp_path / "tenancy.duckdb", "images")}
     assert {r["id"] for r in expected_rows(tenancy.world, "once")} == ids
+    # dlt keeps a trace of the configuration it resolved (pipelines/oci/trace.pickle): the key
+    # is declared a secret, so the trace holds no part of it.
+    body = key.splitlines()[1].encode()
+    written = [p for p in (tmp_path / "pipelines").rglob("*") if p.is_file()]
+    assert any(p.name == "trace.pickle" for p in written)
+    assert [] == [str(p) for p in written if body in p.read_bytes()]
 
 
 def test_a_bad_configuration_names_the_key_and_sends_nothing(
@@ -189,6 +195,9 @@ def test_a_bad_configuration_names_the_key_and_sends_nothing(
     with pytest.raises(ConfigError) as bad_key:
         oci_images(settings, connector={"fetch": {"page_size": 0}})
     assert bad_key.value.key == "fetch.page_size"
+    with pytest.raises(ConfigError) as repeated:
+        oci_images(settings, connector={"fetch": {"platform_images": "every"}}, history=True)
+    assert repeated.value.key == "fetch.platform_images"
     secret = "-----BEGIN PRIVATE KEY-----\nnot-a-key\n-----END PRIVATE KEY-----\n"
     with pytest.raises(ConfigError) as missing:
         oci_images(settings, credentials={"user": "u", "key_content": secret})
@@ -288,3 +297,29 @@ def test_history_closes_retired_platform_images(
     ids = [r["id"] for r in images]
     assert len(ids) == len(set(ids))  # one version each: nothing else changed
     assert listed["2026-12-27"] <= set(ids)
+
+
+def test_a_failed_export_loads_nothing(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """An export that fails (every request answered with a server error, no retry) fails the
+    dlt run with the connector's error, and nothing is loaded."""
+    server = make_emulator(build_world(**WORLD), fault_rate=1.0)  # type: ignore[arg-type]
+    settings = settings_for(server, tmp_path / "unused", fetch={"max_attempts": 1})
+    database = tmp_path / "failed.duckdb"
+    from dlt.pipeline.exceptions import PipelineStepFailed
+
+    with pytest.raises(PipelineStepFailed) as failed:
+        pipeline(tmp_path, dlt.destinations.duckdb(str(database))).run(oci_images(settings))
+    causes = []
+    error: BaseException | None = failed.value
+    while error is not None:
+        causes.append(error)
+        error = error.__cause__ or error.__context__
+    assert any(isinstance(e, ConnectorError) for e in causes)
+    assert "opc-request-id" in str(failed.value)  # the connector's message reaches dlt's
+    with duckdb.connect(str(database)) as con:
+        tables = {
+            row[0] for row in con.sql("SELECT table_name FROM information_schema.tables").fetchall()
+        }
+    assert "images" not in tables
