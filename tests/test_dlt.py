@@ -142,14 +142,16 @@ def test_dlt_config_and_secrets(tenancy: EmulatorServer, tmp_path: Path) -> None
     dot = tmp_path / ".dlt"
     dot.mkdir()
     regions = orjson.dumps(list(tenancy.world.regions)).decode()
+    # The connector's own TOML, named by dlt's config, under the connector tables.
+    (tmp_path / "export.toml").write_text(
+        f'[fetch]\nworkers = 0\n[output]\nsnapshot_date = "{DATE}"\n'
+    )
     (dot / "config.toml").write_text(
+        "[sources.oci_images]\n"
+        'config = "export.toml"\n'
         "[sources.oci_images.connector.oci]\n"
         f'endpoint = "{tenancy.endpoint_template}"\n'
         f"regions = {regions}\n"
-        "[sources.oci_images.connector.fetch]\n"
-        "workers = 0\n"
-        "[sources.oci_images.connector.output]\n"
-        f'snapshot_date = "{DATE}"\n'
     )
     (dot / "secrets.toml").write_text(
         "[sources.oci_images.credentials]\n"
@@ -177,8 +179,9 @@ def test_dlt_config_and_secrets(tenancy: EmulatorServer, tmp_path: Path) -> None
         timeout=300,
     )
     assert 0 == done.returncode, done.stderr[-3000:]
-    ids = {row["id"] for row in duckdb_table(tmp_path / "tenancy.duckdb", "images")}
-    assert {r["id"] for r in expected_rows(tenancy.world, "once")} == ids
+    loaded = duckdb_table(tmp_path / "tenancy.duckdb", "images")
+    assert {r["id"] for r in expected_rows(tenancy.world, "once")} == {r["id"] for r in loaded}
+    assert {DATE} == {str(r["_snapshot_date"]) for r in loaded}  # from export.toml
     # dlt keeps a trace of the configuration it resolved (pipelines/oci/trace.pickle): the key
     # is declared a secret, so the trace holds no part of it.
     body = key.splitlines()[1].encode()
