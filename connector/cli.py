@@ -529,7 +529,7 @@ def _diff(args: argparse.Namespace) -> int:
     out.flush()
     print(
         f"diff {args.from_date} → {args.to_date}: added={counts.added} "
-        f"removed={counts.removed} changed={counts.changed}",
+        f"removed={counts.removed} changed={counts.changed} retired={counts.retired}",
         file=sys.stderr if args.format == "ndjson" else sys.stdout,
     )
     return EXIT_OK

@@ -125,6 +125,7 @@ KEYS: dict[str, Key] = {
     "since": Key("string", "the snapshot date compared with (null: none)"),
     "added": Key("integer", "images added"),
     "removed": Key("integer", "images removed"),
+    "retired": Key("integer", "platform images retired (a newer build replaced them)"),
     "changed": Key("integer", "images changed"),
     "signal": Key("string", "the signal's name"),
     "rows": Key("integer", "rows (published: the manifest's, which a table's commit counts)"),
@@ -220,7 +221,9 @@ EVENTS: dict[str, Event] = {
         "failed, and the first one's compartment",
     ),
     "changes.staged": Event(
-        "info", ("since", "added", "removed", "changed"), "the changes dataset is staged"
+        "info",
+        ("since", "added", "removed", "retired", "changed"),
+        "the changes dataset is staged",
     ),
     "run.published": Event(
         "info",

@@ -219,7 +219,7 @@ COMPARTMENT_COLUMNS: tuple[Column, ...] = (
 COMPARTMENTS_SCHEMA = _schema_of(COMPARTMENT_COLUMNS)
 
 CHANGE_COLUMNS: tuple[Column, ...] = (
-    Column("change", S, "", "added, removed or changed.", nullable=False),
+    Column("change", S, "", "added, removed, changed, or retired (a platform image that left the listings: Oracle published a newer build; custom images that leave are removed).", nullable=False),
     Column("_region", S, "", "The image's region.", nullable=False),
     Column("id", S, "", "The image OCID.", nullable=False),
     Column("compartment_id", S, "", "Its compartment; null for platform images. Part of the key: a moved image is removed and added."),

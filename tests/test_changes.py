@@ -132,6 +132,32 @@ def test_platform_images_match_whichever_listing_donated_them() -> None:
     assert [] == rows
 
 
+@pytest.mark.parametrize("expected_rows", [0, 10**6], ids=["one-bucket", "five-buckets"])
+def test_a_platform_image_that_left_is_retired(expected_rows: int) -> None:
+    """ListImages stops listing a platform image's oldest build when a new one is published:
+    a platform image that left is ``retired``; a custom image that left stays ``removed``."""
+    old = [
+        record(1, compartmentId=None, displayName="Oracle-Linux-9.6-2026.09.30-0"),
+        record(2, compartmentId=None, displayName="Oracle-Linux-9.6-2026.10.30-0"),
+        record(3),
+    ]
+    new = [old[1], record(4, compartmentId=None, displayName="Oracle-Linux-9.6-2026.11.29-0")]
+    rows, counts = run_diff(batches(old, FROM), batches(new, TO), expected_rows)
+    summary = [(r["change"], r["id"][-4:], r["compartment_id"], r["_is_platform"]) for r in rows]
+    assert [
+        ("retired", "0001", None, True),
+        ("removed", "0003", CUSTOM, False),
+        ("added", "0004", None, True),
+    ] == summary
+    assert (1, 1, 1, 0, 3) == (
+        counts.added,
+        counts.removed,
+        counts.retired,
+        counts.changed,
+        counts.total,
+    )
+
+
 @pytest.mark.parametrize(
     ("field", "old", "new"),
     [

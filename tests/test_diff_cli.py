@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,49 @@ def test_runs_publish_the_changes_dataset(
     )
     assert images_day1["rows"] == first["rows"], "the first snapshot is all added"
     assert {"changes", "compartments"} == set(manifests["images"]["datasets"])
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        {"format": "parquet"},
+        {"format": "ndjson"},
+        {"table_format": "delta"},
+        {"table_format": "iceberg"},
+    ],
+    ids=["parquet", "ndjson", "delta", "iceberg"],
+)
+def test_rotated_platform_images_are_retired(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path, output: dict[str, str]
+) -> None:
+    """A month on, every platform line published a new build and its oldest left the
+    listings: in the changes dataset and in `diff`, each that left is `retired` (not
+    `removed`), each new one `added`, on every format."""
+    world = build_world(**WORLD, reference_date=date.fromisoformat(DAY1))  # type: ignore[arg-type]
+    server = make_emulator(world)
+    listed = {}
+    for day in (DAY1, DAY2):
+        listed[day] = {(r, i.id) for r in world.regions for i in world.platform[r]}
+        config = write_config(
+            tmp_path, server, output={**output, "snapshot_date": day, "changes": True}
+        )
+        result = oci_images("run", "--config", str(config))
+        assert 0 == result.returncode, result.stderr
+        if day == DAY1:
+            world.publish_platform(date.fromisoformat(DAY1) + timedelta(days=30))
+    retired = {("retired", i) for _, i in listed[DAY1] - listed[DAY2]}
+    added = {("added", i) for _, i in listed[DAY2] - listed[DAY1]}
+    assert retired
+    assert len(retired) == len(added)
+    partition = tmp_path / "lake" / "changes" / f"snapshot_date={DAY2}"
+    rows = [r for r in read_dataset(partition, {}) if str(r["_snapshot_date"]) == DAY2]
+    assert retired | added == {(r["change"], r["id"]) for r in rows}
+    assert all(r["_is_platform"] and r["compartment_id"] is None for r in rows)
+    result = oci_images("diff", "--config", str(config), "--from", DAY1, "--to", DAY2)
+    assert 0 == result.returncode, result.stderr
+    lines = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert retired | added == {(r["change"], r["id"]) for r in lines}
+    assert f"removed=0 changed=0 retired={len(retired)}" in result.stderr
 
 
 def read_dataset(partition: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:

@@ -184,6 +184,75 @@ class TestPlatformCatalogue:
         assert len({i.id for i in images}) == count
 
 
+class TestPlatformRotation:
+    """Oracle publishes a new build of each line about monthly; ListImages then lists the new
+    one and no longer the oldest. The emulator's catalogue follows its date."""
+
+    DAY = date(2026, 11, 26)
+
+    @staticmethod
+    def catalogue(world: World) -> dict[str, dict[str, bytes]]:
+        return {r: {i.id: i.json for i in world.platform[r]} for r in world.regions}
+
+    @pytest.mark.parametrize("dataset", ["awkward", "realistic"])
+    def test_a_date_fixes_the_catalogue(self, dataset: str) -> None:
+        """The same seed and date give the same catalogue, whether the world was built on that
+        date or moved to it."""
+        args: dict[str, Any] = {"seed": 5, "compartments": 2, "regions": REGIONS}
+        built = build_world(**args, dataset=dataset, reference_date=self.DAY)
+        moved = build_world(**args, dataset=dataset, reference_date=self.DAY - timedelta(days=40))
+        assert self.catalogue(built) != self.catalogue(moved)
+        moved.publish_platform(self.DAY)
+        assert self.catalogue(built) == self.catalogue(moved)
+        assert moved.platform_date == self.DAY
+
+    def test_a_month_later_each_line_has_one_new_build_and_one_retired(self) -> None:
+        """30 days on, every line published one build: it is listed, the line's oldest is
+        not, and the builds listed on both days are the same records."""
+        world = build_world(seed=5, compartments=4, regions=REGIONS, reference_date=self.DAY)
+        before = self.catalogue(world)
+        world.publish_platform(self.DAY + timedelta(days=30))
+        after = self.catalogue(world)
+        for region in REGIONS:
+            lines = {re.sub(r"-\d{4}\.\d{2}\.\d{2}-\d$", "", i.display_name or "")
+                     for i in world.platform[region]}  # fmt: skip
+            gone = before[region].keys() - after[region].keys()
+            new = after[region].keys() - before[region].keys()
+            assert len(gone) == len(new) == len(lines) == 20
+            kept = before[region].keys() & after[region].keys()
+            assert all(before[region][i] == after[region][i] for i in kept)
+            month_end = datetime(2026, 12, 26, tzinfo=UTC).timestamp() * 1_000_000
+            assert all(i.created_us < month_end for i in world.platform[region])
+
+    def test_custom_images_do_not_change_when_platform_images_rotate(self) -> None:
+        """Custom images are built from the catalogue of the world's creation, however late
+        they are first generated."""
+        args: dict[str, Any] = {"seed": 5, "compartments": 6, "regions": REGIONS}
+        still = build_world(**args, reference_date=self.DAY)
+        rotated = build_world(**args, reference_date=self.DAY)
+        rotated.publish_platform(self.DAY + timedelta(days=45))
+        for region in REGIONS:
+            for compartment in still.listable_compartments():
+                assert still.generate_custom(region, compartment.id) == rotated.generate_custom(
+                    region, compartment.id
+                )
+        assert sum(len(still.generate_custom(r, c.id)) for r in REGIONS for c in still.compartments)
+
+    def test_lines_rotate_on_their_own_days(self) -> None:
+        """Day by day, only the lines whose build day it is rotate: over 30 days, each line
+        once, and never all on one day."""
+        world = build_world(seed=5, compartments=1, regions=REGIONS, reference_date=self.DAY)
+        per_day = []
+        before = self.catalogue(world)
+        for days in range(1, 31):
+            world.publish_platform(self.DAY + timedelta(days=days))
+            after = self.catalogue(world)
+            per_day.append(sum(len(before[r].keys() - after[r].keys()) for r in REGIONS))
+            before = after
+        assert 2 * 20 == sum(per_day)
+        assert max(per_day) < 2 * 20 // 2
+
+
 class TestScale:
     def test_generation_is_lazy_and_bounded(self) -> None:
         """A 5,000 x 4 world generates nothing up front, and its cache stays within bounds."""

@@ -58,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--reference-date",
         type=date.fromisoformat,
         default=None,
-        help="the realistic data set's today, YYYY-MM-DD (default: today, UTC)",
+        help="today, YYYY-MM-DD: the realistic data set's times end there, and the platform "
+        "catalogue (both data sets) is the one listed that day (default: today, UTC; for the "
+        "awkward data set, a fixed day)",
     )
     parser.add_argument(
         "--cache-mb",

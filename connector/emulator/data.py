@@ -270,6 +270,13 @@ class World:
     custom_scale: float = 1.0
     bad_records: float = 0.0
     platform: dict[str, list[Image]] = field(default_factory=dict)
+    platform_count: int = 0
+    """Platform images per region (``build_world``'s ``platform_images``)."""
+    platform_date: date | None = None
+    """The day the platform catalogue is listed as of (``publish_platform``)."""
+    bases: dict[str, list[Image]] = field(default_factory=dict)
+    """The catalogue custom images were built from: the one of the world's creation, so that
+    rotating platform images changes no custom image."""
     custom: CustomImages = field(init=False)
     _by_id: dict[str, Compartment] = field(init=False)
     _listable: list[Compartment] = field(init=False)
@@ -319,6 +326,15 @@ class World:
                 break
             comp = self._by_id.get(comp.parent_id)
         return "/".join(reversed(names))
+
+    def publish_platform(self, day: date) -> None:
+        """List the platform catalogue as of ``day`` from now on, in every region: the lines
+        that published a build since the catalogue's date list it, and no longer list their
+        oldest (retired: it still exists, as on OCI). Deterministic: ``(seed, day)`` fix it."""
+        on = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        for region in self.regions:
+            self.platform[region] = _platform_images(self, region, self.platform_count, on)
+        self.platform_date = day
 
     def listing(self, region: str, compartment_id: str) -> list[Image]:
         """What ListImages returns for a compartment, unfiltered: platform images, then custom."""
@@ -563,16 +579,30 @@ def _catalogue(count: int) -> list[tuple[_Family, int]]:
     return chosen
 
 
-def _platform_images(world: World, region: str, count: int) -> list[Image]:
-    rng = random.Random(f"{world.seed}/{region}")
+_BUILD_DAYS = 30
+"""A platform image line publishes a new build about monthly."""
+_BUILDS_FROM = datetime(2020, 1, 1, tzinfo=UTC)
+"""Build numbers count from here: build ``n`` of a line is published ``n`` periods later."""
+_SETTLE_DAYS = 3
+"""A build is listed from this many days after its build date."""
+
+
+def _platform_images(world: World, region: str, count: int, on: datetime) -> list[Image]:
+    """The region's platform catalogue as ListImages shows it on ``on``: per line, its newest
+    builds (``_catalogue``). Each build is drawn from ``(seed, region, line, build number)``
+    alone, so the same build is the same record on every date; when a line publishes a new
+    build, the new one appears and the oldest leaves the list (its OCID still exists)."""
     code = region_code(region)
     awkward = world.dataset == "awkward"
-    now = world.reference
     images: list[Image] = []
     for family, age in _catalogue(count):
-        # Builds come out about monthly; each line's newest is from the last few weeks.
-        build = now - timedelta(
-            days=3 + age * 30 + rng.randint(0, 20), seconds=rng.randint(0, 86399)
+        # Each line has its own day in the period on which it publishes.
+        phase = random.Random(f"{world.seed}/{region}/{family.stem}").randrange(_BUILD_DAYS)
+        listed = (on - _BUILDS_FROM).days - phase - _SETTLE_DAYS
+        number = listed // _BUILD_DAYS - age
+        rng = random.Random(f"{world.seed}/{region}/{family.stem}/{number}")
+        build = _BUILDS_FROM + timedelta(
+            days=phase + number * _BUILD_DAYS, seconds=rng.randint(0, 86399)
         )
         name = f"{family.stem}-{build:%Y.%m.%d}-{rng.choice((0, 0, 0, 1))}"
         image_id = ocid("image", rng, code)
@@ -673,7 +703,7 @@ class _Palette:
         self.extras = world.extras
         self.code = region_code(region)
         self.reference = world.reference
-        self.bases = world.platform[region]
+        self.bases = world.bases[region]
         self.base_family = [world._families[b.id] for b in self.bases]
         special = _FLAVOR_MODE[world.flavor]
         self.options: dict[bool, tuple[str, ...]] = {}
@@ -1380,6 +1410,7 @@ def build_world(
         cache_bytes=int(cache_mb * 2**20),
         oci_extras=oci_extras,
     )
-    for region in regions:
-        world.platform[region] = _platform_images(world, region, platform_images)
+    world.platform_count = platform_images
+    world.publish_platform(reference_date or reference.date())
+    world.bases = dict(world.platform)
     return world

@@ -1,4 +1,5 @@
-"""Change capture: which images appeared, disappeared or changed between two snapshots.
+"""Change capture: which images appeared, disappeared (removed, or retired for platform
+images) or changed between two snapshots.
 
 Rows are matched by ``(_region, id, compartment_id)``: a custom image moved to another
 compartment is removed from one and added to the other, as an analyst keyed by compartment
@@ -74,11 +75,13 @@ class ChangeCounts:
     added: int = 0
     removed: int = 0
     changed: int = 0
+    retired: int = 0
+    """Platform images that left the listings: Oracle published a newer build (see ``_kinds``)."""
 
     @property
     def total(self) -> int:
         """All changes."""
-        return self.added + self.removed + self.changed
+        return self.added + self.removed + self.changed + self.retired
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,16 +227,28 @@ def _compare(old: pa.Table, new: pa.Table, context: DiffContext, tally: ChangeCo
     for name, mask in differing.items():
         for row in pc.indices_nonzero(mask.filter(any_change)).to_pylist():
             names_per_row[row].append(name)
+    removed, retired = _kinds(removed)
     tally.added += added.num_rows
     tally.removed += removed.num_rows
+    tally.retired += retired.num_rows
     tally.changed += changed_before.num_rows
     return pa.concat_tables(
         [
             _rows("added", added, None, None, context),
             _rows("removed", removed, None, None, context),
+            _rows("retired", retired, None, None, context),
             _rows("changed", changed_after, changed_before, names_per_row, context),
         ]
     )
+
+
+def _kinds(gone: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Rows that left, as (removed, retired). ListImages lists only the newest builds of each
+    platform image: when Oracle publishes a new one, the oldest leaves the list but still
+    exists, so a platform image that left is ``retired``; a custom image that left was deleted
+    or moved out of scope: ``removed``."""
+    platform: Column = pc.fill_null(gone.column("_is_platform"), False)
+    return gone.filter(pc.invert(platform)), gone.filter(platform)
 
 
 def _rows(
@@ -437,6 +452,7 @@ def stage_changes(
         since=before,
         added=counts.added,
         removed=counts.removed,
+        retired=counts.retired,
         changed=counts.changed,
     )
     return (written,)
