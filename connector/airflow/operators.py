@@ -152,15 +152,17 @@ class OciImagesShardOperator(_ConnectorOperator):
         kwargs.setdefault("map_index_template", "{{ task.shard['index'] }}")
         super().__init__(**kwargs)
         self.shard = shard
+        self._read: tuple[Settings, Credentials | None, connector.ShardSpec, RunOutcome] | None
+        self._read = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         spec = connector.ShardSpec.from_dict(self.shard)
         settings = self.settings(self.shard.get("snapshot_date"))
         with translated_errors(), interrupt.noting():
-            work = partial(
-                connector.run_async, settings, shard=spec, credentials=self.credentials()
-            )
+            credentials = self.credentials()
+            work = partial(connector.run_async, settings, shard=spec, credentials=credentials)
             outcome = _raise_if_killed(anyio.run(interrupt.until_noted, work))
+        self._read = (settings, credentials, spec, outcome)
         summary = _summary(outcome) | {"shard": f"{spec.index}/{spec.count}"}
         if outcome.status == "succeeded":
             self.log.info("Shard %d/%d staged: %s", spec.index, spec.count, summary)
@@ -177,6 +179,23 @@ class OciImagesShardOperator(_ConnectorOperator):
         raise AirflowException(
             f"shard {spec.index}/{spec.count} of run {spec.run_id} {outcome.status}: {reason}"
             + (" (output.allow_partial is false)" if outcome.status == "partial" else "")
+        )
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """What the OpenLineage provider reports for this task: the OCI Compute API of each
+        region the shard listed, as input datasets (``connector.airflow.lineage``)."""
+        from connector.airflow import lineage
+
+        if self._read is None:
+            return lineage.nothing()
+        settings, credentials, spec, outcome = self._read
+        return lineage.read(
+            settings,
+            credentials,
+            spec.regions,
+            run_id=spec.run_id,
+            snapshot_date=outcome.manifest.snapshot_date if outcome.manifest else "",
+            shard=f"{spec.index}/{spec.count}",
         )
 
 
@@ -206,6 +225,7 @@ class OciImagesCommitOperator(_ConnectorOperator):
         self.run_id = run_id
         self.asset = asset
         self.partition_key = partition_key
+        self._published: tuple[Settings, RunOutcome] | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         settings = self.settings()
@@ -220,6 +240,7 @@ class OciImagesCommitOperator(_ConnectorOperator):
                 # decide the same. Re-running the failed shards is what can help.
                 raise AirflowFailException(message)
             raise AirflowException(message)
+        self._published = (settings, outcome)
         extra = published_extra(settings, outcome)
         if outcome.status == "partial":
             self.log.warning("Published a partial run, as output.allow_partial is set: %s", extra)
@@ -231,6 +252,16 @@ class OciImagesCommitOperator(_ConnectorOperator):
             if self.partition_key:
                 event.add_partitions(str(extra["snapshot_date"]))
         return extra
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """What the OpenLineage provider reports for this task: one output dataset per
+        dataset the commit published, with schema, statistics and the run's id and date
+        (``connector.airflow.lineage``; imported only when the provider asks)."""
+        from connector.airflow import lineage
+
+        if self._published is None:
+            return lineage.nothing()
+        return lineage.committed(*self._published)
 
 
 def images_asset(output_uri: str, *, name: str | None = None) -> Asset:
