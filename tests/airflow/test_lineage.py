@@ -136,3 +136,55 @@ def test_dataset_names_follow_the_naming_spec(location: str, expected: tuple[str
     from connector.airflow.lineage import dataset_name
 
     assert expected == dataset_name(location)
+
+
+@pytest.mark.parametrize(
+    ("table", "namespace", "name"),
+    [
+        (
+            {"format": "delta", "uri": "s3://lake/oci/images", "version": 4},
+            "s3://lake",
+            "oci/images",
+        ),
+        (
+            {
+                "format": "iceberg",
+                "table": "oci_images.images",
+                "location": "oci://lake@ns/oci/images",
+                "snapshot_id": 7,
+            },
+            "oci://lake@ns",
+            "oci/images",
+        ),
+    ],
+    ids=["delta", "iceberg"],
+)
+def test_a_table_is_named_by_its_location(
+    emulator: EmulatorServer, tmp_path: Path, table: dict[str, Any], namespace: str, name: str
+) -> None:
+    """With a table format, `images` is the table at its location (the manifest's table
+    record), an Iceberg table also by its catalog name; the companions stay folders."""
+    import dataclasses
+
+    import connector
+    from connector.airflow.lineage import committed
+
+    settings = connector.load_config(
+        write_config(tmp_path, emulator, fetch=FETCH), [f'output.uri="{tmp_path / "lake"}"']
+    )
+    outcome = connector.run(settings)
+    assert outcome.manifest is not None
+    manifest = dataclasses.replace(outcome.manifest, table=table)
+    lineage = committed(settings, dataclasses.replace(outcome, manifest=manifest))
+
+    images, *companions = lineage.outputs
+    assert (namespace, name) == (images.namespace, images.name)
+    symlinks = images.facets.get("symlinks")
+    if table["format"] == "iceberg":
+        assert symlinks is not None
+        assert ["oci_images.images"] == [i.name for i in symlinks.identifiers]
+    else:
+        assert symlinks is None
+    assert [("file", str((tmp_path / "lake" / "compartments").resolve()))] == [
+        (c.namespace, c.name) for c in companions
+    ]
