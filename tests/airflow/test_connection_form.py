@@ -30,10 +30,11 @@ def form_fields() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[TestClient]:
-    """Airflow's public REST API (its FastAPI app, as ``airflow api-server`` serves it)."""
+    """Airflow's API server (its FastAPI app, as ``airflow api-server`` serves it): the public
+    REST API and the UI's own endpoints."""
     from airflow.api_fastapi.app import create_app
 
-    with TestClient(create_app(apps="core")) as client:
+    with TestClient(create_app(apps="all")) as client:
         yield client
 
 
@@ -95,6 +96,28 @@ class TestForm:
         with pytest.raises(Exception, match="'profile'") as caught:
             credentials_from_connection("oci_file", extras | {"profile": "NOPE"})
         assert "NOPE" in str(caught.value)
+
+
+class TestUi:
+    """What Airflow 3's UI builds the Connection form from (GET /ui/connections/hook_meta)."""
+
+    def test_form_shows_the_fields_with_the_key_masked(self, api: TestClient) -> None:
+        """The `oci` type's extra fields, under the names stored in the extras, the key a
+        password field; Login and Password relabelled, host, schema and port hidden."""
+        response = api.get("/ui/connections/hook_meta")
+        assert 200 == response.status_code
+        (oci,) = [h for h in response.json() if h["connection_type"] == "oci"]
+        fields = oci["extra_fields"]
+        assert set(_airflow_provider.CONN_FIELDS) == set(fields)
+        assert "password" == fields["private_key_content"]["schema"]["format"]
+        assert [] == [
+            n for n, f in fields.items() if n != "private_key_content" and "format" in f["schema"]
+        ]
+        standard = oci["standard_fields"]
+        assert "User OCID" == standard["login"]["title"]
+        assert {"host", "port", "url_schema"} <= {
+            n for n, f in standard.items() if f and f["hidden"]
+        }
 
 
 class TestRestApi:
