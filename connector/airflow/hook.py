@@ -24,7 +24,6 @@ function signing with nothing secret stored at all.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -33,7 +32,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 
 import connector
-from connector import AuthError, ConfigError, ConnectorError, Credentials
+from connector import AuthError, ConfigError, ConnectorError, Credentials, logs
 from connector.oci import auth
 
 CONFIG_FILE = "config_file"
@@ -56,7 +55,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
 SHOWN_BY_AIRFLOW = frozenset({"key_content", "pass_phrase"})
 """Names under which Airflow shows a secret in clear (its API, its UI): read, with a warning."""
 _PREFIX = "extra__oci__"
-log = logging.getLogger(__name__)
+log = logs.get_logger(__name__)
 
 
 class OciHook(BaseHook):
@@ -168,13 +167,12 @@ def _fields(conn_id: str, extras: Mapping[str, Any]) -> dict[str, Any]:
                 if other in SHOWN_BY_AIRFLOW:
                     mask_secret(str(value))
                     log.warning(
-                        "Connection %r: rename extra %r to %r; Airflow's API and UI show %r in "
-                        "clear, and hide %r",
-                        conn_id,
-                        other,
-                        name,
-                        other,
-                        name,
+                        "connection.secret_shown",
+                        conn_id=conn_id,
+                        field=other,
+                        rename_to=name,
+                        reason=f"Airflow's API and UI show {other!r} in clear and hide {name!r}: "
+                        f"rename the extra {other!r} to {name!r}",
                     )
     return given
 

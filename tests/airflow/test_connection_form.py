@@ -161,7 +161,8 @@ class TestRestApi:
         with caplog.at_level(logging.WARNING, logger=hook.__name__):
             credentials = credentials_from_connection("oci_old", extras | {"key_content": key})
         assert lists_compartments(emulator, credentials) > 0
-        assert "rename extra 'key_content' to 'private_key_content'" in caplog.text
+        assert "connection.secret_shown" in caplog.text
+        assert "rename the extra 'key_content' to 'private_key_content'" in caplog.text
         assert key.splitlines()[1] not in caplog.text
 
 
