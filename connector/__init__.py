@@ -24,6 +24,7 @@ _HOMES = {
         "DATASETS",
         "Plan",
         "ShardSpec",
+        "check_access",
         "check_run_id",
         "commit",
         "diff",
@@ -69,6 +70,7 @@ if TYPE_CHECKING:  # what the type checker sees of the same table
     from connector.api import DATASETS as DATASETS
     from connector.api import Plan as Plan
     from connector.api import ShardSpec as ShardSpec
+    from connector.api import check_access as check_access
     from connector.api import check_run_id as check_run_id
     from connector.api import commit as commit
     from connector.api import diff as diff

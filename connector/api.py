@@ -178,6 +178,27 @@ async def _plan(
     return Plan(run_id, day, tuple(specs))
 
 
+def check_access(settings: Settings, credentials: Credentials | None = None) -> list[str]:
+    """Sign one cheap request, the tenancy's region subscriptions from its home region, and
+    return the regions it is subscribed to: whether the credentials work, without a run
+    (Airflow's connection test). Raises ``ConfigError`` before any request when the credentials
+    name no tenancy or home region, and the service's error when it refuses them."""
+    return anyio.run(_check_access, settings, credentials)
+
+
+async def _check_access(settings: Settings, credentials: Credentials | None) -> list[str]:
+    from connector.oci import discovery
+    from connector.oci.client import for_settings
+
+    credentials = _checked(settings, credentials)
+    home, tenancy = credentials.home_region, credentials.tenancy
+    if not home or not tenancy:
+        raise ConfigError("oci.region", f"{credentials.label} names no home region or tenancy")
+    endpoints = discovery.Endpoints.from_settings(settings.oci, home)
+    async with for_settings(settings, credentials) as client:
+        return await discovery.subscribed_regions(client, endpoints, home, tenancy)
+
+
 def run(
     settings: Settings,
     *,

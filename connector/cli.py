@@ -393,19 +393,18 @@ async def _interruptible(
 ) -> RunOutcome:
     """Run the export; SIGINT or SIGTERM cancels it (its clean-up runs) and raises
     ``Interrupted`` unless it had published already."""
-    import anyio
+    from functools import partial
 
-    from connector import api, errors, interrupt
+    from connector import api, interrupt
 
     def draw(progress: Progress) -> None:
         if terminal is not None:
             terminal.show(render(snapshot(progress), terminal.width()))
 
-    outcome: RunOutcome | None = None
     try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(interrupt.cancel_on_signal, group.cancel_scope)
-            outcome = await api.run_async(
+        outcome = await interrupt.until_noted(
+            partial(
+                api.run_async,
                 settings,
                 # Shard 0 of 1 is the whole run: it publishes, as a run without --shard does.
                 shard=None if shard == (0, 1) else shard,
@@ -413,13 +412,7 @@ async def _interruptible(
                 launched=launched,
                 progress=draw if terminal is not None else None,
             )
-            group.cancel_scope.cancel()
-    except BaseExceptionGroup as failure:
-        # The run's own error, not the task group around it (which only adds a traceback).
-        cause = next((e for e in errors.leaves(failure) if isinstance(e, Exception)), None)
-        if cause is None:
-            raise
-        raise cause from None
+        )
     finally:
         if terminal is not None:
             terminal.clear()

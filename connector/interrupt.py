@@ -11,28 +11,33 @@ published partition is the old one or the new one, never neither.
 A second signal restores the default action: a user pressing Ctrl-C twice gets out at once, and
 the next start removes what was left (the attempt's owner is then gone).
 
-Airflow sends SIGTERM to stop a task; a library call (``connector.run``) leaves signals to its
-host, and its clean-up runs when the host's own handler raises into it.
+A library call (``connector.run``) leaves signals to its host, and its clean-up runs when the
+host's own handler raises into it. A host that handles the signal itself and only tells the run
+to stop, as Airflow 3's task runner does (SIGTERM calls the operator's ``on_kill`` and returns),
+notes it with ``request`` inside ``noting`` and runs the work under ``until_noted``: the run
+then stops exactly as the command's does.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TypeVar
 
 import anyio
 
 from connector import logs
-from connector.errors import ConnectorError
+from connector.errors import ConnectorError, leaves
 
 log = logs.get_logger("connector.interrupt")
 
 _received: int | None = None
 POLL_S = 0.05
 """How often the running event loop looks for a noted signal."""
+T = TypeVar("T")
 
 
 class Interrupted(ConnectorError):
@@ -79,6 +84,45 @@ def handle_signals() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def request(signum: int = signal.SIGTERM) -> None:
+    """Note a stop the host asks for (from its own signal handler, or another thread): the run
+    stops as if the command had received ``signum``. Safe in a signal handler: it only sets a
+    flag, which the running event loop polls."""
+    global _received
+    if _received is None:
+        _received = signum
+
+
+@contextmanager
+def noting() -> Iterator[None]:
+    """A host's stretch of work that ``request`` may stop: no stop noted when it begins (an
+    earlier task's, in the same process), none left when it ends. No handler is installed."""
+    global _received
+    _received = None
+    try:
+        yield
+    finally:
+        _received = None
+
+
+async def until_noted(work: Callable[[], Awaitable[T]]) -> T | None:
+    """Run ``work``; once a signal or a ``request`` is noted, cancel it (its clean-up runs, as
+    for any failure) and return None. The work's own error is raised as itself, not inside the
+    task group's exception group."""
+    result: T | None = None
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(cancel_on_signal, group.cancel_scope)
+            result = await work()
+            group.cancel_scope.cancel()
+    except BaseExceptionGroup as failure:
+        cause = next((e for e in leaves(failure) if isinstance(e, Exception)), None)
+        if cause is None:
+            raise
+        raise cause from None
+    return result
 
 
 async def cancel_on_signal(scope: anyio.CancelScope) -> None:

@@ -97,6 +97,9 @@ KEYS: dict[str, Key] = {
     "opc_request_id": Key("string", "OCI's request id, for a support ticket"),
     "error": Key("string", "what failed, in words (a transport error, an OS error)"),
     "reason": Key("string", "why, in words"),
+    "conn_id": Key("string", "an Airflow Connection's id"),
+    "field": Key("string", "a field of an Airflow Connection's extras"),
+    "rename_to": Key("string", "the name the field should have"),
     "host": Key("string", "the host a request went to"),
     "hint": Key("string", "what to check"),
     "next": Key("string", "the next step an error suggests"),
@@ -301,6 +304,11 @@ EVENTS: dict[str, Event] = {
     "metrics.pushed": Event("debug", ("host",), "the metrics were pushed to `metrics.pushgateway`"),
     "metrics.push_failed": Event(
         "warning", ("host", "error"), "the Pushgateway refused the metrics (the exit code stays)"
+    ),
+    "connection.secret_shown": Event(
+        "warning",
+        ("conn_id", "field", "rename_to", "reason"),
+        "an Airflow Connection holds a secret under a name Airflow's API and UI show in clear",
     ),
 }
 

@@ -151,6 +151,19 @@ class TestCredentials:
         assert "oci.regions" == info.value.key
         assert before == emulator.stats()["requests"]
 
+    def test_check_access_signs_one_request(self, emulator: EmulatorServer, tmp_path: Path) -> None:
+        """check_access: one signed request, the tenancy's subscribed regions returned; a
+        credential with no tenancy is a ConfigError before any request."""
+        settings = settings_for(emulator, tmp_path / "lake")
+        before = emulator.stats()["requests"]
+        regions = connector.check_access(settings, key_credentials(emulator))
+        assert sorted(emulator.world.regions) == regions
+        assert 1 == emulator.stats()["requests"] - before
+        bare = connector.Credentials(key_credentials(emulator).signer, "us-ashburn-1")
+        with pytest.raises(connector.ConfigError):
+            connector.check_access(settings, bare)
+        assert 1 == emulator.stats()["requests"] - before
+
 
 class TestRun:
     def test_run_publishes(self, emulator: EmulatorServer, tmp_path: Path) -> None:

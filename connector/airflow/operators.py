@@ -12,22 +12,29 @@ How outcomes map onto task states:
   staged files; a retried commit of a published run changes nothing);
 - a partial shard (some listings failed after the connector's own retries) succeeds only when
   ``output.allow_partial`` is true; otherwise it fails, and a retry may complete it;
-- commit publishes a partial run only when ``output.allow_partial`` is true.
+- commit publishes a partial run only when ``output.allow_partial`` is true;
+- a killed task (SIGTERM: Airflow 3's task runner calls ``on_kill`` and lets ``execute`` go on)
+  stops as the command line does on SIGTERM: a shard's fetching is cancelled, its staging
+  removed and its lock released; a commit stops before its swap, or finishes a swap it has
+  begun; then the task fails.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import anyio
 from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 import connector
-from connector import ConfigError, ConnectorError, Credentials, RunOutcome, Settings
+from connector import ConfigError, ConnectorError, Credentials, RunOutcome, Settings, interrupt
 from connector.airflow.hook import OciHook
 from connector.lake import layout
 
@@ -87,6 +94,13 @@ class _ConnectorOperator(BaseOperator):
         with translated_errors():
             return OciHook(self.oci_conn_id).get_credentials()
 
+    def on_kill(self) -> None:
+        """Note the stop for the running export (Airflow 3 calls this from its SIGTERM handler,
+        or on an execution timeout, and does not raise): it is cancelled within
+        ``interrupt.POLL_S`` and cleans up as the command does on SIGTERM. Only a flag is set,
+        as befits a signal handler."""
+        interrupt.request(signal.SIGTERM)
+
 
 class OciImagesPlanOperator(_ConnectorOperator):
     """Discover the listings (a few Identity requests) and divide them into ``shards``.
@@ -106,10 +120,12 @@ class OciImagesPlanOperator(_ConnectorOperator):
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
         settings = self.settings()
-        with translated_errors():
+        with translated_errors(), interrupt.noting():
             plan = connector.plan(
                 settings, self.shards, run_id=self.run_id or None, credentials=self.credentials()
             )
+            # Discovery is a few requests and stages nothing: a kill is honoured after it.
+            interrupt.check()
         listings = sum(s.listings for s in plan.shards)
         self.log.info(
             "Planned run %s for %s: %d listings in %d shards",
@@ -136,12 +152,17 @@ class OciImagesShardOperator(_ConnectorOperator):
         kwargs.setdefault("map_index_template", "{{ task.shard['index'] }}")
         super().__init__(**kwargs)
         self.shard = shard
+        self._read: tuple[Settings, Credentials | None, connector.ShardSpec, RunOutcome] | None
+        self._read = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         spec = connector.ShardSpec.from_dict(self.shard)
         settings = self.settings(self.shard.get("snapshot_date"))
-        with translated_errors():
-            outcome = connector.run(settings, shard=spec, credentials=self.credentials())
+        with translated_errors(), interrupt.noting():
+            credentials = self.credentials()
+            work = partial(connector.run_async, settings, shard=spec, credentials=credentials)
+            outcome = _raise_if_killed(anyio.run(interrupt.until_noted, work))
+        self._read = (settings, credentials, spec, outcome)
         summary = _summary(outcome) | {"shard": f"{spec.index}/{spec.count}"}
         if outcome.status == "succeeded":
             self.log.info("Shard %d/%d staged: %s", spec.index, spec.count, summary)
@@ -158,6 +179,23 @@ class OciImagesShardOperator(_ConnectorOperator):
         raise AirflowException(
             f"shard {spec.index}/{spec.count} of run {spec.run_id} {outcome.status}: {reason}"
             + (" (output.allow_partial is false)" if outcome.status == "partial" else "")
+        )
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """What the OpenLineage provider reports for this task: the OCI Compute API of each
+        region the shard listed, as input datasets (``connector.airflow.lineage``)."""
+        from connector.airflow import lineage
+
+        if self._read is None:
+            return lineage.nothing()
+        settings, credentials, spec, outcome = self._read
+        return lineage.read(
+            settings,
+            credentials,
+            spec.regions,
+            run_id=spec.run_id,
+            snapshot_date=outcome.manifest.snapshot_date if outcome.manifest else "",
+            shard=f"{spec.index}/{spec.count}",
         )
 
 
@@ -187,10 +225,13 @@ class OciImagesCommitOperator(_ConnectorOperator):
         self.run_id = run_id
         self.asset = asset
         self.partition_key = partition_key
+        self._published: tuple[Settings, RunOutcome] | None = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         settings = self.settings()
-        with translated_errors():
+        with translated_errors(), interrupt.noting():
+            # A kill stops the commit before its swap (``interrupt.check``); one noted during
+            # the swap is honoured once the partition is whole, and then changes nothing.
             outcome = connector.commit(settings, self.run_id)
         if not outcome.published:
             message = f"run {self.run_id} not published ({outcome.status}): {outcome.message}"
@@ -199,6 +240,7 @@ class OciImagesCommitOperator(_ConnectorOperator):
                 # decide the same. Re-running the failed shards is what can help.
                 raise AirflowFailException(message)
             raise AirflowException(message)
+        self._published = (settings, outcome)
         extra = published_extra(settings, outcome)
         if outcome.status == "partial":
             self.log.warning("Published a partial run, as output.allow_partial is set: %s", extra)
@@ -210,6 +252,16 @@ class OciImagesCommitOperator(_ConnectorOperator):
             if self.partition_key:
                 event.add_partitions(str(extra["snapshot_date"]))
         return extra
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """What the OpenLineage provider reports for this task: one output dataset per
+        dataset the commit published, with schema, statistics and the run's id and date
+        (``connector.airflow.lineage``; imported only when the provider asks)."""
+        from connector.airflow import lineage
+
+        if self._published is None:
+            return lineage.nothing()
+        return lineage.committed(*self._published)
 
 
 def images_asset(output_uri: str, *, name: str | None = None) -> Asset:
@@ -267,6 +319,14 @@ def _location(uri: str) -> str:
     if "://" in uri:
         return uri.rstrip("/")
     return Path(uri).expanduser().resolve().as_uri()
+
+
+def _raise_if_killed(outcome: RunOutcome | None) -> RunOutcome:
+    """The outcome, unless a kill stopped the work before it published anything."""
+    signum = interrupt.received()
+    if outcome is None or (signum is not None and not outcome.published):
+        raise AirflowException(str(interrupt.Interrupted(signum or signal.SIGTERM)))
+    return outcome
 
 
 @contextmanager

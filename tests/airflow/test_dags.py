@@ -31,6 +31,7 @@ from tests.airflow.conftest import (
     task_states,
     tries,
 )
+from tests.airflow.test_connection_form import form_fields
 from tests.helpers import DATE, write_config
 
 RUN_SPECIFIC = ("_run_id", "_fetched_at")
@@ -279,23 +280,22 @@ class TestConnection:
     def test_connection_credentials_with_no_config_file(
         self, server: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """The API key lives in an Airflow Connection (an AIRFLOW_CONN_ JSON variable), the
-        settings in the DAG: with no OCI config file, no key file and no TOML file on disk,
-        the run publishes, and the asset event carries the snapshot date as partition key."""
+        """The API key lives in an Airflow Connection (an AIRFLOW_CONN_ JSON variable) made
+        only of the fields of the form Airflow's providers manager lists, the settings in the
+        DAG: with no OCI config file, no key file and no TOML file on disk, the run publishes
+        the emulator's tenancy, and the asset event carries the snapshot date as partition key."""
         assert server.config_file is not None
         profile = configparser.ConfigParser()
         profile.read(server.config_file)
         default = profile["DEFAULT"]
-        key = Path(default["key_file"]).read_text()
-        extras = {
-            "user": default["user"],
-            "fingerprint": default["fingerprint"],
-            "tenancy": default["tenancy"],
-            "region": default["region"],
-            "key_content": key,
-        }
+        given = dict(default) | {"private_key_content": Path(default["key_file"]).read_text()}
+        extras = {name: given[name] for name in form_fields() if name in given}
+        assert {"tenancy", "fingerprint", "region", "private_key_content", "key_file"} == set(
+            extras
+        )
+        del extras["key_file"]  # the key itself, nothing on the worker's disk
         shutil.rmtree(server.config_file.parent)
-        connection = {"conn_type": "oci", "extra": extras}
+        connection = {"conn_type": "oci", "login": default["user"], "extra": extras}
         monkeypatch.setenv("AIRFLOW_CONN_OCI_EMULATOR", json.dumps(connection))
         lake = str(tmp_path / "lake")
         values = {
@@ -312,6 +312,8 @@ class TestConnection:
         written = manifest(lake, DATE)
         assert "succeeded" == written["status"]
         assert written["rows"] > 0
+        listed = {c["compartment_id"] for c in written["compartments"]}
+        assert {c.id for c in server.world.listable_compartments()} == listed
         (event,) = asset_events(images_asset(lake).uri)
         assert DATE == event["partition_key"]
         assert written["rows"] == event["extra"]["rows"]

@@ -29,7 +29,7 @@ def profile(server: EmulatorServer) -> dict[str, str]:
         "fingerprint": default["fingerprint"],
         "tenancy": default["tenancy"],
         "region": default["region"],
-        "key_content": Path(default["key_file"]).read_text(),
+        "private_key_content": Path(default["key_file"]).read_text(),
     }
 
 
@@ -54,18 +54,21 @@ class TestCredentialsFromConnection:
 
     @pytest.mark.parametrize(
         "shape",
-        ["escaped_newlines", "key_file", "prefixed_extras", "user_as_login"],
+        ["escaped_newlines", "key_file", "prefixed_extras", "user_as_login", "sdk_names"],
     )
     def test_other_spellings(self, emulator: EmulatorServer, tmp_path: Path, shape: str) -> None:
-        """A one-line PEM with \\n escapes, a key file, extra__oci__ keys, the user as login."""
+        """A one-line PEM with \\n escapes, a key file, extra__oci__ keys, the user as login,
+        the OCI SDK's key_content (this hook's earlier name)."""
         extras: dict[str, Any] = profile(emulator)
         login = None
         if shape == "escaped_newlines":
-            extras["key_content"] = extras["key_content"].replace("\n", "\\n")
+            extras["private_key_content"] = extras["private_key_content"].replace("\n", "\\n")
         elif shape == "key_file":
             key = tmp_path / "key.pem"
-            key.write_text(extras.pop("key_content"))
+            key.write_text(extras.pop("private_key_content"))
             extras["key_file"] = str(key)
+        elif shape == "sdk_names":
+            extras["key_content"] = extras.pop("private_key_content")
         elif shape == "prefixed_extras":
             extras = {f"extra__oci__{k}": v for k, v in extras.items()}
         else:
@@ -73,13 +76,13 @@ class TestCredentialsFromConnection:
         credentials = credentials_from_connection("oci_test", extras, login=login)
         assert lists_compartments(emulator, credentials) > 0
 
-    @pytest.mark.parametrize("missing", ["fingerprint", "tenancy", "region", "key_content"])
+    @pytest.mark.parametrize("missing", ["fingerprint", "tenancy", "region", "private_key_content"])
     def test_missing_field_is_named_and_no_secret_is_shown(
         self, emulator: EmulatorServer, missing: str
     ) -> None:
         """A missing field is a ConfigError naming it; the key never appears in it."""
         extras = profile(emulator)
-        key = extras["key_content"]
+        key = extras["private_key_content"]
         del extras[missing]
         with pytest.raises(ConfigError, match=missing) as caught:
             credentials_from_connection("oci_test", extras)
@@ -100,8 +103,8 @@ class TestCredentialsFromConnection:
         """Building credentials registers the key and pass phrase with Airflow's log masker."""
         extras = profile(emulator)
         credentials_from_connection("oci_test", extras)
-        line = redact(f"key {extras['key_content']}")
-        assert extras["key_content"].splitlines()[1] not in str(line)
+        line = redact(f"key {extras['private_key_content']}")
+        assert extras["private_key_content"].splitlines()[1] not in str(line)
 
 
 def test_hook_reads_connection_from_environment(

@@ -44,6 +44,9 @@ if CONFIG:
         )
         staged >> commit
 
+    with DAG("one_shard", schedule=None, start_date=START):
+        export_task_group(config_path=CONFIG, shards=1)
+
 if VALUES:
     with DAG("connection_only", schedule=None, start_date=START):
         export_task_group(config=VALUES, shards=2, oci_conn_id="oci_emulator", partition_key=True)
