@@ -10,7 +10,8 @@ DEMO_STAMP := $(VENV)/.installed-demo
 DEMO_REQUIREMENTS := $(VENV)/requirements-demo.txt
 
 .PHONY: install demo test lint format typecheck pytest reliability bench bench-full bench-tools readme \
-	docs regions lock clean worked-questions install-airflow test-airflow lock-airflow
+	docs regions lock clean worked-questions install-airflow test-airflow lock-airflow \
+	test-container
 
 install: $(STAMP)
 
@@ -100,6 +101,26 @@ MAIN_EXTRAS = $(shell $(PYTHON) -c 'import tomllib; extras = tomllib.load(open("
 lock:
 	uv pip compile pyproject.toml $(MAIN_EXTRAS) --group dev --generate-hashes \
 		--python-version 3.11 --no-header --quiet -o requirements.lock
+	# The build backend, hash-pinned too: the Dockerfile builds the wheel with it.
+	$(PYTHON) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))' \
+		| uv pip compile - --generate-hashes --python-version 3.11 --no-header --quiet \
+		-o requirements-build.lock
+
+# -- The container image ---------------------------------------------------------------------
+# Builds the Dockerfile (BASE=python:3.11-slim, or an equivalent built from Debian's packages
+# when that cannot be pulled) with a real engine and runs tests/test_container.py against the
+# image: its user and entry point, `oci-images demo`, an export against the emulator on the
+# host's loopback. Without a running engine it says so and fails. Not part of `make test`.
+# The defaults suit podman as root on a cgroup-v1 host without CAP_SYS_RESOURCE (crun refuses
+# hybrid cgroups, the default rlimits cannot be raised): override them elsewhere, e.g.
+# `make test-container CONTAINER_ENGINE=docker CONTAINER_ENGINE_FLAGS= CONTAINER_RUN_FLAGS=`.
+CONTAINER_ENGINE ?= podman
+CONTAINER_ENGINE_FLAGS ?= --cgroup-manager cgroupfs --runtime runc --events-backend file
+CONTAINER_RUN_FLAGS ?= --ulimit nofile=4096:4096 --ulimit nproc=4096:4096
+
+test-container: install
+	CONTAINER_ENGINE="$(CONTAINER_ENGINE)" CONTAINER_ENGINE_FLAGS="$(CONTAINER_ENGINE_FLAGS)" \
+		CONTAINER_RUN_FLAGS="$(CONTAINER_RUN_FLAGS)" $(BIN)/python scripts/container_image.py
 
 # -- Airflow ---------------------------------------------------------------------------------
 # connector.airflow is tested under real Airflow 3 in .venv-airflow, built from its own
