@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pyarrow.dataset as ds
+from cryptography.hazmat.primitives import serialization
 
 from connector import Settings, cli, load_config, logs
 from connector.emulator import EmulatorServer
@@ -205,3 +206,32 @@ def settings_for(
             "output": {"uri": str(lake), "snapshot_date": DATE, **(output or {})},
         }
     )
+
+
+PASSPHRASE = "correct horse battery staple 7"
+
+
+def encrypted_pem(server: EmulatorServer, passphrase: str = PASSPHRASE) -> str:
+    """The emulator's API key, encrypted with ``passphrase``, as PEM text."""
+    encryption = serialization.BestAvailableEncryption(passphrase.encode())
+    return (
+        server.credentials.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+        )
+        .decode()
+        .strip()
+    )
+
+
+def cli_environment(server: EmulatorServer, **extra: str) -> dict[str, str]:
+    """The OCI CLI's variables for the emulator's user, with an encrypted key in the content."""
+    creds = server.credentials
+    return {
+        "OCI_CLI_USER": creds.user,
+        "OCI_CLI_TENANCY": creds.tenancy,
+        "OCI_CLI_FINGERPRINT": creds.fingerprint,
+        "OCI_CLI_KEY_CONTENT": encrypted_pem(server),
+        "OCI_CLI_PASSPHRASE": PASSPHRASE,
+        "OCI_CLI_REGION": server.world.home_region,
+        **extra,
+    }

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from connector.emulator import EmulatorServer, build_world
-from tests.helpers import DATE, WORLD, arrow_rows, manifest_of
+from tests.helpers import DATE, PASSPHRASE, WORLD, arrow_rows, cli_environment, manifest_of
 from tests.reference import expected_rows, multiset, normalise_actual
-from tests.test_env_credentials import PASSPHRASE, cli_environment
 
 IMAGE = os.environ.get("OCI_IMAGES_TEST_IMAGE", "")
 ENGINE = shlex.split(os.environ.get("OCI_IMAGES_TEST_ENGINE", "podman"))

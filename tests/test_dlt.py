@@ -24,6 +24,7 @@ dlt = pytest.importorskip("dlt")
 from connector import ConfigError, ConnectorError, config  # noqa: E402
 from connector.dlt import oci_images  # noqa: E402
 from connector.emulator import EmulatorServer, build_world  # noqa: E402
+from tests.doc_blocks import blocks  # noqa: E402
 from tests.helpers import (  # noqa: E402
     DATE,
     WORLD,
@@ -250,8 +251,6 @@ def test_history_records_no_version_when_nothing_changed(
 
 def test_the_guides_dlt_configuration_is_the_connectors() -> None:
     """The guide's ``.dlt/config.toml`` holds keys the connector knows, in its sections."""
-    from tests.test_docs import blocks
-
     guide = ROOT / "docs" / "guides" / "dlt.md"
     dlt_config = next(b for b in blocks(guide) if "[sources.oci_images.connector" in b.text)
     values = tomllib.loads(dlt_config.text)["sources"]["oci_images"]["connector"]

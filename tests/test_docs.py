@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,15 +22,12 @@ import pytest
 import connector
 from connector import config
 from connector.emulator import EmulatorServer, build_world
-from tests.helpers import WORLD, write_config
+from tests.doc_blocks import Block, blocks
+from tests.helpers import ROOT, WORLD, write_config
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.rglob("*.md"))
 README = ROOT / "README.md"
-PARTIAL = "<!-- partial -->"
-"""Put on the line before a ```toml block that is deliberately not a whole configuration (a
-fragment to merge into one): the configuration test leaves it out."""
 
 
 def load_generator() -> ModuleType:
@@ -43,36 +39,6 @@ def load_generator() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@dataclass(frozen=True)
-class Block:
-    """A fenced code block of a page: its language, its text, and where it starts."""
-
-    path: Path
-    line: int
-    language: str
-    text: str
-    marked_partial: bool
-
-    @property
-    def where(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
-
-
-FENCE = re.compile(
-    r"^(?P<indent> *)```(?P<language>\w*)[^\n]*\n(?P<text>.*?)^(?P=indent)```", re.M | re.S
-)
-
-
-def blocks(path: Path) -> Iterator[Block]:
-    text = path.read_text(encoding="utf-8")
-    for match in FENCE.finditer(text):
-        line = text.count("\n", 0, match.start()) + 1
-        before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1].strip()
-        indent = len(match.group("indent"))
-        body = "\n".join(part[indent:] for part in match.group("text").split("\n"))
-        yield Block(path, line, match.group("language"), body, before == PARTIAL)
 
 
 def all_blocks(language: str) -> list[Block]:

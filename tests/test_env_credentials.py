@@ -10,17 +10,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from connector import api, config, validation
 from connector.emulator import EmulatorServer, build_world
 from connector.errors import AuthError, ConfigError
 from connector.oci import auth, client
-from tests.helpers import DATE, WORLD, arrow_rows, manifest_of
+from tests.helpers import (
+    DATE,
+    PASSPHRASE,
+    WORLD,
+    arrow_rows,
+    cli_environment,
+    encrypted_pem,
+    manifest_of,
+)
 from tests.reference import expected_rows, multiset, normalise_actual
 
 ROOT = Path(__file__).resolve().parent.parent
-PASSPHRASE = "correct horse battery staple 7"
 
 
 @pytest.fixture(scope="module")
@@ -29,32 +35,6 @@ def server() -> Iterator[EmulatorServer]:
     with EmulatorServer(build_world(**WORLD)) as started:  # type: ignore[arg-type]
         assert started.config_file is None
         yield started
-
-
-def encrypted_pem(server: EmulatorServer, passphrase: str = PASSPHRASE) -> str:
-    """The emulator's API key, encrypted with ``passphrase``, as PEM text."""
-    encryption = serialization.BestAvailableEncryption(passphrase.encode())
-    return (
-        server.credentials.private_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-        )
-        .decode()
-        .strip()
-    )
-
-
-def cli_environment(server: EmulatorServer, **extra: str) -> dict[str, str]:
-    """The OCI CLI's variables for the emulator's user, with an encrypted key in the content."""
-    creds = server.credentials
-    return {
-        "OCI_CLI_USER": creds.user,
-        "OCI_CLI_TENANCY": creds.tenancy,
-        "OCI_CLI_FINGERPRINT": creds.fingerprint,
-        "OCI_CLI_KEY_CONTENT": encrypted_pem(server),
-        "OCI_CLI_PASSPHRASE": PASSPHRASE,
-        "OCI_CLI_REGION": server.world.home_region,
-        **extra,
-    }
 
 
 def settings_for(server: EmulatorServer, *overrides: str) -> config.Settings:

@@ -15,7 +15,7 @@ import orjson
 from connector.emulator import EmulatorServer
 from connector.workers import protocol
 from tests.helpers import manifest_of, write_config
-from tests.test_workers import setup as worker_setup
+from tests.worker_support import setup as worker_setup
 
 ROOT = Path(__file__).resolve().parent.parent
 

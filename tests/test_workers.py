@@ -9,12 +9,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 import orjson
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -26,7 +25,6 @@ from connector import (
 )
 from connector.emulator import EmulatorServer, build_world
 from connector.errors import WorkerError
-from connector.lake import layout
 from connector.lake.manifest import RunOutcome
 from connector.oci import auth
 from connector.pages import Page, RunInfo, WorkItem
@@ -34,22 +32,9 @@ from connector.pipeline import Export
 from connector.prepare import prepare
 from connector.sinks import SinkOptions
 from connector.workers import coordinator, spawn
-from connector.workers.page import Closed, ListingResult, PageWorker, WorkerSetup, shared_budget
+from connector.workers.page import Closed, ListingResult, PageWorker, shared_budget
 from tests.helpers import write_config
-
-RUN = RunInfo("r-workers", date(2026, 11, 27))
-
-
-def setup(base: Path, mode: str = "once") -> WorkerSetup:
-    return WorkerSetup(
-        run=RUN,
-        platform_mode=mode,
-        fs=pafs.LocalFileSystem(),
-        layout=layout.Layout(str(base), RUN.run_id, "2026-11-27"),
-        options=SinkOptions(),
-        file_prefix="part-",
-        reject_prefix="",
-    )
+from tests.worker_support import setup
 
 
 def listings(count: int) -> list[list[Page]]:

@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,17 +14,9 @@ from fastapi.testclient import TestClient
 from connector import _airflow_provider
 from connector.airflow import OciHook, credentials_from_connection, hook
 from connector.emulator import EmulatorServer
-from tests.airflow.test_hook import lists_compartments, profile
+from tests.airflow.support import form_fields, lists_compartments, profile
 
 PASSPHRASE = "correct horse battery staple"
-
-
-def form_fields() -> dict[str, Any]:
-    """The ``oci`` form's extra fields as Airflow's providers manager lists them, by name."""
-    from airflow.providers_manager import ProvidersManager
-
-    widgets = ProvidersManager().connection_form_widgets
-    return {w.field_name: w for k, w in widgets.items() if k.startswith("extra__oci__")}
 
 
 @pytest.fixture(scope="module")

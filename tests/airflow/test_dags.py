@@ -31,7 +31,7 @@ from tests.airflow.conftest import (
     task_states,
     tries,
 )
-from tests.airflow.test_connection_form import form_fields
+from tests.airflow.support import form_fields
 from tests.helpers import DATE, write_config
 
 RUN_SPECIFIC = ("_run_id", "_fetched_at")

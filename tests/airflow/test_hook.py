@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import configparser
 import json
 import subprocess
 import sys
@@ -12,35 +11,10 @@ from typing import Any
 import pytest
 from airflow.sdk.log import redact
 
-import connector
 from connector import ConfigError
 from connector.airflow import OciHook, credentials_from_connection
 from connector.emulator import EmulatorServer
-
-
-def profile(server: EmulatorServer) -> dict[str, str]:
-    """The emulator's API key as Connection extras (the OCI SDK's key names)."""
-    assert server.config_file is not None
-    parser = configparser.ConfigParser()
-    parser.read(server.config_file)
-    default = parser["DEFAULT"]
-    return {
-        "user": default["user"],
-        "fingerprint": default["fingerprint"],
-        "tenancy": default["tenancy"],
-        "region": default["region"],
-        "private_key_content": Path(default["key_file"]).read_text(),
-    }
-
-
-def lists_compartments(server: EmulatorServer, credentials: connector.Credentials) -> int:
-    """Plan against the emulator with ``credentials`` (discovery signs real requests);
-    returns the listings found."""
-    settings = connector.load_config(
-        values={"oci": {"endpoint": server.endpoint_template}, "output": {"uri": "unused"}}
-    )
-    plan = connector.plan(settings, 1, credentials=credentials)
-    return sum(s.listings for s in plan.shards)
+from tests.airflow.support import lists_compartments, profile
 
 
 class TestCredentialsFromConnection:
