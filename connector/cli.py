@@ -581,7 +581,7 @@ def _demo(args: argparse.Namespace) -> int:
     if outcome.published:
         images = Path(args.output).resolve() / "images"
         query = (
-            "SELECT _region, count(*) AS images "
+            "SELECT region, count(*) AS images "
             f"FROM read_parquet('{images}/*/*/*.parquet', hive_partitioning = true) GROUP BY 1"
         )
         print(f"demo: wrote {images}; query it with DuckDB:\n  {query}", file=sys.stderr)

@@ -144,7 +144,7 @@ def test_runs_publish_the_changes_dataset(
         row
         for day in (DAY1, DAY2)
         for row in read_dataset(lake / "changes" / f"snapshot_date={day}", manifests["changes"])
-        if str(row["_snapshot_date"]) == DAY2
+        if str(row["snapshot_date"]) == DAY2
     ]
     assert expected == {(r["change"], r["id"], tuple(r["changed_fields"])) for r in changes}
     first = orjson.loads(

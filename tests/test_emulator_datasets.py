@@ -290,5 +290,5 @@ def test_demo_publishes_realistic_data(tmp_path: Path) -> None:
     }
     per_region: dict[str, int] = {}
     for r in rows:
-        per_region[r["_region"]] = per_region.get(r["_region"], 0) + 1
+        per_region[r["region"]] = per_region.get(r["region"], 0) + 1
     assert per_region == answered
