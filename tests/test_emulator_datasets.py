@@ -272,7 +272,9 @@ def test_demo_publishes_realistic_data(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     files = sorted((tmp_path / "out" / "images").rglob("*.parquet"))
     assert files
-    rows = ds.dataset([str(f) for f in files], format="parquet").to_table().to_pylist()
+    rows = ds.dataset(
+        tmp_path / "out" / "images", format="parquet", partitioning="hive"
+    ).to_table().to_pylist()
     custom = [r for r in rows if not r["_is_platform"]]
     platform = [r for r in rows if r["_is_platform"]]
     assert custom
