@@ -7,6 +7,7 @@ Each reader reads what it is meant to read and nothing else: the plain-files rea
 from __future__ import annotations
 
 import gzip
+import re
 import secrets
 import subprocess
 import sys
@@ -100,6 +101,17 @@ def start_s3() -> Iterator[S3Server]:
             process.wait()
 
 
+DELTA_FILE = re.compile(r"^part-\d{5}-[0-9a-f-]{36}-c000\.")
+"""How delta-rs names its data files (the connector's are part-NNNNN[-RUN_ID].parquet)."""
+
+
+def is_delta_file(name: str) -> bool:
+    """Whether a file is a Delta table's own data file: Delta names its partition folders as
+    plain files do (``snapshot_date=D/region=R/``), so a date's table files sit in the folder
+    that holds its manifest; VACUUM, not the connector, removes old ones."""
+    return bool(DELTA_FILE.search(name.rpartition("/")[2]))
+
+
 def partition_path(store: storage.Store, date: str) -> str:
     return f"{store.base}/images/snapshot_date={date}"
 
@@ -144,9 +156,11 @@ def dataset_table(store: storage.Store, date: str) -> pa.Table:
     assert manifest is not None
     files = [f"{partition}/{f['path']}" for f in manifest["files"]]
     # The listed files' region is their folder's (region=R/), read as Hive partitioning.
-    regions = ds.partitioning(pa.schema([("region", pa.string())]), flavor="hive")
+    regions = ds.HivePartitioning(pa.schema([("region", pa.string())]))
     # JsonFileFormat() is what format="json" means; the stubs' format literal leaves "json" out.
-    kind = "parquet" if manifest["format"] == "parquet" else ds.JsonFileFormat()
+    kind: ds.FileFormat = (
+        ds.ParquetFileFormat() if manifest["format"] == "parquet" else ds.JsonFileFormat()
+    )
     found = ds.dataset(
         files, filesystem=store.fs, format=kind, partitioning=regions, partition_base_dir=partition
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from tests.lake_support import (
     duckdb_by_region,
     iceberg_dataset,
     iceberg_rows,
+    is_delta_file,
     manifest_rows,
     partition_path,
 )
@@ -125,12 +125,8 @@ def partition_objects(store: storage.Store) -> set[str]:
     return {
         info.path[len(partition) + 1 :]
         for info in store.fs.get_file_info(selector)
-        if info.type == pafs.FileType.File and not DELTA_FILE.search(info.base_name)
+        if info.type == pafs.FileType.File and not is_delta_file(info.base_name)
     }
-
-
-DELTA_FILE = re.compile(r"^part-\d{5}-[0-9a-f-]{36}-c000\.")
-"""How delta-rs names its data files (the connector's are part-NNNNN[-RUN_ID].parquet)."""
 
 
 @pytest.mark.parametrize("place", ["local", "s3"])

@@ -246,8 +246,9 @@ class DeltaWriter:
         """Nothing: files of an uncommitted Delta write are unreferenced; VACUUM removes them."""
 
     def expire(self, run_id: str, snapshot_date: str) -> None:
-        """Delete the date's rows in one table commit (``output.keep_days``); the files stay
-        for time travel until ``VACUUM``."""
+        """Delete the date's rows in one table commit (``output.keep_days``). Delta names its
+        partition folders as plain files do, so the date's data files sit in the folder that
+        holds its manifest, and retention removes them with it, after this commit."""
         from deltalake import CommitProperties, DeltaTable
         from deltalake.exceptions import DeltaError, TableNotFoundError
 
