@@ -587,14 +587,17 @@ def _demo(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         platform_images=150 if args.dataset == "realistic" else 60,
         oci_extras=True,  # typed defined-tag values and nine-digit times, as OCI sends them
+        # As a tenancy holds them: a few shared-image compartments, most compartments empty.
+        shape="tenancy" if args.dataset == "realistic" else "skewed",
     )
     with tempfile.TemporaryDirectory(prefix="oci-images-demo-") as folder:
         server = EmulatorServer(world, Behaviour(latency_ms=args.latency_ms), oci_config_dir=folder)
         with server:
-            served = world.counts()["compartments"]
+            counts = world.counts()
             regions = ", ".join(world.regions)
             print(
-                f"demo: emulator on {server.url}: {served} compartments in {regions}",
+                f"demo: emulator on {server.url}: {counts['compartments']} compartments, "
+                f"{counts['custom_images']} custom images in {regions}",
                 file=sys.stderr,
             )
             args.config = demo_config()
@@ -610,7 +613,7 @@ def _demo(args: argparse.Namespace) -> int:
     if outcome.published:
         images = Path(args.output).resolve() / "images"
         query = (
-            "SELECT _region, count(*) AS images "
+            "SELECT region, count(*) AS images "
             f"FROM read_parquet('{images}/*/*/*.parquet', hive_partitioning = true) GROUP BY 1"
         )
         print(f"demo: wrote {images}; query it with DuckDB:\n  {query}", file=sys.stderr)

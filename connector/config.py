@@ -564,7 +564,7 @@ class OutputSettings:
     table_format: str = key(
         "",
         _choice("delta", "iceberg", allow_empty=True),
-        '"" = plain Parquet/NDJSON files; delta or iceberg: a table `images` partitioned by _snapshot_date and _region, one atomic commit per snapshot date (local directory or s3:// only)',
+        '"" = plain Parquet/NDJSON files; delta or iceberg: a table `images` partitioned by snapshot_date and region, one atomic commit per snapshot date (local directory or s3:// only)',
     )
     keep_days: int = key(
         0,

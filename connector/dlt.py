@@ -28,6 +28,7 @@ The configuration is the connector's (a TOML path or ``Settings``), or dlt's own
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import tempfile
@@ -54,8 +55,8 @@ SECTION = "sources.oci_images"
 """Where dlt's configuration and secrets for the source live."""
 
 VOLATILE: dict[str, tuple[str, ...]] = {
-    "images": ("_source_compartment_id", "_snapshot_date", "_fetched_at", "_run_id"),
-    "compartments": ("_snapshot_date", "_run_id"),
+    "images": ("_source_compartment_id", "snapshot_date", "_fetched_at", "_run_id"),
+    "compartments": ("snapshot_date", "_run_id"),
 }
 """Columns that change from run to run although the record did not: the run's own metadata,
 and the listing that happened to return a platform image (``once``). ``history=True`` leaves
@@ -81,8 +82,7 @@ def columns_of(dataset: str, history: bool = False) -> TTableSchemaColumns:
     ``json``), each with the connector's description; with ``history``, without the
     ``VOLATILE`` columns and with ``ROW_HASH``."""
     described = {c.name: c.description for c in schema.DATASETS[dataset]}
-    arrow = schema.SCHEMA if dataset == "images" else schema.COMPARTMENTS_SCHEMA
-    columns = py_arrow_to_table_schema_columns(arrow)
+    columns = py_arrow_to_table_schema_columns(arrow_schema(dataset))
     for name, column in columns.items():
         column["description"] = described[name]
     if history:
@@ -202,6 +202,11 @@ class _Export:
             return "", []  # compartments: none when scope.compartments names them
         return layout.partition_of(base, dataset, day), list(document.get("files", []))
 
+    @property
+    def snapshot_date(self) -> str:
+        """The date the export published (it runs first if it has not)."""
+        return self._published()[1]
+
     def _published(self) -> tuple[str, str]:
         with self._lock:
             if not self._base:
@@ -230,6 +235,13 @@ class _Export:
         self._base, self._date = lake, outcome.manifest.snapshot_date
 
 
+def arrow_schema(dataset: str) -> pa.Schema:
+    """Every column of ``dataset``, its partition columns included: the rows dlt receives."""
+    return pa.schema(
+        [pa.field(c.name, c.type, nullable=c.nullable) for c in schema.DATASETS[dataset]]
+    )
+
+
 def _batches(export: _Export, dataset: str, history: bool = False) -> Iterator[pa.Table]:
     """The rows of ``dataset`` that the export published, one Arrow table per record batch
     (Parquet files read a batch at a time: memory stays flat); with ``history``, without the
@@ -239,11 +251,20 @@ def _batches(export: _Export, dataset: str, history: bool = False) -> Iterator[p
     from connector.lake import snapshots
 
     partition, files = export.partition(dataset)
-    arrow = schema.SCHEMA if dataset == "images" else schema.COMPARTMENTS_SCHEMA
-    for batch in snapshots.read_batches(pafs.LocalFileSystem(), partition, files, arrow):
+    arrow = arrow_schema(dataset)
+    in_files = schema.FILE_SCHEMA if dataset == "images" else schema.COMPARTMENTS_SCHEMA
+    snapshot_date = pa.scalar(datetime.date.fromisoformat(export.snapshot_date), pa.date32())
+    for batch in snapshots.read_batches(pafs.LocalFileSystem(), partition, files, in_files):
         if not batch.num_rows:
             continue
         table = pa.Table.from_batches([batch])
+        if "snapshot_date" not in table.column_names:
+            # Plain files leave the date to their folder's name, as Hive-aware readers expect.
+            table = table.append_column(
+                pa.field("snapshot_date", pa.date32(), nullable=False),
+                pa.repeat(snapshot_date, table.num_rows),
+            )
+        table = table.select(arrow.names)
         if history:
             table = table.drop_columns(list(VOLATILE[dataset]))
             table = table.append_column(

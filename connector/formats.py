@@ -63,6 +63,10 @@ class SinkOptions:
     compression: str = "zstd"
     row_group_rows: int = 128 * 1024
     max_rows_per_file: int = 1024 * 1024
+    table: bool = False
+    """Whether the files go into a Delta or Iceberg table, whose files keep the partition
+    columns (the table's metadata names each once; Iceberg registers the files as they are).
+    Plain files leave them to the folder names (``names.PARTITION_COLUMNS``)."""
 
 
 @dataclass(frozen=True, slots=True)

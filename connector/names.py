@@ -21,6 +21,12 @@ DATASETS = ("images", "compartments", "changes")
 names (``connector.schema.DATASETS`` pairs each with its columns; the ``schema`` command's
 ``--dataset`` choices are these)."""
 
+PARTITION_COLUMNS = ("snapshot_date", "region")
+"""The columns ``images`` is partitioned by, outermost first: folder names in plain files
+(``snapshot_date=D/region=R/``, Hive style, and not inside the files, so a Hive-aware reader
+sees each once), partition fields in Delta and Iceberg tables. The companion datasets are
+partitioned by ``snapshot_date`` alone."""
+
 RUN_ID_MAX = 128
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 """Letters, digits, ``.``, ``_`` and ``-``, starting with a letter or digit (so never ``_locks``

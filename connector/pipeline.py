@@ -232,7 +232,7 @@ class Export:
         tree)."""
         setup = self.context.workers
         found = self.discovery
-        rows = found.compartments(setup.run.snapshot_date, self.context.run_id) if found else None
+        rows = found.compartments(self.context.run_id) if found else None
         if self.context.shard[0] != 0 or rows is None:
             return {}
         return {"compartments": self.staging.stage_dataset("compartments", rows, setup.options)}

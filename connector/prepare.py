@@ -124,7 +124,11 @@ def prepare(
         platform_mode=settings.fetch.platform_images,
         fs=store.fs,
         layout=staged,
-        options=SinkOptions(formats.get(output.format), output.effective_compression),
+        options=SinkOptions(
+            formats.get(output.format),
+            output.effective_compression,
+            table=bool(output.table_format),
+        ),
         file_prefix=data_prefix,
         reject_prefix=reject_prefix.removeprefix("rejects-"),
         heartbeat_s=settings.fetch.worker_heartbeat_s,

@@ -5,7 +5,9 @@ that JSON records are converted into and the flattening into output columns; the
 command, the README's column table and the tests all read it too.
 
 Naming follows the data-lake conventions of tools such as dlt: snake_case, nested fields
-flattened to ``parent__child``, load metadata in columns that start with ``_``.
+flattened to ``parent__child``, load metadata in columns that start with ``_``, except the
+partition columns ``snapshot_date`` and ``region``: one name each, in plain files (where they
+are the folder names, not columns inside the files) and in tables alike.
 """
 
 from __future__ import annotations
@@ -49,11 +51,14 @@ class Column:
     description: str
     nullable: bool = True
     wire_type: pa.DataType | None = None
+    partition: bool = False
+    """A partition column: in a folder name of plain files (``snapshot_date=D/``), not in the
+    files themselves; a partition field of a table."""
 
     @property
     def is_metadata(self) -> bool:
-        """Load metadata (``_region`` ...) rather than a field of the API record."""
-        return self.name.startswith("_")
+        """Load metadata (``region``, ``_run_id`` ...) rather than a field of the API record."""
+        return self.partition or self.name.startswith("_")
 
     @property
     def path(self) -> tuple[str, ...]:
@@ -104,17 +109,21 @@ COLUMNS: tuple[Column, ...] = (
     ),
     _api("defined_tags", pa.map_(S, pa.map_(S, S)), "definedTags", "Defined tags: namespace → key → value. A string value as is; null as null; any other JSON value (number, boolean, object, array) as its compact JSON text, and verbatim under `definedTags` in `_extra`."),
     _api("freeform_tags", pa.map_(S, S), "freeformTags", "Free-form tags: key → value."),
-    Column("_region", S, "", "The region queried.", nullable=False),
+    Column("region", S, "", "The region queried (a partition column: the folder `region=R` in plain files).", nullable=False, partition=True),
     Column("_source_compartment_id", S, "", "The compartment whose listing returned the row.", nullable=False),
     Column("_is_platform", B, "", "True for platform images (compartmentId null or \"\").", nullable=False),
     Column("_tenancy_id", S, "", "The tenancy exported; null only when neither scope.tenancy nor the credentials name one."),
-    Column("_snapshot_date", pa.date32(), "", "The run's snapshot date.", nullable=False),
+    Column("snapshot_date", pa.date32(), "", "The run's snapshot date (a partition column: the folder `snapshot_date=D` in plain files).", nullable=False, partition=True),
     Column("_fetched_at", UTC_MICROS, "", "When the page holding the row arrived.", nullable=False),
     Column("_run_id", S, "", "The run that wrote the row.", nullable=False),
     Column("_extra", S, "", "Fields the schema does not know, verbatim as a JSON object (and defined-tag values that are not strings, under `definedTags`); null when none."),
 )  # fmt: skip
 
 SCHEMA = pa.schema([pa.field(c.name, c.type, nullable=c.nullable) for c in COLUMNS])
+"""Every column of ``images``: the rows the normalizer makes, and a table's schema."""
+FILE_SCHEMA = pa.schema([field for field in SCHEMA if field.name not in names.PARTITION_COLUMNS])
+"""What a plain ``images`` file holds: ``SCHEMA`` without the partition columns, which are the
+folder names (``snapshot_date=D/region=R/``); one name per fact for a Hive-aware reader."""
 API_COLUMNS = tuple(c for c in COLUMNS if not c.is_metadata)
 
 
@@ -189,10 +198,13 @@ def markdown_table(columns: tuple[Column, ...] = COLUMNS) -> str:
 
 
 def _schema_of(columns: tuple[Column, ...]) -> pa.Schema:
+    """A companion dataset's file schema: its partition column (``snapshot_date``) is the
+    folder name, not a column of the file."""
     return pa.schema(
         [
             pa.field(c.name, c.type, nullable=c.nullable, metadata={"description": c.description})
             for c in columns
+            if not c.partition
         ]
     )
 
@@ -213,14 +225,14 @@ COMPARTMENT_COLUMNS: tuple[Column, ...] = (
     Column("_exported", B, "", "Whether this run listed images in it.", nullable=False),
     Column("_excluded_reason", S, "", "Why not, when not: scope.exclude, an excluded ancestor, include_root = false, not listed."),
     Column("_tenancy_id", S, "", "The tenancy exported.", nullable=False),
-    Column("_snapshot_date", pa.date32(), "", "The run's snapshot date.", nullable=False),
+    Column("snapshot_date", pa.date32(), "", "The run's snapshot date (a partition column: the folder `snapshot_date=D`).", nullable=False, partition=True),
     Column("_run_id", S, "", "The run that wrote the row.", nullable=False),
 )  # fmt: skip
 COMPARTMENTS_SCHEMA = _schema_of(COMPARTMENT_COLUMNS)
 
 CHANGE_COLUMNS: tuple[Column, ...] = (
     Column("change", S, "", "added, removed, changed, or retired (a platform image that left the listings: Oracle published a newer build; custom images that leave are removed).", nullable=False),
-    Column("_region", S, "", "The image's region.", nullable=False),
+    Column("region", S, "", "The image's region.", nullable=False),
     Column("id", S, "", "The image OCID.", nullable=False),
     Column("compartment_id", S, "", "Its compartment; null for platform images. Part of the key: a moved image is removed and added."),
     Column("display_name", S, "", "Its display name (the new one when it changed)."),
@@ -229,7 +241,7 @@ CHANGE_COLUMNS: tuple[Column, ...] = (
     Column("before", S, "", "For changed: the changed columns' previous values, a JSON object."),
     Column("after", S, "", "For changed: the changed columns' new values, a JSON object."),
     Column("_from_snapshot_date", pa.date32(), "", "The snapshot compared against; null when there was none."),
-    Column("_snapshot_date", pa.date32(), "", "The snapshot these changes lead to.", nullable=False),
+    Column("snapshot_date", pa.date32(), "", "The snapshot these changes lead to (a partition column: the folder `snapshot_date=D`).", nullable=False, partition=True),
     Column("_tenancy_id", S, "", "The tenancy exported."),
     Column("_run_id", S, "", "The run that computed the changes.", nullable=False),
 )  # fmt: skip

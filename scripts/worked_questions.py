@@ -67,7 +67,7 @@ GROUP BY c.path
 ORDER BY billable_gb DESC, c.path
 LIMIT 10""",
     "(c) What changed since yesterday": """
-SELECT ch.change, ch._region AS region, c.path, ch.display_name,
+SELECT ch.change, ch.region, c.path, ch.display_name,
        ch.changed_fields, ch.before, ch.after
 FROM read_parquet('changes/*/*.parquet', hive_partitioning = true) AS ch
 LEFT JOIN read_parquet('compartments/*/*.parquet', hive_partitioning = true) AS c

@@ -7,6 +7,7 @@ Each reader reads what it is meant to read and nothing else: the plain-files rea
 from __future__ import annotations
 
 import gzip
+import re
 import secrets
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from connector.lake import storage, tables
+from connector.lake import snapshots, storage, tables
 from connector.lake.manifest import read_document
 
 KEY, SECRET, REGION = "lake-test-key", "lake-test-secret", "us-east-1"
@@ -100,6 +101,17 @@ def start_s3() -> Iterator[S3Server]:
             process.wait()
 
 
+DELTA_FILE = re.compile(r"^part-\d{5}-[0-9a-f-]{36}-c000\.")
+"""How delta-rs names its data files (the connector's are part-NNNNN[-RUN_ID].parquet)."""
+
+
+def is_delta_file(name: str) -> bool:
+    """Whether a file is a Delta table's own data file: Delta names its partition folders as
+    plain files do (``snapshot_date=D/region=R/``), so a date's table files sit in the folder
+    that holds its manifest; VACUUM, not the connector, removes old ones."""
+    return bool(DELTA_FILE.search(name.rpartition("/")[2]))
+
+
 def partition_path(store: storage.Store, date: str) -> str:
     return f"{store.base}/images/snapshot_date={date}"
 
@@ -117,9 +129,12 @@ def manifest_rows(
         path = f"{partition}/{entry['path']}"
         if path.endswith(".parquet"):
             with store.fs.open_input_file(path) as raw:
-                rows += pq.read_table(raw).to_pylist(maps_as_pydicts="strict")
+                found = pq.read_table(raw).to_pylist(maps_as_pydicts="strict")
         else:
-            rows += _ndjson(store.fs, path)
+            found = _ndjson(store.fs, path)
+        # The region is the file's folder (region=R/), as a Hive-aware reader finds it.
+        region = snapshots.region_of(entry["path"])
+        rows += [{**row, "region": region} for row in found]
     return manifest, rows
 
 
@@ -140,17 +155,23 @@ def dataset_table(store: storage.Store, date: str) -> pa.Table:
     manifest = read_document(store.fs, partition)
     assert manifest is not None
     files = [f"{partition}/{f['path']}" for f in manifest["files"]]
-    if manifest["format"] == "parquet":
-        return ds.dataset(files, filesystem=store.fs, format="parquet").to_table()
+    # The listed files' region is their folder's (region=R/), read as Hive partitioning.
+    regions = ds.HivePartitioning(pa.schema([("region", pa.string())]))
     # JsonFileFormat() is what format="json" means; the stubs' format literal leaves "json" out.
-    return ds.dataset(files, filesystem=store.fs, format=ds.JsonFileFormat()).to_table()
+    kind: ds.FileFormat = (
+        ds.ParquetFileFormat() if manifest["format"] == "parquet" else ds.JsonFileFormat()
+    )
+    found = ds.dataset(
+        files, filesystem=store.fs, format=kind, partitioning=regions, partition_base_dir=partition
+    )
+    return found.to_table()
 
 
 def duckdb_by_region(table: Any) -> list[tuple[str, int, int]]:
     """DuckDB over an Arrow table: rows and distinct ids per region."""
     con = duckdb.connect()
     con.register("source", table)
-    query = "SELECT _region, count(*), count(DISTINCT id) FROM source GROUP BY 1 ORDER BY 1"
+    query = "SELECT region, count(*), count(DISTINCT id) FROM source GROUP BY 1 ORDER BY 1"
     return [(str(r), int(n), int(d)) for r, n, d in con.sql(query).fetchall()]
 
 
@@ -165,12 +186,12 @@ def delta_table(store: storage.Store, version: int | None = None) -> Any:
 def delta_rows(store: storage.Store, date: str, version: int | None = None) -> pa.Table:
     """deltalake's reader, one date."""
     data: pa.Table = delta_table(store, version).to_pyarrow_table()
-    return data.filter(pc.equal(data["_snapshot_date"], pa.scalar(_date(date))))
+    return data.filter(pc.equal(data["snapshot_date"], pa.scalar(_date(date))))
 
 
 def iceberg_scan(writer: tables.IcebergWriter, date: str, snapshot_id: int | None = None) -> Any:
     table = writer.table(create=False)
-    return table.scan(row_filter=f"_snapshot_date = '{date}'", snapshot_id=snapshot_id)
+    return table.scan(row_filter=f"snapshot_date = '{date}'", snapshot_id=snapshot_id)
 
 
 def iceberg_rows(

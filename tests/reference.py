@@ -108,7 +108,7 @@ def expected_row(
     if typed:
         extra["definedTags"] = typed
     row["_extra"] = extra or None
-    row["_region"] = region
+    row["region"] = region
     row["_source_compartment_id"] = source
     row["_is_platform"] = record.get("compartmentId") in (None, "")
     row["_tenancy_id"] = tenancy
@@ -142,11 +142,7 @@ def expected_rows(
 
 def normalise_actual(row: dict[str, Any], platform: str) -> dict[str, Any]:
     """An output row in the reference's shape (parsed _extra; source blanked as the reference does)."""
-    result = {
-        k: row[k]
-        for k in row
-        if k not in ("_snapshot_date", "_fetched_at", "_run_id", "snapshot_date", "region")
-    }
+    result = {k: row[k] for k in row if k not in ("snapshot_date", "_fetched_at", "_run_id")}
     result["_extra"] = orjson.loads(row["_extra"]) if row.get("_extra") else None
     if platform == "once" and row["_is_platform"]:
         result["_source_compartment_id"] = None

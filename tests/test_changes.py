@@ -106,11 +106,9 @@ def test_changed_rows_carry_before_and_after() -> None:
     retagged = next(r for r in rows if r["id"].endswith("0002"))
     assert {"freeform_tags": {"env": "prod", "team": "web"}} == orjson.loads(retagged["before"])
     assert {"freeform_tags": {"env": "staging", "team": "web"}} == orjson.loads(retagged["after"])
-    assert (FROM, TO, "run-2") == (
-        retagged["_from_snapshot_date"],
-        retagged["_snapshot_date"],
-        retagged["_run_id"],
-    )
+    assert (FROM, "run-2") == (retagged["_from_snapshot_date"], retagged["_run_id"])
+    # The date the changes lead to is the partition's folder name, not a column of the file.
+    assert "snapshot_date" not in retagged
 
 
 def test_identical_snapshots_have_no_changes() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 import pytest
 
@@ -12,7 +12,6 @@ from connector.oci import compartments
 from connector.oci.compartments import Tree
 
 TENANCY = "ocid1.tenancy.oc1..root"
-DAY = date(2026, 11, 27)
 
 
 def record(ocid: str, name: str, parent: str, **extra: object) -> dict[str, object]:
@@ -73,7 +72,7 @@ def test_table_rows_match_the_emulated_tree(small_world: World) -> None:
     listed = [c.to_api() for c in small_world.compartments if c.id != small_world.tenancy_id]
     tree = Tree.of(small_world.tenancy_id, listed)
     exported = frozenset(c.id for c in small_world.listable_compartments())
-    table = compartments.table(tree, exported, {}, snapshot_date=DAY, run_id="r1")
+    table = compartments.table(tree, exported, {}, run_id="r1")
     assert schema.COMPARTMENTS_SCHEMA == table.schema
     rows = {r["id"]: r for r in table.to_pylist()}
     by_id = {c.id: c for c in small_world.compartments}
@@ -100,7 +99,7 @@ def test_times_and_tags_convert() -> None:
         "freeformTags": {"env": "prod"},
     }
     tree = Tree.of(TENANCY, [FINANCE, prod])
-    table = compartments.table(tree, frozenset({prod["id"]}), {}, snapshot_date=DAY, run_id="r")  # type: ignore[arg-type]
+    table = compartments.table(tree, frozenset({prod["id"]}), {}, run_id="r")  # type: ignore[arg-type]
     row = next(r for r in table.to_pylist() if r["id"] == prod["id"])
     assert datetime(2024, 2, 3, 4, 5, 6, 123456, tzinfo=UTC) == row["time_created"]
     assert [("Ops", [("Owner", "ana"), ("Budget", "12")])] == row["defined_tags"]
@@ -110,7 +109,7 @@ def test_times_and_tags_convert() -> None:
 def test_a_bad_time_is_null_not_a_failure() -> None:
     """A compartment whose time is not RFC 3339 still gets its row."""
     tree = Tree.of(TENANCY, [{**FINANCE, "timeCreated": "yesterday"}])
-    table = compartments.table(tree, frozenset(), {}, snapshot_date=DAY, run_id="r")
+    table = compartments.table(tree, frozenset(), {}, run_id="r")
     assert [None, None] == table.column("time_created").to_pylist()
 
 
@@ -138,6 +137,6 @@ def test_builds_from_a_bigger_world() -> None:
 )
 def test_times_are_rfc_3339_in_utc(text: object, expected: datetime | None) -> None:
     tree = Tree.of(TENANCY, [{**FINANCE, "timeCreated": text}])
-    table = compartments.table(tree, frozenset(), {}, snapshot_date=DAY, run_id="r")
+    table = compartments.table(tree, frozenset(), {}, run_id="r")
     row = next(r for r in table.to_pylist() if r["id"] == FINANCE["id"])
     assert expected == row["time_created"]

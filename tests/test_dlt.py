@@ -85,7 +85,7 @@ def test_duckdb_load_is_the_export(tenancy: EmulatorServer, tmp_path: Path) -> N
     assert len(loaded) == len(reference)  # no id twice
     for image_id, row in loaded.items():
         mine = own[image_id]
-        for column in ("compartment_id", "display_name", "_region", "_is_platform", "size_in_mbs"):
+        for column in ("compartment_id", "display_name", "region", "_is_platform", "size_in_mbs"):
             assert mine[column] == row[column], (image_id, column)
         assert mine["time_created"] == row["time_created"]
         tags = orjson.loads(row["freeform_tags"]) if row["freeform_tags"] is not None else None
@@ -127,7 +127,7 @@ def test_filesystem_parquet_rows_equal_the_reference(
     rows = ds.dataset(files, format="parquet").to_table().to_pylist(maps_as_pydicts="strict")
     actual = [normalise_actual(without_dlt_columns(r), "once") for r in rows]
     assert multiset(expected_rows(tenancy.world, "once")) == multiset(actual)
-    assert {str(r["_snapshot_date"]) for r in rows} == {DATE}
+    assert {str(r["snapshot_date"]) for r in rows} == {DATE}
 
 
 def test_dlt_config_and_secrets(tenancy: EmulatorServer, tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ def test_dlt_config_and_secrets(tenancy: EmulatorServer, tmp_path: Path) -> None
     assert 0 == done.returncode, done.stderr[-3000:]
     loaded = duckdb_table(tmp_path / "tenancy.duckdb", "images")
     assert {r["id"] for r in expected_rows(tenancy.world, "once")} == {r["id"] for r in loaded}
-    assert {DATE} == {str(r["_snapshot_date"]) for r in loaded}  # from export.toml
+    assert {DATE} == {str(r["snapshot_date"]) for r in loaded}  # from export.toml
     # dlt keeps a trace of the configuration it resolved (pipelines/oci/trace.pickle): the key
     # is declared a secret, so the trace holds no part of it.
     body = key.splitlines()[1].encode()

@@ -113,10 +113,10 @@ class TestSuperseded:
         assert target.exists()
 
     def test_a_tables_data_files_of_one_date(self, tmp_path: Path) -> None:
-        """An Iceberg table's data files of one date (``images/data/_snapshot_date=D``) are a
+        """An Iceberg table's data files of one date (``images/data/snapshot_date=D``) are a
         partition too: a killed run's copies there go through the door."""
         base = tmp_path.as_posix()
-        folder = tmp_path / "images" / "data" / "_snapshot_date=2026-11-27" / "_region=a"
+        folder = tmp_path / "images" / "data" / "snapshot_date=2026-11-27" / "region=a"
         folder.mkdir(parents=True)
         copy = folder / "part-00000-r1.parquet"
         copy.write_text("x")

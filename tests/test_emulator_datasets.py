@@ -341,7 +341,11 @@ def test_demo_publishes_realistic_data(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     files = sorted((tmp_path / "out" / "images").rglob("*.parquet"))
     assert files
-    rows = ds.dataset([str(f) for f in files], format="parquet").to_table().to_pylist()
+    rows = (
+        ds.dataset(tmp_path / "out" / "images", format="parquet", partitioning="hive")
+        .to_table()
+        .to_pylist()
+    )
     custom = [r for r in rows if not r["_is_platform"]]
     platform = [r for r in rows if r["_is_platform"]]
     assert custom
@@ -359,5 +363,51 @@ def test_demo_publishes_realistic_data(tmp_path: Path) -> None:
     }
     per_region: dict[str, int] = {}
     for r in rows:
-        per_region[r["_region"]] = per_region.get(r["_region"], 0) + 1
+        per_region[r["region"]] = per_region.get(r["region"], 0) + 1
     assert per_region == answered
+
+
+def _demo_world(shape: str) -> World:
+    """The world `oci-images demo` builds (its defaults), with custom images spread by
+    ``shape``."""
+    from connector.emulator.cli import DEMO_REGIONS
+
+    return build_world(
+        compartments=180,
+        regions=DEMO_REGIONS,
+        dataset="realistic",
+        platform_images=150,
+        oci_extras=True,
+        shape=shape,
+    )
+
+
+def test_the_demo_tenancy_looks_like_a_real_one() -> None:
+    """The demo's tenancy: a few shared-image compartments hold most custom images, most
+    compartments hold none (their listings return the platform images only), and counts and
+    sizes are in proportion: a few thousand custom images of tens to hundreds of GB."""
+    world = _demo_world("tenancy")
+    per_compartment: Counter[str] = Counter()
+    sizes_gb: list[float] = []
+    for listing in world.truth():
+        if listing["compartment_id"] is not None:
+            per_compartment[listing["compartment_id"]] += len(listing["images"])
+            sizes_gb += [image["sizeInMBs"] / 1024 for image in listing["images"]]
+    custom = sum(per_compartment.values())
+    assert custom == world.counts()["custom_images"]
+    assert 500 <= custom <= 5_000
+    assert sum(1 for n in per_compartment.values() if n == 0) / len(per_compartment) >= 0.5
+    largest = [n for _, n in per_compartment.most_common(5)]
+    assert sum(largest) / custom >= 0.7, "a few shared-image compartments hold most"
+    sizes_gb.sort()
+    assert 10 <= sizes_gb[len(sizes_gb) // 10]
+    assert sizes_gb[9 * len(sizes_gb) // 10] <= 500
+    total_tb = sum(sizes_gb) / 1024
+    assert total_tb < 1024, f"{total_tb:.0f} TB: not a petabyte of images"
+
+
+def test_the_skewed_shape_is_unchanged() -> None:
+    """The default shape (tests' and benchmarks' worlds) still serves what it served: the
+    demo's old volumes, every compartment holding custom images."""
+    counts = _demo_world("skewed").counts()
+    assert (181, 151_282) == (counts["compartments"], counts["custom_images"])

@@ -100,7 +100,9 @@ def test_ndjson_gzip_equals_ground_truth(lake_emulator: EmulatorServer, tmp_path
     files = sorted(partition(tmp_path).glob("region=*/part-*.ndjson.gz"))
     assert 2 == len({f.parent for f in files})  # both regions, a file per worker
     rows = [
-        orjson.loads(line) for f in files for line in gzip.decompress(f.read_bytes()).splitlines()
+        {**orjson.loads(line), "region": f.parent.name.removeprefix("region=")}
+        for f in files
+        for line in gzip.decompress(f.read_bytes()).splitlines()
     ]
     assert all(r["time_created"].endswith("Z") and r["_fetched_at"].endswith("Z") for r in rows)
     expected = multiset(expected_rows(lake_emulator.world, "once"))
@@ -170,7 +172,7 @@ def test_unknown_compartment_is_partial(lake_emulator: EmulatorServer, tmp_path:
     )
     assert failed["error"]["opc_request_id"]
     expected = multiset(
-        [r for r in expected_rows(world, "once", good) if r["_region"] == "us-ashburn-1"]
+        [r for r in expected_rows(world, "once", good) if r["region"] == "us-ashburn-1"]
     )
     assert expected == multiset([normalise_actual(r, "once") for r in arrow_rows(tmp_path)])
 
@@ -197,7 +199,7 @@ def test_failed_listings_leave_no_rows(
     expected = [
         r
         for r in expected_rows(server.world, "every")
-        if (r["_region"], r["_source_compartment_id"]) in ok
+        if (r["region"], r["_source_compartment_id"]) in ok
     ]
     actual = arrow_rows(tmp_path)
     assert multiset(expected) == multiset([normalise_actual(r, "every") for r in actual])
@@ -404,7 +406,7 @@ def test_profile_region_and_filters_pass_through(
     expected = [
         r
         for r in expected_rows(world, "every")
-        if r["_region"] == world.home_region
+        if r["region"] == world.home_region
         and r["operating_system"] == "Oracle Linux"
         and r["lifecycle_state"] == "AVAILABLE"
     ]

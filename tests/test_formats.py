@@ -178,7 +178,7 @@ def published(lake: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     fs = pafs.LocalFileSystem()
     document = snapshots.manifest(fs, str(lake), DATE)
     partition = f"{lake}/images/snapshot_date={DATE}"
-    batches = snapshots.read_batches(fs, partition, document["files"], schema.SCHEMA)
+    batches = snapshots.read_batches(fs, partition, document["files"], schema.FILE_SCHEMA)
     return document, [row for b in batches for row in b.to_pylist(maps_as_pydicts="strict")]
 
 
@@ -212,7 +212,7 @@ def test_a_registered_format_exports_the_rows_parquet_does(
     for entry in manifest["files"]:
         with gzip.open(partition / entry["path"], "rt", newline="") as text:
             header, *rows = csv.reader(text)
-        assert (schema.SCHEMA.names, entry["rows"]) == (header, len(rows))
+        assert (schema.FILE_SCHEMA.names, entry["rows"]) == (header, len(rows))
 
 
 def test_a_registered_format_is_filtered_for_a_partial_result(
@@ -236,7 +236,7 @@ def test_a_registered_format_is_filtered_for_a_partial_result(
     expected = [
         r
         for r in expected_rows(server.world, "every")
-        if (r["_region"], r["_source_compartment_id"]) in ok
+        if (r["region"], r["_source_compartment_id"]) in ok
     ]
     assert multiset(expected) == multiset([normalise_actual(r, "every") for r in rows])
     assert manifest["rows"] == len(rows) == sum(f["rows"] for f in manifest["files"])

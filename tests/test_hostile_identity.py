@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +97,7 @@ def test_wrong_typed_fields_become_text_or_null() -> None:
     }
     tree = compartments.Tree.of(TENANCY, [GOOD, hostile, {"id": 5}, "junk"])
     assert {TENANCY, GOOD["id"], hostile["id"]} == set(tree.records)
-    table = compartments.table(
-        tree, frozenset(), {}, snapshot_date=date.fromisoformat(DATE), run_id="r"
-    )
+    table = compartments.table(tree, frozenset(), {}, run_id="r")
     assert schema.COMPARTMENTS_SCHEMA == table.schema
     row = next(r for r in table.to_pylist() if r["id"] == hostile["id"])
     assert ('["Team",2]', "42", TENANCY, None) == (

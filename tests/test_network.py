@@ -363,7 +363,7 @@ class TestEndToEnd:
         before = len(proxy.tunnels)
         assert 0 == run(self.config(tmp_path, emulator, ca_bundle=str(pki.ca_file)))
         world = emulator.world
-        expected = [r for r in expected_rows(world, "once") if r["_region"] == world.home_region]
+        expected = [r for r in expected_rows(world, "once") if r["region"] == world.home_region]
         assert multiset(expected) == multiset(
             [normalise_actual(r, "once") for r in arrow_rows(tmp_path)]
         )

@@ -75,12 +75,12 @@ class TestConversion:
         assert {"Operations": {"CostCenter": "42"}} == row["defined_tags"]
         assert {"env": "prod"} == row["freeform_tags"]
         assert ("us-ashburn-1", "ocid1.compartment.oc1..aaaa", False) == (
-            row["_region"],
+            row["region"],
             row["_source_compartment_id"],
             row["_is_platform"],
         )
         assert (date(2026, 11, 27), FETCHED, "run-1", None) == (
-            row["_snapshot_date"],
+            row["snapshot_date"],
             row["_fetched_at"],
             row["_run_id"],
             row["_extra"],

@@ -30,7 +30,13 @@ from connector.emulator import Behaviour, EmulatorServer, World
 from connector.lake import publisher, storage, tables
 from connector.lake.manifest import read_document
 from tests.helpers import DATE, write_config
-from tests.lake_support import S3Server, delta_rows, iceberg_dataset, manifest_rows
+from tests.lake_support import (
+    S3Server,
+    delta_rows,
+    iceberg_dataset,
+    is_delta_file,
+    manifest_rows,
+)
 from tests.reference import multiset, normalise_actual
 from tests.reliability import (
     FETCH,
@@ -127,7 +133,11 @@ class S3Lake:
         root = f"{self.store.base}/{top}"
         selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
         found = self.store.fs.get_file_info(selector)
-        return {i.path[len(root) + 1 :] for i in found if i.type == pafs.FileType.File}
+        return {
+            i.path[len(root) + 1 :]
+            for i in found
+            if i.type == pafs.FileType.File and not is_delta_file(i.base_name)
+        }
 
     def published(self, settled: bool = True) -> tuple[str, Counter[bytes]]:
         """The published run id and its rows, after checking the partition is whole: the

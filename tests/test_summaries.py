@@ -70,12 +70,12 @@ def table_counts(lake: Path, table_format: str) -> tuple[int, int]:
         from deltalake import DeltaTable
 
         delta = DeltaTable(str(lake / "images"))
-        files = [f for f in delta.file_uris() if f"/_snapshot_date={DATE}/" in f]
+        files = [f for f in delta.file_uris() if f"/snapshot_date={DATE}/" in f]
         rows = sum(pq.ParquetFile(f.removeprefix("file://")).metadata.num_rows for f in files)
         return rows, len(files)
     store = storage.resolve(str(lake), {})
     iceberg = tables.IcebergWriter(store, {}).table(create=False)
-    tasks = list(iceberg.scan(row_filter=f"_snapshot_date = '{DATE}'").plan_files())
+    tasks = list(iceberg.scan(row_filter=f"snapshot_date = '{DATE}'").plan_files())
     return sum(t.file.record_count for t in tasks), len(tasks)
 
 

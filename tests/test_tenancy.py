@@ -258,8 +258,8 @@ def test_endpoint_without_region_for_exactly_one_region(
     )
     assert 0 == run(config_path)
     rows = arrow_rows(tmp_path)
-    assert {world.home_region} == {r["_region"] for r in rows}
-    home_only = [r for r in expected_rows(world, "once") if r["_region"] == world.home_region]
+    assert {world.home_region} == {r["region"] for r in rows}
+    home_only = [r for r in expected_rows(world, "once") if r["region"] == world.home_region]
     assert multiset(home_only) == multiset([normalise_actual(r, "once") for r in rows])
 
 

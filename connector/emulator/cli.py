@@ -48,6 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="realistic names, sizes, dates and tags; or awkward values for testing parsers",
     )
     parser.add_argument(
+        "--shape",
+        choices=("skewed", "tenancy"),  # connector.emulator.data.SHAPES, not imported to parse
+        default="skewed",
+        help="how custom images spread: skewed (every compartment holds some, a few thousands: "
+        "what benchmarks measure) or tenancy (as `demo` serves: a few shared-image compartments "
+        "hold most, most hold none)",
+    )
+    parser.add_argument(
         "--oci-extras",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -201,6 +209,7 @@ def run(args: argparse.Namespace) -> int:
         reference_date=args.reference_date,
         cache_mb=args.cache_mb,
         oci_extras=args.oci_extras,
+        shape=args.shape,
     )
     behaviour = Behaviour(
         latency_ms=args.latency_ms,
@@ -241,7 +250,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"tenancy {world.tenancy_id}: {counts['compartments']} listable compartments, "
         f"{counts['listing_rows']} listing rows in all, regions {','.join(world.regions)}, "
-        f"flavor {world.flavor}, data set {world.dataset}",
+        f"{counts['custom_images']} custom images, flavor {world.flavor}, data set "
+        f"{world.dataset}, shape {world.shape}",
         file=sys.stderr,
     )
 

@@ -40,6 +40,14 @@ import orjson
 DEFAULT_REGIONS: tuple[str, ...] = ("us-ashburn-1",)
 FLAVORS: tuple[str, ...] = ("oci", "pca")
 DATASETS: tuple[str, ...] = ("realistic", "awkward")
+SHAPES: tuple[str, ...] = ("skewed", "tenancy")
+"""How custom images spread over compartments. ``skewed`` (the default, which the tests and
+benchmarks measure with): every listing holds some, most a few dozen, a few several thousand.
+``tenancy`` (the demo's): as real tenancies hold them, a few shared-image compartments hold most
+custom images, a few teams keep a handful of their own, and most compartments hold none (their
+listings return the region's platform images only)."""
+HUB_SHARE = 0.025
+"""Under ``tenancy``: the share of compartments that hold shared images (at least one)."""
 
 # What each flavor's ListImages accepts as sortBy. The PCA reference documents NAME; the
 # commercial SDK (ComputeClient.list_images) allows, and so sends, DISPLAYNAME only.
@@ -190,10 +198,7 @@ class CustomImages(Mapping[tuple[str, str], list[Image]]):
             if region not in self._world.regions or compartment_id not in self._listable_ids():
                 known = 0
             else:
-                known = _custom_count(
-                    _listing_key(self._world.seed, region, compartment_id),
-                    self._world.custom_scale,
-                )
+                known = self._world.custom_count(region, compartment_id)
             self._counts[key] = known
         return known
 
@@ -269,6 +274,7 @@ class World:
     reference: datetime = _AWKWARD_NOW
     custom_scale: float = 1.0
     bad_records: float = 0.0
+    shape: str = "skewed"
     platform: dict[str, list[Image]] = field(default_factory=dict)
     platform_count: int = 0
     """Platform images per region (``build_world``'s ``platform_images``)."""
@@ -282,6 +288,7 @@ class World:
     _listable: list[Compartment] = field(init=False)
     _palettes: dict[str, _Palette] = field(init=False)
     _families: dict[str, _Family] = field(init=False)
+    _hubs: frozenset[str] = field(init=False)
     cache_bytes: int = 128 * 2**20
 
     def __post_init__(self) -> None:
@@ -291,7 +298,34 @@ class World:
         ]
         self._palettes = {}
         self._families = {}
+        self._hubs = self._shared_image_compartments() if self.shape == "tenancy" else frozenset()
         self.custom = CustomImages(self, self.cache_bytes)
+
+    def _shared_image_compartments(self) -> frozenset[str]:
+        """Under ``tenancy``: the few compartments that hold the shared images, chosen from the
+        seed among the tree's upper levels (a department's or an environment's), where teams
+        keep images others build on."""
+        listable = [c for c in self._listable if c.id != self.tenancy_id]
+        upper = [c for c in listable if c.depth <= 2] or listable
+        count = min(len(upper), max(1, round(len(listable) * HUB_SHARE)))
+        return frozenset(c.id for c in random.Random(self.seed ^ 0x5EED).sample(upper, count))
+
+    def custom_count(self, region: str, compartment_id: str) -> int:
+        """How many custom images a listing holds (drawn from its key: no images generated)."""
+        key = _listing_key(self.seed, region, compartment_id)
+        if self.shape != "tenancy":
+            return _custom_count(key, self.custom_scale)
+        pick = key >> 32
+        if compartment_id in self._hubs:
+            # Golden images and their builds; other regions hold the copies teams need there.
+            base = 150 + pick % 451
+            if region != self.home_region:
+                base = base * 2 // 5
+        elif (key & 0xFFFFFFFF) / 2**32 < 0.15:
+            base = 1 + pick % 12  # a team's own builds
+        else:
+            base = 0
+        return int(base * self.custom_scale)
 
     @property
     def home_region(self) -> str:
@@ -344,7 +378,7 @@ class World:
         """Generate a listing's custom images from (seed, region, compartment); no caching."""
         comp = self._by_id[compartment_id]
         key = _listing_key(self.seed, region, compartment_id)
-        count = _custom_count(key, self.custom_scale)
+        count = self.custom_count(region, compartment_id)
         rng = random.Random(key)
         palette = self._palettes.get(region)
         if palette is None:
@@ -1355,6 +1389,7 @@ def build_world(
     reference_date: date | None = None,
     cache_mb: float = 128.0,
     oci_extras: bool = False,
+    shape: str = "skewed",
 ) -> World:
     """Generate the tenancy for ``seed``; the same arguments always give the same world.
 
@@ -1368,7 +1403,8 @@ def build_world(
     ``oci_extras`` (flavor ``oci`` only) adds values commercial OCI legitimately sends and
     strict clients reject: defined-tag values that are numbers, booleans or objects, and
     timestamps with nine fractional digits. It is off by default until the connector keeps
-    them (issue 12); turn it on to test that it does.
+    them (issue 12); turn it on to test that it does. ``shape`` is how custom images spread
+    over compartments (``SHAPES``: ``skewed`` by default; the demo's ``tenancy``).
     """
     if not regions:
         raise ValueError("at least one region is needed")
@@ -1376,6 +1412,8 @@ def build_world(
         raise ValueError(f"flavor must be one of {', '.join(FLAVORS)}; got {flavor!r}")
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(SHAPES)}; got {shape!r}")
     if dataset == "realistic":
         day = reference_date or datetime.now(UTC).date()
         reference = datetime(day.year, day.month, day.day, tzinfo=UTC)
@@ -1409,6 +1447,7 @@ def build_world(
         bad_records=bad_records,
         cache_bytes=int(cache_mb * 2**20),
         oci_extras=oci_extras,
+        shape=shape,
     )
     world.platform_count = platform_images
     world.publish_platform(reference_date or reference.date())

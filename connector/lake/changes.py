@@ -1,7 +1,7 @@
 """Change capture: which images appeared, disappeared (removed, or retired for platform
 images) or changed between two snapshots.
 
-Rows are matched by ``(_region, id, compartment_id)``: a custom image moved to another
+Rows are matched by ``(region, id, compartment_id)``: a custom image moved to another
 compartment is removed from one and added to the other, as an analyst keyed by compartment
 expects; a platform image (``compartment_id`` null) is matched by region and id alone, so the
 listing that happened to donate it does not matter. Every API column, and ``_extra``, is
@@ -12,6 +12,11 @@ spill step that writes only their rows, bucketed by a hash of the id, into Arrow
 a temporary directory; buckets are then compared one at a time. Comparison is vectorized
 (``_same``), null-safe and recursive over lists, maps and structs; only rows whose maps differ
 in entry order alone are looked at row by row, and they are judged equal.
+
+Either snapshot may be a plain partition (its region in the folder names, added back by
+``snapshots.read_batches``), a table's, or one written before the partition columns had one
+name (``_region`` and ``_snapshot_date`` inside the files, which the comparison ignores): a
+change is found across that boundary as between any two snapshots.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logs.get_logger("connector.lake.changes")
 
-KEY = ("_region", "id", "compartment_id")
+KEY = ("region", "id", "compartment_id")
 COMPARED: tuple[str, ...] = tuple(
     c.name
     for c in schema.COLUMNS
@@ -184,7 +189,7 @@ def _join_keys(table: pa.Table) -> pa.Table:
     compartment: Column = pc.fill_null(table.column("compartment_id"), "")
     return pa.Table.from_arrays(
         [
-            table.column("_region"),
+            table.column("region"),
             table.column("id"),
             compartment,
             pa.array(range(table.num_rows), pa.int64()),
@@ -274,7 +279,7 @@ def _rows(
         ]
     columns: dict[str, Any] = {
         "change": pa.array([kind] * count, pa.string()),
-        "_region": rows.column("_region"),
+        "region": rows.column("region"),
         "id": rows.column("id"),
         "compartment_id": rows.column("compartment_id"),
         "display_name": rows.column("display_name"),
@@ -285,7 +290,6 @@ def _rows(
         "before": pa.array(before, pa.string()),
         "after": pa.array(after, pa.string()),
         "_from_snapshot_date": pa.array([context.from_date] * count, pa.date32()),
-        "_snapshot_date": pa.array([context.to_date] * count, pa.date32()),
         "_tenancy_id": pa.array([context.tenancy_id] * count, pa.string()),
         "_run_id": pa.array([context.run_id] * count, pa.string()),
     }
@@ -390,7 +394,7 @@ def diff_published(
         if table is not None:
             return lambda: table.scan(day)
         partition = partition_of(base, IMAGES, day)
-        return lambda: snapshots.read_batches(fs, partition, document["files"], schema.SCHEMA)
+        return lambda: snapshots.read_batches(fs, partition, document["files"], schema.FILE_SCHEMA)
 
     context = DiffContext(date.fromisoformat(from_date), date.fromisoformat(to_date), run_id)
     return diff(
@@ -431,7 +435,7 @@ def stage_changes(
             return table.scan(before)
         document = snapshots.manifest(fs, layout.base, before)
         partition = partition_of(layout.base, IMAGES, before)
-        return snapshots.read_batches(fs, partition, document["files"], schema.SCHEMA)
+        return snapshots.read_batches(fs, partition, document["files"], schema.FILE_SCHEMA)
 
     if before is not None:
         previous_rows = int(snapshots.manifest(fs, layout.base, before).get("rows", 0))
@@ -439,7 +443,7 @@ def stage_changes(
     counts = ChangeCounts()
     batches = diff(
         old,
-        lambda: snapshots.read_batches(fs, layout.staged_partition, listed, schema.SCHEMA),
+        lambda: snapshots.read_batches(fs, layout.staged_partition, listed, schema.FILE_SCHEMA),
         context,
         expected_rows=max(rows, previous_rows),
         counts=counts,

@@ -194,8 +194,8 @@ def _check_superseded(base: str, superseded: Superseded, target: str) -> None:
     partition = superseded.partition.rstrip("/")
     parts = _inside(base, partition).split("/")
     plain = len(parts) == 2 and bool(PARTITION.fullmatch(parts[-1]))
-    # A table's data files of one date: {dataset}/data/_snapshot_date=D (Iceberg's layout).
-    table = len(parts) == 3 and parts[1] == "data" and bool(PARTITION.fullmatch(parts[-1][1:]))
+    # A table's data files of one date: {dataset}/data/snapshot_date=D (Iceberg's layout).
+    table = len(parts) == 3 and parts[1] == "data" and bool(PARTITION.fullmatch(parts[-1]))
     if parts[0] not in DATASETS or not (plain or table):
         raise DeletionRefused(f"refusing to delete in {partition!r}: not a published partition")
     if not target.startswith(partition + "/") or _has_dot_segments(target[len(partition) + 1 :]):

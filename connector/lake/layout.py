@@ -183,9 +183,9 @@ def partition_of(base: str, dataset: str, snapshot_date: str) -> str:
 
 
 def table_data(base: str, dataset: str, snapshot_date: str) -> str:
-    """Where an Iceberg table's data files of one date live (``data/_snapshot_date=D/``)."""
+    """Where an Iceberg table's data files of one date live (``data/snapshot_date=D/``)."""
     day = names.check_snapshot_date(snapshot_date)
-    return f"{dataset_root(base, dataset)}/data/_snapshot_date={day}"
+    return f"{dataset_root(base, dataset)}/data/snapshot_date={day}"
 
 
 def shard_prefixes(index: int, count: int) -> tuple[str, str]:

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from connector import formats
+from connector.lake.snapshots import region_of
 from connector.sinks import FileInfo, rejects
 
 
@@ -22,7 +23,6 @@ def drop_compartments(
 ) -> list[FileInfo]:
     """Rewrite staged files (data or rejects) without the rows of failed (region, compartment)
     listings; the files as rewritten."""
-    rows_of_failed = _listed(failed, "_region", "_source_compartment_id")
     rejects_of_failed = _listed(failed, "region", "compartment_id")
     kept: list[FileInfo] = []
     for info in files:
@@ -31,6 +31,9 @@ def drop_compartments(
         if rejects.is_rejects(info.path):
             rows = rejects.filter_rows(fs, path, temporary, rejects_of_failed)
         else:
+            # A data file's region is its folder's (region=R/), not a column of a plain file.
+            region = region_of(info.path)
+            rows_of_failed = _in_compartments([c for name, c in failed if name == region])
             rows = formats.for_path(info.path).filter_rows(fs, path, temporary, rows_of_failed)
         fs.move(temporary, path)
         kept.append(FileInfo(info.path, rows, fs.get_file_info(path).size or 0))
@@ -54,4 +57,18 @@ def _listed(failed: set[tuple[str, str]], region: str, compartment: str) -> form
         return cast(formats.Mask, drop)
 
     columns = pa.schema([(region, pa.string()), (compartment, pa.string())])
+    return formats.RowPredicate(columns, test)
+
+
+def _in_compartments(failed: list[str]) -> formats.RowPredicate:
+    """The rows of one region's data file whose ``_source_compartment_id`` is one of the
+    region's ``failed`` listings."""
+    compartments = pa.array(sorted(failed), pa.string())
+
+    def test(table: pa.Table) -> formats.Mask:
+        import pyarrow.compute as pc
+
+        return cast(formats.Mask, pc.is_in(table["_source_compartment_id"], value_set=compartments))
+
+    columns = pa.schema([("_source_compartment_id", pa.string())])
     return formats.RowPredicate(columns, test)

@@ -185,7 +185,31 @@ def read_batches(
     fs: pafs.FileSystem, partition: str, files: list[dict[str, Any]], schema: pa.Schema
 ) -> Iterator[pa.RecordBatch]:
     """The rows of the data files a manifest lists, under ``partition``, a batch at a time
-    (read by each file's format)."""
+    (read by each file's format), with a ``region`` column where the file's folder names it.
+
+    Plain files leave the region to their folder (``region=R/``), so it is added back here, as
+    a Hive-aware reader would; a table's files and files written before this layout (which hold
+    ``_region`` and ``_snapshot_date`` too: a reader picks the columns it compares) read the
+    same way.
+    """
     for entry in files:
-        path = f"{partition}/{entry['path']}"
-        yield from formats.for_path(path).read_batches(fs, path, schema)
+        relative = str(entry["path"])
+        path = f"{partition}/{relative}"
+        region = region_of(relative)
+        for batch in formats.for_path(path).read_batches(fs, path, schema):
+            if region is None or "region" in batch.schema.names:
+                yield batch
+            else:
+                yield batch.append_column(
+                    pa.field("region", pa.string(), nullable=False),
+                    pa.repeat(pa.scalar(region, pa.string()), batch.num_rows),
+                )
+
+
+def region_of(relative: str) -> str | None:
+    """The region a data file's folder names (``region=R/part-….parquet``), if any."""
+    folder = relative.rpartition("/")[0]
+    for part in folder.split("/"):
+        if part.startswith("region="):
+            return part.removeprefix("region=")
+    return None

@@ -1,7 +1,7 @@
 """Delta Lake and Iceberg tables: a run replaces its snapshot date in one atomic commit.
 
 ``output.table_format = "delta"``: a Delta table at ``{uri}/images``, written by delta-rs
-(``deltalake``) as one ``overwrite`` with the predicate ``_snapshot_date = 'D'``: a single
+(``deltalake``) as one ``overwrite`` with the predicate ``snapshot_date = 'D'``: a single
 log entry removes the date's previous files and adds the new ones.
 
 ``output.table_format = "iceberg"``: an Iceberg table ``{namespace}.images`` in the catalog of
@@ -9,10 +9,13 @@ log entry removes the date's previous files and adds the new ones.
 ``{uri}/images``, written by pyiceberg in one transaction: a delete of the date, then the new
 data files, published by one catalog commit.
 
-Both tables are partitioned by ``_snapshot_date`` and ``_region``; their schema and column
-comments come from ``connector.schema``. Each commit carries the run id (Delta: commit info
-``oci_images.run_id``; Iceberg: snapshot summary ``oci-images.run-id``), which is how a
-recovery tells whether a killed run's table commit happened.
+Both tables are partitioned by ``snapshot_date`` and ``region`` (``names.PARTITION_COLUMNS``,
+the names plain files give their folders); their schema and column comments come from
+``connector.schema``. A table written before the partition columns had one name
+(``_snapshot_date``, ``_region``) is refused with a message, never mixed with the new names.
+Each commit carries the run id (Delta: commit info ``oci_images.run_id``; Iceberg: snapshot
+summary ``oci-images.run-id``), which is how a recovery tells whether a killed run's table
+commit happened.
 
 Delta reads the staged Parquet files as a stream of batches; Iceberg registers copies of them
 as they are. Neither holds the date's rows in memory.
@@ -43,14 +46,15 @@ if TYPE_CHECKING:
 TABLE = "images"
 FORMATS = ("delta", "iceberg")
 CATALOG_TYPES = ("sql", "rest", "glue")
-PARTITION_BY = ("_snapshot_date", "_region")
+PARTITION_BY = names.PARTITION_COLUMNS
+OLD_PARTITION_COLUMNS = ("_snapshot_date", "_region")
 DELTA_RUN_KEY = "oci_images.run_id"
 ICEBERG_RUN_KEY = "oci-images.run-id"
 DELTA_EXPIRED_KEY = "oci_images.expired_by"
 ICEBERG_EXPIRED_KEY = "oci-images.expired-by"
 """Retention's deletes carry the pruning run's id under a key of their own, so that ``find``
 (which looks for a run's publishing commit) never mistakes one for it."""
-DESCRIPTION = "OCI Compute images (ListImages), one snapshot per _snapshot_date"
+DESCRIPTION = "OCI Compute images (ListImages), one snapshot per snapshot_date"
 
 
 def annotated_schema(doc_key: str) -> pa.Schema:
@@ -145,6 +149,19 @@ def _batches(store: Store, files: Sequence[str], target: pa.Schema) -> Iterator[
                 yield pa.RecordBatch.from_arrays(batch.columns, schema=target)
 
 
+def refuse_old_layout(columns: Sequence[str], where: str) -> None:
+    """``PublishError`` for a table written before the partition columns had one name: its
+    partition fields are ``_snapshot_date`` and ``_region``, which a table cannot rename in
+    place, and a commit of the new names would mix the two."""
+    old = [name for name in OLD_PARTITION_COLUMNS if name in columns]
+    if old:
+        raise PublishError(
+            f"the table {where} was written by an older version, partitioned by "
+            f"{' and '.join(old)}; this version writes snapshot_date and region: write to a new "
+            "output.uri (or move the table aside), and read the old table as it is"
+        )
+
+
 def _missing(extra: str, module: str) -> ConfigError:
     return ConfigError(
         "output.table_format", f"needs {module}: pip install 'oci-images-connector[{extra}]'"
@@ -171,6 +188,7 @@ class DeltaWriter:
         from deltalake import CommitProperties, WriterProperties, write_deltalake
         from deltalake.exceptions import DeltaError
 
+        self._check_layout()
         target = annotated_schema("comment")
         reader = pa.RecordBatchReader.from_batches(target, _batches(self.store, files, target))
         try:
@@ -178,7 +196,7 @@ class DeltaWriter:
                 self.uri,
                 reader,
                 mode="overwrite",
-                predicate=f"_snapshot_date = '{snapshot_date}'",
+                predicate=f"snapshot_date = '{snapshot_date}'",
                 partition_by=list(PARTITION_BY),
                 name=TABLE,
                 description=DESCRIPTION,
@@ -192,6 +210,17 @@ class DeltaWriter:
         if found is None:
             raise PublishError(f"Delta commit to {self.uri} is missing from its history")
         return found
+
+    def _check_layout(self) -> None:
+        """Refuse a table of the older layout (``refuse_old_layout``) before writing to it."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            table = DeltaTable(self.uri, storage_options=self.store.delta_options())
+        except TableNotFoundError:
+            return
+        refuse_old_layout([field.name for field in table.schema().fields], self.uri)
 
     @property
     def codec(self) -> Any:
@@ -217,8 +246,9 @@ class DeltaWriter:
         """Nothing: files of an uncommitted Delta write are unreferenced; VACUUM removes them."""
 
     def expire(self, run_id: str, snapshot_date: str) -> None:
-        """Delete the date's rows in one table commit (``output.keep_days``); the files stay
-        for time travel until ``VACUUM``."""
+        """Delete the date's rows in one table commit (``output.keep_days``). Delta names its
+        partition folders as plain files do, so the date's data files sit in the folder that
+        holds its manifest, and retention removes them with it, after this commit."""
         from deltalake import CommitProperties, DeltaTable
         from deltalake.exceptions import DeltaError, TableNotFoundError
 
@@ -228,7 +258,7 @@ class DeltaWriter:
             return
         try:
             table.delete(
-                f"_snapshot_date = '{names.check_snapshot_date(snapshot_date)}'",
+                f"snapshot_date = '{names.check_snapshot_date(snapshot_date)}'",
                 commit_properties=CommitProperties(custom_metadata={DELTA_EXPIRED_KEY: run_id}),
             )
         except (DeltaError, OSError) as exc:
@@ -242,9 +272,10 @@ class DeltaWriter:
         from deltalake import DeltaTable
 
         table = DeltaTable(self.uri, storage_options=self.store.delta_options())
+        refuse_old_layout([field.name for field in table.schema().fields], self.uri)
         dataset = table.to_pyarrow_dataset()
         day = pa.scalar(date.fromisoformat(snapshot_date), pa.date32())
-        yield from dataset.to_batches(filter=pc.field("_snapshot_date") == day)
+        yield from dataset.to_batches(filter=pc.field("snapshot_date") == day)
 
 
 _DELTA_CODECS = {"zstd": "ZSTD", "snappy": "SNAPPY", "gzip": "GZIP", "none": "UNCOMPRESSED"}
@@ -290,7 +321,7 @@ class IcebergWriter:
 
         catalog = self._catalog()
         try:
-            return catalog.load_table(self.identifier)
+            return self._checked(catalog.load_table(self.identifier))
         except NoSuchTableError:
             if not create:
                 return None
@@ -323,6 +354,13 @@ class IcebergWriter:
                 raise lost from None
         return catalog.load_table(self.identifier)
 
+    def _checked(self, table: Any) -> Any:
+        """``table``, unless it is of the older layout (``refuse_old_layout``)."""
+        refuse_old_layout(
+            [field.name for field in table.schema().fields], ".".join(self.identifier)
+        )
+        return table
+
     def _catalog(self) -> Any:
         """The configured catalog. A SQL catalog creates its own tables when it first opens a
         database; two processes opening a fresh one together may both try, and the second
@@ -343,13 +381,13 @@ class IcebergWriter:
         raise AssertionError("unreachable")
 
     def data_path(self, run_id: str, snapshot_date: str, staged: str) -> str:
-        """Where a staged file goes in the table: ``data/_snapshot_date=D/_region=R/``, under a
+        """Where a staged file goes in the table: ``data/snapshot_date=D/region=R/``, under a
         name that carries the run id."""
         folder, _, name = staged.rpartition("/")
         region = folder.rpartition("/")[2].removeprefix("region=")
         stem, _, extension = name.partition(".")
         folder = layout.table_data(self.store.base, TABLE, snapshot_date)
-        return f"{folder}/_region={region}/{stem}-{run_id}.{extension}"
+        return f"{folder}/region={region}/{stem}-{run_id}.{extension}"
 
     def commit(self, run_id: str, snapshot_date: str, files: Sequence[str]) -> dict[str, Any]:
         """The staged files, copied into the table's data folder, replace the date's files:
@@ -373,7 +411,7 @@ class IcebergWriter:
                 with warnings.catch_warnings():
                     # The first run of a date deletes nothing, which pyiceberg warns about.
                     warnings.filterwarnings("ignore", "Delete operation did not match")
-                    transaction.delete(f"_snapshot_date = '{snapshot_date}'", tag)
+                    transaction.delete(f"snapshot_date = '{snapshot_date}'", tag)
                 if targets:
                     transaction.add_files([self.store.uri(t) for t in targets], tag)
         except (CommitFailedException, OSError) as exc:
@@ -392,7 +430,7 @@ class IcebergWriter:
         table = self.table(create=False)
         if table is None:
             return
-        scan = table.scan(row_filter=f"_snapshot_date = '{snapshot_date}'")
+        scan = table.scan(row_filter=f"snapshot_date = '{snapshot_date}'")
         for task in scan.plan_files():
             location = str(task.file.file_path)
             path = location.split("://", 1)[1] if "://" in location else location
@@ -411,7 +449,7 @@ class IcebergWriter:
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Delete operation did not match")
-                table.delete(f"_snapshot_date = '{day}'", {ICEBERG_EXPIRED_KEY: run_id})
+                table.delete(f"snapshot_date = '{day}'", {ICEBERG_EXPIRED_KEY: run_id})
         except (CommitFailedException, OSError) as exc:
             raise PublishError(
                 f"Iceberg delete of {snapshot_date} in {self.identifier} failed: {exc}"

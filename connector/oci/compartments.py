@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
@@ -146,7 +146,6 @@ def table(
     exported: frozenset[str],
     reasons: Mapping[str, str],
     *,
-    snapshot_date: date,
     run_id: str,
 ) -> pa.Table:
     """The dataset's rows: every compartment of ``tree``, exported or not (and why)."""
@@ -172,7 +171,6 @@ def table(
                 if is_exported
                 else reasons.get(compartment_id, NOT_LISTED),
                 "_tenancy_id": tree.tenancy_id,
-                "_snapshot_date": snapshot_date,
                 "_run_id": run_id,
             }
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from connector import flavors, logs, names
@@ -225,15 +224,13 @@ class Discovery:
     """Compartment records Identity returned that could not be used (no usable id, text that
     is not Unicode): left out, each with a warning; the manifest counts them."""
 
-    def compartments(self, snapshot_date: date, run_id: str) -> pa.Table | None:
+    def compartments(self, run_id: str) -> pa.Table | None:
         """The ``compartments`` dataset's rows: every compartment of the tree, exported or not
-        (and why); None when the tree is unknown."""
+        (and why); None when the tree is unknown. The snapshot date is the folder's name."""
         if self.tree is None:
             return None
         exported = frozenset(item.compartment_id for item in self.items)
-        return compartments.table(
-            self.tree, exported, self.reasons, snapshot_date=snapshot_date, run_id=run_id
-        )
+        return compartments.table(self.tree, exported, self.reasons, run_id=run_id)
 
 
 async def discover_run(

@@ -149,6 +149,11 @@ class PartitionedSink:
         """Write a batch whose rows all belong to ``region``."""
         if batch.num_rows == 0:
             return
+        if not self.options.table:
+            # The folder names hold them (snapshot_date=D/region=R/): one name per fact.
+            batch = batch.drop_columns(
+                [name for name in names.PARTITION_COLUMNS if name in batch.schema.names]
+            )
         series = self._series.get(region)
         if series is None:
             series = self._series[region] = self._open(region)

@@ -45,9 +45,12 @@ class ParquetSeries(RollingFiles):
         self._writer: pq.ParquetWriter | None = None
         self._stream: pa.NativeFile | None = None
         self._file_rows = 0
+        self._schema: pa.Schema | None = None
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Buffer rows; write a row group whenever one is full."""
+        # The batches' own schema: images' plain files leave out the partition columns.
+        self._schema = self._schema or batch.schema
         self._buffer.append(batch)
         self._buffered += batch.num_rows
         while self._buffered >= self._room():
@@ -75,7 +78,7 @@ class ParquetSeries(RollingFiles):
         return min(self.options.row_group_rows, self.options.max_rows_per_file - self._file_rows)
 
     def _flush(self, rows: int) -> None:
-        table = pa.Table.from_batches(self._buffer, schema=schema.SCHEMA)
+        table = pa.Table.from_batches(self._buffer, schema=self._schema)
         head, tail = table.slice(0, rows), table.slice(rows)
         writer = self._writer or self._start_file()
         writer.write_table(head, row_group_size=rows)
@@ -87,7 +90,9 @@ class ParquetSeries(RollingFiles):
 
     def _start_file(self) -> pq.ParquetWriter:
         self._stream = self._open_next()
-        self._writer = writer(self._stream, self.options.compression, schema.SCHEMA)
+        self._writer = writer(
+            self._stream, self.options.compression, self._schema or schema.FILE_SCHEMA
+        )
         self._file_rows = 0
         return self._writer
 

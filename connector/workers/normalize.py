@@ -427,11 +427,11 @@ _EMPTY_BATCH = pa.RecordBatch.from_pylist([], schema=SCHEMA)
 def _batch(converted: _Converted, page: Page, run: RunInfo) -> pa.RecordBatch:
     count = len(converted.ids)
     arrays = dict(converted.columns)
-    arrays["_region"] = pa.repeat(page.region, count)
+    arrays["region"] = pa.repeat(page.region, count)
     arrays["_source_compartment_id"] = pa.repeat(page.compartment_id, count)
     arrays["_is_platform"] = pc.is_null(arrays["compartment_id"])
     arrays["_tenancy_id"] = pa.repeat(pa.scalar(run.tenancy_id, pa.string()), count)
-    arrays["_snapshot_date"] = pa.repeat(pa.scalar(run.snapshot_date, pa.date32()), count)
+    arrays["snapshot_date"] = pa.repeat(pa.scalar(run.snapshot_date, pa.date32()), count)
     arrays["_fetched_at"] = pa.repeat(pa.scalar(page.fetched_at, UTC_MICROS), count)
     arrays["_run_id"] = pa.repeat(run.run_id, count)
     arrays["_extra"] = converted.extra

@@ -59,7 +59,7 @@ def published(uri: str, date: str) -> pa.Table:
     source = pc.if_else(table["_is_platform"], None, table["_source_compartment_id"])
     index = table.schema.get_field_index("_source_compartment_id")
     table = table.set_column(index, table.schema.field(index), source)
-    return table.sort_by([("_region", "ascending"), ("id", "ascending")])
+    return table.sort_by([("region", "ascending"), ("id", "ascending")])
 
 
 def assert_same_rows(expected: pa.Table, actual: pa.Table) -> None:
