@@ -18,7 +18,7 @@
 ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS builder
-ARG EXTRAS="oci ocifs botocore deltalake pyiceberg"
+ARG EXTRAS="oci ocifs botocore deltalake pyiceberg prometheus-client opentelemetry-sdk opentelemetry-exporter-otlp-proto-http"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_NO_INPUT=1

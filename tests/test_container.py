@@ -57,10 +57,11 @@ def test_runs_as_a_non_root_user_with_the_command_as_entry_point() -> None:
 
 
 def test_the_extras_a_batch_job_uses_are_installed() -> None:
-    """Principals (oci), oci:// (ocifs), S3 profiles (botocore), Delta and Iceberg tables
-    import; the test tools of the dev group are not in the image."""
+    """Principals (oci), oci:// (ocifs), S3 profiles (botocore), Delta and Iceberg tables,
+    metrics and traces import; the test tools of the dev group are not in the image."""
     code = (
-        "import importlib.util as u, oci, ocifs, botocore, deltalake, pyiceberg, sqlalchemy; "
+        "import importlib.util as u, oci, ocifs, botocore, deltalake, pyiceberg, sqlalchemy, "
+        "prometheus_client, opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http; "
         "print([m for m in ('pytest', 'mypy', 'duckdb', 'moto') if u.find_spec(m)])"
     )
     answer = container("--entrypoint", "python3", IMAGE, "-c", code)

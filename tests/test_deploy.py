@@ -111,6 +111,7 @@ def test_the_image_subset_resolves_from_the_lock() -> None:
     subset = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     names = {line.split("==")[0] for line in subset.splitlines() if "==" in line}
     assert {"oci", "ocifs", "botocore", "deltalake", "pyiceberg", "pyarrow", "aiohttp"} <= names
+    assert {"prometheus-client", "opentelemetry-sdk"} <= names
     assert set() == names & {"pytest", "mypy", "ruff", "duckdb", "moto", "kubernetes-validate"}
     backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
     assert [f"{backend[0]} \\"] == [
