@@ -187,7 +187,11 @@ class CustomImages(Mapping[tuple[str, str], list[Image]]):
         key = (region, compartment_id)
         known = self._counts.get(key)
         if known is None:
-            if region not in self._world.regions or compartment_id not in self._listable_ids():
+            if (
+                region not in self._world.regions
+                or compartment_id not in self._listable_ids()
+                or self._world.holds_none(compartment_id)
+            ):
                 known = 0
             else:
                 known = _custom_count(
@@ -269,6 +273,9 @@ class World:
     reference: datetime = _AWKWARD_NOW
     custom_scale: float = 1.0
     bad_records: float = 0.0
+    empty_share: float = 0.0
+    """The share of compartments that hold no custom image in any region (chosen by their
+    OCIDs), as in tenancies whose images live in a few shared compartments."""
     platform: dict[str, list[Image]] = field(default_factory=dict)
     custom: CustomImages = field(init=False)
     _by_id: dict[str, Compartment] = field(init=False)
@@ -319,6 +326,13 @@ class World:
                 break
             comp = self._by_id.get(comp.parent_id)
         return "/".join(reversed(names))
+
+    def holds_none(self, compartment_id: str) -> bool:
+        """Whether ``empty_share`` leaves this compartment without custom images."""
+        if not self.empty_share:
+            return False
+        digest = hashlib.blake2b(f"{self.seed}/empty/{compartment_id}".encode(), digest_size=4)
+        return int.from_bytes(digest.digest(), "big") / 2**32 < self.empty_share
 
     def listing(self, region: str, compartment_id: str) -> list[Image]:
         """What ListImages returns for a compartment, unfiltered: platform images, then custom."""
@@ -1325,6 +1339,7 @@ def build_world(
     reference_date: date | None = None,
     cache_mb: float = 128.0,
     oci_extras: bool = False,
+    empty_share: float = 0.0,
 ) -> World:
     """Generate the tenancy for ``seed``; the same arguments always give the same world.
 
@@ -1339,6 +1354,9 @@ def build_world(
     strict clients reject: defined-tag values that are numbers, booleans or objects, and
     timestamps with nine fractional digits. It is off by default until the connector keeps
     them (issue 12); turn it on to test that it does.
+
+    ``empty_share`` is the share of compartments holding no custom image at all (most
+    compartments of a real tenancy), which is where Resource Search saves requests.
     """
     if not regions:
         raise ValueError("at least one region is needed")
@@ -1379,6 +1397,7 @@ def build_world(
         bad_records=bad_records,
         cache_bytes=int(cache_mb * 2**20),
         oci_extras=oci_extras,
+        empty_share=empty_share,
     )
     for region in regions:
         world.platform[region] = _platform_images(world, region, platform_images)
