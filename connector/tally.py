@@ -12,7 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from connector import logs
-from connector.lake.manifest import ListingRecord
+from connector.lake.manifest import ID_SAMPLE, ListingRecord, SearchLag
+from connector.oci.discovery import Discovery
 from connector.pages import WorkItem
 from connector.workers.page import ListingResult
 
@@ -48,6 +49,9 @@ class Tally:
     fetch_started: float | None = None
     """When the listings were known and fetching began (for the ETA)."""
     records: dict[WorkItem, ListingRecord] = field(default_factory=dict)
+    discovery: Discovery | None = None
+    """What discovery found; with Resource Search, what each listing is compared with."""
+    lags: dict[str, _Lag] = field(default_factory=dict)
 
     def listing_done(self, result: ListingResult) -> None:
         """A worker finished a listing: record it for the manifest, the counts and the log."""
@@ -77,6 +81,7 @@ class Tally:
             )
             return
         self.rows += result.rows
+        self._compare(result)
         log.debug(
             "listing.done",
             region=item.region,
@@ -84,6 +89,43 @@ class Tally:
             pages=result.pages,
             rows=result.rows,
         )
+
+    def _compare(self, result: ListingResult) -> None:
+        """A listing's custom images against what Resource Search knew of its compartment."""
+        guide = self.discovery.guide if self.discovery else None
+        if guide is None or result.custom_ids is None:
+            return
+        item = result.item
+        lag = self.lags.setdefault(item.region, _Lag(item.region not in guide.unsearched))
+        if not lag.searched:
+            return
+        known = guide.known.get(item, frozenset())
+        lag.listings += 1
+        lag.indexed += len(known)
+        lag.unknown.update(result.custom_ids - known)
+        if guide.exact:
+            lag.gone.update(known - result.custom_ids)
+
+    def search_lag(self) -> tuple[SearchLag, ...] | None:
+        """Search's lag per region for the manifest (None without Search); one line per region
+        where it lagged."""
+        guide = self.discovery.guide if self.discovery else None
+        if guide is None:
+            return None
+        for region in guide.unsearched:
+            self.lags.setdefault(region, _Lag(False))
+        records = tuple(
+            self.lags[region].record(region, guide.exact) for region in sorted(self.lags)
+        )
+        for record in records:
+            if record.unknown or record.gone:
+                log.info(
+                    "search.lag",
+                    region=record.region,
+                    unknown_to_search=record.unknown,
+                    gone_since_indexed=record.gone,
+                )
+        return records
 
     def report_failures(self) -> None:
         """One warning per region and cause (status, code) of the failed listings: how many of
@@ -136,4 +178,27 @@ class Tally:
             requests=requests,
             throttled=throttled,
             fetch_elapsed_s=now - self.fetch_started if self.fetch_started else None,
+        )
+
+
+@dataclass(slots=True)
+class _Lag:
+    """One region's comparison of listings with Search, as it accumulates."""
+
+    searched: bool
+    listings: int = 0
+    indexed: int = 0
+    unknown: set[str] = field(default_factory=set)
+    gone: set[str] = field(default_factory=set)
+
+    def record(self, region: str, exact: bool) -> SearchLag:
+        return SearchLag(
+            region,
+            self.searched,
+            self.listings,
+            self.indexed,
+            len(self.unknown),
+            len(self.gone) if exact else None,
+            tuple(sorted(self.unknown)[:ID_SAMPLE]),
+            tuple(sorted(self.gone)[:ID_SAMPLE]),
         )
