@@ -171,6 +171,8 @@ async def _plan(
     day = settings.output.effective_snapshot_date  # once: the plan may straddle midnight
     async with for_settings(settings, credentials) as client:
         found = await discovery.discover_run(client, settings, credentials)
+        if found.guide is not None:
+            await found.guide.complete()
     specs = []
     for index in range(shards):
         # With Resource Search, each shard's listings are those Search found among its share.

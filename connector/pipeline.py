@@ -189,6 +189,7 @@ class Export:
         self.discovery = self.tally.discovery = found
         donors = discovery.donor_regions(found.items, *ctx.shard)
         self.workers.donations.exclude({item.region for item in found.items} - donors)
+        self.session.fetcher.search = found.search_for(*ctx.shard)
         return found.listings(*ctx.shard)
 
     async def _fetch_all(

@@ -52,6 +52,8 @@ class Tally:
     discovery: Discovery | None = None
     """What discovery found; with Resource Search, what each listing is compared with."""
     lags: dict[str, _Lag] = field(default_factory=dict)
+    waiting: list[tuple[WorkItem, frozenset[str]]] = field(default_factory=list)
+    """Listings done before their region's search was over, to compare once it is."""
 
     def listing_done(self, result: ListingResult) -> None:
         """A worker finished a listing: record it for the manifest, the counts and the log."""
@@ -91,20 +93,30 @@ class Tally:
         )
 
     def _compare(self, result: ListingResult) -> None:
-        """A listing's custom images against what Resource Search knew of its compartment."""
+        """A listing's custom images against what Resource Search knew of its compartment,
+        once the region's search is over (until then, the listing's ids wait)."""
         guide = self.discovery.guide if self.discovery else None
         if guide is None or result.custom_ids is None:
             return
-        item = result.item
-        lag = self.lags.setdefault(item.region, _Lag(item.region not in guide.unsearched))
-        if not lag.searched:
+        if result.item.region not in guide.done:
+            self.waiting.append((result.item, result.custom_ids))
             return
-        known = guide.known.get(item, frozenset())
+        self._compare_ids(result.item, result.custom_ids)
+
+    def _compare_ids(self, item: WorkItem, listed: frozenset[str]) -> None:
+        guide = self.discovery.guide if self.discovery else None
+        assert guide is not None
+        region = item.region
+        lag = self.lags.setdefault(region, _Lag(region not in guide.unsearched))
+        if region in guide.unsearched:
+            lag.searched = False
+            return
+        known = guide.known.get(item, set())
         lag.listings += 1
         lag.indexed += len(known)
-        lag.unknown.update(result.custom_ids - known)
+        lag.unknown.update(listed - known)
         if guide.exact:
-            lag.gone.update(known - result.custom_ids)
+            lag.gone.update(known - listed)
 
     def search_lag(self) -> tuple[SearchLag, ...] | None:
         """Search's lag per region for the manifest (None without Search); one line per region
@@ -112,6 +124,9 @@ class Tally:
         guide = self.discovery.guide if self.discovery else None
         if guide is None:
             return None
+        waiting, self.waiting = self.waiting, []
+        for item, listed in waiting:
+            self._compare_ids(item, listed)
         for region in guide.unsearched:
             self.lags.setdefault(region, _Lag(False))
         records = tuple(
@@ -170,7 +185,8 @@ class Tally:
         now = time.monotonic()
         return Progress(
             elapsed_s=now - self.started,
-            listings_total=self.listings_total,
+            # Resource Search adds listings as it goes: never fewer than those done.
+            listings_total=max(self.listings_total, self.listings_done),
             listings_done=self.listings_done,
             listings_failed=self.listings_failed,
             rows=self.rows,

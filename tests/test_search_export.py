@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 
@@ -45,14 +46,18 @@ def listed_rows(server: EmulatorServer, listed: list[tuple[str, str]]) -> list[d
     return rows
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["thread", "processes"])
+@pytest.mark.parametrize(
+    ("workers", "platform"),
+    [(0, "once"), (2, "once"), (0, "skip")],
+    ids=["thread", "processes", "skip-platform"],
+)
 def test_search_equals_list_and_the_reference(
-    make_emulator: Callable[..., EmulatorServer], tmp_path: Path, workers: int
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path, workers: int, platform: str
 ) -> None:
     """The same rows as list mode and as the reference, from far fewer ListImages requests;
     Search's index agrees with every listing."""
     server = make_emulator(world())
-    fetch = {"workers": workers, "page_size": 300}
+    fetch = {"workers": workers, "page_size": 300, "platform_images": platform}
     list_config = write_config(tmp_path / "list", server, fetch=fetch)
     assert 0 == run(list_config)
     listed_by_list = server.stats()["listed_compartments"]
@@ -60,12 +65,12 @@ def test_search_equals_list_and_the_reference(
     search_config = write_config(tmp_path / "search", server, fetch={**fetch, **SEARCH})
     assert 0 == run(search_config)
     stats = server.stats()
-    expected = multiset(expected_rows(server.emulator.world, "once"))
+    expected = multiset(expected_rows(server.emulator.world, platform))
     assert expected == multiset(
-        [normalise_actual(r, "once") for r in arrow_rows(tmp_path / "list")]
+        [normalise_actual(r, platform) for r in arrow_rows(tmp_path / "list")]
     )
     assert expected == multiset(
-        [normalise_actual(r, "once") for r in arrow_rows(tmp_path / "search")]
+        [normalise_actual(r, platform) for r in arrow_rows(tmp_path / "search")]
     )
     assert len(stats["listed_compartments"]) < 0.5 * len(listed_by_list)
     assert set(server.emulator.world.regions) == set(stats["searches_by_region"])
@@ -217,3 +222,46 @@ class TestManifestRecord:
         merged = merge_lags([one, other, two])
         assert ["r0", "r1"] == [lag.region for lag in merged]
         assert SearchLag("r1", True, 5, 15, 3, None, ("a", "b", "c"), ()) == merged[1]
+
+
+def test_listings_start_while_the_search_still_pages(
+    make_emulator: Callable[..., EmulatorServer],
+) -> None:
+    """A compartment's listing starts as soon as a page of results names it: pages of searched
+    listings arrive while the region's search is still paging (which takes several pages)."""
+    from connector.oci.client import OciClient
+    from connector.oci.discovery import Endpoints
+    from connector.oci.fetch import Fetcher
+    from connector.pages import Message, Page, WorkItem
+    from tests.test_client import signer_for
+
+    # About 4,000 custom images: a search of several pages.
+    server = make_emulator(world(regions=("us-ashburn-1",), custom_scale=15.0), latency_ms=40)
+    found = server.emulator.world
+    region = found.home_region
+    items = [WorkItem(region, c.id) for c in found.listable_compartments()]
+    early: list[WorkItem] = []
+    pages: set[WorkItem] = set()
+
+    async def main() -> None:
+        async with OciClient(signer_for(server)) as client:
+            endpoints = Endpoints(server.endpoint_template, "", region, server.endpoint_template)
+            searching = search.Searching(client, endpoints, items, {}, "once")
+            fetcher = Fetcher(client, endpoints, 1000, {}, per_region=4)
+            fetcher.search = (searching, frozenset(items))
+            send, receive = anyio.create_memory_object_stream[Message](4)
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(fetcher.fetch_all, sorted(searching.platform), send)
+                    async with receive:
+                        async for message in receive:
+                            if isinstance(message, Page):
+                                pages.add(message.item)
+                                if region not in searching.done:
+                                    early.append(message.item)
+
+    anyio.run(main)
+    platform = min(items)
+    holding = {i for i in items if found.custom.count(i.region, i.compartment_id)}
+    assert holding | {platform} == pages
+    assert [i for i in early if i != platform]

@@ -235,17 +235,26 @@ class Discovery:
     skipped: int = 0
     """Compartment records Identity returned that could not be used (no usable id, text that
     is not Unicode): left out, each with a warning; the manifest counts them."""
-    guide: search.Guide | None = None
-    """With ``fetch.strategy = "search"``: what Resource Search found (``items`` stay every
-    listing in scope, so that shards divide them as in ``list`` mode)."""
+    guide: search.Searching | None = None
+    """With ``fetch.strategy = "search"``: Resource Search (``items`` stay every listing in
+    scope, so that shards divide them as in ``list`` mode)."""
 
     def listings(self, index: int, count: int) -> list[WorkItem]:
-        """The listings shard ``index`` of ``count`` makes: its share of ``items`` (divided as
-        ``shard_items`` does, whatever Search says, so that shards which searched a moment apart
-        still agree), less those Search found no custom image in."""
+        """The listings shard ``index`` of ``count`` makes, as far as Search has gone (before
+        a run's search: the platform listings; ``plan`` completes it first). Shards divide
+        ``items`` as ``shard_items`` does, whatever Search says, so that shards which searched a
+        moment apart still agree; Search only leaves out the listings it found no image in."""
         mine = shard_items(self.items, index, count)
         guide = self.guide
         return mine if guide is None else [item for item in mine if guide.keeps(item)]
+
+    def search_for(
+        self, index: int, count: int
+    ) -> tuple[search.Searching, frozenset[WorkItem]] | None:
+        """The search to run beside shard ``index`` of ``count``'s listings, and its share."""
+        if self.guide is None:
+            return None
+        return self.guide, frozenset(shard_items(self.items, index, count))
 
     def compartments(self, snapshot_date: date, run_id: str) -> pa.Table | None:
         """The ``compartments`` dataset's rows: every compartment of the tree, exported or not
@@ -302,7 +311,7 @@ async def discover_run(
     if settings.fetch.strategy == "search":
         filters = settings.filters.query_params(settings.oci.flavor)
         platform = settings.fetch.platform_images
-        guide = await search.guide(client, endpoints, items, filters, platform)
+        guide = search.Searching(client, endpoints, items, filters, platform)
     if not tenancy:
         return Discovery(items, None, {}, skipped.count, guide)
     tree = compartments.Tree.of(tenancy, records)
