@@ -7,8 +7,11 @@ same way: one line says so, with the count, not one line per compartment)."""
 
 from __future__ import annotations
 
+import bisect
 import time
+from array import array
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass, field, replace
 
 from connector import logs
@@ -52,7 +55,7 @@ class Tally:
     discovery: Discovery | None = None
     """What discovery found; with Resource Search, what each listing is compared with."""
     lags: dict[str, _Lag] = field(default_factory=dict)
-    waiting: list[tuple[WorkItem, frozenset[str]]] = field(default_factory=list)
+    waiting: list[tuple[WorkItem, frozenset[str], _Digests]] = field(default_factory=list)
     """Listings done before their region's search was over, to compare once it is."""
 
     def listing_done(self, result: ListingResult) -> None:
@@ -94,16 +97,22 @@ class Tally:
 
     def _compare(self, result: ListingResult) -> None:
         """A listing's custom images against what Resource Search knew of its compartment,
-        once the region's search is over (until then, the listing's ids wait)."""
+        once the region's search is over. Until then the listing waits, small: the ids Search
+        has not named yet as text (usually few), all of them as 8-byte digests."""
         guide = self.discovery.guide if self.discovery else None
-        if guide is None or result.custom_ids is None:
+        listed = result.custom_ids
+        if guide is None or listed is None:
             return
-        if result.item.region not in guide.done:
-            self.waiting.append((result.item, result.custom_ids))
+        item = result.item
+        if item.region not in guide.done:
+            unnamed = listed - guide.ids(item, release=False)
+            self.waiting.append((item, unnamed, _Digests(listed)))
             return
-        self._compare_ids(result.item, result.custom_ids)
+        self._compare_ids(item, listed, listed)
 
-    def _compare_ids(self, item: WorkItem, listed: frozenset[str]) -> None:
+    def _compare_ids(self, item: WorkItem, unnamed: frozenset[str], listed: Container[str]) -> None:
+        """``unnamed``: the listing's ids, or those among them Search had not named when the
+        listing ended; ``listed`` answers whether the listing returned an id."""
         guide = self.discovery.guide if self.discovery else None
         assert guide is not None
         region = item.region
@@ -111,12 +120,12 @@ class Tally:
         if region in guide.unsearched:
             lag.searched = False
             return
-        known = guide.known.get(item, set())
+        known = guide.ids(item)
         lag.listings += 1
         lag.indexed += len(known)
-        lag.unknown.update(listed - known)
+        lag.unknown.update(unnamed - known)
         if guide.exact:
-            lag.gone.update(known - listed)
+            lag.gone.update(image for image in known if image not in listed)
 
     def search_lag(self) -> tuple[SearchLag, ...] | None:
         """Search's lag per region for the manifest (None without Search); one line per region
@@ -125,8 +134,8 @@ class Tally:
         if guide is None:
             return None
         waiting, self.waiting = self.waiting, []
-        for item, listed in waiting:
-            self._compare_ids(item, listed)
+        for item, unnamed, listed in waiting:
+            self._compare_ids(item, unnamed, listed)
         for region in guide.unsearched:
             self.lags.setdefault(region, _Lag(False))
         records = tuple(
@@ -195,6 +204,19 @@ class Tally:
             throttled=throttled,
             fetch_elapsed_s=now - self.fetch_started if self.fetch_started else None,
         )
+
+
+class _Digests:
+    """A listing's ids as sorted 8-byte digests (``hash``, stable within the process): what a
+    listing that ended before its region's search needs to keep to be compared later."""
+
+    def __init__(self, ids: frozenset[str]) -> None:
+        self._digests = array("q", sorted(map(hash, ids)))
+
+    def __contains__(self, image: object) -> bool:
+        digest = hash(image)
+        at = bisect.bisect_left(self._digests, digest)
+        return at < len(self._digests) and self._digests[at] == digest
 
 
 @dataclass(slots=True)

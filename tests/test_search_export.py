@@ -265,3 +265,25 @@ def test_listings_start_while_the_search_still_pages(
     holding = {i for i in items if found.custom.count(i.region, i.compartment_id)}
     assert holding | {platform} == pages
     assert [i for i in early if i != platform]
+
+
+def test_a_listing_done_before_its_search_is_compared_once_the_search_is_over() -> None:
+    """A listing that ends while its region's search still pages is compared with everything
+    Search named in the end: an id named on a later page is no lag, one never listed is gone."""
+    from connector.oci.discovery import Discovery
+    from connector.pages import WorkItem
+    from connector.tally import Tally
+    from connector.workers.page import ListingResult
+
+    item = WorkItem("r1", "c1")
+    guide = search.Searching(None, None, [item], {}, "once")  # type: ignore[arg-type]
+    guide.known[item] = bytearray(b"a\nb\n")
+    tally = Tally(discovery=Discovery([item], None, {}, 0, guide))
+    tally.listing_done(ListingResult(item, 1, 3, 0, 0, None, 0, frozenset({"b", "c", "e"})))
+    assert tally.waiting
+    guide.known[item] += b"c\nd\n"  # a later page of results
+    guide.done.add("r1")
+    (lag,) = tally.search_lag() or ()
+    assert ("e",) == lag.unknown_ids
+    assert ("a", "d") == lag.gone_ids
+    assert (1, 4) == (lag.listings, lag.indexed)

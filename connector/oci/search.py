@@ -76,8 +76,10 @@ class Searching:
         self.regions = tuple(sorted(firsts))
         self.platform = frozenset(firsts.values()) if platform_images == "once" else frozenset()
         """The listing per region that brings its platform images (``once``)."""
-        self.known: dict[WorkItem, set[str]] = {}
-        """Each listing in scope where Search found custom images: their ids, so far."""
+        self.known: dict[WorkItem, bytearray] = {}
+        """Each listing in scope where Search found custom images: their ids so far, one a
+        line (``ids``). Search may name hundreds of thousands of images in a region; as text
+        they take about 90 bytes each, where a set of strings takes about twice that."""
         self.unsearched: set[str] = set()
         """Regions where Search failed: every compartment in scope is listed there."""
         self.done: set[str] = set()
@@ -86,6 +88,14 @@ class Searching:
     def keeps(self, item: WorkItem) -> bool:
         """Whether the run lists ``item``, as far as the searches have gone."""
         return item in self.known or item in self.platform or item.region in self.unsearched
+
+    def ids(self, item: WorkItem, *, release: bool = True) -> frozenset[str]:
+        """The custom image ids Search named in ``item``'s compartment (so far); with
+        ``release``, they are then let go (each listing is compared once)."""
+        found = self.known.pop(item, None) if release else self.known.get(item)
+        if not found:
+            return frozenset()
+        return frozenset(found.decode("utf-8", "surrogatepass").split("\n")[:-1])
 
     async def complete(self) -> None:
         """Run every region's search to its end (for ``plan``)."""
@@ -169,7 +179,8 @@ class Searching:
                         continue
                     item = WorkItem(region, compartment)
                     if item in self.scope:
-                        self.known.setdefault(item, set()).add(image)
+                        line = image.encode("utf-8", "surrogatepass") + b"\n"
+                        self.known.setdefault(item, bytearray()).extend(line)
                         compartments.add(item)
                         images += 1
                         await hand(item)
