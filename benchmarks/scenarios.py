@@ -183,6 +183,8 @@ def connector_config(
         "[oci]",
         f'config_file = "{emulator.config}"',
         f'endpoint = "{emulator.url}/{{region}}"',
+        # Search as the service of its own it is (query.<region>...), with its own rate limit.
+        f'search_endpoint = "{emulator.url}/{{region}}/query"',
         f"regions = {orjson.dumps(list(regions)).decode()}",
         "[fetch]",
         *(f"{k} = {orjson.dumps(v).decode()}" for k, v in options.items()),
@@ -747,10 +749,13 @@ def tenancy_run(
     stats = emulator.stats()
     by_region = stats["requests_by_region"]
     throttled = stats["throttled_by_region"]
-    served = {r: by_region.get(r, 0) - throttled.get(r, 0) for r in shape.regions}
-    # The bound: each region's successful requests at its rate (less the initial burst),
-    # regions in parallel.
-    bound = max(max((n - shape.burst) / shape.rate for n in served.values()), 1e-3)
+    searched = stats.get("searches_by_region", {})
+    # Each region's successful requests, per service: Search is limited apart (S6).
+    served = [by_region.get(r, 0) - throttled.get(r, 0) - searched.get(r, 0) for r in shape.regions]
+    served += [searched.get(r, 0) for r in shape.regions]
+    # The bound: each region's and service's successful requests at its rate (less the initial
+    # burst), in parallel.
+    bound = max(max((n - shape.burst) / shape.rate for n in served), 1e-3)
     wall = max(r.wall_s for r in runs[:shards]) + commit_s
     listings = len(stats["listed_compartments"])
     cpu = sum(r.cpu_s for r in runs)

@@ -217,3 +217,28 @@ class TestLanguage:
         assert query.where is not None
         assert query.where({"timeCreated": "2026-01-02T00:00:00.000Z"})
         assert not query.where({"timeCreated": "2026-01-01T23:59:59.999Z"})
+
+
+def test_search_has_a_rate_limit_of_its_own(
+    make_emulator: Callable[..., EmulatorServer],
+) -> None:
+    """Search is a service of its own: its requests do not spend Compute's budget in the
+    region, nor Compute's Search's."""
+    server = make_emulator(rate=0.001, burst=2)
+    world = server.emulator.world
+    region = world.home_region
+    compartment = world.listable_compartments()[1].id
+    signer = sdk_signer(server)
+
+    def list_images() -> int:
+        url = f"{server.region_url(region)}/20160918/images"
+        params = {"compartmentId": compartment}
+        return requests.get(url, params=params, auth=signer, timeout=10).status_code
+
+    def search() -> int:
+        url = f"{server.region_url(region)}/query/20180409/resources"
+        body = {"type": "Structured", "query": "query image resources"}
+        return requests.post(url, json=body, auth=signer, timeout=10).status_code
+
+    assert [200, 200, 429] == [list_images() for _ in range(3)]
+    assert [200, 200, 429] == [search() for _ in range(3)]

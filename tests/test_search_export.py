@@ -287,3 +287,30 @@ def test_a_listing_done_before_its_search_is_compared_once_the_search_is_over() 
     assert ("e",) == lag.unknown_ids
     assert ("a", "d") == lag.gone_ids
     assert (1, 4) == (lag.listings, lag.indexed)
+
+
+def test_a_search_signed_by_the_sdks_signer_is_accepted(emulator: EmulatorServer) -> None:
+    """Principals sign through the official SDK's signer (``SdkSigner``): a Search POST signed
+    so, body headers included, is accepted and paged like one the connector signs itself."""
+    from connector.oci.auth import SdkSigner
+    from connector.oci.client import OciClient
+    from tests.conftest import sdk_signer
+
+    found = emulator.emulator.world
+    region = found.home_region
+    body = orjson.dumps({"type": "Structured", "query": search.QUERY})
+    ids: set[str] = set()
+
+    async def main() -> None:
+        async with OciClient(SdkSigner(sdk_signer(emulator), "sdk")) as client:
+            url = f"{emulator.region_url(region)}/20180409/resources"
+            async for page in client.paginate(url, {"limit": 7}, body=body):
+                ids.update(s["identifier"] for s in orjson.loads(page.response.body)["items"])
+
+    anyio.run(main)
+    truth = {
+        img.id
+        for c in found.listable_compartments()
+        for img in found.custom.get((region, c.id), [])
+    }
+    assert truth == ids

@@ -71,7 +71,7 @@ class Behaviour:
 
     latency_ms: float = 0.0
     jitter: float = 0.5
-    rate: float = 0.0  # requests/s per tenancy and region (path prefix); 0 = unlimited
+    rate: float = 0.0  # requests/s per tenancy, region (path prefix) and service; 0 = unlimited
     burst: float = 10.0
     retry_after: float | None = None
     fault_rate: float = 0.0
@@ -230,8 +230,10 @@ class Emulator:
         for suffix, handler in routes:
             app.router.add_get(API + suffix, handler)
             app.router.add_get("/{region}" + API + suffix, handler)
-        app.router.add_post(SEARCH_API + "/resources", self._search_resources)
-        app.router.add_post("/{region}" + SEARCH_API + "/resources", self._search_resources)
+        # Search is its own service (query.<region>...): also under /{region}/query, so that a
+        # client can address it as a host of its own, with a rate limit of its own.
+        for prefix in ("", "/{region}", "/{region}/query"):
+            app.router.add_post(prefix + SEARCH_API + "/resources", self._search_resources)
         app.router.add_get(STATS_PATH, self._stats)
         app.router.add_post(RESET_PATH, self._reset)
         return app
@@ -281,7 +283,9 @@ class Emulator:
             return _echoed(knobs.echo_authorization, request.headers.get("authorization", ""))
         if knobs.rate > 0:
             region = self._limit_region(request)
-            budget = f"{tenancy}/{region}"
+            # OCI limits each service of a region on its own: Search apart from the others.
+            service = "search" if SEARCH_API in request.path else "core"
+            budget = f"{tenancy}/{region}/{service}"
             bucket = self._buckets.get(budget)
             if bucket is None:
                 bucket = self._buckets[budget] = TokenBucket(knobs.rate, knobs.burst)
