@@ -33,12 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default=None,
-        help="comma-separated scenario ids (default: S1,S2,S3,S4,P1,E1; with --full, S5 too)",
+        help="comma-separated scenario ids (default: S1,S2,S3,S4,P1,E1; with --full, S5 and S6 too)",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest.json"))
     args = parser.parse_args(argv)
-    repeat = args.repeat or 5  # the machine is noisy: medians of five (S5: see DEFAULT_REPEAT)
-    default = "S1,S2,S3,S4,P1,E1" + (",S5" if args.full else "")
+    repeat = args.repeat or 5  # the machine is noisy: medians of five (S5, S6: DEFAULT_REPEAT)
+    default = "S1,S2,S3,S4,P1,E1" + (",S5,S6" if args.full else "")
     chosen = [s.strip() for s in (args.only or default).split(",")]
     from connector import logs
 

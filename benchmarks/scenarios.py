@@ -13,7 +13,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -183,6 +183,8 @@ def connector_config(
         "[oci]",
         f'config_file = "{emulator.config}"',
         f'endpoint = "{emulator.url}/{{region}}"',
+        # Search as the service of its own it is (query.<region>...), with its own rate limit.
+        f'search_endpoint = "{emulator.url}/{{region}}/query"',
         f"regions = {orjson.dumps(list(regions)).decode()}",
         "[fetch]",
         *(f"{k} = {orjson.dumps(v).decode()}" for k, v in options.items()),
@@ -692,6 +694,9 @@ class TenancyShape:
     rate: float = 20.0  # requests/s per region, enforced by the emulator
     burst: float = 10.0
     seed: int = 17
+    empty_share: float = 0.0
+    """The share of compartments holding no custom image (S6: 0.9)."""
+    custom_scale: float = 1.0
     cache_mb: float = 1024.0
     """The emulator's memory for generated listings. Four shards keep 4 × 16 listings open in
     each region; the large ones among them (7 % of listings, about 10 MB each) take some 700 MB.
@@ -705,16 +710,25 @@ class TenancyShape:
             "--latency-ms", f"{self.latency_ms:g}", "--jitter", "0.5",
             "--rate", f"{self.rate:g}", "--burst", f"{self.burst:g}",
             "--cache-mb", f"{self.cache_mb:g}",
+            *(("--empty-share", f"{self.empty_share:g}") if self.empty_share else ()),
+            *(("--custom-scale", f"{self.custom_scale:g}") if self.custom_scale != 1 else ()),
         )  # fmt: skip
 
 
 def tenancy_run(
-    emulator: EmulatorProcess, folder: Path, shape: TenancyShape, shards: int = 1
+    emulator: EmulatorProcess,
+    folder: Path,
+    shape: TenancyShape,
+    shards: int = 1,
+    strategy: str = "list",
 ) -> dict[str, float]:
     """One export of the S5 world (or ``shards`` shard processes in parallel, then the commit)
-    and its figures, from the emulator's counters and the processes' own."""
+    and its figures, from the emulator's counters and the processes' own. ``strategy`` is
+    ``fetch.strategy`` (S6 compares both)."""
     emulator.reset()
-    config = connector_config(folder, emulator, shape.regions, platform_images="once")
+    config = connector_config(
+        folder, emulator, shape.regions, platform_images="once", strategy=strategy
+    )
     cpu_before = _cpu_seconds(emulator.process.pid)
     if shards == 1:
         runs = [measure(connector_command(config))]
@@ -735,10 +749,13 @@ def tenancy_run(
     stats = emulator.stats()
     by_region = stats["requests_by_region"]
     throttled = stats["throttled_by_region"]
-    served = {r: by_region.get(r, 0) - throttled.get(r, 0) for r in shape.regions}
-    # The bound: each region's successful requests at its rate (less the initial burst),
-    # regions in parallel.
-    bound = max((n - shape.burst) / shape.rate for n in served.values())
+    searched = stats.get("searches_by_region", {})
+    # Each region's successful requests, per service: Search is limited apart (S6).
+    served = [by_region.get(r, 0) - throttled.get(r, 0) - searched.get(r, 0) for r in shape.regions]
+    served += [searched.get(r, 0) for r in shape.regions]
+    # The bound: each region's and service's successful requests at its rate (less the initial
+    # burst), in parallel.
+    bound = max(max((n - shape.burst) / shape.rate for n in served), 1e-3)
     wall = max(r.wall_s for r in runs[:shards]) + commit_s
     listings = len(stats["listed_compartments"])
     cpu = sum(r.cpu_s for r in runs)
@@ -748,6 +765,8 @@ def tenancy_run(
         "bound_s": bound,
         "ratio": wall / bound,
         "requests": stats["requests"],
+        "searches": sum(stats.get("searches_by_region", {}).values()),
+        "rows": published_rows(folder),
         "throttled_share": 100 * stats["throttled"] / stats["requests"],
         "listings": listings,
         "pages": pages_listed(stats),
@@ -757,6 +776,12 @@ def tenancy_run(
         "emulator_cpu_share": 100 * emulator_cpu / (wall * (cores or 1)),
         "peak_pss_mb": max(r.peak_tree_rss_mb for r in runs),
     }
+
+
+def published_rows(folder: Path) -> int:
+    """Rows of the snapshot the run published, as its manifest counts them."""
+    (manifest,) = (folder / "lake" / "images").glob("snapshot_date=*/_manifest.json")
+    return int(orjson.loads(manifest.read_bytes())["rows"])
 
 
 def s5_rows(label: str, figures: list[dict[str, float]], shards: int) -> list[dict[str, Any]]:
@@ -804,6 +829,93 @@ def s5(full: bool, repeat: int, shape: TenancyShape | None = None) -> list[dict[
     return s5_rows("one process", one, 1) + s5_rows("4 shard processes", four, 4)
 
 
+# -- S6: Resource Search against listing every compartment --------------------------------------
+
+S6_FULL = TenancyShape(empty_share=0.9)
+"""S5's tenancy with nine compartments in ten holding no custom image, as in most tenancies."""
+S6_QUICK = replace(S6_FULL, compartments=1000)
+"""The default size: 1,000 compartments × 4 regions (about 1 minute for list mode, where the
+full size takes S5's 5 minutes); ``--full`` runs S6_FULL."""
+
+
+def search_pair(
+    emulator: EmulatorProcess, folder: Path, shape: TenancyShape
+) -> dict[str, dict[str, float]]:
+    """``list`` then ``search`` against one emulator, each into a lake of its own; their figures
+    (requests: Compute, Identity and Search together, as the emulator counted them)."""
+    figures = {}
+    for strategy in ("list", "search"):
+        lake = folder / strategy
+        lake.mkdir(exist_ok=True)
+        figures[strategy] = tenancy_run(emulator, lake, shape, strategy=strategy)
+    return figures
+
+
+def s6_rows(pairs: list[dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
+    def values(strategy: str, key: str) -> list[float]:
+        return [pair[strategy][key] for pair in pairs]
+
+    share = [100 * p["search"]["requests"] / p["list"]["requests"] for p in pairs]
+    ratio = statistics.median(values("search", "ratio"))
+    equal = all(p["search"]["rows"] == p["list"]["rows"] for p in pairs)
+    first = pairs[0]
+    rows = []
+    for strategy in ("list", "search"):
+        head = first[strategy]
+        rows += [
+            row(
+                "S6",
+                f"{strategy}: {head['listings']:,.0f} listings, {head['pages']:,.0f} pages, "
+                f"{head['searches']:,.0f} Search requests: requests",
+                values(strategy, "requests"),
+                "",
+                ",.0f",
+            ),
+            row("S6", f"{strategy}: wall", values(strategy, "wall_s")),
+            row(
+                "S6",
+                f"{strategy}: rate bound (successful requests − burst) ÷ rate, per region",
+                values(strategy, "bound_s"),
+            ),
+            row(
+                "S6",
+                f"{strategy}: wall ÷ bound",
+                values(strategy, "ratio"),
+                "×",
+                ".3f",
+                "≤ 1.25×" if strategy == "search" else "",
+                ratio <= 1.25 if strategy == "search" else None,
+            ),
+            row("S6", f"{strategy}: rows published", values(strategy, "rows"), "", ",.0f"),
+            row("S6", f"{strategy}: connector CPU", values(strategy, "cpu_s")),
+            row(
+                "S6",
+                f"{strategy}: peak memory (PSS) of the process tree",
+                values(strategy, "peak_pss_mb"),
+                " MB",
+                ".0f",
+            ),
+        ]
+    return [
+        *rows,
+        row("S6", "search requests ÷ list requests", share, " %", ".1f", "≤ 15 %",
+            statistics.median(share) <= 15),
+        row("S6", "rows: search = list", [float(equal)], "", ".0f", "equal", equal),
+        row("S6", "wall: list ÷ search", [p["list"]["wall_s"] / p["search"]["wall_s"]
+            for p in pairs], "×", ".1f"),
+    ]  # fmt: skip
+
+
+def s6(full: bool, repeat: int, shape: TenancyShape | None = None) -> list[dict[str, Any]]:
+    """List against search on S5's tenancy with 90 % of compartments empty of custom images."""
+    shape = shape or (S6_FULL if full else S6_QUICK)
+    with tempfile.TemporaryDirectory() as temp:
+        folder = Path(temp)
+        with EmulatorProcess(folder, *shape.emulator_args()) as emulator:
+            pairs = [search_pair(emulator, folder, shape) for _ in range(repeat)]
+    return s6_rows(pairs)
+
+
 # -- P1: the CPU of a dropped platform image -------------------------------------------------------
 
 
@@ -828,9 +940,13 @@ RUNNERS: dict[str, Callable[..., list[dict[str, Any]]]] = {
     "S3": s3,
     "S4": s4,
     "S5": s5,
+    "S6": s6,
     "P1": p1,
 }
-DEFAULT_REPEAT = {"S5": 1}  # about 250 s a run at full size: one of each kind, unless asked
+DEFAULT_REPEAT = {
+    "S5": 1,
+    "S6": 1,
+}  # about 250 s a run at full size: one of each kind, unless asked
 
 
 # -- E1: the emulator is never the bottleneck -----------------------------------------------------

@@ -152,7 +152,8 @@ def plan(
     run_id: str | None = None,
     credentials: Credentials | None = None,
 ) -> Plan:
-    """Discover the run's listings (a few Identity requests) and divide them into ``shards``."""
+    """Discover the run's listings (a few Identity requests, and with ``fetch.strategy =
+    "search"`` a few Search requests) and divide them into ``shards``."""
     return anyio.run(_plan, settings, shards, run_id, credentials)
 
 
@@ -169,10 +170,13 @@ async def _plan(
     run_id = run_id or new_run_id()
     day = settings.output.effective_snapshot_date  # once: the plan may straddle midnight
     async with for_settings(settings, credentials) as client:
-        items = await discovery.discover(client, settings, credentials)
+        found = await discovery.discover_run(client, settings, credentials)
+        if found.guide is not None:
+            await found.guide.complete()
     specs = []
     for index in range(shards):
-        mine = discovery.shard_items(items, index, shards)
+        # With Resource Search, each shard's listings are those Search found among its share.
+        mine = found.listings(index, shards)
         regions = tuple(sorted({i.region for i in mine}))
         specs.append(ShardSpec(index, shards, run_id, len(mine), regions, 1.0 / shards, day))
     return Plan(run_id, day, tuple(specs))

@@ -455,6 +455,10 @@ def summary_line(outcome: RunOutcome) -> str:
             "throttled",
         )
     )
+    # Resource Search's lag, when there is any: images it did not know, and deleted since.
+    counts += "".join(
+        f" {key}={totals[key]}" for key in ("search_unknown", "search_gone") if totals.get(key)
+    )
     run_id = outcome.manifest.run_id if outcome.manifest else "-"
     return (
         f"{status} ({published}): {counts} "

@@ -378,6 +378,11 @@ class OciSettings:
         _endpoint,
         'Identity endpoint override; "" = oci.endpoint when set (with flavor pca and https://iaas.<domain>: https://identity.<domain>), else public OCI',
     )
+    search_endpoint: str = key(
+        "",
+        _endpoint,
+        'Resource Search endpoint override (fetch.strategy = "search"), {region} substituted; "" = oci.endpoint when set, else https://query.<region>.oci.<realm domain>',
+    )
     ca_bundle: str = key(
         "",
         _existing_file,
@@ -481,6 +486,11 @@ class FetchSettings:
         "once",
         _choice("once", "every", "skip"),
         "once per region, every listing, or skip (see Platform images)",
+    )
+    strategy: str = key(
+        "list",
+        _choice("list", "search"),
+        "list: ListImages in every compartment; search: Resource Search finds the compartments holding custom images, ListImages runs there plus once per region for platform images, and the manifest reports the index's lag (see Resource Search)",
     )
     workers: int | str = key(
         "auto",
@@ -925,9 +935,11 @@ def _cross_checks(settings: Settings) -> None:
         )
     if output.catalog and output.table_format != "iceberg":
         raise ConfigError("output.catalog", 'applies to output.table_format = "iceberg" only')
+    _check_strategy(settings)
     for name, url in (
         ("oci.endpoint", oci.endpoint),
         ("oci.identity_endpoint", oci.identity_endpoint),
+        ("oci.search_endpoint", oci.search_endpoint),
     ):
         if url.startswith("http://") and not oci.allow_insecure_http:
             host = urlsplit(url.replace("{region}", "region")).hostname or ""
@@ -942,6 +954,28 @@ EXCLUDES_ROOT = (
     "lists the tenancy, which would leave out every compartment; to skip only the images in "
     "the root compartment itself, set scope.include_root = false"
 )
+
+
+def _check_strategy(settings: Settings) -> None:
+    """What ``fetch.strategy = "search"`` cannot work with: platform images in every listing
+    (it lists only the compartments holding custom images), and an appliance without Resource
+    Search (unless an endpoint for it is given)."""
+    fetch, oci = settings.fetch, settings.oci
+    if fetch.strategy != "search":
+        return
+    if fetch.platform_images == "every":
+        raise ConfigError(
+            "fetch.strategy",
+            '"search" lists only the compartments holding custom images, so it cannot put '
+            'platform images in every listing: set fetch.platform_images = "once" (or "skip"), '
+            'or fetch.strategy = "list"',
+        )
+    if not flavors.named(oci.flavor).resource_search and not oci.search_endpoint:
+        raise ConfigError(
+            "fetch.strategy",
+            f'"search" needs Resource Search, which a {oci.flavor} appliance does not serve: '
+            'set oci.search_endpoint to a Search service that covers it, or fetch.strategy = "list"',
+        )
 
 
 def _check_regions(settings: Settings) -> None:

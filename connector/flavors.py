@@ -39,6 +39,8 @@ class Flavor:
     region named by the appliance's domain)."""
     identity_beside_iaas: bool
     """Whether Identity is at ``identity.<domain>`` when Compute is at ``https://iaas.<domain>``."""
+    resource_search: bool
+    """Whether the platform serves Resource Search (``fetch.strategy = "search"``)."""
 
     def identity_endpoint(self, endpoint: str) -> str:
         """Identity's endpoint when only Compute's (``endpoint``, ``oci.endpoint``) is given."""
@@ -60,6 +62,7 @@ OCI = Flavor(
     sort_by_name="DISPLAYNAME",
     public_endpoints=True,
     identity_beside_iaas=False,
+    resource_search=True,
 )
 PCA = Flavor(
     name="pca",
@@ -68,6 +71,7 @@ PCA = Flavor(
     sort_by_name="NAME",
     public_endpoints=False,
     identity_beside_iaas=True,
+    resource_search=False,
 )
 
 FLAVORS: dict[str, Flavor] = {flavor.name: flavor for flavor in (OCI, PCA)}

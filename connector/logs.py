@@ -91,7 +91,7 @@ KEYS: dict[str, Key] = {
     "region": Key("string", "an OCI region name"),
     "compartment_id": Key("string", "a compartment OCID"),
     "page": Key("integer", "a listing's page number, from 1"),
-    "pages": Key("integer", "pages a listing fetched"),
+    "pages": Key("integer", "pages a listing (or a region's search) fetched"),
     "status": Key("integer", "an HTTP status (null for a transport error)"),
     "code": Key("string", "OCI's error code (`NotAuthorizedOrNotFound`, ...)"),
     "opc_request_id": Key("string", "OCI's request id, for a support ticket"),
@@ -144,6 +144,18 @@ KEYS: dict[str, Key] = {
     "outcome": Key("string", "how it ended: `succeeded`, `partial` or `failed`"),
     "published": Key("boolean", "whether the snapshot was published"),
     "exit_code": Key("integer", "the command's exit code for it"),
+    "compartments": Key("integer", "compartments Resource Search found holding custom images"),
+    "images": Key("integer", "custom images Resource Search found"),
+    "unknown_to_search": Key(
+        "integer", "custom images the listings returned that Resource Search did not know"
+    ),
+    "gone_since_indexed": Key(
+        "integer",
+        "images Resource Search knew that the listings did not return (null: filters it cannot "
+        "express)",
+    ),
+    "search_unknown": Key("integer", "`unknown_to_search`, over every region"),
+    "search_gone": Key("integer", "`gone_since_indexed`, over every region"),
 }
 
 EVENTS: dict[str, Event] = {
@@ -164,6 +176,21 @@ EVENTS: dict[str, Event] = {
         "a compartment record without a usable id is left out (counted in the manifest)",
     ),
     "discovery.compartments": Event("info", ("found", "excluded"), "the compartment tree is known"),
+    "search.found": Event(
+        "info",
+        ("region", "compartments", "images", "pages"),
+        "Resource Search named the compartments in scope holding custom images in a region",
+    ),
+    "search.failed": Event(
+        "warning",
+        ("region", "status", "code", "reason", "hint"),
+        "Resource Search failed in a region (after retries): every compartment there is listed",
+    ),
+    "search.lag": Event(
+        "info",
+        ("region", "unknown_to_search", "gone_since_indexed"),
+        "Resource Search's index differed from the region's listings (the manifest names the ids)",
+    ),
     "discovery.compartment_unreadable": Event(
         "warning",
         ("compartment_id", "status", "code"),
@@ -260,9 +287,11 @@ EVENTS: dict[str, Event] = {
             "listings_ok",
             "listings_failed",
             "elapsed_s",
+            "search_unknown",
+            "search_gone",
         ),
         "the last event of a run, shard or commit: its totals, as the summary line prints them "
-        "and the manifest holds them",
+        'and the manifest holds them (`search_*` with fetch.strategy = "search" only)',
     ),
     "run.interrupted": Event("warning", ("signal",), "SIGINT or SIGTERM: the run stops"),
     "permissions.too_open": Event(

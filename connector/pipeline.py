@@ -178,8 +178,7 @@ class Export:
                 await anyio.sleep(PROGRESS_EVERY_S)
 
     async def work_items(self) -> list[WorkItem]:
-        """The (region, compartment) listings of this shard; the shard's platform-image donor
-        regions go to the workers."""
+        """This shard's listings; its platform-image donor regions go to the workers."""
         ctx = self.context
         try:
             found = await discovery.discover_run(self.client, ctx.settings, ctx.credentials)
@@ -187,10 +186,11 @@ class Export:
             if self.client.aborted is not None:
                 raise self.client.aborted from None
             raise exc from None
-        self.discovery = found
+        self.discovery = self.tally.discovery = found
         donors = discovery.donor_regions(found.items, *ctx.shard)
         self.workers.donations.exclude({item.region for item in found.items} - donors)
-        return discovery.shard_items(found.items, *ctx.shard)
+        self.session.fetcher.search = found.search_for(*ctx.shard)
+        return found.listings(*ctx.shard)
 
     async def _fetch_all(
         self,
@@ -243,10 +243,10 @@ class Export:
         sent = self.client.counters
         requests = RequestCounts(sent.sent, sent.retried, sent.throttled)
         timings = Timings(**self._timings)
-        listings = self.tally.listings()
+        listings, lag = self.tally.listings(), self.tally.search_lag()
         skipped = self.discovery.skipped if self.discovery else 0
         return self.context.manifest(
-            started, files, rejects, companions or {}, listings, requests, timings, skipped
+            started, files, rejects, companions or {}, listings, requests, timings, skipped, lag
         )
 
 

@@ -15,7 +15,14 @@ from connector._version import __version__
 from connector.config import Settings
 from connector.lake import layout, lock, storage, tables
 from connector.lake.layout import Layout
-from connector.lake.manifest import ListingRecord, Manifest, RequestCounts, Timings, utc_now
+from connector.lake.manifest import (
+    ListingRecord,
+    Manifest,
+    RequestCounts,
+    SearchLag,
+    Timings,
+    utc_now,
+)
 from connector.lake.storage import Store
 from connector.lake.tables import TableWriter
 from connector.oci import regions
@@ -69,6 +76,7 @@ class RunContext:
         requests: RequestCounts,
         timings: Timings,
         compartment_records_skipped: int = 0,
+        search: tuple[SearchLag, ...] | None = None,
     ) -> Manifest:
         """What this attempt staged, as its shard manifest (or its failure record) says."""
         output = self.settings.output
@@ -93,6 +101,7 @@ class RunContext:
             attempt=self.owner.attempt,
             timings=timings,
             compartment_records_skipped=compartment_records_skipped,
+            search=search,
         )
 
 
@@ -132,6 +141,7 @@ def prepare(
         file_prefix=data_prefix,
         reject_prefix=reject_prefix.removeprefix("rejects-"),
         heartbeat_s=settings.fetch.worker_heartbeat_s,
+        custom_ids=settings.fetch.strategy == "search",
     )
     return RunContext(
         settings=settings,

@@ -7,12 +7,16 @@ same way: one line says so, with the count, not one line per compartment)."""
 
 from __future__ import annotations
 
+import bisect
 import time
+from array import array
 from collections import Counter
+from collections.abc import Container
 from dataclasses import dataclass, field, replace
 
 from connector import logs
-from connector.lake.manifest import ListingRecord
+from connector.lake.manifest import ID_SAMPLE, ListingRecord, SearchLag
+from connector.oci.discovery import Discovery
 from connector.pages import WorkItem
 from connector.workers.page import ListingResult
 
@@ -51,6 +55,11 @@ class Tally:
     ended: dict[WorkItem, int] = field(default_factory=dict)
     """When each listing ended (Unix time in ns): the trace's listing events
     (``connector.tracing``), one clock read per listing."""
+    discovery: Discovery | None = None
+    """What discovery found; with Resource Search, what each listing is compared with."""
+    lags: dict[str, _Lag] = field(default_factory=dict)
+    waiting: list[tuple[WorkItem, frozenset[str], _Digests]] = field(default_factory=list)
+    """Listings done before their region's search was over, to compare once it is."""
 
     def listing_done(self, result: ListingResult) -> None:
         """A worker finished a listing: record it for the manifest, the counts and the log."""
@@ -81,6 +90,7 @@ class Tally:
             )
             return
         self.rows += result.rows
+        self._compare(result)
         log.debug(
             "listing.done",
             region=item.region,
@@ -88,6 +98,62 @@ class Tally:
             pages=result.pages,
             rows=result.rows,
         )
+
+    def _compare(self, result: ListingResult) -> None:
+        """A listing's custom images against what Resource Search knew of its compartment,
+        once the region's search is over. Until then the listing waits, small: the ids Search
+        has not named yet as text (usually few), all of them as 8-byte digests."""
+        guide = self.discovery.guide if self.discovery else None
+        listed = result.custom_ids
+        if guide is None or listed is None:
+            return
+        item = result.item
+        if item.region not in guide.done:
+            unnamed = listed - guide.ids(item, release=False)
+            self.waiting.append((item, unnamed, _Digests(listed)))
+            return
+        self._compare_ids(item, listed, listed)
+
+    def _compare_ids(self, item: WorkItem, unnamed: frozenset[str], listed: Container[str]) -> None:
+        """``unnamed``: the listing's ids, or those among them Search had not named when the
+        listing ended; ``listed`` answers whether the listing returned an id."""
+        guide = self.discovery.guide if self.discovery else None
+        assert guide is not None
+        region = item.region
+        lag = self.lags.setdefault(region, _Lag(region not in guide.unsearched))
+        if region in guide.unsearched:
+            lag.searched = False
+            return
+        known = guide.ids(item)
+        lag.listings += 1
+        lag.indexed += len(known)
+        lag.unknown.update(unnamed - known)
+        if guide.exact:
+            lag.gone.update(image for image in known if image not in listed)
+
+    def search_lag(self) -> tuple[SearchLag, ...] | None:
+        """Search's lag per region for the manifest (None without Search); one line per region
+        where it lagged."""
+        guide = self.discovery.guide if self.discovery else None
+        if guide is None:
+            return None
+        waiting, self.waiting = self.waiting, []
+        for item, unnamed, listed in waiting:
+            self._compare_ids(item, unnamed, listed)
+        for region in guide.unsearched:
+            self.lags.setdefault(region, _Lag(False))
+        records = tuple(
+            self.lags[region].record(region, guide.exact) for region in sorted(self.lags)
+        )
+        for record in records:
+            if record.unknown or record.gone:
+                log.info(
+                    "search.lag",
+                    region=record.region,
+                    unknown_to_search=record.unknown,
+                    gone_since_indexed=record.gone,
+                )
+        return records
 
     def report_failures(self) -> None:
         """One warning per region and cause (status, code) of the failed listings: how many of
@@ -132,7 +198,8 @@ class Tally:
         now = time.monotonic()
         return Progress(
             elapsed_s=now - self.started,
-            listings_total=self.listings_total,
+            # Resource Search adds listings as it goes: never fewer than those done.
+            listings_total=max(self.listings_total, self.listings_done),
             listings_done=self.listings_done,
             listings_failed=self.listings_failed,
             rows=self.rows,
@@ -140,4 +207,40 @@ class Tally:
             requests=requests,
             throttled=throttled,
             fetch_elapsed_s=now - self.fetch_started if self.fetch_started else None,
+        )
+
+
+class _Digests:
+    """A listing's ids as sorted 8-byte digests (``hash``, stable within the process): what a
+    listing that ended before its region's search needs to keep to be compared later."""
+
+    def __init__(self, ids: frozenset[str]) -> None:
+        self._digests = array("q", sorted(map(hash, ids)))
+
+    def __contains__(self, image: object) -> bool:
+        digest = hash(image)
+        at = bisect.bisect_left(self._digests, digest)
+        return at < len(self._digests) and self._digests[at] == digest
+
+
+@dataclass(slots=True)
+class _Lag:
+    """One region's comparison of listings with Search, as it accumulates."""
+
+    searched: bool
+    listings: int = 0
+    indexed: int = 0
+    unknown: set[str] = field(default_factory=set)
+    gone: set[str] = field(default_factory=set)
+
+    def record(self, region: str, exact: bool) -> SearchLag:
+        return SearchLag(
+            region,
+            self.searched,
+            self.listings,
+            self.indexed,
+            len(self.unknown),
+            len(self.gone) if exact else None,
+            tuple(sorted(self.unknown)[:ID_SAMPLE]),
+            tuple(sorted(self.gone)[:ID_SAMPLE]),
         )

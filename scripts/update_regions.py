@@ -75,6 +75,7 @@ def render() -> str:
     import oci
     import oci.core.compute_client
     import oci.identity.identity_client
+    import oci.resource_search.resource_search_client
     from oci import regions_definitions, service_endpoints
 
     services = {
@@ -86,6 +87,11 @@ def render() -> str:
         "identity": _service(
             "identity",
             _client_kwargs(oci.identity.identity_client, "IdentityClient"),
+            service_endpoints.SERVICE_ENDPOINTS,
+        ),
+        "query": _service(
+            "resource_search",
+            _client_kwargs(oci.resource_search.resource_search_client, "ResourceSearchClient"),
             service_endpoints.SERVICE_ENDPOINTS,
         ),
     }

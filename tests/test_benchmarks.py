@@ -29,3 +29,31 @@ def test_s5_runs_at_a_tiny_size(tmp_path: Path, shards: int) -> None:
     rows = scenarios.s5_rows("tiny", [figures], shards)
     assert {"S5"} == {r["id"] for r in rows}
     assert all(r["median"] == r["median"] for r in rows)  # no NaN
+
+
+SMALL_S6 = scenarios.TenancyShape(
+    compartments=300,
+    platform_images=8,
+    latency_ms=1.0,
+    rate=1000.0,
+    burst=1000.0,
+    seed=5,
+    empty_share=0.9,
+    custom_scale=0.1,
+)
+
+
+def test_s6_search_needs_at_most_15_percent_of_list_requests(tmp_path: Path) -> None:
+    """S6's shape, small: the same rows from at most 15 % of list mode's requests (Compute,
+    Identity and Search together, as the emulator counts them; unthrottled, so deterministic)."""
+    with scenarios.EmulatorProcess(tmp_path, *SMALL_S6.emulator_args()) as emulator:
+        pair = scenarios.search_pair(emulator, tmp_path, SMALL_S6)
+    listed, searched = pair["list"], pair["search"]
+    assert listed["rows"] == searched["rows"] > 0
+    assert len(SMALL_S6.regions) * SMALL_S6.compartments == listed["listings"]
+    assert 0 == listed["searches"]
+    assert len(SMALL_S6.regions) <= searched["searches"]
+    assert searched["requests"] <= 0.15 * listed["requests"], (searched, listed)
+    rows = scenarios.s6_rows([pair])
+    assert {"S6"} == {r["id"] for r in rows}
+    assert all(r["median"] == r["median"] for r in rows)  # no NaN

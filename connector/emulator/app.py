@@ -1,4 +1,5 @@
-"""The emulator's HTTP application: OCI's ListImages and Identity endpoints on aiohttp.web.
+"""The emulator's HTTP application: OCI's ListImages, Identity and Resource Search endpoints
+on aiohttp.web.
 
 Requests pass through one middleware that does what the real service does around every call,
 in this order: assign an ``opc-request-id``, wait the configured latency, verify the request
@@ -32,10 +33,12 @@ import orjson
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from connector.emulator.data import Compartment, Image, World
+from connector.emulator import search
+from connector.emulator.data import Compartment, Image, World, region_code
 from connector.oci import signing
 
 API = "/20160918"
+SEARCH_API = "/20180409"
 STATS_PATH = "/_emulator/stats"
 RESET_PATH = "/_emulator/reset"
 
@@ -68,7 +71,7 @@ class Behaviour:
 
     latency_ms: float = 0.0
     jitter: float = 0.5
-    rate: float = 0.0  # requests/s per tenancy and region (path prefix); 0 = unlimited
+    rate: float = 0.0  # requests/s per tenancy, region (path prefix) and service; 0 = unlimited
     burst: float = 10.0
     retry_after: float | None = None
     fault_rate: float = 0.0
@@ -96,6 +99,10 @@ class Behaviour:
     hostile_compartments: bool = False
     # ListRegionSubscriptions answers a JSON object (whole, deterministic) instead of an array.
     subscriptions_object: bool = False
+    # Resource Search's index lag: the share of custom images (chosen by their ids) it does not
+    # know yet, as if just created, and how many deleted images per region it still lists.
+    search_lag: float = 0.0
+    search_ghosts: int = 0
 
     def __post_init__(self) -> None:
         if self.echo_authorization not in ("", "json", "html"):
@@ -121,6 +128,7 @@ class Stats:
     user_agents: Counter[str] = field(default_factory=Counter)
     regions: Counter[str] = field(default_factory=Counter)
     throttled_regions: Counter[str] = field(default_factory=Counter)
+    searches: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready snapshot."""
@@ -135,6 +143,7 @@ class Stats:
             "user_agents": dict(self.user_agents),
             "requests_by_region": dict(self.regions),
             "throttled_by_region": dict(self.throttled_regions),
+            "searches_by_region": dict(self.searches),
         }
 
 
@@ -189,6 +198,10 @@ class Emulator:
         # come straight from the world's own bounded cache).
         self._selections: OrderedDict[tuple[object, ...], list[Image]] = OrderedDict()
         self._children: dict[str, list[Compartment]] = {}
+        # Resource Search: each region's custom-image count per compartment (in the order
+        # results come), and whole results of queries that filter, sort or lag, LRU.
+        self._search_counts: dict[str, list[tuple[str, int]]] = {}
+        self._searches: OrderedDict[tuple[object, ...], list[dict[str, Any]]] = OrderedDict()
         for comp in world.compartments[1:]:
             self._children.setdefault(comp.parent_id, []).append(comp)
 
@@ -217,6 +230,10 @@ class Emulator:
         for suffix, handler in routes:
             app.router.add_get(API + suffix, handler)
             app.router.add_get("/{region}" + API + suffix, handler)
+        # Search is its own service (query.<region>...): also under /{region}/query, so that a
+        # client can address it as a host of its own, with a rate limit of its own.
+        for prefix in ("", "/{region}", "/{region}/query"):
+            app.router.add_post(prefix + SEARCH_API + "/resources", self._search_resources)
         app.router.add_get(STATS_PATH, self._stats)
         app.router.add_post(RESET_PATH, self._reset)
         return app
@@ -266,7 +283,9 @@ class Emulator:
             return _echoed(knobs.echo_authorization, request.headers.get("authorization", ""))
         if knobs.rate > 0:
             region = self._limit_region(request)
-            budget = f"{tenancy}/{region}"
+            # OCI limits each service of a region on its own: Search apart from the others.
+            service = "search" if SEARCH_API in request.path else "core"
+            budget = f"{tenancy}/{region}/{service}"
             bucket = self._buckets.get(budget)
             if bucket is None:
                 bucket = self._buckets[budget] = TokenBucket(knobs.rate, knobs.burst)
@@ -571,6 +590,106 @@ class Emulator:
         answer: Any = {"items": records} if self.behaviour.subscriptions_object else records
         return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
+    async def _search_resources(self, request: web.Request) -> web.StreamResponse:
+        """SearchResources: a structured query over the region's custom images, paged.
+
+        The index covers the tenancy's own resources only, so never platform images; the
+        compartments it covers are those a caller can list images in (ACTIVE, accessible).
+        """
+        region = self._region(request)
+        if self.world.flavor == "pca":
+            raise ApiError(
+                404,
+                "NotAuthorizedOrNotFound",
+                "Resource Search is not a service of this appliance.",
+            )
+        body = await request.read()
+        _check_body_hash(request, body)
+        text = _structured_query(body)
+        tenant = _string(request.query, "tenantId")
+        if tenant is not None and tenant != self.world.tenancy_id:
+            raise ApiError(
+                404,
+                "NotAuthorizedOrNotFound",
+                "Authorization failed or requested resource not found.",
+            )
+        limit = self._limit(request.query)
+        try:
+            query = search.parse(text)
+        except search.QueryError as exc:
+            raise ApiError(400, "InvalidParameter", f"Invalid search query: {exc}.") from None
+        self.stats.searches[region] += 1
+        knobs = self.behaviour
+        key = ("search", region, text, knobs.search_lag, knobs.search_ghosts)
+        offset = self._offset(request.query, key)
+        if not query.images:
+            return self._page(search.encode([]), key, 0, 0, limit, 0)
+        plain = query.where is None and query.sort is None
+        if plain and not knobs.search_lag and not knobs.search_ghosts:
+            page, total = await self._search_window(region, offset, limit, query.all_fields)
+        else:
+            found = self._searches.get(key)
+            if found is None:
+                found = await self._search_all(region, query)
+                self._searches[key] = found
+                while len(self._searches) > 8:
+                    self._searches.popitem(last=False)
+            self._searches.move_to_end(key)
+            page, total = found[offset : offset + limit], len(found)
+        return self._page(search.encode(page), key, offset, len(page), limit, total)
+
+    def _region_counts(self, region: str) -> list[tuple[str, int]]:
+        counts = self._search_counts.get(region)
+        if counts is None:
+            custom = self.world.custom
+            counts = [
+                (c.id, n)
+                for c in self.world.listable_compartments()
+                if (n := custom.count(region, c.id))
+            ]
+            self._search_counts[region] = counts
+        return counts
+
+    async def _search_window(
+        self, region: str, offset: int, limit: int, all_fields: bool
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of an unfiltered search, generating only the listings the page spans."""
+        counts = self._region_counts(region)
+        page: list[dict[str, Any]] = []
+        start = 0
+        for compartment_id, count in counts:
+            end = start + count
+            if end > offset and start < offset + limit:
+                images = await self._custom(region, compartment_id)
+                window = images[max(0, offset - start) : offset + limit - start]
+                page += [s for img in window if (s := search.summary(img, all_fields))]
+            start = end
+        return page, start
+
+    async def _search_all(self, region: str, query: search.Query) -> list[dict[str, Any]]:
+        """Every summary a query matches in a region, index lag applied, in its order."""
+        knobs = self.behaviour
+        found: list[dict[str, Any]] = []
+        for compartment_id, _ in self._region_counts(region):
+            for img in await self._custom(region, compartment_id):
+                if knobs.search_lag and _lagging(img.id, knobs.search_lag):
+                    continue
+                summary = search.summary(img, query.all_fields)
+                if summary is not None:
+                    found.append(summary)
+        listable = self.world.listable_compartments()
+        for number in range(knobs.search_ghosts if listable else 0):
+            digest = hashlib.blake2b(f"{region}/ghost/{number}".encode(), digest_size=8).digest()
+            comp = listable[int.from_bytes(digest, "big") % len(listable)]
+            ghost_id = f"ocid1.image.oc1.{region_code(region)}.aaaaaaaaghost{digest.hex()}"
+            found.append(search.ghost(ghost_id, comp.id))
+        if query.where is not None:
+            found = [s for s in found if query.where(s)]
+        if query.sort is not None:
+            field, descending = query.sort
+            found.sort(key=lambda s: str(s.get(field) or ""), reverse=descending)
+        return found
+
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         return web.Response(
             body=orjson.dumps(self.stats.as_dict()), content_type="application/json"
@@ -687,6 +806,43 @@ def _echoed(kind: str, authorization: str) -> web.Response:
         f"<html><body><h1>400 Bad Request</h1><p>Authorization: {authorization}</p></body></html>"
     )
     return web.Response(status=400, text=page, content_type="text/html")
+
+
+def _lagging(image_id: str, share: float) -> bool:
+    """Whether Search's index has not caught up with this image yet (``search_lag``)."""
+    digest = hashlib.blake2b(f"lag/{image_id}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") / 2**32 < share
+
+
+def _check_body_hash(request: web.Request, body: bytes) -> None:
+    """The body is the one signed: its SHA-256 is the signed ``x-content-sha256``, its length
+    the signed ``content-length``."""
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    if request.headers.get("x-content-sha256") != digest:
+        raise _not_authenticated("The x-content-sha256 header does not match the request body.")
+    if request.headers.get("content-length") != str(len(body)):
+        raise _not_authenticated("The content-length header does not match the request body.")
+
+
+def _structured_query(body: bytes) -> str:
+    """The query text of a ``StructuredSearchDetails`` body."""
+    try:
+        details = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "InvalidParameter", "The request body is not valid JSON.") from None
+    if not isinstance(details, dict):
+        raise ApiError(400, "InvalidParameter", "The request body must be a SearchDetails object.")
+    kind = details.get("type")
+    if kind == "FreeText":
+        raise ApiError(
+            400, "InvalidParameter", "FreeText search is not served here; send a Structured query."
+        )
+    if kind != "Structured":
+        raise ApiError(400, "InvalidParameter", "type must be Structured or FreeText.")
+    text = details.get("query")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "MissingParameter", "A Structured search needs a query.")
+    return text
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

@@ -120,6 +120,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a last full page still carries opc-next-page, leading to an empty page",
     )
+    parser.add_argument(
+        "--empty-share",
+        type=float,
+        default=0.0,
+        help="share of compartments holding no custom image (most, in a real tenancy)",
+    )
+    parser.add_argument(
+        "--search-lag",
+        type=float,
+        default=0.0,
+        help="Resource Search's index lag: share of custom images it does not know yet",
+    )
+    parser.add_argument(
+        "--search-ghosts",
+        type=int,
+        default=0,
+        help="deleted images Resource Search still lists, per region",
+    )
     hostile = parser.add_argument_group("hostile behaviours (reliability testing)")
     hostile.add_argument(
         "--endless-pages",
@@ -210,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
         cache_mb=args.cache_mb,
         oci_extras=args.oci_extras,
         shape=args.shape,
+        empty_share=args.empty_share,
     )
     behaviour = Behaviour(
         latency_ms=args.latency_ms,
@@ -232,6 +251,8 @@ def run(args: argparse.Namespace) -> int:
         cut_json_rate=args.cut_json_rate,
         reject_auth=args.reject_auth,
         hostile_regions=tuple(args.hostile_region),
+        search_lag=args.search_lag,
+        search_ghosts=args.search_ghosts,
     )
     context = tls_context(args.tls_cert, args.tls_key)
     emulator = Emulator(world, behaviour, seed=args.seed)

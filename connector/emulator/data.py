@@ -195,7 +195,11 @@ class CustomImages(Mapping[tuple[str, str], list[Image]]):
         key = (region, compartment_id)
         known = self._counts.get(key)
         if known is None:
-            if region not in self._world.regions or compartment_id not in self._listable_ids():
+            if (
+                region not in self._world.regions
+                or compartment_id not in self._listable_ids()
+                or self._world.holds_none(compartment_id)
+            ):
                 known = 0
             else:
                 known = self._world.custom_count(region, compartment_id)
@@ -275,6 +279,9 @@ class World:
     custom_scale: float = 1.0
     bad_records: float = 0.0
     shape: str = "skewed"
+    empty_share: float = 0.0
+    """The share of compartments that hold no custom image in any region (chosen by their
+    OCIDs), as in tenancies whose images live in a few shared compartments."""
     platform: dict[str, list[Image]] = field(default_factory=dict)
     platform_count: int = 0
     """Platform images per region (``build_world``'s ``platform_images``)."""
@@ -369,6 +376,13 @@ class World:
         for region in self.regions:
             self.platform[region] = _platform_images(self, region, self.platform_count, on)
         self.platform_date = day
+
+    def holds_none(self, compartment_id: str) -> bool:
+        """Whether ``empty_share`` leaves this compartment without custom images."""
+        if not self.empty_share:
+            return False
+        digest = hashlib.blake2b(f"{self.seed}/empty/{compartment_id}".encode(), digest_size=4)
+        return int.from_bytes(digest.digest(), "big") / 2**32 < self.empty_share
 
     def listing(self, region: str, compartment_id: str) -> list[Image]:
         """What ListImages returns for a compartment, unfiltered: platform images, then custom."""
@@ -1390,6 +1404,7 @@ def build_world(
     cache_mb: float = 128.0,
     oci_extras: bool = False,
     shape: str = "skewed",
+    empty_share: float = 0.0,
 ) -> World:
     """Generate the tenancy for ``seed``; the same arguments always give the same world.
 
@@ -1405,6 +1420,9 @@ def build_world(
     timestamps with nine fractional digits. It is off by default until the connector keeps
     them (issue 12); turn it on to test that it does. ``shape`` is how custom images spread
     over compartments (``SHAPES``: ``skewed`` by default; the demo's ``tenancy``).
+
+    ``empty_share`` is the share of compartments holding no custom image at all (most
+    compartments of a real tenancy), which is where Resource Search saves requests.
     """
     if not regions:
         raise ValueError("at least one region is needed")
@@ -1448,6 +1466,7 @@ def build_world(
         cache_bytes=int(cache_mb * 2**20),
         oci_extras=oci_extras,
         shape=shape,
+        empty_share=empty_share,
     )
     world.platform_count = platform_images
     world.publish_platform(reference_date or reference.date())

@@ -189,6 +189,11 @@ class EmulatorServer:
         """An endpoint template addressing any region: ``http://host:port/{region}``."""
         return self.url + "/{region}"
 
+    @property
+    def search_template(self) -> str:
+        """Resource Search as a service of its own (its own rate limit): ``.../{region}/query``."""
+        return f"{self.endpoint_template}/query"
+
     def region_url(self, region: str) -> str:
         """Base URL of one region."""
         return f"{self.url}/{region}"

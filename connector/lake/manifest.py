@@ -83,6 +83,82 @@ class ListingRecord:
         )
 
 
+ID_SAMPLE = 100
+"""Image ids a manifest names per region and direction of Search's lag (the counts are whole)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchLag:
+    """Resource Search's index against one region's listings (``fetch.strategy = "search"``).
+
+    ``unknown``: custom images the listings returned that Search did not know (created since
+    it indexed them: the index lags); ``gone``: images Search knew that the listings did not
+    return (deleted since), None when filters Search cannot express make that unknowable.
+    """
+
+    region: str
+    searched: bool
+    """False when Search failed in the region, which was then listed in full."""
+    listings: int
+    """Listings compared with Search's answer."""
+    indexed: int
+    """Custom images Search knew in those listings' compartments."""
+    unknown: int
+    gone: int | None
+    unknown_ids: tuple[str, ...] = ()
+    """The first ``ID_SAMPLE`` of them, sorted."""
+    gone_ids: tuple[str, ...] = ()
+
+    def __add__(self, other: SearchLag) -> SearchLag:
+        gone = None if self.gone is None or other.gone is None else self.gone + other.gone
+        return SearchLag(
+            self.region,
+            self.searched and other.searched,
+            self.listings + other.listings,
+            self.indexed + other.indexed,
+            self.unknown + other.unknown,
+            gone,
+            tuple(sorted(self.unknown_ids + other.unknown_ids)[:ID_SAMPLE]),
+            tuple(sorted(self.gone_ids + other.gone_ids)[:ID_SAMPLE]),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as the manifest writes it."""
+        return {
+            "region": self.region,
+            "searched": self.searched,
+            "listings": self.listings,
+            "indexed": self.indexed,
+            "unknown_to_search": self.unknown,
+            "gone_since_indexed": self.gone,
+            "unknown_ids": list(self.unknown_ids),
+            "gone_ids": list(self.gone_ids),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchLag:
+        """Read back what ``as_dict`` wrote."""
+        gone = data["gone_since_indexed"]
+        return cls(
+            data["region"],
+            bool(data["searched"]),
+            int(data["listings"]),
+            int(data["indexed"]),
+            int(data["unknown_to_search"]),
+            None if gone is None else int(gone),
+            tuple(data.get("unknown_ids", ())),
+            tuple(data.get("gone_ids", ())),
+        )
+
+
+def merge_lags(lags: Sequence[SearchLag]) -> tuple[SearchLag, ...]:
+    """One record per region, summed over shards, sorted by region."""
+    merged: dict[str, SearchLag] = {}
+    for lag in lags:
+        merged[lag.region] = merged[lag.region] + lag if lag.region in merged else lag
+    return tuple(merged[region] for region in sorted(merged))
+
+
 @dataclass(frozen=True, slots=True)
 class RequestCounts:
     """Requests a run sent, retried, and had throttled."""
@@ -165,6 +241,18 @@ class Manifest:
     """Compartment records from Identity that discovery could not use (no usable id, text
     that is not Unicode), each left out with a warning. Every shard discovers the same tree,
     so a merged manifest holds the largest count, not the sum."""
+    search: tuple[SearchLag, ...] | None = None
+    """With ``fetch.strategy = "search"``: Search's index against the listings, per region."""
+
+    @property
+    def search_unknown(self) -> int:
+        """Images the listings returned that Search did not know (0 without Search)."""
+        return sum(lag.unknown for lag in self.search or ())
+
+    @property
+    def search_gone(self) -> int:
+        """Images Search knew that the listings did not return (0 without Search)."""
+        return sum(lag.gone or 0 for lag in self.search or ())
 
     @property
     def rows(self) -> int:
@@ -229,6 +317,8 @@ class Manifest:
             document["attempt"] = self.attempt
         document["timings"] = self.timings.as_dict()
         document["compartment_records_skipped"] = self.compartment_records_skipped
+        if self.search is not None:
+            document["search"] = [lag.as_dict() for lag in self.search]
         return document
 
     @classmethod
@@ -261,6 +351,11 @@ class Manifest:
             attempt=data.get("attempt"),
             timings=Timings.from_dict(data.get("timings", {})),
             compartment_records_skipped=int(data.get("compartment_records_skipped", 0)),
+            search=(
+                tuple(SearchLag.from_dict(lag) for lag in data["search"])
+                if data.get("search") is not None
+                else None
+            ),
         )
 
 
@@ -309,7 +404,14 @@ class RunOutcome:
             "listings_ok": len(manifest.compartments) - failed if manifest else 0,
             "listings_failed": failed,
             "elapsed_s": round(self.elapsed_s, 2),
-        }
+        } | self._search_totals()
+
+    def _search_totals(self) -> dict[str, int]:
+        """Search's lag, with ``fetch.strategy = "search"`` only."""
+        manifest = self.manifest
+        if manifest is None or manifest.search is None:
+            return {}
+        return {"search_unknown": manifest.search_unknown, "search_gone": manifest.search_gone}
 
 
 def utc_now() -> str:
@@ -359,4 +461,9 @@ def merge(shards: Sequence[Manifest]) -> Manifest:
             convert_s=sum(s.timings.convert_s for s in shards),
         ),
         compartment_records_skipped=max(s.compartment_records_skipped for s in shards),
+        search=(
+            merge_lags([lag for s in shards for lag in s.search or ()])
+            if any(s.search is not None for s in shards)
+            else None
+        ),
     )

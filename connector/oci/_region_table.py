@@ -223,4 +223,11 @@ SERVICES: dict[str, dict[str, object]] = {
         "template": "https://identity.{region}.oci.{secondLevelDomain}",
         "templates_per_realm": {},
     },
+    "query": {
+        "base_path": "/20180409",
+        "domain_template": "https://query.{domain}",
+        "dual_stack_by_default": False,
+        "template": "https://query.{region}.oci.{secondLevelDomain}",
+        "templates_per_realm": {},
+    },
 }

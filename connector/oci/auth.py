@@ -72,7 +72,8 @@ SDK's."""
 
 
 class RequestSigner(Protocol):
-    """Adds ``date``, ``host`` and ``authorization`` headers to an outgoing GET request."""
+    """Adds ``date``, ``host`` and ``authorization`` headers to an outgoing request (one with a
+    body carries its body headers already: ``signing.body_headers``)."""
 
     async def sign(self, method: str, url: str, headers: dict[str, str]) -> None:
         """Sign the request described by ``method``, ``url`` and ``headers`` in place."""
@@ -356,14 +357,22 @@ class SdkSigner:
 
         prepared = requests.Request(method, url, headers=headers).prepare()
         self._signer(prepared)
-        wanted = ("date", "host", "authorization", "x-content-sha256", "content-type")
+        wanted = (
+            "date",
+            "host",
+            "authorization",
+            "x-content-sha256",
+            "content-type",
+            "content-length",
+        )
         return {k.lower(): v for k, v in prepared.headers.items() if k.lower() in wanted}
 
 
 def sign_headers(
     method: str, url: str, headers: dict[str, str], key_id: str, key: rsa.RSAPrivateKey
 ) -> None:
-    """Add date, host and authorization for a request without a body."""
+    """Add date, host and authorization; a request with a body signs its body headers too,
+    which ``headers`` must hold (``signing.body_headers``)."""
     headers.setdefault("date", signing.http_date())
     headers.setdefault("host", urlsplit(url).netloc)
     signed = signing.signed_headers_for(method)

@@ -56,6 +56,7 @@ from connector.errors import (
 from connector.limits import BodyReader, Limits, PageCounter
 from connector.oci import (
     diagnose,
+    signing,
     troubleshoot,
 )
 from connector.oci.auth import Refreshable, RequestSigner
@@ -228,6 +229,24 @@ class OciClient:
         worker processes do this for ListImages pages, where parsing twice would cost.
         ``context`` (region, compartment_id, page, ...) goes into every log line about the call.
         """
+        return await self.request(
+            "GET", url, params, priority=priority, validate=validate, **context
+        )
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        body: bytes | None = None,
+        priority: int = 1,
+        validate: Callable[[bytes], object] | None = None,
+        **context: Any,
+    ) -> Response:
+        """``get``, for any method; a ``body`` (JSON) is signed as the SDK signs one
+        (``content-length``, ``content-type`` and ``x-content-sha256`` among the signed
+        headers). Read-only queries such as Resource Search's POST are retried as GETs are."""
         full_url = _with_query(url, params or {})
         endpoint = endpoint_key(url)
         policy = self.options.retry
@@ -242,7 +261,7 @@ class OciClient:
             async with self.limiter.slot(endpoint, priority) as ticket:
                 self.counters.sent += 1
                 try:
-                    response = await self._send(full_url, request_id, attempt, started)
+                    response = await self._send(method, full_url, body, request_id, attempt)
                 except TransportError as exc:
                     error: TransportError | OciApiError = exc
                     self.counters.answers[region, "none"] += 1
@@ -343,12 +362,14 @@ class OciClient:
         params: Mapping[str, Any],
         *,
         validate: Callable[[bytes], object] | None = None,
+        body: bytes | None = None,
         **context: Any,
     ) -> AsyncGenerator[PageResponse, None]:
         """The pages of a list call, following ``opc-next-page``: the one pagination loop.
 
         A listing's next page (priority 0) goes ahead of a new listing's first (priority 1) in
-        the limiter, so that listings finish instead of all advancing a page at a time. A token
+        the limiter, so that listings finish instead of all advancing a page at a time. With a
+        ``body``, each page is a POST of it (Resource Search's paged query). A token
         the service gave before would make the loop endless: ``PaginationError``. Iterate
         inside ``contextlib.aclosing``, so that leaving early closes the loop at once.
         """
@@ -360,8 +381,15 @@ class OciClient:
             pages.next_page()
             priority = 0 if token else 1
             query = {**params, "page": token} if token else params
-            response = await self.get(
-                url, query, priority=priority, validate=validate, page=number + 1, **context
+            response = await self.request(
+                "POST" if body is not None else "GET",
+                url,
+                query,
+                body=body,
+                priority=priority,
+                validate=validate,
+                page=number + 1,
+                **context,
             )
             number += 1
             yield PageResponse(number, response, token)
@@ -375,19 +403,23 @@ class OciClient:
             seen.add(token)
 
     async def _send(
-        self, url: str, request_id: str, attempt: int, started: float
+        self, method: str, url: str, body: bytes | None, request_id: str, attempt: int
     ) -> Response | OciApiError:
         assert self._session is not None, "use OciClient as an async context manager"
         host = urlsplit(url).netloc
         headers = {"opc-request-id": request_id, "host": host}
-        await self.signer.sign("GET", url, headers)
+        if body is not None:
+            headers.update(signing.body_headers(body))
+        await self.signer.sign(method, url, headers)
         proxy = self._proxy(url)
         sent = time.monotonic()
         server_id: str | None = None
         try:
-            async with self._session.get(
+            async with self._session.request(
+                method,
                 URL(url, encoded=True),
                 headers=headers,
+                data=body,
                 allow_redirects=False,
                 proxy=proxy.url if proxy else None,
                 proxy_headers=proxy.headers if proxy and proxy.headers else None,

@@ -17,6 +17,7 @@ from connector.errors import ConfigError, ConnectorError, OciApiError
 from connector.oci import (
     compartments,
     regions,
+    search,
 )
 from connector.pages import WorkItem, parse, parse_each, parse_one
 
@@ -28,21 +29,24 @@ if TYPE_CHECKING:
     from connector.oci.client import OciClient
 
 API_VERSION = "/20160918"
+SEARCH_API_VERSION = "/20180409"
 log = logs.get_logger("connector.oci.discovery")
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoints:
-    """Base URLs of Compute and Identity, per region.
+    """Base URLs of Compute, Identity and Resource Search, per region.
 
-    A template (``oci.endpoint``, ``oci.identity_endpoint``) has ``{region}`` substituted; an
-    empty one means the region's public endpoint in its realm (``connector.oci.regions``). Regions
-    newer than the table, learnt from the tenancy's subscriptions, take the home region's realm.
+    A template (``oci.endpoint``, ``oci.identity_endpoint``, ``oci.search_endpoint``) has
+    ``{region}`` substituted; an empty one means the region's public endpoint in its realm
+    (``connector.oci.regions``). Regions newer than the table, learnt from the tenancy's
+    subscriptions, take the home region's realm.
     """
 
     compute_template: str
     identity_template: str
     home: str | None = None
+    search_template: str = ""
     catalog: regions.Catalog = field(default_factory=regions.Catalog.load, compare=False)
     _resolved: dict[str, regions.Region] = field(default_factory=dict, compare=False)
 
@@ -51,12 +55,13 @@ class Endpoints:
         """The configured overrides, else each region's public endpoints.
 
         Identity defaults to ``oci.endpoint``, or where the flavor puts it beside Compute (on a
-        Private Cloud Appliance reached at ``https://iaas.<domain>``: ``https://identity.<domain>``).
+        Private Cloud Appliance reached at ``https://iaas.<domain>``: ``https://identity.<domain>``);
+        Resource Search defaults to ``oci.endpoint``.
         """
         identity = oci.identity_endpoint or flavors.named(oci.flavor).identity_endpoint(
             oci.endpoint
         )
-        return cls(oci.endpoint, identity, home)
+        return cls(oci.endpoint, identity, home, oci.search_endpoint or oci.endpoint)
 
     def compute(self, region: str) -> str:
         """Compute's base URL in ``region``."""
@@ -69,6 +74,12 @@ class Endpoints:
         if self.identity_template:
             return self.identity_template.replace("{region}", region) + API_VERSION
         return self._region(region).endpoint("identity") + API_VERSION
+
+    def search(self, region: str) -> str:
+        """Resource Search's base URL in ``region``."""
+        if self.search_template:
+            return self.search_template.replace("{region}", region) + SEARCH_API_VERSION
+        return self._region(region).endpoint("query") + SEARCH_API_VERSION
 
     def _region(self, name: str) -> regions.Region:
         if name not in self._resolved:
@@ -223,6 +234,26 @@ class Discovery:
     skipped: int = 0
     """Compartment records Identity returned that could not be used (no usable id, text that
     is not Unicode): left out, each with a warning; the manifest counts them."""
+    guide: search.Searching | None = None
+    """With ``fetch.strategy = "search"``: Resource Search (``items`` stay every listing in
+    scope, so that shards divide them as in ``list`` mode)."""
+
+    def listings(self, index: int, count: int) -> list[WorkItem]:
+        """The listings shard ``index`` of ``count`` makes, as far as Search has gone (before
+        a run's search: the platform listings; ``plan`` completes it first). Shards divide
+        ``items`` as ``shard_items`` does, whatever Search says, so that shards which searched a
+        moment apart still agree; Search only leaves out the listings it found no image in."""
+        mine = shard_items(self.items, index, count)
+        guide = self.guide
+        return mine if guide is None else [item for item in mine if guide.keeps(item)]
+
+    def search_for(
+        self, index: int, count: int
+    ) -> tuple[search.Searching, frozenset[WorkItem]] | None:
+        """The search to run beside shard ``index`` of ``count``'s listings, and its share."""
+        if self.guide is None:
+            return None
+        return self.guide, frozenset(shard_items(self.items, index, count))
 
     def compartments(self, run_id: str) -> pa.Table | None:
         """The ``compartments`` dataset's rows: every compartment of the tree, exported or not
@@ -273,8 +304,13 @@ async def discover_run(
             # the root itself: the tree is listed from the root, its own images are not.
             listed = [c for c in listed if c != root]
     items = sorted(WorkItem(r, c) for r in names for c in listed)
+    guide = None
+    if settings.fetch.strategy == "search":
+        filters = settings.filters.query_params(settings.oci.flavor)
+        platform = settings.fetch.platform_images
+        guide = search.Searching(client, endpoints, items, filters, platform)
     if not tenancy:
-        return Discovery(items, None, {}, skipped.count)
+        return Discovery(items, None, {}, skipped.count, guide)
     tree = compartments.Tree.of(tenancy, records)
     reasons = {
         c: reason
@@ -285,7 +321,7 @@ async def discover_run(
             )
         )
     }
-    return Discovery(items, tree, reasons, skipped.count)
+    return Discovery(items, tree, reasons, skipped.count, guide)
 
 
 async def fetch_compartments(

@@ -8,16 +8,17 @@ only itself; the run goes on (and ends partial).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from anyio.abc import ObjectSendStream, TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from connector import logs
 from connector.errors import ConnectorError, OciApiError, PaginationError, TransportError
@@ -30,6 +31,7 @@ from connector.pages import AllStarted, ListingEnd, ListingError, Message, Page,
 if TYPE_CHECKING:
     from connector.config import Settings
     from connector.oci.auth import Credentials
+    from connector.oci.search import Searching
 
 
 class Verdicts(Protocol):
@@ -77,6 +79,9 @@ class Fetcher:
         self.page_size = page_size
         self.filters = filters
         self.per_region = max(1, per_region)
+        self.search: tuple[Searching, frozenset[WorkItem]] | None = None
+        """With ``fetch.strategy = "search"``: the search to run beside the listings, and this
+        shard's share of the listings in scope; the listings it names join the queues."""
 
     async def fetch_all(
         self,
@@ -87,22 +92,39 @@ class Fetcher:
         """Fetch every listing, regions side by side; each region's long listings early
         (``long_listings_early``)."""
         regions: dict[str, list[WorkItem]] = {}
+        arrivals: dict[str, MemoryObjectReceiveStream[WorkItem]] = {}
+        sends: dict[str, MemoryObjectSendStream[WorkItem]] = {}
+        if self.search is not None:
+            for region in self.search[0].regions:
+                regions[region] = []
+                sends[region], arrivals[region] = anyio.create_memory_object_stream[WorkItem](
+                    math.inf
+                )
         for item in items:
             regions.setdefault(item.region, []).append(item)
         pages = expected_pages or {}
-        queues = [
-            deque(long_listings_early(listings, pages, self.per_region))
-            for listings in regions.values()
-        ]
-        started = _Started(queues)
+        queues = {
+            region: deque(long_listings_early(listings, pages, self.per_region))
+            for region, listings in regions.items()
+        }
+        started = _Started(list(queues.values()), streams=len(arrivals))
         async with (
             send,
             anyio.create_task_group() as ending,
             anyio.create_task_group() as fetching,
         ):
-            for queue in queues:
-                for _ in range(min(self.per_region, len(queue))):
-                    fetching.start_soon(self._fetch_from, queue, started, send.clone(), ending)
+            if self.search is not None:
+                fetching.start_soon(self.search[0].run, self.search[1], sends)
+            for region, queue in queues.items():
+                arriving = arrivals.get(region)
+                tasks = self.per_region if arriving else min(self.per_region, len(queue))
+                for _ in range(tasks):
+                    more = arriving.clone() if arriving else None
+                    fetching.start_soon(
+                        self._fetch_from, queue, started, send.clone(), ending, more
+                    )
+                if arriving is not None:
+                    arriving.close()
 
     async def _fetch_from(
         self,
@@ -110,11 +132,26 @@ class Fetcher:
         started: _Started,
         send: MemoryObjectSendStream[Message],
         ending: TaskGroup,
+        arriving: MemoryObjectReceiveStream[WorkItem] | None = None,
     ) -> None:
+        """The region's listings one after another: those of ``queue``, then those that
+        ``arriving`` (Resource Search) names, until it closes."""
         ahead = anyio.Semaphore(self.ENDS_AHEAD)
-        async with send:
-            while queue:
-                item = queue.popleft()
+        async with send, arriving or nullcontext():
+            while True:
+                if queue:
+                    item = queue.popleft()
+                elif arriving is not None:
+                    try:
+                        item = await arriving.receive()
+                    except anyio.EndOfStream:
+                        # The region's search is over: all its listings have begun.
+                        started.closed.add(id(queue))
+                        if started.last():
+                            await send.send(AllStarted())
+                        return
+                else:
+                    return
                 if started.last():
                     await send.send(AllStarted())
                 await self._listing(item, send, ending, ahead)
@@ -237,11 +274,16 @@ class _Started:
     """The regions' queues of listings, and whether the last listing has started."""
 
     queues: list[deque[WorkItem]]
+    streams: int = 0
+    """Regions whose listings arrive as Resource Search names them: the last listing has begun
+    only once each of their streams has closed (``closed``, by queue)."""
+    closed: set[int] = field(default_factory=set)
     done: bool = False
 
     def last(self) -> bool:
-        """True once, for the task that takes the last listing of every queue."""
-        if self.done or any(self.queues):
+        """True once, for the task that takes the last listing of every queue (and, with
+        streams, once the last of them has closed)."""
+        if self.done or any(self.queues) or len(self.closed) < self.streams:
             return False
         self.done = True
         return True

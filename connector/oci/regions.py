@@ -79,7 +79,8 @@ class Region:
         return "." in self.name
 
     def endpoint(self, service: str, environ: Mapping[str, str] | None = None) -> str:
-        """The base URL (scheme and host) of ``service`` ("compute" or "identity") here."""
+        """The base URL (scheme and host) of ``service`` ("compute", "identity" or "query", Resource
+        Search) here."""
         env = os.environ if environ is None else environ
         spec = _SERVICES[service]
         if self.is_domain:

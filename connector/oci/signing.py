@@ -42,6 +42,17 @@ def signed_headers_for(method: str) -> tuple[str, ...]:
     return GENERIC_HEADERS
 
 
+def body_headers(body: bytes, content_type: str = "application/json") -> dict[str, str]:
+    """The body headers a request with ``body`` sends and signs, as the SDK computes them:
+    ``x-content-sha256`` is the base64 SHA-256 of the bytes sent."""
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
+    return {
+        "content-length": str(len(body)),
+        "content-type": content_type,
+        "x-content-sha256": digest,
+    }
+
+
 def signing_string(
     method: str, target: str, headers: Mapping[str, str], signed: Sequence[str]
 ) -> bytes:

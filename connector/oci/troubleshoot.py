@@ -20,6 +20,7 @@ CALLS = {
     "compartments": "ListCompartments",
     "regionSubscriptions": "ListRegionSubscriptions",
     "tenancies": "GetTenancy",
+    "resources": "SearchResources",
 }
 # OCI refuses signatures whose date is more than 5 minutes off.
 MAX_CLOCK_SKEW_S = 300.0
@@ -73,6 +74,8 @@ def _verb(call: str) -> str:
         "ListImages": "list images here (inspect instance-images)",
         "ListCompartments": "list compartments (inspect compartments)",
         "ListRegionSubscriptions": "list region subscriptions (inspect tenancies)",
+        "SearchResources": "search images here (inspect instance-images in each compartment; "
+        'fetch.strategy = "search" needs Resource Search, which an appliance may lack)',
     }.get(call, f"call {call}")
 
 

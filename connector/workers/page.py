@@ -37,6 +37,9 @@ class WorkerSetup:
     reject_prefix: str
     heartbeat_s: float = 60.0
     """A worker process says it is alive four times in this span (``fetch.worker_heartbeat_s``)."""
+    custom_ids: bool = False
+    """Whether each listing's result carries its custom images' ids (``fetch.strategy =
+    "search"`` compares them with Resource Search's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,8 @@ class ListingResult:
     error: ListingError | None
     platform_rows: int
     """Platform rows set aside as this region's candidate (``once``), 0 if none."""
+    custom_ids: frozenset[str] | None = None
+    """The ids of the listing's custom images, when ``WorkerSetup.custom_ids`` asks for them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,7 @@ class Closed:
 @dataclass(slots=True)
 class _Listing:
     seen: set[str] = field(default_factory=set)
+    custom: set[str] = field(default_factory=set)
     platform: list[pa.RecordBatch] = field(default_factory=list)
     rows: int = 0
     duplicates: int = 0
@@ -140,6 +146,8 @@ class PageWorker:
         if batch.num_rows:
             listing.rows += batch.num_rows
             self.sink.write(item.region, batch)
+            if self.setup.custom_ids:
+                listing.custom.update(_custom_ids(batch))
         return None
 
     def end(self, item: WorkItem, pages: int, error: ListingError | None) -> ListingResult:
@@ -158,6 +166,7 @@ class PageWorker:
             listing.rejects,
             error,
             platform_rows,
+            frozenset(listing.custom) if self.setup.custom_ids and error is None else None,
         )
 
     def flush(self) -> None:
@@ -190,6 +199,14 @@ class PageWorker:
             layout = self.setup.layout
             staged = (f"{layout.staged_partition}/{info.path}" for info in files)
             door.discard_files(self.setup.fs, layout.base, staged)
+
+
+def _custom_ids(batch: pa.RecordBatch) -> list[str]:
+    """The ids of a batch's custom images (under ``every`` it holds platform images too)."""
+    is_platform = cast(pa.BooleanArray, batch.column("_is_platform"))
+    if is_platform.true_count:
+        batch = batch.filter(_invert(is_platform))
+    return cast(list[str], batch.column("id").to_pylist())  # id is not null
 
 
 def _invert(mask: pa.BooleanArray) -> pa.BooleanArray:
