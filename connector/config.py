@@ -464,6 +464,11 @@ class FetchSettings:
         _integer(1024, 1 << 40),
         "bytes: a response larger than this once decoded fails its listing; a gzip bomb is refused after decoding at most this much",
     )
+    max_inflight_bytes: int = key(
+        256 * 1024 * 1024,
+        _integer(1 << 20, 1 << 40),
+        "bytes: the decoded responses this process holds at once, across all requests (being read, or waiting for a worker); requests wait for room, and a response that alone needs more fails its listing. Bounds the fetcher's memory whatever the concurrency",
+    )
     run_deadline_s: float = key(
         6 * 3600.0,
         _number(0.0, 30 * 86400.0),
