@@ -233,7 +233,7 @@ def commit(settings: Settings, run_id: str) -> RunOutcome:
     from connector.lake.committing import commit_run
 
     store = validation.output_store(settings.output)
-    validation.writable(store)
+    validation.writable(store, renames=not settings.output.table_format)
     outcome = commit_run(settings, run_id, store=store)
     log.info("run.finished", run_id=outcome.run_id, **outcome.totals())
     return outcome
@@ -342,7 +342,7 @@ def export(
         rate_share=shard.rate_share if isinstance(shard, ShardSpec) else None,
         store=validation.output_store(settings.output),
     )
-    validation.writable(context.store)
+    validation.writable(context.store, renames=not settings.output.table_format)
     return Export(context, launched=launched, progress=progress)
 
 
