@@ -27,6 +27,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 import textwrap
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -743,6 +744,27 @@ def _suggest_variable(variable: str) -> str:
     return f"; the rule is {ENV_PREFIX}SECTION__KEY, e.g. {env_name('fetch.concurrency')}"
 
 
+CONFIG_MAX_BYTES = 1 << 20
+"""A configuration file is a few KB; anything near this is not one."""
+
+
+def _config_text(source: Path) -> str:
+    """The text of a configuration file: a regular file of at most ``CONFIG_MAX_BYTES``.
+
+    A device (``/dev/zero``) would be read forever and fill memory, and a FIFO would wait for
+    a writer forever: both are refused from their ``stat``, before anything is read.
+    """
+    mode = source.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device or a FIFO)"
+        raise ConfigError("--config", f"{source} is {kind}")
+    with source.open("rb") as handle:
+        data = handle.read(CONFIG_MAX_BYTES + 1)
+    if len(data) > CONFIG_MAX_BYTES:
+        raise ConfigError("--config", f"{source} is larger than {CONFIG_MAX_BYTES} bytes")
+    return data.decode("utf-8")
+
+
 def load(
     path: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] = (),
@@ -763,7 +785,7 @@ def load(
     if path is not None:
         source = Path(path).expanduser()
         try:
-            raw = tomllib.loads(source.read_text(encoding="utf-8"))
+            raw = tomllib.loads(_config_text(source))
         except FileNotFoundError:
             raise ConfigError("--config", f"{source} does not exist") from None
         except OSError as exc:
