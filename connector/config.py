@@ -550,7 +550,7 @@ class OutputSettings:
     catalog: Mapping[str, str | int | float | bool] = key(
         {},
         _table,
-        'Iceberg catalog: type = "sql" (default: SQLite at {uri}/iceberg_catalog.db; uri = "sqlite:////path/catalog.db" for an object store), "rest" (uri = its URL) or "glue"; namespace (default "oci_images"); other keys are the catalog\'s own properties',
+        'Iceberg catalog: type = "sql" (default: SQLite at {uri}/iceberg_catalog.db; uri = "sqlite:////path/catalog.db", an absolute path, for an object store), "rest" (uri = its URL) or "glue"; namespace (default "oci_images"); other keys are the catalog\'s own properties',
     )
 
     @property

@@ -235,3 +235,26 @@ def test_a_config_that_is_not_a_regular_file_exits_2_at_once(tmp_path: Path, kin
     assert "Traceback" not in result.stderr
     [line] = [x for x in result.stderr.splitlines() if x.startswith("oci-images:")]
     assert line.startswith(f"oci-images: configuration error: --config: {path} is "), line
+
+
+def test_a_relative_sqlite_catalog_exits_2_naming_the_key(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """``sqlite:///../../x.db`` would put the Iceberg catalog wherever the command runs from,
+    outside the output: exit 2 naming output.catalog.uri, nothing fetched, no file made."""
+    pytest.importorskip("pyiceberg")
+    config = write_config(
+        tmp_path,
+        emulator,
+        output={"table_format": "iceberg"},
+        **{"output.catalog": {"uri": "sqlite:///../../x.db"}},
+    )
+    before = emulator.stats()["requests"]
+    result = oci_images("run", "--config", str(config))
+    assert 2 == result.returncode, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("oci-images:")]
+    assert line.startswith("oci-images: configuration error: output.catalog.uri: "), line
+    assert "relative path" in line, line
+    assert before == emulator.stats()["requests"]
+    assert not (ROOT.parent.parent / "x.db").exists()
