@@ -243,12 +243,8 @@ def test_a_relative_sqlite_catalog_exits_2_naming_the_key(
     """``sqlite:///../../x.db`` would put the Iceberg catalog wherever the command runs from,
     outside the output: exit 2 naming output.catalog.uri, nothing fetched, no file made."""
     pytest.importorskip("pyiceberg")
-    config = write_config(
-        tmp_path,
-        emulator,
-        output={"table_format": "iceberg"},
-        **{"output.catalog": {"uri": "sqlite:///../../x.db"}},
-    )
+    config = write_config(tmp_path, emulator, output={"table_format": "iceberg"})
+    config.write_text(config.read_text() + '[output.catalog]\nuri = "sqlite:///../../x.db"\n')
     before = emulator.stats()["requests"]
     result = oci_images("run", "--config", str(config))
     assert 2 == result.returncode, result.stderr
