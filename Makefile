@@ -54,7 +54,8 @@ pytest: install
 # The whole reliability suite (make test runs its fast cases): random SIGKILLs of the command
 # and its workers, kills during the swap, a full disk, hostile servers; about 5 minutes.
 reliability: install
-	$(BIN)/pytest -q -m reliability tests/test_reliability.py tests/test_reliability_s3.py tests/test_lake.py
+	$(BIN)/pytest -q -m reliability tests/test_reliability.py tests/test_reliability_s3.py tests/test_lake.py \
+		tests/test_inflight_budget.py
 
 format: install
 	$(BIN)/ruff check --fix connector tests benchmarks scripts

@@ -276,7 +276,7 @@ def commit(settings: Settings, run_id: str) -> RunOutcome:
         if observer is not None:
             observer.run_id = run_id
         store = validation.output_store(settings.output)
-        validation.writable(store)
+        validation.writable(store, renames=not settings.output.table_format)
         outcome = commit_run(settings, run_id, store=store)
         log.info("run.finished", run_id=outcome.run_id, **outcome.totals())
         if observer is not None:
@@ -387,7 +387,7 @@ def export(
         rate_share=shard.rate_share if isinstance(shard, ShardSpec) else None,
         store=validation.output_store(settings.output),
     )
-    validation.writable(context.store)
+    validation.writable(context.store, renames=not settings.output.table_format)
     return Export(context, launched=launched, progress=progress)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import sys
 import tempfile
@@ -222,6 +223,13 @@ def entry() -> int:
     os._exit(code)
 
 
+_DISK_ERRORS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EXDEV, errno.EIO}
+)
+"""What the output's filesystem can answer to a write that no step of the connector can fix:
+one line naming the cause and the path, exit 1."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code."""
     parser = build_parser()
@@ -284,6 +292,14 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return 128 + signum
         # Each message is whole on its own; a class name would tell the user nothing more.
         print(f"oci-images: {exc or type(exc).__name__}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        # The disk or the filesystem refused (full, quota, read-only, permissions): the cause
+        # and the path say what to do; a traceback would not.
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"oci-images: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAILED
     except (KeyboardInterrupt, BaseExceptionGroup) as exc:
         if isinstance(exc, BaseExceptionGroup) and not exc.subgroup(KeyboardInterrupt):

@@ -27,6 +27,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 import textwrap
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -512,6 +513,11 @@ class FetchSettings:
         _integer(1024, 1 << 40),
         "bytes: a response larger than this once decoded fails its listing; a gzip bomb is refused after decoding at most this much",
     )
+    max_inflight_bytes: int = key(
+        256 * 1024 * 1024,
+        _integer(1 << 20, 1 << 40),
+        "bytes: the decoded responses this process holds at once, across all requests (being read, or waiting for a worker); requests wait for room, and a response that alone needs more fails its listing. Bounds the fetcher's memory whatever the concurrency",
+    )
     run_deadline_s: float = key(
         6 * 3600.0,
         _number(0.0, 30 * 86400.0),
@@ -592,7 +598,7 @@ class OutputSettings:
     catalog: Mapping[str, str | int | float | bool] = key(
         {},
         _table,
-        'Iceberg catalog: type = "sql" (default: SQLite at {uri}/iceberg_catalog.db; uri = "sqlite:////path/catalog.db" for an object store), "rest" (uri = its URL) or "glue"; namespace (default "oci_images"); other keys are the catalog\'s own properties',
+        'Iceberg catalog: type = "sql" (default: SQLite at {uri}/iceberg_catalog.db; uri = "sqlite:////path/catalog.db", an absolute path, for an object store), "rest" (uri = its URL) or "glue"; namespace (default "oci_images"); other keys are the catalog\'s own properties',
     )
 
     @property
@@ -809,6 +815,27 @@ def _suggest_variable(variable: str) -> str:
     return f"; the rule is {ENV_PREFIX}SECTION__KEY, e.g. {env_name('fetch.concurrency')}"
 
 
+CONFIG_MAX_BYTES = 1 << 20
+"""A configuration file is a few KB; anything near this is not one."""
+
+
+def _config_text(source: Path) -> str:
+    """The text of a configuration file: a regular file of at most ``CONFIG_MAX_BYTES``.
+
+    A device (``/dev/zero``) would be read forever and fill memory, and a FIFO would wait for
+    a writer forever: both are refused from their ``stat``, before anything is read.
+    """
+    mode = source.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device or a FIFO)"
+        raise ConfigError("--config", f"{source} is {kind}")
+    with source.open("rb") as handle:
+        data = handle.read(CONFIG_MAX_BYTES + 1)
+    if len(data) > CONFIG_MAX_BYTES:
+        raise ConfigError("--config", f"{source} is larger than {CONFIG_MAX_BYTES} bytes")
+    return data.decode("utf-8")
+
+
 def load(
     path: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] = (),
@@ -829,7 +856,7 @@ def load(
     if path is not None:
         source = Path(path).expanduser()
         try:
-            raw = tomllib.loads(source.read_text(encoding="utf-8"))
+            raw = tomllib.loads(_config_text(source))
         except FileNotFoundError:
             raise ConfigError("--config", f"{source} does not exist") from None
         except OSError as exc:

@@ -225,9 +225,22 @@ class PaginationError(ConnectorError):
 class WorkerError(ConnectorError):
     """A worker process failed or went away; the run cannot be trusted."""
 
+    gone = False
+    """The worker went away without saying why: when another worker's failure says why,
+    that one is the news (the others stop because of it)."""
+
 
 class PublishError(ConnectorError):
     """Output could not be staged or published; what was published before is untouched."""
+
+
+def first_cause(group: BaseExceptionGroup[BaseException]) -> Exception | None:
+    """The error a run reports from ``group``: the first that says why, before a worker that
+    only went away (stopped, most likely, because of the other's failure)."""
+    found = [e for e in leaves(group) if isinstance(e, Exception)]
+    telling = [e for e in found if not getattr(e, "gone", False)]
+    chosen = telling or found
+    return chosen[0] if chosen else None
 
 
 def leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:

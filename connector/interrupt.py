@@ -30,7 +30,7 @@ from typing import TypeVar
 import anyio
 
 from connector import logs
-from connector.errors import ConnectorError, leaves
+from connector.errors import ConnectorError, first_cause
 
 log = logs.get_logger("connector.interrupt")
 
@@ -118,7 +118,8 @@ async def until_noted(work: Callable[[], Awaitable[T]]) -> T | None:
             result = await work()
             group.cancel_scope.cancel()
     except BaseExceptionGroup as failure:
-        cause = next((e for e in leaves(failure) if isinstance(e, Exception)), None)
+        # The run's own error, before a worker that only went away because of it.
+        cause = first_cause(failure)
         if cause is None:
             raise
         raise cause from None

@@ -361,15 +361,45 @@ def problems(event: Mapping[str, Any]) -> list[str]:
     return found
 
 
+LONG_VALUE = 1000
+"""Characters of one value beyond which a line shows its start and its length only."""
+LONG_KEPT = 200
+
+
 def _drop_secrets(_logger: Any, _name: str, event: EventDict) -> EventDict:
+    long = False
     for key, value in event.items():
         if key.lower() in SECRET_KEYS:
             event[key] = REDACTED
         elif isinstance(value, str):
             event[key] = redact(value)
+            long = long or len(value) > LONG_VALUE
         elif isinstance(value, BaseException):
             event[key] = redact(str(value))
+            long = long or len(event[key]) > LONG_VALUE
+    if long:
+        _shorten(event)
     return event
+
+
+def _shorten(event: EventDict) -> None:
+    """A hostile service can send a 100 KB compartment id, which a line would carry in its own
+    key and again inside the reason and the hint: each long value is written once, its start
+    and its length, and where another value repeats it, that one names the key instead."""
+    long = {
+        key: value
+        for key, value in event.items()
+        if isinstance(value, str) and len(value) > LONG_VALUE
+    }
+    for key, value in event.items():
+        if not isinstance(value, str):
+            continue
+        for other, text in long.items():
+            if other != key and text in value:
+                value = value.replace(text, f"<{other}>")
+        if len(value) > LONG_VALUE:
+            value = f"{value[:LONG_KEPT]}… ({len(value)} characters)"
+        event[key] = value
 
 
 _CHAIN: list[Any] = [

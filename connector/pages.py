@@ -7,8 +7,8 @@ These types live apart from ``connector.workers.normalize`` so that the process 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -46,6 +46,14 @@ class Page:
     number: int
     fetched_at: datetime
     opc_request_id: str | None
+    release: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    """Gives the body's bytes back to the fetcher's budget of responses in flight
+    (``limits.ResponseBudget``) once the page has left the process; the feeder calls it."""
+
+    def released(self) -> None:
+        """The page was handed on (or dropped): its bytes back to the budget."""
+        if self.release is not None:
+            self.release()
 
     @property
     def item(self) -> WorkItem:

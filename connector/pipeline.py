@@ -269,4 +269,7 @@ def _cause(exc: BaseException) -> BaseException:
     leaves = list(errors.leaves(exc))
     if any(isinstance(e, (KeyboardInterrupt, SystemExit)) for e in leaves):
         return exc
-    return next((e for e in leaves if isinstance(e, ConnectorError)), exc)
+    found = [e for e in leaves if isinstance(e, ConnectorError)]
+    telling = [e for e in found if not getattr(e, "gone", False)]  # see WorkerError.gone
+    chosen: list[BaseException] = [*telling] or [*found] or [exc]
+    return chosen[0]

@@ -231,9 +231,11 @@ def output_store(output: config.OutputSettings, timeout_s: float = OUTPUT_PROBE_
     return found
 
 
-def writable(store: Store) -> None:
+def writable(store: Store, *, renames: bool = True) -> None:
     """A local output exists or can be created, is a folder, and takes a file: one is written
-    and removed in its ``_staging`` (through the deletion door), as the run is about to.
+    and removed in its ``_staging`` (through the deletion door), as the run is about to; and,
+    where the publish renames (plain files, ``renames``), it is one filesystem
+    (``one_filesystem``).
     ``ConfigError`` naming ``output.uri`` and the reason else. Object stores: see
     ``output_store``."""
     from connector.lake import door, layout
@@ -274,6 +276,41 @@ def writable(store: Store) -> None:
                 door.guarded_delete(store.fs, store.base, probe)
             if made_staging:
                 door.remove_empty_dir(store.fs, store.base, staging)
+    if renames:
+        one_filesystem(store.base)
+
+
+def one_filesystem(base: str) -> None:
+    """Every folder a publish renames between is on the output's filesystem, or
+    ``ConfigError`` naming ``output.uri`` (exit 2), before anything is fetched.
+
+    The publish moves staged partitions from ``_staging`` into each dataset's folder, and the
+    replaced ones to ``_trash``, by renames (the swap is one atomic step); a rename cannot
+    cross filesystems (EXDEV). A separate mount at ``_staging``, ``_trash``, a dataset's folder
+    or one of its partitions would make every run fail at the swap, after all the fetching.
+    """
+    from connector.lake import layout
+    from connector.names import DATASETS
+
+    device = os.stat(base).st_dev
+    folders = [layout.staging_root(base), layout.trash_root(base)]
+    for dataset in DATASETS:
+        root = layout.dataset_root(base, dataset)
+        folders.append(root)
+        with contextlib.suppress(OSError):
+            folders += [entry.path for entry in os.scandir(root) if entry.is_dir()]
+    for folder in folders:
+        try:
+            other = os.stat(folder).st_dev
+        except OSError:
+            continue  # not there yet: created on the output's filesystem
+        if other != device:
+            raise ConfigError(
+                "output.uri",
+                f"{folder} is on another filesystem than {base} (a separate mount): a publish "
+                "renames staged files into place, which cannot cross filesystems; mount the "
+                "whole output as one filesystem",
+            )
 
 
 def _said(exc: BaseException) -> str:

@@ -227,3 +227,20 @@ class TestDeadLocks:
         lock.shard_lock(FS, base, "20261127T000000Z-aaaaaa", 0, 1, dead).acquire()
         housekeeping.start(storage.resolve(base), lock.Owner.me("next", "att"))
         assert not (tmp_path / "lake/_staging").exists()
+
+
+@pytest.mark.parametrize(("age_days", "kept"), [(8, False), (1, True)])
+def test_a_run_id_without_a_time_ages_by_its_files(
+    tmp_path: Path, age_days: int, kept: bool
+) -> None:
+    """``--run-id nightly`` carries no start time: its staging (a finished shard waiting for
+    its commit) is as old as its newest file, removed past a week, kept before."""
+    base = tmp_path / "lake"
+    shards = base / "_staging" / "nightly" / "shards"
+    shards.mkdir(parents=True)
+    manifest = shards / "000-of-002.json"
+    manifest.write_bytes(b"{}")
+    then = time.time() - age_days * 86400
+    os.utime(manifest, (then, then))
+    housekeeping.start(storage.resolve(str(base)), lock.Owner.me("next", "a"))
+    assert kept == manifest.exists()

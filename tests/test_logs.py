@@ -218,3 +218,28 @@ def test_embedded_it_prints_nothing_until_logging_is_configured(
         line.startswith("connector.pipeline ") and "'run.finished'" in line for line in lines
     )
     assert not any("'listing.done'" in line for line in lines)  # debug: below INFO
+
+
+def test_a_100_kb_compartment_id_is_written_once_and_short() -> None:
+    """A hostile service's 100 KB compartment id, in a warning that carries it in its own key,
+    the reason and the hint: the line holds its start once, with its length, and the other
+    values name the key instead; the line stays a few hundred bytes."""
+    huge = "ocid1.compartment.oc1.." + "a" * 100_000
+    out = io.StringIO()
+    logs.configure("info", "json", stream=out)
+    try:
+        logs.get_logger("connector.test").warning(
+            "listings.failed",
+            compartment_id=huge,
+            reason=f"ListImages of {huge} failed: HTTP 404",
+            hint=f"check that {huge} exists",
+        )
+    finally:
+        logs.reset()
+    [line] = out.getvalue().splitlines()
+    event = orjson.loads(line)
+    assert len(line) < 1000, len(line)
+    assert 1 == line.count(huge[:200])
+    assert event["compartment_id"].endswith(f"… ({len(huge)} characters)")
+    assert "ListImages of <compartment_id> failed: HTTP 404" == event["reason"]
+    assert "check that <compartment_id> exists" == event["hint"]

@@ -254,6 +254,7 @@ class TestRejects:
         [
             (image(id=None), "no id"),
             ({k: v for k, v in image().items() if k != "id"}, "no id"),
+            (image(id=""), "id is empty"),
             (image(sizeInMBs="47694 MB"), "cannot convert"),
             (image(createImageAllowed="yes"), "cannot convert"),
             (image(id=42), "cannot convert"),
@@ -275,6 +276,7 @@ class TestRejects:
         ids=[
             "null-id",
             "no-id",
+            "empty-id",
             "size-text",
             "bool-text",
             "id-number",

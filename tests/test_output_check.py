@@ -8,6 +8,7 @@ requests it receives.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -20,7 +21,7 @@ import pytest
 import connector
 from connector import validation
 from connector.emulator import EmulatorServer
-from tests.helpers import oci_images, write_config
+from tests.helpers import ROOT, oci_images, write_config
 from tests.lake_support import S3Server
 
 
@@ -203,3 +204,40 @@ def test_a_missing_bucket_exits_2(
         values={"output": {"uri": f"s3://{bucket}/lake", "storage_options": s3.options()}}
     )
     assert f"{bucket}/lake" == validation.output_store(settings.output).base
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "folder"])
+def test_a_config_that_is_not_a_regular_file_exits_2_at_once(tmp_path: Path, kind: str) -> None:
+    """``--config /dev/zero`` used to read forever (filling memory), a FIFO to wait forever for
+    a writer: both are refused from their stat, exit 2 naming --config, within seconds."""
+    if kind == "device":
+        path = "/dev/zero"
+    elif kind == "fifo":
+        path = str(tmp_path / "config.toml")
+        os.mkfifo(path)
+    else:
+        path = str(tmp_path)
+    result = oci_images("run", "--config", path, timeout=30)
+    assert 2 == result.returncode, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("oci-images:")]
+    assert line.startswith(f"oci-images: configuration error: --config: {path} is "), line
+
+
+def test_a_relative_sqlite_catalog_exits_2_naming_the_key(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """``sqlite:///../../x.db`` would put the Iceberg catalog wherever the command runs from,
+    outside the output: exit 2 naming output.catalog.uri, nothing fetched, no file made."""
+    pytest.importorskip("pyiceberg")
+    config = write_config(tmp_path, emulator, output={"table_format": "iceberg"})
+    config.write_text(config.read_text() + '[output.catalog]\nuri = "sqlite:///../../x.db"\n')
+    before = emulator.stats()["requests"]
+    result = oci_images("run", "--config", str(config))
+    assert 2 == result.returncode, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("oci-images:")]
+    assert line.startswith("oci-images: configuration error: output.catalog.uri: "), line
+    assert "relative path" in line, line
+    assert before == emulator.stats()["requests"]
+    assert not (ROOT.parent.parent / "x.db").exists()

@@ -14,7 +14,8 @@
    shards of a sharded run wait for their ``commit``, for ``STALE_S`` at most;
 4. **dead locks**: lock files whose owner certainly no longer runs;
 5. **expired runs**: a run's staging whose run id is older than ``STALE_S``. Its age comes from
-   the id, never from a modification time, which object stores do not keep for folders.
+   the id; a run id that carries no time (``--run-id nightly``) is as old as the newest file
+   in its folder (object stores keep a modification time for objects, not for folders).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def start(
     for run_id in layout.staged_runs(fs, base):
         folder = f"{layout.staging_root(base)}/{run_id}"
         started = layout.run_started(run_id)
+        if started is None:
+            started = _newest_file(fs, folder)
         if started is not None and moment - started > STALE_S:
             door.guarded_delete(fs, base, folder)
         else:  # a run folder its attempts and shards have left
@@ -74,6 +77,21 @@ def start(
     if restored:
         log.warning("publish.recovered", partitions=restored)
     return restored
+
+
+def _newest_file(fs: pafs.FileSystem, folder: str) -> float | None:
+    """The modification time of the newest file under ``folder`` (None if it has none): the
+    age of a run whose id does not carry its start, which a live run keeps fresh."""
+    try:
+        found = fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+    except OSError:
+        return None
+    times = [
+        info.mtime.timestamp()
+        for info in found
+        if info.type == pafs.FileType.File and info.mtime is not None
+    ]
+    return max(times, default=None)
 
 
 def _under_date_lock(

@@ -24,6 +24,7 @@ as they are. Neither holds the date's rows in memory.
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -119,6 +120,29 @@ def check(table_format: str, uri: str, catalog: Mapping[str, Any]) -> None:
             )
         if kind == "rest" and not catalog.get("uri"):
             raise ConfigError("output.catalog.uri", "a REST catalog needs its URL")
+        if kind == "sql":
+            _check_sqlite_path(str(catalog.get("uri") or ""))
+
+
+def _check_sqlite_path(uri: str) -> None:
+    """A SQLite catalog's file is named by an absolute path (``sqlite:////path/x.db``).
+
+    ``sqlite:///x.db`` is relative, and resolves against whatever folder the command or the
+    Airflow worker happens to run in: ``sqlite:///../../x.db`` lands outside the output, in a
+    different place from every other worker. Refused, naming the key, before anything opens.
+    """
+    prefix = "sqlite:///"
+    if not uri.lower().startswith(prefix):
+        return
+    path = uri[len(prefix) :].split("?", 1)[0]
+    if path in ("", ":memory:") or path.startswith("/"):
+        return
+    raise ConfigError(
+        "output.catalog.uri",
+        f"{uri} is a relative path, which resolves against the working directory "
+        f"({os.path.abspath(path)}), not the output: give an absolute one, "
+        f"sqlite:////absolute/path/catalog.db, or leave it out for {{uri}}/iceberg_catalog.db",
+    )
 
 
 def for_output(output: OutputSettings, store: Store) -> TableWriter | None:

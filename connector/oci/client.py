@@ -21,6 +21,7 @@ Network set-up follows the official SDK (whose sessions are requests sessions):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import ssl
@@ -28,7 +29,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -53,7 +54,7 @@ from connector.errors import (
     TlsError,
     TransportError,
 )
-from connector.limits import BodyReader, Limits, PageCounter
+from connector.limits import BodyReader, Lease, Limits, PageCounter, ResponseBudget
 from connector.oci import (
     diagnose,
     signing,
@@ -90,6 +91,9 @@ class Response:
     next_page: str | None
     elapsed_ms: float
     attempts: int
+    lease: Lease | None = field(default=None, compare=False, repr=False)
+    """The body's part of the budget of responses in flight, when the caller keeps it
+    (``get(hold=True)``): released by whoever hands the body on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +170,9 @@ class OciClient:
             states=self.options.rate_states,
         )
         self.counters = RequestCounters()
+        limits = self.options.limits
+        self.budget = ResponseBudget(limits.max_inflight_bytes, limits.max_decompressed_bytes)
+        """Decoded bytes of every response held at once (``fetch.max_inflight_bytes``)."""
         self._session: aiohttp.ClientSession | None = None
         self._environ: Mapping[str, str] = {}
         self._ca_source = "the system's trusted CAs"
@@ -219,6 +226,7 @@ class OciClient:
         *,
         priority: int = 1,
         validate: Callable[[bytes], object] | None = None,
+        hold: bool = False,
         **context: Any,
     ) -> Response:
         """GET ``url`` with retries; raises ``OciApiError`` or ``TransportError`` when it gives up.
@@ -228,9 +236,11 @@ class OciClient:
         at a bracket, with a Content-Length to match, is then retried like any cut body. The
         worker processes do this for ListImages pages, where parsing twice would cost.
         ``context`` (region, compartment_id, page, ...) goes into every log line about the call.
+        ``hold``: the response keeps its part of the budget of responses in flight
+        (``Response.lease``) until the caller releases it; otherwise it is released here.
         """
         return await self.request(
-            "GET", url, params, priority=priority, validate=validate, **context
+            "GET", url, params, priority=priority, validate=validate, hold=hold, **context
         )
 
     async def request(
@@ -242,6 +252,7 @@ class OciClient:
         body: bytes | None = None,
         priority: int = 1,
         validate: Callable[[bytes], object] | None = None,
+        hold: bool = False,
         **context: Any,
     ) -> Response:
         """``get``, for any method; a ``body`` (JSON) is signed as the SDK signs one
@@ -260,18 +271,25 @@ class OciClient:
             retry_after: float | None = None
             async with self.limiter.slot(endpoint, priority) as ticket:
                 self.counters.sent += 1
+                lease = self.budget.lease()
                 try:
-                    response = await self._send(method, full_url, body, request_id, attempt)
+                    response = await self._send(method, full_url, body, request_id, attempt, lease)
                 except TransportError as exc:
                     error: TransportError | OciApiError = exc
                     self.counters.answers[region, "none"] += 1
+                except BaseException:
+                    lease.release()
+                    raise
                 else:
                     self.counters.answers[region, str(response.status)] += 1
                     if isinstance(response, Response):
                         self.limiter.success(ticket)
                         problem = _invalid(response, validate)
                         if problem is None:
-                            return response
+                            if not hold:
+                                lease.release()
+                                return response
+                            return replace(response, lease=lease)
                         error = problem
                     else:
                         error = response
@@ -279,6 +297,7 @@ class OciClient:
                         if response.status == 429:
                             self.counters.throttled += 1
                             self.limiter.throttled(ticket)
+                lease.release()
             elapsed = self._clock() - started
             if self._should_refresh(error, refreshed):
                 # As the SDK: a principal's token may have been revoked or rotated early.
@@ -363,6 +382,7 @@ class OciClient:
         *,
         validate: Callable[[bytes], object] | None = None,
         body: bytes | None = None,
+        hold: bool = False,
         **context: Any,
     ) -> AsyncGenerator[PageResponse, None]:
         """The pages of a list call, following ``opc-next-page``: the one pagination loop.
@@ -372,8 +392,12 @@ class OciClient:
         ``body``, each page is a POST of it (Resource Search's paged query). A token
         the service gave before would make the loop endless: ``PaginationError``. Iterate
         inside ``contextlib.aclosing``, so that leaving early closes the loop at once.
+        ``hold`` as for ``get``: each page keeps its part of the budget until released.
+
+        The tokens seen are kept as 16-byte digests: a token can be 7 KB, and a listing of
+        10,000 pages would otherwise hold 70 MB of them.
         """
-        seen: set[str] = set()
+        seen: set[bytes] = set()
         token: str | None = None
         number = 0
         pages = PageCounter(self.options.limits)
@@ -388,6 +412,7 @@ class OciClient:
                 body=body,
                 priority=priority,
                 validate=validate,
+                hold=hold,
                 page=number + 1,
                 **context,
             )
@@ -396,14 +421,23 @@ class OciClient:
             token = response.next_page
             if token is None:
                 return
-            if token in seen:
+            digest = hashlib.blake2b(
+                token.encode("utf-8", "surrogatepass"), digest_size=16
+            ).digest()
+            if digest in seen:
                 raise PaginationError(
                     f"the service repeated page token {token[:16]}… after page {number}"
                 )
-            seen.add(token)
+            seen.add(digest)
 
     async def _send(
-        self, method: str, url: str, body: bytes | None, request_id: str, attempt: int
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        request_id: str,
+        attempt: int,
+        lease: Lease,
     ) -> Response | OciApiError:
         assert self._session is not None, "use OciClient as an async context manager"
         host = urlsplit(url).netloc
@@ -426,11 +460,16 @@ class OciClient:
             ) as raw:
                 server_id = raw.headers.get("opc-request-id")
                 self._answered.add(urlsplit(url).netloc)
-                reader = BodyReader(raw.headers.get("content-encoding"), self.options.limits)
+                reader = BodyReader(raw.headers.get("content-encoding"), self.options.limits, lease)
                 reader.check_declared(raw.content_length)
-                async for chunk in raw.content.iter_chunked(1 << 16):
-                    reader.feed(chunk)
-                body = reader.finish()
+                try:
+                    async for chunk in raw.content.iter_chunked(1 << 16):
+                        await reader.receive(chunk)
+                    body = await reader.complete()
+                except BaseException:
+                    reader.drop()  # the traceback keeps the reader: not its bytes
+                    raise
+                lease.done()
                 status = raw.status
                 retry_after = _retry_after(raw.headers.get("retry-after"))
                 next_page = raw.headers.get("opc-next-page") or None
@@ -694,6 +733,7 @@ def for_settings(
                 max_pages_per_listing=fetch.max_pages_per_listing,
                 max_response_bytes=fetch.max_response_bytes,
                 max_decompressed_bytes=fetch.max_decompressed_bytes,
+                max_inflight_bytes=fetch.max_inflight_bytes,
                 run_deadline_s=fetch.run_deadline_s,
                 worker_heartbeat_s=fetch.worker_heartbeat_s,
             ),

@@ -171,14 +171,14 @@ class Fetcher:
             **self.filters,
         }
         pages = self.client.paginate(
-            url, params, region=item.region, compartment_id=item.compartment_id
+            url, params, hold=True, region=item.region, compartment_id=item.compartment_id
         )
         sent = _Sent(item, url, params)
         try:
             async with aclosing(pages):
                 async for paged in pages:
                     sent.tokens[paged.number] = paged.token
-                    await send.send(_page(item, paged.number, paged.response))
+                    await _hand_on(send, _page(item, paged.number, paged.response))
         except _LISTING_ERRORS as exc:
             await self._end_failed(item, sent.pages, exc, send)
             return
@@ -245,8 +245,9 @@ class Fetcher:
                     region=item.region,
                     compartment_id=item.compartment_id,
                     page=number,
+                    hold=True,
                 )
-                await send.send(_page(item, number, response))
+                await _hand_on(send, _page(item, number, response))
             bad = _failed(await self.verdicts.collect(item, set(bad)))
 
 
@@ -319,6 +320,7 @@ def long_listings_early(
 
 
 def _page(item: WorkItem, number: int, response: Response) -> Page:
+    lease = response.lease
     return Page(
         response.body,
         item.region,
@@ -326,7 +328,18 @@ def _page(item: WorkItem, number: int, response: Response) -> Page:
         number,
         datetime.now(UTC),
         response.opc_request_id,
+        lease.release if lease is not None else None,
     )
+
+
+async def _hand_on(send: ObjectSendStream[Message], page: Page) -> None:
+    """Send ``page`` to the workers' feeder, which releases its bytes once a worker has it;
+    a page that never gets there (the run is stopping) gives them back here."""
+    try:
+        await send.send(page)
+    except BaseException:
+        page.released()
+        raise
 
 
 def _failed(verdicts: dict[int, str | None]) -> dict[int, str]:

@@ -11,6 +11,7 @@ Nothing heavy is imported at the top of this module: ``keep_out`` must come firs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -119,7 +120,10 @@ def _serve(sock: socket.socket, incoming: Readable, index: int, count: int) -> N
             elif isinstance(message, protocol.Close):
                 reply = protocol.Finished(worker.close(message.donate))
         except Exception as exc:  # reported to the coordinator, which fails the run
-            worker.discard()
+            with contextlib.suppress(Exception):
+                # Its files may be broken already (a full disk closes them): removing them
+                # must not hide the cause, which the coordinator reports.
+                worker.discard()
             protocol.write(sock, protocol.Failed(f"{type(exc).__name__}: {exc}"))
             return
         if reply is None:

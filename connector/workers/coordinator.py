@@ -63,7 +63,10 @@ class Workers(abc.ABC):
             async with receive:
                 async for message in receive:
                     if isinstance(message, Page):
-                        await self.page(message)
+                        try:
+                            await self.page(message)
+                        finally:
+                            message.released()  # in a worker now: out of the fetcher's budget
                     elif isinstance(message, AllStarted):
                         await self.flush()
                     else:

@@ -151,11 +151,15 @@ def normalize_records(records: Sequence[Any], page: Page, run: RunInfo) -> Norma
     except _CONVERSION_ERRORS:
         converted, dicts = _convert_one_by_one(dicts, reject)
     ids = converted.ids
-    if None in ids:
-        keep = [image_id is not None for image_id in ids]
-        for record, ok in zip(dicts, keep, strict=True):
-            if not ok:
+    if None in ids or "" in ids:
+        # An empty id is no id: as a row it would be a key that matches nothing (and every
+        # other empty one), so it is rejected with its reason, like a missing one.
+        keep = [bool(image_id) for image_id in ids]
+        for record, image_id in zip(dicts, ids, strict=True):
+            if image_id is None:
                 reject(record, "the record has no id")
+            elif image_id == "":
+                reject(record, 'the record\'s id is empty ("")')
         converted = converted.filter(keep)
     return Normalized(_batch(converted, page, run), rejects, converted.ids)
 

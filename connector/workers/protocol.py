@@ -163,6 +163,9 @@ class Channel:
         self.index = index
         self._stream = stream
         self._receive = BufferedByteReceiveStream(stream)
+        self.failed: str | None = None
+        """The reason of the worker's ``Failed`` message, once received."""
+        self._said: anyio.Event | None = None
 
     async def send(self, message: ToWorker, body: bytes = b"") -> None:
         """One frame; waits while the worker's socket is full (that is the backpressure)."""
@@ -171,7 +174,15 @@ class Channel:
             if body:
                 await self._stream.send(body)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            raise WorkerError(_gone(self.index)) from None
+            # A worker that failed (a full disk) said why, then exited: its socket may break
+            # under a send before its last message is read. Its reason, not "went away".
+            if self.failed is None:
+                self._said = anyio.Event()
+                with anyio.move_on_after(2):
+                    await self._said.wait()
+            if self.failed is not None:
+                raise WorkerError(f"worker {self.index} failed: {self.failed}") from None
+            raise _went_away(self.index) from None
 
     async def send_page(self, page: Page) -> None:
         """A page: its head, then its body as is."""
@@ -184,7 +195,11 @@ class Channel:
             payload = await self._receive.receive_exactly(size)
             message: FromWorker = pickle.loads(payload)  # noqa: S301 (see the module's docstring)
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
-            raise WorkerError(_gone(self.index)) from None
+            raise _went_away(self.index) from None
+        if isinstance(message, Failed):
+            self.failed = message.reason
+            if self._said is not None:
+                self._said.set()
         return message
 
     async def aclose(self) -> None:
@@ -234,6 +249,12 @@ def heartbeat(sock: socket.socket, interval_s: float) -> threading.Event:
 
     threading.Thread(target=beat, name="heartbeat", daemon=True).start()
     return stop
+
+
+def _went_away(index: int) -> WorkerError:
+    error = WorkerError(_gone(index))
+    error.gone = True
+    return error
 
 
 def _gone(index: int) -> str:
