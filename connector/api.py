@@ -193,12 +193,13 @@ def check_access(settings: Settings, credentials: Credentials | None = None) -> 
 async def _check_access(settings: Settings, credentials: Credentials | None) -> list[str]:
     from connector.oci import discovery
     from connector.oci.client import for_settings
+    from connector.oci.endpoints import Endpoints
 
     credentials = _checked(settings, credentials)
     home, tenancy = credentials.home_region, credentials.tenancy
     if not home or not tenancy:
         raise ConfigError("oci.region", f"{credentials.label} names no home region or tenancy")
-    endpoints = discovery.Endpoints.from_settings(settings.oci, home)
+    endpoints = Endpoints.from_settings(settings.oci, home)
     async with for_settings(settings, credentials) as client:
         return await discovery.subscribed_regions(client, endpoints, home, tenancy)
 

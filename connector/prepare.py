@@ -27,7 +27,7 @@ from connector.lake.storage import Store
 from connector.lake.tables import TableWriter
 from connector.oci import regions
 from connector.oci.auth import Credentials
-from connector.oci.discovery import Endpoints
+from connector.oci.endpoints import Endpoints
 from connector.pages import RunInfo
 from connector.sinks import FileInfo, SinkOptions
 from connector.workers.page import WorkerSetup

@@ -267,7 +267,7 @@ def test_a_fetch_task_goes_on_while_its_listing_waits_for_verdicts(
 ) -> None:
     """A listing ends once the workers have parsed its pages; meanwhile its fetch task takes
     the next listing (here the only task: without that, the two would wait on each other)."""
-    from connector.oci.discovery import Endpoints
+    from connector.oci.endpoints import Endpoints
     from connector.oci.fetch import Fetcher
     from connector.pages import AllStarted, Message, Page, WorkItem
     from connector.workers.coordinator import Verdicts
@@ -318,7 +318,7 @@ def test_the_last_listing_to_start_is_announced_once(
     """`AllStarted` comes once, when the last listing is taken: after the pages of every
     listing taken before it and before its own (one fetch task takes them in order), so that
     the workers can write what they hold while the last pages are on their way."""
-    from connector.oci.discovery import Endpoints
+    from connector.oci.endpoints import Endpoints
     from connector.oci.fetch import Fetcher
     from connector.pages import AllStarted, ListingEnd, Message, Page, WorkItem
 

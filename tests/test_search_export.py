@@ -230,7 +230,7 @@ def test_listings_start_while_the_search_still_pages(
     """A compartment's listing starts as soon as a page of results names it: pages of searched
     listings arrive while the region's search is still paging (which takes several pages)."""
     from connector.oci.client import OciClient
-    from connector.oci.discovery import Endpoints
+    from connector.oci.endpoints import Endpoints
     from connector.oci.fetch import Fetcher
     from connector.pages import Message, Page, WorkItem
     from tests.test_client import signer_for

@@ -15,7 +15,7 @@ import pytest
 from connector import config, validation
 from connector.emulator import EmulatorServer, build_world
 from connector.errors import ConfigError
-from connector.oci.discovery import Endpoints
+from connector.oci.endpoints import Endpoints
 from tests.helpers import WORLD, arrow_rows, manifest_of, run, write_config
 from tests.reference import expected_rows, multiset, normalise_actual
 

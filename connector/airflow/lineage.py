@@ -44,7 +44,7 @@ import connector
 from connector import ConnectorError, Credentials, RunOutcome, Settings, schema
 from connector.formats import FileInfo
 from connector.lake import layout
-from connector.oci.discovery import Endpoints
+from connector.oci.endpoints import Endpoints
 
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "abfss", "wasbs", "oci"})
 """Schemes whose authority is a bucket (or container): the name is the key, without a slash."""

@@ -184,7 +184,7 @@ class OciImagesShardOperator(_ConnectorOperator):
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """What the OpenLineage provider reports for this task: the OCI Compute API of each
         region the shard listed, as input datasets (``connector.airflow.lineage``)."""
-        from connector.airflow import lineage
+        import connector.airflow.lineage as lineage
 
         if self._read is None:
             return lineage.nothing()
@@ -257,7 +257,7 @@ class OciImagesCommitOperator(_ConnectorOperator):
         """What the OpenLineage provider reports for this task: one output dataset per
         dataset the commit published, with schema, statistics and the run's id and date
         (``connector.airflow.lineage``; imported only when the provider asks)."""
-        from connector.airflow import lineage
+        import connector.airflow.lineage as lineage
 
         if self._published is None:
             return lineage.nothing()

@@ -24,7 +24,7 @@ from connector import logs
 from connector.errors import ConnectorError, OciApiError, PaginationError, TransportError
 from connector.limits import ResponseTooLarge
 from connector.oci.client import OciClient, Response, for_settings
-from connector.oci.discovery import Endpoints
+from connector.oci.endpoints import Endpoints
 from connector.oci.sharedrate import SharedRates
 from connector.pages import AllStarted, ListingEnd, ListingError, Message, Page, PageError, WorkItem
 

@@ -37,7 +37,7 @@ from connector.pages import PageError, WorkItem, parse_one
 
 if TYPE_CHECKING:
     from connector.oci.client import OciClient
-    from connector.oci.discovery import Endpoints
+    from connector.oci.endpoints import Endpoints
 
 log = logs.get_logger("connector.oci.search")
 
