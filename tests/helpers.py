@@ -6,6 +6,7 @@ import itertools
 import logging
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from connector import Settings, cli, load_config, logs
 from connector.emulator import EmulatorServer
+from connector.oci import auth
 
 ROOT = Path(__file__).resolve().parent.parent
 DATE = "2026-11-27"
@@ -235,3 +237,19 @@ def cli_environment(server: EmulatorServer, **extra: str) -> dict[str, str]:
         "OCI_CLI_REGION": server.world.home_region,
         **extra,
     }
+
+
+MiB = 1 << 20
+
+
+def gzip_of_zeros(size: int) -> bytes:
+    """A gzip stream of ``size`` zero bytes, built without holding them all."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(MiB)
+    parts = [compressor.compress(block) for _ in range(size // MiB)]
+    return b"".join([*parts, compressor.flush()])
+
+
+def signer_for(server: EmulatorServer, profile: str = "DEFAULT") -> auth.RequestSigner:
+    assert server.config_file is not None
+    return auth.make_signer("api_key", auth.load_profile(server.config_file, profile))

@@ -22,14 +22,9 @@ from connector.oci import (
 )
 from connector.oci.client import ClientOptions, OciClient, RequestCounters
 from connector.oci.retry import RetryPolicy
-from tests.helpers import captured_events
+from tests.helpers import captured_events, signer_for
 
 FAST_RETRY = RetryPolicy(max_attempts=8, base_s=0.01, cap_s=0.1, jitter_s=0.01)
-
-
-def signer_for(server: EmulatorServer, profile: str = "DEFAULT") -> auth.RequestSigner:
-    assert server.config_file is not None
-    return auth.make_signer("api_key", auth.load_profile(server.config_file, profile))
 
 
 async def list_all(

@@ -21,6 +21,7 @@ from connector.sinks import SeriesPlace, SinkOptions
 from connector.sinks.parquet import ParquetSeries
 from connector.workers import records
 from connector.workers.normalize import normalize_page
+from tests.helpers import gzip_of_zeros
 
 MiB = 1 << 20
 
@@ -33,14 +34,6 @@ def fed(body_reader: limits.BodyReader, data: bytes, chunk: int = 65536) -> byte
     for start in range(0, len(data), chunk):
         body_reader.feed(data[start : start + chunk])
     return body_reader.finish()
-
-
-def gzip_of_zeros(size: int) -> bytes:
-    """A gzip stream of ``size`` zero bytes, built without holding them all."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    block = bytes(MiB)
-    parts = [compressor.compress(block) for _ in range(size // MiB)]
-    return b"".join([*parts, compressor.flush()])
 
 
 class TestBodies:

@@ -233,7 +233,7 @@ def test_listings_start_while_the_search_still_pages(
     from connector.oci.endpoints import Endpoints
     from connector.oci.fetch import Fetcher
     from connector.pages import Message, Page, WorkItem
-    from tests.test_client import signer_for
+    from tests.helpers import signer_for
 
     # About 4,000 custom images: a search of several pages.
     server = make_emulator(world(regions=("us-ashburn-1",), custom_scale=15.0), latency_ms=40)
