@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from connector.lake.snapshots import PublishedSnapshot
     from connector.pipeline import Export
     from connector.tally import Progress
+    from connector.telemetry import Stage
     from connector.workers.spawn import Launched
 
 Settings = config.Settings
@@ -233,7 +234,7 @@ async def run_async(
     """``run``, in a running event loop (asyncio or trio, through anyio). ``launched``: worker
     processes started earlier (``connector.workers.spawn.launch``), as the command line starts
     them before it imports the rest."""
-    stage: metrics.Stage = "run" if shard is None else "shard"
+    stage: Stage = "run" if shard is None else "shard"
     with metrics.observing(settings, stage, _shard_label(shard)) as observer:
         try:
             built = export(

@@ -37,15 +37,15 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from connector import logs
 from connector.errors import EXIT_FAILED, EXIT_OK
+from connector.telemetry import Report, Stage
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -64,8 +64,6 @@ PUSH_TIMEOUT_S = 10.0
 PREFIX = "oci_images_"
 LAST_SUCCESS = PREFIX + "last_success_timestamp_seconds"
 
-Stage = Literal["run", "shard", "commit"]
-
 
 class Watched(Protocol):
     """What an observer reads of a run (``connector.pipeline.Export``), typed loosely so this
@@ -76,49 +74,6 @@ class Watched(Protocol):
 
     @property
     def client(self) -> Any: ...
-
-
-@dataclass(slots=True)
-class Report:
-    """One command's metrics, computed once at its end: what every output writes."""
-
-    stage: Stage
-    shard: str
-    run_id: str
-    snapshot_date: str
-    exit_code: int
-    started: float
-    """Epoch seconds."""
-    finished: float
-    duration_s: float
-    last_success: float | None
-    rows: dict[tuple[str, str], int] = field(default_factory=dict)
-    """(dataset, region) → rows."""
-    requests: dict[tuple[str, str], int] = field(default_factory=dict)
-    """(region, status) → requests."""
-    listings: dict[tuple[str, str], int] = field(default_factory=dict)
-    """(region, outcome) → listings."""
-    records: tuple[ListingRecord, ...] = ()
-    done_ns: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    """(region, compartment) → when its listing ended (epoch ns), for the trace."""
-    fetch_started: float | None = None
-    """Epoch seconds when fetching began, for the trace."""
-
-    @property
-    def status(self) -> str:
-        """``succeeded``, ``partial``, ``failed`` or ``interrupted``."""
-        if self.exit_code == EXIT_OK:
-            return "succeeded"
-        if self.exit_code == 3:
-            return "partial"
-        return "interrupted" if self.exit_code in (130, 143) else "failed"
-
-    def throttled(self) -> dict[str, int]:
-        """Region → requests answered 429."""
-        counts: Counter[str] = Counter()
-        for (region, status), count in self.requests.items():
-            counts[region] += count if status == "429" else 0
-        return dict(counts)
 
 
 CURRENT: ContextVar[Observer | None] = ContextVar("connector_metrics_observer", default=None)

@@ -4,7 +4,7 @@ own endpoint variable), and not ``OTEL_SDK_DISABLED=true``. Unconfigured, nothin
 opentelemetry and nothing costs anything.
 
 Everything is made at the end of the command, in the process that fetched, from the counts the
-run kept anyway (``connector.metrics.Report``): the run's span (run id, snapshot date, status,
+run kept anyway (``connector.telemetry.Report``): the run's span (run id, snapshot date, status,
 rows), one span per region (from the start of the fetch to its last listing), each listing an
 event of its region's span (compartment, pages, rows, status), with the timestamps they
 happened at; the same counters as ``[metrics]`` as OpenTelemetry metrics. Then both providers
@@ -19,10 +19,11 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from connector import logs
 from connector._version import __version__
+from connector.telemetry import Report
 
 if TYPE_CHECKING:
     from connector.lake.manifest import ListingRecord
@@ -36,34 +37,6 @@ ENDPOINT_VARIABLES = (
 )
 SERVICE_NAME = "oci-images-connector"
 SCOPE = "connector"
-
-
-class Report(Protocol):
-    """What a run's telemetry is made of (``connector.metrics.Report``, which imports this
-    module: described here, not imported)."""
-
-    @property
-    def stage(self) -> str: ...
-
-    shard: str
-    run_id: str
-    snapshot_date: str
-    exit_code: int
-    started: float
-    finished: float
-    duration_s: float
-    last_success: float | None
-    rows: dict[tuple[str, str], int]
-    requests: dict[tuple[str, str], int]
-    listings: dict[tuple[str, str], int]
-    records: tuple[ListingRecord, ...]
-    done_ns: Mapping[tuple[str, str], int]
-    fetch_started: float | None
-
-    @property
-    def status(self) -> str: ...
-
-    def throttled(self) -> dict[str, int]: ...
 
 
 def configured(environ: Mapping[str, str] | None = None) -> bool:
