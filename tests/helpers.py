@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import itertools
 import logging
+import signal
 import subprocess
 import sys
+import threading
+import time
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -253,3 +257,49 @@ def gzip_of_zeros(size: int) -> bytes:
 def signer_for(server: EmulatorServer, profile: str = "DEFAULT") -> auth.RequestSigner:
     assert server.config_file is not None
     return auth.make_signer("api_key", auth.load_profile(server.config_file, profile))
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A request handler for test servers: no access log on stderr."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server on a free loopback port with ``handler``; yields its URL, and
+    stops it on leaving."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def signalled_run(
+    config: Path,
+    staging: Path,
+    signum: signal.Signals,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+) -> tuple[int, str]:
+    """``oci-images run --config CONFIG`` in a subprocess, sent ``signum`` once it has staged
+    a region's folder under ``staging`` (mid-run); its exit code and stderr."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "connector", "run", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=None if env is None else dict(env),
+    )
+    deadline = time.monotonic() + 60
+    while not list(staging.rglob("region=*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=timeout)
+    return process.returncode, err

@@ -16,7 +16,7 @@ import pytest
 
 from connector import names, schema
 from connector.emulator import EmulatorServer, build_world
-from tests.helpers import DATE, WORLD, oci_images, screen, write_config
+from tests.helpers import DATE, WORLD, oci_images, screen, signalled_run, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -199,20 +199,9 @@ def test_interrupted_run_cleans_up(
     """Ctrl-C mid-run: exit 130, the staging area is removed, nothing is published."""
     server = make_emulator(build_world(**WORLD), latency_ms=30)  # type: ignore[arg-type]
     config = write_config(tmp_path, server, fetch={"concurrency": 2, "page_size": 20})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "connector", "run", "--config", str(config)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     staging = tmp_path / "lake" / "_staging"
-    deadline = time.monotonic() + 60
-    while not list(staging.rglob("region=*")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=30)
-    assert 130 == process.returncode, err
+    code, err = signalled_run(config, staging, signal.SIGINT, timeout=30)
+    assert 130 == code, err
     assert "nothing published" in err
     assert not (tmp_path / "lake" / "images").exists()
     assert not list(staging.glob("*"))

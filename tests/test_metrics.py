@@ -5,16 +5,15 @@ loopback HTTP server."""
 from __future__ import annotations
 
 import base64
-import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,22 @@ import connector
 from connector import load_config, metrics
 from connector.emulator import EmulatorServer, build_world
 from connector.errors import ConfigError, ConnectorError
-from tests.helpers import DATE, WORLD, settings_for, write_config
+from tests import helpers
+from tests.helpers import (
+    DATE,
+    ROOT,
+    WORLD,
+    QuietHandler,
+    serving,
+    settings_for,
+    signalled_run,
+    write_config,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def oci_images(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "connector", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-        env=env,
-    )
+oci_images = partial(helpers.oci_images, timeout=180)
 
 
 def parse(text: str) -> Samples:
@@ -186,20 +186,8 @@ def test_a_sigterm_run_reports_143_and_keeps_the_last_success(
     success = value(parse(textfile.read_text()), "oci_images_last_success_timestamp_seconds")
 
     server.emulator.behaviour.latency_ms = 30
-    process = subprocess.Popen(
-        [sys.executable, "-m", "connector", "run", "--config", str(config)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    staging = tmp_path / "lake" / "_staging"
-    deadline = time.monotonic() + 60
-    while not list(staging.rglob("region=*")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
-    assert 143 == process.returncode, err
+    code, err = signalled_run(config, tmp_path / "lake" / "_staging", signal.SIGTERM)
+    assert 143 == code, err
     samples = parse(textfile.read_text())
     assert 143 == value(samples, "oci_images_run_status")
     assert success == value(samples, "oci_images_last_success_timestamp_seconds")
@@ -263,7 +251,7 @@ class Gateway:
 def gateway() -> Iterator[Gateway]:
     recorded = Gateway("")
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def _record(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             recorded.received.append((self.command, self.path, self.rfile.read(length)))
@@ -272,16 +260,8 @@ def gateway() -> Iterator[Gateway]:
 
         do_PUT = do_POST = _record
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    recorded.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield recorded
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as recorded.url:
+        yield recorded
 
 
 def _group(path: str) -> dict[str, str]:

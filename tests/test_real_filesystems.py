@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,9 +19,7 @@ from pathlib import Path
 import pytest
 
 from connector.emulator import EmulatorServer
-from tests.helpers import DATE, write_config
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import DATE, oci_images, write_config
 
 
 def _mount(folder: Path, size: str) -> bool:
@@ -56,16 +53,6 @@ def mount() -> Iterator[Callable[[Path, str], None]]:
     for folder in reversed(mounted):
         with contextlib.suppress(OSError):
             subprocess.run(["umount", "-l", str(folder)], capture_output=True, check=False)
-
-
-def oci_images(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "connector", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
 
 
 def _one_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -4,13 +4,10 @@ import of opentelemetry at all when the OTEL_* variables do not ask for it."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +28,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from connector import tracing
 from connector.emulator import EmulatorServer, build_world
-from tests.helpers import DATE, WORLD, write_config
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import DATE, ROOT, WORLD, QuietHandler, serving, signalled_run, write_config
 
 
 @dataclass
@@ -59,7 +54,7 @@ class Receiver:
 def receiver() -> Iterator[Receiver]:
     got = Receiver("")
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             got.paths.append(self.path)
@@ -80,16 +75,8 @@ def receiver() -> Iterator[Receiver]:
             self.end_headers()
             self.wfile.write(answer)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    got.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield got
-    server.shutdown()
-    server.server_close()
+    with serving(Handler) as got.url:
+        yield got
 
 
 def attributes(values: Any) -> dict[str, Any]:
@@ -186,18 +173,9 @@ def test_a_sigterm_run_is_flushed(
     marked interrupted, with an error status."""
     server = make_emulator(build_world(**WORLD), latency_ms=30)  # type: ignore[arg-type]
     config = write_config(tmp_path, server, fetch={"concurrency": 2, "page_size": 20})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "connector", "run", "--config", str(config)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=otel_env(receiver),
-    )  # fmt: skip
     staging = tmp_path / "lake" / "_staging"
-    deadline = time.monotonic() + 60
-    while not list(staging.rglob("region=*")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
-    assert 143 == process.returncode, err
+    code, err = signalled_run(config, staging, signal.SIGTERM, env=otel_env(receiver))
+    assert 143 == code, err
     [run] = [s for s in receiver.spans() if not s.parent_span_id]
     found = attributes(run.attributes)
     assert "interrupted" == found["oci_images.status"]
