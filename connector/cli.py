@@ -369,10 +369,11 @@ def _execute(
 ) -> RunOutcome:
     """Run the export that ``args`` configure.
 
-    The worker processes start as soon as the configuration is known to be valid: they import
-    pyarrow and the normalizer (about 0.25 s) while this process imports the fetcher and loads
-    the credentials, instead of after. Anything that fails before the export owns them stops
-    them again.
+    The worker processes start as soon as the configuration is known to be valid, before the
+    event loop starts any thread: they are forked from this process, which has imported pyarrow
+    by then, and share its imported pages instead of importing everything again in an
+    interpreter of their own (``connector.workers.spawn``). Anything that fails before the
+    export owns them stops them again.
     """
     import anyio
 

@@ -54,9 +54,20 @@ def own_process() -> None:
     """Set up a process that is entirely this tool's (the CLI's, the workers'), before pyarrow
     is imported: numpy and pandas kept out, structlog imported without rich, pyarrow's
     allocator returning freed memory at once."""
+    global _own
+    _own = True
     keep_out(*UNUSED)
     import_without("structlog", "rich", "pygments")
     prompt_allocator()
+
+
+def is_own_process() -> bool:
+    """Whether ``own_process`` set this process up: it is this tool's alone, so that it may
+    fork its worker processes from itself (``connector.workers.spawn``)."""
+    return _own
+
+
+_own = False
 
 
 def import_without(name: str, *hidden: str) -> None:
@@ -135,13 +146,17 @@ def fixed_mmap_threshold() -> None:
 
 def parsing_heap() -> None:
     """The worker processes' settings (``WORKER_MALLOC``) for this process, when it parses the
-    pages itself (``fetch.workers = 0``); only where ``fixed_mmap_threshold`` has made the
-    allocator this tool's to tune (the CLI), never in a library user's process.
+    pages itself (``fetch.workers = 0``, or a worker forked from the CLI); only where
+    ``fixed_mmap_threshold`` has made the allocator this tool's to tune (the CLI), never in a
+    library user's process. A setting the user made in the environment is kept.
     """
     if _tuned:
-        _mallopt(
-            {_M_MMAP_THRESHOLD: PARSING_MMAP_THRESHOLD, _M_TRIM_THRESHOLD: PARSING_TRIM_THRESHOLD}
-        )
+        settings = {_M_MMAP_THRESHOLD: PARSING_MMAP_THRESHOLD}
+        if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+            settings[_M_TRIM_THRESHOLD] = PARSING_TRIM_THRESHOLD
+        if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+            del settings[_M_MMAP_THRESHOLD]
+        _mallopt(settings)
 
 
 _tuned = False

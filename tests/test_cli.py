@@ -16,6 +16,7 @@ import pytest
 
 from connector import names, schema
 from connector.emulator import EmulatorServer, build_world
+from connector.workers import boot
 from tests.helpers import DATE, WORLD, oci_images, screen, signalled_run, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,14 +291,14 @@ def test_the_progress_bar_on_a_terminal(
 
 
 def _worker_processes() -> list[int]:
-    """Worker processes of this tool running now (their boot module in the command line)."""
+    """Worker processes of this tool running now (by their name, ``boot.NAME``)."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            command = (entry / "cmdline").read_bytes()
+            name = (entry / "comm").read_text().strip()
         except OSError:
             continue
-        if b"connector.workers.boot" in command:
+        if name == boot.NAME:
             found.append(int(entry.name))
     return found
 

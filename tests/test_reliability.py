@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from connector.emulator import Behaviour, EmulatorServer, World
+from connector.workers.boot import NAME as WORKER_NAME
 from tests.conftest import PrivateCA
 from tests.helpers import write_config
 from tests.reliability import (
@@ -466,7 +467,7 @@ def test_sigkill_of_a_worker_at_random_points(
         process = start("run", "--config", str(config))
         wait_for_requests(server, server.stats()["requests"] + rng.randint(1, 40))
         workers = subprocess.run(
-            ["pgrep", "-f", "connector.workers.boot", "-g", str(process.pid)],
+            ["pgrep", "-x", WORKER_NAME, "-g", str(process.pid)],
             capture_output=True,
             text=True,
         ).stdout.split()
@@ -602,7 +603,7 @@ def test_a_stopped_worker_fails_the_run(
     process = start("run", "--config", str(config))
     wait_for_requests(server, 10)
     workers = subprocess.run(
-        ["pgrep", "-f", "connector.workers.boot", "-g", str(process.pid)],
+        ["pgrep", "-x", WORKER_NAME, "-g", str(process.pid)],
         capture_output=True,
         text=True,
     ).stdout.split()

@@ -29,6 +29,7 @@ from connector import cli as command_line
 from connector.emulator import Behaviour, EmulatorServer, World
 from connector.lake import publisher, storage, tables
 from connector.lake.manifest import read_document
+from connector.workers.boot import NAME as WORKER_NAME
 from tests.helpers import DATE, write_config
 from tests.lake_support import (
     S3Server,
@@ -348,7 +349,7 @@ def _kill_a_worker(
         process = start("run", "--config", str(config))
         wait_for_requests(server, server.stats()["requests"] + rng.randint(1, 40))
         workers = subprocess.run(
-            ["pgrep", "-f", "connector.workers.boot", "-g", str(process.pid)],
+            ["pgrep", "-x", WORKER_NAME, "-g", str(process.pid)],
             capture_output=True,
             text=True,
         ).stdout.split()

@@ -1,5 +1,9 @@
 """The worker processes' program: ``python -m connector.workers.boot FD [FD ...]``.
 
+The command line forks its workers from itself instead (``fork_worker``, see
+``connector.workers.spawn``); this program serves every other caller, such as a library user's
+process, which may run threads that forking would not copy.
+
 It keeps numpy and pandas out (pyarrow imports numpy when it can, and its first ``pa.array``
 call imports pandas when that is installed, only to ask whether the argument is a pandas
 object: about 0.3 s and 40 MB a process for nothing a worker uses), imports the worker code
@@ -23,21 +27,25 @@ if TYPE_CHECKING:
     from connector.workers.protocol import Readable
 
 
-def main(fds: list[int]) -> int:
-    from connector import lean
+NAME = "oci-images-work"
+"""A worker process's name (``/proc/PID/comm``, what ``ps -o comm`` and ``pgrep`` show)."""
 
-    lean.own_process()
-    # Loaded once, before forking, and shared by every worker.
+
+def preload() -> None:
+    """Import the worker code, once, before forking: every worker shares its pages."""
     import connector.workers.normalize
     import connector.workers.page
     import connector.workers.protocol  # noqa: F401
 
-    # Ctrl-C (and a scheduler's SIGTERM to the process group) reaches every process; the
-    # coordinator decides what happens, and a worker ends when its socket closes.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+def main(fds: list[int]) -> int:
+    from connector import lean
+
+    lean.own_process()
+    preload()
     if threading.active_count() != 1:  # forking is only safe without other threads
         raise RuntimeError("worker boot: threads started before forking")
+    _become_worker()
     children = []
     for index, fd in enumerate(fds[1:], start=1):
         pid = os.fork()
@@ -54,14 +62,37 @@ def main(fds: list[int]) -> int:
     return 1 if failed else 0
 
 
-def _serve_only(fd: int, index: int, fds: list[int]) -> None:
+def fork_worker(fd: int, index: int, count: int, others: list[int]) -> None:
+    """The life of a worker forked from the command line (``spawn``): it never returns.
+
+    The command line has imported the worker code (``preload``) and started no thread; the
+    worker closes ``others`` (the command line's ends and the other workers' sockets), takes
+    the parsing heap's settings, and serves its socket."""
+    from connector import lean
+
+    _become_worker()
+    lean.parsing_heap()
+    _serve_only(fd, index, [*others, fd], count)
+
+
+def _become_worker() -> None:
+    # Ctrl-C (and a scheduler's SIGTERM to the process group) reaches every process; the
+    # coordinator decides what happens, and a worker ends when its socket closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Named apart from the command line it may have been forked from (Linux only).
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(NAME)
+
+
+def _serve_only(fd: int, index: int, fds: list[int], count: int | None = None) -> None:
     """A forked worker: serve its socket, then leave without the parent's clean-up."""
     for other in fds:
         if other != fd:
             os.close(other)
     code = 1
     try:
-        serve(fd, index, len(fds))
+        serve(fd, index, len(fds) if count is None else count)
         code = 0
     finally:
         sys.stdout.flush()
