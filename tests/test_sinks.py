@@ -92,6 +92,32 @@ class TestParquet:
             "region=us-ashburn-1/part-00003.parquet",
         ] == [f.path for f in files]
 
+    def test_distinct_columns_are_written_plain_the_rest_with_a_dictionary(
+        self, tmp_path: Path, rows: pa.RecordBatch
+    ) -> None:
+        """Ids, names and creation times are all different: no dictionary is built for them.
+        Every other column but the booleans keeps one, nested leaves (tag keys and values)
+        included."""
+        options = SinkOptions(formats.PARQUET, "zstd", row_group_rows=100, max_rows_per_file=100)
+        (info,) = write(tmp_path, options, rows)
+        group = pq.ParquetFile(tmp_path / info.path).metadata.row_group(0)
+        encodings = {
+            group.column(i).path_in_schema: group.column(i).encodings
+            for i in range(group.num_columns)
+        }
+        dictionary = {path for path, used in encodings.items() if "RLE_DICTIONARY" in used}
+        assert {"id", "display_name", "time_created"}.isdisjoint(dictionary)
+        assert {
+            "lifecycle_state",
+            "base_image_id",
+            "defined_tags.key_value.key",
+            "defined_tags.key_value.value.key_value.value",
+            "freeform_tags.key_value.value",
+            "image_volume_details__data_volumes.list.element.display_name",
+        } <= dictionary
+        booleans = {f.name for f in rows.schema if pa.types.is_boolean(f.type)}  # bit-packed
+        assert set(encodings) - dictionary == {"id", "display_name", "time_created"} | booleans
+
 
 class TestNdjson:
     @pytest.mark.parametrize(
