@@ -1,8 +1,8 @@
 """The worker processes' program: ``python -m connector.workers.boot FD [FD ...]``.
 
-The command line forks its workers from itself instead (``fork_worker``, see
-``connector.workers.spawn``); this program serves every other caller, such as a library user's
-process, which may run threads that forking would not copy.
+The command line forks the first worker from itself instead, which then does what this program
+does (``forked``, see ``connector.workers.spawn``); this program serves every other caller, such
+as a library user's process, which may run threads that forking would not copy.
 
 It keeps numpy and pandas out (pyarrow imports numpy when it can, and its first ``pa.array``
 call imports pandas when that is installed, only to ask whether the argument is a pandas
@@ -62,17 +62,29 @@ def main(fds: list[int]) -> int:
     return 1 if failed else 0
 
 
-def fork_worker(fd: int, index: int, count: int, others: list[int]) -> None:
-    """The life of a worker forked from the command line (``spawn``): it never returns.
+def forked(ours: list[int], theirs: list[int]) -> None:
+    """The life of the first worker when the command line forked it (``spawn``): ``main``'s,
+    in a process that has pyarrow imported already. It never returns.
 
-    The command line has imported the worker code (``preload``) and started no thread; the
-    worker closes ``others`` (the command line's ends and the other workers' sockets), takes
-    the parsing heap's settings, and serves its socket."""
+    ``ours`` are the command line's ends of the socket pairs, closed here; ``theirs`` the
+    workers' ends. The parsing heap's settings, which a boot interpreter gets from its
+    environment, are made here (the other workers inherit them)."""
     from connector import lean
 
-    _become_worker()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides (``_become_worker``)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for fd in ours:
+        os.close(fd)
     lean.parsing_heap()
-    _serve_only(fd, index, [*others, fd], count)
+    code = 1
+    try:
+        code = main(theirs)
+    except Exception as exc:  # the coordinator reports the worker gone; this says why
+        print(f"oci-images: worker process could not start: {exc}", file=sys.stderr)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _become_worker() -> None:
@@ -85,14 +97,14 @@ def _become_worker() -> None:
         comm.write(NAME)
 
 
-def _serve_only(fd: int, index: int, fds: list[int], count: int | None = None) -> None:
+def _serve_only(fd: int, index: int, fds: list[int]) -> None:
     """A forked worker: serve its socket, then leave without the parent's clean-up."""
     for other in fds:
         if other != fd:
             os.close(other)
     code = 1
     try:
-        serve(fd, index, len(fds) if count is None else count)
+        serve(fd, index, len(fds))
         code = 0
     finally:
         sys.stdout.flush()

@@ -1,13 +1,14 @@
 """Starting the worker processes, which share the worker code's imported pages.
 
-The command line forks them from itself: its process is this tool's alone
+The command line forks the first from itself: its process is this tool's alone
 (``lean.own_process``) and has started no thread yet, which is what makes forking safe, and it
-has imported pyarrow already, so the workers cost no interpreter and no import of their own
-(about 0.25 s of CPU a run). Any other process (a library user's, which may run threads that a
-fork would not copy) gets one fresh interpreter (``connector.workers.boot``) that imports the
-worker code once, then forks every worker from itself. Either way this process talks to each
-worker over a socket pair; nothing else (no main-module re-import, no resource tracker) is
-involved.
+has imported pyarrow already, so the workers cost no interpreter and no import of pyarrow of
+their own (about 0.25 s of CPU a run). That worker imports the rest of the worker code and
+forks the others, while the command line goes on with its own imports. Any other process (a
+library user's, which may run threads that a fork would not copy) gets one fresh interpreter
+(``connector.workers.boot``) that imports the worker code once, then forks every worker from
+itself. Either way this process talks to each worker over a socket pair; nothing else (no
+main-module re-import, no resource tracker) is involved.
 """
 
 from __future__ import annotations
@@ -47,36 +48,33 @@ class Launched:
 
 
 class Forked:
-    """The workers forked from this process, waited for and killed together, as one boot
-    process would be."""
+    """The first worker, forked from this process: waited for and killed as the boot process
+    would be (it waits for the workers it forked in turn)."""
 
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self._codes: dict[int, int] = {}
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
 
     def wait(self, timeout: float | None = None) -> int:
-        """Wait until every worker has exited; their worst exit code. ``TimeoutExpired`` if
-        one is still running after ``timeout`` seconds."""
+        """Its exit code, once it has exited; ``TimeoutExpired`` after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for pid in self.pids:
-            while pid not in self._codes:
-                try:
-                    done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
-                except ChildProcessError:  # reaped elsewhere
-                    done, status = pid, 0
-                if done:
-                    self._codes[pid] = os.waitstatus_to_exitcode(status)
-                elif deadline is not None and time.monotonic() >= deadline:
-                    raise subprocess.TimeoutExpired(f"worker {pid}", timeout or 0.0)
-                else:
-                    time.sleep(0.01)
-        return max(self._codes.values(), key=abs, default=0)
+        while self.returncode is None:
+            try:
+                done, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
+            except ChildProcessError:  # reaped already
+                done, status = self.pid, 0
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+            elif deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
+            else:
+                time.sleep(0.01)
+        return self.returncode
 
     def kill(self) -> None:
-        for pid in self.pids:
-            if pid not in self._codes:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
 
 
 def launch(count: int) -> Launched:
@@ -91,34 +89,28 @@ def launch(count: int) -> Launched:
 
 
 def _fork(pairs: list[tuple[socket.socket, socket.socket]]) -> Launched:
-    """Fork the workers from this process (the command line's, before its event loop)."""
+    """Fork the first worker from this process (the command line's, before its event loop);
+    it imports the worker code and forks the others, as the boot interpreter does, so that
+    this process goes on to its own imports meanwhile."""
     from connector.workers import boot
 
-    boot.preload()
-    # What is buffered would be written again by every child that flushes it.
+    # What is buffered would be written again by a child that flushes it.
     sys.stdout.flush()
     sys.stderr.flush()
-    fds = [end.fileno() for pair in pairs for end in pair]
-    pids: list[int] = []
     try:
-        for index, (_, theirs) in enumerate(pairs):
-            pid = os.fork()
-            if pid == 0:  # the worker; it never returns
-                mine = theirs.fileno()
-                boot.fork_worker(mine, index, len(pairs), [fd for fd in fds if fd != mine])
-            pids.append(pid)
+        pid = os.fork()
     except OSError as exc:
-        forked = Forked(pids)
-        for ours, theirs in pairs:
-            ours.close()
-            theirs.close()
-        forked.wait()
+        for pair in pairs:
+            for end in pair:
+                end.close()
         raise ConnectorError(
             f"cannot start worker processes ({exc.strerror}); fetch.workers = 0 runs without"
         ) from None
+    if pid == 0:  # the first worker; it never returns
+        boot.forked([ours.fileno() for ours, _ in pairs], [b.fileno() for _, b in pairs])
     for _, theirs in pairs:
         theirs.close()
-    return Launched(Forked(pids), [ours for ours, _ in pairs])
+    return Launched(Forked(pid), [ours for ours, _ in pairs])
 
 
 def _boot(pairs: list[tuple[socket.socket, socket.socket]]) -> Launched:
