@@ -300,14 +300,10 @@ def test_workers_that_cannot_start_fail_the_run_cleanly(
     assert not (tmp_path / "lake" / "images").exists()
 
 
-def test_a_worker_killed_mid_run_fails_the_run_with_its_reason(
-    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
-) -> None:
-    """The OOM killer takes a worker mid-run: `oci-images run` exits 1 naming the worker (no
-    traceback), the run's staging is removed, and nothing is published."""
-    world = build_world(seed=5, compartments=60, platform_images=300, custom_scale=0.1)
-    server = make_emulator(world, latency_ms=20)
-    path = write_config(tmp_path, server, fetch={"workers": 2, "page_size": 100})
+def _run_under_way(server: EmulatorServer, folder: Path, requests: int) -> subprocess.Popen[str]:
+    """`oci-images run` with two workers and pages of 100, once the emulator has served
+    ``requests`` (or after 20 s)."""
+    path = write_config(folder, server, fetch={"workers": 2, "page_size": 100})
     process = subprocess.Popen(
         [sys.executable, "-m", "connector", "--log-level", "warning", "run", "--config", str(path)],
         stdout=subprocess.PIPE,
@@ -315,8 +311,18 @@ def test_a_worker_killed_mid_run_fails_the_run_with_its_reason(
         text=True,
     )
     deadline = time.monotonic() + 20
-    while server.stats()["requests"] < 20 and time.monotonic() < deadline:
+    while server.stats()["requests"] < requests and time.monotonic() < deadline:
         time.sleep(0.02)
+    return process
+
+
+def test_a_worker_killed_mid_run_fails_the_run_with_its_reason(
+    make_emulator: Callable[..., EmulatorServer], tmp_path: Path
+) -> None:
+    """The OOM killer takes a worker mid-run: `oci-images run` exits 1 naming the worker (no
+    traceback), the run's staging is removed, and nothing is published."""
+    world = build_world(seed=5, compartments=60, platform_images=300, custom_scale=0.1)
+    process = _run_under_way(make_emulator(world, latency_ms=20), tmp_path, requests=20)
     workers = subprocess.run(
         ["pgrep", "-x", boot.NAME, "-P", str(process.pid)],
         capture_output=True,
@@ -341,17 +347,7 @@ def test_the_command_line_forks_its_workers_from_itself(
     interpreter starts (it would import everything again, about 0.25 s of CPU a run). The run
     publishes as usual."""
     world = build_world(seed=5, compartments=40, platform_images=300, custom_scale=0.1)
-    server = make_emulator(world, latency_ms=20)
-    path = write_config(tmp_path, server, fetch={"workers": 2, "page_size": 100})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "connector", "--log-level", "warning", "run", "--config", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 20
-    while server.stats()["requests"] < 10 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    process = _run_under_way(make_emulator(world, latency_ms=20), tmp_path, requests=10)
 
     def children(pid: str) -> list[str]:
         found = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True)

@@ -100,12 +100,7 @@ def _fork(pairs: list[tuple[socket.socket, socket.socket]]) -> Launched:
     try:
         pid = os.fork()
     except OSError as exc:
-        for pair in pairs:
-            for end in pair:
-                end.close()
-        raise ConnectorError(
-            f"cannot start worker processes ({exc.strerror}); fetch.workers = 0 runs without"
-        ) from None
+        raise _cannot_start(pairs, exc) from None
     if pid == 0:  # the first worker; it never returns
         boot.forked([ours.fileno() for ours, _ in pairs], [b.fileno() for _, b in pairs])
     for _, theirs in pairs:
@@ -128,15 +123,20 @@ def _boot(pairs: list[tuple[socket.socket, socket.socket]]) -> Launched:
             env=env,
         )
     except OSError as exc:
-        for pair in pairs:
-            for end in pair:
-                end.close()
-        raise ConnectorError(
-            f"cannot start worker processes ({exc.strerror}); fetch.workers = 0 runs without"
-        ) from None
+        raise _cannot_start(pairs, exc) from None
     for _, end in pairs:
         end.close()
     return Launched(process, [ours for ours, _ in pairs])
+
+
+def _cannot_start(pairs: list[tuple[socket.socket, socket.socket]], exc: OSError) -> ConnectorError:
+    """The error when no worker process could be started; every socket of ``pairs`` closed."""
+    for pair in pairs:
+        for end in pair:
+            end.close()
+    return ConnectorError(
+        f"cannot start worker processes ({exc.strerror}); fetch.workers = 0 runs without"
+    )
 
 
 def abandon(launched: Launched) -> None:
