@@ -484,3 +484,32 @@ def test_removing_markers_takes_nothing_a_live_run_writes(
     assert other_manifest is not None
     assert other_manifest["rows"] == len(other_rows) > 0
     lake.nothing_staged()
+
+
+def test_killing_worker_0_leaves_nothing_staged(
+    make_lake: Callable[..., S3Lake],
+    old_world: World,
+    slow_server: Callable[[int], EmulatorServer],
+) -> None:
+    """Worker 0 is the other workers' parent: killed mid-run, it leaves them running, and the
+    run fails. It waits for them before it removes its staging, so none recreates a folder
+    there (on S3, the marker pyarrow puts back for each file a worker deletes) after it: once
+    the command exits, nothing is left under ``_staging`` or ``_trash``, and the old snapshot
+    stands."""
+    server = slow_server(20)
+    for trial in range(4):
+        lake = make_lake(name=f"k{trial}")
+        process = start("run", "--config", str(lake.config(server, fetch={"workers": 2})))
+        wait_for_requests(server, server.stats()["requests"] + 10 + 8 * trial)
+        boot = subprocess.run(
+            ["pgrep", "-P", str(process.pid), "-f", "connector.workers.boot"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        assert boot, "no worker process to kill"
+        os.kill(int(boot[0]), signal.SIGKILL)
+        _, err = process.communicate(timeout=180)
+        assert 1 == process.returncode, err
+        assert "worker process 0 went away" in err
+        lake.nothing_staged()
+        assert truth(old_world) == lake.published()[1]
