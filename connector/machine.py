@@ -58,3 +58,15 @@ def pid_alive(pid: int, started: int | None = None) -> bool:
         if now is not None and now != started:
             return False  # the pid was reused by another process
     return True
+
+
+def process_running(pid: int, started: int | None = None) -> bool:
+    """Whether ``pid`` (started at ``started``) still runs: alive and not a zombie (an exited
+    process its parent has not waited for yet, an orphan's until init does)."""
+    if not pid_alive(pid, started):
+        return False
+    text = _read_text(f"/proc/{pid}/stat")
+    if not text:
+        return True  # no /proc here: alive is all that is known
+    state = text.rsplit(")", 1)[1].split()[:1]
+    return state != ["Z"]

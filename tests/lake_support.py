@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import botocore.session
 import duckdb
 import orjson
 import pyarrow as pa
@@ -61,6 +62,25 @@ class S3Server:
         )
         admin.create_dir(name)
         return name
+
+    def keys(self, path: str) -> list[str]:
+        """Every object key under ``path`` (``bucket/prefix``), as S3 itself lists them: through
+        botocore, not pyarrow, which shows a zero-byte folder marker (``prefix/``) as a folder,
+        or not at all."""
+        bucket, _, prefix = path.partition("/")
+        client = botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=KEY,
+            aws_secret_access_key=SECRET,
+            region_name=REGION,
+        )
+        found: list[str] = []
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        ):
+            found += [str(item["Key"]) for item in page.get("Contents", [])]
+        return found
 
 
 SERVE_S3 = """

@@ -15,8 +15,12 @@ from connector.lake import door
 PACKAGE = Path(__file__).resolve().parent.parent / "connector"
 DOOR = PACKAGE / "lake" / "door.py"
 
-DELETES = {"delete_file", "delete_dir", "delete_dir_contents", "rm", "rm_file", "rmtree", "rmdir"}
-"""Method names that delete on pyarrow's and fsspec's filesystems, ``os`` and ``shutil``."""
+DELETES = {
+    *("delete_file", "delete_dir", "delete_dir_contents", "rm", "rm_file", "rmtree", "rmdir"),
+    *("delete_object", "delete_objects"),
+}
+"""Method names that delete on pyarrow's and fsspec's filesystems, ``os``, ``shutil`` and
+botocore's S3 client."""
 
 ALLOWED = {
     ("oci/sharedrate.py", "unlink"): "its own rate-state files in the runtime folder, never "
@@ -58,9 +62,9 @@ def test_the_scan_sees_a_delete(tmp_path: Path) -> None:
     sample.write_text(
         "import os, shutil\n"
         "fs.delete_file(p)\nfs.delete_dir(p)\nshutil.rmtree(p)\nos.remove(p)\nPath(p).unlink()\n"
-        "items.remove(x)\n"
+        "client.delete_object(Bucket=b, Key=k)\nitems.remove(x)\n"
     )
-    assert ["delete_file", "delete_dir", "rmtree", "remove", "unlink"] == [
+    assert ["delete_file", "delete_dir", "rmtree", "remove", "unlink", "delete_object"] == [
         name for name, _ in deletions(sample)
     ]
 

@@ -11,10 +11,12 @@ the new snapshot and leaves nothing in ``_staging``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,7 +29,7 @@ import pytest
 
 from connector import cli as command_line
 from connector.emulator import Behaviour, EmulatorServer, World
-from connector.lake import publisher, storage, tables
+from connector.lake import door, publisher, storage, tables
 from connector.lake.manifest import read_document
 from connector.workers.boot import NAME as WORKER_NAME
 from tests.helpers import DATE, write_config
@@ -57,6 +59,9 @@ KINDS: dict[str, dict[str, Any]] = {
 }
 
 full = pytest.mark.reliability
+
+OTHER = "2026-11-28"
+"""A snapshot date beside ``DATE``, for a run that overlaps another."""
 
 
 @pytest.fixture(scope="module")
@@ -210,9 +215,16 @@ class S3Lake:
         listed = set(publisher.listed(manifest)) | {"_manifest.json", "_SUCCESS"}
         assert listed == self.objects(f"images/snapshot_date={DATE}")
         self.companions_agree(manifest, exact=True)
-        assert set() == self.objects("_staging") | self.objects("_trash")
+        self.nothing_staged()
         assert f"{run_id}.json" in self.objects("_runs")  # its record
         return found
+
+    def nothing_staged(self) -> None:
+        """No object at all under ``_staging/`` or ``_trash/``: no file, and none of the empty
+        folder markers (``_staging/``, ``_staging/_locks/``, ``_staging/RUN_ID/`` ...) pyarrow
+        leaves wherever it created or emptied a folder."""
+        base = self.store.base
+        assert [] == self.s3.keys(f"{base}/_staging") + self.s3.keys(f"{base}/_trash")
 
 
 @pytest.fixture
@@ -388,3 +400,117 @@ def test_sigkill_of_a_worker_at_random_points(
     outcomes = _kill_a_worker(make_lake, old_world, new_world, slow_server(20), 20, seed=16)
     assert 20 == sum(outcomes.values())
     print(f"SIGKILL of a worker on S3: {dict(outcomes)}")
+
+
+# -- nothing left in _staging: pyarrow's folder markers ----------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_runs_leave_no_object_in_staging(
+    make_lake: Callable[..., S3Lake],
+    old_world: World,
+    new_world: World,
+    new_server: EmulatorServer,
+    slow_server: Callable[[int], EmulatorServer],
+    kind: str,
+) -> None:
+    """pyarrow leaves an empty ``folder/`` object wherever it created a folder, and puts one
+    back for the parent of whatever it deletes. After runs, shards and their commit, a killed
+    run and the run after it, the bucket holds no object under ``_staging/`` or ``_trash/``
+    (listed by S3 itself, markers included); each published snapshot is whole."""
+    lake = make_lake(kind)
+    lake.nothing_staged()  # the old snapshot's run, made by S3Lake
+    config = lake.config(new_server)
+    for _ in range(2):
+        result = cli("run", "--config", str(config))
+        assert 0 == result.returncode, result.stderr
+        lake.nothing_staged()
+    for shard in ("0/2", "1/2"):
+        result = cli("run", "--config", str(config), "--shard", shard, "--run-id", "sharded")
+        assert 0 == result.returncode, result.stderr
+    assert 0 == cli("commit", "--config", str(config), "--run-id", "sharded").returncode
+    assert truth(new_world) == lake.published()[1]
+    lake.nothing_staged()
+    server = slow_server(20)
+    process = start("run", "--config", str(lake.config(server)))
+    wait_for_requests(server, 30)
+    kill_group(process)
+    assert lake.s3.keys(f"{lake.store.base}/_staging"), "the killed run left nothing to clean"
+    assert "new" == lake.settled(old_world, new_world, server)  # checks nothing_staged too
+
+
+def test_removing_markers_takes_nothing_a_live_run_writes(
+    make_lake: Callable[..., S3Lake],
+    old_world: World,
+    new_world: World,
+    new_server: EmulatorServer,
+    slow_server: Callable[[int], EmulatorServer],
+) -> None:
+    """While a run writes its staging, another run of another date starts, publishes and
+    cleans up, and a thread removes every empty-looking folder under ``_staging`` as fast as
+    it can (the run's own folders too, between pyarrow's marker and the run's first file):
+    the writing run loses nothing, publishes its whole snapshot, and the last one out leaves
+    no object in ``_staging``."""
+    lake = make_lake()
+    server = slow_server(20)
+    writer = start("run", "--config", str(lake.config(server)))
+    wait_for_requests(server, 5)
+    staging = f"{lake.store.base}/_staging"
+    stop = threading.Event()
+    removed: list[str] = []
+
+    def remove_empty_folders() -> None:
+        while not stop.is_set():
+            selector = pafs.FileSelector(staging, recursive=True, allow_not_found=True)
+            with contextlib.suppress(OSError):
+                for info in lake.store.fs.get_file_info(selector):
+                    if info.type == pafs.FileType.Directory and door.remove_empty_dir(
+                        lake.store.fs, lake.store.base, info.path
+                    ):
+                        removed.append(info.path)
+
+    remover = threading.Thread(target=remove_empty_folders)
+    remover.start()
+    try:
+        other = cli("run", "--config", str(lake.config(new_server)), "--snapshot-date", OTHER)
+        _, err = writer.communicate(timeout=180)
+    finally:
+        stop.set()
+        remover.join()
+    assert 0 == other.returncode, other.stderr
+    assert 0 == writer.returncode, err
+    assert removed, "the race was never run: no folder was found empty"
+    assert truth(new_world) == lake.published()[1]
+    other_manifest, other_rows = manifest_rows(lake.store, OTHER)
+    assert other_manifest is not None
+    assert other_manifest["rows"] == len(other_rows) > 0
+    lake.nothing_staged()
+
+
+def test_killing_worker_0_leaves_nothing_staged(
+    make_lake: Callable[..., S3Lake],
+    old_world: World,
+    slow_server: Callable[[int], EmulatorServer],
+) -> None:
+    """Worker 0 is the other workers' parent: killed mid-run, it leaves them running, and the
+    run fails. It waits for them before it removes its staging, so none recreates a folder
+    there (on S3, the marker pyarrow puts back for each file a worker deletes) after it: once
+    the command exits, nothing is left under ``_staging`` or ``_trash``, and the old snapshot
+    stands."""
+    server = slow_server(20)
+    for trial in range(4):
+        lake = make_lake(name=f"k{trial}")
+        process = start("run", "--config", str(lake.config(server, fetch={"workers": 2})))
+        wait_for_requests(server, server.stats()["requests"] + 10 + 8 * trial)
+        boot = subprocess.run(
+            ["pgrep", "-P", str(process.pid), "-f", "connector.workers.boot"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        assert boot, "no worker process to kill"
+        os.kill(int(boot[0]), signal.SIGKILL)
+        _, err = process.communicate(timeout=180)
+        assert 1 == process.returncode, err
+        assert "worker process 0 went away" in err
+        lake.nothing_staged()
+        assert truth(old_world) == lake.published()[1]

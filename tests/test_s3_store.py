@@ -1,9 +1,12 @@
-"""Whole documents and one writer per date on S3, against moto's S3 server on loopback.
+"""Whole documents, one writer per date and folder markers on S3, against moto's S3 server on
+loopback.
 
 - A document the commit publishes (``_manifest.json``, the journal, ``_runs/RUN_ID.json``, the
   lock files) is stored whole or not at all, even when its writer dies mid-upload; a reader
   reads it whole even while it is being replaced (``connector.lake.durable``).
 - The date lock is a real lease: PutObject with ``If-None-Match: *`` (``connector.lake.lock``).
+- The empty ``folder/`` objects pyarrow leaves under ``_staging`` are removed, one marker at a
+  time and only when nothing else is below it (``connector.lake.door.remove_empty_dir``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import orjson
 import pyarrow.fs as pafs
 import pytest
 
-from connector.lake import durable, housekeeping, lock, storage
+from connector.lake import door, durable, housekeeping, lock, s3client, storage
 from tests.helpers import captured_events
 from tests.lake_support import S3Server
 
@@ -181,9 +184,9 @@ def test_the_lock_is_a_conditional_put(store: storage.Store) -> None:
     with store.fs.open_input_stream(path, compression=None) as stream:
         assert b"first" == stream.read()
     # The refusal is the store's: a check-then-write would have been fooled by this race.
-    settings = storage._s3_settings(store.fs)  # type: ignore[arg-type]
     bucket, _, key = path.partition("/")
-    client = storage._s3_client(settings)
+    client = s3client.client(store.fs)  # type: ignore[arg-type]
+    assert client is not None
     with pytest.raises(client.exceptions.ClientError) as refused:
         client.put_object(Bucket=bucket, Key=key, Body=b"third", IfNoneMatch="*")
     assert 412 == refused.value.response["ResponseMetadata"]["HTTPStatusCode"]
@@ -206,7 +209,7 @@ def test_without_botocore_the_lock_is_advisory_and_says_so(
 ) -> None:
     """No conditional put possible: the same protocol with a check-then-write, and one warning
     naming the extra that makes it a lease."""
-    monkeypatch.setattr(storage, "_botocore", lambda: None)
+    monkeypatch.setattr(s3client, "available", lambda: False)
     monkeypatch.setattr(storage, "_warned_advisory", set())
     with captured_events() as logs:
         with (
@@ -322,3 +325,70 @@ def test_ownerless_staging_on_s3_goes_once_a_minute_old(store: storage.Store) ->
     removed = housekeeping.clean_dead_staging(store.fs, store.base, now=later)
     assert ["20261127T000000Z-abcdef/20261127T000000Z-p1-aaaaaa"] == removed
     assert store.fs.get_file_info(staged).type == pafs.FileType.NotFound
+
+
+# -- folder markers --------------------------------------------------------------------------
+
+
+class TestFolderMarkers:
+    """``door.remove_empty_dir`` on S3: the one zero-byte ``folder/`` object, nothing else."""
+
+    def test_pyarrow_leaves_markers(self, s3: S3Server, store: storage.Store) -> None:
+        """The markers exist: pyarrow puts one per folder it creates, and one back for the
+        parent of a file it deletes (which is why the door has to remove them)."""
+        staging = f"{store.base}/_staging"
+        store.fs.create_dir(f"{staging}/r1/a1", recursive=True)
+        with store.fs.open_output_stream(f"{staging}/r1/a1/x", compression=None) as out:
+            out.write(b"x")
+        store.fs.delete_dir(f"{staging}/r1/a1")
+        assert ["lake/_staging/", "lake/_staging/r1/"] == s3.keys(staging)
+
+    def test_empty_folders_lose_their_markers(self, s3: S3Server, store: storage.Store) -> None:
+        """Bottom up, each folder whose only object is its marker is removed: nothing is left
+        under ``_staging``."""
+        staging = f"{store.base}/_staging"
+        store.fs.create_dir(f"{staging}/r1/a1", recursive=True)
+        assert ["lake/_staging/", "lake/_staging/r1/", "lake/_staging/r1/a1/"] == s3.keys(staging)
+        for folder in (f"{staging}/r1/a1", f"{staging}/r1", staging):
+            assert door.remove_empty_dir(store.fs, store.base, folder)
+        assert [] == s3.keys(staging)
+        assert not door.remove_empty_dir(store.fs, store.base, staging)  # gone already
+
+    def test_a_folder_with_anything_below_stays(self, s3: S3Server, store: storage.Store) -> None:
+        """A file below, or a deeper folder's marker: the folder keeps its marker, and nothing
+        below it is touched."""
+        staging = f"{store.base}/_staging"
+        store.fs.create_dir(f"{staging}/r1/a1", recursive=True)
+        with store.fs.open_output_stream(f"{staging}/r2/a2/part", compression=None) as out:
+            out.write(b"rows")
+        before = s3.keys(staging)
+        assert not door.remove_empty_dir(store.fs, store.base, f"{staging}/r1")
+        assert not door.remove_empty_dir(store.fs, store.base, f"{staging}/r2")
+        assert not door.remove_empty_dir(store.fs, store.base, staging)
+        assert before == s3.keys(staging)
+
+    def test_only_an_empty_marker_goes(self, s3: S3Server, store: storage.Store) -> None:
+        """An object named like a marker but holding bytes is not a marker: it stays."""
+        client = s3client.client(store.fs)  # type: ignore[arg-type]
+        assert client is not None
+        bucket = store.base.split("/", 1)[0]
+        client.put_object(Bucket=bucket, Key="lake/_staging/odd/", Body=b"not empty")
+        assert not door.remove_empty_dir(store.fs, store.base, f"{store.base}/_staging/odd")
+        assert ["lake/_staging/odd/"] == s3.keys(f"{store.base}/_staging")
+
+    def test_only_below_staging_or_trash(self, s3: S3Server, store: storage.Store) -> None:
+        """A published folder's marker is refused, and stays."""
+        store.fs.create_dir(f"{store.base}/images/snapshot_date={DATE}", recursive=True)
+        with pytest.raises(door.DeletionRefused):
+            door.remove_empty_dir(store.fs, store.base, f"{store.base}/images/snapshot_date={DATE}")
+        assert f"lake/images/snapshot_date={DATE}/" in s3.keys(f"{store.base}/images")
+
+    def test_without_botocore_markers_stay(
+        self, s3: S3Server, store: storage.Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """No single-key delete without botocore: pyarrow's own ``delete_dir`` would delete
+        everything under the prefix first, so the marker is left rather than risk that."""
+        monkeypatch.setattr(s3client, "available", lambda: False)
+        store.fs.create_dir(f"{store.base}/_staging", recursive=True)
+        assert not door.remove_empty_dir(store.fs, store.base, f"{store.base}/_staging")
+        assert ["lake/_staging/"] == s3.keys(f"{store.base}/_staging")

@@ -22,6 +22,7 @@ from connector import (
     config,
     errors,
     lean,
+    machine,
 )
 from connector.emulator import EmulatorServer, build_world
 from connector.errors import WorkerError
@@ -199,6 +200,40 @@ def test_a_killed_worker_fails_the_run(tmp_path: Path) -> None:
             await pool.discard()
 
     assert any(isinstance(e, WorkerError) for e in raised(main))
+
+
+def test_discard_outlasts_every_worker_when_worker_0_was_killed(tmp_path: Path) -> None:
+    """Worker 0 is the boot process, the others' parent: once it is killed they run on,
+    orphans, and one still discarding would write into the staging the run removes next (on
+    S3, pyarrow puts back the folder marker of each file it deletes). ``discard`` returns only
+    when every worker is gone: here worker 1 is stopped, so it is killed when the wait ends."""
+    pool = coordinator.create(setup(tmp_path), 2, lambda result: None)
+    assert isinstance(pool, coordinator.ProcessWorkers)
+    orphan: list[int] = []
+
+    async def main() -> None:
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(pool.serve)
+                await pool.start()
+                boot, other = (worker.pid for worker in pool._processes)
+                assert other is not None
+                assert pool._launched is not None
+                assert boot == pool._launched.process.pid
+                orphan.append(other)
+                os.kill(other, signal.SIGSTOP)  # busy: it does not exit when its socket closes
+                os.kill(boot, signal.SIGKILL)
+                await feed(pool, listings(2))
+                await pool.close()
+        finally:
+            began = time.monotonic()
+            await pool.discard()
+            waited.append(time.monotonic() - began)
+
+    waited: list[float] = []
+    assert any(isinstance(e, WorkerError) for e in raised(main))
+    assert not machine.process_running(orphan[0])
+    assert waited[0] >= 4.5  # discard's wait (5 s) for the stopped worker, then its SIGKILL
 
 
 def test_a_worker_error_is_reported(tmp_path: Path) -> None:

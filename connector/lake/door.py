@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 
 from connector import logs, names
 from connector.errors import ConnectorError
-from connector.lake import layout
+from connector.lake import layout, s3client
 from connector.lake.layout import STAGING, TRASH
 from connector.names import DATASETS, PARTITION
 
@@ -148,19 +148,51 @@ def discard_files(fs: pafs.FileSystem, base: str, targets: Iterable[str]) -> Non
 def remove_empty_dir(fs: pafs.FileSystem, base: str, target: str) -> bool:
     """Remove ``target`` if it is an empty folder at or below ``_staging`` or ``_trash``.
 
-    Only where that is one atomic step (``rmdir`` on a local disk): checking for emptiness and
-    then deleting would race with another run creating its staging there. Object stores keep no
-    empty folders anyway. Returns whether it was removed.
+    Only where that cannot take anything else with it: ``rmdir`` on a local disk (one atomic
+    step; checking for emptiness and then deleting would race with another run creating its
+    staging there), and on S3 the folder's marker alone (``_remove_marker``). Other object
+    stores keep no empty folders. Returns whether it was removed.
     """
     check_base(base)
     relative = _inside(base, target)
     if relative.split("/")[0] not in (STAGING, TRASH):
         raise DeletionRefused(f"refusing to remove {target!r}: not below {STAGING} or {TRASH}")
+    if isinstance(fs, pafs.S3FileSystem):
+        return _remove_marker(fs, target)
     if not isinstance(fs, pafs.LocalFileSystem):
         return False
     try:
         os.rmdir(target)
     except OSError:  # not empty, already gone, or not a folder
+        return False
+    return True
+
+
+def _remove_marker(fs: pafs.S3FileSystem, target: str) -> bool:
+    """Delete the zero-byte ``target/`` object pyarrow keeps for a folder, when it is the only
+    object under ``target/``; whether it was deleted.
+
+    One DeleteObject of that one key, never a prefix: S3 has no folders, so a run that writes
+    below ``target`` between the listing and the delete keeps every object it wrote, and its
+    writes need no marker (pyarrow opens a file for writing without looking at its folder, and
+    sees a prefix with objects under it as a folder). The worst such a race does is leave the
+    folder without its marker. Without botocore the marker stays. An error (the store
+    unreachable, the delete not permitted) leaves it too: a marker holds nothing.
+    """
+    client = s3client.client(fs)
+    if client is None:
+        return False
+    import botocore.exceptions
+
+    bucket, _, key = target.partition("/")
+    marker = key.rstrip("/") + "/"
+    try:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=marker, MaxKeys=2)
+        objects = listed.get("Contents", [])
+        if [(marker, 0)] != [(o.get("Key"), o.get("Size")) for o in objects]:
+            return False  # something else lives there, the marker is not empty, or no marker
+        client.delete_object(Bucket=bucket, Key=marker)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
         return False
     return True
 

@@ -259,8 +259,10 @@ class Lock:
             return
         door.guarded_delete(self.fs, self.base, self.path)
         folder = self.path.rsplit("/", 1)[0]
-        if door.remove_empty_dir(self.fs, self.base, folder):
-            door.remove_empty_dir(self.fs, self.base, folder.rsplit("/", 1)[0])
+        # Both, whatever the first answers: on S3 another run may have taken the locks
+        # folder's marker already, and the last one out removes ``_staging``'s.
+        door.remove_empty_dir(self.fs, self.base, folder)
+        door.remove_empty_dir(self.fs, self.base, folder.rsplit("/", 1)[0])
 
     def __enter__(self) -> Lock:
         self.acquire()
@@ -319,8 +321,8 @@ def remove_dead_locks(fs: pafs.FileSystem, base: str, asking: Owner) -> list[str
             continue
         if Lock(fs, base, entry.base_name, asking, entry.base_name)._break(seen, holder):
             removed.append(entry.base_name)
-    if door.remove_empty_dir(fs, base, folder):
-        door.remove_empty_dir(fs, base, folder.rsplit("/", 1)[0])
+    door.remove_empty_dir(fs, base, folder)
+    door.remove_empty_dir(fs, base, folder.rsplit("/", 1)[0])
     return removed
 
 

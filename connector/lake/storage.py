@@ -44,7 +44,7 @@ import pyarrow.fs as pafs
 
 from connector import logs
 from connector.errors import ConfigError
-from connector.lake import door
+from connector.lake import door, s3client
 
 log = logs.get_logger("connector.lake.storage")
 
@@ -377,7 +377,7 @@ def create_exclusive(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
     if kind not in _warned_advisory:
         _warned_advisory.add(kind)
         reason = "this store has no conditional put here; the lock is advisory"
-        if isinstance(fs, pafs.S3FileSystem) and _botocore() is None:
+        if isinstance(fs, pafs.S3FileSystem) and not s3client.available():
             reason += " (pip install 'oci-images-connector[s3]' for If-None-Match puts)"
         log.warning("lock.advisory", filesystem=kind, reason=reason)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
@@ -442,81 +442,24 @@ def _create_then_write(path: str, parent: str, data: bytes) -> bool:
     return True
 
 
-def _botocore() -> Any | None:
-    """botocore's session module, or None when the ``s3`` extra is not installed."""
-    try:
-        import botocore.session
-    except ImportError:
-        return None
-    return botocore.session
-
-
-_S3_CLIENTS: dict[tuple[Any, ...], Any] = {}
 _s3_unconditional: set[tuple[Any, ...]] = set()
 """Stores that answered NotImplemented to If-None-Match: advisory from then on."""
-
-
-def _s3_settings(fs: pafs.S3FileSystem) -> tuple[Any, ...]:
-    """Endpoint, region, keys, addressing and CA file of a pyarrow S3 filesystem, as its own
-    pickling state records them (the only public view of its options)."""
-    reduced: Any = fs.__reduce__()
-    state: dict[str, Any] = reduced[1][0]
-    endpoint = state.get("endpoint_override") or ""
-    return (
-        f"{state.get('scheme') or 'https'}://{endpoint}" if endpoint else None,
-        state.get("region") or None,
-        state.get("access_key") or None,
-        state.get("secret_key") or None,
-        state.get("session_token") or None,
-        bool(state.get("anonymous")),
-        # As pyarrow addresses: virtual-hosted on AWS, path-style behind an endpoint override
-        # unless virtual addressing is forced.
-        "virtual" if not endpoint or state.get("force_virtual_addressing") else "path",
-        state.get("tls_ca_file_path") or None,
-    )
-
-
-def _s3_client(settings: tuple[Any, ...]) -> Any:
-    """A botocore S3 client for these settings (one per process and store)."""
-    client = _S3_CLIENTS.get(settings)
-    if client is None:
-        import botocore
-        import botocore.config
-        import botocore.session
-
-        endpoint, region, key, secret, token, anonymous, addressing, ca_file = settings
-        config = botocore.config.Config(
-            s3={"addressing_style": addressing},
-            retries={"mode": "standard", "max_attempts": 4},
-            signature_version=botocore.UNSIGNED if anonymous else None,
-        )
-        client = botocore.session.get_session().create_client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=region,
-            aws_access_key_id=key,
-            aws_secret_access_key=secret,
-            aws_session_token=token,
-            verify=ca_file,
-            config=config,
-        )
-        _S3_CLIENTS[settings] = client
-    return client
 
 
 def _s3_create(fs: pafs.S3FileSystem, path: str, data: bytes) -> bool | None:
     """PutObject with ``If-None-Match: *``: whether it created ``path``; None when no
     conditional put is possible here (no botocore, or a store that does not implement it)."""
-    if _botocore() is None:
+    client = s3client.client(fs)
+    if client is None:
         return None
-    settings = _s3_settings(fs)
+    settings = s3client.settings(fs)
     if settings in _s3_unconditional:
         return None
     import botocore.exceptions
 
     bucket, _, key = path.partition("/")
     try:
-        _s3_client(settings).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
     except botocore.exceptions.ClientError as exc:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))

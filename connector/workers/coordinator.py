@@ -23,6 +23,7 @@ import anyio.to_thread
 from anyio.abc import SocketStream
 from anyio.streams.memory import MemoryObjectSendStream
 
+from connector import machine
 from connector.errors import WorkerError
 from connector.lean import quiet_gc
 from connector.pages import AllStarted, ListingError, Message, Page, WorkItem
@@ -215,6 +216,8 @@ class ThreadWorkers(Workers):
 class _Process:
     channel: protocol.Channel
     pid: int | None = None
+    started: int | None = None
+    """The process's start time (``machine.process_start``): its pid, once reused, is not it."""
     assigned_bytes: int = 0
     closed: Closed | None = None
     heard: float = field(default_factory=time.monotonic)
@@ -272,6 +275,7 @@ class ProcessWorkers(Workers):
                 reason = message.reason if isinstance(message, protocol.Failed) else message
                 raise WorkerError(f"worker {worker.index} failed to start: {reason}")
             worker.pid = message.pid
+            worker.started = machine.process_start(message.pid)
             worker.heard = time.monotonic()
         self._ready.set()
 
@@ -380,16 +384,36 @@ class ProcessWorkers(Workers):
             await anyio.to_thread.run_sync(self._wait, 5.0)
 
     def _wait(self, timeout: float = 30.0) -> None:
-        """Wait for the workers to exit (they do once their socket closes); kill stragglers."""
+        """Wait for the workers to exit (they do once their socket closes); kill stragglers.
+
+        The boot process is worker 0 and the others' parent, and waits for them before it
+        exits; but once it was killed, the others run on, orphans, and a worker still
+        discarding (closing its files, deleting them: on S3, pyarrow then puts its folder's
+        marker back) would write into a staging the run has removed already. So each worker
+        is waited for by its pid too.
+        """
         if self._launched is None:
             return
+        deadline = time.monotonic() + timeout
         boot = self._launched.process
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             boot.wait(timeout)
-        except subprocess.TimeoutExpired:
-            for worker in self._processes:
-                if worker.pid is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(worker.pid, signal.SIGKILL)
-            boot.kill()
-            boot.wait()
+        while self._running() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stragglers = self._running()
+        for pid in stragglers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        boot.kill()
+        boot.wait()
+        gone = time.monotonic() + 2.0  # a SIGKILL takes effect soon, not at once
+        while stragglers and self._running() and time.monotonic() < gone:
+            time.sleep(0.01)
+
+    def _running(self) -> list[int]:
+        """The pids of the workers that still run (not exited, not a zombie)."""
+        return [
+            w.pid
+            for w in self._processes
+            if w.pid is not None and machine.process_running(w.pid, w.started)
+        ]
