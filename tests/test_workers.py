@@ -217,7 +217,7 @@ def test_discard_outlasts_every_worker_when_worker_0_was_killed(tmp_path: Path) 
                 group.start_soon(pool.serve)
                 await pool.start()
                 boot, other = (worker.pid for worker in pool._processes)
-                assert other is not None
+                assert boot is not None and other is not None
                 assert pool._launched is not None
                 assert boot == pool._launched.process.pid
                 orphan.append(other)

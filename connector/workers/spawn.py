@@ -34,6 +34,8 @@ class Processes(Protocol):
     """What the coordinator waits for: the boot process (``subprocess.Popen``), or the workers
     forked from this one (``Forked``)."""
 
+    pid: int
+
     def wait(self, timeout: float | None = None) -> int: ...
 
     def kill(self) -> None: ...
