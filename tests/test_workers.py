@@ -217,7 +217,8 @@ def test_discard_outlasts_every_worker_when_worker_0_was_killed(tmp_path: Path) 
                 group.start_soon(pool.serve)
                 await pool.start()
                 boot, other = (worker.pid for worker in pool._processes)
-                assert boot is not None and other is not None
+                assert boot is not None
+                assert other is not None
                 assert pool._launched is not None
                 assert boot == pool._launched.process.pid
                 orphan.append(other)
@@ -388,7 +389,11 @@ def test_the_command_line_forks_its_workers_from_itself(
         found = subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True)
         return found.stdout.split()
 
-    (first,) = children(str(process.pid))
+    deadline = time.monotonic() + 20  # the first worker forks the second once it has imported
+    while len(found := children(str(process.pid))) != 1 or not children(found[0]):
+        assert time.monotonic() < deadline, found
+        time.sleep(0.02)
+    (first,) = found
     (second,) = children(first)
     names = [Path(f"/proc/{pid}/comm").read_text().strip() for pid in (first, second)]
     command = Path(f"/proc/{first}/cmdline").read_bytes()

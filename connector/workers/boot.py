@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
     from connector.workers.protocol import Readable
@@ -71,20 +71,28 @@ def forked(ours: list[int], theirs: list[int]) -> None:
     environment, are made here (the other workers inherit them)."""
     from connector import lean
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides (``_become_worker``)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for fd in ours:
-        os.close(fd)
-    lean.parsing_heap()
     code = 1
     try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides (see main)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for fd in ours:
+            os.close(fd)
+        lean.parsing_heap()
         code = main(theirs)
     except Exception as exc:  # the coordinator reports the worker gone; this says why
-        print(f"oci-images: worker process could not start: {exc}", file=sys.stderr)
+        print(f"oci-images: worker process failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     finally:
+        _leave(code)
+
+
+def _leave(code: int) -> NoReturn:
+    """End a forked worker without the clean-up of the process it was forked from: whatever
+    happens to its last output (stderr a closed pipe), it must never return into that
+    process's code."""
+    with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
+    os._exit(code)
 
 
 def _become_worker() -> None:
@@ -107,9 +115,7 @@ def _serve_only(fd: int, index: int, fds: list[int]) -> None:
         serve(fd, index, len(fds))
         code = 0
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        _leave(code)
 
 
 def serve(fd: int, index: int, count: int) -> None:
