@@ -503,7 +503,7 @@ def test_killing_worker_0_leaves_nothing_staged(
         process = start("run", "--config", str(lake.config(server, fetch={"workers": 2})))
         wait_for_requests(server, server.stats()["requests"] + 10 + 8 * trial)
         boot = subprocess.run(
-            ["pgrep", "-P", str(process.pid), "-f", "connector.workers.boot"],
+            ["pgrep", "-P", str(process.pid), "-x", WORKER_NAME],
             capture_output=True,
             text=True,
         ).stdout.split()
