@@ -244,7 +244,8 @@ async def discover_run(
     if settings.fetch.strategy == "search":
         filters = settings.filters.query_params(settings.oci.flavor)
         platform = settings.fetch.platform_images
-        guide = search.Searching(client, endpoints, items, filters, platform)
+        since = search.earliest(record.get("timeCreated") for record in records)
+        guide = search.Searching(client, endpoints, items, filters, platform, since=since)
     if not tenancy:
         return Discovery(items, None, {}, skipped.count, guide)
     tree = compartments.Tree.of(tenancy, records)
