@@ -63,6 +63,7 @@ from connector.oci import (
 from connector.oci.auth import Refreshable, RequestSigner
 from connector.oci.proxy import Proxy, proxy_for
 from connector.oci.retry import (
+    APART,
     AdaptiveLimiter,
     Clock,
     RateState,
@@ -187,7 +188,9 @@ class OciClient:
         options = self.options
         self._environ = dict(os.environ if options.environ is None else options.environ)
         context, self._ca_source = _ssl_context(options.ca_bundle, self._environ)
-        connector = aiohttp.TCPConnector(limit=options.concurrency, ssl=context, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(
+            limit=options.concurrency + APART, ssl=context, ttl_dns_cache=300
+        )
         timeout = aiohttp.ClientTimeout(
             total=options.request_timeout_s,
             connect=min(options.connect_timeout_s, options.request_timeout_s),
@@ -253,6 +256,7 @@ class OciClient:
         priority: int = 1,
         validate: Callable[[bytes], object] | None = None,
         hold: bool = False,
+        apart: bool = False,
         **context: Any,
     ) -> Response:
         """``get``, for any method; a ``body`` (JSON) is signed as the SDK signs one
@@ -269,7 +273,7 @@ class OciClient:
         while True:
             attempt += 1
             retry_after: float | None = None
-            async with self.limiter.slot(endpoint, priority) as ticket:
+            async with self.limiter.slot(endpoint, priority, apart=apart) as ticket:
                 self.counters.sent += 1
                 lease = self.budget.lease()
                 try:
@@ -384,6 +388,7 @@ class OciClient:
         body: bytes | None = None,
         hold: bool = False,
         first: int = 1,
+        apart: bool = False,
         **context: Any,
     ) -> AsyncGenerator[PageResponse, None]:
         """The pages of a list call, following ``opc-next-page``: the one pagination loop.
@@ -395,7 +400,8 @@ class OciClient:
         inside ``contextlib.aclosing``, so that leaving early closes the loop at once.
         ``hold`` as for ``get``: each page keeps its part of the budget until released.
         ``first``: the first page's priority (Resource Search's go ahead of new listings, 0:
-        they name the listings to make).
+        they name the listings to make). ``apart``: the requests hold slots of their own
+        (``retry.APART``), not those of ``fetch.concurrency`` (Resource Search).
 
         The tokens seen are kept as 16-byte digests: a token can be 7 KB, and a listing of
         10,000 pages would otherwise hold 70 MB of them.
@@ -416,6 +422,7 @@ class OciClient:
                 priority=priority,
                 validate=validate,
                 hold=hold,
+                apart=apart,
                 page=number + 1,
                 **context,
             )
