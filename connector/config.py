@@ -471,10 +471,7 @@ class FetchSettings:
     """[fetch]: requests, and the processes that convert pages."""
 
     concurrency: int = key(
-        16,
-        _integer(1, 256),
-        "Compute and Identity requests in flight in this process (adapts down under 429s); "
-        "Resource Search's have 16 of their own",
+        16, _integer(1, 256), "requests in flight in this process (adapts down under 429s)"
     )
     page_size: int = key(1000, _integer(1, 1000), "ListImages limit, 1..1000")
     max_attempts: int = key(

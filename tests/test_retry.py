@@ -397,34 +397,6 @@ class TestPerEndpoint:
         anyio.run(main)
         assert 3 == limiter.max_in_flight
 
-    def test_search_holds_slots_of_its_own(self) -> None:
-        """Resource Search's requests (``apart``) do not wait for the listings' slots, nor take
-        them; they have ``APART`` slots of their own."""
-        import anyio
-
-        from connector.oci.retry import APART, AdaptiveLimiter
-
-        limiter = AdaptiveLimiter(2)
-        listings: list[int] = []
-
-        async def request(key: str, apart: bool) -> None:
-            async with limiter.slot(key, apart=apart):
-                if not apart:
-                    listings.append(limiter.in_flight)
-                await anyio.sleep(0.02)
-
-        async def main() -> None:
-            async with anyio.create_task_group() as group:
-                for n in range(APART + 6):
-                    group.start_soon(request, f"query-{n}", True)
-                for n in range(6):
-                    group.start_soon(request, f"iaas-{n % 4}", False)
-
-        anyio.run(main)
-        assert APART + 2 == limiter.max_in_flight
-        # The first listings went while every Search slot was taken.
-        assert APART + 1 <= listings[0]
-
 
 def test_four_regions_each_rate_limited_run_side_by_side(
     make_emulator: Callable[..., EmulatorServer], tmp_path: Path

@@ -63,7 +63,6 @@ from connector.oci import (
 from connector.oci.auth import Refreshable, RequestSigner
 from connector.oci.proxy import Proxy, proxy_for
 from connector.oci.retry import (
-    APART,
     AdaptiveLimiter,
     Clock,
     RateState,
@@ -188,9 +187,7 @@ class OciClient:
         options = self.options
         self._environ = dict(os.environ if options.environ is None else options.environ)
         context, self._ca_source = _ssl_context(options.ca_bundle, self._environ)
-        connector = aiohttp.TCPConnector(
-            limit=options.concurrency + APART, ssl=context, ttl_dns_cache=300
-        )
+        connector = aiohttp.TCPConnector(limit=options.concurrency, ssl=context, ttl_dns_cache=300)
         timeout = aiohttp.ClientTimeout(
             total=options.request_timeout_s,
             connect=min(options.connect_timeout_s, options.request_timeout_s),
@@ -256,7 +253,6 @@ class OciClient:
         priority: int = 1,
         validate: Callable[[bytes], object] | None = None,
         hold: bool = False,
-        apart: bool = False,
         **context: Any,
     ) -> Response:
         """``get``, for any method; a ``body`` (JSON) is signed as the SDK signs one
@@ -273,7 +269,7 @@ class OciClient:
         while True:
             attempt += 1
             retry_after: float | None = None
-            async with self.limiter.slot(endpoint, priority, apart=apart) as ticket:
+            async with self.limiter.slot(endpoint, priority) as ticket:
                 self.counters.sent += 1
                 lease = self.budget.lease()
                 try:
@@ -388,7 +384,6 @@ class OciClient:
         body: bytes | None = None,
         hold: bool = False,
         first: int = 1,
-        apart: bool = False,
         **context: Any,
     ) -> AsyncGenerator[PageResponse, None]:
         """The pages of a list call, following ``opc-next-page``: the one pagination loop.
@@ -400,8 +395,7 @@ class OciClient:
         inside ``contextlib.aclosing``, so that leaving early closes the loop at once.
         ``hold`` as for ``get``: each page keeps its part of the budget until released.
         ``first``: the first page's priority (Resource Search's go ahead of new listings, 0:
-        they name the listings to make). ``apart``: the requests hold slots of their own
-        (``retry.APART``), not those of ``fetch.concurrency`` (Resource Search).
+        they name the listings to make).
 
         The tokens seen are kept as 16-byte digests: a token can be 7 KB, and a listing of
         10,000 pages would otherwise hold 70 MB of them.
@@ -422,7 +416,6 @@ class OciClient:
                 priority=priority,
                 validate=validate,
                 hold=hold,
-                apart=apart,
                 page=number + 1,
                 **context,
             )

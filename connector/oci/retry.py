@@ -362,14 +362,6 @@ class _Endpoint:
         self.pace_lock = anyio.Lock()
 
 
-APART = 16
-"""Requests in flight to a service apart from Compute and Identity (Resource Search), beside
-``max_concurrency``: Search has a rate limit of its own, and its few pages, large and slow,
-took the listings' places when they shared the slots, so that the listings they had named
-waited (S6: search mode 1.4x its rate bound when one search ran per region, 2.0x when four
-did)."""
-
-
 class AdaptiveLimiter:
     """Bounds requests in flight (globally) and paces them per endpoint, adapting to throttling.
 
@@ -398,7 +390,6 @@ class AdaptiveLimiter:
         self._sleep = sleep
         self._endpoints: dict[str, _Endpoint] = {}
         self._global = PriorityGate(lambda: self.max_concurrency)
-        self._apart = PriorityGate(lambda: APART)
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -422,19 +413,15 @@ class AdaptiveLimiter:
         return endpoint
 
     @asynccontextmanager
-    async def slot(
-        self, endpoint: str = "", priority: int = 1, *, apart: bool = False
-    ) -> AsyncIterator[Ticket]:
-        """Hold an in-flight slot and a paced send time for one request to ``endpoint``;
-        ``apart``: one of the ``APART`` slots rather than of ``max_concurrency``."""
+    async def slot(self, endpoint: str = "", priority: int = 1) -> AsyncIterator[Ticket]:
+        """Hold an in-flight slot and a paced send time for one request to ``endpoint``."""
         state = self._endpoint(endpoint)
-        gate = self._apart if apart else self._global
         async with state.gate.hold(priority):
             async with state.pace_lock:
                 wait = state.controller.reserve()
                 if wait > 0:
                     await self._sleep(wait)
-            async with gate.hold(priority):
+            async with self._global.hold(priority):
                 self.in_flight += 1
                 self.max_in_flight = max(self.max_in_flight, self.in_flight)
                 try:

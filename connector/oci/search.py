@@ -236,7 +236,7 @@ class Searching:
             parsed["body"], parsed["items"] = raw, _collection(raw)
 
         paginate = self._client.paginate(
-            url, params, body=body, validate=validate, first=0, apart=True, region=region
+            url, params, body=body, validate=validate, first=0, region=region
         )
         async with aclosing(paginate) as paged:
             async for page in paged:
