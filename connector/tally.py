@@ -58,7 +58,7 @@ class Tally:
     discovery: Discovery | None = None
     """What discovery found; with Resource Search, what each listing is compared with."""
     lags: dict[str, _Lag] = field(default_factory=dict)
-    waiting: list[tuple[WorkItem, _Text, _Digests]] = field(default_factory=list)
+    waiting: list[tuple[WorkItem, frozenset[str], _Digests]] = field(default_factory=list)
     """Listings done before their region's search was over, to compare once it is."""
 
     def listing_done(self, result: ListingResult) -> None:
@@ -102,16 +102,14 @@ class Tally:
     def _compare(self, result: ListingResult) -> None:
         """A listing's custom images against what Resource Search knew of its compartment,
         once the region's search is over. Until then the listing waits, small: the ids Search
-        has not named yet as one text (when Search goes by ranges of time, most of them: a
-        compartment's images come throughout its region's search), all of them as 8-byte
-        digests."""
+        has not named yet as text (usually few), all of them as 8-byte digests."""
         guide = self.discovery.guide if self.discovery else None
         listed = result.custom_ids
         if guide is None or listed is None:
             return
         item = result.item
         if item.region not in guide.done:
-            unnamed = _Text(listed - guide.ids(item, release=False))
+            unnamed = listed - guide.ids(item, release=False)
             self.waiting.append((item, unnamed, _Digests(listed)))
             return
         self._compare_ids(item, listed, listed)
@@ -141,7 +139,7 @@ class Tally:
             return None
         waiting, self.waiting = self.waiting, []
         for item, unnamed, listed in waiting:
-            self._compare_ids(item, unnamed.ids(), listed)
+            self._compare_ids(item, unnamed, listed)
         for region in guide.unsearched:
             self.lags.setdefault(region, _Lag(False))
         records = tuple(
@@ -210,19 +208,6 @@ class Tally:
             throttled=throttled,
             fetch_elapsed_s=now - self.fetch_started if self.fetch_started else None,
         )
-
-
-class _Text:
-    """Ids as one text, one a line: about 90 bytes an id where a set of strings takes twice
-    as much (S6: 588,522 custom images, most of them waiting so at some point)."""
-
-    def __init__(self, ids: frozenset[str]) -> None:
-        self._text = "\n".join(ids).encode("utf-8", "surrogatepass")
-
-    def ids(self) -> frozenset[str]:
-        if not self._text:
-            return frozenset()
-        return frozenset(self._text.decode("utf-8", "surrogatepass").split("\n"))
 
 
 class _Digests:
