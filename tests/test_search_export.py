@@ -4,7 +4,6 @@ list mode's, row for row, against the reference; the index's lag is reported, ne
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -81,67 +80,6 @@ def test_search_equals_list_and_the_reference(
     assert all(0 == lag["unknown_to_search"] == lag["gone_since_indexed"] for lag in lags.values())
     assert all(lag["searched"] for lag in lags.values())
     assert "search" not in manifest_of(tmp_path / "list")
-
-
-def test_a_search_of_many_pages_is_split_by_time_and_names_every_image_once(
-    make_emulator: Callable[..., EmulatorServer],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """With pages small enough that each region's search takes many, it runs as searches over
-    ranges of time side by side (those that end take over from the longest): the rows are the
-    reference's, the index agrees with every listing (no image missed, none named twice), and
-    the split costs only a few requests beyond the pages one search would take."""
-    monkeypatch.setattr(search, "PAGE_SIZE", 20)
-    server = make_emulator(world(custom_scale=1.0))
-    config = write_config(tmp_path, server, fetch={**SEARCH, "page_size": 300})
-    assert 0 == run(config)
-    assert multiset(expected_rows(server.emulator.world, "once")) == multiset(
-        [normalise_actual(r, "once") for r in arrow_rows(tmp_path)]
-    )
-    lags = manifest_of(tmp_path)["search"]
-    assert all(0 == lag["unknown_to_search"] == lag["gone_since_indexed"] for lag in lags)
-    found = server.emulator.world
-    searches = server.stats()["searches_by_region"]
-    queries = [key[1:3] for key in server.emulator._by_time]  # (region, query) sorted by time
-    for region in found.regions:
-        images = sum(found.custom.count(region, c.id) for c in found.listable_compartments())
-        one_search = -(-images // 20)
-        assert one_search > 8
-        assert one_search < searches[region] <= one_search + 1 + search.RANGES + search.STEALS
-        assert {lag["region"]: lag["indexed"] for lag in lags}[region] == images
-        # More ranges than it started with: those that ended took over from the longest.
-        assert search.RANGES < sum(1 for r, _ in queries if r == region), queries
-
-
-def test_a_search_that_ends_takes_over_from_the_longest() -> None:
-    """Of two ranges, the one that ends first makes the other stop after its page in flight;
-    the times that one has left go to new ranges that meet end to end, from its last time on."""
-    now = datetime(2026, 12, 1, tzinfo=UTC)
-    split = search._Split(2, 3, now)
-    bound = datetime(2026, 1, 1, tzinfo=UTC)
-    early, late = split.start(None, bound), split.start(bound, None)
-    late.paged([datetime(2026, 1, 2, tzinfo=UTC), datetime(2026, 1, 10, tzinfo=UTC)])
-    late.paged([datetime(2026, 1, 20, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)])
-    assert not late.stop  # both slots taken
-    early.done = True
-    split.ended(early)
-    assert late.stop
-    assert 2 == split.steals
-    parts = split.rest(late)
-    assert ["timeCreated >= '2026-02-01T00:00:00.000Z' && timeCreated < '2026-07-02T12:00:00.000Z'",
-            "timeCreated >= '2026-07-02T12:00:00.000Z'"] == [p.condition() for p in parts]  # fmt: skip
-    assert set(parts) == split.running
-
-
-def test_a_sample_in_order_of_time_is_no_sample() -> None:
-    """The first page's times divide the search only if they are not in order of time (OCI
-    answers newest first when a query does not sort): then the tenancy's span is divided."""
-    times = [datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=d) for d in (5, 1, 9, 3, 7, 2, 8, 4)]
-    assert [times[3], times[0], times[6]] == search.sample_bounds(times, 4)
-    assert search.sample_bounds(sorted(times, reverse=True), 4) is None
-    since, now = datetime(2022, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)
-    assert [since + (now - since) * n / 4 for n in (1, 2, 3)] == search.even_bounds(since, now, 4)
 
 
 def test_index_lag_is_reported_and_the_run_succeeds(

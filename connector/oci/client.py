@@ -383,7 +383,6 @@ class OciClient:
         validate: Callable[[bytes], object] | None = None,
         body: bytes | None = None,
         hold: bool = False,
-        first: int = 1,
         **context: Any,
     ) -> AsyncGenerator[PageResponse, None]:
         """The pages of a list call, following ``opc-next-page``: the one pagination loop.
@@ -394,8 +393,6 @@ class OciClient:
         the service gave before would make the loop endless: ``PaginationError``. Iterate
         inside ``contextlib.aclosing``, so that leaving early closes the loop at once.
         ``hold`` as for ``get``: each page keeps its part of the budget until released.
-        ``first``: the first page's priority (Resource Search's go ahead of new listings, 0:
-        they name the listings to make).
 
         The tokens seen are kept as 16-byte digests: a token can be 7 KB, and a listing of
         10,000 pages would otherwise hold 70 MB of them.
@@ -406,7 +403,7 @@ class OciClient:
         pages = PageCounter(self.options.limits)
         while True:
             pages.next_page()
-            priority = 0 if token else first
+            priority = 0 if token else 1
             query = {**params, "page": token} if token else params
             response = await self.request(
                 "POST" if body is not None else "GET",

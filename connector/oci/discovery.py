@@ -244,8 +244,7 @@ async def discover_run(
     if settings.fetch.strategy == "search":
         filters = settings.filters.query_params(settings.oci.flavor)
         platform = settings.fetch.platform_images
-        since = search.earliest(record.get("timeCreated") for record in records)
-        guide = search.Searching(client, endpoints, items, filters, platform, since=since)
+        guide = search.Searching(client, endpoints, items, filters, platform)
     if not tenancy:
         return Discovery(items, None, {}, skipped.count, guide)
     tree = compartments.Tree.of(tenancy, records)
