@@ -111,6 +111,84 @@ class TestContract:
         assert times == sorted(times, reverse=True)
 
 
+def region_summaries(world: World, region: str) -> list[dict[str, Any]]:
+    """Every summary of a region, in the service's own order (listing after listing)."""
+    return [
+        found
+        for comp in world.listable_compartments()
+        for image in world.custom.get((region, comp.id), [])
+        if (found := language.summary(image)) is not None
+    ]
+
+
+class TestIndexedAnswers:
+    @pytest.mark.parametrize(
+        "query",
+        [
+            "query image resources where timeCreated < '{mid}'",
+            "query image resources where timeCreated >= '{low}' && timeCreated < '{high}'",
+            "query image resources where timeCreated > '{low}' && timeCreated <= '{high}'",
+            "query image resources where timeCreated >= '{mid}' && lifecycleState = 'AVAILABLE'",
+            "query image resources where lifecycleState != 'AVAILABLE' || timeCreated > '{mid}'",
+            "query image resources where (timeCreated >= '{low}') sorted by timeCreated asc",
+            "query image resources where timeCreated < '{high}' sorted by timeCreated desc",
+            "query image resources sorted by timeCreated",
+        ],
+        ids=["before", "range", "open-closed", "and-state", "or", "sorted", "desc", "all-sorted"],
+    )
+    def test_pages_are_the_whole_filtered_and_sorted(
+        self, emulator: EmulatorServer, small_world: World, query: str
+    ) -> None:
+        """A filtered or time-sorted search, paged at a limit that cuts through listings, is the
+        whole result filtered, then sorted stably (ties in the service's order): each image
+        once, in order, as the index that answers by time alone must give it."""
+        region = small_world.regions[1]
+        whole = region_summaries(small_world, region)
+        times = sorted(s["timeCreated"] for s in whole)
+        text = query.format(
+            low=times[len(times) // 4], mid=times[len(times) // 2], high=times[len(times) * 3 // 4]
+        )
+        parsed = language.parse(text)
+        expected = [s for s in whole if parsed.where is None or parsed.where(s)]
+        if parsed.sort is not None:
+            field, descending = parsed.sort
+            expected.sort(key=lambda s: str(s.get(field) or ""), reverse=descending)
+        found = search_all(emulator, region, text, limit=7)
+        assert 0 < len(expected) < len(whole) or parsed.where is None
+        assert [s["identifier"] for s in expected] == [s.identifier for s in found]
+
+    def test_a_page_after_the_index_forgot_where_it_was(
+        self, make_emulator: Callable[..., EmulatorServer]
+    ) -> None:
+        """The page a token names is the same whether or not the emulator still remembers where
+        the page before it ended (it then counts from the start)."""
+        server = make_emulator(build_world(seed=5, compartments=12))
+        region = server.emulator.world.home_region
+        times = sorted(s["timeCreated"] for s in region_summaries(server.emulator.world, region))
+        body = {
+            "type": "Structured",
+            "query": f"query image resources where timeCreated >= '{times[len(times) // 3]}'",
+        }
+
+        def page(token: str | None = None) -> requests.Response:
+            params: dict[str, Any] = {"limit": 5, **({"page": token} if token else {})}
+            return requests.post(
+                server.url + "/20180409/resources",
+                json=body,
+                params=params,
+                auth=sdk_signer(server),
+                timeout=10,
+            )
+
+        token = page().headers["opc-next-page"]
+        remembered = page(token)
+        server.call(server.emulator._cursors.clear)
+        forgotten = page(token)
+        assert remembered.json() == forgotten.json()
+        assert remembered.headers["opc-next-page"] == forgotten.headers["opc-next-page"]
+        assert 5 == len(forgotten.json()["items"])
+
+
 class TestErrors:
     @pytest.mark.parametrize(
         "query",

@@ -171,18 +171,13 @@ class Searching:
                 pages += 1
                 raw = page.response.body
                 found = parsed["items"] if parsed.get("body") is raw else _collection(raw)
-                for summary in found:
-                    if not isinstance(summary, dict) or summary.get("resourceType") != "Image":
-                        continue
-                    compartment, image = summary.get("compartmentId"), summary.get("identifier")
-                    if not (isinstance(compartment, str) and isinstance(image, str)):
-                        continue
+                for compartment, ids in _by_compartment(found).items():
                     item = WorkItem(region, compartment)
                     if item in self.scope:
-                        line = image.encode("utf-8", "surrogatepass") + b"\n"
-                        self.known.setdefault(item, bytearray()).extend(line)
+                        lines = "\n".join(ids).encode("utf-8", "surrogatepass") + b"\n"
+                        self.known.setdefault(item, bytearray()).extend(lines)
                         compartments.add(item)
-                        images += 1
+                        images += len(ids)
                         await hand(item)
         log.info(
             "search.found",
@@ -214,6 +209,24 @@ def query_for(filters: Mapping[str, str]) -> tuple[str, bool]:
     if conditions:
         return f"{QUERY} where {' && '.join(conditions)}", exact
     return QUERY, exact
+
+
+def _by_compartment(summaries: list[Any]) -> dict[str, list[str]]:
+    """A page's image ids by compartment, in the order they came. Per compartment rather than
+    per summary, the work per page that does not parse: a region's search can name hundreds of
+    thousands of images, and a work item, a scope test and a hand-over per summary took the
+    connector about as much CPU as parsing the pages (S6 at full size)."""
+    found: dict[str, list[str]] = {}
+    for summary in summaries:
+        if not isinstance(summary, dict) or summary.get("resourceType") != "Image":
+            continue
+        compartment, image = summary.get("compartmentId"), summary.get("identifier")
+        if isinstance(compartment, str) and isinstance(image, str):
+            ids = found.get(compartment)
+            if ids is None:
+                found[compartment] = ids = []
+            ids.append(image)
+    return found
 
 
 def _collection(body: bytes) -> list[Any]:
