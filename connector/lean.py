@@ -151,12 +151,20 @@ def parsing_heap() -> None:
     library user's process. A setting the user made in the environment is kept.
     """
     if _tuned:
-        settings = {_M_MMAP_THRESHOLD: PARSING_MMAP_THRESHOLD}
-        if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-            settings[_M_TRIM_THRESHOLD] = PARSING_TRIM_THRESHOLD
-        if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-            del settings[_M_MMAP_THRESHOLD]
-        _mallopt(settings)
+        _mallopt(
+            {
+                _M_MMAP_THRESHOLD: _user_setting("MALLOC_MMAP_THRESHOLD_", PARSING_MMAP_THRESHOLD),
+                _M_TRIM_THRESHOLD: _user_setting("MALLOC_TRIM_THRESHOLD_", PARSING_TRIM_THRESHOLD),
+            }
+        )
+
+
+def _user_setting(name: str, default: int) -> int:
+    """glibc's setting ``name`` as the user made it in the environment, else ``default`` (the
+    command line's ``fixed_mmap_threshold`` overrode the user's mmap threshold in its own
+    process; a worker forked from it gets the user's back, as a boot interpreter would)."""
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else default
 
 
 _tuned = False

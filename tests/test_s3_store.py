@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -366,6 +367,26 @@ class TestFolderMarkers:
         assert not door.remove_empty_dir(store.fs, store.base, f"{staging}/r2")
         assert not door.remove_empty_dir(store.fs, store.base, staging)
         assert before == s3.keys(staging)
+
+    def test_a_botocore_setting_it_cannot_read_leaves_the_marker(
+        self,
+        s3: S3Server,
+        store: storage.Store,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """botocore reads settings pyarrow does not (``AWS_CONFIG_FILE``): when they are
+        broken, the marker stays and nothing is raised over what called for its removal (a
+        lock's release, a failed run's clean-up)."""
+        broken = tmp_path / "aws-config"
+        broken.write_text("[default\nregion = \n")
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(broken))
+        monkeypatch.setattr(s3client, "_CLIENTS", {})
+        staging = f"{store.base}/_staging"
+        store.fs.create_dir(f"{staging}/r1", recursive=True)
+        assert not door.remove_empty_dir(store.fs, store.base, f"{staging}/r1")
+        monkeypatch.delenv("AWS_CONFIG_FILE")  # the test's own listing goes through botocore
+        assert ["lake/_staging/", "lake/_staging/r1/"] == s3.keys(staging)
 
     def test_only_an_empty_marker_goes(self, s3: S3Server, store: storage.Store) -> None:
         """An object named like a marker but holding bytes is not a marker: it stays."""

@@ -177,9 +177,14 @@ def _remove_marker(fs: pafs.S3FileSystem, target: str) -> bool:
     writes need no marker (pyarrow opens a file for writing without looking at its folder, and
     sees a prefix with objects under it as a folder). The worst such a race does is leave the
     folder without its marker. Without botocore the marker stays. An error (the store
-    unreachable, the delete not permitted) leaves it too: a marker holds nothing.
+    unreachable, the delete not permitted, a botocore setting it cannot read) leaves it too: a
+    marker holds nothing, and removing one must never fail what called for it.
     """
-    client = s3client.client(fs)
+    try:
+        client = s3client.client(fs)
+    except Exception as exc:  # botocore's own configuration (AWS_CONFIG_FILE, a profile) broken
+        log.warning("discard.failed", path=target, error=f"{type(exc).__name__}: {exc}")
+        return False
     if client is None:
         return False
     import botocore.exceptions

@@ -69,10 +69,10 @@ def forked(ours: list[int], theirs: list[int]) -> None:
     ``ours`` are the command line's ends of the socket pairs, closed here; ``theirs`` the
     workers' ends. The parsing heap's settings, which a boot interpreter gets from its
     environment, are made here (the other workers inherit them)."""
-    from connector import lean
-
     code = 1
     try:
+        from connector import lean
+
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides (see main)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for fd in ours:

@@ -99,12 +99,23 @@ def _fork(pairs: list[tuple[socket.socket, socket.socket]]) -> Launched:
     # What is buffered would be written again by a child that flushes it.
     sys.stdout.flush()
     sys.stderr.flush()
+    # Ctrl-C or SIGTERM at the moment of the fork must not raise in the child before it ignores
+    # them: it would unwind into this process's code. Held back until the child ignores them.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         pid = os.fork()
     except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
         raise _cannot_start(pairs, exc) from None
     if pid == 0:  # the first worker; it never returns
-        boot.forked([ours.fileno() for ours, _ in pairs], [b.fileno() for _, b in pairs])
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            boot.forked([ours.fileno() for ours, _ in pairs], [b.fileno() for _, b in pairs])
+        finally:
+            os._exit(1)
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
     for _, theirs in pairs:
         theirs.close()
     return Launched(Forked(pid), [ours for ours, _ in pairs])
