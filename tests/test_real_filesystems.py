@@ -129,11 +129,11 @@ def test_a_disk_that_fills_while_pages_are_written_names_the_cause(
     mount: Callable[[Path, str], None],
     workers: int,
 ) -> None:
-    """A 200 KB output fills while the worker writes its files: exit 1, one line naming
+    """A 100 KB output fills while the worker writes its files: exit 1, one line naming
     "No space left on device" (not "worker 0 went away"), no traceback from any process,
     nothing published."""
     lake = tmp_path / "lake"
-    mount(lake, "200k")
+    mount(lake, "100k")
     config = write_config(tmp_path, emulator, lake=lake, fetch={"workers": workers})
     result = oci_images("run", "--config", str(config))
     assert 1 == result.returncode, result.stderr

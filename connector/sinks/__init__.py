@@ -8,6 +8,7 @@ package.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from connector import names
@@ -60,6 +61,13 @@ class RollingFiles:
 
     def _finished(self, rows: int, size: int) -> None:
         self._files.append(FileInfo(f"{self.place.relative}/{self._name}", rows, size))
+
+    def begun(self) -> set[str]:
+        """Every file of the series begun so far, finished or not (relative to the partition)."""
+        found = {info.path for info in self._files}
+        if self._name:
+            found.add(f"{self.place.relative}/{self._name}")
+        return found
 
 
 def closed_size(fs: pafs.FileSystem, path: str, stream: pa.NativeFile) -> int:
@@ -186,6 +194,20 @@ class PartitionedSink:
             files.extend(series.close())
         self._series.clear()
         return files
+
+    def discard(self) -> list[str]:
+        """After a failure: close every series as far as it goes (a full disk stops it) and
+        name every file begun, finished or not (relative to the partition), to be deleted."""
+        begun: set[str] = set()
+        for series in self._series.values():
+            # A full disk fails the close, and a writer whose stream failed once refuses any
+            # later write ("Operation on closed file"): the files are deleted either way.
+            with contextlib.suppress(Exception):
+                begun.update(info.path for info in series.close())
+            if isinstance(series, RollingFiles):
+                begun.update(series.begun())
+        self._series.clear()
+        return sorted(begun)
 
     def _open(self, region: str) -> FileSeries:
         # The last check before a region name becomes a folder (the first is in discovery).

@@ -9,6 +9,7 @@ have, and read them as NDJSON's lines are read.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,6 +57,15 @@ class RejectWriter:
                 )
             self._stream.write(reject.to_json() + b"\n")
             self.count += 1
+
+    def discard(self) -> list[str]:
+        """After a failure: close as far as it goes; the file begun, if any, to be deleted."""
+        if self._stream is None:
+            return []
+        with contextlib.suppress(Exception):  # a full disk, a stream that failed before
+            self._stream.close()
+        self._stream = None
+        return [f"_rejects/{self.name}"]
 
     def close(self) -> list[FileInfo]:
         """Close; the file written, if any, relative to the partition."""

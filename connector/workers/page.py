@@ -188,17 +188,14 @@ class PageWorker:
         return Closed(files, rejects, donated, self.busy_s)
 
     def discard(self) -> None:
-        """Close files after a failure, and delete them. The coordinator removes the run's
+        """Close files after a failure, as far as a full disk lets them, and delete every one
+        begun. The coordinator removes the run's
         staging without waiting for a worker whose boot process died (killed); on an object
         store a file closed after that removal (its upload completed) would stay behind."""
-        files: list[FileInfo] = []
-        try:
-            files += self.sink.close()
-        finally:
-            files += self.rejects.close()
-            layout = self.setup.layout
-            staged = (f"{layout.staged_partition}/{info.path}" for info in files)
-            door.discard_files(self.setup.fs, layout.base, staged)
+        begun = self.sink.discard() + self.rejects.discard()  # a full disk stops no deletion
+        layout = self.setup.layout
+        staged = (f"{layout.staged_partition}/{path}" for path in begun)
+        door.discard_files(self.setup.fs, layout.base, staged)
 
 
 def _custom_ids(batch: pa.RecordBatch) -> list[str]:
