@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from connector import Settings, cli, load_config, logs
 from connector.emulator import EmulatorServer
 from connector.oci import auth
+from connector.workers.boot import NAME as WORKER_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 DATE = "2026-11-27"
@@ -303,3 +304,12 @@ def signalled_run(
     process.send_signal(signum)
     _, err = process.communicate(timeout=timeout)
     return process.returncode, err
+
+
+def worker_pids(pid: int, *, children_only: bool = False) -> list[int]:
+    """The worker processes (named ``boot.NAME``) of the `oci-images` command ``pid``: every
+    one in its process group (a command started in a session of its own), or only its
+    children (the first worker, which forks the others)."""
+    scope = ["-P", str(pid)] if children_only else ["-g", str(pid)]
+    found = subprocess.run(["pgrep", "-x", WORKER_NAME, *scope], capture_output=True, text=True)
+    return [int(found_pid) for found_pid in found.stdout.split()]

@@ -27,9 +27,8 @@ from typing import Any
 import pytest
 
 from connector.emulator import Behaviour, EmulatorServer, World
-from connector.workers.boot import NAME as WORKER_NAME
 from tests.conftest import PrivateCA
-from tests.helpers import write_config
+from tests.helpers import worker_pids, write_config
 from tests.reliability import (
     FETCH,
     Lake,
@@ -466,13 +465,9 @@ def test_sigkill_of_a_worker_at_random_points(
         config = write_config(folder, server, lake=lake.root, fetch={**FETCH, "workers": 2})
         process = start("run", "--config", str(config))
         wait_for_requests(server, server.stats()["requests"] + rng.randint(1, 40))
-        workers = subprocess.run(
-            ["pgrep", "-x", WORKER_NAME, "-g", str(process.pid)],
-            capture_output=True,
-            text=True,
-        ).stdout.split()
+        workers = worker_pids(process.pid)
         if workers:
-            os.kill(int(rng.choice(workers)), signal.SIGKILL)
+            os.kill(rng.choice(workers), signal.SIGKILL)
         _, err = process.communicate(timeout=120)
         assert process.returncode in (0, 1), err
         if process.returncode == 1:
@@ -602,13 +597,9 @@ def test_a_stopped_worker_fails_the_run(
     )
     process = start("run", "--config", str(config))
     wait_for_requests(server, 10)
-    workers = subprocess.run(
-        ["pgrep", "-x", WORKER_NAME, "-g", str(process.pid)],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
+    workers = worker_pids(process.pid)
     assert workers
-    os.kill(int(workers[-1]), signal.SIGSTOP)
+    os.kill(workers[-1], signal.SIGSTOP)
     try:
         _, err = process.communicate(timeout=60)
     finally:

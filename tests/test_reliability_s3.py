@@ -15,7 +15,6 @@ import contextlib
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -31,8 +30,7 @@ from connector import cli as command_line
 from connector.emulator import Behaviour, EmulatorServer, World
 from connector.lake import door, publisher, storage, tables
 from connector.lake.manifest import read_document
-from connector.workers.boot import NAME as WORKER_NAME
-from tests.helpers import DATE, write_config
+from tests.helpers import DATE, worker_pids, write_config
 from tests.lake_support import (
     S3Server,
     delta_rows,
@@ -360,13 +358,9 @@ def _kill_a_worker(
         config = lake.config(server, fetch={"workers": 2})
         process = start("run", "--config", str(config))
         wait_for_requests(server, server.stats()["requests"] + rng.randint(1, 40))
-        workers = subprocess.run(
-            ["pgrep", "-x", WORKER_NAME, "-g", str(process.pid)],
-            capture_output=True,
-            text=True,
-        ).stdout.split()
+        workers = worker_pids(process.pid)
         if workers:
-            os.kill(int(rng.choice(workers)), signal.SIGKILL)
+            os.kill(rng.choice(workers), signal.SIGKILL)
         _, err = process.communicate(timeout=180)
         assert process.returncode in (0, 1), err
         if process.returncode == 1:
@@ -502,13 +496,9 @@ def test_killing_worker_0_leaves_nothing_staged(
         lake = make_lake(name=f"k{trial}")
         process = start("run", "--config", str(lake.config(server, fetch={"workers": 2})))
         wait_for_requests(server, server.stats()["requests"] + 10 + 8 * trial)
-        boot = subprocess.run(
-            ["pgrep", "-P", str(process.pid), "-x", WORKER_NAME],
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        assert boot, "no worker process to kill"
-        os.kill(int(boot[0]), signal.SIGKILL)
+        first = worker_pids(process.pid, children_only=True)
+        assert first, "no worker process to kill"
+        os.kill(first[0], signal.SIGKILL)
         _, err = process.communicate(timeout=180)
         assert 1 == process.returncode, err
         assert "worker process 0 went away" in err

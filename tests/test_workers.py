@@ -34,7 +34,7 @@ from connector.prepare import prepare
 from connector.sinks import SinkOptions
 from connector.workers import boot, coordinator, spawn
 from connector.workers.page import Closed, ListingResult, PageWorker, shared_budget
-from tests.helpers import write_config
+from tests.helpers import worker_pids, write_config
 from tests.worker_support import setup
 
 
@@ -359,13 +359,9 @@ def test_a_worker_killed_mid_run_fails_the_run_with_its_reason(
     traceback), the run's staging is removed, and nothing is published."""
     world = build_world(seed=5, compartments=60, platform_images=300, custom_scale=0.1)
     process = _run_under_way(make_emulator(world, latency_ms=20), tmp_path, requests=20)
-    workers = subprocess.run(
-        ["pgrep", "-x", boot.NAME, "-P", str(process.pid)],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
+    workers = worker_pids(process.pid, children_only=True)
     assert workers, "the command line's workers are its children"
-    os.kill(int(workers[0]), signal.SIGKILL)
+    os.kill(workers[0], signal.SIGKILL)
     _, err = process.communicate(timeout=60)
     assert 1 == process.returncode
     assert "oci-images: worker process 0 went away mid-run" in err
