@@ -67,14 +67,13 @@ def forked(ours: list[int], theirs: list[int]) -> None:
     in a process that has pyarrow imported already. It never returns.
 
     ``ours`` are the command line's ends of the socket pairs, closed here; ``theirs`` the
-    workers' ends. The parsing heap's settings, which a boot interpreter gets from its
-    environment, are made here (the other workers inherit them)."""
+    workers' ends. ``spawn`` has made it ignore SIGINT and SIGTERM already. The parsing heap's
+    settings, which a boot interpreter gets from its environment, are made here (the other
+    workers inherit them)."""
     code = 1
     try:
         from connector import lean
 
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the coordinator decides (see main)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for fd in ours:
             os.close(fd)
         lean.parsing_heap()
