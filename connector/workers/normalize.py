@@ -1,10 +1,11 @@
 """JSON pages to Arrow record batches: a pure function, run by the workers.
 
-The fast path converts a whole page with pyarrow's C++ converters: a list of values per
-top-level column, one struct per nested object, split into its columns; Python touches each
-record only to find fields the schema does not know. When a page holds a record that cannot be
-converted, the page is converted record by record to find it; that record is rejected with its
-reason, the rest go on. Nothing is dropped silently and nothing crashes the run.
+The fast path converts a whole page with pyarrow's C++ converters: the records as one struct of
+the wire type, split into its columns. Python gathers only the values pyarrow would reinterpret
+rather than refuse (integers, objects) and looks at a record only to find fields the schema
+does not know. When a page holds a record that cannot be converted, the page is converted
+record by record to find it; that record is rejected with its reason, the rest go on. Nothing is
+dropped silently and nothing crashes the run.
 
 Values the API may legitimately send are never a reason to reject (see ``schema``):
 
@@ -204,9 +205,10 @@ def _convert_one_by_one(
     return _Converted(columns, ids, extra), good
 
 
-# The conversion plan, derived from the schema once: top-level columns convert from lists of
-# values; each nested object (launchOptions ...) converts as one struct, then splits into its
-# columns.
+# The conversion plan, derived from the schema once: a page's records convert as one struct of
+# the wire type in one pass of pyarrow's converters, which then splits into the columns. Before
+# that, Python gathers only the values whose types pyarrow would reinterpret rather than refuse:
+# integers (a float is truncated), objects (a list of pairs passes for one) and the ids.
 _TOP = tuple(c for c in API_COLUMNS if len(c.path) == 1)
 _NESTED: dict[str, tuple[pa.StructType, tuple[Column, ...]]] = {
     field.name: (
@@ -216,6 +218,8 @@ _NESTED: dict[str, tuple[pa.StructType, tuple[Column, ...]]] = {
     for field in IMAGE_WIRE_TYPE
     if pa.types.is_struct(field.type)
 }
+_INTEGERS = tuple(c.source for c in _TOP if pa.types.is_integer(c.type))
+_MAPS = tuple(c.source for c in _TOP if pa.types.is_map(c.type) and c.source != "definedTags")
 _OBJECT: frozenset[type] = frozenset({dict})
 _OBJECT_OR_NULL: frozenset[type] = frozenset({dict, type(None)})
 _LIST_OR_NULL: frozenset[type] = frozenset({list, type(None)})
@@ -227,41 +231,61 @@ _EXTRA_DIGITS = r"(\.[0-9]{6})[0-9]+"
 def _convert(dicts: list[dict[str, Any]]) -> _Converted:
     """Each API column of ``dicts``, their ids and ``_extra``; raises if a value does not fit.
 
-    Values are gathered column by column (``map(dict.get, ...)`` runs in C) and handed to
-    pyarrow's converters as flat lists; each nested object converts as one struct. pyarrow
-    accepts more than JSON objects where it expects a struct or a map (a list of pairs, an
-    empty list) and truncates floats it puts into integer columns, so the types are checked
-    first: a record that only converts by reinterpretation is rejected instead.
+    The records convert as one struct of the wire type (pyarrow's converters, in C++), which
+    then splits into the columns. pyarrow accepts more than JSON objects where it expects a
+    struct or a map (a list of pairs, an empty list) and truncates floats it puts into integer
+    columns, so those values are checked first (``map(dict.get, ...)`` runs in C): a record
+    that only converts by reinterpretation is rejected instead. Every other mismatch (a number
+    where a string belongs, a string for a boolean) pyarrow refuses itself.
     """
-    columns: dict[str, pa.Array[Any]] = {}
-    ids: list[Any] = []
-    typed_tags: list[int] = []
-    for column in _TOP:
-        values = list(map(dict.get, dicts, itertools.repeat(column.source)))
-        if column.name == "id":
-            ids = values
-        elif column.name == "defined_tags":
-            values, typed_tags = _defined_tags(values)
-        columns[column.name] = _array(values, column)
-    columns["compartment_id"] = _platform_as_null(columns["compartment_id"])
+    ids = _values(dicts, "id")
+    for source in _INTEGERS:
+        _expect_integers(_values(dicts, source))
+    for source in _MAPS:
+        _expect(_values(dicts, source), _OBJECT_OR_NULL, source, "an object")
+    rebuilt, typed_tags = _defined_tags(_values(dicts, "definedTags"))
     children: dict[str, list[Any]] = {}
-    for parent, (wire_type, nested) in _NESTED.items():
-        found = children[parent] = list(map(dict.get, dicts, itertools.repeat(parent)))
+    for parent, (_, nested) in _NESTED.items():
+        found = children[parent] = _values(dicts, parent)
         _expect(found, _OBJECT_OR_NULL, parent, "an object")
         objects = list(filter(None, found))  # (an empty object has nothing to check)
         for column in nested:
             if pa.types.is_integer(column.type):
-                _expect_integers(list(map(dict.get, objects, itertools.repeat(column.path[1]))))
+                _expect_integers(_values(objects, column.path[1]))
         if parent == "imageVolumeDetails":
             _check_data_volumes(objects)
-        struct = cast(pa.StructArray, pa.array(found, wire_type))
-        split = dict(zip((f.name for f in wire_type), struct.flatten(), strict=True))
+    records = dicts
+    if typed_tags:  # tag values that are not strings convert as their JSON text
+        records = list(dicts)
+        for i in typed_tags:
+            records[i] = {**dicts[i], "definedTags": rebuilt[i]}
+    fields = _split(pa.array(records, IMAGE_WIRE_TYPE))
+    columns: dict[str, pa.Array[Any]] = {}
+    for column in _TOP:
+        array = fields[column.source]
+        columns[column.name] = (
+            _timestamps(array, column.source) if column.type == UTC_MICROS else array
+        )
+    columns["compartment_id"] = _platform_as_null(columns["compartment_id"])
+    for parent, (_, nested) in _NESTED.items():
+        split = _split(fields[parent])
         for column in nested:
             array = split[column.path[1]]
             columns[column.name] = (
                 array.view(column.type) if column.wire_type is not None else array
             )
     return _Converted(columns, ids, _extras(dicts, children, typed_tags))
+
+
+def _values(objects: list[dict[str, Any]], key: str) -> list[Any]:
+    """Each object's value of ``key`` (None where it has none), gathered in C."""
+    return list(map(dict.get, objects, itertools.repeat(key)))
+
+
+def _split(struct: pa.Array[Any]) -> dict[str, pa.Array[Any]]:
+    """A struct array's fields by name; a field of a null struct is null."""
+    fields = cast(pa.StructArray, struct).flatten()
+    return dict(zip(struct.type.names, fields, strict=True))
 
 
 def _platform_as_null(compartments: pa.Array[Any]) -> pa.Array[Any]:
@@ -273,7 +297,8 @@ def _platform_as_null(compartments: pa.Array[Any]) -> pa.Array[Any]:
 
 
 def _defined_tags(values: list[Any]) -> tuple[list[Any], list[int]]:
-    """Defined tags with every value a string or null, and the positions that needed it.
+    """Defined tags with every value a string or null, and the positions that needed it; raises
+    if the tags or a namespace are not objects.
 
     The check runs over all tag values of the page at C speed; only records holding a value of
     another type are rebuilt.
@@ -346,17 +371,6 @@ def _check_data_volumes(details: list[dict[str, Any]]) -> None:
     _expect(items, _OBJECT, "a data volume", "an object")
     for key in ("index", "sizeInMBs"):
         _expect_integers(list(map(dict.get, items, itertools.repeat(key))))
-
-
-def _array(values: list[Any], column: Column) -> pa.Array[Any]:
-    if pa.types.is_map(column.type):
-        _expect(values, _OBJECT_OR_NULL, column.source, "an object")
-        return pa.array(values, column.type)
-    if column.type == UTC_MICROS:
-        return _timestamps(pa.array(values, pa.string()), column.source)
-    if pa.types.is_integer(column.type):
-        _expect_integers(values)
-    return pa.array(values, column.type)
 
 
 def _timestamps(text: pa.Array[Any], source: str) -> pa.Array[Any]:
