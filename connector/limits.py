@@ -127,6 +127,13 @@ class BodyReader:
     async def receive(self, chunk: bytes) -> None:
         """``feed``, taking each decoded piece from the budget before it is decoded."""
         assert self.lease is not None
+        if self._decoder is None and self.encoding in ("identity", ""):
+            # A chunk off the wire is its own decoded piece: taken from the budget at once, with
+            # no pause (nothing inflates; reading the socket is the event loop's turn anyway).
+            self._count_wire(chunk)
+            await self.lease.take(len(chunk))
+            self._keep(chunk)
+            return
         pieces = self._decode(chunk, self.STEP)
         while True:
             step = self._next_step(chunk)
@@ -162,13 +169,16 @@ class BodyReader:
             return len(chunk)
         return min(self.STEP, self.max_body + 1 - self._size)
 
-    def _decode(self, chunk: bytes, step: int) -> Iterator[bytes]:
-        """The decoded pieces of ``chunk`` (each at most ``step`` bytes once decoding)."""
+    def _count_wire(self, chunk: bytes) -> None:
         self.wire += len(chunk)
         if self.wire > self.max_wire:
             raise ResponseTooLarge(
                 f"the response passed fetch.max_response_bytes = {self.max_wire} on the wire"
             )
+
+    def _decode(self, chunk: bytes, step: int) -> Iterator[bytes]:
+        """The decoded pieces of ``chunk`` (each at most ``step`` bytes once decoding)."""
+        self._count_wire(chunk)
         if self.encoding in ("identity", ""):
             yield chunk
             return
