@@ -379,8 +379,11 @@ def _execute(
 
     from connector import api
 
+    from connector import lean
+
     settings = api.load_config(args.config, overrides(args))
     _observe(args, settings, "run" if shard == (0, 1) else "shard", shard)
+    lean.settle()
     launched = api.start_workers(settings)
     return anyio.run(_interruptible, settings, shard, run_id, launched, terminal)
 
