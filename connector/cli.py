@@ -377,9 +377,7 @@ def _execute(
     """
     import anyio
 
-    from connector import api
-
-    from connector import lean
+    from connector import api, lean
 
     settings = api.load_config(args.config, overrides(args))
     _observe(args, settings, "run" if shard == (0, 1) else "shard", shard)
