@@ -120,8 +120,11 @@ def prompt_allocator() -> None:
     os.environ.setdefault("JE_ARROW_MALLOC_CONF", "dirty_decay_ms:1000,muzzy_decay_ms:0")
 
 
-MMAP_THRESHOLD = 128 * 1024
-"""Blocks at least this large are mapped apart and unmapped when freed (glibc's ``mallopt``)."""
+MMAP_THRESHOLD = 512 * 1024
+"""Blocks at least this large are mapped apart and unmapped when freed (glibc's ``mallopt``).
+Smaller ones, the socket's 256 KB read buffers and most page bodies among them, stay on the
+heap, where the next response reuses them instead of faulting in fresh pages
+(``docs/performance.md``, "Memory")."""
 
 PARSING_MMAP_THRESHOLD = 32 * 1024 * 1024
 PARSING_TRIM_THRESHOLD = 16 * 1024 * 1024
