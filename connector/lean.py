@@ -126,6 +126,11 @@ Smaller ones, the socket's 256 KB read buffers and most page bodies among them, 
 heap, where the next response reuses them instead of faulting in fresh pages
 (``docs/performance.md``, "Memory")."""
 
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
+"""Free memory at the heap's top kept for the next blocks (glibc's ``mallopt``): fixing the mmap
+threshold also fixes this one at glibc's 128 KB, which would give a freed socket read's memory
+back only to fault it in again for the next."""
+
 PARSING_MMAP_THRESHOLD = 32 * 1024 * 1024
 PARSING_TRIM_THRESHOLD = 16 * 1024 * 1024
 """glibc's thresholds where pages are parsed (see ``WORKER_MALLOC``)."""
@@ -149,12 +154,13 @@ def fixed_mmap_threshold() -> None:
     own only).
 
     glibc raises its mmap threshold to the largest block freed so far, so page bodies end up
-    carved from the heap, whose holes are never given back; a fixed threshold maps each body
-    apart and unmaps it when freed. Where pages are parsed, the settings differ
+    carved from the heap, whose holes are never given back; a fixed threshold maps the large
+    ones apart and unmaps them when freed, and the heap keeps a little free memory at its top
+    for the socket's reads (``TRIM_THRESHOLD``). Where pages are parsed, the settings differ
     (``WORKER_MALLOC``, ``parsing_heap``).
     """
     global _tuned
-    _tuned = _mallopt({_M_MMAP_THRESHOLD: MMAP_THRESHOLD})
+    _tuned = _mallopt({_M_MMAP_THRESHOLD: MMAP_THRESHOLD, _M_TRIM_THRESHOLD: TRIM_THRESHOLD})
 
 
 def parsing_heap() -> None:

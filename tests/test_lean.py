@@ -65,3 +65,49 @@ def test_parsing_heap_leaves_a_library_users_process_alone(
     thresholds = sorted(calls[-1].values())
     assert thresholds == [lean.PARSING_TRIM_THRESHOLD, lean.PARSING_MMAP_THRESHOLD]
     assert str(lean.PARSING_MMAP_THRESHOLD) == lean.WORKER_MALLOC["MALLOC_MMAP_THRESHOLD_"]
+
+
+FETCHING = """
+import resource
+from connector import lean
+
+def faults(size):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = b"x" * size  # a socket read's buffer, or a page body, touched
+    del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+lean.fixed_mmap_threshold()
+for size in (256 << 10, 4 << 20):
+    faults(size)
+    print(faults(size))
+"""
+
+
+@glibc
+def test_the_fetching_process_reuses_socket_reads_and_maps_large_bodies_apart() -> None:
+    """asyncio reads 256 KB at a time: such blocks stay on the heap, where the next reuses the
+    last one's memory; a block of 4 MB is mapped apart and given back when freed."""
+    done = subprocess.run(
+        [sys.executable, "-c", FETCHING], capture_output=True, text=True, check=True
+    )
+    read, body = map(int, done.stdout.split())
+    assert read < 16
+    assert body > 900
+
+
+def test_settle_freezes_this_tools_process_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the command line holds is put out of the collector's reach; a library user's
+    process (Airflow's, say) keeps its collector as it was."""
+    import gc
+
+    frozen = gc.get_freeze_count()
+    monkeypatch.setattr(lean, "_own", False)
+    lean.settle()
+    assert frozen == gc.get_freeze_count()
+    monkeypatch.setattr(lean, "_own", True)
+    try:
+        lean.settle()
+        assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()
