@@ -16,8 +16,15 @@ import pytest
 
 from connector import names, schema
 from connector.emulator import EmulatorServer, build_world
-from connector.workers import boot
-from tests.helpers import DATE, WORLD, oci_images, screen, signalled_run, write_config
+from tests.helpers import (
+    DATE,
+    WORLD,
+    oci_images,
+    screen,
+    signalled_run,
+    worker_pids,
+    write_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -290,23 +297,11 @@ def test_the_progress_bar_on_a_terminal(
     assert not any(row.startswith("[") for row in rows)  # the bar is gone at the end
 
 
-def _worker_processes() -> list[int]:
-    """Worker processes of this tool running now (by their name, ``boot.NAME``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            name = (entry / "comm").read_text().strip()
-        except OSError:
-            continue
-        if name == boot.NAME:
-            found.append(int(entry.name))
-    return found
-
-
 def test_exit_2_for_credentials_leaves_no_worker_behind(tmp_path: Path) -> None:
     """The workers start once the configuration is valid, before the credentials load (they
     import pyarrow meanwhile); credentials that cannot load still exit 2, naming the problem,
-    and the workers are gone by the time the command returns."""
+    and the workers are gone by the time the command returns. Its processes are told apart
+    from any other run's on the machine by their process group (a session of its own)."""
     profile = tmp_path / "oci-config"
     profile.write_text(
         "[DEFAULT]\nuser=ocid1.user.oc1..u\nfingerprint=aa:bb\ntenancy=ocid1.tenancy.oc1..t\n"
@@ -317,17 +312,17 @@ def test_exit_2_for_credentials_leaves_no_worker_behind(tmp_path: Path) -> None:
         f'[oci]\nconfig_file = "{profile}"\n[fetch]\nworkers = 2\n'
         f'[output]\nuri = "{tmp_path / "lake"}"\n'
     )
-    before = set(_worker_processes())  # an earlier test's may still be on their way out
     # Output to a file: a pipe would make the wait last until every process holding it ended.
     with (tmp_path / "stderr").open("w+") as stderr:
-        code = subprocess.call(
+        command = subprocess.Popen(
             [sys.executable, "-m", "connector", "run", "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             cwd=ROOT,
-            timeout=60,
+            start_new_session=True,
         )
-        assert set() == set(_worker_processes()) - before
+        code = command.wait(timeout=60)
+        assert [] == worker_pids(command.pid)
         stderr.seek(0)
         assert 2 == code
         assert "missing.pem" in stderr.read()
