@@ -96,7 +96,9 @@ class BodyReader:
         self._parts: list[bytes] = []
         self._size = 0
         self._pending_deflate = b""
-        if self.encoding in ("identity", ""):
+        self._plain = self.encoding in ("identity", "")
+        """Sent as is: each chunk off the wire is a decoded piece."""
+        if self._plain:
             self._decoder: zlib._Decompress | None = None
         elif self.encoding in ("gzip", "x-gzip"):
             self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -127,7 +129,7 @@ class BodyReader:
     async def receive(self, chunk: bytes) -> None:
         """``feed``, taking each decoded piece from the budget before it is decoded."""
         assert self.lease is not None
-        if self._decoder is None and self.encoding in ("identity", ""):
+        if self._plain:
             # A chunk off the wire is its own decoded piece: taken from the budget at once, with
             # no pause (nothing inflates; reading the socket is the event loop's turn anyway).
             self._count_wire(chunk)
@@ -165,7 +167,7 @@ class BodyReader:
         self._parts.clear()
 
     def _next_step(self, chunk: bytes) -> int:
-        if self.encoding in ("identity", ""):
+        if self._plain:
             return len(chunk)
         return min(self.STEP, self.max_body + 1 - self._size)
 
@@ -179,7 +181,7 @@ class BodyReader:
     def _decode(self, chunk: bytes, step: int) -> Iterator[bytes]:
         """The decoded pieces of ``chunk`` (each at most ``step`` bytes once decoding)."""
         self._count_wire(chunk)
-        if self.encoding in ("identity", ""):
+        if self._plain:
             yield chunk
             return
         if self.encoding == "deflate" and self._decoder is None:
