@@ -138,7 +138,7 @@ class BodyReader:
             return
         pieces = self._decode(chunk, self.STEP)
         while True:
-            step = self._next_step(chunk)
+            step = min(self.STEP, self.max_body + 1 - self._size)  # what one piece may inflate to
             await self.lease.take(step)
             piece = next(pieces, None)
             self.lease.give(step - (len(piece) if piece is not None else 0))
@@ -165,11 +165,6 @@ class BodyReader:
         error that stopped it, which a failed listing keeps; 64 refused bombs would otherwise
         keep 64 × ``max_decompressed_bytes`` alive long after their budget was given back."""
         self._parts.clear()
-
-    def _next_step(self, chunk: bytes) -> int:
-        if self._plain:
-            return len(chunk)
-        return min(self.STEP, self.max_body + 1 - self._size)
 
     def _count_wire(self, chunk: bytes) -> None:
         self.wire += len(chunk)
