@@ -189,9 +189,9 @@ class PageWorker:
 
     def discard(self) -> None:
         """Close files after a failure, as far as a full disk lets them, and delete every one
-        begun. The coordinator removes the run's
-        staging without waiting for a worker whose boot process died (killed); on an object
-        store a file closed after that removal (its upload completed) would stay behind."""
+        begun. The coordinator removes the run's staging without waiting for a worker whose
+        boot process died (killed); on an object store a file closed after that removal (its
+        upload completed) would stay behind."""
         begun = self.sink.discard() + self.rejects.discard()  # a full disk stops no deletion
         layout = self.setup.layout
         staged = (f"{layout.staged_partition}/{path}" for path in begun)
